@@ -1,0 +1,2549 @@
+//! Settings: the example `config.toml`, command-line overrides, secrets, and
+//! the validation that turns them into one [`Config`].
+//!
+//! Precedence is CLI flag > config file > built-in default, key by key. The
+//! rest of the program only ever sees a fully resolved [`Config`], so no other
+//! module has to know where a value came from or re-check its range.
+//!
+//! Secrets never come from argv (it is world-readable through `/proc` and ends
+//! up in shell history): the CLI can only name a file or an environment
+//! variable holding one.
+
+use std::ffi::OsString;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Process exit status for an unusable configuration (`EX_USAGE` from
+/// sysexits.h), so supervisors can tell "fix the config" from a crash.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Used when no upstream secret source is configured, so container setups
+/// can inject the secret without a config file entry.
+pub const UPSTREAM_SECRET_VAR: &str = "JATPROXY_UPSTREAM_SECRET";
+/// Same as [`UPSTREAM_SECRET_VAR`], for the instance listener.
+pub const INSTANCE_SECRET_VAR: &str = "JATPROXY_INSTANCE_SECRET";
+
+/// Label used for errors in TOML that did not come from a named file.
+const INLINE_LABEL: &str = "config.toml";
+
+/// XEP-0114 servers routinely send stanzas of several KiB (vCards, disco);
+/// below this the proxy would reject ordinary traffic.
+const MIN_STANZA_BYTES: usize = 4096;
+
+/// Built-in defaults, in one place so the docs in `config.toml` and the tests
+/// have a single thing to agree with.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const CLIENT_REQUESTS: bool = true;
+    pub const SUBSCRIBE: bool = true;
+    pub const IQ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const PENDING_CAPACITY: usize = 65536;
+    pub const MAX_CONNECTIONS: usize = 64;
+    pub const MAX_UNAUTHENTICATED: usize = 16;
+    pub const INSTANCE_QUEUE: usize = 1024;
+    pub const MAX_STANZA_BYTES: usize = 524_288;
+    pub const MAX_DEPTH: usize = 64;
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const WRITE_QUEUE: usize = 4096;
+    pub const UPSTREAM_BUFFER: usize = 4096;
+    pub const LOG_LEVEL: &str = "info";
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+}
+
+// ---------------------------------------------------------------------------
+// Resolved model
+// ---------------------------------------------------------------------------
+
+/// Everything the proxy runs with, already validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub upstream: UpstreamConfig,
+    pub client_proxy: ClientProxyConfig,
+    pub routing: RoutingConfig,
+    pub instances: InstancesConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub service: ServiceConfig,
+}
+
+/// The XEP-0114 connection to the XMPP server.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Kept as text (not resolved) so DNS is looked up at each connect and
+    /// follows address changes across reconnects.
+    pub server: String,
+    /// Normalised (lowercase, no trailing dot) so it can be compared with
+    /// normalised JIDs from the wire.
+    pub domain: String,
+    pub secret: Secret,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub keepalive_interval: Duration,
+}
+
+/// The pool made of one account's online resources (as mod_client_proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientProxyConfig {
+    /// `None` means no client pool: only instances serve the domain.
+    pub target_address: Option<jid::BareJid>,
+    pub jat: JatMode,
+    pub client_requests: bool,
+    pub subscribe: bool,
+}
+
+impl Default for ClientProxyConfig {
+    fn default() -> Self {
+        Self {
+            target_address: None,
+            jat: JatMode::default(),
+            client_requests: defaults::CLIENT_REQUESTS,
+            subscribe: defaults::SUBSCRIBE,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub balancing: Balancing,
+    pub iq_timeout: Duration,
+    /// Bounds memory: beyond this many outstanding requests new ones are
+    /// answered with `resource-constraint` instead of growing the table.
+    pub pending_capacity: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            balancing: Balancing::default(),
+            iq_timeout: defaults::IQ_TIMEOUT,
+            pending_capacity: defaults::PENDING_CAPACITY,
+        }
+    }
+}
+
+/// The proxy's own XEP-0114 listener for component instances.
+#[derive(Clone, Debug)]
+pub struct InstancesConfig {
+    /// `None` means no listener.
+    pub listen: Option<SocketAddr>,
+    /// Always `Some` when `listen` is; separate from the upstream secret so
+    /// instances never learn the credential for the real server.
+    pub secret: Option<Secret>,
+    pub max_connections: usize,
+    /// Caps connections that have not finished the handshake, so a port scan
+    /// or slowloris cannot crowd out real instances.
+    pub max_unauthenticated: usize,
+    pub queue: usize,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            secret: None,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_unauthenticated: defaults::MAX_UNAUTHENTICATED,
+            queue: defaults::INSTANCE_QUEUE,
+        }
+    }
+}
+
+/// Protections against peers that are slow, hostile or broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_queue: usize,
+    pub upstream_buffer: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_stanza_bytes: defaults::MAX_STANZA_BYTES,
+            max_depth: defaults::MAX_DEPTH,
+            header_timeout: defaults::HEADER_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            write_queue: defaults::WRITE_QUEUE,
+            upstream_buffer: defaults::UPSTREAM_BUFFER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive string; checked for
+    /// emptiness only, because the filter syntax belongs to the subscriber.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: defaults::LOG_LEVEL.to_owned(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// How long in-flight requests get to finish after SIGTERM; zero is
+    /// allowed and means stop at once.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// How the requester's address is carried in `from='D/ENC'`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum JatMode {
+    /// ENC is the requester's full JID: what clients written for Prosody's
+    /// mod_client_proxy expect.
+    #[default]
+    Inline,
+    /// ENC is a random token: hides requesters from the implementing entity.
+    Opaque,
+}
+
+impl JatMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inline => "inline",
+            Self::Opaque => "opaque",
+        }
+    }
+}
+
+impl fmt::Display for JatMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which pool member gets the next request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balancing {
+    /// Uniformly random member, as mod_client_proxy does.
+    #[default]
+    Random,
+    /// Members in turn.
+    RoundRobin,
+    /// Member with the fewest outstanding requests.
+    LeastPending,
+    /// Rendezvous hash of the requester's bare JID, so one requester keeps
+    /// hitting the same member while the pool is stable.
+    Sticky,
+}
+
+impl Balancing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::RoundRobin => "round-robin",
+            Self::LeastPending => "least-pending",
+            Self::Sticky => "sticky",
+        }
+    }
+}
+
+impl fmt::Display for Balancing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+/// A shared secret that cannot leak through `{:?}`/`{}` into logs or panic
+/// messages; the only way to the bytes is the deliberately named
+/// [`Secret::expose`].
+#[derive(Clone)]
+pub struct Secret {
+    value: String,
+    source: SecretSource,
+}
+
+/// Where a secret came from, so the startup log can say which one is in use
+/// without showing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+    /// Written in the config file itself, or built in code.
+    Inline,
+}
+
+impl Secret {
+    /// For code and tests that already hold the secret; the config file path
+    /// goes through [`load`].
+    pub fn new(value: impl Into<String>) -> Self {
+        Self {
+            value: value.into(),
+            source: SecretSource::Inline,
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    pub fn source(&self) -> &SecretSource {
+        &self.source
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Env(v) => write!(f, "env:{v}"),
+            Self::Inline => f.write_str("inline"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why the configuration cannot be used. Display is always one line that
+/// starts with the file location or the offending key, because it is what the
+/// operator sees before the process exits with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, or TOML that does not fit the schema (wrong type, unknown
+    /// key). `location` is `file` or `file:line`.
+    #[error("{location}: {message}")]
+    File {
+        location: String,
+        key: Option<String>,
+        message: String,
+    },
+    /// A value is missing or out of range after merging file and CLI.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// The dotted key (`routing.iq_timeout`) the error is about, if one is
+    /// known; lets callers and tests check the blame without parsing text.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } => None,
+            Self::File { key, .. } => key.as_deref(),
+            Self::Invalid { key, .. } => Some(key),
+        }
+    }
+
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+/// Command line. Every config key has a flag; a flag that is given wins over
+/// the file. Flags are `--section-key`, or just `--key` where that is
+/// unambiguous.
+#[derive(Clone, Debug, Default, Parser)]
+#[command(
+    name = "jatproxy",
+    version,
+    about = "XMPP component proxy (XEP-0114) with Jabber Address Translation"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without it, everything comes from flags and
+    /// defaults.
+    #[arg(long, value_name = "PATH", env = "JATPROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print the effective settings and exit.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+    #[command(flatten)]
+    pub client_proxy: ClientProxyArgs,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+    #[command(flatten)]
+    pub instances: InstancesArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Upstream (component connection to the XMPP server)")]
+pub struct UpstreamArgs {
+    /// XMPP server component port, HOST:PORT [upstream.server]
+    #[arg(long = "upstream-server", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Component domain to register as [upstream.domain]
+    #[arg(long, visible_alias = "upstream-domain", value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// File holding the component secret [upstream.secret_file]
+    #[arg(
+        long = "upstream-secret-file",
+        id = "upstream_secret_file",
+        value_name = "PATH"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the component secret [upstream.secret_env]
+    #[arg(
+        long = "upstream-secret-env",
+        id = "upstream_secret_env",
+        value_name = "VAR"
+    )]
+    pub secret_env: Option<String>,
+    /// TCP connect timeout [upstream.connect_timeout, default 10s]
+    #[arg(long = "upstream-connect-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub connect_timeout: Option<Duration>,
+    /// Stream header + handshake timeout [upstream.handshake_timeout, default 10s]
+    #[arg(long = "upstream-handshake-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub handshake_timeout: Option<Duration>,
+    /// First reconnect delay [upstream.reconnect_min, default 500ms]
+    #[arg(long = "upstream-reconnect-min", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub reconnect_min: Option<Duration>,
+    /// Reconnect delay cap [upstream.reconnect_max, default 30s]
+    #[arg(long = "upstream-reconnect-max", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub reconnect_max: Option<Duration>,
+    /// Keepalive interval [upstream.keepalive_interval, default 60s]
+    #[arg(long = "upstream-keepalive-interval", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub keepalive_interval: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Client pool (resources of one account)")]
+pub struct ClientProxyArgs {
+    /// Account whose online resources serve the domain [client_proxy.target_address]
+    #[arg(long, value_name = "JID")]
+    pub target_address: Option<String>,
+    /// Address translation mode [client_proxy.jat, default inline]
+    #[arg(long, value_name = "MODE")]
+    pub jat: Option<JatMode>,
+    /// Route iq requests from the implementing client to requesters
+    /// [client_proxy.client_requests, default true]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub client_requests: Option<bool>,
+    /// Answer the target's subscription requests [client_proxy.subscribe, default true]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub subscribe: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Routing")]
+pub struct RoutingArgs {
+    /// Pool member selection [routing.balancing, default random]
+    #[arg(long, value_name = "POLICY")]
+    pub balancing: Option<Balancing>,
+    /// Time a member gets to answer an iq [routing.iq_timeout, default 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub iq_timeout: Option<Duration>,
+    /// Maximum outstanding iq requests [routing.pending_capacity, default 65536]
+    #[arg(long, value_name = "N")]
+    pub pending_capacity: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Instance listener (XEP-0114 for component instances)")]
+pub struct InstancesArgs {
+    /// Listen address for component instances, IP:PORT [instances.listen]
+    #[arg(long = "instances-listen", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// File holding the instances' secret [instances.secret_file]
+    #[arg(
+        long = "instance-secret-file",
+        id = "instance_secret_file",
+        visible_alias = "instances-secret-file",
+        value_name = "PATH"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the instances' secret [instances.secret_env]
+    #[arg(
+        long = "instance-secret-env",
+        id = "instance_secret_env",
+        visible_alias = "instances-secret-env",
+        value_name = "VAR"
+    )]
+    pub secret_env: Option<String>,
+    /// Maximum instance connections [instances.max_connections, default 64]
+    #[arg(long = "instances-max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Maximum connections still in handshake [instances.max_unauthenticated, default 16]
+    #[arg(long = "instances-max-unauthenticated", value_name = "N")]
+    pub max_unauthenticated: Option<usize>,
+    /// Outgoing stanza queue per instance [instances.queue, default 1024]
+    #[arg(long = "instances-queue", value_name = "N")]
+    pub queue: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitsArgs {
+    /// Largest accepted stanza in bytes [limits.max_stanza_bytes, default 524288]
+    #[arg(long, value_name = "BYTES")]
+    pub max_stanza_bytes: Option<usize>,
+    /// Deepest accepted element nesting [limits.max_depth, default 64]
+    #[arg(long, value_name = "N")]
+    pub max_depth: Option<usize>,
+    /// Time a peer gets to send its stream header [limits.header_timeout, default 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub header_timeout: Option<Duration>,
+    /// Close a connection silent for this long [limits.idle_timeout, default 300s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub idle_timeout: Option<Duration>,
+    /// Outgoing stanza queue per connection [limits.write_queue, default 4096]
+    #[arg(long, value_name = "N")]
+    pub write_queue: Option<usize>,
+    /// Stanzas from instances held while upstream is down [limits.upstream_buffer, default 4096]
+    #[arg(long, value_name = "N")]
+    pub upstream_buffer: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct LogArgs {
+    /// tracing filter, e.g. "info" or "jatproxy=debug,info" [log.level, default info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format [log.format, default text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct ServiceArgs {
+    /// Time in-flight requests get after SIGTERM [service.shutdown_grace, default 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// One wording for bad durations whether they come from the file or a flag.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HINT: &str = "expected number followed by unit, like 500ms, 30s or 2m";
+    humantime::parse_duration(s.trim()).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+            format!("invalid duration {s:?}: unknown unit {unit:?}; {HINT}")
+        }
+        humantime::DurationError::NumberOverflow => format!("invalid duration {s:?}: too large"),
+        _ => format!("invalid duration {s:?}: {HINT}"),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Raw file model
+// ---------------------------------------------------------------------------
+
+// Every field is optional so that "not in the file" can be told apart from
+// "set to the default value" when the CLI is layered on top.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawConfig {
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    client_proxy: RawClientProxy,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    instances: RawInstances,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    service: RawService,
+}
+
+/// The three ways to give a secret, taken out of their section.
+struct RawSecretSources {
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawUpstream {
+    server: Option<String>,
+    domain: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    reconnect_min: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    reconnect_max: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    keepalive_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawClientProxy {
+    target_address: Option<String>,
+    jat: Option<JatMode>,
+    client_requests: Option<bool>,
+    subscribe: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawRouting {
+    balancing: Option<Balancing>,
+    #[serde(default, deserialize_with = "de_duration")]
+    iq_timeout: Option<Duration>,
+    pending_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawInstances {
+    listen: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    max_connections: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLimits {
+    max_stanza_bytes: Option<usize>,
+    max_depth: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    idle_timeout: Option<Duration>,
+    write_queue: Option<usize>,
+    upstream_buffer: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawService {
+    #[serde(default, deserialize_with = "de_duration")]
+    shutdown_grace: Option<Duration>,
+}
+
+/// Durations are strings in the file; a bare number is rejected rather than
+/// guessed at (seconds? milliseconds?).
+fn de_duration<'de, D>(de: D) -> Result<Option<Duration>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string like \"30s\" or \"500ms\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
+    }
+    de.deserialize_str(V).map(Some)
+}
+
+impl RawSecretSources {
+    fn count(&self) -> usize {
+        usize::from(self.secret.is_some())
+            + usize::from(self.secret_file.is_some())
+            + usize::from(self.secret_env.is_some())
+    }
+}
+
+impl RawUpstream {
+    fn secret_sources(&mut self) -> RawSecretSources {
+        RawSecretSources {
+            secret: self.secret.take(),
+            secret_file: self.secret_file.take(),
+            secret_env: self.secret_env.take(),
+        }
+    }
+}
+
+impl RawInstances {
+    fn secret_sources(&mut self) -> RawSecretSources {
+        RawSecretSources {
+            secret: self.secret.take(),
+            secret_file: self.secret_file.take(),
+            secret_env: self.secret_env.take(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// A relative `secret_file` in a config file means "next to the config
+    /// file": services often run with `/` as working directory, where a
+    /// relative path would silently point somewhere else.
+    fn rebase_paths(&mut self, dir: &Path) {
+        for p in [
+            &mut self.upstream.secret_file,
+            &mut self.instances.secret_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+
+    fn apply_cli(&mut self, cli: &Cli) {
+        fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = Some(v.clone());
+            }
+        }
+
+        let (u, a) = (&mut self.upstream, &cli.upstream);
+        over(&mut u.server, &a.server);
+        over(&mut u.domain, &a.domain);
+        // A secret source on the command line replaces the file's source
+        // rather than conflicting with it, so an operator can point one run
+        // at a different secret without editing the file.
+        if a.secret_file.is_some() || a.secret_env.is_some() {
+            u.secret = None;
+            u.secret_file = a.secret_file.clone();
+            u.secret_env = a.secret_env.clone();
+        }
+        over(&mut u.connect_timeout, &a.connect_timeout);
+        over(&mut u.handshake_timeout, &a.handshake_timeout);
+        over(&mut u.reconnect_min, &a.reconnect_min);
+        over(&mut u.reconnect_max, &a.reconnect_max);
+        over(&mut u.keepalive_interval, &a.keepalive_interval);
+
+        let (c, a) = (&mut self.client_proxy, &cli.client_proxy);
+        over(&mut c.target_address, &a.target_address);
+        over(&mut c.jat, &a.jat);
+        over(&mut c.client_requests, &a.client_requests);
+        over(&mut c.subscribe, &a.subscribe);
+
+        let (r, a) = (&mut self.routing, &cli.routing);
+        over(&mut r.balancing, &a.balancing);
+        over(&mut r.iq_timeout, &a.iq_timeout);
+        over(&mut r.pending_capacity, &a.pending_capacity);
+
+        let (i, a) = (&mut self.instances, &cli.instances);
+        if let Some(addr) = a.listen {
+            i.listen = Some(addr.to_string());
+        }
+        if a.secret_file.is_some() || a.secret_env.is_some() {
+            i.secret = None;
+            i.secret_file = a.secret_file.clone();
+            i.secret_env = a.secret_env.clone();
+        }
+        over(&mut i.max_connections, &a.max_connections);
+        over(&mut i.max_unauthenticated, &a.max_unauthenticated);
+        over(&mut i.queue, &a.queue);
+
+        let (l, a) = (&mut self.limits, &cli.limits);
+        over(&mut l.max_stanza_bytes, &a.max_stanza_bytes);
+        over(&mut l.max_depth, &a.max_depth);
+        over(&mut l.header_timeout, &a.header_timeout);
+        over(&mut l.idle_timeout, &a.idle_timeout);
+        over(&mut l.write_queue, &a.write_queue);
+        over(&mut l.upstream_buffer, &a.upstream_buffer);
+
+        over(&mut self.log.level, &cli.log.log_level);
+        over(&mut self.log.format, &cli.log.log_format);
+
+        over(
+            &mut self.service.shutdown_grace,
+            &cli.service.shutdown_grace,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+/// Environment lookup, injectable so tests need not mutate the process
+/// environment (which races between test threads).
+type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// Reads `--config` if given, layers the CLI over it and the defaults under
+/// it, and validates the result.
+pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    load_with_env(cli, &process_env)
+}
+
+fn load_with_env(cli: &Cli, env: Env<'_>) -> Result<Config, ConfigError> {
+    let mut raw = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let mut raw = parse_raw(&text, &path.display().to_string())?;
+            if let Some(dir) = path.parent() {
+                raw.rebase_paths(dir);
+            }
+            raw
+        }
+        None => RawConfig::default(),
+    };
+    raw.apply_cli(cli);
+    resolve(raw, env)
+}
+
+/// Parses and validates TOML text without any CLI; secrets named by
+/// `secret_env` (and the `JATPROXY_*_SECRET` fallbacks) are read from the
+/// process environment, relative `secret_file` paths from the working
+/// directory.
+pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+    from_toml_str_with_env(s, &process_env)
+}
+
+fn from_toml_str_with_env(s: &str, env: Env<'_>) -> Result<Config, ConfigError> {
+    resolve(parse_raw(s, INLINE_LABEL)?, env)
+}
+
+fn parse_raw(text: &str, label: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| toml_error(text, label, &e))
+}
+
+/// Turns toml's multi-line, caret-drawing error into one line that names the
+/// file, line and key.
+fn toml_error(text: &str, label: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let location = match &span {
+        Some(span) => {
+            let end = span.start.min(text.len());
+            let line = 1 + text.as_bytes()[..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            format!("{label}:{line}")
+        }
+        None => label.to_owned(),
+    };
+    let found = span.and_then(|s| key_at(text, s.start));
+    // serde quotes with backticks; the rest of our messages use double quotes.
+    let msg = e
+        .message()
+        .trim()
+        .replace("expected usize", "expected a non-negative integer")
+        .replace('`', "\"");
+
+    let (key, message) = match found {
+        Some((path, is_table)) => {
+            let key = path.join(".");
+            let message = match unknown_field(e.message().trim()) {
+                Some((name, expected)) => {
+                    let parent = &path[..path.len().saturating_sub(1)];
+                    let what = if parent.is_empty() && is_table {
+                        format!("unknown section [{name}]")
+                    } else if parent.is_empty() {
+                        format!("unknown key {name:?} at top level")
+                    } else {
+                        format!("unknown key {name:?} in [{}]", parent.join("."))
+                    };
+                    format!("{what} (known: {expected})")
+                }
+                None => format!("{key}: {msg}"),
+            };
+            (Some(key), message)
+        }
+        None => (None, msg),
+    };
+    ConfigError::File {
+        location,
+        key,
+        message,
+    }
+}
+
+/// Splits serde's "unknown field `x`, expected one of `a`, `b`" into the name
+/// and a plain list.
+fn unknown_field(msg: &str) -> Option<(String, String)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let expected = rest
+        .trim_start_matches(", ")
+        .trim_start_matches("expected ")
+        .trim_start_matches("one of ")
+        .replace(" or ", ", ")
+        .replace('`', "");
+    Some((name.to_owned(), expected))
+}
+
+/// The dotted key whose name or value covers byte `pos` of the document, and
+/// whether its value is a table. Deepest match wins, so `[routing]` + `foo`
+/// yields `routing.foo`.
+fn key_at(text: &str, pos: usize) -> Option<(Vec<String>, bool)> {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        path: &mut Vec<String>,
+        pos: usize,
+        best: &mut Option<(Vec<String>, bool)>,
+    ) {
+        for (k, v) in table {
+            path.push(k.get_ref().to_string());
+            let (ks, vs) = (k.span(), v.span());
+            let hit = ks.contains(&pos) || vs.contains(&pos) || ks.start == pos;
+            let sub = v.get_ref().as_table();
+            if hit && best.as_ref().is_none_or(|(b, _)| b.len() < path.len()) {
+                *best = Some((path.clone(), sub.is_some()));
+            }
+            if let Some(sub) = sub {
+                walk(sub, path, pos, best);
+            }
+            path.pop();
+        }
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut best = None;
+    walk(doc.get_ref(), &mut Vec::new(), pos, &mut best);
+    best
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
+    let upstream_sources = raw.upstream.secret_sources();
+    let instance_sources = raw.instances.secret_sources();
+    let RawConfig {
+        upstream: u,
+        client_proxy: c,
+        routing: r,
+        instances: i,
+        limits: l,
+        log,
+        service,
+    } = raw;
+
+    let server = u.server.ok_or_else(|| {
+        ConfigError::invalid(
+            "upstream.server",
+            "none given (set it or --upstream-server)",
+        )
+    })?;
+    validate_server(&server)?;
+    let domain = u.domain.ok_or_else(|| {
+        ConfigError::invalid("upstream.domain", "none given (set it or --domain)")
+    })?;
+    let domain = validate_domain(&domain)?;
+    let secret = resolve_secret("upstream", upstream_sources, UPSTREAM_SECRET_VAR, env)?
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                "upstream.secret",
+                format!("none given (set secret_file, secret_env, or {UPSTREAM_SECRET_VAR})"),
+            )
+        })?;
+    let reconnect_min = positive(
+        "upstream.reconnect_min",
+        u.reconnect_min.unwrap_or(defaults::RECONNECT_MIN),
+    )?;
+    let reconnect_max = positive(
+        "upstream.reconnect_max",
+        u.reconnect_max.unwrap_or(defaults::RECONNECT_MAX),
+    )?;
+    if reconnect_min > reconnect_max {
+        return Err(ConfigError::invalid(
+            "upstream.reconnect_min",
+            format!(
+                "{} is greater than upstream.reconnect_max ({})",
+                fmt_duration(reconnect_min),
+                fmt_duration(reconnect_max)
+            ),
+        ));
+    }
+    let upstream = UpstreamConfig {
+        connect_timeout: positive(
+            "upstream.connect_timeout",
+            u.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
+        )?,
+        handshake_timeout: positive(
+            "upstream.handshake_timeout",
+            u.handshake_timeout.unwrap_or(defaults::HANDSHAKE_TIMEOUT),
+        )?,
+        keepalive_interval: positive(
+            "upstream.keepalive_interval",
+            u.keepalive_interval.unwrap_or(defaults::KEEPALIVE_INTERVAL),
+        )?,
+        reconnect_min,
+        reconnect_max,
+        server,
+        domain,
+        secret,
+    };
+
+    let target_address = c
+        .target_address
+        .as_deref()
+        .map(|t| validate_target(t, &upstream.domain))
+        .transpose()?;
+    let client_proxy = ClientProxyConfig {
+        target_address,
+        jat: c.jat.unwrap_or_default(),
+        client_requests: c.client_requests.unwrap_or(defaults::CLIENT_REQUESTS),
+        subscribe: c.subscribe.unwrap_or(defaults::SUBSCRIBE),
+    };
+
+    let routing = RoutingConfig {
+        balancing: r.balancing.unwrap_or_default(),
+        iq_timeout: positive(
+            "routing.iq_timeout",
+            r.iq_timeout.unwrap_or(defaults::IQ_TIMEOUT),
+        )?,
+        pending_capacity: nonzero(
+            "routing.pending_capacity",
+            r.pending_capacity.unwrap_or(defaults::PENDING_CAPACITY),
+        )?,
+    };
+
+    let listen = i
+        .listen
+        .as_deref()
+        .map(|s| {
+            s.trim().parse::<SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "instances.listen",
+                    format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:5348)"),
+                )
+            })
+        })
+        .transpose()?;
+    // Without a listener the instance secret is not read at all, so turning
+    // the listener off by commenting out `listen` cannot fail on a secret
+    // file that is not there.
+    let instance_secret = match listen {
+        None => None,
+        Some(_) => Some(
+            resolve_secret("instances", instance_sources, INSTANCE_SECRET_VAR, env)?.ok_or_else(
+                || {
+                    ConfigError::invalid(
+                        "instances.secret",
+                        format!(
+                            "none given but instances.listen is set \
+                             (set secret_file, secret_env, or {INSTANCE_SECRET_VAR})"
+                        ),
+                    )
+                },
+            )?,
+        ),
+    };
+    let instances = InstancesConfig {
+        listen,
+        secret: instance_secret,
+        max_connections: nonzero(
+            "instances.max_connections",
+            i.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        )?,
+        max_unauthenticated: nonzero(
+            "instances.max_unauthenticated",
+            i.max_unauthenticated
+                .unwrap_or(defaults::MAX_UNAUTHENTICATED),
+        )?,
+        queue: nonzero(
+            "instances.queue",
+            i.queue.unwrap_or(defaults::INSTANCE_QUEUE),
+        )?,
+    };
+
+    if client_proxy.target_address.is_none() && instances.listen.is_none() {
+        return Err(ConfigError::invalid(
+            "client_proxy.target_address",
+            "no pool: set client_proxy.target_address and/or instances.listen",
+        ));
+    }
+
+    let max_stanza_bytes = l.max_stanza_bytes.unwrap_or(defaults::MAX_STANZA_BYTES);
+    if max_stanza_bytes < MIN_STANZA_BYTES {
+        return Err(ConfigError::invalid(
+            "limits.max_stanza_bytes",
+            format!("{max_stanza_bytes} is too small (minimum {MIN_STANZA_BYTES})"),
+        ));
+    }
+    let limits = LimitsConfig {
+        max_stanza_bytes,
+        max_depth: nonzero(
+            "limits.max_depth",
+            l.max_depth.unwrap_or(defaults::MAX_DEPTH),
+        )?,
+        header_timeout: positive(
+            "limits.header_timeout",
+            l.header_timeout.unwrap_or(defaults::HEADER_TIMEOUT),
+        )?,
+        idle_timeout: positive(
+            "limits.idle_timeout",
+            l.idle_timeout.unwrap_or(defaults::IDLE_TIMEOUT),
+        )?,
+        write_queue: nonzero(
+            "limits.write_queue",
+            l.write_queue.unwrap_or(defaults::WRITE_QUEUE),
+        )?,
+        upstream_buffer: nonzero(
+            "limits.upstream_buffer",
+            l.upstream_buffer.unwrap_or(defaults::UPSTREAM_BUFFER),
+        )?,
+    };
+
+    let level = log
+        .level
+        .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned())
+        .trim()
+        .to_owned();
+    if level.is_empty() {
+        return Err(ConfigError::invalid(
+            "log.level",
+            "is empty (use e.g. \"info\" or \"jatproxy=debug,info\")",
+        ));
+    }
+    let log = LogConfig {
+        level,
+        format: log.format.unwrap_or_default(),
+    };
+
+    let service = ServiceConfig {
+        shutdown_grace: service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
+    };
+
+    Ok(Config {
+        upstream,
+        client_proxy,
+        routing,
+        instances,
+        limits,
+        log,
+        service,
+    })
+}
+
+/// Zero would mean "time out at once" (or spin, for backoff), never what an
+/// operator meant.
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::invalid(key, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Zero-sized queues and tables would stall or reject everything.
+fn nonzero(key: &str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        Err(ConfigError::invalid(key, "must be at least 1"))
+    } else {
+        Ok(n)
+    }
+}
+
+/// Checks HOST:PORT shape without resolving, so `--check-config` works
+/// offline and DNS stays a connect-time concern.
+fn validate_server(s: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream.server";
+    let bad = |why: &str| ConfigError::invalid(KEY, format!("{s:?} {why}"));
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, rest) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed '['"))?;
+        let port = rest
+            .strip_prefix(':')
+            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
+        (host, port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
+        if host.contains(':') {
+            return Err(bad("has an IPv6 address without brackets (use [::1]:5347)"));
+        }
+        (host, port)
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(bad("has an empty or malformed host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(bad("has an invalid port (1-65535)")),
+    }
+}
+
+/// Returns the domain in the normalised form JIDs on the wire will have.
+fn validate_domain(raw: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "upstream.domain";
+    let d = raw.trim();
+    let d = d.strip_suffix('.').unwrap_or(d);
+    let jid = jid::BareJid::new(d)
+        .map_err(|_| ConfigError::invalid(KEY, format!("{raw:?} is not a valid domain")))?;
+    if jid.node().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("{raw:?} is not a valid domain (it has a node@ part; give only the domain)"),
+        ));
+    }
+    Ok(jid.domain().as_str().to_owned())
+}
+
+fn validate_target(raw: &str, component_domain: &str) -> Result<jid::BareJid, ConfigError> {
+    const KEY: &str = "client_proxy.target_address";
+    let t = raw.trim();
+    // jid strips a trailing root dot only from domain-only JIDs; do it here so
+    // `impl@example.test.` means the same account as `impl@example.test`.
+    let t = t.strip_suffix('.').unwrap_or(t);
+    let jid = jid::BareJid::new(t).map_err(|e| {
+        let why = match e {
+            jid::Error::ResourceInBareJid => "must be a bare JID (no /resource)".to_owned(),
+            other => format!("is not a valid JID ({other})"),
+        };
+        ConfigError::invalid(KEY, format!("{raw:?} {why}"))
+    })?;
+    if jid.node().is_none() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("{raw:?} must be an account with a node part, like impl@example.test"),
+        ));
+    }
+    if jid.domain().as_str() == component_domain {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{raw:?} is inside the component domain {component_domain}; \
+                 it must be an account on the XMPP server"
+            ),
+        ));
+    }
+    Ok(jid)
+}
+
+/// Exactly one source, or the fallback variable if none; `Ok(None)` lets the
+/// caller decide whether a missing secret is an error.
+fn resolve_secret(
+    section: &str,
+    src: RawSecretSources,
+    fallback_var: &str,
+    env: Env<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    let key = format!("{section}.secret");
+    if src.count() > 1 {
+        let given: Vec<&str> = [
+            src.secret.as_ref().map(|_| "secret"),
+            src.secret_file.as_ref().map(|_| "secret_file"),
+            src.secret_env.as_ref().map(|_| "secret_env"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        return Err(ConfigError::invalid(
+            &key,
+            format!(
+                "more than one source given ({}); use exactly one",
+                given.join(", ")
+            ),
+        ));
+    }
+    if let Some(value) = src.secret {
+        if value.is_empty() {
+            return Err(ConfigError::invalid(&key, "is empty"));
+        }
+        return Ok(Some(Secret {
+            value,
+            source: SecretSource::Inline,
+        }));
+    }
+    if let Some(path) = src.secret_file {
+        let key = format!("{section}.secret_file");
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(&key, "is empty (give a path)"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::invalid(&key, format!("cannot read \"{}\": {e}", path.display()))
+        })?;
+        let value = text.trim_end();
+        if value.is_empty() {
+            return Err(ConfigError::invalid(
+                &key,
+                format!("\"{}\" is empty", path.display()),
+            ));
+        }
+        return Ok(Some(Secret {
+            value: value.to_owned(),
+            source: SecretSource::File(path),
+        }));
+    }
+    if let Some(var) = src.secret_env {
+        let key = format!("{section}.secret_env");
+        if var.is_empty() {
+            return Err(ConfigError::invalid(
+                &key,
+                "names no variable (empty string)",
+            ));
+        }
+        return read_secret_var(&key, &var, env).map(Some);
+    }
+    match env(fallback_var) {
+        Some(_) => read_secret_var(&key, fallback_var, env).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_secret_var(key: &str, var: &str, env: Env<'_>) -> Result<Secret, ConfigError> {
+    let value = env(var).ok_or_else(|| {
+        ConfigError::invalid(key, format!("environment variable {var} is not set"))
+    })?;
+    let value = value.into_string().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("environment variable {var} is not valid UTF-8"),
+        )
+    })?;
+    if value.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("environment variable {var} is empty"),
+        ));
+    }
+    Ok(Secret {
+        value,
+        source: SecretSource::Env(var.to_owned()),
+    })
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Summary
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Effective settings as one `key=value` line for the startup log, so a
+    /// log excerpt alone shows what the process ran with. Secrets appear only
+    /// as `[redacted]` plus where they came from.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let d = fmt_duration;
+        let u = &self.upstream;
+        let _ = write!(
+            s,
+            "upstream.server={} upstream.domain={} upstream.secret={} upstream.secret_source={} \
+             upstream.connect_timeout={} upstream.handshake_timeout={} \
+             upstream.reconnect_min={} upstream.reconnect_max={} upstream.keepalive_interval={}",
+            u.server,
+            u.domain,
+            u.secret,
+            u.secret.source(),
+            d(u.connect_timeout),
+            d(u.handshake_timeout),
+            d(u.reconnect_min),
+            d(u.reconnect_max),
+            d(u.keepalive_interval),
+        );
+        let c = &self.client_proxy;
+        let target = c
+            .target_address
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string);
+        let _ = write!(
+            s,
+            " client_proxy.target_address={target} client_proxy.jat={} \
+             client_proxy.client_requests={} client_proxy.subscribe={}",
+            c.jat, c.client_requests, c.subscribe,
+        );
+        let r = &self.routing;
+        let _ = write!(
+            s,
+            " routing.balancing={} routing.iq_timeout={} routing.pending_capacity={}",
+            r.balancing,
+            d(r.iq_timeout),
+            r.pending_capacity,
+        );
+        let i = &self.instances;
+        match (&i.listen, &i.secret) {
+            (Some(addr), Some(secret)) => {
+                let _ = write!(
+                    s,
+                    " instances.listen={addr} instances.secret={secret} instances.secret_source={}",
+                    secret.source()
+                );
+            }
+            _ => s.push_str(" instances.listen=none"),
+        }
+        let _ = write!(
+            s,
+            " instances.max_connections={} instances.max_unauthenticated={} instances.queue={}",
+            i.max_connections, i.max_unauthenticated, i.queue,
+        );
+        let l = &self.limits;
+        let _ = write!(
+            s,
+            " limits.max_stanza_bytes={} limits.max_depth={} limits.header_timeout={} \
+             limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={}",
+            l.max_stanza_bytes,
+            l.max_depth,
+            d(l.header_timeout),
+            d(l.idle_timeout),
+            l.write_queue,
+            l.upstream_buffer,
+        );
+        let _ = write!(
+            s,
+            " log.level={:?} log.format={} service.shutdown_grace={}",
+            self.log.level,
+            self.log.format,
+            d(self.service.shutdown_grace),
+        );
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write as _;
+
+    const SECRET: &str = "s3cr3t-Zq9-do-not-log";
+
+    /// Smallest valid config: everything else must come from defaults.
+    const MINIMAL: &str = r#"
+        [upstream]
+        server = "127.0.0.1:5347"
+        domain = "proxy.example.test"
+        secret = "s3cr3t-Zq9-do-not-log"
+
+        [client_proxy]
+        target_address = "impl@example.test"
+    "#;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        from_toml_str_with_env(s, &no_env)
+    }
+
+    fn parse_ok(s: &str) -> Config {
+        match parse(s) {
+            Ok(c) => c,
+            Err(e) => panic!("expected valid config, got: {e}"),
+        }
+    }
+
+    fn parse_err(s: &str) -> ConfigError {
+        match parse(s) {
+            Ok(c) => panic!("expected an error, got: {}", c.summary()),
+            Err(e) => e,
+        }
+    }
+
+    /// MINIMAL with `extra` appended to the given section (sections may
+    /// repeat keys only once, so callers add keys not already present).
+    fn with(section: &str, extra: &str) -> String {
+        if section == "upstream" || section == "client_proxy" {
+            MINIMAL.replace(&format!("[{section}]"), &format!("[{section}]\n{extra}"))
+        } else {
+            format!("{MINIMAL}\n[{section}]\n{extra}\n")
+        }
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["jatproxy"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(c) => c,
+            Err(e) => panic!("cli parse failed: {e}"),
+        }
+    }
+
+    fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).expect("create temp file");
+        f.write_all(contents.as_bytes()).expect("write temp file");
+        path
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!(c.upstream.server, "127.0.0.1:5347");
+        assert_eq!(c.upstream.domain, "proxy.example.test");
+        assert_eq!(c.upstream.secret.expose(), SECRET);
+        assert_eq!(c.upstream.secret.source(), &SecretSource::Inline);
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.reconnect_min, Duration::from_millis(500));
+        assert_eq!(c.upstream.reconnect_max, Duration::from_secs(30));
+        assert_eq!(c.upstream.keepalive_interval, Duration::from_secs(60));
+
+        assert_eq!(
+            c.client_proxy
+                .target_address
+                .as_ref()
+                .map(|j| j.to_string()),
+            Some("impl@example.test".to_owned())
+        );
+        assert_eq!(c.client_proxy.jat, JatMode::Inline);
+        assert!(c.client_proxy.client_requests);
+        assert!(c.client_proxy.subscribe);
+
+        assert_eq!(c.routing, RoutingConfig::default());
+        assert_eq!(c.routing.balancing, Balancing::Random);
+        assert_eq!(c.routing.iq_timeout, Duration::from_secs(30));
+        assert_eq!(c.routing.pending_capacity, 65536);
+
+        assert_eq!(c.instances.listen, None);
+        assert!(c.instances.secret.is_none());
+        assert_eq!(c.instances.max_connections, 64);
+        assert_eq!(c.instances.max_unauthenticated, 16);
+        assert_eq!(c.instances.queue, 1024);
+
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.max_stanza_bytes, 524_288);
+        assert_eq!(c.limits.max_depth, 64);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.write_queue, 4096);
+        assert_eq!(c.limits.upstream_buffer, 4096);
+
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.service.shutdown_grace, Duration::from_secs(5));
+    }
+
+    /// Every key set in the file to a non-default value is honoured.
+    #[test]
+    fn file_values_override_defaults() {
+        let c = parse_ok(
+            r#"
+            [upstream]
+            server = "xmpp.example.test:5275"
+            domain = "Proxy.Example.Test."
+            secret = "s3cr3t-Zq9-do-not-log"
+            connect_timeout = "3s"
+            handshake_timeout = "4s"
+            reconnect_min = "1s"
+            reconnect_max = "2m"
+            keepalive_interval = "45s"
+
+            [client_proxy]
+            target_address = "Impl@Example.Test"
+            jat = "opaque"
+            client_requests = false
+            subscribe = false
+
+            [routing]
+            balancing = "least-pending"
+            iq_timeout = "1m 30s"
+            pending_capacity = 10
+
+            [instances]
+            listen = "[::1]:5348"
+            secret = "instance-secret"
+            max_connections = 5
+            max_unauthenticated = 2
+            queue = 7
+
+            [limits]
+            max_stanza_bytes = 65536
+            max_depth = 20
+            header_timeout = "2s"
+            idle_timeout = "1h"
+            write_queue = 100
+            upstream_buffer = 200
+
+            [log]
+            level = "jatproxy=debug,info"
+            format = "json"
+
+            [service]
+            shutdown_grace = "0s"
+            "#,
+        );
+        assert_eq!(c.upstream.server, "xmpp.example.test:5275");
+        assert_eq!(c.upstream.domain, "proxy.example.test");
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.upstream.handshake_timeout, Duration::from_secs(4));
+        assert_eq!(c.upstream.reconnect_min, Duration::from_secs(1));
+        assert_eq!(c.upstream.reconnect_max, Duration::from_secs(120));
+        assert_eq!(c.upstream.keepalive_interval, Duration::from_secs(45));
+        assert_eq!(
+            c.client_proxy.target_address.map(|j| j.to_string()),
+            Some("impl@example.test".to_owned())
+        );
+        assert_eq!(c.client_proxy.jat, JatMode::Opaque);
+        assert!(!c.client_proxy.client_requests);
+        assert!(!c.client_proxy.subscribe);
+        assert_eq!(c.routing.balancing, Balancing::LeastPending);
+        assert_eq!(c.routing.iq_timeout, Duration::from_secs(90));
+        assert_eq!(c.routing.pending_capacity, 10);
+        assert_eq!(c.instances.listen, "[::1]:5348".parse().ok());
+        assert_eq!(
+            c.instances.secret.as_ref().map(Secret::expose),
+            Some("instance-secret")
+        );
+        assert_eq!(c.instances.max_connections, 5);
+        assert_eq!(c.instances.max_unauthenticated, 2);
+        assert_eq!(c.instances.queue, 7);
+        assert_eq!(c.limits.max_stanza_bytes, 65536);
+        assert_eq!(c.limits.max_depth, 20);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.limits.write_queue, 100);
+        assert_eq!(c.limits.upstream_buffer, 200);
+        assert_eq!(c.log.level, "jatproxy=debug,info");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.service.shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn balancing_spellings() {
+        for (s, b) in [
+            ("random", Balancing::Random),
+            ("round-robin", Balancing::RoundRobin),
+            ("least-pending", Balancing::LeastPending),
+            ("sticky", Balancing::Sticky),
+        ] {
+            let c = parse_ok(&with("routing", &format!("balancing = {s:?}")));
+            assert_eq!(c.routing.balancing, b);
+            assert_eq!(b.as_str(), s);
+            assert_eq!(cli(&["--balancing", s]).routing.balancing, Some(b));
+        }
+        let e = parse_err(&with("routing", "balancing = \"round_robin\""));
+        assert_eq!(e.key(), Some("routing.balancing"));
+        assert!(e.to_string().contains("routing.balancing"), "{e}");
+    }
+
+    /// Every flag wins over the file, which itself sets a different value.
+    #[test]
+    fn every_flag_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(
+            dir.path(),
+            "config.toml",
+            r#"
+            [upstream]
+            server = "file.example.test:1"
+            domain = "file.example.test"
+            secret_env = "FILE_SECRET"
+            connect_timeout = "1s"
+            handshake_timeout = "1s"
+            reconnect_min = "1s"
+            reconnect_max = "1s"
+            keepalive_interval = "1s"
+            [client_proxy]
+            target_address = "file@example.test"
+            jat = "inline"
+            client_requests = true
+            subscribe = true
+            [routing]
+            balancing = "random"
+            iq_timeout = "1s"
+            pending_capacity = 1
+            [instances]
+            listen = "127.0.0.1:1"
+            secret_env = "FILE_INSTANCE_SECRET"
+            max_connections = 1
+            max_unauthenticated = 1
+            queue = 1
+            [limits]
+            max_stanza_bytes = 4096
+            max_depth = 1
+            header_timeout = "1s"
+            idle_timeout = "1s"
+            write_queue = 1
+            upstream_buffer = 1
+            [log]
+            level = "warn"
+            format = "text"
+            [service]
+            shutdown_grace = "1s"
+            "#,
+        );
+        let secret_file = write_file(dir.path(), "up.secret", "from-file\n");
+        let args = cli(&[
+            "--config",
+            &file.display().to_string(),
+            "--upstream-server",
+            "cli.example.test:5347",
+            "--domain",
+            "cli.example.test",
+            "--upstream-secret-file",
+            &secret_file.display().to_string(),
+            "--upstream-connect-timeout",
+            "2s",
+            "--upstream-handshake-timeout",
+            "3s",
+            "--upstream-reconnect-min",
+            "4s",
+            "--upstream-reconnect-max",
+            "5s",
+            "--upstream-keepalive-interval",
+            "6s",
+            "--target-address",
+            "cli@example.test",
+            "--jat",
+            "opaque",
+            "--client-requests",
+            "false",
+            "--subscribe",
+            "no",
+            "--balancing",
+            "sticky",
+            "--iq-timeout",
+            "7s",
+            "--pending-capacity",
+            "8",
+            "--instances-listen",
+            "127.0.0.1:9",
+            "--instance-secret-env",
+            "CLI_INSTANCE_SECRET",
+            "--instances-max-connections",
+            "10",
+            "--instances-max-unauthenticated",
+            "11",
+            "--instances-queue",
+            "12",
+            "--max-stanza-bytes",
+            "8192",
+            "--max-depth",
+            "13",
+            "--header-timeout",
+            "14s",
+            "--idle-timeout",
+            "15s",
+            "--write-queue",
+            "16",
+            "--upstream-buffer",
+            "17",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "--shutdown-grace",
+            "18s",
+        ]);
+        let env = env_of(&[
+            ("FILE_SECRET", "file-env"),
+            ("FILE_INSTANCE_SECRET", "file-instance"),
+            ("CLI_INSTANCE_SECRET", "cli-instance"),
+        ]);
+        let c = load_with_env(&args, &env).unwrap_or_else(|e| panic!("{e}"));
+        let s = Duration::from_secs;
+        assert_eq!(c.upstream.server, "cli.example.test:5347");
+        assert_eq!(c.upstream.domain, "cli.example.test");
+        assert_eq!(c.upstream.secret.expose(), "from-file");
+        assert_eq!(c.upstream.connect_timeout, s(2));
+        assert_eq!(c.upstream.handshake_timeout, s(3));
+        assert_eq!(c.upstream.reconnect_min, s(4));
+        assert_eq!(c.upstream.reconnect_max, s(5));
+        assert_eq!(c.upstream.keepalive_interval, s(6));
+        assert_eq!(
+            c.client_proxy.target_address.map(|j| j.to_string()),
+            Some("cli@example.test".to_owned())
+        );
+        assert_eq!(c.client_proxy.jat, JatMode::Opaque);
+        assert!(!c.client_proxy.client_requests);
+        assert!(!c.client_proxy.subscribe);
+        assert_eq!(c.routing.balancing, Balancing::Sticky);
+        assert_eq!(c.routing.iq_timeout, s(7));
+        assert_eq!(c.routing.pending_capacity, 8);
+        assert_eq!(c.instances.listen, "127.0.0.1:9".parse().ok());
+        assert_eq!(
+            c.instances.secret.as_ref().map(Secret::expose),
+            Some("cli-instance")
+        );
+        assert_eq!(c.instances.max_connections, 10);
+        assert_eq!(c.instances.max_unauthenticated, 11);
+        assert_eq!(c.instances.queue, 12);
+        assert_eq!(c.limits.max_stanza_bytes, 8192);
+        assert_eq!(c.limits.max_depth, 13);
+        assert_eq!(c.limits.header_timeout, s(14));
+        assert_eq!(c.limits.idle_timeout, s(15));
+        assert_eq!(c.limits.write_queue, 16);
+        assert_eq!(c.limits.upstream_buffer, 17);
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.service.shutdown_grace, s(18));
+    }
+
+    #[test]
+    fn flags_alone_without_a_file() {
+        let args = cli(&[
+            "--upstream-server",
+            "localhost:5347",
+            "--upstream-domain",
+            "proxy.example.test",
+            "--upstream-secret-env",
+            "MY_SECRET",
+            "--instances-listen",
+            "127.0.0.1:5348",
+            "--instances-secret-env",
+            "MY_INSTANCE_SECRET",
+        ]);
+        let env = env_of(&[("MY_SECRET", "a"), ("MY_INSTANCE_SECRET", "b")]);
+        let c = load_with_env(&args, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstream.secret.source(),
+            &SecretSource::Env("MY_SECRET".into())
+        );
+        assert!(c.client_proxy.target_address.is_none());
+        assert_eq!(c.instances.secret.as_ref().map(Secret::expose), Some("b"));
+        assert!(!args.check_config);
+        assert!(cli(&["--check-config"]).check_config);
+    }
+
+    #[test]
+    fn bad_flag_values_are_rejected_by_clap_naming_the_flag() {
+        for args in [
+            &["--iq-timeout", "30x"][..],
+            &["--pending-capacity=-1"],
+            &["--balancing", "fastest"],
+            &["--instances-listen", "localhost:5348"],
+            &["--subscribe", "maybe"],
+        ] {
+            let mut argv = vec!["jatproxy"];
+            argv.extend_from_slice(args);
+            let e = match Cli::try_parse_from(argv) {
+                Ok(_) => panic!("{args:?} should not parse"),
+                Err(e) => e.to_string(),
+            };
+            let flag = args[0].split('=').next().unwrap_or_default();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        // Secrets themselves have no flag.
+        assert!(Cli::try_parse_from(["jatproxy", "--upstream-secret", "x"]).is_err());
+    }
+
+    #[test]
+    fn missing_config_file_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nope.toml");
+        let args = cli(&["--config", &path.display().to_string()]);
+        let e = load_with_env(&args, &no_env).expect_err("must fail");
+        assert!(matches!(e, ConfigError::Read { .. }));
+        let msg = e.to_string();
+        assert!(msg.starts_with(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("cannot read config file"), "{msg}");
+    }
+
+    #[test]
+    fn file_errors_carry_file_name_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(
+            dir.path(),
+            "jat.toml",
+            "[upstream]\nserver = \"a:1\"\n\n[routing]\niq_timeout = \"30x\"\n",
+        );
+        let args = cli(&["--config", &file.display().to_string()]);
+        let e = load_with_env(&args, &no_env).expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("{}:5: ", file.display())), "{msg}");
+        assert_eq!(e.key(), Some("routing.iq_timeout"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = parse_err(&with("routing", "foo = 1"));
+        assert_eq!(e.key(), Some("routing.foo"));
+        let msg = e.to_string();
+        assert!(msg.starts_with("config.toml:"), "{msg}");
+        assert!(msg.contains("unknown key \"foo\" in [routing]"), "{msg}");
+        assert!(msg.contains("iq_timeout"), "lists known keys: {msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let msg = parse_err(&format!("{MINIMAL}\n[rooting]\nx = 1\n")).to_string();
+        assert!(msg.contains("unknown section [rooting]"), "{msg}");
+
+        let msg = parse_err(&format!("foo = 1\n{MINIMAL}")).to_string();
+        assert!(msg.contains("unknown key \"foo\" at top level"), "{msg}");
+        assert!(msg.starts_with("config.toml:1:"), "{msg}");
+
+        // A dotted key before any table header.
+        let msg = parse_err(&format!("limits.max_size = 1\n{MINIMAL}")).to_string();
+        assert!(
+            msg.contains("unknown key \"max_size\" in [limits]"),
+            "{msg}"
+        );
+
+        // A dotted key after a header belongs to that table.
+        let msg = parse_err(&format!("{MINIMAL}\nlimits.max_size = 1\n")).to_string();
+        assert!(
+            msg.contains("unknown key \"limits\" in [client_proxy]"),
+            "{msg}"
+        );
+
+        // The old spelling of shutdown_grace at top level is not silently
+        // accepted either.
+        let msg = parse_err(&format!("shutdown_grace = \"1s\"\n{MINIMAL}")).to_string();
+        assert!(msg.contains("unknown key \"shutdown_grace\""), "{msg}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_one_line_with_line_number() {
+        let e = parse_err("[upstream]\nserver = \"a:1\"\ndomain = \n");
+        let msg = e.to_string();
+        assert!(msg.starts_with("config.toml:3: "), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let msg = parse_err("[upstream]\nserver = 1\nserver = 2\n").to_string();
+        assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        for (section, line, key) in [
+            (
+                "routing",
+                "pending_capacity = -1",
+                "routing.pending_capacity",
+            ),
+            (
+                "routing",
+                "pending_capacity = \"10\"",
+                "routing.pending_capacity",
+            ),
+            ("routing", "iq_timeout = 30", "routing.iq_timeout"),
+            (
+                "client_proxy",
+                "subscribe = \"yes\"",
+                "client_proxy.subscribe",
+            ),
+            ("client_proxy", "jat = \"clear\"", "client_proxy.jat"),
+            ("log", "format = \"xml\"", "log.format"),
+            ("limits", "max_depth = 1.5", "limits.max_depth"),
+        ] {
+            let e = parse_err(&with(section, line));
+            assert_eq!(e.key(), Some(key), "{line}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains(key), "{line}: {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let e = parse_err(&format!("routing = 3\n{MINIMAL}"));
+        assert_eq!(e.key(), Some("routing"));
+        assert_eq!(
+            e.to_string(),
+            "config.toml:1: routing: invalid type: integer \"3\", expected a table"
+        );
+        let msg = parse_err(&with("routing", "balancing = \"fast\"")).to_string();
+        assert!(
+            msg.ends_with(
+                "routing.balancing: unknown variant \"fast\", expected one of \
+                 \"random\", \"round-robin\", \"least-pending\", \"sticky\""
+            ),
+            "{msg}"
+        );
+        let msg = parse_err(&with("routing", "pending_capacity = -1")).to_string();
+        assert!(msg.contains("non-negative integer"), "{msg}");
+        let msg = parse_err(&with("routing", "iq_timeout = 30")).to_string();
+        assert!(msg.contains("duration string"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        for (s, d) in [
+            ("30s", Duration::from_secs(30)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h 30m", Duration::from_secs(5400)),
+            (" 10s ", Duration::from_secs(10)),
+            ("1.5s", Duration::from_millis(1500)),
+        ] {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+            let c = parse_ok(&with("routing", &format!("iq_timeout = {s:?}")));
+            assert_eq!(c.routing.iq_timeout, d);
+        }
+        for s in ["30x", "30", "", "x", "-1s", "s"] {
+            assert!(parse_duration(s).is_err(), "{s:?} should be rejected");
+        }
+        let e = parse_err(&with("routing", "iq_timeout = \"30x\""));
+        let msg = e.to_string();
+        assert!(
+            msg.ends_with(
+                "routing.iq_timeout: invalid duration \"30x\": unknown unit \"x\"; \
+                 expected number followed by unit, like 500ms, 30s or 2m"
+            ),
+            "{msg}"
+        );
+        assert_eq!(
+            parse_duration("30").err().as_deref(),
+            Some(
+                "invalid duration \"30\": expected number followed by unit, like 500ms, 30s or 2m"
+            )
+        );
+    }
+
+    /// Every validation failure names its key first.
+    #[test]
+    fn validation_errors_name_their_key() {
+        let no_upstream = "[client_proxy]\ntarget_address = \"impl@example.test\"\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                format!("{no_upstream}[upstream]\ndomain = \"d.example\"\nsecret = \"x\""),
+                "upstream.server",
+                "none given",
+            ),
+            (
+                format!("{no_upstream}[upstream]\nserver = \"h:1\"\nsecret = \"x\""),
+                "upstream.domain",
+                "none given",
+            ),
+            (
+                format!("{no_upstream}[upstream]\nserver = \"h:1\"\ndomain = \"d.example\""),
+                "upstream.secret",
+                "none given (set secret_file, secret_env, or JATPROXY_UPSTREAM_SECRET)",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:5347", "127.0.0.1"),
+                "upstream.server",
+                "HOST:PORT",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:5347", "host:0"),
+                "upstream.server",
+                "port",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:5347", "::1:5347"),
+                "upstream.server",
+                "brackets",
+            ),
+            (
+                MINIMAL.replace("proxy.example.test", "a b"),
+                "upstream.domain",
+                "\"a b\" is not a valid domain",
+            ),
+            (
+                MINIMAL.replace("\"proxy.example.test\"", "\"\""),
+                "upstream.domain",
+                "not a valid domain",
+            ),
+            (
+                MINIMAL.replace("proxy.example.test", "user@proxy.example.test"),
+                "upstream.domain",
+                "node",
+            ),
+            (
+                MINIMAL.replace("proxy.example.test", "proxy.example.test/r"),
+                "upstream.domain",
+                "not a valid domain",
+            ),
+            (
+                with("upstream", "reconnect_min = \"1m\""),
+                "upstream.reconnect_min",
+                "greater than upstream.reconnect_max",
+            ),
+            (
+                with("upstream", "reconnect_min = \"0s\""),
+                "upstream.reconnect_min",
+                "greater than zero",
+            ),
+            (
+                with("upstream", "connect_timeout = \"0s\""),
+                "upstream.connect_timeout",
+                "greater than zero",
+            ),
+            (
+                with("upstream", "handshake_timeout = \"0ms\""),
+                "upstream.handshake_timeout",
+                "greater than zero",
+            ),
+            (
+                with("upstream", "keepalive_interval = \"0s\""),
+                "upstream.keepalive_interval",
+                "greater than zero",
+            ),
+            (
+                MINIMAL.replace("impl@example.test", "example.test"),
+                "client_proxy.target_address",
+                "node part",
+            ),
+            (
+                MINIMAL.replace("impl@example.test", "impl@example.test/res"),
+                "client_proxy.target_address",
+                "bare JID",
+            ),
+            (
+                MINIMAL.replace("impl@example.test", "a@b@c"),
+                "client_proxy.target_address",
+                "not a valid JID",
+            ),
+            (
+                MINIMAL.replace("impl@example.test", "impl@Proxy.Example.Test."),
+                "client_proxy.target_address",
+                "inside the component domain",
+            ),
+            (
+                MINIMAL.replace("target_address = \"impl@example.test\"", ""),
+                "client_proxy.target_address",
+                "no pool",
+            ),
+            (
+                with("routing", "iq_timeout = \"0s\""),
+                "routing.iq_timeout",
+                "greater than zero",
+            ),
+            (
+                with("routing", "pending_capacity = 0"),
+                "routing.pending_capacity",
+                "at least 1",
+            ),
+            (
+                with("instances", "listen = \"localhost:5348\"\nsecret = \"x\""),
+                "instances.listen",
+                "not an IP:PORT",
+            ),
+            (
+                with("instances", "listen = \"127.0.0.1:5348\""),
+                "instances.secret",
+                "none given but instances.listen is set",
+            ),
+            (
+                with("instances", "max_connections = 0"),
+                "instances.max_connections",
+                "at least 1",
+            ),
+            (
+                with("instances", "max_unauthenticated = 0"),
+                "instances.max_unauthenticated",
+                "at least 1",
+            ),
+            (
+                with("instances", "queue = 0"),
+                "instances.queue",
+                "at least 1",
+            ),
+            (
+                with("limits", "max_stanza_bytes = 4095"),
+                "limits.max_stanza_bytes",
+                "minimum 4096",
+            ),
+            (
+                with("limits", "max_depth = 0"),
+                "limits.max_depth",
+                "at least 1",
+            ),
+            (
+                with("limits", "header_timeout = \"0s\""),
+                "limits.header_timeout",
+                "greater than zero",
+            ),
+            (
+                with("limits", "idle_timeout = \"0s\""),
+                "limits.idle_timeout",
+                "greater than zero",
+            ),
+            (
+                with("limits", "write_queue = 0"),
+                "limits.write_queue",
+                "at least 1",
+            ),
+            (
+                with("limits", "upstream_buffer = 0"),
+                "limits.upstream_buffer",
+                "at least 1",
+            ),
+            (with("log", "level = \"  \""), "log.level", "empty"),
+        ];
+        for (toml, key, fragment) in cases {
+            let e = parse_err(&toml);
+            let msg = e.to_string();
+            assert_eq!(e.key(), Some(key), "{msg}");
+            assert!(msg.starts_with(&format!("{key}: ")), "{msg}");
+            assert!(msg.contains(fragment), "expected {fragment:?} in {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        assert_eq!(
+            parse_err(&MINIMAL.replace("proxy.example.test", "a b")).to_string(),
+            "upstream.domain: \"a b\" is not a valid domain"
+        );
+    }
+
+    #[test]
+    fn accepted_server_and_listen_forms() {
+        for server in ["127.0.0.1:5347", "[::1]:5347", "xmpp.example.test:5275"] {
+            let c = parse_ok(&MINIMAL.replace("127.0.0.1:5347", server));
+            assert_eq!(c.upstream.server, server);
+        }
+        let c = parse_ok(&with("instances", "listen = \"[::]:5348\"\nsecret = \"x\""));
+        assert_eq!(c.instances.listen, "[::]:5348".parse().ok());
+    }
+
+    #[test]
+    fn instances_alone_make_a_pool() {
+        let toml = MINIMAL.replace("target_address = \"impl@example.test\"", "")
+            + "\n[instances]\nlisten = \"127.0.0.1:5348\"\nsecret_env = \"INST\"\n";
+        let c = from_toml_str_with_env(&toml, &env_of(&[("INST", "i")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.client_proxy.target_address.is_none());
+        assert_eq!(c.instances.secret.as_ref().map(Secret::expose), Some("i"));
+    }
+
+    #[test]
+    fn secret_from_file_trims_trailing_whitespace_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_file(dir.path(), "s", "  pass word \n\n");
+        let toml = MINIMAL.replace(
+            &format!("secret = \"{SECRET}\""),
+            &format!("secret_file = {:?}", path.display().to_string()),
+        );
+        let c = parse_ok(&toml);
+        assert_eq!(c.upstream.secret.expose(), "  pass word");
+        assert_eq!(c.upstream.secret.source(), &SecretSource::File(path));
+    }
+
+    #[test]
+    fn secret_file_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = write_file(dir.path(), "empty", " \n");
+        let toml = MINIMAL.replace(
+            &format!("secret = \"{SECRET}\""),
+            &format!("secret_file = {:?}", empty.display().to_string()),
+        );
+        let e = parse_err(&toml);
+        assert_eq!(e.key(), Some("upstream.secret_file"));
+        assert!(e.to_string().contains("is empty"), "{e}");
+
+        let file = write_file(
+            dir.path(),
+            "c.toml",
+            &MINIMAL.replace(&format!("secret = \"{SECRET}\""), "secret_file = \"\""),
+        );
+        let e = load_with_env(&cli(&["--config", &file.display().to_string()]), &no_env)
+            .expect_err("empty path");
+        assert_eq!(
+            e.to_string(),
+            "upstream.secret_file: is empty (give a path)"
+        );
+
+        let missing = dir.path().join("missing");
+        let toml = MINIMAL.replace(
+            &format!("secret = \"{SECRET}\""),
+            &format!("secret_file = {:?}", missing.display().to_string()),
+        );
+        let e = parse_err(&toml);
+        assert_eq!(e.key(), Some("upstream.secret_file"));
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    /// A relative secret_file in a config file is found next to the file,
+    /// whatever the working directory.
+    #[test]
+    fn relative_secret_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_file(dir.path(), "up.secret", "rel\n");
+        let file = write_file(
+            dir.path(),
+            "c.toml",
+            &MINIMAL.replace(
+                &format!("secret = \"{SECRET}\""),
+                "secret_file = \"up.secret\"",
+            ),
+        );
+        let c = load_with_env(&cli(&["--config", &file.display().to_string()]), &no_env)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.secret.expose(), "rel");
+    }
+
+    #[test]
+    fn secret_from_named_env_var() {
+        let toml = MINIMAL.replace(&format!("secret = \"{SECRET}\""), "secret_env = \"MY_VAR\"");
+        let c = from_toml_str_with_env(&toml, &env_of(&[("MY_VAR", "from-env")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.secret.expose(), "from-env");
+        assert_eq!(
+            c.upstream.secret.source(),
+            &SecretSource::Env("MY_VAR".into())
+        );
+
+        let e = from_toml_str_with_env(&toml, &no_env).expect_err("unset");
+        assert_eq!(e.key(), Some("upstream.secret_env"));
+        assert!(e.to_string().contains("MY_VAR is not set"), "{e}");
+
+        let e = from_toml_str_with_env(&toml, &env_of(&[("MY_VAR", "")])).expect_err("empty");
+        assert!(e.to_string().contains("MY_VAR is empty"), "{e}");
+    }
+
+    #[test]
+    fn fallback_env_vars_apply_only_when_nothing_is_given() {
+        let no_secret = MINIMAL.replace(&format!("secret = \"{SECRET}\""), "");
+        let env = env_of(&[
+            (UPSTREAM_SECRET_VAR, "fallback"),
+            (INSTANCE_SECRET_VAR, "fallback-i"),
+        ]);
+        let c = from_toml_str_with_env(&no_secret, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.secret.expose(), "fallback");
+        assert_eq!(
+            c.upstream.secret.source(),
+            &SecretSource::Env(UPSTREAM_SECRET_VAR.into())
+        );
+        // Not consulted for instances while there is no listener.
+        assert!(c.instances.secret.is_none());
+
+        let with_listener = format!("{no_secret}\n[instances]\nlisten = \"127.0.0.1:5348\"\n");
+        let c = from_toml_str_with_env(&with_listener, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.instances.secret.as_ref().map(Secret::expose),
+            Some("fallback-i")
+        );
+
+        // An explicit source wins over the fallback without a conflict.
+        let c = from_toml_str_with_env(MINIMAL, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.secret.expose(), SECRET);
+
+        let e = from_toml_str_with_env(&no_secret, &env_of(&[(UPSTREAM_SECRET_VAR, "")]))
+            .expect_err("empty fallback");
+        assert_eq!(e.key(), Some("upstream.secret"));
+    }
+
+    #[test]
+    fn more_than_one_secret_source_is_an_error() {
+        let e = parse_err(&with("upstream", "secret_env = \"X\""));
+        assert_eq!(e.key(), Some("upstream.secret"));
+        assert_eq!(
+            e.to_string(),
+            "upstream.secret: more than one source given (secret, secret_env); use exactly one"
+        );
+
+        let e = parse_err(&with(
+            "instances",
+            "listen = \"127.0.0.1:5348\"\nsecret_file = \"/x\"\nsecret_env = \"Y\"",
+        ));
+        assert_eq!(e.key(), Some("instances.secret"));
+
+        let args = cli(&[
+            "--upstream-server",
+            "h:1",
+            "--domain",
+            "d.example",
+            "--target-address",
+            "i@example.test",
+            "--upstream-secret-file",
+            "/x",
+            "--upstream-secret-env",
+            "Y",
+        ]);
+        let e = load_with_env(&args, &no_env).expect_err("conflict");
+        assert_eq!(e.key(), Some("upstream.secret"));
+        assert!(e.to_string().contains("more than one source"), "{e}");
+    }
+
+    #[test]
+    fn cli_secret_source_replaces_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write_file(dir.path(), "c.toml", MINIMAL);
+        let args = cli(&[
+            "--config",
+            &file.display().to_string(),
+            "--upstream-secret-env",
+            "OTHER",
+        ]);
+        let c =
+            load_with_env(&args, &env_of(&[("OTHER", "other")])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstream.secret.expose(), "other");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_summary() {
+        let toml = with(
+            "instances",
+            "listen = \"127.0.0.1:5348\"\nsecret = \"inst-s3cr3t-Kp2\"",
+        );
+        let c = parse_ok(&toml);
+        let debug = format!("{c:?}");
+        let pretty = format!("{c:#?}");
+        let summary = c.summary();
+        for text in [&debug, &pretty, &summary] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains("inst-s3cr3t-Kp2"), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+        assert_eq!(format!("{}", c.upstream.secret), "[redacted]");
+        assert_eq!(format!("{:?}", c.upstream.secret), "[redacted]");
+        assert_eq!(format!("{:?}", Secret::new("abc")), "[redacted]");
+    }
+
+    #[test]
+    fn summary_is_one_line_with_every_section() {
+        let c = parse_ok(MINIMAL);
+        let s = c.summary();
+        assert!(!s.contains('\n'), "{s}");
+        for needle in [
+            "upstream.server=127.0.0.1:5347",
+            "upstream.domain=proxy.example.test",
+            "upstream.secret=[redacted] upstream.secret_source=inline",
+            "upstream.reconnect_min=500ms",
+            "client_proxy.target_address=impl@example.test",
+            "client_proxy.jat=inline",
+            "routing.balancing=random",
+            "routing.iq_timeout=30s",
+            "instances.listen=none",
+            "limits.max_stanza_bytes=524288",
+            "limits.idle_timeout=5m",
+            "log.level=\"info\"",
+            "log.format=text",
+            "service.shutdown_grace=5s",
+        ] {
+            assert!(s.contains(needle), "{needle} missing from {s}");
+        }
+    }
+
+    /// The shipped example must parse, and the defaults it documents must be
+    /// the real ones: it differs from the built-in defaults only in the demo
+    /// values it is meant to set.
+    #[test]
+    fn example_config_parses_and_documents_the_real_defaults() {
+        let example = include_str!("../config.toml");
+        let env = env_of(&[(UPSTREAM_SECRET_VAR, "demo")]);
+        let c = from_toml_str_with_env(example, &env)
+            .unwrap_or_else(|e| panic!("config.toml does not parse: {e}"));
+        assert_eq!(c.upstream.server, "127.0.0.1:5347");
+        assert_eq!(c.upstream.domain, "proxy.example.test");
+        assert_eq!(
+            c.upstream.secret.source(),
+            &SecretSource::Env(UPSTREAM_SECRET_VAR.into())
+        );
+        assert_eq!(
+            c.client_proxy
+                .target_address
+                .as_ref()
+                .map(|j| j.to_string()),
+            Some("impl@example.test".to_owned())
+        );
+
+        let minimal = r#"
+            [upstream]
+            server = "127.0.0.1:5347"
+            domain = "proxy.example.test"
+            secret_env = "JATPROXY_UPSTREAM_SECRET"
+            [client_proxy]
+            target_address = "impl@example.test"
+        "#;
+        let d = from_toml_str_with_env(minimal, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.summary(), d.summary());
+    }
+}

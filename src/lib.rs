@@ -1,0 +1,28 @@
+//! jatproxy: an XMPP component proxy.
+//!
+//! ```text
+//! requesters ── XMPP server ══ XEP-0114 ══ jatproxy ══ XEP-0114 ══ component instances
+//!                   │          (upstream)     │      (listener)
+//!                   └── target_address/a, /b  (client resources, reached through upstream)
+//! ```
+//!
+//! jatproxy registers at an XMPP server's component port as one domain and
+//! puts a pool of members behind it: the online resources of one account
+//! (as Prosody's `mod_client_proxy` does) and/or instances of an existing
+//! component that connect to jatproxy's own XEP-0114 listener. IQ requests
+//! go to one member; replies come back through Jabber Address Translation.
+//!
+//! **The byte-verbatim invariant.** A stanza is never re-serialised: it is
+//! forwarded as the very bytes it arrived as, or with only its `to`/`from`
+//! attribute values replaced. Everything else — attribute order, quoting,
+//! namespace prefixes, children, whitespace — comes out as it came in.
+//!
+//! # Layout
+//!
+//! - [`xml`]: the framer (bytes → stanzas with byte spans), escaping, and
+//!   read-only inspection of control elements.
+//! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
+#![forbid(unsafe_code)]
+
+pub mod rewrite;
+pub mod xml;

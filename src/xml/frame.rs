@@ -1,0 +1,134 @@
+//! What the framer hands out: one [`Frame`] per top-level unit of a stream.
+//!
+//! A frame owns its bytes as a [`Bytes`] slice of the read buffer, so
+//! forwarding a stanza unchanged is a reference-count bump, not a copy. The
+//! parsed facts beside the bytes are exactly what routing needs and no more.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// `jabber:component:accept`, the namespace of stanzas on XEP-0114 streams.
+pub const NS_COMPONENT: &str = "jabber:component:accept";
+/// The namespace of `<stream:stream>` and `<stream:error>`.
+pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// The namespace of stream error conditions.
+pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// The namespace of stanza error conditions.
+pub const NS_STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// One unit of a component stream, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The `<stream:stream …>` start tag (with any XML declaration before it).
+    Header(StreamHeader),
+    /// One complete top-level element: a stanza, `<handshake/>`, `<stream:error/>`…
+    Stanza(Stanza),
+    /// Whitespace between top-level elements: keepalives.
+    Whitespace(Bytes),
+    /// `</stream:stream>` (with any whitespace before it in the same read).
+    End(Bytes),
+}
+
+impl Frame {
+    /// The exact bytes this frame was cut from.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Frame::Header(h) => &h.bytes,
+            Frame::Stanza(s) => &s.bytes,
+            Frame::Whitespace(b) | Frame::End(b) => b,
+        }
+    }
+}
+
+/// The stream header's attributes, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub bytes: Bytes,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    /// The default namespace the header declares (`jabber:component:accept`).
+    pub xmlns: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What kind of stanza a top-level element is. Only elements in
+/// [`NS_COMPONENT`] are stanzas: an `<iq xmlns='jabber:client'>` on a
+/// component stream is [`Kind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Iq,
+    Message,
+    Presence,
+    Other,
+}
+
+/// A `to` or `from` attribute: its decoded value, for routing, and where its
+/// raw value sits in the stanza bytes, for rewriting in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// The value after entity expansion and attribute-value normalisation.
+    pub value: String,
+    /// Byte range of the raw value, between the quotes, relative to the
+    /// start of [`Stanza::bytes`].
+    pub span: Range<usize>,
+    /// The quote character the value is delimited with (`'` or `"`).
+    pub quote: u8,
+}
+
+/// One complete top-level element and the facts the router needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    pub bytes: Bytes,
+    pub kind: Kind,
+    /// Local name of the element (`iq`, `handshake`, `error`…).
+    pub name: String,
+    /// The namespace the element's name resolves to.
+    pub ns: String,
+    pub stanza_type: Option<String>,
+    pub id: Option<String>,
+    pub to: Option<Attr>,
+    pub from: Option<Attr>,
+    /// Offset (relative to `bytes`) just after the last attribute of the
+    /// start tag: where a missing attribute is inserted.
+    pub insert_at: usize,
+}
+
+impl Stanza {
+    /// Decoded `to`, if present.
+    pub fn to(&self) -> Option<&str> {
+        self.to.as_ref().map(|a| a.value.as_str())
+    }
+
+    /// Decoded `from`, if present.
+    pub fn from(&self) -> Option<&str> {
+        self.from.as_ref().map(|a| a.value.as_str())
+    }
+
+    /// The `type` attribute, if present.
+    pub fn stanza_type(&self) -> Option<&str> {
+        self.stanza_type.as_deref()
+    }
+
+    /// The `id` attribute, if present.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// True for an iq of type get or set (a request that must be answered).
+    pub fn is_iq_request(&self) -> bool {
+        self.kind == Kind::Iq && matches!(self.stanza_type(), Some("get") | Some("set"))
+    }
+
+    /// True for an iq of type result or error (an answer).
+    pub fn is_iq_response(&self) -> bool {
+        self.kind == Kind::Iq && matches!(self.stanza_type(), Some("result") | Some("error"))
+    }
+
+    /// True when the stanza has `type='error'` (never answered with an error).
+    pub fn is_error(&self) -> bool {
+        self.stanza_type() == Some("error")
+    }
+}

@@ -1,0 +1,454 @@
+use super::*;
+use crate::xml::frame::Frame;
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+    xmlns:stream='http://etherx.jabber.org/streams' from='proxy.example.test' id='s1d' xml:lang='en'>";
+
+/// Feeds `input` in pieces of the given sizes (cycled), collecting frames
+/// until the input ends or an error.
+fn run_chunked(
+    input: &[u8],
+    sizes: &[usize],
+    limits: FramerLimits,
+) -> (Vec<Frame>, Option<FrameError>) {
+    let mut f = Framer::new(limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    loop {
+        loop {
+            match f.next_frame(&mut buf) {
+                Ok(Some(fr)) => frames.push(fr),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+        if at >= input.len() {
+            break;
+        }
+        let n = sizes[i % sizes.len()].max(1).min(input.len() - at);
+        buf.extend_from_slice(&input[at..at + n]);
+        at += n;
+        i += 1;
+    }
+    match f.next_frame_eof(&mut buf) {
+        Ok(Some(fr)) => frames.push(fr),
+        Ok(None) => {}
+        Err(e) => return (frames, Some(e)),
+    }
+    (frames, None)
+}
+
+fn run(input: &[u8]) -> (Vec<Frame>, Option<FrameError>) {
+    run_chunked(input, &[input.len().max(1)], FramerLimits::default())
+}
+
+fn stanzas(frames: &[Frame]) -> Vec<&Stanza> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Stanza(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whitespace runs may be split differently by different chunkings (a
+/// keepalive is framed as soon as it arrives); merge adjacent ones.
+fn merged(frames: Vec<Frame>) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
+    for f in frames {
+        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), &f) {
+            let mut joined = prev.to_vec();
+            joined.extend_from_slice(b);
+            *prev = bytes::Bytes::from(joined);
+            continue;
+        }
+        out.push(f);
+    }
+    out
+}
+
+/// Compares frame lists, reporting only the first difference (a frame can
+/// hold 30 KB).
+fn assert_same(got: &[Frame], want: &[Frame], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: frame count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let short = |f: &Frame| format!("{:.300?}", f);
+            panic!(
+                "{what}: frame {i} differs:\n got {}\nwant {}",
+                short(g),
+                short(w)
+            );
+        }
+    }
+}
+
+fn concat(frames: &[Frame]) -> Vec<u8> {
+    frames.iter().flat_map(|f| f.bytes().to_vec()).collect()
+}
+
+/// Stanzas that must frame cleanly, each with something nasty in it.
+fn nasty_stanzas() -> Vec<String> {
+    let big_body = "x".repeat(30 * 1024);
+    vec![
+        "<iq type='get' id='1' to='proxy.example.test' from='user@example.test/abc'><query xmlns='jabber:iq:version'/></iq>".into(),
+        r#"<iq type="set" id="q&quot;1" to="proxy.example.test" from="o&apos;brien@example.test/x"><q xmlns='urn:x' a='/>' b="&gt;"/></iq>"#.into(),
+        "<message from='&#x263A;@example.test/&amp;res' to  =  'proxy.example.test' xml:lang='de'><body>gr\u{fc}\u{df}e &lt;3</body></message>".into(),
+        "<c:iq xmlns:c='jabber:component:accept' type='result' id='p' to='a@b/c' from='proxy.example.test'/>".into(),
+        "<iq xmlns='jabber:client' type='get' id='wrongns' to='x' from='y'/>".into(),
+        "<message to='proxy.example.test' from='a@b/c'><body><![CDATA[</iq></message><iq>]]></body></message>".into(),
+        format!("<message to='proxy.example.test' from='a@b/c'><body>{big_body}</body></message>"),
+        "<presence from='impl@example.test/a' to='proxy.example.test'/>".into(),
+        "<presence\n\tfrom='impl@example.test/a'\r\n to='proxy.example.test' type='unavailable' />".into(),
+        "<handshake/>".into(),
+        "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>".into(),
+        "<iq type='get' id='deep'><a><b><c><d xmlns:p='urn:p'><p:e p:x='1' x='2'/></d></c></b></a></iq>".into(),
+    ]
+}
+
+fn fixture() -> Vec<u8> {
+    let mut s = String::from(HEADER);
+    for (i, st) in nasty_stanzas().iter().enumerate() {
+        s.push_str(st);
+        if i % 3 == 0 {
+            s.push_str(" \n ");
+        }
+    }
+    s.push_str("</stream:stream>");
+    s.into_bytes()
+}
+
+#[test]
+fn frames_a_stream_in_order() {
+    let input = fixture();
+    let (frames, err) = run(&input);
+    assert_eq!(err, None);
+    assert!(
+        matches!(&frames[0], Frame::Header(h) if h.from.as_deref() == Some("proxy.example.test")
+        && h.id.as_deref() == Some("s1d") && h.xmlns.as_deref() == Some("jabber:component:accept")
+        && h.lang.as_deref() == Some("en"))
+    );
+    assert!(matches!(frames.last(), Some(Frame::End(b)) if &b[..] == b"</stream:stream>"));
+    let st = stanzas(&frames);
+    assert_eq!(st.len(), nasty_stanzas().len());
+    for (got, want) in st.iter().zip(nasty_stanzas()) {
+        assert_eq!(&got.bytes[..], want.as_bytes());
+    }
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, Frame::Whitespace(b) if &b[..] == b" \n ")));
+    assert_eq!(concat(&frames), input);
+}
+
+#[test]
+fn every_split_point_gives_identical_frames() {
+    let input = fixture();
+    let (whole, err) = run(&input);
+    assert_eq!(err, None);
+    let whole = merged(whole);
+    // The 30 KB body makes all n² splits slow; cut around everything else
+    // at every byte and through the body at a stride.
+    for cut in 0..input.len() {
+        if cut > 3000 && cut % 97 != 0 && input.len() - cut > 600 {
+            continue;
+        }
+        let (frames, err) =
+            run_chunked(&input, &[cut.max(1), input.len()], FramerLimits::default());
+        assert_eq!(err, None, "cut at {cut}");
+        assert_eq!(concat(&frames), input, "cut at {cut}");
+        assert_same(&merged(frames), &whole, &format!("cut at {cut}"));
+    }
+}
+
+#[test]
+fn odd_chunk_sizes_give_identical_frames() {
+    let input = fixture();
+    let whole = merged(run(&input).0);
+    for sizes in [&[1][..], &[2], &[3], &[5, 7], &[13], &[64], &[4096]] {
+        let (frames, err) = run_chunked(&input, sizes, FramerLimits::default());
+        assert_eq!(err, None, "sizes {sizes:?}");
+        assert_eq!(concat(&frames), input, "sizes {sizes:?}");
+        assert_same(&merged(frames), &whole, &format!("sizes {sizes:?}"));
+    }
+}
+
+#[test]
+fn facts_and_spans() {
+    let (frames, _) = run(&fixture());
+    let st = stanzas(&frames);
+    let iq = st[0];
+    assert_eq!(iq.kind, Kind::Iq);
+    assert_eq!((iq.stanza_type(), iq.id()), (Some("get"), Some("1")));
+    assert_eq!(iq.to(), Some("proxy.example.test"));
+    assert_eq!(iq.from(), Some("user@example.test/abc"));
+    let to = iq.to.as_ref().expect("to");
+    assert_eq!(&iq.bytes[to.span.clone()], b"proxy.example.test");
+    assert_eq!(to.quote, b'\'');
+
+    // Entities decoded in values; spans cover the raw text.
+    let q = st[1];
+    assert_eq!(q.id(), Some("q\"1"));
+    assert_eq!(q.from(), Some("o'brien@example.test/x"));
+    let from = q.from.as_ref().expect("from");
+    assert_eq!(&q.bytes[from.span.clone()], b"o&apos;brien@example.test/x");
+    assert_eq!(from.quote, b'"');
+
+    let m = st[2];
+    assert_eq!(m.kind, Kind::Message);
+    assert_eq!(m.from(), Some("\u{263A}@example.test/&res"));
+    assert_eq!(m.to(), Some("proxy.example.test"));
+
+    // Prefixed stanza in the component namespace is an iq; jabber:client is not.
+    assert_eq!((st[3].kind, st[3].name.as_str()), (Kind::Iq, "iq"));
+    assert_eq!(st[4].kind, Kind::Other);
+    assert_eq!(st[4].ns, "jabber:client");
+
+    // Attribute values with literal whitespace are normalised.
+    assert_eq!(st[8].kind, Kind::Presence);
+    assert_eq!(st[8].stanza_type(), Some("unavailable"));
+    assert_eq!(st[9].name, "handshake");
+    assert_eq!(
+        (st[10].name.as_str(), st[10].ns.as_str()),
+        ("error", NS_STREAMS)
+    );
+}
+
+#[test]
+fn insert_point_is_end_of_last_attribute() {
+    let (frames, _) = run(&fixture());
+    let st = stanzas(&frames);
+    let p = st[8];
+    assert_eq!(&p.bytes[p.insert_at..], b" />");
+    let h = st[9];
+    assert_eq!(&h.bytes[h.insert_at..], b"/>");
+}
+
+#[test]
+fn keepalive_is_framed_at_once() {
+    let mut f = Framer::new(FramerLimits::default());
+    let mut buf = BytesMut::from(HEADER.as_bytes());
+    assert!(matches!(f.next_frame(&mut buf), Ok(Some(Frame::Header(_)))));
+    buf.extend_from_slice(b" ");
+    assert!(matches!(f.next_frame(&mut buf), Ok(Some(Frame::Whitespace(b))) if &b[..] == b" "));
+    assert!(buf.is_empty());
+}
+
+fn rejected(body: &str) -> FrameError {
+    let input = format!("{HEADER}{body}");
+    let (_, err) = run_chunked(input.as_bytes(), &[7], FramerLimits::default());
+    match err {
+        Some(e) => e,
+        None => panic!("accepted: {body}"),
+    }
+}
+
+#[test]
+fn rejections() {
+    use FrameError::*;
+    let cases: Vec<(&str, fn(&FrameError) -> bool, &str)> = vec![
+        (
+            "<!-- hi --><iq/>",
+            |e| matches!(e, Restricted(_)),
+            "restricted-xml",
+        ),
+        (
+            "<?pi x?><iq/>",
+            |e| matches!(e, Restricted(_)),
+            "restricted-xml",
+        ),
+        (
+            "<!DOCTYPE x [<!ENTITY a 'b'>]><iq/>",
+            |e| matches!(e, Restricted(_)),
+            "restricted-xml",
+        ),
+        (
+            "<message><body>&nbsp;</body></message>",
+            |e| matches!(e, NotWellFormed(_)),
+            "not-well-formed",
+        ),
+        (
+            "<message><body>\u{0}</body></message>",
+            |e| matches!(e, NotWellFormed(_)),
+            "not-well-formed",
+        ),
+        (
+            "<iq></message>",
+            |e| matches!(e, NotWellFormed(_)),
+            "not-well-formed",
+        ),
+        (
+            "<p:iq/>",
+            |e| matches!(e, UndeclaredPrefix(p) if p == "p"),
+            "not-well-formed",
+        ),
+        (
+            "<iq><q p:a='1'/></iq>",
+            |e| matches!(e, UndeclaredPrefix(_)),
+            "not-well-formed",
+        ),
+        (
+            "<iq to='a' to='b'/>",
+            |e| matches!(e, DuplicateAttribute(a) if a == "to"),
+            "not-well-formed",
+        ),
+        (
+            "<iq from='a' id='1' from='b'/>",
+            |e| matches!(e, DuplicateAttribute(_)),
+            "not-well-formed",
+        ),
+        (
+            "<iq xmlns:a='u' xmlns:b='u'><q a:x='1' b:x='2'/></iq>",
+            |e| matches!(e, DuplicateAttribute(_)),
+            "not-well-formed",
+        ),
+        (
+            "<iq xmlns='a' xmlns='b'/>",
+            |e| matches!(e, DuplicateAttribute(_)),
+            "not-well-formed",
+        ),
+        (
+            "hello<iq/>",
+            |e| matches!(e, TextAtStreamLevel),
+            "bad-format",
+        ),
+        (
+            "<iq a='<'/>",
+            |e| matches!(e, NotWellFormed(_)),
+            "not-well-formed",
+        ),
+    ];
+    for (input, pred, cond) in cases {
+        let e = rejected(input);
+        assert!(pred(&e), "{input}: got {e:?}");
+        assert_eq!(e.condition(), cond, "{input}");
+    }
+    // Invalid UTF-8.
+    let mut bad = HEADER.as_bytes().to_vec();
+    bad.extend_from_slice(b"<message><body>\xff\xfe</body></message>");
+    assert!(matches!(run(&bad).1, Some(NotWellFormed(_))));
+}
+
+#[test]
+fn many_attributes_take_the_set_path() {
+    let attrs: String = (0..40).map(|i| format!(" a{i}='v'")).collect();
+    let ok = format!("{HEADER}<iq{attrs}/>");
+    assert_eq!(run(ok.as_bytes()).1, None);
+    let dup = format!("{HEADER}<iq{attrs} a7='w'/>");
+    assert!(matches!(run(dup.as_bytes()).1, Some(FrameError::DuplicateAttribute(a)) if a == "a7"));
+}
+
+#[test]
+fn bad_root_is_invalid_namespace() {
+    let (_, err) = run(b"<stream xmlns='jabber:component:accept'>");
+    assert_eq!(err.map(|e| e.condition()), Some("invalid-namespace"));
+    let (_, err) = run(b"<stream:stream xmlns:stream='urn:wrong'>");
+    assert_eq!(err.map(|e| e.condition()), Some("invalid-namespace"));
+}
+
+#[test]
+fn depth_limit() {
+    let limits = FramerLimits {
+        max_depth: 4,
+        ..FramerLimits::default()
+    };
+    let ok = format!("{HEADER}<iq><a><b><c/></b></a></iq>");
+    assert_eq!(run_chunked(ok.as_bytes(), &[9], limits).1, None);
+    let deep = format!("{HEADER}<iq><a><b><c><d/></c></b></a></iq>");
+    assert_eq!(
+        run_chunked(deep.as_bytes(), &[9], limits).1,
+        Some(FrameError::TooDeep { limit: 4 })
+    );
+}
+
+#[test]
+fn oversize_stanza_is_refused_while_arriving() {
+    let limits = FramerLimits {
+        max_stanza_bytes: 8192,
+        max_depth: 64,
+    };
+    let mut f = Framer::new(limits);
+    let mut buf = BytesMut::from(HEADER.as_bytes());
+    assert!(matches!(f.next_frame(&mut buf), Ok(Some(Frame::Header(_)))));
+    buf.extend_from_slice(b"<message><body>");
+    let mut fed = 0usize;
+    let err = loop {
+        buf.extend_from_slice(&[b'a'; 1000]);
+        fed += 1000;
+        assert!(fed < 100_000, "limit never hit");
+        match f.next_frame(&mut buf) {
+            Ok(None) => continue,
+            Ok(Some(fr)) => panic!("unexpected frame {fr:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, FrameError::TooLarge { limit: 8192 });
+    assert!(fed <= 8192 + 1000, "refused only after {fed} bytes");
+    // The framer stays failed.
+    assert_eq!(
+        f.next_frame(&mut buf),
+        Err(FrameError::TooLarge { limit: 8192 })
+    );
+}
+
+#[test]
+fn oversize_attribute_value_is_too_large() {
+    let limits = FramerLimits {
+        max_stanza_bytes: 8192,
+        max_depth: 64,
+    };
+    let input = format!("{HEADER}<iq to='{}'/>", "a".repeat(10_000));
+    assert_eq!(
+        run_chunked(input.as_bytes(), &[512], limits).1,
+        Some(FrameError::TooLarge { limit: 8192 })
+    );
+}
+
+#[test]
+fn eof_mid_stanza_is_truncated_and_between_stanzas_is_not() {
+    let mid = format!("{HEADER}<iq type='get'><query");
+    assert_eq!(run(mid.as_bytes()).1, Some(FrameError::Truncated));
+    let clean = format!("{HEADER}<iq type='get'/>");
+    let (frames, err) = run(clean.as_bytes());
+    assert_eq!(err, None);
+    assert_eq!(frames.len(), 2);
+}
+
+#[test]
+fn nothing_after_stream_end_is_framed() {
+    let input = format!("{HEADER}</stream:stream><iq/>");
+    let (frames, err) = run(input.as_bytes());
+    assert_eq!(err, None);
+    assert!(matches!(frames.last(), Some(Frame::End(_))));
+}
+
+#[test]
+fn split_multibyte_characters_keep_offsets_exact() {
+    // 2-, 3- and 4-byte characters in text and in a to/from value, fed one
+    // byte at a time: every offset after them must stay exact.
+    let input = format!(
+        "{HEADER}<message to='\u{263A}@example.test' from='a@b/\u{1F600}'><body>\u{fc}\u{20AC}\u{1F600}</body></message><iq to='x' from='y'/></stream:stream>"
+    );
+    let whole = merged(run(input.as_bytes()).0);
+    for sizes in [&[1][..], &[2], &[3], &[1, 2, 5]] {
+        let (frames, err) = run_chunked(input.as_bytes(), sizes, FramerLimits::default());
+        assert_eq!(err, None);
+        assert_eq!(concat(&frames), input.as_bytes());
+        assert_same(&merged(frames), &whole, &format!("sizes {sizes:?}"));
+    }
+    let st = stanzas(&whole);
+    let from = st[0].from.as_ref().expect("from");
+    assert_eq!(&st[0].bytes[from.span.clone()], "a@b/\u{1F600}".as_bytes());
+}
+
+#[test]
+fn utf8_prefix() {
+    assert_eq!(complete_utf8_prefix(b"ab"), 2);
+    assert_eq!(complete_utf8_prefix(b"a\xc3"), 1);
+    assert_eq!(complete_utf8_prefix(b"a\xc3\xbc"), 3);
+    assert_eq!(complete_utf8_prefix(b"a\xf0\x9f\x98"), 1);
+    assert_eq!(complete_utf8_prefix(b"a\xf0\x9f\x98\x80"), 5);
+    assert_eq!(complete_utf8_prefix(b"\x80\x80\x80\x80\x80"), 5);
+}

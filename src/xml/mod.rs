@@ -1,0 +1,12 @@
+//! XML on the relay path: framing a stream into stanzas, escaping values,
+//! and the few read-only looks into a stanza that control traffic needs.
+
+pub mod codec;
+pub mod escape;
+pub mod frame;
+pub mod framer;
+pub mod inspect;
+
+pub use codec::CodecError;
+pub use frame::{Attr, Frame, Kind, Stanza, StreamHeader};
+pub use framer::{FrameError, Framer, FramerLimits};
