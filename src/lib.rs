@@ -21,8 +21,10 @@
 //!
 //! - [`xml`]: the framer (bytes → stanzas with byte spans), escaping, and
 //!   read-only inspection of control elements.
+//! - [`config`]: settings from `config.toml` and flags, validated.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod rewrite;
 pub mod xml;

@@ -523,9 +523,7 @@ impl Framer {
             resolved.iter().copied().find(|r| !seen.insert(*r))
         };
         match dup {
-            Some((ns, local)) if ns.is_empty() => {
-                Err(FrameError::DuplicateAttribute(local.to_owned()))
-            }
+            Some(("", local)) => Err(FrameError::DuplicateAttribute(local.to_owned())),
             Some((ns, local)) => Err(FrameError::DuplicateAttribute(format!("{{{ns}}}{local}"))),
             None => Ok(()),
         }

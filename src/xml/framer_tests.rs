@@ -248,7 +248,8 @@ fn rejected(body: &str) -> FrameError {
 #[test]
 fn rejections() {
     use FrameError::*;
-    let cases: Vec<(&str, fn(&FrameError) -> bool, &str)> = vec![
+    type Case = (&'static str, fn(&FrameError) -> bool, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "<!-- hi --><iq/>",
             |e| matches!(e, Restricted(_)),
