@@ -26,5 +26,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod jat;
+pub mod jid;
+pub mod pool;
 pub mod rewrite;
+pub mod router;
+pub mod stanza;
 pub mod xml;

@@ -530,6 +530,27 @@ impl Framer {
     }
 }
 
+/// Frames one element as if it arrived on a component stream: for tests,
+/// fuzzing and tools, not the relay path.
+pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
+    const HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams'>";
+    let mut framer = Framer::new(FramerLimits {
+        max_stanza_bytes: element.len().max(HEADER.len()) + 1,
+        max_depth: 1 << 16,
+    });
+    let mut buf = BytesMut::with_capacity(HEADER.len() + element.len());
+    buf.extend_from_slice(HEADER);
+    buf.extend_from_slice(element);
+    loop {
+        match framer.next_frame_eof(&mut buf)? {
+            Some(Frame::Stanza(s)) => return Ok(s),
+            Some(_) => continue,
+            None => return Err(FrameError::Truncated),
+        }
+    }
+}
+
 /// The length of `data` without a trailing, incomplete UTF-8 sequence.
 ///
 /// rxml 0.14 under-counts an event's length when a multi-byte character

@@ -9,4 +9,4 @@ pub mod inspect;
 
 pub use codec::CodecError;
 pub use frame::{Attr, Frame, Kind, Stanza, StreamHeader};
-pub use framer::{FrameError, Framer, FramerLimits};
+pub use framer::{parse_one, FrameError, Framer, FramerLimits};

@@ -1,0 +1,341 @@
+//! Jabber Address Translation: the encoded resource (ENC) that lets a
+//! reply find its way back through the proxy, and the table of requests
+//! waiting for one.
+//!
+//! In `inline` mode ENC is the requester's full JID itself, byte for byte
+//! what Prosody's mod_client_proxy does, so implementing clients written
+//! for the module keep working and any proxy process can translate any
+//! reply. In `opaque` mode ENC is a random token that only this process
+//! can resolve. A requester address too long for a resourcepart gets a
+//! token in either mode.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::config::JatMode;
+use crate::pool::{InstanceId, Member};
+
+/// Tokens start with this, which no valid JID domain does (`#` is not a
+/// hostname character), so inline ENCs and tokens never collide.
+pub const TOKEN_PREFIX: &str = "#jat.";
+
+/// RFC 6122: a resourcepart is at most 1023 bytes.
+pub const MAX_RESOURCE: usize = 1023;
+
+/// A fresh unguessable token: 128 random bits.
+pub fn new_token<R: Rng + ?Sized>(rng: &mut R) -> String {
+    let bits: [u8; 16] = rng.random();
+    format!("{TOKEN_PREFIX}{}", hex::encode(bits))
+}
+
+/// The ENC table: requester ⇄ token, bounded, least recently used out.
+#[derive(Debug)]
+pub struct Jat {
+    mode: JatMode,
+    tokens: LruCache<String, String>,
+    by_jid: HashMap<String, String>,
+}
+
+impl Jat {
+    pub fn new(mode: JatMode, capacity: NonZeroUsize) -> Self {
+        Jat {
+            mode,
+            tokens: LruCache::new(capacity),
+            by_jid: HashMap::new(),
+        }
+    }
+
+    pub fn mode(&self) -> JatMode {
+        self.mode
+    }
+
+    /// ENC for a requester. A requester keeps its token while it stays in
+    /// the table, so the implementing client sees one stable address per
+    /// requester in both modes.
+    pub fn encode<R: Rng + ?Sized>(&mut self, requester: &str, rng: &mut R) -> String {
+        if self.mode == JatMode::Inline
+            && requester.len() <= MAX_RESOURCE
+            && !requester.starts_with(TOKEN_PREFIX)
+        {
+            return requester.to_owned();
+        }
+        if let Some(t) = self.by_jid.get(requester) {
+            self.tokens.promote(t);
+            return t.clone();
+        }
+        let token = new_token(rng);
+        if let Some((_, old_jid)) = self.tokens.push(token.clone(), requester.to_owned()) {
+            self.by_jid.remove(&old_jid);
+        }
+        self.by_jid.insert(requester.to_owned(), token.clone());
+        token
+    }
+
+    /// The requester an ENC stands for. Tokens resolve while they are in
+    /// the table; in inline mode anything else is the address itself.
+    pub fn decode(&self, enc: &str) -> Option<String> {
+        if enc.starts_with(TOKEN_PREFIX) {
+            return self.tokens.peek(enc).cloned();
+        }
+        match self.mode {
+            JatMode::Inline => Some(enc.to_owned()),
+            JatMode::Opaque => None,
+        }
+    }
+}
+
+/// How a reply is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A reply arriving from upstream addressed to `domain/res` with this
+    /// id: requests forwarded to client resources (res = ENC) and
+    /// requests started by instances (res = token).
+    ToResource { res: String, id: String },
+    /// A reply an instance sends to `requester` for a request forwarded
+    /// to it unchanged.
+    InstanceReply { requester: String, id: String },
+    /// A reply from `peer` to the bare domain, for a request a target
+    /// resource started.
+    PeerReply { peer: String, id: String },
+}
+
+/// Who is waiting for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// An outside requester's request, forwarded to `member`.
+    Inbound {
+        requester: String,
+        /// The `to` the requester used: the reply comes `from` it.
+        orig_to: String,
+        member: Member,
+    },
+    /// A request a target resource sent to `domain/ENC`, forwarded to `peer`.
+    FromTarget {
+        resource: String,
+        /// `domain/ENC`, where the resource sent it: the reply comes from it.
+        orig_to: String,
+        peer: String,
+    },
+    /// A request an instance started, sent upstream from `domain/token`.
+    FromInstance {
+        instance: InstanceId,
+        /// The instance's own `from`, restored as the reply's `to`.
+        orig_from: String,
+        peer: String,
+    },
+}
+
+impl Waiting {
+    /// The pool member whose loss leaves this request without an answer.
+    pub fn member(&self) -> Option<&Member> {
+        match self {
+            Waiting::Inbound { member, .. } => Some(member),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub waiting: Waiting,
+    pub deadline: Instant,
+}
+
+/// Requests in flight. Bounded: inserting into a full table gives up the
+/// oldest request, which the caller answers with an error.
+///
+/// Entries are never promoted, so the LRU order is the insertion order:
+/// the least recent entry is also the one whose deadline comes first
+/// (with one timeout for all), and expiry only looks at that end.
+#[derive(Debug)]
+pub struct Pending {
+    table: LruCache<Key, Entry>,
+}
+
+impl Pending {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Pending {
+            table: LruCache::new(capacity),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.table.contains(key)
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Entry> {
+        self.table.peek(key)
+    }
+
+    /// Inserts; returns the entry given up to make room, if any. The key
+    /// must not be present (callers check for duplicates first).
+    pub fn insert(&mut self, key: Key, entry: Entry) -> Option<(Key, Entry)> {
+        self.table.push(key, entry)
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<Entry> {
+        self.table.pop(key)
+    }
+
+    /// Removes and returns the oldest entry if its deadline has passed.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<(Key, Entry)> {
+        match self.table.peek_lru() {
+            Some((_, e)) if e.deadline <= now => self.table.pop_lru(),
+            _ => None,
+        }
+    }
+
+    /// The earliest deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.table.peek_lru().map(|(_, e)| e.deadline)
+    }
+
+    /// Removes and returns every entry matching `pred` (a member went away).
+    pub fn drain_where(&mut self, mut pred: impl FnMut(&Waiting) -> bool) -> Vec<(Key, Entry)> {
+        let keys: Vec<Key> = self
+            .table
+            .iter()
+            .filter(|(_, e)| pred(&e.waiting))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.table.pop(&k).map(|e| (k, e)))
+            .collect()
+    }
+
+    /// Removes and returns everything (shutdown).
+    pub fn drain_all(&mut self) -> Vec<(Key, Entry)> {
+        let mut out = Vec::with_capacity(self.table.len());
+        while let Some(kv) = self.table.pop_lru() {
+            out.push(kv);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::time::Duration;
+
+    fn cap(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).expect("nonzero")
+    }
+
+    #[test]
+    fn inline_is_the_jid_itself() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut jat = Jat::new(JatMode::Inline, cap(4));
+        assert_eq!(
+            jat.encode("alice@example.test/phone", &mut rng),
+            "alice@example.test/phone"
+        );
+        assert_eq!(
+            jat.decode("alice@example.test/phone").as_deref(),
+            Some("alice@example.test/phone")
+        );
+    }
+
+    #[test]
+    fn long_requesters_get_tokens_even_inline() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut jat = Jat::new(JatMode::Inline, cap(4));
+        let long = format!("a@example.test/{}", "r".repeat(1100));
+        let t = jat.encode(&long, &mut rng);
+        assert!(t.starts_with(TOKEN_PREFIX) && t.len() == TOKEN_PREFIX.len() + 32);
+        assert_eq!(jat.encode(&long, &mut rng), t, "stable while in the table");
+        assert_eq!(jat.decode(&t), Some(long));
+    }
+
+    #[test]
+    fn opaque_tokens_resolve_until_evicted() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut jat = Jat::new(JatMode::Opaque, cap(2));
+        let a = jat.encode("a@x/1", &mut rng);
+        let b = jat.encode("b@x/1", &mut rng);
+        assert_ne!(a, b);
+        assert_eq!(
+            jat.decode("a@x/1"),
+            None,
+            "no inline decoding in opaque mode"
+        );
+        assert_eq!(jat.decode(&a).as_deref(), Some("a@x/1"));
+        let _c = jat.encode("c@x/1", &mut rng);
+        assert_eq!(jat.decode(&a), None, "oldest evicted");
+        assert_eq!(jat.decode(&b).as_deref(), Some("b@x/1"));
+        // A re-encoded evicted requester gets a new token.
+        assert_ne!(jat.encode("a@x/1", &mut rng), a);
+    }
+
+    fn entry(deadline: Instant) -> Entry {
+        Entry {
+            waiting: Waiting::Inbound {
+                requester: "a@x/1".into(),
+                orig_to: "d".into(),
+                member: Member::Instance(1),
+            },
+            deadline,
+        }
+    }
+
+    fn key(id: &str) -> Key {
+        Key::ToResource {
+            res: "r".into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn pending_evicts_oldest_and_expires_in_order() {
+        let t0 = Instant::now();
+        let mut p = Pending::new(cap(2));
+        assert!(p
+            .insert(key("1"), entry(t0 + Duration::from_secs(1)))
+            .is_none());
+        assert!(p
+            .insert(key("2"), entry(t0 + Duration::from_secs(2)))
+            .is_none());
+        let (k, _) = p
+            .insert(key("3"), entry(t0 + Duration::from_secs(3)))
+            .expect("evicted");
+        assert_eq!(k, key("1"));
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        assert!(p.pop_expired(t0 + Duration::from_millis(1999)).is_none());
+        assert_eq!(
+            p.pop_expired(t0 + Duration::from_secs(2)).map(|kv| kv.0),
+            Some(key("2"))
+        );
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn drain_where_takes_only_matching() {
+        let t0 = Instant::now();
+        let mut p = Pending::new(cap(8));
+        p.insert(key("1"), entry(t0));
+        let mut other = entry(t0);
+        other.waiting = Waiting::FromInstance {
+            instance: 2,
+            orig_from: "d".into(),
+            peer: "p".into(),
+        };
+        p.insert(key("2"), other);
+        let drained = p.drain_where(|w| w.member() == Some(&Member::Instance(1)));
+        assert_eq!(drained.len(), 1);
+        assert_eq!(p.len(), 1);
+    }
+}

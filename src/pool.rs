@@ -1,0 +1,330 @@
+//! The pool: who can serve requests, and how one is picked.
+//!
+//! Members are client resources (full JIDs of the target account, learnt
+//! from presence) and component instances (connections to our listener).
+//! The member list is a set kept in arrival order: no duplicates and no
+//! holes, unlike mod_client_proxy's list, whose holes after an
+//! unavailable presence made it drop requests.
+
+use std::collections::HashMap;
+
+use rand::Rng;
+
+use crate::config::Balancing;
+
+/// A connection to our listener, numbered by the listener.
+pub type InstanceId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Member {
+    /// A resource of the target account, by full JID.
+    Resource(String),
+    /// A component instance connected to our listener.
+    Instance(InstanceId),
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Member::Resource(jid) => write!(f, "resource {jid}"),
+            Member::Instance(id) => write!(f, "instance #{id}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    balancing: Balancing,
+    members: Vec<Member>,
+    load: HashMap<Member, usize>,
+    next: usize,
+}
+
+impl Pool {
+    pub fn new(balancing: Balancing) -> Self {
+        Pool {
+            balancing,
+            members: Vec::new(),
+            load: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    pub fn set_balancing(&mut self, balancing: Balancing) {
+        self.balancing = balancing;
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn contains(&self, m: &Member) -> bool {
+        self.members.contains(m)
+    }
+
+    pub fn has_instances(&self) -> bool {
+        self.members
+            .iter()
+            .any(|m| matches!(m, Member::Instance(_)))
+    }
+
+    /// Adds a member; false if it was already there.
+    pub fn add(&mut self, m: Member) -> bool {
+        if self.members.contains(&m) {
+            return false;
+        }
+        self.members.push(m);
+        true
+    }
+
+    /// Removes a member; false if it was not there.
+    pub fn remove(&mut self, m: &Member) -> bool {
+        let before = self.members.len();
+        self.members.retain(|x| x != m);
+        self.load.remove(m);
+        before != self.members.len()
+    }
+
+    /// Removes every client resource (presence error, upstream loss).
+    pub fn clear_resources(&mut self) -> Vec<Member> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| matches!(m, Member::Resource(_)));
+        self.members = kept;
+        for m in &gone {
+            self.load.remove(m);
+        }
+        gone
+    }
+
+    /// Requests now pending on `m`.
+    pub fn load(&self, m: &Member) -> usize {
+        self.load.get(m).copied().unwrap_or(0)
+    }
+
+    pub fn inc_load(&mut self, m: &Member) {
+        if self.members.contains(m) {
+            *self.load.entry(m.clone()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn dec_load(&mut self, m: &Member) {
+        if let Some(n) = self.load.get_mut(m) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Picks a member for a request from `requester_bare`.
+    pub fn pick<R: Rng + ?Sized>(&mut self, requester_bare: &str, rng: &mut R) -> Option<Member> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let i = match self.balancing {
+            Balancing::Random => rng.random_range(0..self.members.len()),
+            Balancing::RoundRobin => {
+                self.next = self.next.wrapping_add(1);
+                self.next % self.members.len()
+            }
+            Balancing::LeastPending => {
+                let min = self.members.iter().map(|m| self.load(m)).min().unwrap_or(0);
+                let least: Vec<usize> = (0..self.members.len())
+                    .filter(|&i| self.load(&self.members[i]) == min)
+                    .collect();
+                least[rng.random_range(0..least.len())]
+            }
+            Balancing::Sticky => rendezvous(requester_bare, self.members.iter())?.0,
+        };
+        self.members.get(i).cloned()
+    }
+
+    /// The instance that messages and presence from `sender_bare` stick
+    /// to: one conversation stays on one instance and moves only when that
+    /// instance leaves.
+    pub fn sticky_instance(&self, sender_bare: &str) -> Option<InstanceId> {
+        let instances = self
+            .members
+            .iter()
+            .filter(|m| matches!(m, Member::Instance(_)));
+        match rendezvous(sender_bare, instances)?.1 {
+            Member::Instance(id) => Some(*id),
+            Member::Resource(_) => None,
+        }
+    }
+}
+
+/// Highest-random-weight choice: each (key, member) pair gets a score and
+/// the best wins, so removing one member only moves the keys it held.
+/// The hash is FNV-1a, fixed and documented, so every jatproxy process
+/// makes the same choice.
+fn rendezvous<'a>(
+    key: &str,
+    members: impl Iterator<Item = &'a Member>,
+) -> Option<(usize, &'a Member)> {
+    members.enumerate().max_by_key(|(_, m)| score(key, m))
+}
+
+fn score(key: &str, m: &Member) -> u64 {
+    let mut h = Fnv::new();
+    h.write(key.as_bytes());
+    h.write(&[0xff]);
+    match m {
+        Member::Resource(jid) => {
+            h.write(b"r");
+            h.write(jid.as_bytes());
+        }
+        Member::Instance(id) => {
+            h.write(b"i");
+            h.write(&id.to_be_bytes());
+        }
+    }
+    // FNV's low bits mix poorly; a final avalanche spreads them.
+    let mut x = h.0;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    x
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn res(r: &str) -> Member {
+        Member::Resource(format!("impl@example.test/{r}"))
+    }
+
+    #[test]
+    fn set_semantics() {
+        let mut p = Pool::new(Balancing::Random);
+        assert!(p.add(res("a")));
+        assert!(!p.add(res("a")));
+        assert!(p.add(res("b")));
+        assert!(p.remove(&res("a")));
+        assert!(!p.remove(&res("a")));
+        assert_eq!(p.members(), &[res("b")]);
+    }
+
+    #[test]
+    fn random_never_picks_a_hole() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut p = Pool::new(Balancing::Random);
+        p.add(res("a"));
+        p.add(res("b"));
+        p.remove(&res("a"));
+        for _ in 0..100 {
+            assert_eq!(p.pick("u@x", &mut rng), Some(res("b")));
+        }
+    }
+
+    #[test]
+    fn random_spreads() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut p = Pool::new(Balancing::Random);
+        p.add(res("a"));
+        p.add(res("b"));
+        let a = (0..1000)
+            .filter(|_| p.pick("u@x", &mut rng) == Some(res("a")))
+            .count();
+        assert!((350..650).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn round_robin_alternates() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut p = Pool::new(Balancing::RoundRobin);
+        p.add(res("a"));
+        p.add(res("b"));
+        let picks: Vec<_> = (0..4).map(|_| p.pick("u@x", &mut rng)).collect();
+        assert_ne!(picks[0], picks[1]);
+        assert_eq!(picks[0], picks[2]);
+        assert_eq!(picks[1], picks[3]);
+    }
+
+    #[test]
+    fn least_pending_prefers_idle() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut p = Pool::new(Balancing::LeastPending);
+        p.add(res("a"));
+        p.add(res("b"));
+        p.inc_load(&res("a"));
+        for _ in 0..20 {
+            assert_eq!(p.pick("u@x", &mut rng), Some(res("b")));
+        }
+        p.inc_load(&res("b"));
+        p.inc_load(&res("b"));
+        p.dec_load(&res("a"));
+        assert_eq!(p.pick("u@x", &mut rng), Some(res("a")));
+    }
+
+    #[test]
+    fn sticky_is_stable_when_others_come_and_go() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut p = Pool::new(Balancing::Sticky);
+        for r in ["a", "b", "c"] {
+            p.add(res(r));
+        }
+        let users: Vec<String> = (0..200).map(|i| format!("user{i}@example.test")).collect();
+        let before: Vec<_> = users.iter().map(|u| p.pick(u, &mut rng)).collect();
+        // Every member gets some users.
+        for r in ["a", "b", "c"] {
+            assert!(before.iter().filter(|m| **m == Some(res(r))).count() > 30);
+        }
+        // Removing b moves only b's users; adding d takes only from others
+        // what it wins.
+        p.remove(&res("b"));
+        p.add(res("d"));
+        for (u, was) in users.iter().zip(&before) {
+            let now = p.pick(u, &mut rng);
+            if *was != Some(res("b")) && now != Some(res("d")) {
+                assert_eq!(&now, was, "{u} moved without cause");
+            }
+        }
+    }
+
+    #[test]
+    fn sticky_instance_ignores_resources() {
+        let mut p = Pool::new(Balancing::Random);
+        p.add(res("a"));
+        assert_eq!(p.sticky_instance("u@x"), None);
+        p.add(Member::Instance(3));
+        p.add(Member::Instance(4));
+        let first = p.sticky_instance("u@x");
+        assert!(first.is_some());
+        assert_eq!(p.sticky_instance("u@x"), first);
+    }
+
+    #[test]
+    fn clear_resources_keeps_instances() {
+        let mut p = Pool::new(Balancing::Random);
+        p.add(res("a"));
+        p.add(Member::Instance(1));
+        p.add(res("b"));
+        assert_eq!(p.clear_resources().len(), 2);
+        assert_eq!(p.members(), &[Member::Instance(1)]);
+    }
+}

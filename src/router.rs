@@ -1,0 +1,697 @@
+//! The routing policy: one stanza in, actions out.
+//!
+//! Pure: no sockets, no clock, no randomness of its own (`now` and the RNG
+//! are passed in), so every row of the routing table in DESIGN.md is a
+//! unit test. The connection tasks feed it frames and carry out the
+//! actions it returns.
+//!
+//! The one rule above all: every iq request the router accepts gets
+//! exactly one answer — the member's reply, or an error it makes itself
+//! (no member, timeout, member lost, table full). Replies that match
+//! nothing in flight (late, duplicated, spoofed) are dropped and counted.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::time::Instant;
+
+use crate::config::{Balancing, Config, JatMode};
+use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
+use crate::jid;
+use crate::pool::{InstanceId, Member, Pool};
+use crate::rewrite::{rewrite, Wire};
+use crate::stanza::{self, StanzaError};
+use crate::xml::frame::{Kind, Stanza};
+
+/// What the router needs to know; a subset of [`Config`] that can change
+/// on reload without touching connections.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The component domain (lower-case, no trailing dot).
+    pub domain: String,
+    /// The target account's bare JID, if client resources serve requests.
+    pub target: Option<String>,
+    pub jat: JatMode,
+    /// Route iq requests from target resources to `domain/ENC`.
+    pub client_requests: bool,
+    /// Send `subscribe` and `probe` to the target when upstream comes up.
+    pub subscribe: bool,
+    pub balancing: Balancing,
+    pub iq_timeout: Duration,
+    pub pending_capacity: NonZeroUsize,
+}
+
+impl RouterConfig {
+    pub fn from_config(c: &Config) -> Self {
+        RouterConfig {
+            domain: c.upstream.domain.clone(),
+            target: c
+                .client_proxy
+                .target_address
+                .as_ref()
+                .map(|j| j.to_string()),
+            jat: c.client_proxy.jat,
+            client_requests: c.client_proxy.client_requests,
+            subscribe: c.client_proxy.subscribe,
+            balancing: c.routing.balancing,
+            iq_timeout: c.routing.iq_timeout,
+            pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
+                .unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// Something for the connection tasks to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write to the XMPP server.
+    Upstream(Wire),
+    /// Write to one instance.
+    Instance(InstanceId, Wire),
+    /// Close an instance's stream with this stream error condition.
+    CloseInstance(InstanceId, &'static str),
+}
+
+/// Counters, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests forwarded to a pool member.
+    pub requests_routed: u64,
+    /// Requests started by target resources or instances, sent upstream.
+    pub requests_outbound: u64,
+    /// Member replies delivered to whoever waited for them.
+    pub replies_delivered: u64,
+    /// Error replies the router generated, by [`StanzaError`] (index in
+    /// [`StanzaError::ALL`]).
+    pub errors_generated: [u64; 8],
+    /// Replies matching nothing in flight (late after a timeout, duplicates).
+    pub replies_unmatched: u64,
+    /// Replies from someone other than the member asked (spoofed).
+    pub replies_spoofed: u64,
+    /// Stanzas without usable addresses, or for an address not ours.
+    pub dropped_unaddressed: u64,
+    /// Stanzas the proxy has no use for (unknown elements, stray errors).
+    pub dropped_other: u64,
+}
+
+impl Stats {
+    pub fn generated(&self, e: StanzaError) -> u64 {
+        StanzaError::ALL
+            .iter()
+            .position(|x| *x == e)
+            .map_or(0, |i| self.errors_generated[i])
+    }
+
+    fn count(&mut self, e: StanzaError) {
+        if let Some(i) = StanzaError::ALL.iter().position(|x| *x == e) {
+            self.errors_generated[i] += 1;
+        }
+    }
+}
+
+/// Where a stanza from upstream was addressed, relative to our domain.
+enum To<'a> {
+    Bare,
+    Resource(&'a str),
+}
+
+#[derive(Debug)]
+pub struct Router {
+    cfg: RouterConfig,
+    pool: Pool,
+    pending: Pending,
+    jat: Jat,
+    stats: Stats,
+}
+
+impl Router {
+    pub fn new(cfg: RouterConfig) -> Self {
+        Router {
+            pool: Pool::new(cfg.balancing),
+            pending: Pending::new(cfg.pending_capacity),
+            jat: Jat::new(cfg.jat, cfg.pending_capacity),
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next time [`Router::expire`] has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.next_deadline()
+    }
+
+    /// Applies new settings that do not need a new connection: balancing
+    /// and timeout (for new requests). Domain, target and JAT mode changes
+    /// need a restart and are ignored here.
+    pub fn reconfigure(&mut self, balancing: Balancing, iq_timeout: Duration) {
+        self.cfg.balancing = balancing;
+        self.cfg.iq_timeout = iq_timeout;
+        self.pool.set_balancing(balancing);
+    }
+
+    // ----- lifecycle -------------------------------------------------------
+
+    /// The upstream session is up: ask the target for its presence.
+    pub fn upstream_online(&mut self, out: &mut Vec<Action>) {
+        if let (Some(target), true) = (&self.cfg.target, self.cfg.subscribe) {
+            let d = &self.cfg.domain;
+            out.push(up(stanza::presence(d, target, Some("subscribe"))));
+            out.push(up(stanza::presence(d, target, Some("probe"))));
+        }
+    }
+
+    /// The upstream session is gone. Presence will be learnt anew after
+    /// reconnecting, so client resources leave the pool now; requests
+    /// pending on them will get no reply and are answered with an error
+    /// (queued by the caller until upstream is back).
+    pub fn upstream_lost(&mut self, out: &mut Vec<Action>) {
+        for m in self.pool.clear_resources() {
+            self.fail_member(&m, out);
+        }
+    }
+
+    pub fn instance_up(&mut self, id: InstanceId) {
+        self.pool.add(Member::Instance(id));
+    }
+
+    /// An instance disconnected or stopped reading: out of rotation at
+    /// once, its pending requests answered with `recipient-unavailable`.
+    pub fn instance_down(&mut self, id: InstanceId, out: &mut Vec<Action>) {
+        let m = Member::Instance(id);
+        self.pool.remove(&m);
+        self.fail_member(&m, out);
+        // Requests the instance started can no longer be delivered.
+        self.pending.drain_where(
+            |w| matches!(w, Waiting::FromInstance { instance, .. } if *instance == id),
+        );
+    }
+
+    /// Answers every request whose deadline has passed.
+    pub fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some((key, entry)) = self.pending.pop_expired(now) {
+            self.answer(key, entry.waiting, StanzaError::RemoteServerTimeout, out);
+        }
+    }
+
+    /// Shutdown: answers everything still pending.
+    pub fn drain(&mut self, out: &mut Vec<Action>) {
+        for (key, entry) in self.pending.drain_all() {
+            self.answer(key, entry.waiting, StanzaError::RecipientUnavailable, out);
+        }
+    }
+
+    // ----- from upstream ---------------------------------------------------
+
+    /// A stanza from the XMPP server.
+    pub fn from_upstream(
+        &mut self,
+        st: &Stanza,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        if st.kind == Kind::Other {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let (Some(from), Some(to_attr)) = (st.from(), st.to()) else {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        };
+        let (to_bare, to_res) = jid::split(to_attr);
+        if !jid::bare_eq(to_bare, &self.cfg.domain) {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        }
+        let to = match to_res {
+            None => To::Bare,
+            Some(r) => To::Resource(r),
+        };
+        let from_target = self
+            .cfg
+            .target
+            .as_deref()
+            .is_some_and(|t| jid::bare_eq(jid::bare(from), t));
+        match st.kind {
+            Kind::Presence => self.presence_from_upstream(st, from, from_target, out),
+            Kind::Message => self.message_from_upstream(st, from, from_target, &to, out),
+            Kind::Iq => self.iq_from_upstream(st, from, to_attr, from_target, &to, now, rng, out),
+            Kind::Other => {}
+        }
+    }
+
+    fn presence_from_upstream(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        from_target: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let d = self.cfg.domain.clone();
+        if from_target {
+            let resource = Member::Resource(from.to_owned());
+            let has_resource = jid::split(from).1.is_some();
+            match st.stanza_type() {
+                None if has_resource => {
+                    if self.pool.add(resource) {
+                        tracing::info!(member = from, "resource joined the pool");
+                    }
+                }
+                Some("unavailable") => {
+                    if self.pool.remove(&resource) {
+                        tracing::info!(member = from, "resource left the pool");
+                    }
+                    self.fail_member(&resource, out);
+                }
+                Some("error") => {
+                    // As the module: an error from the target drops all.
+                    for m in self.pool.clear_resources() {
+                        self.fail_member(&m, out);
+                    }
+                }
+                Some("subscribe") => {
+                    out.push(up(stanza::presence(
+                        &d,
+                        jid::bare(from),
+                        Some("subscribed"),
+                    )));
+                }
+                Some("probe") => out.push(up(stanza::presence(&d, from, None))),
+                Some("unsubscribed") => tracing::warn!(
+                    target_address = jid::bare(from),
+                    "the target revoked the proxy's presence subscription: \
+                     no resource will join the pool until it is granted again"
+                ),
+                Some("subscribed") => {
+                    tracing::info!(target_address = jid::bare(from), "subscription granted")
+                }
+                _ => self.stats.dropped_other += 1,
+            }
+            return;
+        }
+        if let Some(id) = self.pool.sticky_instance(jid::bare(from)) {
+            out.push(Action::Instance(id, Wire::One(st.bytes.clone())));
+            return;
+        }
+        if st.is_error() {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        self.error_reply(st, from, StanzaError::BadRequest, out);
+    }
+
+    fn message_from_upstream(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        from_target: bool,
+        to: &To,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(id) = self.pool.sticky_instance(jid::bare(from)) {
+            out.push(Action::Instance(id, Wire::One(st.bytes.clone())));
+            return;
+        }
+        if st.is_error() {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let err = if from_target && matches!(to, To::Bare) {
+            StanzaError::BadRequest
+        } else {
+            StanzaError::FeatureNotImplemented
+        };
+        self.error_reply(st, from, err, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn iq_from_upstream(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        to_attr: &str,
+        from_target: bool,
+        to: &To,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        if st.is_iq_response() {
+            self.reply_from_upstream(st, from, to, out);
+            return;
+        }
+        if !st.is_iq_request() {
+            // An iq of no known type: malformed.
+            self.error_reply(st, from, StanzaError::BadRequest, out);
+            return;
+        }
+        let Some(id) = st.id() else {
+            self.error_reply(st, from, StanzaError::BadRequest, out);
+            return;
+        };
+        match (from_target, to) {
+            (true, To::Bare) => self.error_reply(st, from, StanzaError::BadRequest, out),
+            (true, To::Resource(enc)) if self.cfg.client_requests => {
+                self.request_from_target(st, from, to_attr, enc, id, now, out)
+            }
+            (true, To::Resource(_)) => {
+                self.error_reply(st, from, StanzaError::FeatureNotImplemented, out)
+            }
+            (false, _) => self.inbound_request(st, from, to_attr, id, now, rng, out),
+        }
+    }
+
+    /// An outside requester's iq get/set: to one member.
+    #[allow(clippy::too_many_arguments)]
+    fn inbound_request(
+        &mut self,
+        st: &Stanza,
+        requester: &str,
+        orig_to: &str,
+        id: &str,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(member) = self.pool.pick(jid::bare(requester), rng) else {
+            self.error_reply(st, requester, StanzaError::ServiceUnavailable, out);
+            return;
+        };
+        let (key, wire) = match &member {
+            Member::Resource(r) => {
+                let enc = self.jat.encode(requester, rng);
+                let from = format!("{}/{}", self.cfg.domain, enc);
+                let key = Key::ToResource {
+                    res: enc,
+                    id: id.to_owned(),
+                };
+                (key, rewrite(st, Some(r), Some(&from)))
+            }
+            Member::Instance(_) => (
+                Key::InstanceReply {
+                    requester: requester.to_owned(),
+                    id: id.to_owned(),
+                },
+                Wire::One(st.bytes.clone()),
+            ),
+        };
+        if self.pending.contains(&key) {
+            self.error_reply(st, requester, StanzaError::Conflict, out);
+            return;
+        }
+        self.pool.inc_load(&member);
+        let waiting = Waiting::Inbound {
+            requester: requester.to_owned(),
+            orig_to: orig_to.to_owned(),
+            member: member.clone(),
+        };
+        self.track(key, waiting, now, out);
+        self.stats.requests_routed += 1;
+        out.push(match member {
+            Member::Resource(_) => Action::Upstream(wire),
+            Member::Instance(i) => Action::Instance(i, wire),
+        });
+    }
+
+    /// A target resource's iq get/set to `domain/ENC`: on to the decoded
+    /// address with `from` = the domain. (The module answers these with
+    /// feature-not-implemented.)
+    #[allow(clippy::too_many_arguments)]
+    fn request_from_target(
+        &mut self,
+        st: &Stanza,
+        resource: &str,
+        orig_to: &str,
+        enc: &str,
+        id: &str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(peer) = self.jat.decode(enc).and_then(|p| jid::validate(&p)) else {
+            self.error_reply(st, resource, StanzaError::ItemNotFound, out);
+            return;
+        };
+        if jid::bare_eq(jid::bare(&peer), &self.cfg.domain) {
+            // Would loop back to us.
+            self.error_reply(st, resource, StanzaError::BadRequest, out);
+            return;
+        }
+        let key = Key::PeerReply {
+            peer: peer.clone(),
+            id: id.to_owned(),
+        };
+        if self.pending.contains(&key) {
+            self.error_reply(st, resource, StanzaError::Conflict, out);
+            return;
+        }
+        let wire = rewrite(st, Some(&peer), Some(&self.cfg.domain));
+        let waiting = Waiting::FromTarget {
+            resource: resource.to_owned(),
+            orig_to: orig_to.to_owned(),
+            peer,
+        };
+        self.track(key, waiting, now, out);
+        self.stats.requests_outbound += 1;
+        out.push(Action::Upstream(wire));
+    }
+
+    /// An iq result/error from upstream: a member's reply, or a peer's
+    /// reply to a request a target resource or an instance started.
+    fn reply_from_upstream(&mut self, st: &Stanza, from: &str, to: &To, out: &mut Vec<Action>) {
+        let id = st.id().unwrap_or_default().to_owned();
+        let key = match to {
+            To::Resource(res) => Key::ToResource {
+                res: (*res).to_owned(),
+                id,
+            },
+            To::Bare => Key::PeerReply {
+                peer: from.to_owned(),
+                id,
+            },
+        };
+        let Some(entry) = self.pending.get(&key) else {
+            self.stats.replies_unmatched += 1;
+            return;
+        };
+        // Only the one asked may answer.
+        let expected = match &entry.waiting {
+            Waiting::Inbound {
+                member: Member::Resource(r),
+                ..
+            } => r.as_str(),
+            Waiting::FromTarget { peer, .. } | Waiting::FromInstance { peer, .. } => peer.as_str(),
+            Waiting::Inbound { .. } => "",
+        };
+        if expected != from {
+            self.stats.replies_spoofed += 1;
+            return;
+        }
+        let Some(entry) = self.pending.remove(&key) else {
+            return;
+        };
+        self.stats.replies_delivered += 1;
+        match entry.waiting {
+            Waiting::Inbound {
+                requester,
+                orig_to,
+                member,
+            } => {
+                self.pool.dec_load(&member);
+                out.push(up(rewrite(st, Some(&requester), Some(&orig_to))));
+            }
+            Waiting::FromTarget {
+                resource, orig_to, ..
+            } => out.push(up(rewrite(st, Some(&resource), Some(&orig_to)))),
+            Waiting::FromInstance {
+                instance,
+                orig_from,
+                ..
+            } => out.push(Action::Instance(
+                instance,
+                rewrite(st, Some(&orig_from), None),
+            )),
+        }
+    }
+
+    // ----- from instances --------------------------------------------------
+
+    /// A stanza from an instance. Everything goes upstream; only iq
+    /// requests get a new `from` so their replies come back through us.
+    pub fn from_instance(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        if st.kind == Kind::Other {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let Some(from) = st.from() else {
+            out.push(Action::CloseInstance(instance, "improper-addressing"));
+            return;
+        };
+        if !jid::bare_eq(jid::bare(from), &self.cfg.domain) {
+            out.push(Action::CloseInstance(instance, "invalid-from"));
+            return;
+        }
+        let Some(to) = st.to() else {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        };
+        if st.is_iq_request() {
+            let id = st.id().unwrap_or_default().to_owned();
+            let token = jat::new_token(rng);
+            let new_from = format!("{}/{}", self.cfg.domain, token);
+            let waiting = Waiting::FromInstance {
+                instance,
+                orig_from: from.to_owned(),
+                peer: to.to_owned(),
+            };
+            self.track(Key::ToResource { res: token, id }, waiting, now, out);
+            self.stats.requests_outbound += 1;
+            out.push(up(rewrite(st, None, Some(&new_from))));
+            return;
+        }
+        if st.is_iq_response() {
+            let key = Key::InstanceReply {
+                requester: to.to_owned(),
+                id: st.id().unwrap_or_default().to_owned(),
+            };
+            let asked = matches!(
+                self.pending.get(&key).map(|e| &e.waiting),
+                Some(Waiting::Inbound { member: Member::Instance(i), .. }) if *i == instance
+            );
+            if !asked {
+                self.stats.replies_unmatched += 1;
+                return;
+            }
+            if let Some(e) = self.pending.remove(&key) {
+                if let Some(m) = e.waiting.member() {
+                    self.pool.dec_load(m);
+                }
+            }
+            self.stats.replies_delivered += 1;
+        }
+        out.push(Action::Upstream(Wire::One(st.bytes.clone())));
+    }
+
+    // ----- helpers ---------------------------------------------------------
+
+    /// Records a request in flight; a request given up to make room is
+    /// answered now.
+    fn track(&mut self, key: Key, waiting: Waiting, now: Instant, out: &mut Vec<Action>) {
+        let entry = Entry {
+            waiting,
+            deadline: now + self.cfg.iq_timeout,
+        };
+        if let Some((old_key, old)) = self.pending.insert(key, entry) {
+            self.answer(old_key, old.waiting, StanzaError::ResourceConstraint, out);
+        }
+    }
+
+    /// Answers every request pending on a member that went away.
+    fn fail_member(&mut self, m: &Member, out: &mut Vec<Action>) {
+        for (key, entry) in self.pending.drain_where(|w| w.member() == Some(m)) {
+            self.answer(key, entry.waiting, StanzaError::RecipientUnavailable, out);
+        }
+    }
+
+    /// The one error answer for a request that will get no reply.
+    fn answer(&mut self, key: Key, waiting: Waiting, err: StanzaError, out: &mut Vec<Action>) {
+        let id = match &key {
+            Key::ToResource { id, .. }
+            | Key::InstanceReply { id, .. }
+            | Key::PeerReply { id, .. } => id.as_str(),
+        };
+        self.stats.count(err);
+        match waiting {
+            Waiting::Inbound {
+                requester,
+                orig_to,
+                member,
+            } => {
+                self.pool.dec_load(&member);
+                out.push(up(stanza::error_reply(
+                    "iq",
+                    Some(id),
+                    &orig_to,
+                    &requester,
+                    err,
+                    None,
+                )));
+            }
+            Waiting::FromTarget {
+                resource, orig_to, ..
+            } => out.push(up(stanza::error_reply(
+                "iq",
+                Some(id),
+                &orig_to,
+                &resource,
+                err,
+                None,
+            ))),
+            Waiting::FromInstance {
+                instance,
+                orig_from,
+                peer,
+            } => out.push(Action::Instance(
+                instance,
+                Wire::One(stanza::error_reply(
+                    "iq",
+                    Some(id),
+                    &peer,
+                    &orig_from,
+                    err,
+                    None,
+                )),
+            )),
+        }
+    }
+
+    /// An error reply to a stanza from upstream, from the address it was
+    /// sent to. Errors are never answered with errors.
+    fn error_reply(&mut self, st: &Stanza, from: &str, err: StanzaError, out: &mut Vec<Action>) {
+        if st.is_error() {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let me = st.to().unwrap_or(&self.cfg.domain);
+        self.stats.count(err);
+        out.push(up(stanza::error_reply(
+            &st.name,
+            st.id(),
+            me,
+            from,
+            err,
+            None,
+        )));
+    }
+}
+
+fn up(b: impl Into<Wire>) -> Action {
+    Action::Upstream(b.into())
+}
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -1,0 +1,963 @@
+//! One test per row of the routing table (DESIGN.md) and per rule of the
+//! client-proxy and instance issues, plus a randomised check of the
+//! exactly-one-answer rule.
+
+use super::*;
+use crate::xml::parse_one;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const D: &str = "proxy.example.test";
+const T: &str = "impl@example.test";
+const ALICE: &str = "alice@example.test/phone";
+
+fn cfg() -> RouterConfig {
+    RouterConfig {
+        domain: D.into(),
+        target: Some(T.into()),
+        jat: JatMode::Inline,
+        client_requests: true,
+        subscribe: true,
+        balancing: Balancing::RoundRobin,
+        iq_timeout: Duration::from_secs(30),
+        pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
+    }
+}
+
+struct H {
+    r: Router,
+    rng: StdRng,
+    now: Instant,
+}
+
+impl H {
+    fn new(cfg: RouterConfig) -> Self {
+        H {
+            r: Router::new(cfg),
+            rng: StdRng::seed_from_u64(42),
+            now: Instant::now(),
+        }
+    }
+
+    fn up(&mut self, xml: &str) -> Vec<String> {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        self.r.from_upstream(&st, self.now, &mut self.rng, &mut out);
+        render(out)
+    }
+
+    fn inst(&mut self, id: InstanceId, xml: &str) -> Vec<String> {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        self.r
+            .from_instance(id, &st, self.now, &mut self.rng, &mut out);
+        render(out)
+    }
+
+    fn online(&mut self, res: &str) {
+        let out = self.up(&format!("<presence from='{T}/{res}' to='{D}'/>"));
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<String> {
+        self.now += d;
+        let mut out = Vec::new();
+        self.r.expire(self.now, &mut out);
+        render(out)
+    }
+}
+
+/// Actions as text: `UP <bytes>`, `I3 <bytes>`, `CLOSE3 <condition>`.
+fn render(actions: Vec<Action>) -> Vec<String> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Upstream(w) => format!("UP {}", String::from_utf8_lossy(&w.to_bytes())),
+            Action::Instance(i, w) => format!("I{i} {}", String::from_utf8_lossy(&w.to_bytes())),
+            Action::CloseInstance(i, c) => format!("CLOSE{i} {c}"),
+        })
+        .collect()
+}
+
+fn err(name: &str, id: &str, from: &str, to: &str, typ: &str, cond: &str) -> String {
+    format!(
+        "UP <{name} type='error' id='{id}' from='{from}' to='{to}'><error type='{typ}'><{cond} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></{name}>"
+    )
+}
+
+// ----- the seed flow ---------------------------------------------------------
+
+#[test]
+fn seed_flow_is_the_modules_four_steps() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let fwd = h.up(&format!(
+        "<iq type='get' id='1234' to='{D}' from='{ALICE}'><echo xmlns='urn:example:echo'>hello</echo></iq>"
+    ));
+    assert_eq!(
+        fwd,
+        [format!("UP <iq type='get' id='1234' to='{T}/a' from='{D}/{ALICE}'><echo xmlns='urn:example:echo'>hello</echo></iq>")]
+    );
+    let back = h.up(&format!(
+        "<iq type='result' id='1234' to='{D}/{ALICE}' from='{T}/a'><echo xmlns='urn:example:echo' from-resource='a'>hello</echo></iq>"
+    ));
+    assert_eq!(
+        back,
+        [format!("UP <iq type='result' id='1234' to='{ALICE}' from='{D}'><echo xmlns='urn:example:echo' from-resource='a'>hello</echo></iq>")]
+    );
+    assert_eq!(h.r.pending_len(), 0);
+    assert_eq!(h.r.stats().replies_delivered, 1);
+}
+
+#[test]
+fn error_replies_from_the_client_pass_back_with_payload() {
+    let mut h = H::new(cfg());
+    h.online("b");
+    h.up(&format!(
+        "<iq type='set' id='e1' to='{D}' from='{ALICE}'><echo xmlns='urn:example:echo'/></iq>"
+    ));
+    let back = h.up(&format!(
+        "<iq type='error' id='e1' to='{D}/{ALICE}' from='{T}/b'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    ));
+    assert_eq!(back.len(), 1);
+    assert!(
+        back[0].contains(&format!("to='{ALICE}' from='{D}'")),
+        "{back:?}"
+    );
+    assert!(back[0].contains("<item-not-found"));
+}
+
+#[test]
+fn reply_comes_from_the_address_the_requester_used() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.up(&format!(
+        "<iq type='get' id='x' to='{D}/svc' from='{ALICE}'/>"
+    ));
+    let back = h.up(&format!(
+        "<iq type='result' id='x' to='{D}/{ALICE}' from='{T}/a'/>"
+    ));
+    assert_eq!(
+        back,
+        [format!(
+            "UP <iq type='result' id='x' to='{ALICE}' from='{D}/svc'/>"
+        )]
+    );
+}
+
+// ----- the module's generated errors ---------------------------------------
+
+#[test]
+fn no_resource_is_service_unavailable() {
+    let mut h = H::new(cfg());
+    let out = h.up(&format!("<iq id='none-1' to='{D}' type='get' from='{ALICE}'><echo xmlns='urn:example:echo'>anyone?</echo></iq>"));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "none-1",
+            D,
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+}
+
+#[test]
+fn message_is_feature_not_implemented() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let out = h.up(&format!(
+        "<message type='chat' to='{D}' id='m1' from='{ALICE}'><body>hi proxy</body></message>"
+    ));
+    assert_eq!(
+        out,
+        [err(
+            "message",
+            "m1",
+            D,
+            ALICE,
+            "cancel",
+            "feature-not-implemented"
+        )]
+    );
+}
+
+#[test]
+fn presence_from_others_is_bad_request() {
+    let mut h = H::new(cfg());
+    let out = h.up(&format!("<presence to='{D}' id='p1' from='{ALICE}'/>"));
+    assert_eq!(
+        out,
+        [err("presence", "p1", D, ALICE, "cancel", "bad-request")]
+    );
+    let out = h.up(&format!(
+        "<presence type='unavailable' to='{D}' id='p2' from='{ALICE}'/>"
+    ));
+    assert_eq!(
+        out,
+        [err("presence", "p2", D, ALICE, "cancel", "bad-request")]
+    );
+}
+
+#[test]
+fn errors_are_never_answered_with_errors() {
+    let mut h = H::new(cfg());
+    assert!(h
+        .up(&format!("<presence type='error' to='{D}' from='{ALICE}'/>"))
+        .is_empty());
+    assert!(h
+        .up(&format!("<message type='error' to='{D}' from='{ALICE}'/>"))
+        .is_empty());
+    assert!(h
+        .up(&format!(
+            "<iq type='error' id='z' to='{D}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+}
+
+#[test]
+fn stanza_from_target_to_bare_domain_is_bad_request() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let out = h.up(&format!(
+        "<iq id='implreq-2' to='{D}' type='get' from='{T}/a'/>"
+    ));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "implreq-2",
+            D,
+            &format!("{T}/a"),
+            "cancel",
+            "bad-request"
+        )]
+    );
+    let out = h.up(&format!("<message id='m' to='{D}' from='{T}/a'/>"));
+    assert_eq!(
+        out,
+        [err(
+            "message",
+            "m",
+            D,
+            &format!("{T}/a"),
+            "cancel",
+            "bad-request"
+        )]
+    );
+}
+
+#[test]
+fn unaddressed_and_foreign_stanzas_are_dropped_and_counted() {
+    let mut h = H::new(cfg());
+    assert!(h
+        .up("<iq type='get' id='1' to='proxy.example.test'/>")
+        .is_empty());
+    assert!(h
+        .up(&format!("<iq type='get' id='1' from='{ALICE}'/>"))
+        .is_empty());
+    assert!(h
+        .up(&format!(
+            "<iq type='get' id='1' to='other.example.test' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().dropped_unaddressed, 3);
+    assert!(h
+        .up(&format!(
+            "<iq xmlns='jabber:client' type='get' id='1' to='{D}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().dropped_other, 1);
+}
+
+#[test]
+fn iq_without_id_or_type_is_bad_request() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let out = h.up(&format!("<iq type='get' to='{D}' from='{ALICE}'/>"));
+    assert_eq!(out.len(), 1);
+    assert!(out[0].contains("<bad-request"));
+    let out = h.up(&format!(
+        "<iq type='bogus' id='q' to='{D}' from='{ALICE}'/>"
+    ));
+    assert_eq!(out, [err("iq", "q", D, ALICE, "cancel", "bad-request")]);
+}
+
+// ----- presence tracking ------------------------------------------------------
+
+#[test]
+fn presence_tracks_resources_as_a_set() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("a");
+    h.online("b");
+    assert_eq!(h.r.pool().len(), 2);
+    assert!(h
+        .up(&format!(
+            "<presence type='unavailable' from='{T}/a' to='{D}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.pool().members(), &[Member::Resource(format!("{T}/b"))]);
+    // Every request now lands on b: no hole.
+    for i in 0..5 {
+        let out = h.up(&format!(
+            "<iq type='get' id='h{i}' to='{D}' from='{ALICE}'/>"
+        ));
+        assert!(out[0].contains(&format!("to='{T}/b'")), "{out:?}");
+    }
+}
+
+#[test]
+fn bare_presence_from_target_adds_nothing() {
+    let mut h = H::new(cfg());
+    h.up(&format!("<presence from='{T}' to='{D}'/>"));
+    assert!(h.r.pool().is_empty());
+}
+
+#[test]
+fn presence_error_from_target_clears_all() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("b");
+    h.up(&format!("<iq type='get' id='1' to='{D}' from='{ALICE}'/>"));
+    let out = h.up(&format!("<presence type='error' from='{T}' to='{D}'/>"));
+    assert!(h.r.pool().is_empty());
+    assert_eq!(
+        out,
+        [err("iq", "1", D, ALICE, "wait", "recipient-unavailable")]
+    );
+}
+
+#[test]
+fn subscription_handshake() {
+    let mut h = H::new(cfg());
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(
+        render(out),
+        [
+            format!("UP <presence type='subscribe' from='{D}' to='{T}'/>"),
+            format!("UP <presence type='probe' from='{D}' to='{T}'/>"),
+        ]
+    );
+    assert_eq!(
+        h.up(&format!("<presence type='subscribe' from='{T}' to='{D}'/>")),
+        [format!(
+            "UP <presence type='subscribed' from='{D}' to='{T}'/>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!("<presence type='probe' from='{T}/a' to='{D}'/>")),
+        [format!("UP <presence from='{D}' to='{T}/a'/>")]
+    );
+    assert!(h
+        .up(&format!(
+            "<presence type='unsubscribed' from='{T}' to='{D}'/>"
+        ))
+        .is_empty());
+}
+
+#[test]
+fn no_subscribe_when_turned_off_or_no_target() {
+    let mut c = cfg();
+    c.subscribe = false;
+    let mut h = H::new(c);
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert!(out.is_empty());
+}
+
+// ----- exactly one answer ----------------------------------------------------
+
+#[test]
+fn reply_from_another_resource_or_account_is_dropped() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("b");
+    h.up(&format!("<iq type='get' id='s' to='{D}' from='{ALICE}'/>"));
+    // Round robin sent it to b (the second pick).
+    let asked = if h.r.pool().load(&Member::Resource(format!("{T}/a"))) == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    let other = if asked == "a" { "b" } else { "a" };
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='s' to='{D}/{ALICE}' from='{T}/{other}'/>"
+        ))
+        .is_empty());
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='s' to='{D}/{ALICE}' from='mallory@example.test/x'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_spoofed, 2);
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='s' to='{D}/{ALICE}' from='{T}/{asked}'/>"
+        ))
+        .len(),
+        1
+    );
+    // A duplicate is late.
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='s' to='{D}/{ALICE}' from='{T}/{asked}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_unmatched, 1);
+}
+
+#[test]
+fn timeout_answers_once_and_late_reply_is_dropped() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.up(&format!("<iq type='get' id='t' to='{D}' from='{ALICE}'/>"));
+    assert!(h.advance(Duration::from_secs(29)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        [err("iq", "t", D, ALICE, "wait", "remote-server-timeout")]
+    );
+    assert!(h.advance(Duration::from_secs(60)).is_empty());
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='t' to='{D}/{ALICE}' from='{T}/a'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().generated(StanzaError::RemoteServerTimeout), 1);
+}
+
+#[test]
+fn resource_leaving_fails_its_requests_only() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("b");
+    for i in 0..4 {
+        h.up(&format!(
+            "<iq type='get' id='r{i}' to='{D}' from='{ALICE}'/>"
+        ));
+    }
+    let out = h.up(&format!(
+        "<presence type='unavailable' from='{T}/a' to='{D}'/>"
+    ));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|o| o.contains("recipient-unavailable")));
+    assert_eq!(h.r.pending_len(), 2);
+}
+
+#[test]
+fn full_table_answers_the_oldest() {
+    let mut c = cfg();
+    c.pending_capacity = NonZeroUsize::new(2).expect("nonzero");
+    let mut h = H::new(c);
+    h.online("a");
+    h.up(&format!("<iq type='get' id='1' to='{D}' from='{ALICE}'/>"));
+    h.up(&format!("<iq type='get' id='2' to='{D}' from='{ALICE}'/>"));
+    let out = h.up(&format!("<iq type='get' id='3' to='{D}' from='{ALICE}'/>"));
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0],
+        err("iq", "1", D, ALICE, "wait", "resource-constraint")
+    );
+    assert!(out[1].contains("id='3'"));
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='1' to='{D}/{ALICE}' from='{T}/a'/>"
+        ))
+        .is_empty());
+}
+
+#[test]
+fn duplicate_id_in_flight_is_conflict() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.up(&format!(
+        "<iq type='get' id='dup' to='{D}' from='{ALICE}'/>"
+    ));
+    let out = h.up(&format!(
+        "<iq type='get' id='dup' to='{D}' from='{ALICE}'/>"
+    ));
+    assert_eq!(out, [err("iq", "dup", D, ALICE, "cancel", "conflict")]);
+    assert_eq!(h.r.pending_len(), 1);
+}
+
+#[test]
+fn upstream_loss_fails_resource_requests() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.up(&format!("<iq type='get' id='u' to='{D}' from='{ALICE}'/>"));
+    let mut out = Vec::new();
+    h.r.upstream_lost(&mut out);
+    assert_eq!(
+        render(out),
+        [err("iq", "u", D, ALICE, "wait", "recipient-unavailable")]
+    );
+    assert!(h.r.pool().is_empty());
+}
+
+#[test]
+fn drain_answers_everything() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.r.instance_up(7);
+    for i in 0..3 {
+        h.up(&format!(
+            "<iq type='get' id='d{i}' to='{D}' from='{ALICE}'/>"
+        ));
+    }
+    let mut out = Vec::new();
+    h.r.drain(&mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(h.r.pending_len(), 0);
+}
+
+// ----- JAT modes -------------------------------------------------------------
+
+#[test]
+fn opaque_mode_hides_the_requester() {
+    let mut c = cfg();
+    c.jat = JatMode::Opaque;
+    let mut h = H::new(c);
+    h.online("a");
+    let fwd = h.up(&format!("<iq type='get' id='o' to='{D}' from='{ALICE}'/>"));
+    assert!(!fwd[0].contains("alice"), "{fwd:?}");
+    let enc = fwd[0]
+        .split(&format!("from='{D}/"))
+        .nth(1)
+        .and_then(|s| s.split('\'').next())
+        .expect("from attribute")
+        .to_owned();
+    assert!(enc.starts_with(jat::TOKEN_PREFIX));
+    let back = h.up(&format!(
+        "<iq type='result' id='o' to='{D}/{enc}' from='{T}/a'/>"
+    ));
+    assert_eq!(
+        back,
+        [format!(
+            "UP <iq type='result' id='o' to='{ALICE}' from='{D}'/>"
+        )]
+    );
+}
+
+#[test]
+fn escaped_requester_round_trips() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let req = "o'brien@example.test/r&d";
+    let fwd = h.up(&format!(
+        "<iq type='get' id='q' to='{D}' from=\"o'brien@example.test/r&amp;d\"/>"
+    ));
+    // The new from keeps the attribute's own quote style and escapes.
+    assert!(
+        fwd[0].contains(&format!("from=\"{D}/o'brien@example.test/r&amp;d\"")),
+        "{fwd:?}"
+    );
+    let back = h.up(&format!(
+        "<iq type='result' id='q' to=\"{D}/o'brien@example.test/r&amp;d\" from='{T}/a'/>"
+    ));
+    assert!(
+        back[0].contains("to=\"o'brien@example.test/r&amp;d\""),
+        "{back:?}"
+    );
+    let st = parse_one(back[0][3..].as_bytes()).expect("parses");
+    assert_eq!(st.to(), Some(req));
+}
+
+// ----- requests from the implementing client ----------------------------------
+
+#[test]
+fn target_request_goes_to_the_decoded_address_and_back() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let fwd = h.up(&format!("<iq id='implreq-1' to='{D}/{ALICE}' type='get' from='{T}/a'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    assert_eq!(fwd, [format!("UP <iq id='implreq-1' to='{ALICE}' type='get' from='{D}'><ping xmlns='urn:xmpp:ping'/></iq>")]);
+    let back = h.up(&format!(
+        "<iq type='result' id='implreq-1' from='{ALICE}' to='{D}'/>"
+    ));
+    assert_eq!(
+        back,
+        [format!(
+            "UP <iq type='result' id='implreq-1' from='{D}/{ALICE}' to='{T}/a'/>"
+        )]
+    );
+}
+
+#[test]
+fn target_request_clashing_id_is_refused() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("b");
+    h.up(&format!(
+        "<iq id='same' to='{D}/{ALICE}' type='get' from='{T}/a'/>"
+    ));
+    let out = h.up(&format!(
+        "<iq id='same' to='{D}/{ALICE}' type='get' from='{T}/b'/>"
+    ));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "same",
+            &format!("{D}/{ALICE}"),
+            &format!("{T}/b"),
+            "cancel",
+            "conflict"
+        )]
+    );
+}
+
+#[test]
+fn target_requests_can_be_turned_off() {
+    let mut c = cfg();
+    c.client_requests = false;
+    let mut h = H::new(c);
+    let out = h.up(&format!(
+        "<iq id='implreq-1' to='{D}/{ALICE}' type='get' from='{T}/a'/>"
+    ));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "implreq-1",
+            &format!("{D}/{ALICE}"),
+            &format!("{T}/a"),
+            "cancel",
+            "feature-not-implemented"
+        )]
+    );
+}
+
+#[test]
+fn target_request_to_unknown_token_or_loop_is_refused() {
+    let mut h = H::new(cfg());
+    let out = h.up(&format!(
+        "<iq id='k' to='{D}/#jat.00' type='get' from='{T}/a'/>"
+    ));
+    assert!(out[0].contains("item-not-found"), "{out:?}");
+    let out = h.up(&format!(
+        "<iq id='l' to='{D}/{D}/x' type='get' from='{T}/a'/>"
+    ));
+    assert!(out[0].contains("bad-request"), "{out:?}");
+}
+
+#[test]
+fn target_request_times_out_to_the_resource() {
+    let mut h = H::new(cfg());
+    h.up(&format!(
+        "<iq id='w' to='{D}/{ALICE}' type='set' from='{T}/a'/>"
+    ));
+    let out = h.advance(Duration::from_secs(30));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "w",
+            &format!("{D}/{ALICE}"),
+            &format!("{T}/a"),
+            "wait",
+            "remote-server-timeout"
+        )]
+    );
+}
+
+// ----- instances ---------------------------------------------------------------
+
+#[test]
+fn request_to_instance_is_forwarded_unchanged_and_answer_matched() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let req = format!("<iq type='get' id='i1' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>");
+    assert_eq!(h.up(&req), [format!("I1 {req}")]);
+    let reply = format!("<iq type='result' id='i1' from='{D}' to='{ALICE}'/>");
+    assert_eq!(h.inst(1, &reply), [format!("UP {reply}")]);
+    assert_eq!(h.r.pending_len(), 0);
+    // A second answer is late: dropped.
+    assert!(h.inst(1, &reply).is_empty());
+}
+
+#[test]
+fn another_instances_answer_is_dropped() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.r.instance_up(2);
+    let out = h.up(&format!("<iq type='get' id='x' to='{D}' from='{ALICE}'/>"));
+    let asked: InstanceId = if out[0].starts_with("I1") { 1 } else { 2 };
+    let other = 3 - asked;
+    let reply = format!("<iq type='result' id='x' from='{D}' to='{ALICE}'/>");
+    assert!(h.inst(other, &reply).is_empty());
+    assert_eq!(h.inst(asked, &reply).len(), 1);
+}
+
+#[test]
+fn instance_loss_fails_its_requests_and_others_take_over() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.r.instance_up(2);
+    for i in 0..4 {
+        h.up(&format!(
+            "<iq type='get' id='f{i}' to='{D}' from='{ALICE}'/>"
+        ));
+    }
+    let mut out = Vec::new();
+    h.r.instance_down(1, &mut out);
+    let out = render(out);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|o| o.contains("recipient-unavailable")));
+    for i in 4..8 {
+        let o = h.up(&format!(
+            "<iq type='get' id='f{i}' to='{D}' from='{ALICE}'/>"
+        ));
+        assert!(o[0].starts_with("I2 "), "{o:?}");
+    }
+    let mut out = Vec::new();
+    h.r.instance_down(2, &mut out);
+    let o = h.up(&format!(
+        "<iq type='get' id='none' to='{D}' from='{ALICE}'/>"
+    ));
+    assert_eq!(
+        o,
+        [err("iq", "none", D, ALICE, "cancel", "service-unavailable")]
+    );
+}
+
+#[test]
+fn instance_requests_get_a_token_and_the_reply_comes_back_to_them() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.r.instance_up(2);
+    let a = h.inst(
+        1,
+        &format!(
+            "<iq type='get' id='ping1' from='{D}' to='{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ),
+    );
+    let b = h.inst(2, &format!("<iq type='get' id='ping1' from='{D}/bot' to='{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    let tok = |s: &str| {
+        s.split(&format!("from='{D}/"))
+            .nth(1)
+            .and_then(|s| s.split('\'').next())
+            .expect("token")
+            .to_owned()
+    };
+    let (ta, tb) = (tok(&a[0]), tok(&b[0]));
+    assert_ne!(ta, tb);
+    // Replies in the other order: each to its own instance, `to` restored.
+    let rb = h.up(&format!(
+        "<iq type='result' id='ping1' from='{ALICE}' to='{D}/{tb}'/>"
+    ));
+    assert_eq!(
+        rb,
+        [format!(
+            "I2 <iq type='result' id='ping1' from='{ALICE}' to='{D}/bot'/>"
+        )]
+    );
+    let ra = h.up(&format!(
+        "<iq type='result' id='ping1' from='{ALICE}' to='{D}/{ta}'/>"
+    ));
+    assert_eq!(
+        ra,
+        [format!(
+            "I1 <iq type='result' id='ping1' from='{ALICE}' to='{D}'/>"
+        )]
+    );
+    // From someone else than the peer asked: dropped.
+    h.inst(
+        1,
+        &format!("<iq type='get' id='p2' from='{D}' to='{ALICE}'/>"),
+    );
+    assert_eq!(h.r.pending_len(), 1);
+}
+
+#[test]
+fn instance_request_times_out_to_the_instance() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.inst(
+        1,
+        &format!("<iq type='get' id='slow' from='{D}' to='{ALICE}'/>"),
+    );
+    let out = h.advance(Duration::from_secs(31));
+    assert_eq!(
+        out,
+        [format!("I1 <iq type='error' id='slow' from='{ALICE}' to='{D}'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
+    );
+}
+
+#[test]
+fn instance_traffic_goes_upstream_verbatim() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    for s in [
+        format!("<message from='{D}' to='{ALICE}'><body>hi</body></message>"),
+        format!("<presence from='{D}/x' to='{ALICE}'/>"),
+    ] {
+        assert_eq!(h.inst(1, &s), [format!("UP {s}")]);
+    }
+}
+
+#[test]
+fn instance_from_outside_domain_is_closed() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    assert_eq!(
+        h.inst(
+            1,
+            &format!("<message from='evil.example.test' to='{ALICE}'/>")
+        ),
+        ["CLOSE1 invalid-from"]
+    );
+    assert_eq!(
+        h.inst(1, &format!("<message to='{ALICE}'/>")),
+        ["CLOSE1 improper-addressing"]
+    );
+}
+
+#[test]
+fn messages_and_presence_stick_to_one_instance() {
+    let mut h = H::new(cfg());
+    for i in 1..=3 {
+        h.r.instance_up(i);
+    }
+    let first = h.up(&format!(
+        "<message to='{D}' from='{ALICE}'><body>1</body></message>"
+    ));
+    let who = first[0].split(' ').next().expect("tag").to_owned();
+    for n in 0..5 {
+        let o = h.up(&format!(
+            "<message to='{D}' from='alice@example.test/other{n}'/>"
+        ));
+        assert!(
+            o[0].starts_with(&who),
+            "same bare JID, same instance: {o:?}"
+        );
+        let o = h.up(&format!("<presence to='{D}' from='{ALICE}'/>"));
+        assert!(o[0].starts_with(&who));
+    }
+}
+
+// ----- the rule, at random -------------------------------------------------------
+
+/// Random traffic with random member losses, timeouts, late and spoofed
+/// replies and a small table: every accepted request is answered exactly
+/// once, by a reply or an error.
+#[test]
+fn every_request_gets_exactly_one_answer() {
+    for seed in 0..20u64 {
+        let mut c = cfg();
+        c.pending_capacity = NonZeroUsize::new(8).expect("nonzero");
+        c.balancing = [
+            Balancing::Random,
+            Balancing::RoundRobin,
+            Balancing::LeastPending,
+            Balancing::Sticky,
+        ][seed as usize % 4];
+        let mut h = H::new(c);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut answers: std::collections::HashMap<String, u32> = Default::default();
+        let mut sent = 0u32;
+        // Outstanding forwarded requests: (id, requester, member tag).
+        let mut outstanding: Vec<(String, String, String)> = Vec::new();
+        let mut count = |out: &[String],
+                         answers: &mut std::collections::HashMap<String, u32>,
+                         outstanding: &mut Vec<(String, String, String)>| {
+            for o in out {
+                let st = match parse_one(o.split_once(' ').map(|x| x.1).unwrap_or("").as_bytes()) {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                };
+                let id = st.id().unwrap_or_default().to_owned();
+                if !id.starts_with("q") {
+                    continue;
+                }
+                if o.starts_with("UP")
+                    && st.is_iq_response()
+                    && st.to().is_some_and(|t| t.starts_with("user"))
+                {
+                    *answers.entry(id).or_default() += 1;
+                } else if st.is_iq_request() {
+                    let tag = if o.starts_with("UP") {
+                        st.to().unwrap_or_default().to_owned()
+                    } else {
+                        o.split(' ').next().unwrap_or_default().to_owned()
+                    };
+                    outstanding.push((id, st.from().unwrap_or_default().to_owned(), tag));
+                }
+            }
+        };
+        for step in 0..400 {
+            let out = match rng.random_range(0..10) {
+                0 => {
+                    let r = ["a", "b", "c"][rng.random_range(0..3)];
+                    h.up(&format!("<presence from='{T}/{r}' to='{D}'/>"))
+                }
+                1 => {
+                    let r = ["a", "b", "c"][rng.random_range(0..3)];
+                    h.up(&format!(
+                        "<presence type='unavailable' from='{T}/{r}' to='{D}'/>"
+                    ))
+                }
+                2 => {
+                    let i = rng.random_range(1..3);
+                    if rng.random_bool(0.5) {
+                        h.r.instance_up(i);
+                        vec![]
+                    } else {
+                        let mut o = Vec::new();
+                        h.r.instance_down(i, &mut o);
+                        render(o)
+                    }
+                }
+                3 => h.advance(Duration::from_secs(rng.random_range(0..20))),
+                4..=6 => {
+                    sent += 1;
+                    let u = rng.random_range(0..4);
+                    h.up(&format!(
+                        "<iq type='get' id='q{step}' to='{D}' from='user{u}@example.test/r'/>"
+                    ))
+                }
+                _ => {
+                    if outstanding.is_empty() {
+                        continue;
+                    }
+                    let k = rng.random_range(0..outstanding.len());
+                    let (id, from, tag) = outstanding[k].clone();
+                    if rng.random_bool(0.8) {
+                        outstanding.swap_remove(k);
+                    }
+                    if let Some(inst) = tag.strip_prefix('I') {
+                        let i: InstanceId = inst.parse().unwrap_or(0);
+                        h.inst(
+                            i,
+                            &format!("<iq type='result' id='{id}' from='{D}' to='{from}'/>"),
+                        )
+                    } else {
+                        let res = if rng.random_bool(0.1) {
+                            format!("{T}/c")
+                        } else {
+                            tag
+                        };
+                        h.up(&format!(
+                            "<iq type='result' id='{id}' from='{res}' to='{from}'/>"
+                        ))
+                    }
+                }
+            };
+            count(&out, &mut answers, &mut outstanding);
+        }
+        let mut out = Vec::new();
+        h.r.drain(&mut out);
+        count(&render(out), &mut answers, &mut outstanding);
+        assert_eq!(
+            answers.len() as u32,
+            sent,
+            "seed {seed}: every request answered"
+        );
+        assert!(
+            answers.values().all(|&n| n == 1),
+            "seed {seed}: none answered twice: {answers:?}"
+        );
+    }
+}

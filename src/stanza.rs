@@ -1,0 +1,177 @@
+//! Stanzas the proxy writes itself: error replies and presence.
+//!
+//! Their shape follows what Prosody's mod_client_proxy sends (see
+//! `prosody-traces.md`): `type`, `id`, `from`, `to`, then the error
+//! element; no payload is copied back.
+
+use bytes::Bytes;
+
+use crate::xml::escape;
+use crate::xml::frame::NS_STANZA_ERRORS;
+
+/// The stanza errors the proxy generates. Each is answered in place of a
+/// reply that will not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StanzaError {
+    /// No member to serve the request (empty pool).
+    ServiceUnavailable,
+    /// The member did not answer within `iq_timeout`.
+    RemoteServerTimeout,
+    /// The member that had the request went away before answering.
+    RecipientUnavailable,
+    /// The pending table was full; the oldest request was given up.
+    ResourceConstraint,
+    /// Messages, and requests from the target when those are turned off.
+    FeatureNotImplemented,
+    /// Malformed or misaddressed stanzas (as the module answers them).
+    BadRequest,
+    /// A request whose id is already in flight from the same requester.
+    Conflict,
+    /// A translated address that no longer resolves.
+    ItemNotFound,
+}
+
+impl StanzaError {
+    pub const ALL: [StanzaError; 8] = [
+        StanzaError::ServiceUnavailable,
+        StanzaError::RemoteServerTimeout,
+        StanzaError::RecipientUnavailable,
+        StanzaError::ResourceConstraint,
+        StanzaError::FeatureNotImplemented,
+        StanzaError::BadRequest,
+        StanzaError::Conflict,
+        StanzaError::ItemNotFound,
+    ];
+
+    /// The defined condition element name (RFC 6120 §8.3.3).
+    pub fn condition(self) -> &'static str {
+        match self {
+            StanzaError::ServiceUnavailable => "service-unavailable",
+            StanzaError::RemoteServerTimeout => "remote-server-timeout",
+            StanzaError::RecipientUnavailable => "recipient-unavailable",
+            StanzaError::ResourceConstraint => "resource-constraint",
+            StanzaError::FeatureNotImplemented => "feature-not-implemented",
+            StanzaError::BadRequest => "bad-request",
+            StanzaError::Conflict => "conflict",
+            StanzaError::ItemNotFound => "item-not-found",
+        }
+    }
+
+    /// The error type: `wait` where retrying later may succeed.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            StanzaError::RemoteServerTimeout
+            | StanzaError::RecipientUnavailable
+            | StanzaError::ResourceConstraint => "wait",
+            _ => "cancel",
+        }
+    }
+}
+
+/// An error reply: `<NAME type='error' id=… from=… to=…><error …/></NAME>`.
+pub fn error_reply(
+    name: &str,
+    id: Option<&str>,
+    from: &str,
+    to: &str,
+    err: StanzaError,
+    text: Option<&str>,
+) -> Bytes {
+    let mut s = String::with_capacity(256);
+    s.push('<');
+    s.push_str(name);
+    s.push_str(" type='error'");
+    if let Some(id) = id {
+        push_attr(&mut s, "id", id);
+    }
+    push_attr(&mut s, "from", from);
+    push_attr(&mut s, "to", to);
+    s.push_str("><error type='");
+    s.push_str(err.error_type());
+    s.push_str("'><");
+    s.push_str(err.condition());
+    s.push_str(" xmlns='");
+    s.push_str(NS_STANZA_ERRORS);
+    s.push_str("'/>");
+    if let Some(text) = text {
+        s.push_str("<text xmlns='");
+        s.push_str(NS_STANZA_ERRORS);
+        s.push_str("'>");
+        s.push_str(&escape::text(text));
+        s.push_str("</text>");
+    }
+    s.push_str("</error></");
+    s.push_str(name);
+    s.push('>');
+    Bytes::from(s)
+}
+
+/// A presence stanza, `ptype` None for available.
+pub fn presence(from: &str, to: &str, ptype: Option<&str>) -> Bytes {
+    let mut s = String::with_capacity(128);
+    s.push_str("<presence");
+    if let Some(t) = ptype {
+        push_attr(&mut s, "type", t);
+    }
+    push_attr(&mut s, "from", from);
+    push_attr(&mut s, "to", to);
+    s.push_str("/>");
+    Bytes::from(s)
+}
+
+fn push_attr(s: &mut String, name: &str, value: &str) {
+    s.push(' ');
+    s.push_str(name);
+    s.push_str("='");
+    s.push_str(&escape::attr(value, b'\''));
+    s.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reply_matches_the_module() {
+        let b = error_reply(
+            "iq",
+            Some("none-1"),
+            "proxy.example.test",
+            "alice@example.test/phone",
+            StanzaError::ServiceUnavailable,
+            None,
+        );
+        assert_eq!(
+            &b[..],
+            b"<iq type='error' id='none-1' from='proxy.example.test' to='alice@example.test/phone'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        );
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let b = error_reply(
+            "message",
+            Some("a'b"),
+            "d",
+            "o'r@x/<y>",
+            StanzaError::BadRequest,
+            Some("a<b"),
+        );
+        let s = std::str::from_utf8(&b).expect("utf8");
+        assert!(s.contains("id='a&apos;b'"));
+        assert!(s.contains("to='o&apos;r@x/&lt;y&gt;'"));
+        assert!(s.contains(">a&lt;b</text>"));
+    }
+
+    #[test]
+    fn presence_shapes() {
+        assert_eq!(
+            &presence("d", "t@x", Some("subscribe"))[..],
+            b"<presence type='subscribe' from='d' to='t@x'/>"
+        );
+        assert_eq!(
+            &presence("d", "t@x", None)[..],
+            b"<presence from='d' to='t@x'/>"
+        );
+    }
+}
