@@ -19,17 +19,37 @@
 //!
 //! # Layout
 //!
+//! Pure logic (no sockets, no clock, no randomness of its own):
 //! - [`xml`]: the framer (bytes → stanzas with byte spans), escaping, and
 //!   read-only inspection of control elements.
-//! - [`config`]: settings from `config.toml` and flags, validated.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
+//! - [`router`]: the routing table: one stanza in, actions out.
+//! - [`pool`]: members, presence tracking, balancing.
+//! - [`jat`]: address translation and the pending-request table.
+//! - [`stanza`]: the error replies and presence the proxy writes itself.
+//! - [`jid`]: address splitting and validation.
+//! - [`config`]: settings from `config.toml` and flags, validated.
+//!
+//! I/O:
+//! - [`handshake`]: XEP-0114 on both sides (connecting upstream, accepting
+//!   instances), and the header, handshake and stream-error bytes they share.
+//! - [`proxy`]: the core task that owns the router, and [`proxy::Proxy`],
+//!   the handle that starts and stops everything.
+//! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
+//! - [`listener`]: the listener for component instances.
+//! - [`conn`]: the batched writer every connection uses.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conn;
+pub mod handshake;
 pub mod jat;
 pub mod jid;
+pub mod listener;
 pub mod pool;
+pub mod proxy;
 pub mod rewrite;
 pub mod router;
 pub mod stanza;
+pub mod upstream;
 pub mod xml;

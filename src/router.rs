@@ -169,11 +169,20 @@ impl Router {
     // ----- lifecycle -------------------------------------------------------
 
     /// The upstream session is up: ask the target for its presence.
+    ///
+    /// Only `subscribe` is sent here. When the subscription exists the
+    /// server answers `subscribed` and the current presence of every
+    /// resource; when it does not, the request is stored for the target.
+    /// A `probe` now would be harmful: Prosody answers a probe from an
+    /// unsubscribed contact with `unsubscribed` and deletes the stored
+    /// request. The probe is sent once `subscribed` arrives.
     pub fn upstream_online(&mut self, out: &mut Vec<Action>) {
         if let (Some(target), true) = (&self.cfg.target, self.cfg.subscribe) {
-            let d = &self.cfg.domain;
-            out.push(up(stanza::presence(d, target, Some("subscribe"))));
-            out.push(up(stanza::presence(d, target, Some("probe"))));
+            out.push(up(stanza::presence(
+                &self.cfg.domain,
+                target,
+                Some("subscribe"),
+            )));
         }
     }
 
@@ -300,7 +309,8 @@ impl Router {
                      no resource will join the pool until it is granted again"
                 ),
                 Some("subscribed") => {
-                    tracing::info!(target_address = jid::bare(from), "subscription granted")
+                    tracing::info!(target_address = jid::bare(from), "subscription granted");
+                    out.push(up(stanza::presence(&d, jid::bare(from), Some("probe"))));
                 }
                 _ => self.stats.dropped_other += 1,
             }

@@ -1,0 +1,183 @@
+//! The listener for component instances: the server side of XEP-0114.
+//!
+//! Instances connect here exactly as they would to the XMPP server's
+//! component port, unchanged. Connections are capped (all, and those
+//! still in the handshake); accept errors are logged and retried after a
+//! pause, never ending the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{Config, Secret};
+use crate::conn::{self, Out};
+use crate::handshake;
+use crate::pool::InstanceId;
+use crate::proxy::Event;
+use crate::xml::frame::Frame;
+use crate::xml::{CodecError, Framer, FramerLimits};
+
+pub async fn run(
+    listener: TcpListener,
+    cfg: Arc<Config>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let Some(secret) = cfg.instances.secret.clone() else {
+        tracing::error!("instances.listen is set but no instance secret: listener not started");
+        return;
+    };
+    let all = Arc::new(Semaphore::new(cfg.instances.max_connections));
+    let unauthenticated = Arc::new(Semaphore::new(cfg.instances.max_unauthenticated));
+    let mut next_id: InstanceId = 0;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let (mut sock, peer) = match accepted {
+            Ok(x) => {
+                pause = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then retry.
+                tracing::warn!(
+                    "accepting an instance connection failed: {e}; retrying in {pause:?}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let permits = (
+            all.clone().try_acquire_owned(),
+            unauthenticated.clone().try_acquire_owned(),
+        );
+        let (Ok(conn_permit), Ok(hs_permit)) = permits else {
+            tracing::warn!(peer.addr = %peer, "instance connection refused: connection limit reached");
+            let _ = sock
+                .write_all(&handshake::stream_error(
+                    "policy-violation",
+                    Some("too many connections"),
+                ))
+                .await;
+            continue;
+        };
+        next_id += 1;
+        let id = next_id;
+        let span = tracing::info_span!("instance", peer.addr = %peer, member = id);
+        tasks.spawn(
+            instance(
+                sock,
+                peer,
+                id,
+                cfg.clone(),
+                secret.clone(),
+                events.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+                (conn_permit, hs_permit),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn instance(
+    sock: TcpStream,
+    peer: SocketAddr,
+    id: InstanceId,
+    cfg: Arc<Config>,
+    secret: Secret,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let (_conn_permit, hs_permit) = permits;
+    let _ = sock.set_nodelay(true);
+    let (r, mut w) = sock.into_split();
+    let limits = FramerLimits {
+        max_stanza_bytes: cfg.limits.max_stanza_bytes,
+        max_depth: cfg.limits.max_depth,
+    };
+    let mut frames = FramedRead::with_capacity(r, Framer::new(limits), 64 * 1024);
+    let handshake = handshake::accept(
+        &mut frames,
+        &mut w,
+        &cfg.upstream.domain,
+        &secret,
+        &mut rand::rng(),
+        cfg.limits.header_timeout,
+    );
+    let accepted = handshake.await;
+    drop(hs_permit);
+    if let Err(e) = accepted {
+        tracing::info!("instance handshake failed: {e}");
+        return;
+    }
+    tracing::info!(peer.addr = %peer, "instance connected");
+    let (tx, rx) = mpsc::channel(cfg.instances.queue);
+    let keepalive = Some(cfg.upstream.keepalive_interval);
+    tasks.spawn(
+        async move {
+            if let Err(e) = conn::write_loop(w, rx, keepalive).await {
+                tracing::debug!("instance writer ended: {e}");
+            }
+        }
+        .in_current_span(),
+    );
+    if events
+        .send(Event::InstanceUp { id, tx: tx.clone() })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let next = tokio::select! {
+            f = frames.next() => f,
+            _ = shutdown.cancelled() => return,
+        };
+        match next {
+            Some(Ok(Frame::Stanza(stanza))) => {
+                if events
+                    .send(Event::FromInstance { id, stanza })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            None | Some(Ok(Frame::End(_))) => {
+                tracing::info!("instance closed its stream");
+                let _ = tx.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));
+                break;
+            }
+            Some(Err(CodecError::Io(e))) => {
+                tracing::info!("instance connection failed: {e}");
+                break;
+            }
+            Some(Err(CodecError::Frame(e))) => {
+                tracing::warn!("instance sent bad XML: {e}");
+                let _ = tx.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
+                break;
+            }
+        }
+    }
+    let _ = events.send(Event::InstanceDown { id }).await;
+}

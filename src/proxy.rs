@@ -1,0 +1,343 @@
+//! The running proxy: one core task that owns the [`Router`], fed by the
+//! connection tasks through one bounded channel.
+//!
+//! Connection tasks own their sockets and only frame and write; the core
+//! owns all state and makes every decision, so there are no locks. Output
+//! to an instance is `try_send` on its bounded queue: an instance that
+//! stops reading is taken out of rotation instead of stalling everyone.
+//! Output upstream is awaited: the XMPP server is the one link everything
+//! depends on, and waiting on it is the backpressure.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::conn::Out;
+use crate::handshake;
+use crate::pool::{InstanceId, Member};
+use crate::rewrite::Wire;
+use crate::router::{Action, Router, RouterConfig, Stats};
+use crate::xml::frame::Stanza;
+
+/// What connection tasks tell the core.
+#[derive(Debug)]
+pub enum Event {
+    /// A new upstream session is up; its writer queue.
+    UpstreamUp(mpsc::Sender<Out>),
+    /// The upstream session ended.
+    UpstreamDown,
+    FromUpstream(Stanza),
+    /// An instance finished its handshake; its writer queue.
+    InstanceUp {
+        id: InstanceId,
+        tx: mpsc::Sender<Out>,
+    },
+    InstanceDown {
+        id: InstanceId,
+    },
+    FromInstance {
+        id: InstanceId,
+        stanza: Stanza,
+    },
+}
+
+/// A snapshot of the proxy's state, published after every event: for
+/// tests to wait on conditions, and for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub upstream_online: bool,
+    /// Upstream sessions established so far.
+    pub upstream_sessions: u64,
+    pub pool: Vec<Member>,
+    pub pending: usize,
+    /// Stanzas waiting for upstream to come back.
+    pub backlog: usize,
+    /// Stanzas dropped because the backlog was full.
+    pub backlog_dropped: u64,
+    pub stats: Stats,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for instances on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
+pub struct Proxy {
+    status: watch::Receiver<Status>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    listen_addr: Option<SocketAddr>,
+}
+
+impl Proxy {
+    /// Starts the core, the upstream link and (if configured) the
+    /// instance listener, on the current tokio runtime.
+    pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
+        let cfg = Arc::new(cfg);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (status_tx, status_rx) = watch::channel(Status::default());
+
+        let listen_addr = match cfg.instances.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                let local = listener.local_addr().unwrap_or(addr);
+                tasks.spawn(crate::listener::run(
+                    listener,
+                    cfg.clone(),
+                    events_tx.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+                Some(local)
+            }
+            None => None,
+        };
+
+        let core = Core::new(&cfg, status_tx);
+        tasks.spawn(core.run(events_rx, shutdown.clone()));
+        tasks.spawn(crate::upstream::run(
+            cfg.clone(),
+            events_tx,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        Ok(Proxy {
+            status: status_rx,
+            shutdown,
+            tasks,
+            listen_addr,
+        })
+    }
+
+    /// The instance listener's bound address (useful with port 0).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status updates.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits until `cond` holds, up to `limit`; true if it did.
+    pub async fn wait_for(&self, limit: Duration, cond: impl Fn(&Status) -> bool) -> bool {
+        let mut rx = self.status.clone();
+        tokio::time::timeout(limit, rx.wait_for(|s| cond(s)))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A token that stops the proxy when cancelled (signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, answers every pending request with an error,
+    /// closes every stream with `</stream:stream>` and waits for the
+    /// tasks to finish, at most `grace`. True if all finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+struct Core {
+    router: Router,
+    rng: StdRng,
+    upstream: Option<mpsc::Sender<Out>>,
+    backlog: VecDeque<Wire>,
+    backlog_cap: usize,
+    instances: HashMap<InstanceId, mpsc::Sender<Out>>,
+    status: Status,
+    status_tx: watch::Sender<Status>,
+}
+
+impl Core {
+    fn new(cfg: &Config, status_tx: watch::Sender<Status>) -> Self {
+        Core {
+            router: Router::new(RouterConfig::from_config(cfg)),
+            rng: StdRng::from_os_rng(),
+            upstream: None,
+            backlog: VecDeque::new(),
+            backlog_cap: cfg.limits.upstream_buffer,
+            instances: HashMap::new(),
+            status: Status::default(),
+            status_tx,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut actions = Vec::new();
+        loop {
+            let deadline = self.router.next_deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev, &mut actions),
+                    None => break,
+                },
+                _ = sleep_until(deadline) => self.router.expire(Instant::now(), &mut actions),
+            }
+            self.execute(&mut actions).await;
+            self.publish();
+        }
+        // Shutdown: every pending request gets its answer, then every
+        // stream is closed properly.
+        self.router.drain(&mut actions);
+        self.execute(&mut actions).await;
+        let close = bytes::Bytes::from_static(handshake::STREAM_END);
+        if let Some(up) = self.upstream.take() {
+            let _ = up.send(Out::Close(close.clone())).await;
+        }
+        for (_, tx) in self.instances.drain() {
+            let _ = tx.try_send(Out::Close(close.clone()));
+        }
+        self.status.upstream_online = false;
+        self.publish();
+    }
+
+    fn handle(&mut self, ev: Event, actions: &mut Vec<Action>) {
+        let now = Instant::now();
+        match ev {
+            Event::FromUpstream(st) => self.router.from_upstream(&st, now, &mut self.rng, actions),
+            Event::FromInstance { id, stanza } => {
+                if self.instances.contains_key(&id) {
+                    self.router
+                        .from_instance(id, &stanza, now, &mut self.rng, actions)
+                }
+            }
+            Event::UpstreamUp(tx) => {
+                self.upstream = Some(tx);
+                self.status.upstream_online = true;
+                self.status.upstream_sessions += 1;
+                self.router.upstream_online(actions);
+                // Held output goes after the subscription refresh.
+                actions.extend(self.backlog.drain(..).map(Action::Upstream));
+            }
+            Event::UpstreamDown => {
+                self.upstream = None;
+                self.status.upstream_online = false;
+                self.router.upstream_lost(actions);
+            }
+            Event::InstanceUp { id, tx } => {
+                self.instances.insert(id, tx);
+                self.router.instance_up(id);
+            }
+            Event::InstanceDown { id } => {
+                if self.instances.remove(&id).is_some() {
+                    self.router.instance_down(id, actions);
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, actions: &mut Vec<Action>) {
+        while !actions.is_empty() {
+            let batch: Vec<Action> = std::mem::take(actions);
+            for a in batch {
+                match a {
+                    Action::Upstream(w) => self.send_upstream(w).await,
+                    Action::Instance(id, w) => {
+                        let full = match self.instances.get(&id) {
+                            Some(tx) => tx.try_send(Out::Wire(w)).is_err(),
+                            None => false,
+                        };
+                        if full {
+                            tracing::warn!(member = id, "instance is not reading; out of rotation");
+                            self.close_instance(id, "policy-violation", actions);
+                        }
+                    }
+                    Action::CloseInstance(id, cond) => self.close_instance(id, cond, actions),
+                }
+            }
+        }
+    }
+
+    fn close_instance(&mut self, id: InstanceId, cond: &'static str, actions: &mut Vec<Action>) {
+        if let Some(tx) = self.instances.remove(&id) {
+            tracing::info!(member = id, condition = cond, "closing instance stream");
+            let _ = tx.try_send(Out::Close(handshake::stream_error(cond, None)));
+            self.router.instance_down(id, actions);
+        }
+    }
+
+    async fn send_upstream(&mut self, w: Wire) {
+        if let Some(tx) = &self.upstream {
+            match tx.send(Out::Wire(w)).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(out)) => {
+                    self.upstream = None;
+                    if let Out::Wire(w) = out {
+                        self.hold(w);
+                    }
+                    return;
+                }
+            }
+        }
+        self.hold(w);
+    }
+
+    /// Keeps output for upstream until it is back, within the bound.
+    fn hold(&mut self, w: Wire) {
+        if self.backlog.len() < self.backlog_cap {
+            self.backlog.push_back(w);
+        } else {
+            self.status.backlog_dropped += 1;
+            if self.status.backlog_dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.status.backlog_dropped,
+                    bound = self.backlog_cap,
+                    "upstream is down and its buffer is full: dropping output"
+                );
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.status.pool = self.router.pool().members().to_vec();
+        self.status.pending = self.router.pending_len();
+        self.status.backlog = self.backlog.len();
+        self.status.stats = self.router.stats().clone();
+        let snapshot = &self.status;
+        self.status_tx.send_if_modified(|s| {
+            if s == snapshot {
+                false
+            } else {
+                s.clone_from(snapshot);
+                true
+            }
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

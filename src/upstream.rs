@@ -1,0 +1,234 @@
+//! The link to the XMPP server: connect, XEP-0114 handshake as a
+//! component, relay, and on any loss reconnect with exponential backoff
+//! and jitter, forever, logging each attempt once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::conn::{self, Out};
+use crate::handshake::{self, HandshakeError};
+use crate::proxy::Event;
+use crate::xml::frame::{Frame, NS_STREAMS};
+use crate::xml::inspect::text_and_first_child;
+use crate::xml::{CodecError, FrameError, Framer, FramerLimits};
+
+/// Exponential backoff with jitter: each delay is drawn from the upper
+/// half of the current step, so many proxies restarted together do not
+/// reconnect in lock-step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            step: min,
+        }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let half = step / 2;
+        half + step.mul_f64(rng.random::<f64>() * 0.5)
+    }
+
+    /// Back to the shortest delay (after a session that worked).
+    pub fn reset(&mut self) {
+        self.step = self.min;
+    }
+}
+
+/// How an upstream session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {server} timed out")]
+    ConnectTimeout { server: String },
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("the server sent stream error {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
+    StreamError {
+        condition: String,
+        text: Option<String>,
+    },
+    #[error("the server sent bytes that cannot be framed: {0}")]
+    Framing(FrameError),
+    #[error("connection to the server failed: {0}")]
+    Io(std::io::Error),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Runs the upstream link until `shutdown`.
+pub async fn run(
+    cfg: Arc<Config>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut backoff = Backoff::new(cfg.upstream.reconnect_min, cfg.upstream.reconnect_max);
+    let mut attempt: u64 = 0;
+    loop {
+        attempt += 1;
+        let (end, was_up) = session(&cfg, &events, &shutdown, &tasks).await;
+        if was_up {
+            backoff.reset();
+        }
+        match &end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Handshake(e) => tracing::error!(
+                server = %cfg.upstream.server, domain = %cfg.upstream.domain, attempt,
+                "upstream handshake failed: {e}"
+            ),
+            SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => tracing::warn!(
+                server = %cfg.upstream.server, attempt, "{end}"
+            ),
+            _ => tracing::warn!(server = %cfg.upstream.server, "upstream session ended: {end}"),
+        }
+        let delay = backoff.next_delay(&mut rand::rng());
+        tracing::info!(delay = ?delay, "reconnecting to upstream");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One connection: returns how it ended and whether it got as far as an
+/// established session.
+async fn session(
+    cfg: &Config,
+    events: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> (SessionEnd, bool) {
+    let up = &cfg.upstream;
+    let connect = tokio::time::timeout(up.connect_timeout, TcpStream::connect(&up.server));
+    let stream = tokio::select! {
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return (SessionEnd::Connect { server: up.server.clone(), source }, false),
+            Err(_) => return (SessionEnd::ConnectTimeout { server: up.server.clone() }, false),
+        },
+        _ = shutdown.cancelled() => return (SessionEnd::Shutdown, false),
+    };
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let limits = FramerLimits {
+        max_stanza_bytes: cfg.limits.max_stanza_bytes,
+        max_depth: cfg.limits.max_depth,
+    };
+    let mut frames = FramedRead::with_capacity(r, Framer::new(limits), 64 * 1024);
+    let hs = handshake::connect(
+        &mut frames,
+        &mut w,
+        &up.domain,
+        &up.secret,
+        up.handshake_timeout,
+    );
+    let result = tokio::select! {
+        r = hs => r,
+        _ = shutdown.cancelled() => return (SessionEnd::Shutdown, false),
+    };
+    if let Err(e) = result {
+        return (SessionEnd::Handshake(e), false);
+    }
+    tracing::info!(server = %up.server, domain = %up.domain, "upstream session established");
+
+    let (tx, rx) = mpsc::channel(cfg.limits.write_queue);
+    let keepalive = Some(up.keepalive_interval);
+    tasks.spawn(async move {
+        if let Err(e) = conn::write_loop(w, rx, keepalive).await {
+            tracing::debug!("upstream writer ended: {e}");
+        }
+    });
+    let closer = tx.clone();
+    if events.send(Event::UpstreamUp(tx)).await.is_err() {
+        return (SessionEnd::Shutdown, true);
+    }
+    let end = read_loop(&mut frames, events, shutdown).await;
+    if let SessionEnd::Framing(e) = &end {
+        let _ = closer.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
+    }
+    drop(closer);
+    if !matches!(end, SessionEnd::Shutdown) {
+        let _ = events.send(Event::UpstreamDown).await;
+    }
+    (end, true)
+}
+
+async fn read_loop(
+    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>,
+    events: &mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    loop {
+        let next = tokio::select! {
+            f = frames.next() => f,
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+        };
+        match next {
+            None | Some(Ok(Frame::End(_))) => return SessionEnd::Closed,
+            Some(Err(CodecError::Io(e))) => return SessionEnd::Io(e),
+            Some(Err(CodecError::Frame(e))) => return SessionEnd::Framing(e),
+            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            Some(Ok(Frame::Stanza(st))) => {
+                if st.name == "error" && st.ns == NS_STREAMS {
+                    let (text, condition) = text_and_first_child(&st.bytes);
+                    return SessionEnd::StreamError {
+                        condition: condition.unwrap_or_else(|| "undefined-condition".into()),
+                        text: (!text.trim().is_empty()).then(|| text.trim().to_owned()),
+                    };
+                }
+                if events.send(Event::FromUpstream(st)).await.is_err() {
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay(&mut rng)).collect();
+        // Step n lies in [step/2, step].
+        let steps = [100u64, 200, 400, 800, 1000, 1000, 1000, 1000];
+        for (d, s) in delays.iter().zip(steps) {
+            let s = Duration::from_millis(s);
+            assert!(*d >= s / 2 && *d <= s, "{d:?} not within step {s:?}");
+        }
+        assert!(delays.windows(2).any(|w| w[0] != w[1]), "jittered");
+        b.reset();
+        assert!(b.next_delay(&mut rng) <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,404 @@
+//! jatproxy against an in-process fake XMPP server over loopback TCP, for
+//! the faults a real server will not produce on demand: refused secrets,
+//! conflicts, a server cutting the stream mid-stanza, members that never
+//! answer, a full pending table. Every test counts that each request got
+//! exactly one answer.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use jatproxy::config;
+use jatproxy::handshake;
+use jatproxy::proxy::{Proxy, Status};
+use jatproxy::xml::{Frame, Framer, FramerLimits, Stanza};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpListener;
+use tokio_util::codec::FramedRead;
+
+const D: &str = "proxy.example.test";
+const T: &str = "impl@example.test";
+const SECRET: &str = "s3cret-for-tests";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct FakeServer {
+    listener: TcpListener,
+}
+
+struct Session {
+    frames: FramedRead<OwnedReadHalf, Framer>,
+    w: OwnedWriteHalf,
+}
+
+impl FakeServer {
+    async fn bind() -> Self {
+        FakeServer {
+            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.listener.local_addr().expect("addr").to_string()
+    }
+
+    /// Accepts the proxy's connection and reads its stream header and
+    /// handshake; returns the session and whether the digest was right.
+    async fn accept_raw(&self, id: &str) -> (Session, bool) {
+        let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("proxy connects in time")
+            .expect("accept");
+        let (r, w) = sock.into_split();
+        let mut s = Session {
+            frames: FramedRead::new(r, Framer::new(FramerLimits::default())),
+            w,
+        };
+        match s.next_frame().await {
+            Some(Frame::Header(h)) => assert_eq!(h.to.as_deref(), Some(D)),
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        s.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' from='{D}' id='{id}'>"
+        ))
+        .await;
+        let hs = s.recv().await;
+        assert_eq!(hs.name, "handshake");
+        let (digest, _) = jatproxy::xml::inspect::text_and_first_child(&hs.bytes);
+        let ok = digest == handshake::digest(id, SECRET);
+        (s, ok)
+    }
+
+    /// A session that completed the handshake.
+    async fn accept(&self) -> Session {
+        let (mut s, ok) = self.accept_raw("stream-1").await;
+        assert!(ok, "proxy sent the right digest");
+        s.send("<handshake/>").await;
+        s
+    }
+}
+
+impl Session {
+    async fn send(&mut self, xml: &str) {
+        self.w
+            .write_all(xml.as_bytes())
+            .await
+            .expect("write to proxy");
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(WAIT, self.frames.next()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(Some(Err(e))) => panic!("proxy sent bad XML: {e}"),
+            Ok(None) => None,
+            Err(_) => panic!("nothing from the proxy within {WAIT:?}"),
+        }
+    }
+
+    /// The next stanza, skipping keepalives.
+    async fn recv(&mut self) -> Stanza {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Stanza(s)) => return s,
+                Some(Frame::Whitespace(_)) => continue,
+                other => panic!("expected a stanza, got {other:?}"),
+            }
+        }
+    }
+
+    /// Consumes the subscribe the proxy sends after each handshake, grants
+    /// it as a server does, and consumes the probe that follows.
+    async fn expect_subscription(&mut self) {
+        let sub = self.recv().await;
+        assert_eq!((sub.stanza_type(), sub.to()), (Some("subscribe"), Some(T)));
+        self.send(&format!(
+            "<presence type='subscribed' from='{T}' to='{D}'/>"
+        ))
+        .await;
+        let probe = self.recv().await;
+        assert_eq!((probe.stanza_type(), probe.to()), (Some("probe"), Some(T)));
+    }
+}
+
+fn cfg(server: &str, extra: &str) -> config::Config {
+    let toml = format!(
+        r#"
+[upstream]
+server = "{server}"
+domain = "{D}"
+secret = "{SECRET}"
+reconnect_min = "20ms"
+reconnect_max = "200ms"
+handshake_timeout = "5s"
+
+[client_proxy]
+target_address = "{T}"
+{extra}
+"#
+    );
+    config::from_toml_str(&toml).expect("test config is valid")
+}
+
+async fn start(server: &FakeServer, extra: &str) -> Proxy {
+    Proxy::start(cfg(&server.addr(), extra))
+        .await
+        .expect("proxy starts")
+}
+
+fn text(s: &Stanza) -> String {
+    String::from_utf8_lossy(&s.bytes).into_owned()
+}
+
+fn error_condition(s: &Stanza) -> Option<String> {
+    let t = text(s);
+    [
+        "service-unavailable",
+        "remote-server-timeout",
+        "recipient-unavailable",
+        "resource-constraint",
+    ]
+    .into_iter()
+    .find(|c| t.contains(&format!("<{c} ")))
+    .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn seed_flow_over_tcp() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
+    assert!(proxy.wait_for(WAIT, |st: &Status| st.pool.len() == 1).await);
+    s.send(&format!(
+        "<iq type='get' id='1234' to='{D}' from='alice@example.test/abc'><q xmlns='urn:x'>x</q></iq>"
+    ))
+    .await;
+    let fwd = s.recv().await;
+    assert_eq!(
+        text(&fwd),
+        format!("<iq type='get' id='1234' to='{T}/a' from='{D}/alice@example.test/abc'><q xmlns='urn:x'>x</q></iq>")
+    );
+    s.send(&format!(
+        "<iq type='result' id='1234' to='{D}/alice@example.test/abc' from='{T}/a'/>"
+    ))
+    .await;
+    let back = s.recv().await;
+    assert_eq!(
+        text(&back),
+        format!("<iq type='result' id='1234' to='alice@example.test/abc' from='{D}'/>")
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn wrong_secret_is_refused_and_retried() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    for attempt in 0..2 {
+        let (mut s, ok) = server.accept_raw(&format!("bad-{attempt}")).await;
+        assert!(ok, "the proxy's digest is right; the server refuses anyway");
+        s.send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+            .await;
+    }
+    // A third attempt comes, and this time the server accepts.
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    assert!(
+        proxy
+            .wait_for(WAIT, |st| st.upstream_online && st.upstream_sessions == 1)
+            .await
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn conflict_then_success() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    let (mut s, _) = server.accept_raw("c1").await;
+    s.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+        .await;
+    let mut s2 = server.accept().await;
+    s2.expect_subscription().await;
+    assert!(proxy.wait_for(WAIT, |st| st.upstream_online).await);
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn server_closing_mid_stanza_loses_no_request() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    for i in 0..5 {
+        s.send(&format!(
+            "<iq type='get' id='m{i}' to='{D}' from='alice@example.test/abc'/>"
+        ))
+        .await;
+    }
+    for _ in 0..5 {
+        assert_eq!(s.recv().await.stanza_type(), Some("get"));
+    }
+    // Cut the stream in the middle of a stanza.
+    s.send("<iq type='result' id='m0' to='proxy.exa").await;
+    drop(s);
+    assert!(
+        proxy
+            .wait_for(WAIT, |st| !st.upstream_online && st.backlog == 5)
+            .await
+    );
+    // After reconnecting, the five requesters get their one answer each:
+    // the held answers follow the subscription refresh.
+    let mut s = server.accept().await;
+    let sub = s.recv().await;
+    assert_eq!(sub.stanza_type(), Some("subscribe"));
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let e = s.recv().await;
+        assert_eq!(e.to(), Some("alice@example.test/abc"));
+        assert_eq!(
+            error_condition(&e).as_deref(),
+            Some("recipient-unavailable")
+        );
+        assert!(answered.insert(e.id().map(str::to_owned)), "answered twice");
+    }
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn timeouts_and_a_full_table_answer_once() {
+    let server = FakeServer::bind().await;
+    let proxy = start(
+        &server,
+        "[routing]\niq_timeout = \"300ms\"\npending_capacity = 2\n",
+    )
+    .await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    for i in 0..3 {
+        s.send(&format!(
+            "<iq type='get' id='t{i}' to='{D}' from='alice@example.test/abc'/>"
+        ))
+        .await;
+    }
+    let mut answers = std::collections::HashMap::new();
+    let mut forwarded = 0;
+    while answers.len() < 3 {
+        let st = s.recv().await;
+        if st.to() == Some("alice@example.test/abc") {
+            *answers
+                .entry(st.id().unwrap_or_default().to_owned())
+                .or_insert(Vec::new()) = vec![error_condition(&st).unwrap_or_default()];
+        } else {
+            forwarded += 1;
+        }
+    }
+    assert_eq!(forwarded, 3);
+    assert_eq!(answers["t0"], ["resource-constraint"]);
+    assert_eq!(answers["t1"], ["remote-server-timeout"]);
+    assert_eq!(answers["t2"], ["remote-server-timeout"]);
+    // Late replies are dropped: the next thing the server sees is the
+    // answer to a fresh request, nothing for t1.
+    s.send(&format!(
+        "<iq type='result' id='t1' to='{D}/alice@example.test/abc' from='{T}/a'/>"
+    ))
+    .await;
+    s.send(&format!(
+        "<iq type='get' id='fresh' to='{D}' from='bob@example.test/x'/>"
+    ))
+    .await;
+    let next = s.recv().await;
+    assert_eq!(next.id(), Some("fresh"));
+    assert!(
+        proxy
+            .wait_for(WAIT, |st| st.stats.replies_unmatched == 1)
+            .await
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn resource_vanishing_under_load_answers_everything_once() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "[routing]\nbalancing = \"round-robin\"\n").await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    s.send(&format!(
+        "<presence from='{T}/a' to='{D}'/><presence from='{T}/b' to='{D}'/>"
+    ))
+    .await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 2).await);
+    let n = 200;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!(
+            "<iq type='get' id='v{i}' to='{D}' from='user{}@example.test/r'/>",
+            i % 7
+        ));
+    }
+    s.send(&batch).await;
+    let mut answered: std::collections::HashMap<String, u32> = Default::default();
+    let mut to_a = 0;
+    let mut replies = String::new();
+    for _ in 0..n {
+        let f = s.recv().await;
+        let to = f.to().unwrap_or_default().to_owned();
+        if to == format!("{T}/b") {
+            let enc = f.from().unwrap_or_default();
+            replies.push_str(&format!(
+                "<iq type='result' id='{}' to='{enc}' from='{T}/b'/>",
+                f.id().unwrap_or_default()
+            ));
+        } else {
+            to_a += 1;
+        }
+    }
+    assert!(to_a > 0);
+    // b answers everything it got; a goes away without answering.
+    s.send(&replies).await;
+    s.send(&format!(
+        "<presence type='unavailable' from='{T}/a' to='{D}'/>"
+    ))
+    .await;
+    while answered.len() < n {
+        let f = s.recv().await;
+        assert!(
+            f.to().is_some_and(|t| t.starts_with("user")),
+            "{}",
+            text(&f)
+        );
+        *answered
+            .entry(f.id().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert!(answered.values().all(|&c| c == 1));
+    assert!(proxy.wait_for(WAIT, |st| st.pending == 0).await);
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn shutdown_answers_pending_and_closes_the_stream() {
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    s.send(&format!(
+        "<iq type='set' id='sd' to='{D}' from='alice@example.test/abc'/>"
+    ))
+    .await;
+    assert_eq!(s.recv().await.id(), Some("sd"));
+    let stop = tokio::spawn(proxy.shutdown(WAIT));
+    let e = s.recv().await;
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("recipient-unavailable")
+    );
+    assert!(matches!(s.next_frame().await, Some(Frame::End(_))));
+    assert!(stop.await.expect("join"));
+}
