@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one command that passes the tests on a fresh machine: installs what
+# is missing, then runs formatting and lint checks, every test (unit,
+# loopback integration, end-to-end against a real Prosody), and each fuzz
+# target for a bounded time.
+#
+#   FUZZ_SECONDS=60 scripts/test.sh     (default 60 s per fuzz target; 0 skips)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --all-targets
+echo "== doc tests"
+cargo test --doc
+
+if [ "${FUZZ_SECONDS:-60}" != "0" ] && [ -x scripts/fuzz.sh ]; then
+    echo "== fuzzing, ${FUZZ_SECONDS:-60} s per target"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+echo "== all checks passed"

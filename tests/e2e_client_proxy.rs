@@ -1,0 +1,477 @@
+//! End to end against a real Prosody (Debian's package, started on
+//! loopback with its own config, s2s off) with real XMPP clients
+//! (tokio-xmpp): jatproxy as the external component `proxy.example.test`
+//! in front of `impl@example.test`'s resources, as mod_client_proxy.
+//!
+//! These tests need `prosody` installed (`scripts/setup.sh` does it);
+//! they fail, never skip, without it.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use jatproxy::config;
+use jatproxy::proxy::Proxy;
+use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::xmpp::{self, Element, TestClient};
+use tokio::task::JoinHandle;
+
+const D: &str = "proxy.example.test";
+const T: &str = "impl@example.test";
+const ALICE: &str = "alice@example.test";
+const SECRET: &str = "component-secret";
+const PW: &str = "pw";
+const WAIT: Duration = Duration::from_secs(15);
+const NS_ECHO: &str = "urn:example:echo";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Requests kept in flight by a test requester. tokio-xmpp 6's client
+/// waits, inside `send_stanza`, for its worker to write the stanza, while
+/// that worker may be blocked handing incoming stanzas to a 16-deep queue
+/// the caller is not draining: more than ~16 stanzas arriving at one test
+/// client during a send deadlock it. A window under that keeps every test
+/// client's incoming burst small.
+const WINDOW: usize = 8;
+
+/// Prosody with alice and impl, the component, and impl's roster already
+/// holding the component with subscription `from` (as a deployment's
+/// `prosodyctl mod_roster_command subscribe` leaves it).
+async fn prosody(provisioned: bool) -> Prosody {
+    let mut cfg = ProsodyConfig::new()
+        .user("alice", PW)
+        .user("impl", PW)
+        .component(D, SECRET);
+    if provisioned {
+        cfg = cfg.roster_item("impl", D, Subscription::From);
+    }
+    Prosody::start(cfg)
+        .await
+        .expect("prosody starts (is it installed? run scripts/setup.sh)")
+}
+
+async fn proxy(p: &Prosody, extra: &str) -> Proxy {
+    let toml = format!(
+        r#"
+[upstream]
+server = "{}"
+domain = "{D}"
+secret = "{SECRET}"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+[client_proxy]
+target_address = "{T}"
+
+[routing]
+iq_timeout = "10s"
+{extra}
+"#,
+        p.component_addr()
+    );
+    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
+        .await
+        .expect("start");
+    assert!(
+        proxy.wait_for(WAIT, |s| s.upstream_online).await,
+        "jatproxy did not register as {D}; prosody log:\n{}",
+        p.log_tail(30)
+    );
+    proxy
+}
+
+async fn client(p: &Prosody, jid: &str) -> TestClient {
+    let c = xmpp::connect(jid, PW, p.c2s_addr(), WAIT)
+        .await
+        .expect("client online");
+    c.send_presence().await.expect("presence");
+    c
+}
+
+/// An implementing client resource that answers every echo request with
+/// the text and its own resource, as the example implementing client does.
+fn responder(mut c: TestClient) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let res = c.jid().resource().to_string();
+        loop {
+            let Ok(iq) = c
+                .recv_matching(Duration::from_secs(3600), |e| {
+                    e.name() == "iq" && matches!(e.attr("type"), Some("get") | Some("set"))
+                })
+                .await
+            else {
+                return;
+            };
+            let text = iq
+                .get_child("echo", NS_ECHO)
+                .map(|e| e.text())
+                .unwrap_or_default();
+            let reply = format!(
+                "<iq type='result' id='{}' to='{}'><echo xmlns='{NS_ECHO}' from-resource='{res}'>{text}</echo></iq>",
+                iq.attr("id").unwrap_or_default(),
+                iq.attr("from").unwrap_or_default(),
+            );
+            if c.send_xml(&reply).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn error_of(e: &Element) -> Option<(String, String)> {
+    let err = e.children().find(|c| c.name() == "error")?;
+    let cond = err
+        .children()
+        .find(|c| c.ns() == NS_STANZAS && c.name() != "text")?;
+    Some((
+        err.attr("type").unwrap_or_default().to_owned(),
+        cond.name().to_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flow_matches_the_module_on_the_wire() {
+    let p = prosody(true).await;
+    let proxy = proxy(&p, "").await;
+    let mut a = client(&p, &format!("{T}/a")).await;
+    assert!(
+        proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
+        "impl/a joined the pool"
+    );
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+
+    alice
+        .send_xml(&format!(
+            "<iq id='get-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>hello</echo></iq>"
+        ))
+        .await
+        .expect("send");
+    // Step 2: what the implementing client receives, exactly the module's.
+    let req = a
+        .recv_matching(WAIT, |e| e.name() == "iq")
+        .await
+        .expect("impl gets the iq");
+    assert_eq!(req.attr("type"), Some("get"));
+    assert_eq!(req.attr("id"), Some("get-1"));
+    assert_eq!(req.attr("to"), Some(format!("{T}/a").as_str()));
+    assert_eq!(
+        req.attr("from"),
+        Some(format!("{D}/{ALICE}/phone").as_str())
+    );
+    assert_eq!(
+        req.get_child("echo", NS_ECHO).map(|e| e.text()),
+        Some("hello".into())
+    );
+    // Step 3: the client answers the translated address.
+    a.send_xml(&format!(
+        "<iq type='result' to='{D}/{ALICE}/phone' id='get-1'><echo xmlns='{NS_ECHO}' from-resource='a'>hello</echo></iq>"
+    ))
+    .await
+    .expect("reply");
+    // Step 4: alice gets it from the bare proxy address.
+    let res = alice
+        .recv_iq_response("get-1", WAIT)
+        .await
+        .expect("alice gets the result");
+    assert_eq!(res.attr("type"), Some("result"));
+    assert_eq!(res.attr("from"), Some(D));
+    assert_eq!(res.attr("to"), Some(format!("{ALICE}/phone").as_str()));
+    let echo = res
+        .get_child("echo", NS_ECHO)
+        .expect("payload travels untouched");
+    assert_eq!(
+        (echo.attr("from-resource"), echo.text().as_str()),
+        (Some("a"), "hello")
+    );
+
+    // An error answered by the implementing client is passed back as is.
+    alice
+        .send_xml(&format!("<iq id='err-1' to='{D}' type='set'><echo xmlns='{NS_ECHO}' mode='error'>please fail</echo></iq>"))
+        .await
+        .expect("send");
+    let req = a
+        .recv_matching(WAIT, |e| e.attr("id") == Some("err-1"))
+        .await
+        .expect("impl gets it");
+    a.send_xml(&format!(
+        "<iq type='error' to='{}' id='err-1'><error type='cancel'><item-not-found xmlns='{NS_STANZAS}'/><text xmlns='{NS_STANZAS}'>echo says no</text></error></iq>",
+        req.attr("from").unwrap_or_default()
+    ))
+    .await
+    .expect("reply");
+    let res = alice
+        .recv_iq_response("err-1", WAIT)
+        .await
+        .expect("alice gets the error");
+    assert_eq!(
+        error_of(&res),
+        Some(("cancel".into(), "item-not-found".into()))
+    );
+    assert_eq!(res.attr("from"), Some(D));
+
+    // The implementing client may ping the requester through the proxy
+    // (the module refuses this with feature-not-implemented).
+    a.send_xml(&format!(
+        "<iq id='implreq-1' to='{D}/{ALICE}/phone' type='get'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await
+    .expect("send");
+    let ping = alice
+        .recv_matching(WAIT, |e| e.attr("id") == Some("implreq-1"))
+        .await
+        .expect("alice is pinged");
+    assert_eq!(ping.attr("from"), Some(D));
+    alice
+        .send_xml(&format!("<iq type='result' id='implreq-1' to='{D}'/>"))
+        .await
+        .expect("pong");
+    let pong = a
+        .recv_iq_response("implreq-1", WAIT)
+        .await
+        .expect("impl gets the pong");
+    assert_eq!(pong.attr("type"), Some("result"));
+    assert_eq!(
+        pong.attr("from"),
+        Some(format!("{D}/{ALICE}/phone").as_str())
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_errors_match_the_module() {
+    let p = prosody(true).await;
+    let proxy = proxy(&p, "").await;
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+
+    // No resource online.
+    alice
+        .send_xml(&format!(
+            "<iq id='none-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>anyone?</echo></iq>"
+        ))
+        .await
+        .expect("send");
+    let e = alice
+        .recv_iq_response("none-1", WAIT)
+        .await
+        .expect("answered");
+    assert_eq!(e.attr("type"), Some("error"));
+    assert_eq!(e.attr("from"), Some(D));
+    assert_eq!(
+        error_of(&e),
+        Some(("cancel".into(), "service-unavailable".into()))
+    );
+    assert!(
+        e.get_child("echo", NS_ECHO).is_none(),
+        "no payload copied back"
+    );
+
+    // A message, with or without resources.
+    let _a = client(&p, &format!("{T}/a")).await;
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    alice
+        .send_xml(&format!(
+            "<message type='chat' to='{D}' id='m1'><body>hi proxy</body></message>"
+        ))
+        .await
+        .expect("send");
+    let e = alice
+        .recv_matching(WAIT, |e| e.attr("id") == Some("m1"))
+        .await
+        .expect("answered");
+    assert_eq!(
+        (e.name(), e.attr("type"), e.attr("from")),
+        ("message", Some("error"), Some(D))
+    );
+    assert_eq!(
+        error_of(&e),
+        Some(("cancel".into(), "feature-not-implemented".into()))
+    );
+
+    // Presence from anyone but the target.
+    alice
+        .send_xml(&format!("<presence to='{D}' id='p1'/>"))
+        .await
+        .expect("send");
+    let e = alice
+        .recv_matching(WAIT, |e| e.attr("id") == Some("p1"))
+        .await
+        .expect("answered");
+    assert_eq!((e.name(), e.attr("type")), ("presence", Some("error")));
+    assert_eq!(error_of(&e), Some(("cancel".into(), "bad-request".into())));
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// Sends `n` requests from `alice`, keeping `window` in flight, and
+/// returns each id's answers: (type, from-resource or error condition).
+async fn load(
+    alice: &mut TestClient,
+    n: usize,
+    window: usize,
+    prefix: &str,
+) -> HashMap<String, Vec<(String, String)>> {
+    let mut answers: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut sent = 0;
+    let mut done = 0;
+    while done < n {
+        while sent < n && sent - done < window {
+            alice
+                .send_xml(&format!("<iq id='{prefix}{sent}' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>{sent}</echo></iq>"))
+                .await
+                .expect("send");
+            sent += 1;
+        }
+        let r = alice
+            .recv_matching(WAIT, |e| {
+                e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix))
+            })
+            .await
+            .expect("every request is answered");
+        let what = match r.attr("type") {
+            Some("result") => r
+                .get_child("echo", NS_ECHO)
+                .and_then(|e| e.attr("from-resource"))
+                .unwrap_or_default()
+                .to_owned(),
+            _ => error_of(&r).map(|x| x.1).unwrap_or_default(),
+        };
+        answers
+            .entry(r.attr("id").unwrap_or_default().to_owned())
+            .or_default()
+            .push((r.attr("type").unwrap_or_default().to_owned(), what));
+        done += 1;
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_requests_spread_over_both_resources() {
+    let p = prosody(true).await;
+    let proxy = proxy(&p, "").await;
+    let ra = responder(client(&p, &format!("{T}/a")).await);
+    let rb = responder(client(&p, &format!("{T}/b")).await);
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 2).await);
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+    let answers = load(&mut alice, 1000, WINDOW, "load-").await;
+    assert_eq!(answers.len(), 1000);
+    let mut per_resource: HashMap<&str, usize> = HashMap::new();
+    for a in answers.values() {
+        assert_eq!(a.len(), 1, "exactly one answer");
+        assert_eq!(a[0].0, "result");
+        *per_resource.entry(a[0].1.as_str()).or_default() += 1;
+    }
+    println!("requests per resource: {per_resource:?}");
+    assert!(
+        per_resource.get("a").copied().unwrap_or(0) > 300,
+        "{per_resource:?}"
+    );
+    assert!(
+        per_resource.get("b").copied().unwrap_or(0) > 300,
+        "{per_resource:?}"
+    );
+    ra.abort();
+    rb.abort();
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_going_offline_mid_load_loses_nothing() {
+    let p = prosody(true).await;
+    let proxy = proxy(&p, "").await;
+    // Resource a takes requests and never answers, then drops its
+    // connection without a goodbye; b answers everything.
+    let a = client(&p, &format!("{T}/a")).await;
+    let rb = responder(client(&p, &format!("{T}/b")).await);
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 2).await);
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+
+    // a is dropped (connection cut, no goodbye) as soon as requests are
+    // pending on it.
+    let mut watch = proxy.watch();
+    let dropper = tokio::spawn(async move {
+        let a = a;
+        let _ = watch.wait_for(|s| s.pending >= WINDOW - 2).await;
+        drop(a);
+    });
+    let n = 300;
+    let answers = load(&mut alice, n, WINDOW, "off-").await;
+    dropper.await.expect("dropper");
+    let answers: HashMap<String, Vec<String>> = answers
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.into_iter()
+                    .map(|(t, w)| if t == "result" { t } else { w })
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(answers.len(), n, "none lost");
+    assert!(answers.values().all(|v| v.len() == 1), "none duplicated");
+    let errors: HashSet<&str> = answers
+        .values()
+        .map(|v| v[0].as_str())
+        .filter(|w| *w != "result")
+        .collect();
+    let n_err = answers.values().filter(|v| v[0] != "result").count();
+    println!(
+        "offline mid-load: {} results, {n_err} errors {errors:?}",
+        n - n_err
+    );
+    assert!(n_err > 0, "a held requests when it vanished");
+    assert_eq!(errors, HashSet::from(["recipient-unavailable"]));
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    // Nothing more arrives later (no duplicates after the fact).
+    let late = alice
+        .recv_matching(Duration::from_millis(500), |e| e.name() == "iq")
+        .await;
+    assert!(late.is_err(), "late stanza: {late:?}");
+    rb.abort();
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implementing_account_accepts_the_subscription() {
+    // No roster provisioned: the proxy's own subscribe must do it.
+    let p = prosody(false).await;
+    let a = client(&p, &format!("{T}/a")).await;
+    a.set_auto_accept_subscribe(true);
+    let proxy = proxy(&p, "").await;
+    assert!(
+        proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
+        "after impl accepts the subscription, Prosody sends its presence; log:\n{}",
+        p.log_tail(30)
+    );
+    let rb = responder(a);
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+    let answers = load(&mut alice, 10, WINDOW, "sub-").await;
+    assert!(answers.values().all(|v| v.len() == 1 && v[0].0 == "result"));
+    rb.abort();
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sent_while_the_target_is_offline_is_delivered_at_login() {
+    let p = prosody(false).await;
+    let proxy = proxy(&p, "").await;
+    assert!(
+        proxy
+            .wait_for(WAIT, |s| s.stats == Default::default() && s.upstream_online)
+            .await
+    );
+    // impl logs in only now; Prosody stored the subscription request.
+    let mut a = client(&p, &format!("{T}/a")).await;
+    a.set_auto_accept_subscribe(true);
+    let sub = a
+        .recv_matching(WAIT, |e| {
+            e.name() == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await
+        .expect("the stored subscribe is delivered at login");
+    assert_eq!(sub.attr("from"), Some(D));
+    assert!(
+        proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
+        "log:\n{}",
+        p.log_tail(30)
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
