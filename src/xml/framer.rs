@@ -3,13 +3,23 @@
 //! Synchronous and I/O-free so it can be unit-tested at every split point
 //! and fuzzed without a runtime. It sits on `rxml`'s [`RawParser`] because
 //! that is the one rxml layer that still tells where each attribute is in
-//! the input: the running sum of event lengths gives exact absolute
-//! offsets, whatever the chunking. What RawParser leaves to its caller
+//! the input: the running sum of event lengths gives absolute offsets,
+//! whatever the chunking. What RawParser leaves to its caller
 //! (namespace prefixes, duplicate attributes) is checked here, so that a
 //! stanza the framer accepts is one `rxml::Parser` accepts too.
 //!
 //! The parser keeps its state across reads, so each byte is scanned once:
 //! the framer only ever feeds the bytes after the ones already fed.
+//!
+//! Where a frame ends is taken from the bytes the parser has consumed, not
+//! from the sum: rxml returns an element's closing event as soon as it has
+//! read that `>`, so the count is exact there. A text event's length is
+//! not always exact with text buffering off: rxml 0.14 under-counts a
+//! CDATA section holding a `]` by up to three bytes, and counts the
+//! undecodable bytes it keeps back for later in the text it flushes now.
+//! Each frame restarts the sum; inside a frame it only places the spans in
+//! a stanza's start tag, which no text precedes, and the end of whitespace
+//! between stanzas, whose bytes are checked to be ASCII.
 
 use std::collections::HashSet;
 
@@ -135,7 +145,8 @@ pub struct Framer {
     base: u64,
     /// Absolute offset up to which bytes have been handed to the parser.
     fed: u64,
-    /// Absolute offset of the end of the last event (the running sum).
+    /// Absolute offset of the end of the last event: the running sum,
+    /// reset to `fed` at each frame-ending `>` (see the module docs).
     pos: u64,
     /// 0 before the root, 1 inside the stream, 2 inside a stanza, …
     depth: usize,
@@ -280,6 +291,14 @@ impl Framer {
         usize::try_from(abs - self.base).unwrap_or(usize::MAX)
     }
 
+    /// Called on an event that ends a frame with its `>`: rxml has read
+    /// exactly up to that byte, so the bytes fed mark the end, whatever
+    /// the event lengths summed to (see the module docs).
+    fn end_at_fed(&mut self) {
+        debug_assert!(self.fed >= self.pos, "event lengths overran the input");
+        self.pos = self.fed;
+    }
+
     fn cut(&mut self, buf: &mut BytesMut) -> bytes::Bytes {
         let n = self.rel(self.pos);
         self.base = self.pos;
@@ -321,8 +340,12 @@ impl Framer {
                 }
                 self.depth = self.depth.saturating_sub(1);
                 match self.depth {
-                    1 => Ok(Some(self.stanza_frame(buf))),
+                    1 => {
+                        self.end_at_fed();
+                        Ok(Some(self.stanza_frame(buf)))
+                    }
                     0 => {
+                        self.end_at_fed();
                         self.ended = true;
                         Ok(Some(Frame::End(self.cut(buf))))
                     }
@@ -338,6 +361,18 @@ impl Framer {
                     .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
                 {
                     return Err(FrameError::TextAtStreamLevel);
+                }
+                // With text buffering off, rxml flushes the valid UTF-8
+                // prefix of what it has read, but the event's length also
+                // counts the bytes it keeps back: a bad sequence it has not
+                // rejected yet. Whitespace decodes from ASCII only, so a
+                // non-ASCII byte here is one of those; refuse now rather
+                // than forward it as a keepalive.
+                let raw = buf.get(..self.rel(self.pos)).unwrap_or(&[]);
+                if let Some(&b) = raw.iter().find(|b| !b.is_ascii()) {
+                    return Err(FrameError::NotWellFormed(
+                        rxml::Error::InvalidUtf8Byte(b).to_string(),
+                    ));
                 }
                 Ok(Some(Frame::Whitespace(self.cut(buf))))
             }
@@ -434,6 +469,7 @@ impl Framer {
                     )));
                 }
                 let top = std::mem::take(&mut self.top);
+                self.end_at_fed();
                 let bytes = self.cut(buf);
                 Ok(Some(Frame::Header(StreamHeader {
                     bytes,

@@ -453,3 +453,56 @@ fn utf8_prefix() {
     assert_eq!(complete_utf8_prefix(b"a\xf0\x9f\x98\x80"), 5);
     assert_eq!(complete_utf8_prefix(b"\x80\x80\x80\x80\x80"), 5);
 }
+
+/// Found by fuzzing (framer_differential, rewriter): with text buffering
+/// off, rxml 0.14 under-counts a CDATA section holding a `]` by up to three
+/// bytes, so a frame cut at the summed event lengths lost its last bytes
+/// and the next frame began with them (`>` at stream level).
+#[test]
+fn cdata_with_brackets_keeps_frames_whole() {
+    let sent = [
+        "<message to='a@b/c'><body><![CDATA[x]y]]></body></message>",
+        "<message><body><![CDATA[a[b[1]]]]></body></message>",
+        "<message><body><![CDATA[]]]></body></message>",
+        "<message><body><![CDATA[]]]]]]></body><x/></message>",
+        "<iq to='x' from='y'/>",
+    ];
+    let input = format!("{HEADER}{}</stream:stream>", sent.concat());
+    for sizes in [&[input.len()][..], &[1], &[2], &[3], &[5, 7], &[64]] {
+        let (frames, err) = run_chunked(input.as_bytes(), sizes, FramerLimits::default());
+        assert_eq!(err, None, "sizes {sizes:?}");
+        assert_eq!(concat(&frames), input.as_bytes(), "sizes {sizes:?}");
+        let got: Vec<&[u8]> = stanzas(&frames).iter().map(|s| &s.bytes[..]).collect();
+        let want: Vec<&[u8]> = sent.iter().map(|s| s.as_bytes()).collect();
+        assert_eq!(got, want, "sizes {sizes:?}");
+        let iq = stanzas(&frames)[4];
+        let to = iq.to.as_ref().expect("to");
+        assert_eq!(&iq.bytes[to.span.clone()], b"x", "sizes {sizes:?}");
+    }
+}
+
+/// Found by fuzzing (framer_chunks, framer_differential): rxml flushes the
+/// valid start of the text it has read but counts the undecodable bytes it
+/// keeps back in the same event, so whitespace followed by bad UTF-8 became
+/// a keepalive frame carrying the bad bytes, forwarded before (or, at end
+/// of input, instead of) any error.
+#[test]
+fn bad_utf8_after_keepalive_is_refused_not_framed() {
+    let mut input = HEADER.as_bytes().to_vec();
+    input.extend_from_slice(b" \n\xff\xff\xff\xff x");
+    for sizes in [&[input.len()][..], &[1], &[3], &[HEADER.len() + 6]] {
+        let (frames, err) = run_chunked(&input, sizes, FramerLimits::default());
+        assert!(
+            matches!(err, Some(FrameError::NotWellFormed(_))),
+            "sizes {sizes:?}: {err:?}"
+        );
+        for f in &frames {
+            if let Frame::Whitespace(b) = f {
+                assert!(
+                    b.iter().all(u8::is_ascii_whitespace),
+                    "sizes {sizes:?}: {b:?}"
+                );
+            }
+        }
+    }
+}

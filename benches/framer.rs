@@ -1,0 +1,275 @@
+//! Framer throughput: `cargo bench --bench framer`.
+//!
+//! Two generated, deterministic streams (the same bytes on every run):
+//! - `mixed`: ~4 MB of component traffic, by count 60 % small iqs with a
+//!   nested query, 30 % ~1 KB chat messages with entities and non-ASCII
+//!   text, 10 % presence;
+//! - `large`: sixteen 256 KiB stanzas, half iqs carrying base64 (avatar
+//!   uploads), half messages with long text (framed with a 1 MiB limit).
+//!
+//! Each stream is measured three ways, in bytes/s (decimal MB) and again
+//! in stanzas/s: `memcpy` of the same bytes (the ceiling), `frame` (the
+//! framer fed 4096-byte reads, as from a socket) and `frame+rewrite`
+//! (framing plus building the rewritten `to`/`from` of every iq, which is
+//! what the proxy does per iq: the Wire, not a contiguous copy).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use jatproxy::rewrite::rewrite;
+use jatproxy::xml::{Frame, Framer, FramerLimits, Kind};
+
+const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' \
+    xmlns:stream='http://etherx.jabber.org/streams' from='proxy.example.test' id='b1'>";
+
+/// Bytes per read, as a socket read into an 4 KiB buffer would deliver them.
+const READ: usize = 4096;
+
+/// SplitMix64: a fixed seed gives the same corpus on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Words for message bodies: plain, escaped, and multi-byte UTF-8.
+const WORDS: &[&str] = &[
+    "hello",
+    "the",
+    "proxy",
+    "forwards",
+    "stanzas",
+    "&amp;",
+    "&lt;3",
+    "&apos;quoted&apos;",
+    "&#x263A;",
+    "Grüße",
+    "café",
+    "日本語",
+    "😀",
+    "naïve",
+    "Ελληνικά",
+    "and",
+    "component",
+    "\u{2014}",
+    "x&gt;y",
+    "résumé",
+];
+
+fn body_text(rng: &mut Rng, bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes + 32);
+    while s.len() < bytes {
+        s.push_str(WORDS[rng.below(WORDS.len())]);
+        s.push(' ');
+    }
+    s
+}
+
+fn iq(rng: &mut Rng, i: usize) -> String {
+    let ty = ["get", "set", "result"][rng.below(3)];
+    let user = rng.below(1000);
+    format!(
+        "<iq type='{ty}' id='iq{i}' to='proxy.example.test' from='user{user}@example.test/res{}'>\
+         <query xmlns='http://jabber.org/protocol/disco#info' node='urn:xmpp:node:{user}'>\
+         <item jid='item{i}@example.test' name='n{i}'/></query></iq>",
+        rng.below(8)
+    )
+}
+
+fn message(rng: &mut Rng, i: usize) -> String {
+    let body = body_text(rng, 860);
+    format!(
+        "<message to='proxy.example.test' from='user{}@example.test/phone' type='chat' \
+         id='m{i}' xml:lang='de'><body>{body}</body>\
+         <active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        rng.below(1000)
+    )
+}
+
+fn presence(rng: &mut Rng) -> String {
+    let member = rng.below(16);
+    if rng.below(4) == 0 {
+        format!(
+            "<presence type='unavailable' from='impl@example.test/m{member}' to='proxy.example.test'/>"
+        )
+    } else {
+        format!(
+            "<presence from='impl@example.test/m{member}' to='proxy.example.test'>\
+             <show>chat</show><priority>5</priority></presence>"
+        )
+    }
+}
+
+/// A stream (header and stanzas, still open) and how many stanzas it holds.
+struct Corpus {
+    bytes: Vec<u8>,
+    stanzas: u64,
+    limits: FramerLimits,
+}
+
+fn mixed(target_bytes: usize) -> Corpus {
+    let mut rng = Rng(0x6a61_7470_726f_7879);
+    let mut s = String::from(HEADER);
+    let mut n = 0;
+    while s.len() < target_bytes {
+        let stanza = match rng.below(100) {
+            0..60 => iq(&mut rng, n),
+            60..90 => message(&mut rng, n),
+            _ => presence(&mut rng),
+        };
+        s.push_str(&stanza);
+        n += 1;
+    }
+    Corpus {
+        bytes: s.into_bytes(),
+        stanzas: n as u64,
+        limits: FramerLimits::default(),
+    }
+}
+
+/// 256 KiB stanzas, alternately an avatar upload (an iq carrying base64,
+/// as vCard photos do) and a message with a long text body.
+fn large(count: usize) -> Corpus {
+    const SIZE: usize = 256 * 1024;
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = Rng(0x6c61_7267_6520_7374);
+    let mut s = String::from(HEADER);
+    for i in 0..count {
+        let (head, tail) = if i % 2 == 0 {
+            (
+                format!(
+                    "<iq type='set' id='L{i}' to='proxy.example.test' from='big@example.test/r'>\
+                     <vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>"
+                ),
+                "</BINVAL></PHOTO></vCard></iq>",
+            )
+        } else {
+            (
+                format!(
+                    "<message to='proxy.example.test' from='big@example.test/r' id='L{i}'><body>"
+                ),
+                "</body></message>",
+            )
+        };
+        let room = SIZE - head.len() - tail.len() - 16;
+        let content = if i % 2 == 0 {
+            let mut b = String::with_capacity(room);
+            while b.len() < room {
+                b.push(if b.len() % 77 == 76 {
+                    '\n'
+                } else {
+                    char::from(B64[rng.below(64)])
+                });
+            }
+            b
+        } else {
+            body_text(&mut rng, room)
+        };
+        s.push_str(&head);
+        s.push_str(&content);
+        s.push_str(tail);
+    }
+    Corpus {
+        bytes: s.into_bytes(),
+        stanzas: count as u64,
+        limits: FramerLimits {
+            max_stanza_bytes: 1024 * 1024,
+            ..FramerLimits::default()
+        },
+    }
+}
+
+/// Frames the whole stream from 4 KiB reads; `rewrite_iqs` also builds
+/// the rewritten form of every iq. Returns the number of stanzas.
+fn frame(corpus: &Corpus, rewrite_iqs: bool) -> u64 {
+    let mut framer = Framer::new(corpus.limits);
+    let mut buf = BytesMut::with_capacity(2 * READ);
+    let mut stanzas = 0;
+    for read in corpus.bytes.chunks(READ) {
+        buf.extend_from_slice(read);
+        loop {
+            match framer.next_frame(&mut buf) {
+                Ok(Some(Frame::Stanza(s))) => {
+                    stanzas += 1;
+                    if rewrite_iqs && s.kind == Kind::Iq {
+                        black_box(rewrite(
+                            &s,
+                            Some("target@example.test/member-3"),
+                            Some("proxy.example.test"),
+                        ));
+                    } else {
+                        black_box(&s);
+                    }
+                }
+                Ok(Some(other)) => {
+                    black_box(other);
+                }
+                Ok(None) => break,
+                Err(e) => panic!("benchmark corpus does not frame: {e}"),
+            }
+        }
+    }
+    stanzas
+}
+
+fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpus: &Corpus) {
+    let mut dst = vec![0u8; corpus.bytes.len()];
+    group.bench_function("memcpy", |b| {
+        b.iter(|| {
+            dst.copy_from_slice(black_box(&corpus.bytes));
+            black_box(&dst);
+        })
+    });
+    group.bench_function("frame", |b| b.iter(|| frame(black_box(corpus), false)));
+    group.bench_function("frame+rewrite", |b| {
+        b.iter(|| frame(black_box(corpus), true))
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    for (name, corpus) in [("mixed", mixed(4_000_000)), ("large", large(16))] {
+        // The corpus must frame completely, or the figures mean nothing.
+        assert_eq!(frame(&corpus, true), corpus.stanzas, "{name}: stanza count");
+        println!(
+            "{name}: {} bytes, {} stanzas, {} bytes/stanza on average",
+            corpus.bytes.len(),
+            corpus.stanzas,
+            corpus.bytes.len() as u64 / corpus.stanzas
+        );
+        let mut group = c.benchmark_group(format!("{name}/bytes"));
+        group.throughput(Throughput::BytesDecimal(corpus.bytes.len() as u64));
+        cases(&mut group, &corpus);
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("{name}/stanzas"));
+        group.throughput(Throughput::Elements(corpus.stanzas));
+        group.bench_function("frame", |b| b.iter(|| frame(black_box(&corpus), false)));
+        group.bench_function("frame+rewrite", |b| {
+            b.iter(|| frame(black_box(&corpus), true))
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // Ten benchmarks of ~40 ms iterations: about a minute in all.
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,275 @@
+//! What the fuzz targets share: driving the framer over a stream cut into
+//! pieces, and `rxml::Parser` (namespace-resolving, well-formedness
+//! checking) as the oracle the framer's output is held against.
+//!
+//! Every target puts [`HEADER`] before the fuzz input, so stanzas are read
+//! in the namespace context a component stream gives them; the oracle wraps
+//! a single stanza in the same header, so both see the same declarations.
+
+use std::ops::Range;
+
+use bytes::BytesMut;
+use jatproxy::xml::{Frame, FrameError, Framer, FramerLimits};
+use rxml::error::EndOrError;
+use rxml::{AttrMap, Event, Options, Parse, Parser, RawEvent, RawParser, WithOptions};
+
+/// A valid component stream header (the server's side of XEP-0114).
+pub const HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
+    xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// What closes the document [`HEADER`] opens.
+pub const FOOTER: &[u8] = b"</stream:stream>";
+
+/// The framer's output for one input.
+#[derive(Debug)]
+pub struct Run {
+    pub frames: Vec<Frame>,
+    pub error: Option<FrameError>,
+    /// How many input bytes had been handed to the framer when it first
+    /// reported the error (the input length when there was none).
+    pub fed: usize,
+}
+
+impl Run {
+    /// The frames' bytes, concatenated: what the framer consumed.
+    pub fn consumed(&self) -> Vec<u8> {
+        self.frames
+            .iter()
+            .flat_map(|f| f.bytes().to_vec())
+            .collect()
+    }
+}
+
+/// Feeds `input` to a fresh framer in pieces of `sizes` (cycled; a size of
+/// 0 counts as 1), draining frames after each piece, then signals the end
+/// of input. Also checks that an error, once reported, stays reported.
+pub fn run_chunked(input: &[u8], sizes: &[usize], limits: FramerLimits) -> Run {
+    let mut framer = Framer::new(limits);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    loop {
+        loop {
+            match framer.next_frame(&mut buf) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => return failed(&mut framer, &mut buf, frames, e, at),
+            }
+        }
+        if at >= input.len() {
+            break;
+        }
+        let size = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1);
+        let n = size.max(1).min(input.len() - at);
+        buf.extend_from_slice(&input[at..at + n]);
+        at += n;
+        i += 1;
+    }
+    loop {
+        match framer.next_frame_eof(&mut buf) {
+            Ok(Some(frame)) => frames.push(frame),
+            Ok(None) => break,
+            Err(e) => return failed(&mut framer, &mut buf, frames, e, at),
+        }
+    }
+    Run {
+        frames,
+        error: None,
+        fed: at,
+    }
+}
+
+fn failed(
+    framer: &mut Framer,
+    buf: &mut BytesMut,
+    frames: Vec<Frame>,
+    e: FrameError,
+    fed: usize,
+) -> Run {
+    assert_eq!(
+        framer.next_frame(buf),
+        Err(e.clone()),
+        "an error must repeat"
+    );
+    Run {
+        frames,
+        error: Some(e),
+        fed,
+    }
+}
+
+/// Adjacent whitespace frames merged into one: how a keepalive run is cut
+/// depends on how it arrived, and that is allowed to differ.
+pub fn merged(frames: &[Frame]) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
+    for f in frames {
+        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), f) {
+            let mut joined = prev.to_vec();
+            joined.extend_from_slice(b);
+            *prev = joined.into();
+            continue;
+        }
+        out.push(f.clone());
+    }
+    out
+}
+
+/// The framer's own token limit for these limits (see `Framer::new`): the
+/// oracle must not refuse a long value the framer is configured to accept.
+pub fn rxml_options(limits: FramerLimits) -> Options {
+    Options {
+        max_token_length: limits.max_stanza_bytes.clamp(1, 32 * 1024),
+        ..Options::default()
+    }
+}
+
+fn oracle(limits: FramerLimits) -> Parser {
+    let mut p = Parser::with_options(rxml_options(limits));
+    // As in the framer: text comes out as soon as it is read, so both see
+    // the same bytes at the same time.
+    p.set_text_buffering(false);
+    p
+}
+
+/// The error `rxml::Parser` reports for `input` taken as the start of a
+/// document that may go on (`at_eof = false`), if any.
+pub fn rxml_error(input: &[u8], limits: FramerLimits) -> Option<rxml::Error> {
+    let mut p = oracle(limits);
+    let mut rest = input;
+    loop {
+        match p.parse(&mut rest, false) {
+            Ok(Some(_)) => {}
+            // End of the document: rxml refuses anything after the root,
+            // but the framer stops reading there, so callers do not feed it.
+            Ok(None) | Err(EndOrError::NeedMoreData) => return None,
+            Err(EndOrError::Error(e)) => return Some(e),
+        }
+    }
+}
+
+/// The character data `bytes` stand for between stanzas, decoded by
+/// `rxml::Parser`; an error if they hold anything else or are not XML.
+pub fn stream_text(bytes: &[u8]) -> Result<String, String> {
+    let mut p = oracle(FramerLimits::default());
+    let mut text = String::new();
+    for (part, at_header) in [(HEADER, true), (bytes, false)] {
+        let mut rest = part;
+        loop {
+            match p.parse(&mut rest, false) {
+                Ok(Some(Event::Text(_, t))) => text.push_str(&t),
+                Ok(Some(Event::StartElement(..))) if at_header => {}
+                Ok(Some(ev)) => return Err(format!("not text: {ev:?}")),
+                Ok(None) => return Err("document ended".into()),
+                Err(EndOrError::NeedMoreData) => break,
+                Err(EndOrError::Error(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// One top-level element as `rxml::Parser` reads it.
+#[derive(Debug)]
+pub struct Parsed {
+    pub ns: String,
+    pub name: String,
+    pub attrs: AttrMap,
+}
+
+impl Parsed {
+    /// An unprefixed attribute's decoded value.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs.get("", name).map(String::as_str)
+    }
+}
+
+/// Parses `HEADER + element + FOOTER` as a complete document (`at_eof =
+/// true`, so an unclosed element is an error, not a wait for more) and
+/// returns what it says about the one top-level element, or why it failed.
+pub fn parse_element(element: &[u8], limits: FramerLimits) -> Result<Parsed, String> {
+    let mut doc = Vec::with_capacity(HEADER.len() + element.len() + FOOTER.len());
+    doc.extend_from_slice(HEADER);
+    doc.extend_from_slice(element);
+    doc.extend_from_slice(FOOTER);
+    let mut p = oracle(limits);
+    let mut rest = &doc[..];
+    let mut depth = 0usize;
+    let mut tops = Vec::new();
+    loop {
+        match p.parse(&mut rest, true) {
+            Ok(Some(Event::StartElement(_, (ns, name), attrs))) => {
+                depth += 1;
+                if depth == 2 {
+                    tops.push(Parsed {
+                        ns: ns.to_string(),
+                        name: name.to_string(),
+                        attrs,
+                    });
+                }
+            }
+            Ok(Some(Event::EndElement(_))) => depth = depth.saturating_sub(1),
+            Ok(Some(Event::Text(..))) if depth == 1 => return Err("text beside the element".into()),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(EndOrError::NeedMoreData) => return Err("still needs data at eof".into()),
+            Err(EndOrError::Error(e)) => return Err(e.to_string()),
+        }
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes left after the document", rest.len()));
+    }
+    match (tops.pop(), tops.is_empty()) {
+        (Some(top), true) => Ok(top),
+        _ => Err("not exactly one top-level element".into()),
+    }
+}
+
+/// Byte ranges of the root element's unprefixed `to` and `from` attribute
+/// events in `element`, read with `RawParser` (which does not resolve
+/// prefixes, so the element parses on its own). An attribute event spans
+/// `␠name␠=␠'value'`: the running sum of event lengths gives its place.
+pub fn root_to_from_events(element: &[u8]) -> Result<[Option<Range<usize>>; 2], String> {
+    let mut p = RawParser::new();
+    let mut rest = element;
+    let mut pos = 0usize;
+    let mut found = [None, None];
+    loop {
+        let ev = match p.parse(&mut rest, true) {
+            Ok(Some(ev)) => ev,
+            Ok(None) | Err(EndOrError::NeedMoreData) => {
+                return Err("element ended before its start tag did".into())
+            }
+            Err(EndOrError::Error(e)) => return Err(e.to_string()),
+        };
+        let start = pos;
+        pos += ev.metrics().len();
+        match ev {
+            RawEvent::Attribute(_, (None, local), _) => {
+                let slot = match local.as_str() {
+                    "to" => 0,
+                    "from" => 1,
+                    _ => continue,
+                };
+                if found[slot].replace(start..pos).is_some() {
+                    return Err(format!("two {local} attributes"));
+                }
+            }
+            RawEvent::ElementHeadClose(_) => return Ok(found),
+            _ => {}
+        }
+    }
+}
+
+/// The raw value inside an attribute event's range: after the first quote
+/// byte, before the last byte (the closing quote). Names, `=` and
+/// whitespace hold no quote, so the first quote byte opens the value.
+pub fn value_range(element: &[u8], event: &Range<usize>) -> Range<usize> {
+    let raw = &element[event.clone()];
+    let quote = *raw.last().expect("an attribute event is never empty");
+    let open = raw
+        .iter()
+        .position(|&b| b == quote)
+        .expect("the closing quote is a quote");
+    event.start + open + 1..event.end - 1
+}
