@@ -26,6 +26,7 @@ use crate::handshake;
 use crate::pool::{InstanceId, Member};
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig, Stats};
+use crate::stanza::StanzaError;
 use crate::xml::frame::Stanza;
 
 /// What connection tasks tell the core.
@@ -237,7 +238,8 @@ impl Core {
                 self.status.upstream_sessions += 1;
                 self.router.upstream_online(actions);
                 // Held output goes after the subscription refresh.
-                actions.extend(self.backlog.drain(..).map(Action::Upstream));
+                let held: Vec<Wire> = self.backlog.drain(..).collect();
+                actions.extend(held.into_iter().map(Action::Upstream));
             }
             Event::UpstreamDown => {
                 self.upstream = None;
@@ -261,7 +263,20 @@ impl Core {
             let batch: Vec<Action> = std::mem::take(actions);
             for a in batch {
                 match a {
-                    Action::Upstream(w) => self.send_upstream(w).await,
+                    Action::Upstream(w) => {
+                        self.send_upstream(w).await;
+                    }
+                    Action::UpstreamRequest(w, key) => {
+                        if !self.send_upstream(w).await {
+                            // Neither sent nor held: answer it rather
+                            // than lose it.
+                            self.router.fail_request(
+                                &key,
+                                StanzaError::ResourceConstraint,
+                                actions,
+                            );
+                        }
+                    }
                     Action::Instance(id, w) => {
                         let full = match self.instances.get(&id) {
                             Some(tx) => tx.try_send(Out::Wire(w)).is_err(),
@@ -286,26 +301,29 @@ impl Core {
         }
     }
 
-    async fn send_upstream(&mut self, w: Wire) {
+    /// Sends or holds; false if the output had to be dropped.
+    async fn send_upstream(&mut self, w: Wire) -> bool {
         if let Some(tx) = &self.upstream {
             match tx.send(Out::Wire(w)).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(mpsc::error::SendError(out)) => {
                     self.upstream = None;
-                    if let Out::Wire(w) = out {
-                        self.hold(w);
-                    }
-                    return;
+                    return match out {
+                        Out::Wire(w) => self.hold(w),
+                        Out::Close(_) => false,
+                    };
                 }
             }
         }
-        self.hold(w);
+        self.hold(w)
     }
 
-    /// Keeps output for upstream until it is back, within the bound.
-    fn hold(&mut self, w: Wire) {
+    /// Keeps output for upstream until it is back, within the bound;
+    /// false if the bound is reached.
+    fn hold(&mut self, w: Wire) -> bool {
         if self.backlog.len() < self.backlog_cap {
             self.backlog.push_back(w);
+            true
         } else {
             self.status.backlog_dropped += 1;
             if self.status.backlog_dropped.is_power_of_two() {
@@ -315,6 +333,7 @@ impl Core {
                     "upstream is down and its buffer is full: dropping output"
                 );
             }
+            false
         }
     }
 

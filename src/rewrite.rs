@@ -99,3 +99,156 @@ pub fn rewrite(stanza: &Stanza, to: Option<&str>, from: Option<&str>) -> Wire {
     }
     Wire::Parts(parts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::parse_one;
+    use rxml::{Event, Parse, Parser};
+
+    /// Parses `stanza` completely with the namespace-resolving
+    /// `rxml::Parser` inside a component stream; returns the root's
+    /// unprefixed attributes and the number of events (a cheap fingerprint
+    /// of the children).
+    fn parse_strict(stanza: &[u8]) -> (Vec<(String, String)>, usize) {
+        let mut doc = b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>".to_vec();
+        doc.extend_from_slice(stanza);
+        doc.extend_from_slice(b"</stream:stream>");
+        let mut p = Parser::new();
+        let mut input = &doc[..];
+        let mut attrs = None;
+        let mut depth = 0;
+        let mut events = 0;
+        loop {
+            match p.parse(&mut input, true) {
+                Ok(Some(Event::StartElement(_, _, a))) => {
+                    depth += 1;
+                    if depth == 2 && attrs.is_none() {
+                        let mut v: Vec<(String, String)> = a
+                            .iter()
+                            .filter(|((ns, _), _)| ns.is_none())
+                            .map(|((_, name), value)| (name.to_string(), value.to_string()))
+                            .collect();
+                        v.sort();
+                        attrs = Some(v);
+                    }
+                    events += 1;
+                }
+                Ok(Some(Event::EndElement(_))) => {
+                    depth -= 1;
+                    events += 1;
+                }
+                Ok(Some(_)) => events += 1,
+                Ok(None) => break,
+                Err(e) => panic!(
+                    "rewritten stanza does not parse: {e:?}: {}",
+                    String::from_utf8_lossy(stanza)
+                ),
+            }
+        }
+        (attrs.unwrap_or_default(), events)
+    }
+
+    fn attr<'a>(attrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    const NASTY: &[&str] = &[
+        "<iq type='get' id='1' to='proxy.example' from='u@example/r'><query xmlns='q'><x a='/>'/></query></iq>",
+        r#"<iq type="set" id="2" to="proxy.example" from="o&apos;b@example/&amp;"><b>&lt;&#x263A;</b></iq>"#,
+        "<message xml:lang='de' to  =  'proxy.example' from='u@example/r'><body><![CDATA[</message>]]></body></message>",
+        "<c:iq xmlns:c='jabber:component:accept' type='get' id='3' to='proxy.example' from='u@example/r'/>",
+        "<iq type='get' id='4'/>",
+        "<presence\n to='proxy.example'\n/>",
+    ];
+
+    #[test]
+    fn new_values_and_nothing_else_change() {
+        let values = [
+            "impl@example/a",
+            "proxy.example/o'b@example/&",
+            "x\"y<z>\t\n",
+        ];
+        for src in NASTY {
+            let st = parse_one(src.as_bytes()).expect("fixture frames");
+            let (orig_attrs, orig_events) = parse_strict(&st.bytes);
+            for to in values {
+                for from in values {
+                    let out = rewrite(&st, Some(to), Some(from)).to_bytes();
+                    let (attrs, events) = parse_strict(&out);
+                    assert_eq!(attr(&attrs, "to"), Some(to), "{src}");
+                    assert_eq!(attr(&attrs, "from"), Some(from), "{src}");
+                    assert_eq!(events, orig_events, "children unchanged: {src}");
+                    for (name, value) in &orig_attrs {
+                        if name != "to" && name != "from" {
+                            assert_eq!(
+                                attr(&attrs, name),
+                                Some(value.as_str()),
+                                "{name} kept in {src}"
+                            );
+                        }
+                    }
+                    // Bytes outside the start tag are identical.
+                    let tail = &st.bytes[st.insert_at..];
+                    assert!(out.ends_with(tail), "{src}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_value_spans_change() {
+        let src = r#"<iq id='1' to="a@b" type='get' from='c@d/e'><q/></iq>"#;
+        let st = parse_one(src.as_bytes()).expect("frames");
+        let out = rewrite(&st, Some("x@y"), Some("p'q")).to_bytes();
+        assert_eq!(
+            &out[..],
+            br#"<iq id='1' to="x@y" type='get' from='p&apos;q'><q/></iq>"#
+        );
+        let out = rewrite(&st, None, Some("z")).to_bytes();
+        assert_eq!(
+            &out[..],
+            br#"<iq id='1' to="a@b" type='get' from='z'><q/></iq>"#
+        );
+    }
+
+    #[test]
+    fn missing_attributes_are_inserted_in_the_start_tag() {
+        let st = parse_one(b"<iq type='get' id='4'/>").expect("frames");
+        let out = rewrite(&st, Some("a@b"), Some("c")).to_bytes();
+        assert_eq!(&out[..], b"<iq type='get' id='4' to='a@b' from='c'/>");
+        let st = parse_one(b"<presence\n to='x'\n/>").expect("frames");
+        let out = rewrite(&st, None, Some("d/e")).to_bytes();
+        assert_eq!(&out[..], b"<presence\n to='x' from='d/e'\n/>");
+    }
+
+    #[test]
+    fn unchanged_stanza_is_the_same_buffer() {
+        let st = parse_one(b"<iq type='get' id='5' to='a'/>").expect("frames");
+        match rewrite(&st, None, None) {
+            Wire::One(b) => assert_eq!(b.as_ptr(), st.bytes.as_ptr()),
+            other => panic!("copied: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payload_is_shared_not_copied() {
+        let big = format!(
+            "<message to='a' from='b'><body>{}</body></message>",
+            "x".repeat(100_000)
+        );
+        let st = parse_one(big.as_bytes()).expect("frames");
+        let Wire::Parts(parts) = rewrite(&st, Some("c@d/e"), Some("f")) else {
+            panic!("expected parts");
+        };
+        let last = parts.last().expect("tail");
+        assert!(last.len() > 100_000);
+        // The tail is a slice of the original buffer.
+        let base = st.bytes.as_ptr() as usize;
+        let p = last.as_ptr() as usize;
+        assert!(p >= base && p < base + st.bytes.len());
+    }
+}

@@ -67,6 +67,10 @@ impl RouterConfig {
 pub enum Action {
     /// Write to the XMPP server.
     Upstream(Wire),
+    /// Write an iq request to the XMPP server; if it can be neither sent
+    /// nor held (upstream away and its buffer full), call
+    /// [`Router::fail_request`] with the key so it still gets its answer.
+    UpstreamRequest(Wire, Key),
     /// Write to one instance.
     Instance(InstanceId, Wire),
     /// Close an instance's stream with this stream error condition.
@@ -216,6 +220,14 @@ impl Router {
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
         while let Some((key, entry)) = self.pending.pop_expired(now) {
             self.answer(key, entry.waiting, StanzaError::RemoteServerTimeout, out);
+        }
+    }
+
+    /// A request that could not be sent gets its one answer now (if it
+    /// is still pending: a timeout may have answered it already).
+    pub fn fail_request(&mut self, key: &Key, err: StanzaError, out: &mut Vec<Action>) {
+        if let Some(entry) = self.pending.remove(key) {
+            self.answer(key.clone(), entry.waiting, err, out);
         }
     }
 
@@ -577,9 +589,13 @@ impl Router {
                 orig_from: from.to_owned(),
                 peer: to.to_owned(),
             };
-            self.track(Key::ToResource { res: token, id }, waiting, now, out);
+            let key = Key::ToResource { res: token, id };
+            self.track(key.clone(), waiting, now, out);
             self.stats.requests_outbound += 1;
-            out.push(up(rewrite(st, None, Some(&new_from))));
+            out.push(Action::UpstreamRequest(
+                rewrite(st, None, Some(&new_from)),
+                key,
+            ));
             return;
         }
         if st.is_iq_response() {

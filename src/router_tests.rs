@@ -72,7 +72,9 @@ fn render(actions: Vec<Action>) -> Vec<String> {
     actions
         .into_iter()
         .map(|a| match a {
-            Action::Upstream(w) => format!("UP {}", String::from_utf8_lossy(&w.to_bytes())),
+            Action::Upstream(w) | Action::UpstreamRequest(w, _) => {
+                format!("UP {}", String::from_utf8_lossy(&w.to_bytes()))
+            }
             Action::Instance(i, w) => format!("I{i} {}", String::from_utf8_lossy(&w.to_bytes())),
             Action::CloseInstance(i, c) => format!("CLOSE{i} {c}"),
         })
@@ -967,4 +969,28 @@ fn every_request_gets_exactly_one_answer() {
             "seed {seed}: none answered twice: {answers:?}"
         );
     }
+}
+
+#[test]
+fn instance_request_that_cannot_be_sent_is_answered() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let st = parse_one(format!("<iq type='get' id='lost' from='{D}' to='{ALICE}'/>").as_bytes())
+        .expect("frames");
+    let mut out = Vec::new();
+    h.r.from_instance(1, &st, h.now, &mut h.rng, &mut out);
+    let Some(Action::UpstreamRequest(_, key)) = out.pop() else {
+        panic!("an instance's request is an UpstreamRequest");
+    };
+    let mut out = Vec::new();
+    h.r.fail_request(&key, StanzaError::ResourceConstraint, &mut out);
+    assert_eq!(
+        render(out),
+        [format!("I1 <iq type='error' id='lost' from='{ALICE}' to='{D}'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
+    );
+    // Once answered, never again: not by a second failure, not by timeout.
+    let mut out = Vec::new();
+    h.r.fail_request(&key, StanzaError::ResourceConstraint, &mut out);
+    assert!(out.is_empty());
+    assert!(h.advance(Duration::from_secs(60)).is_empty());
 }
