@@ -101,6 +101,23 @@ async fn wait_lines(
     .map_err(|_| format!("{label} did not say {needle:?} {count} time(s) within {WAIT:?}"))
 }
 
+/// Alice's echo requests `ids`, each printed as sent and as answered.
+async fn echo_requests(
+    alice: &mut xmpp::TestClient,
+    ids: std::ops::RangeInclusive<u32>,
+) -> Result<(), String> {
+    for i in ids {
+        let req = format!(
+            "<iq type='get' id='req-{i}' to='{D}'><echo xmlns='urn:example:echo'>hello {i}</echo></iq>"
+        );
+        println!("  alice SEND {req}");
+        alice.send_xml(&req).await?;
+        let res = alice.recv_iq_response(&format!("req-{i}"), WAIT).await?;
+        println!("  alice RECV {}", xmpp::to_xml(&res));
+    }
+    Ok(())
+}
+
 async fn run() -> Result<(), String> {
     let jatproxy = sibling("jatproxy")?;
     let implementing = sibling("implementing_client")?;
@@ -164,15 +181,7 @@ async fn run() -> Result<(), String> {
     println!("== 4. alice sends requests to {D}; each goes to one resource, translated");
     let mut alice =
         xmpp::connect("alice@example.test/phone", "alicepw", p.c2s_addr(), WAIT).await?;
-    for i in 1..=4 {
-        let req = format!(
-            "<iq type='get' id='req-{i}' to='{D}'><echo xmlns='urn:example:echo'>hello {i}</echo></iq>"
-        );
-        println!("  alice SEND {req}");
-        alice.send_xml(&req).await?;
-        let res = alice.recv_iq_response(&format!("req-{i}"), WAIT).await?;
-        println!("  alice RECV {}", xmpp::to_xml(&res));
-    }
+    echo_requests(&mut alice, 1..=4).await?;
 
     println!("== 5. what the module answers with an error, jatproxy answers alike");
     let msg = format!("<message type='chat' to='{D}' id='m1'><body>hi proxy</body></message>");
@@ -188,15 +197,7 @@ async fn run() -> Result<(), String> {
         let _ = a.kill().await;
     }
     wait_lines(&mut rx, "jatproxy", "resource left the pool", 1).await?;
-    for i in 5..=6 {
-        let req = format!(
-            "<iq type='get' id='req-{i}' to='{D}'><echo xmlns='urn:example:echo'>hello {i}</echo></iq>"
-        );
-        println!("  alice SEND {req}");
-        alice.send_xml(&req).await?;
-        let res = alice.recv_iq_response(&format!("req-{i}"), WAIT).await?;
-        println!("  alice RECV {}", xmpp::to_xml(&res));
-    }
+    echo_requests(&mut alice, 5..=6).await?;
 
     println!("== 7. SIGTERM: jatproxy answers what is pending, closes its stream, exits 0");
     if let Some(pid) = proxy.id() {

@@ -144,6 +144,22 @@ async fn start(server: &FakeServer, extra: &str) -> Proxy {
         .expect("proxy starts")
 }
 
+/// A proxy registered with `server`, subscription granted, and the given
+/// resources of the target online in its pool.
+async fn online_with(server: &FakeServer, extra: &str, resources: &[&str]) -> (Proxy, Session) {
+    let proxy = start(server, extra).await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    let presences: String = resources
+        .iter()
+        .map(|r| format!("<presence from='{T}/{r}' to='{D}'/>"))
+        .collect();
+    s.send(&presences).await;
+    let n = resources.len();
+    assert!(proxy.wait_for(WAIT, |st: &Status| st.pool.len() == n).await);
+    (proxy, s)
+}
+
 fn text(s: &Stanza) -> String {
     String::from_utf8_lossy(&s.bytes).into_owned()
 }
@@ -164,11 +180,7 @@ fn error_condition(s: &Stanza) -> Option<String> {
 #[tokio::test]
 async fn seed_flow_over_tcp() {
     let server = FakeServer::bind().await;
-    let proxy = start(&server, "").await;
-    let mut s = server.accept().await;
-    s.expect_subscription().await;
-    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
-    assert!(proxy.wait_for(WAIT, |st: &Status| st.pool.len() == 1).await);
+    let (proxy, mut s) = online_with(&server, "", &["a"]).await;
     s.send(&format!(
         "<iq type='get' id='1234' to='{D}' from='alice@example.test/abc'><q xmlns='urn:x'>x</q></iq>"
     ))
@@ -227,11 +239,7 @@ async fn conflict_then_success() {
 #[tokio::test]
 async fn server_closing_mid_stanza_loses_no_request() {
     let server = FakeServer::bind().await;
-    let proxy = start(&server, "").await;
-    let mut s = server.accept().await;
-    s.expect_subscription().await;
-    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
-    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let (proxy, mut s) = online_with(&server, "", &["a"]).await;
     for i in 0..5 {
         s.send(&format!(
             "<iq type='get' id='m{i}' to='{D}' from='alice@example.test/abc'/>"
@@ -324,14 +332,12 @@ async fn timeouts_and_a_full_table_answer_once() {
 #[tokio::test]
 async fn resource_vanishing_under_load_answers_everything_once() {
     let server = FakeServer::bind().await;
-    let proxy = start(&server, "[routing]\nbalancing = \"round-robin\"\n").await;
-    let mut s = server.accept().await;
-    s.expect_subscription().await;
-    s.send(&format!(
-        "<presence from='{T}/a' to='{D}'/><presence from='{T}/b' to='{D}'/>"
-    ))
+    let (proxy, mut s) = online_with(
+        &server,
+        "[routing]\nbalancing = \"round-robin\"\n",
+        &["a", "b"],
+    )
     .await;
-    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 2).await);
     let n = 200;
     let mut batch = String::new();
     for i in 0..n {
@@ -383,11 +389,7 @@ async fn resource_vanishing_under_load_answers_everything_once() {
 #[tokio::test]
 async fn shutdown_answers_pending_and_closes_the_stream() {
     let server = FakeServer::bind().await;
-    let proxy = start(&server, "").await;
-    let mut s = server.accept().await;
-    s.expect_subscription().await;
-    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
-    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let (proxy, mut s) = online_with(&server, "", &["a"]).await;
     s.send(&format!(
         "<iq type='set' id='sd' to='{D}' from='alice@example.test/abc'/>"
     ))
