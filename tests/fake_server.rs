@@ -404,3 +404,94 @@ async fn shutdown_answers_pending_and_closes_the_stream() {
     assert!(matches!(s.next_frame().await, Some(Frame::End(_))));
     assert!(stop.await.expect("join"));
 }
+
+/// A `tracing` writer that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Secrets never reach the logs, at any level, whatever happens: refused
+/// handshakes, sessions, instances with a wrong secret, shutdown. (A
+/// current-thread runtime keeps every task on this thread, under the
+/// thread-local subscriber.)
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_never_reach_the_logs() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FakeServer::bind().await;
+    let instance_secret = "instance-secret-7731";
+    let proxy = start(
+        &server,
+        &format!("[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{instance_secret}\"\n"),
+    )
+    .await;
+    let (mut refused, _) = server.accept_raw("r1").await;
+    refused
+        .send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+        .await;
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+
+    // An instance with a wrong secret, then one with the right one.
+    let addr = proxy.listen_addr().expect("listener");
+    for secret in ["wrong-secret", instance_secret] {
+        let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (r, mut w) = sock.into_split();
+        let mut frames = FramedRead::new(r, Framer::new(FramerLimits::default()));
+        w.write_all(&handshake::client_header(D))
+            .await
+            .expect("write");
+        let id = match tokio::time::timeout(WAIT, frames.next()).await {
+            Ok(Some(Ok(Frame::Header(h)))) => h.id.unwrap_or_default(),
+            other => panic!("no header: {other:?}"),
+        };
+        w.write_all(&handshake::handshake_element(&handshake::digest(
+            &id, secret,
+        )))
+        .await
+        .expect("write");
+        let answer = tokio::time::timeout(WAIT, frames.next()).await;
+        let ok = matches!(&answer, Ok(Some(Ok(Frame::Stanza(st)))) if st.name == "handshake");
+        assert_eq!(ok, secret == instance_secret, "{answer:?}");
+    }
+    assert!(proxy.shutdown(WAIT).await);
+
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+    assert!(
+        text.contains("upstream session established"),
+        "logs were captured"
+    );
+    assert!(
+        text.contains("instance handshake failed"),
+        "the refusal was logged"
+    );
+    for secret in [SECRET, instance_secret] {
+        assert!(
+            !text.contains(secret),
+            "secret {secret:?} leaked into the logs:\n{text}"
+        );
+    }
+}
