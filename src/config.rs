@@ -56,7 +56,7 @@ pub mod defaults {
     pub const MAX_STANZA_BYTES: usize = 524_288;
     pub const MAX_DEPTH: usize = 64;
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
     pub const UPSTREAM_BUFFER: usize = 4096;
     pub const LOG_LEVEL: &str = "info";
@@ -571,7 +571,7 @@ pub struct LimitsArgs {
     /// Time a peer gets to send its stream header [limits.header_timeout, default 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub header_timeout: Option<Duration>,
-    /// Close a connection silent for this long [limits.idle_timeout, default 300s]
+    /// Close an instance connection silent for this long [limits.idle_timeout, default 600s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub idle_timeout: Option<Duration>,
     /// Outgoing stanza queue per connection [limits.write_queue, default 4096]
@@ -1624,7 +1624,7 @@ mod tests {
         assert_eq!(c.limits.max_stanza_bytes, 524_288);
         assert_eq!(c.limits.max_depth, 64);
         assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
-        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.limits.write_queue, 4096);
         assert_eq!(c.limits.upstream_buffer, 4096);
 
@@ -2503,7 +2503,7 @@ mod tests {
             "routing.iq_timeout=30s",
             "instances.listen=none",
             "limits.max_stanza_bytes=524288",
-            "limits.idle_timeout=5m",
+            "limits.idle_timeout=10m",
             "log.level=\"info\"",
             "log.format=text",
             "service.shutdown_grace=5s",

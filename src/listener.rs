@@ -149,7 +149,14 @@ async fn instance(
     }
     loop {
         let next = tokio::select! {
-            f = frames.next() => f,
+            f = tokio::time::timeout(cfg.limits.idle_timeout, frames.next()) => match f {
+                Ok(f) => f,
+                Err(_) => {
+                    tracing::info!(idle = ?cfg.limits.idle_timeout, "instance silent too long; closing");
+                    let _ = tx.try_send(Out::Close(handshake::stream_error("connection-timeout", None)));
+                    break;
+                }
+            },
             _ = shutdown.cancelled() => return,
         };
         match next {

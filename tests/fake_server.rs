@@ -405,6 +405,55 @@ async fn shutdown_answers_pending_and_closes_the_stream() {
     assert!(stop.await.expect("join"));
 }
 
+/// Connects a fake instance to the proxy's listener; returns its session
+/// and whether the proxy accepted the handshake.
+async fn instance_connect(addr: std::net::SocketAddr, secret: &str) -> (Session, bool) {
+    let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (r, w) = sock.into_split();
+    let mut s = Session {
+        frames: FramedRead::new(r, Framer::new(FramerLimits::default())),
+        w,
+    };
+    s.send(std::str::from_utf8(&handshake::client_header(D)).expect("utf8"))
+        .await;
+    let id = match s.next_frame().await {
+        Some(Frame::Header(h)) => h.id.unwrap_or_default(),
+        other => panic!("no header: {other:?}"),
+    };
+    s.send(&format!(
+        "<handshake>{}</handshake>",
+        handshake::digest(&id, secret)
+    ))
+    .await;
+    let ok = matches!(s.next_frame().await, Some(Frame::Stanza(st)) if st.name == "handshake");
+    (s, ok)
+}
+
+#[tokio::test]
+async fn silent_instance_is_closed_after_the_idle_timeout() {
+    let server = FakeServer::bind().await;
+    let proxy = start(
+        &server,
+        "[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"i\"\n[limits]\nidle_timeout = \"300ms\"\n",
+    )
+    .await;
+    let mut up = server.accept().await;
+    up.expect_subscription().await;
+    let (mut inst, ok) = instance_connect(proxy.listen_addr().expect("listener"), "i").await;
+    assert!(ok);
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    // Say nothing: the proxy closes the stream with connection-timeout.
+    let err = inst.recv().await;
+    assert_eq!(err.name, "error");
+    assert!(
+        text(&err).contains("<connection-timeout "),
+        "{}",
+        text(&err)
+    );
+    assert!(proxy.wait_for(WAIT, |st| st.pool.is_empty()).await);
+    assert!(proxy.shutdown(WAIT).await);
+}
+
 /// A `tracing` writer that keeps everything in memory.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -458,24 +507,8 @@ async fn secrets_never_reach_the_logs() {
     // An instance with a wrong secret, then one with the right one.
     let addr = proxy.listen_addr().expect("listener");
     for secret in ["wrong-secret", instance_secret] {
-        let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (r, mut w) = sock.into_split();
-        let mut frames = FramedRead::new(r, Framer::new(FramerLimits::default()));
-        w.write_all(&handshake::client_header(D))
-            .await
-            .expect("write");
-        let id = match tokio::time::timeout(WAIT, frames.next()).await {
-            Ok(Some(Ok(Frame::Header(h)))) => h.id.unwrap_or_default(),
-            other => panic!("no header: {other:?}"),
-        };
-        w.write_all(&handshake::handshake_element(&handshake::digest(
-            &id, secret,
-        )))
-        .await
-        .expect("write");
-        let answer = tokio::time::timeout(WAIT, frames.next()).await;
-        let ok = matches!(&answer, Ok(Some(Ok(Frame::Stanza(st)))) if st.name == "handshake");
-        assert_eq!(ok, secret == instance_secret, "{answer:?}");
+        let (_, ok) = instance_connect(addr, secret).await;
+        assert_eq!(ok, secret == instance_secret);
     }
     assert!(proxy.shutdown(WAIT).await);
 
