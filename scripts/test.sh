@@ -15,12 +15,23 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --all-targets
-echo "== doc tests"
-cargo test --doc
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+totals=$(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$log")
+passed=${totals% *}
+failed=${totals#* }
+if [ "$status" -ne 0 ]; then
+    echo "tests: $passed passed, $failed failed"
+    exit "$status"
+fi
 
-if [ "${FUZZ_SECONDS:-60}" != "0" ] && [ -x scripts/fuzz.sh ]; then
+if [ "${FUZZ_SECONDS:-60}" != "0" ]; then
     echo "== fuzzing, ${FUZZ_SECONDS:-60} s per target"
     scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 fi
 echo "== all checks passed"
+echo "tests: $passed passed, $failed failed"
