@@ -125,7 +125,7 @@ async fn run() -> Result<(), String> {
     println!("== 1. Prosody on loopback (users alice and impl, component {D}, s2s off)");
     let p = Prosody::start(
         ProsodyConfig::new()
-            .log_level("info")
+            .log_level("debug")
             .user("alice", "alicepw")
             .user("impl", "implpw")
             .component(D, "demo-secret"),
@@ -136,7 +136,21 @@ async fn run() -> Result<(), String> {
         p.c2s_addr(),
         p.component_addr()
     );
+    let result = steps(&p, &jatproxy, &implementing).await;
+    if result.is_err() {
+        eprintln!(
+            "--- the last lines of Prosody's log ---\n{}",
+            p.log_tail(60)
+        );
+    }
+    result
+}
 
+async fn steps(
+    p: &Prosody,
+    jatproxy: &std::path::Path,
+    implementing: &std::path::Path,
+) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     println!("== 2. jatproxy registers as {D} in front of impl@example.test");
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -152,7 +166,7 @@ async fn run() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut proxy = spawn(
         "jatproxy",
-        Command::new(&jatproxy)
+        Command::new(jatproxy)
             .arg("--config")
             .arg(&config)
             .env("DEMO_SECRET", "demo-secret")
@@ -166,7 +180,7 @@ async fn run() -> Result<(), String> {
     for (label, res) in [("impl/a", "a"), ("impl/b", "b")] {
         impls.push(spawn(
             label,
-            Command::new(&implementing)
+            Command::new(implementing)
                 .arg("--jid")
                 .arg(format!("impl@example.test/{res}"))
                 .arg("--password")
@@ -213,7 +227,6 @@ async fn run() -> Result<(), String> {
     println!("   jatproxy exited with {status}");
     alice.close().await;
     drop(impls);
-    drop(p);
     println!("== done");
     Ok(())
 }
