@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine:
-# Prosody (the real XMPP server the end-to-end tests start on loopback).
+# Prosody (the real XMPP server the end-to-end tests start on loopback)
+# and slixmpp (the real component library behind tests/e2e_instances.rs).
 # Idempotent: does nothing when everything is there.
 set -euo pipefail
 
@@ -15,3 +16,15 @@ fi
 # config, so it does not matter.
 # (`prosody --version` does not exit on Debian's 0.12; ask dpkg instead.)
 echo "setup: prosody $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '(version unknown)')"
+
+# Real component instances for tests/e2e_instances.rs: slixmpp's
+# ComponentXMPP (tokio-xmpp's `component` feature cannot share a build
+# with its c2s Client; see tests/support/echo_component.py).
+if ! python3 -c 'import slixmpp' >/dev/null 2>&1; then
+    echo "setup: installing slixmpp from PyPI"
+    # Debian's own python3 refuses pip installs (PEP 668) without the flag.
+    python3 -m pip install -q slixmpp==1.17.0 \
+        || python3 -m pip install -q --break-system-packages slixmpp==1.17.0
+fi
+slixmpp_version=$(python3 -c 'import slixmpp; print(slixmpp.__version__)')
+echo "setup: slixmpp $slixmpp_version"

@@ -19,6 +19,12 @@ pub fn bare(jid: &str) -> &str {
     split(jid).0
 }
 
+/// The domain part of an address: `node@domain/res` → `domain`.
+pub fn domain(jid: &str) -> &str {
+    let bare = bare(jid);
+    bare.split_once('@').map_or(bare, |(_, d)| d)
+}
+
 /// Compares two bare addresses the way a normalising server would for
 /// ASCII (domains are case-insensitive; the server lower-cases nodes).
 pub fn bare_eq(a: &str, b: &str) -> bool {
@@ -51,6 +57,10 @@ mod tests {
         );
         assert_eq!(split("a@b"), ("a@b", None));
         assert_eq!(bare("a@b/c"), "a@b");
+        assert_eq!(domain("a@b/c@d"), "b");
+        assert_eq!(domain("b/c@d"), "b");
+        assert_eq!(domain("a@b"), "b");
+        assert_eq!(domain("a@b@c"), "b@c");
     }
 
     #[test]

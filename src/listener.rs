@@ -67,12 +67,20 @@ pub async fn run(
         );
         let (Ok(conn_permit), Ok(hs_permit)) = permits else {
             tracing::warn!(peer.addr = %peer, "instance connection refused: connection limit reached");
-            let _ = sock
-                .write_all(&handshake::stream_error(
-                    "policy-violation",
-                    Some("too many connections"),
-                ))
-                .await;
+            // A stream error is only readable inside a stream (RFC 6120
+            // §4.9.1.1): our header first, as the handshake's refusals do.
+            // Without it the instance sees an undeclared `stream:` prefix,
+            // not the reason.
+            let mut refusal = handshake::server_header(
+                &cfg.upstream.domain,
+                &handshake::new_stream_id(&mut rand::rng()),
+            )
+            .to_vec();
+            refusal.extend_from_slice(&handshake::stream_error(
+                "policy-violation",
+                Some("too many connections"),
+            ));
+            let _ = sock.write_all(&refusal).await;
             continue;
         };
         next_id += 1;

@@ -572,7 +572,10 @@ impl Router {
             out.push(Action::CloseInstance(instance, "improper-addressing"));
             return;
         };
-        if !jid::bare_eq(jid::bare(from), &self.cfg.domain) {
+        // The component owns its whole domain: `D`, `D/res`, and nodes such
+        // as a MUC's `room@D/nick` or a gateway's `user@D`. Only the domain
+        // part is checked, as Prosody's and ejabberd's component ports do.
+        if !jid::bare_eq(jid::domain(from), &self.cfg.domain) {
             out.push(Action::CloseInstance(instance, "invalid-from"));
             return;
         }

@@ -822,6 +822,61 @@ fn instance_from_outside_domain_is_closed() {
         h.inst(1, &format!("<message to='{ALICE}'/>")),
         ["CLOSE1 improper-addressing"]
     );
+    // A node of another domain, or a domain that only ends like ours.
+    for from in [
+        "room@evil.example.test/nick".to_owned(),
+        format!("evil.{D}"),
+        format!("{D}@evil.example.test"),
+    ] {
+        h.r.instance_up(2);
+        assert_eq!(
+            h.inst(2, &format!("<message from='{from}' to='{ALICE}'/>")),
+            ["CLOSE2 invalid-from"],
+            "{from}"
+        );
+    }
+}
+
+#[test]
+fn instance_may_send_from_nodes_of_its_domain() {
+    // A MUC or a gateway behind the proxy speaks for node@D; Prosody's
+    // component port allows it, so the proxy must too.
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    for s in [
+        format!("<message from='room@{D}/nick' to='{ALICE}'><body>hi</body></message>"),
+        format!("<presence from='Room@{D}' to='{ALICE}'/>"),
+        format!("<iq type='result' id='x' from='gw-user@{D}' to='{ALICE}'/>"),
+    ] {
+        let out = h.inst(1, &s);
+        if s.starts_with("<iq") {
+            // An answer to nothing pending: dropped, not a stream error.
+            assert!(out.is_empty(), "{out:?}");
+        } else {
+            assert_eq!(out, [format!("UP {s}")]);
+        }
+    }
+    // A request from a node gets a token; the reply is delivered with the
+    // node's address restored.
+    let out = h.inst(
+        1,
+        &format!("<iq type='get' id='r1' from='room@{D}/nick' to='{ALICE}'/>"),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let st = parse_one(out[0].trim_start_matches("UP ").as_bytes()).expect("frames");
+    let token = st
+        .from()
+        .and_then(|f| f.strip_prefix(&format!("{D}/")))
+        .expect("D/TOKEN")
+        .to_owned();
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='r1' from='{ALICE}' to='{D}/{token}'/>"
+        )),
+        [format!(
+            "I1 <iq type='result' id='r1' from='{ALICE}' to='room@{D}/nick'/>"
+        )]
+    );
 }
 
 #[test]

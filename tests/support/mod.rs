@@ -1,5 +1,7 @@
-//! Shared test support: a private Prosody server and XMPP client helpers.
+//! Shared test support: a private Prosody server, XMPP client helpers, and
+//! real component instances (slixmpp) as child processes.
 #![allow(dead_code)]
 
+pub mod echo;
 pub mod prosody;
 pub mod xmpp;

@@ -1,0 +1,317 @@
+//! Loopback fakes for driving a jatproxy [`Proxy`] over real TCP: the
+//! upstream XMPP server's component port ([`FakeServer`]) and component
+//! instances connecting to jatproxy's listener ([`FakeInstance`]), both
+//! built on jatproxy's own framer and XEP-0114 handshake helpers.
+//!
+//! The same pattern as `tests/fake_server.rs`, without its client-proxy
+//! subscription dance: every wait is bounded by [`WAIT`], and a stream
+//! that ends or misbehaves panics with what was seen.
+//!
+//! Included with `#[path = "support/fake.rs"] mod fake;` so that test
+//! binaries that do not use it (the Prosody ones) do not compile it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jatproxy::config::{self, Secret};
+use jatproxy::handshake::{self, HandshakeError};
+use jatproxy::proxy::Proxy;
+use jatproxy::xml::{inspect, CodecError, Frame, Framer, FramerLimits, Stanza};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::codec::FramedRead;
+
+/// The component domain jatproxy serves.
+pub const D: &str = "proxy.example.test";
+/// What jatproxy presents to the (fake) server.
+pub const UPSTREAM_SECRET: &str = "s3cret-for-tests";
+/// What instances present to jatproxy.
+pub const INSTANCE_SECRET: &str = "instance-s3cret";
+/// The bound on every wait.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// jatproxy with only an instance pool (no target account), its upstream
+/// pointed at `server`. `instances` goes into `[instances]`; `rest` is
+/// appended after it (whole tables such as `[routing]`).
+pub fn instances_config(server: &str, instances: &str, rest: &str) -> config::Config {
+    let toml = format!(
+        r#"
+[upstream]
+server = "{server}"
+domain = "{D}"
+secret = "{UPSTREAM_SECRET}"
+reconnect_min = "20ms"
+reconnect_max = "200ms"
+handshake_timeout = "5s"
+
+[instances]
+listen = "127.0.0.1:0"
+secret = "{INSTANCE_SECRET}"
+{instances}
+
+{rest}
+"#
+    );
+    config::from_toml_str(&toml).expect("test config is valid")
+}
+
+/// A listening fake XMPP server (its component port).
+pub struct FakeServer {
+    listener: TcpListener,
+}
+
+/// The read half of a stream, framed by jatproxy's own framer.
+pub struct Reader {
+    frames: FramedRead<OwnedReadHalf, Framer>,
+    /// Who is reading, for panic messages.
+    who: String,
+}
+
+/// The write half of a stream.
+pub struct Writer {
+    w: OwnedWriteHalf,
+}
+
+/// The proxy's upstream session as the fake server sees it.
+pub struct Session {
+    pub r: Reader,
+    pub w: Writer,
+}
+
+impl FakeServer {
+    pub async fn bind() -> Self {
+        FakeServer {
+            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.listener.local_addr().expect("addr").to_string()
+    }
+
+    /// Accepts the proxy's connection and completes the handshake as a
+    /// server does (checking the digest).
+    pub async fn accept(&self) -> Session {
+        let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("proxy connects in time")
+            .expect("accept");
+        let _ = sock.set_nodelay(true);
+        let (r, w) = sock.into_split();
+        let mut s = Session {
+            r: Reader::new(r, "fake server"),
+            w: Writer { w },
+        };
+        match s.r.next_frame().await {
+            Some(Frame::Header(h)) => assert_eq!(h.to.as_deref(), Some(D)),
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        s.w.send(&String::from_utf8_lossy(&handshake::server_header(
+            D, "stream-1",
+        )))
+        .await;
+        let hs = s.r.recv().await;
+        assert_eq!(hs.name, "handshake");
+        let (digest, _) = inspect::text_and_first_child(&hs.bytes);
+        assert_eq!(digest, handshake::digest("stream-1", UPSTREAM_SECRET));
+        s.w.send("<handshake/>").await;
+        s
+    }
+}
+
+impl Reader {
+    fn new(r: OwnedReadHalf, who: &str) -> Self {
+        Reader {
+            frames: FramedRead::with_capacity(r, Framer::new(big_limits()), 64 * 1024),
+            who: who.to_owned(),
+        }
+    }
+
+    /// The next frame; `None` at the end of the connection. Panics after
+    /// [`WAIT`] without one.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        match self.try_next_frame(WAIT).await {
+            Ok(f) => f,
+            Err(e) => panic!("{}: {e}", self.who),
+        }
+    }
+
+    /// The next frame, or why there is none within `wait`.
+    pub async fn try_next_frame(&mut self, wait: Duration) -> Result<Option<Frame>, String> {
+        match tokio::time::timeout(wait, self.frames.next()).await {
+            Ok(Some(Ok(f))) => Ok(Some(f)),
+            Ok(Some(Err(CodecError::Io(e)))) => Err(format!("connection failed: {e}")),
+            Ok(Some(Err(e))) => Err(format!("peer sent bad XML: {e}")),
+            Ok(None) => Ok(None),
+            Err(_) => Err(format!("nothing within {wait:?}")),
+        }
+    }
+
+    /// The next stanza, skipping keepalives.
+    pub async fn recv(&mut self) -> Stanza {
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Stanza(s)) => return s,
+                Some(Frame::Whitespace(_)) => continue,
+                other => panic!("{}: expected a stanza, got {other:?}", self.who),
+            }
+        }
+    }
+
+    /// The next stanza within `wait`, if any (keepalives skipped); `None`
+    /// on silence. Panics if the stream ends.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Stanza> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.frames.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Frame::Stanza(s)))) => return Some(s),
+                Ok(Some(Ok(Frame::Whitespace(_)))) => continue,
+                Ok(other) => panic!("{}: expected a stanza, got {other:?}", self.who),
+            }
+        }
+    }
+
+    /// Reads until the peer closes the stream with a stream error and
+    /// returns its condition; stanzas before it are returned too.
+    pub async fn expect_stream_error(&mut self) -> (String, Vec<Stanza>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next_frame().await {
+                Some(Frame::Stanza(s)) if s.name == "error" => {
+                    let (_, cond) = inspect::text_and_first_child(&s.bytes);
+                    return (cond.unwrap_or_default(), before);
+                }
+                Some(Frame::Stanza(s)) => before.push(s),
+                Some(Frame::Whitespace(_)) => {}
+                other => panic!(
+                    "{}: expected a stream error, got {other:?} after {before:?}",
+                    self.who
+                ),
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub async fn send(&mut self, xml: &str) {
+        self.w
+            .write_all(xml.as_bytes())
+            .await
+            .expect("write to proxy");
+    }
+
+    /// Like `send`, for when the peer may be gone.
+    pub async fn try_send(&mut self, xml: &str) -> std::io::Result<()> {
+        self.w.write_all(xml.as_bytes()).await
+    }
+}
+
+/// Framer limits for test readers: jatproxy may relay stanzas up to its
+/// own limit, which tests raise for large payloads.
+fn big_limits() -> FramerLimits {
+    FramerLimits {
+        max_stanza_bytes: 4 << 20,
+        ..FramerLimits::default()
+    }
+}
+
+/// A component instance connected to jatproxy's listener, speaking plain
+/// XEP-0114 through jatproxy's own handshake code (the component side,
+/// the one jatproxy uses upstream).
+pub struct FakeInstance {
+    pub r: Reader,
+    pub w: Writer,
+}
+
+impl FakeInstance {
+    /// Connects and authenticates as `domain` with `secret`; the error is
+    /// the handshake's (a refusal carries the stream error condition).
+    pub async fn connect_as(
+        addr: SocketAddr,
+        domain: &str,
+        secret: &str,
+        name: &str,
+    ) -> Result<FakeInstance, HandshakeError> {
+        let sock = TcpStream::connect(addr).await.expect("connect to listener");
+        Self::handshake(sock, domain, secret, name).await
+    }
+
+    /// An instance of [`D`] with the right secret.
+    pub async fn connect(addr: SocketAddr, name: &str) -> FakeInstance {
+        Self::connect_as(addr, D, INSTANCE_SECRET, name)
+            .await
+            .unwrap_or_else(|e| panic!("instance {name}: handshake failed: {e}"))
+    }
+
+    /// An instance whose socket has a tiny receive buffer, so that when
+    /// it stops reading, the kernel holds little for it and jatproxy's
+    /// queue for it fills after a few large stanzas.
+    pub async fn connect_small_rcvbuf(addr: SocketAddr, name: &str) -> FakeInstance {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let sock = socket.connect(addr).await.expect("connect to listener");
+        Self::handshake(sock, D, INSTANCE_SECRET, name)
+            .await
+            .unwrap_or_else(|e| panic!("instance {name}: handshake failed: {e}"))
+    }
+
+    async fn handshake(
+        sock: TcpStream,
+        domain: &str,
+        secret: &str,
+        name: &str,
+    ) -> Result<FakeInstance, HandshakeError> {
+        let _ = sock.set_nodelay(true);
+        let (r, w) = sock.into_split();
+        let mut r = Reader::new(r, &format!("instance {name}"));
+        let mut w = Writer { w };
+        handshake::connect(&mut r.frames, &mut w.w, domain, &Secret::new(secret), WAIT).await?;
+        Ok(FakeInstance { r, w })
+    }
+}
+
+/// Starts jatproxy for `server` with these extra settings, and waits for
+/// its upstream session.
+pub async fn start(server: &FakeServer, instances: &str, rest: &str) -> (Proxy, Session) {
+    let proxy = Proxy::start(instances_config(&server.addr(), instances, rest))
+        .await
+        .expect("proxy starts");
+    let s = server.accept().await;
+    assert!(proxy.wait_for(WAIT, |st| st.upstream_online).await);
+    (proxy, s)
+}
+
+/// A stanza's bytes as text.
+pub fn text(s: &Stanza) -> String {
+    String::from_utf8_lossy(&s.bytes).into_owned()
+}
+
+/// The defined condition of a stanza error (`recipient-unavailable`…).
+pub fn error_condition(s: &Stanza) -> Option<String> {
+    let t = text(s);
+    let i = t.find("urn:ietf:params:xml:ns:xmpp-stanzas")?;
+    let head = &t[..i];
+    let start = head.rfind('<')? + 1;
+    let name = head[start..].split_whitespace().next()?;
+    (name != "text").then(|| name.to_owned())
+}
+
+/// The value of attribute `name` on the first element in `xml` that has it
+/// after `after` (a cheap look into payloads the test wrote itself).
+pub fn attr_after(xml: &str, after: &str, name: &str) -> Option<String> {
+    let rest = &xml[xml.find(after)? + after.len()..];
+    for q in ['\'', '"'] {
+        let pat = format!(" {name}={q}");
+        if let Some(i) = rest.find(&pat) {
+            let v = &rest[i + pat.len()..];
+            return v.find(q).map(|e| v[..e].to_owned());
+        }
+    }
+    None
+}
