@@ -140,16 +140,27 @@ async fn instance(
     tracing::info!(peer.addr = %peer, "instance connected");
     let (tx, rx) = mpsc::channel(cfg.instances.queue);
     let keepalive = Some(cfg.upstream.keepalive_interval);
+    // Not a child of `shutdown`: on shutdown the writer still sends the
+    // stream end the core queues.
+    let cut = CancellationToken::new();
+    let writer_cut = cut.clone();
     tasks.spawn(
         async move {
-            if let Err(e) = conn::write_loop(w, rx, keepalive).await {
-                tracing::debug!("instance writer ended: {e}");
+            tokio::select! {
+                r = conn::write_loop(w, rx, keepalive) => if let Err(e) = r {
+                    tracing::debug!("instance writer ended: {e}");
+                },
+                _ = writer_cut.cancelled() => {}
             }
         }
         .in_current_span(),
     );
     if events
-        .send(Event::InstanceUp { id, tx: tx.clone() })
+        .send(Event::InstanceUp {
+            id,
+            tx: tx.clone(),
+            cut: cut.clone(),
+        })
         .await
         .is_err()
     {
@@ -166,6 +177,10 @@ async fn instance(
                 }
             },
             _ = shutdown.cancelled() => return,
+            _ = cut.cancelled() => {
+                tracing::info!("instance stopped reading and was dropped: connection closed");
+                return;
+            }
         };
         match next {
             Some(Ok(Frame::Stanza(stanza))) => {

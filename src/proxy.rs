@@ -41,6 +41,9 @@ pub enum Event {
     InstanceUp {
         id: InstanceId,
         tx: mpsc::Sender<Out>,
+        /// Cancelled by the core to cut the connection when it cannot even
+        /// queue the stream error (the instance stopped reading).
+        cut: CancellationToken,
     },
     InstanceDown {
         id: InstanceId,
@@ -172,7 +175,7 @@ struct Core {
     upstream: Option<mpsc::Sender<Out>>,
     backlog: VecDeque<Wire>,
     backlog_cap: usize,
-    instances: HashMap<InstanceId, mpsc::Sender<Out>>,
+    instances: HashMap<InstanceId, (mpsc::Sender<Out>, CancellationToken)>,
     status: Status,
     status_tx: watch::Sender<Status>,
 }
@@ -215,7 +218,7 @@ impl Core {
         if let Some(up) = self.upstream.take() {
             let _ = up.send(Out::Close(close.clone())).await;
         }
-        for (_, tx) in self.instances.drain() {
+        for (_, (tx, _)) in self.instances.drain() {
             let _ = tx.try_send(Out::Close(close.clone()));
         }
         self.status.upstream_online = false;
@@ -246,8 +249,8 @@ impl Core {
                 self.status.upstream_online = false;
                 self.router.upstream_lost(actions);
             }
-            Event::InstanceUp { id, tx } => {
-                self.instances.insert(id, tx);
+            Event::InstanceUp { id, tx, cut } => {
+                self.instances.insert(id, (tx, cut));
                 self.router.instance_up(id);
             }
             Event::InstanceDown { id } => {
@@ -279,7 +282,7 @@ impl Core {
                     }
                     Action::Instance(id, w) => {
                         let full = match self.instances.get(&id) {
-                            Some(tx) => tx.try_send(Out::Wire(w)).is_err(),
+                            Some((tx, _)) => tx.try_send(Out::Wire(w)).is_err(),
                             None => false,
                         };
                         if full {
@@ -294,9 +297,17 @@ impl Core {
     }
 
     fn close_instance(&mut self, id: InstanceId, cond: &'static str, actions: &mut Vec<Action>) {
-        if let Some(tx) = self.instances.remove(&id) {
+        if let Some((tx, cut)) = self.instances.remove(&id) {
             tracing::info!(member = id, condition = cond, "closing instance stream");
-            let _ = tx.try_send(Out::Close(handshake::stream_error(cond, None)));
+            if tx
+                .try_send(Out::Close(handshake::stream_error(cond, None)))
+                .is_err()
+            {
+                // Its queue is full: the error cannot be written in order.
+                // Cut the connection, so the instance learns it is out and
+                // its slot is freed.
+                cut.cancel();
+            }
             self.router.instance_down(id, actions);
         }
     }

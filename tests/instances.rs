@@ -454,7 +454,24 @@ async fn an_instance_that_stops_reading_does_not_stall_the_others() {
     for i in 0..50 {
         assert_eq!(answers[&format!("after{i}")], "result:live");
     }
-    drop(stuck);
+    // Out of the pool is not enough: its connection is closed, so it
+    // learns it was dropped (and reconnects) instead of lingering with a
+    // connection slot, its later stanzas silently ignored.
+    let mut stuck = stuck;
+    let mut relayed = 0;
+    let end = loop {
+        match stuck.r.try_next_frame(WAIT).await {
+            Ok(Some(jatproxy::xml::Frame::Stanza(st))) if st.is_iq_request() => relayed += 1,
+            Ok(Some(f)) => break format!("{f:?}"),
+            Ok(None) => break "EOF".to_owned(),
+            Err(e) => break e,
+        }
+    };
+    // EOF, or cut mid-stanza / reset: either way, closed.
+    assert!(
+        !end.starts_with("nothing within"),
+        "the dropped instance's connection stays open: {end} after {relayed} requests"
+    );
     assert!(proxy.shutdown(WAIT).await);
 }
 
