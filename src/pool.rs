@@ -124,23 +124,51 @@ impl Pool {
 
     /// Picks a member for a request from `requester_bare`.
     pub fn pick<R: Rng + ?Sized>(&mut self, requester_bare: &str, rng: &mut R) -> Option<Member> {
-        if self.members.is_empty() {
+        self.pick_where(requester_bare, rng, |_| true)
+    }
+
+    /// Picks an instance (for addresses only a component can serve, such
+    /// as a MUC room `room@domain`).
+    pub fn pick_instance<R: Rng + ?Sized>(
+        &mut self,
+        requester_bare: &str,
+        rng: &mut R,
+    ) -> Option<Member> {
+        self.pick_where(requester_bare, rng, |m| matches!(m, Member::Instance(_)))
+    }
+
+    fn pick_where<R: Rng + ?Sized>(
+        &mut self,
+        requester_bare: &str,
+        rng: &mut R,
+        eligible: impl Fn(&Member) -> bool,
+    ) -> Option<Member> {
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|&i| eligible(&self.members[i]))
+            .collect();
+        if candidates.is_empty() {
             return None;
         }
         let i = match self.balancing {
-            Balancing::Random => rng.random_range(0..self.members.len()),
+            Balancing::Random => candidates[rng.random_range(0..candidates.len())],
             Balancing::RoundRobin => {
                 self.next = self.next.wrapping_add(1);
-                self.next % self.members.len()
+                candidates[self.next % candidates.len()]
             }
             Balancing::LeastPending => {
-                let min = self.members.iter().map(|m| self.load(m)).min().unwrap_or(0);
-                let least: Vec<usize> = (0..self.members.len())
-                    .filter(|&i| self.load(&self.members[i]) == min)
+                let load = |i: &usize| self.load(&self.members[*i]);
+                let min = candidates.iter().map(load).min().unwrap_or(0);
+                let least: Vec<usize> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|i| load(i) == min)
                     .collect();
                 least[rng.random_range(0..least.len())]
             }
-            Balancing::Sticky => rendezvous(requester_bare, self.members.iter())?.0,
+            Balancing::Sticky => {
+                let members = candidates.iter().map(|&i| &self.members[i]);
+                candidates[rendezvous(requester_bare, members)?.0]
+            }
         };
         self.members.get(i).cloned()
     }
@@ -316,6 +344,30 @@ mod tests {
         let first = p.sticky_instance("u@x");
         assert!(first.is_some());
         assert_eq!(p.sticky_instance("u@x"), first);
+    }
+
+    #[test]
+    fn pick_instance_skips_resources() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for b in [
+            Balancing::Random,
+            Balancing::RoundRobin,
+            Balancing::LeastPending,
+            Balancing::Sticky,
+        ] {
+            let mut p = Pool::new(b);
+            p.add(res("a"));
+            assert_eq!(p.pick_instance("u@x", &mut rng), None);
+            p.add(Member::Instance(9));
+            p.add(res("b"));
+            for _ in 0..10 {
+                assert_eq!(
+                    p.pick_instance("u@x", &mut rng),
+                    Some(Member::Instance(9)),
+                    "{b:?}"
+                );
+            }
+        }
     }
 
     #[test]

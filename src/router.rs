@@ -258,7 +258,11 @@ impl Router {
         };
         let (to_bare, to_res) = jid::split(to_attr);
         if !jid::bare_eq(to_bare, &self.cfg.domain) {
-            self.stats.dropped_unaddressed += 1;
+            if jid::bare_eq(jid::domain(to_bare), &self.cfg.domain) {
+                self.node_stanza_from_upstream(st, from, to_attr, now, rng, out);
+            } else {
+                self.stats.dropped_unaddressed += 1;
+            }
             return;
         }
         let to = match to_res {
@@ -275,6 +279,40 @@ impl Router {
             Kind::Message => self.message_from_upstream(st, from, from_target, &to, out),
             Kind::Iq => self.iq_from_upstream(st, from, to_attr, from_target, &to, now, rng, out),
             Kind::Other => {}
+        }
+    }
+
+    /// A stanza for `node@domain` (a MUC room, a gateway's user): only a
+    /// component instance can serve it. Requests are balanced over the
+    /// instances and tracked like any other; messages and presence stick
+    /// to one instance per sender. Without instances there is no one to
+    /// serve it, as the module's component would answer.
+    fn node_stanza_from_upstream(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        to_attr: &str,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        match st.kind {
+            Kind::Iq if st.is_iq_request() => match st.id() {
+                Some(id) => self.inbound_request(st, from, to_attr, id, true, now, rng, out),
+                None => self.error_reply(st, from, StanzaError::BadRequest, out),
+            },
+            Kind::Iq if st.is_iq_response() => self.stats.replies_unmatched += 1,
+            Kind::Iq => self.error_reply(st, from, StanzaError::BadRequest, out),
+            Kind::Message | Kind::Presence => {
+                if let Some(id) = self.pool.sticky_instance(jid::bare(from)) {
+                    out.push(Action::Instance(id, Wire::One(st.bytes.clone())));
+                } else if st.kind == Kind::Message {
+                    self.error_reply(st, from, StanzaError::ServiceUnavailable, out);
+                } else {
+                    self.stats.dropped_unaddressed += 1;
+                }
+            }
+            Kind::Other => self.stats.dropped_other += 1,
         }
     }
 
@@ -396,7 +434,7 @@ impl Router {
             (true, To::Resource(_)) => {
                 self.error_reply(st, from, StanzaError::FeatureNotImplemented, out)
             }
-            (false, _) => self.inbound_request(st, from, to_attr, id, now, rng, out),
+            (false, _) => self.inbound_request(st, from, to_attr, id, false, now, rng, out),
         }
     }
 
@@ -408,11 +446,17 @@ impl Router {
         requester: &str,
         orig_to: &str,
         id: &str,
+        instances_only: bool,
         now: Instant,
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
     ) {
-        let Some(member) = self.pool.pick(jid::bare(requester), rng) else {
+        let picked = if instances_only {
+            self.pool.pick_instance(jid::bare(requester), rng)
+        } else {
+            self.pool.pick(jid::bare(requester), rng)
+        };
+        let Some(member) = picked else {
             self.error_reply(st, requester, StanzaError::ServiceUnavailable, out);
             return;
         };

@@ -1049,3 +1049,64 @@ fn instance_request_that_cannot_be_sent_is_answered() {
     assert!(out.is_empty());
     assert!(h.advance(Duration::from_secs(60)).is_empty());
 }
+
+#[test]
+fn stanzas_for_nodes_of_the_domain_go_to_instances_only() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    // No instance: only a component could serve room@D.
+    let out = h.up(&format!(
+        "<iq type='get' id='n1' to='room@{D}' from='{ALICE}'/>"
+    ));
+    assert_eq!(
+        out,
+        [err(
+            "iq",
+            "n1",
+            &format!("room@{D}"),
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    let out = h.up(&format!("<message id='n2' to='room@{D}' from='{ALICE}'/>"));
+    assert_eq!(
+        out,
+        [err(
+            "message",
+            "n2",
+            &format!("room@{D}"),
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    assert!(h
+        .up(&format!("<presence to='room@{D}/nick' from='{ALICE}'/>"))
+        .is_empty());
+
+    h.r.instance_up(4);
+    // A request to a node goes to the instance unchanged, never to the
+    // client resource, and its answer is matched.
+    for i in 0..5 {
+        let req = format!(
+            "<iq type='get' id='q{i}' to='room@{D}' from='{ALICE}'><query xmlns='disco'/></iq>"
+        );
+        assert_eq!(h.up(&req), [format!("I4 {req}")]);
+        let reply = format!("<iq type='result' id='q{i}' from='room@{D}' to='{ALICE}'/>");
+        assert_eq!(h.inst(4, &reply), [format!("UP {reply}")]);
+    }
+    assert_eq!(h.r.pending_len(), 0);
+    // Joining a room: presence and messages stick to the instance.
+    let join = format!("<presence to='room@{D}/nick' from='{ALICE}'/>");
+    assert_eq!(h.up(&join), [format!("I4 {join}")]);
+    let msg =
+        format!("<message type='groupchat' to='room@{D}' from='{ALICE}'><body>hi</body></message>");
+    assert_eq!(h.up(&msg), [format!("I4 {msg}")]);
+    // Other domains stay dropped.
+    assert!(h
+        .up(&format!(
+            "<iq type='get' id='x' to='room@other.test' from='{ALICE}'/>"
+        ))
+        .is_empty());
+}
