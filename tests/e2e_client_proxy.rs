@@ -15,23 +15,10 @@ use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::xmpp::{self, Element, TestClient};
+use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
 use tokio::task::JoinHandle;
 
-const D: &str = "proxy.example.test";
 const T: &str = "impl@example.test";
-const ALICE: &str = "alice@example.test";
-const SECRET: &str = "component-secret";
-const PW: &str = "pw";
-const WAIT: Duration = Duration::from_secs(15);
-const NS_ECHO: &str = "urn:example:echo";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-/// Requests kept in flight by a test requester. tokio-xmpp 6's client
-/// waits, inside `send_stanza`, for its worker to write the stanza, while
-/// that worker may be blocked handing incoming stanzas to a 16-deep queue
-/// the caller is not draining: more than ~16 stanzas arriving at one test
-/// client during a send deadlock it. A window under that keeps every test
-/// client's incoming burst small.
-const WINDOW: usize = 8;
 
 /// Prosody with alice and impl, the component, and impl's roster already
 /// holding the component with subscription `from` (as a deployment's

@@ -18,19 +18,17 @@ use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::prosody::{Prosody, ProsodyConfig};
 use support::xmpp::{self, Element, TestClient};
+use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
 
-const D: &str = "proxy.example.test";
-const ALICE: &str = "alice@example.test";
-const SECRET: &str = "component-secret";
 const INSTANCE_SECRET: &str = "instance-secret";
-const PW: &str = "pw";
-const WAIT: Duration = Duration::from_secs(15);
-const NS_ECHO: &str = "urn:example:echo";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-/// Requests in flight from alice: tokio-xmpp 6's client deadlocks when
-/// more than ~16 stanzas arrive during a send (see the WINDOW constant of
-/// tests/e2e_client_proxy.rs).
-const WINDOW: usize = 8;
+
+/// What each echo component printed, for failure messages.
+fn outputs(inst: &[EchoComponent]) -> String {
+    inst.iter()
+        .map(|c| c.output())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
 
 /// Prosody, jatproxy registered at it as `D` with only an instance pool,
 /// and `names` instances of the echo component connected to jatproxy.
@@ -322,13 +320,7 @@ async fn an_instances_own_ping_gets_its_reply_back() {
             e.name() == "iq" && e.get_child("ping", "urn:xmpp:ping").is_some()
         })
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\none:\n{}\ntwo:\n{}",
-                inst[0].output(),
-                inst[1].output()
-            )
-        });
+        .unwrap_or_else(|e| panic!("{e}\n{}", outputs(&inst)));
     assert_eq!(ping.attr("type"), Some("get"));
     // From the domain with jatproxy's token: the reply comes back to it.
     let from = ping.attr("from").unwrap_or_default().to_owned();
@@ -349,13 +341,7 @@ async fn an_instances_own_ping_gets_its_reply_back() {
     let report = alice
         .recv_matching(WAIT, |e| e.name() == "message")
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\none:\n{}\ntwo:\n{}",
-                inst[0].output(),
-                inst[1].output()
-            )
-        });
+        .unwrap_or_else(|e| panic!("{e}\n{}", outputs(&inst)));
     assert_eq!(report.attr("from"), Some(D));
     let body = report
         .get_child("body", xmpp::NS_CLIENT)
