@@ -14,28 +14,29 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
-echo "== cargo test"
+echo "== tests (cargo-nextest, settings in .config/nextest.toml)"
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-# One test at a time: each end-to-end test starts its own Prosody and
-# clients, and tokio-xmpp 6 clients have been seen to stall (a stanza
-# delivered to their socket never surfaces) when the machine is
-# overloaded; serial runs cost seconds and keep the load down.
-cargo test --all-targets -- --test-threads=1 2>&1 | tee "$log"
+cargo nextest run --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-totals=$(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$log")
-passed=${totals% *}
-failed=${totals#* }
+summary=$(grep -E '^ *Summary .* tests? run' "$log" | tail -1)
+passed=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+failed=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || echo 0)
 if [ "$status" -ne 0 ]; then
-    echo "tests: $passed passed, $failed failed"
+    echo "tests: ${passed:-0} passed, ${failed:-1} failed"
     exit "$status"
 fi
+echo "== benchmarks, compiled and run once each (criterion's test mode)"
+cargo test --benches
 
 if [ "${FUZZ_SECONDS:-60}" != "0" ]; then
     echo "== fuzzing, ${FUZZ_SECONDS:-60} s per target"
     scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 fi
 echo "== all checks passed"
-echo "tests: $passed passed, $failed failed"
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
