@@ -67,7 +67,16 @@ iq_timeout = "10s"
 }
 
 async fn client(p: &Prosody, jid: &str) -> TestClient {
-    let c = xmpp::connect(jid, PW, p.c2s_addr(), WAIT)
+    online(p, jid, false).await
+}
+
+/// A client that accepts subscription requests from its first stanza on.
+async fn accepting_client(p: &Prosody, jid: &str) -> TestClient {
+    online(p, jid, true).await
+}
+
+async fn online(p: &Prosody, jid: &str, auto_accept: bool) -> TestClient {
+    let c = xmpp::connect_with(jid, PW, p.c2s_addr(), WAIT, auto_accept)
         .await
         .expect("client online");
     c.send_presence().await.expect("presence");
@@ -420,8 +429,7 @@ async fn resource_going_offline_mid_load_loses_nothing() {
 async fn implementing_account_accepts_the_subscription() {
     // No roster provisioned: the proxy's own subscribe must do it.
     let p = prosody(false).await;
-    let a = client(&p, &format!("{T}/a")).await;
-    a.set_auto_accept_subscribe(true);
+    let a = accepting_client(&p, &format!("{T}/a")).await;
     let proxy = proxy(&p, "").await;
     assert!(
         proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
@@ -446,8 +454,7 @@ async fn subscribe_sent_while_the_target_is_offline_is_delivered_at_login() {
             .await
     );
     // impl logs in only now; Prosody stored the subscription request.
-    let mut a = client(&p, &format!("{T}/a")).await;
-    a.set_auto_accept_subscribe(true);
+    let mut a = accepting_client(&p, &format!("{T}/a")).await;
     let sub = a
         .recv_matching(WAIT, |e| {
             e.name() == "presence" && e.attr("type") == Some("subscribe")

@@ -313,10 +313,15 @@ async fn component_subscribe_to_offline_target_is_delivered_at_login() {
     // (Do not probe now: see the next test.)
 
     // The target logs in later and accepts what Prosody stored.
-    let mut implc = xmpp::connect("impl@example.test/a", "implpw", server.c2s_addr(), TIMEOUT)
-        .await
-        .expect("impl online");
-    implc.set_auto_accept_subscribe(true);
+    let mut implc = xmpp::connect_with(
+        "impl@example.test/a",
+        "implpw",
+        server.c2s_addr(),
+        TIMEOUT,
+        true,
+    )
+    .await
+    .expect("impl online");
     implc.send_presence().await.expect("impl presence");
     let req = implc
         .recv_matching(TIMEOUT, |e| {

@@ -1,174 +1,250 @@
 //! Small helpers for tests that talk XMPP to a test server.
 //!
-//! * [`TestClient`]: a c2s client (tokio-xmpp 6 plaintext `Client`, no TLS,
-//!   SCRAM over loopback) driven by a background task, so that subscription
-//!   requests can be auto-accepted and incoming stanzas are queued even while
-//!   the test is busy elsewhere.
+//! * [`TestClient`]: a c2s client. It is slixmpp's `ClientXMPP` in a child
+//!   process (`c2s_client.py`), driven over JSON lines on stdin/stdout:
+//!   real client code that reads its socket on its own, so incoming
+//!   stanzas are taken off the wire even while the test is busy elsewhere.
+//!   (tokio-xmpp 6's client intermittently stopped surfacing incoming
+//!   stanzas under load while the server had delivered them, which made
+//!   the Prosody suites flaky; see the README.)
 //! * [`RawComponent`]: a raw XEP-0114 connection (TCP + handshake) that
 //!   returns what the server writes as text, for checking the wire.
 //!
 //! Every wait takes a timeout. Stanzas are handled as minidom `Element`s
 //! (namespace `jabber:client` on c2s).
 //!
-//! Caveats of tokio-xmpp 6 worth knowing in tests:
-//! * a stanza the client cannot parse (e.g. an `<iq type='get'>` without
-//!   exactly one child) makes it send a stream error and reconnect;
-//! * after a disconnect it reconnects on its own and emits a new `Online`
-//!   event (see [`TestClient::wait_online_count`]); presence is not re-sent.
+//! After a disconnect the client reconnects on its own and says `online`
+//! again (see [`TestClient::wait_online_count`]); presence is not re-sent.
 
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub use minidom::Element;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_xmpp::connect::DnsConfig;
-pub use tokio_xmpp::minidom::Element;
-use tokio_xmpp::parsers::jid::{FullJid, Jid};
-use tokio_xmpp::parsers::presence::{Presence, Type as PresenceType};
-use tokio_xmpp::xmlstream::Timeouts;
-use tokio_xmpp::{Client, Event, Stanza};
 
 /// Default timeout for connects and receives in tests.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const NS_CLIENT: &str = "jabber:client";
 
-enum Cmd {
-    Send(Box<Stanza>, oneshot::Sender<Result<(), String>>),
-    Close(oneshot::Sender<()>),
+/// The client program, next to this file.
+pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/c2s_client.py");
+
+/// A full JID as bound by the server (`node@domain/resource`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullJid(String);
+
+impl FullJid {
+    pub fn resource(&self) -> &str {
+        self.0.split_once('/').map(|(_, r)| r).unwrap_or("")
+    }
+    pub fn bare(&self) -> &str {
+        self.0.split_once('/').map(|(b, _)| b).unwrap_or(&self.0)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// A logged-in c2s client. Dropping it aborts the background task (the TCP
-/// connection is closed without a stream footer); call [`TestClient::close`]
+impl std::fmt::Display for FullJid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
+
+/// A logged-in c2s client. Dropping it kills the child process, so the TCP
+/// connection is cut without a stream footer; call [`TestClient::close`]
 /// for an orderly `</stream:stream>`.
 pub struct TestClient {
     jid: FullJid,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    child: Child,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    next_cmd: std::sync::atomic::AtomicU64,
+    sent: Waiters,
     in_rx: mpsc::UnboundedReceiver<Element>,
     /// Stanzas received but skipped by `recv_matching`, oldest first.
     backlog: VecDeque<Element>,
-    /// (number of Online events so far, last bound JID)
-    online: watch::Receiver<(u64, Option<FullJid>)>,
-    auto_accept: Arc<AtomicBool>,
-    task: Option<JoinHandle<()>>,
+    /// Number of `online` events so far.
+    online: watch::Receiver<u64>,
+    closed: Option<oneshot::Receiver<()>>,
+    /// stderr of the child (slixmpp's warnings), for failure messages.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// The interpreter: `$PYTHON` or `python3`.
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// What the client program says on stdout.
+enum Said {
+    Online(String),
+    Stanza(String),
+    Sent(u64),
+    SendFailed(u64, String),
+    Disconnected,
+    Closed,
+}
+
+fn parse_said(line: &str) -> Result<Said, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad line {line:?}: {e}"))?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let n = || v.get("n").and_then(|x| x.as_u64()).unwrap_or(u64::MAX);
+    match v.get("ev").and_then(|x| x.as_str()) {
+        Some("online") => Ok(Said::Online(s("jid"))),
+        Some("stanza") => Ok(Said::Stanza(s("xml"))),
+        Some("sent") => Ok(Said::Sent(n())),
+        Some("send_failed") => Ok(Said::SendFailed(n(), s("error"))),
+        Some("disconnected") => Ok(Said::Disconnected),
+        Some("closed") => Ok(Said::Closed),
+        _ => Err(format!("unknown line {line:?}")),
+    }
 }
 
 /// Logs in `jid` (bare or full; a resource is requested if given) with
-/// `password` at `server` (plaintext TCP) and waits for `Event::Online`.
-/// Fails after `wait` (wrong password, server down: tokio-xmpp keeps
-/// retrying silently, so only the timeout tells).
+/// `password` at `server` (plaintext TCP) and waits until the session is
+/// established. Fails after `wait` (wrong password, server down: the
+/// client keeps retrying, so only the timeout tells).
 pub async fn connect(
     jid: &str,
     password: &str,
     server: SocketAddr,
     wait: Duration,
 ) -> Result<TestClient, String> {
-    let parsed = Jid::from_str(jid).map_err(|e| format!("bad JID {jid:?}: {e}"))?;
-    let mut client = Client::new_plaintext(
-        parsed,
-        password.to_string(),
-        DnsConfig::addr(&server.to_string()),
-        Timeouts::tight(),
-    );
-    let first = timeout(wait, async {
-        while let Some(ev) = client.next().await {
-            match ev {
-                Event::Online { bound_jid, .. } => return Ok(bound_jid),
-                Event::Disconnected(e) => return Err(format!("disconnected: {e}")),
-                Event::Stanza(_) => {}
-            }
-        }
-        Err("client stream ended".to_string())
-    })
-    .await;
-    let bound = match first {
-        Ok(Ok(j)) => j,
-        Ok(Err(e)) => return Err(format!("{jid} at {server}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "{jid} not online at {server} within {wait:?} (wrong password? server down?)"
-            ))
-        }
-    };
-    let full = bound
-        .try_as_full()
-        .map_err(|_| format!("bound JID {bound} is not full"))?
-        .clone();
-
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let (online_tx, online_rx) = watch::channel((1u64, Some(full.clone())));
-    let auto_accept = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(drive(client, cmd_rx, in_tx, online_tx, auto_accept.clone()));
-    Ok(TestClient {
-        jid: full,
-        cmd_tx,
-        in_rx,
-        backlog: VecDeque::new(),
-        online: online_rx,
-        auto_accept,
-        task: Some(task),
-    })
+    connect_with(jid, password, server, wait, false).await
 }
 
-async fn drive(
-    mut client: Client,
-    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-    in_tx: mpsc::UnboundedSender<Element>,
-    online_tx: watch::Sender<(u64, Option<FullJid>)>,
-    auto_accept: Arc<AtomicBool>,
-) {
-    let mut close_reply = None;
-    loop {
-        tokio::select! {
-            cmd = cmd_rx.recv() => match cmd {
-                Some(Cmd::Send(stanza, reply)) => {
-                    let r = client.send_stanza(*stanza).await.map(|_| ()).map_err(|e| e.to_string());
-                    let _ = reply.send(r);
+/// [`connect`], and with `auto_accept` every `<presence type='subscribe'>`
+/// is answered with `subscribed` from the first stanza of the session on
+/// (a subscription request Prosody stored is delivered right at login,
+/// before a later [`TestClient::set_auto_accept_subscribe`] could act).
+pub async fn connect_with(
+    jid: &str,
+    password: &str,
+    server: SocketAddr,
+    wait: Duration,
+    auto_accept: bool,
+) -> Result<TestClient, String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(SCRIPT)
+        .args(["--host", &server.ip().to_string()])
+        .args(["--port", &server.port().to_string()])
+        .args(["--jid", jid, "--password", password]);
+    if auto_accept {
+        cmd.arg("--auto-accept");
+    }
+    // slixmpp's debug log (every byte on the wire) in failure messages.
+    if std::env::var_os("C2S_CLIENT_DEBUG").is_some() {
+        cmd.arg("--debug");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {} {SCRIPT}: {e}", python()))?;
+    let stdin = child.stdin.take().ok_or("no stdin")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let stderr_pipe = child.stderr.take().ok_or("no stderr")?;
+
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    {
+        let stderr = stderr.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr_pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut v) = stderr.lock() {
+                    v.push(line);
                 }
-                Some(Cmd::Close(reply)) => { close_reply = Some(reply); break; }
-                None => break,
-            },
-            ev = client.next() => match ev {
-                None => break,
-                Some(Event::Online { bound_jid, .. }) => {
-                    online_tx.send_modify(|(n, j)| {
-                        *n += 1;
-                        *j = bound_jid.try_as_full().ok().cloned();
-                    });
-                }
-                Some(Event::Disconnected(_)) => {}
-                Some(Event::Stanza(stanza)) => {
-                    let el = Element::from(stanza);
-                    if auto_accept.load(Ordering::Relaxed)
-                        && el.name() == "presence"
-                        && el.attr("type") == Some("subscribe")
-                    {
-                        if let Some(Ok(from)) = el.attr("from").map(Jid::from_str) {
-                            let mut answer = Presence::new(PresenceType::Subscribed);
-                            answer.to = Some(from.to_bare().into());
-                            let _ = client.send_stanza(answer.into()).await;
+            }
+        });
+    }
+
+    let sent: Waiters = Arc::new(Mutex::new(HashMap::new()));
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (online_tx, online) = watch::channel(0u64);
+    let (jid_tx, jid_rx) = oneshot::channel::<String>();
+    let (closed_tx, closed) = oneshot::channel();
+    {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut jid_tx = Some(jid_tx);
+            let mut closed_tx = Some(closed_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match parse_said(&line) {
+                    Ok(Said::Online(j)) => {
+                        if let Some(tx) = jid_tx.take() {
+                            let _ = tx.send(j);
+                        }
+                        online_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Said::Stanza(xml)) => match parse_xml(&xml) {
+                        Ok(el) => {
+                            let _ = in_tx.send(el);
+                        }
+                        Err(e) => eprintln!("c2s client: unparsable stanza: {e}"),
+                    },
+                    Ok(Said::Sent(n)) => {
+                        if let Some(w) = sent.lock().ok().and_then(|mut m| m.remove(&n)) {
+                            let _ = w.send(Ok(()));
                         }
                     }
-                    let _ = in_tx.send(el);
+                    Ok(Said::SendFailed(n, e)) => {
+                        if let Some(w) = sent.lock().ok().and_then(|mut m| m.remove(&n)) {
+                            let _ = w.send(Err(format!("not sent: {e}")));
+                        }
+                    }
+                    Ok(Said::Disconnected) => {}
+                    Ok(Said::Closed) => {
+                        if let Some(tx) = closed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Err(e) => eprintln!("c2s client: {e}"),
                 }
-            },
+            }
+        });
+    }
+
+    let bound = match timeout(wait, jid_rx).await {
+        Ok(Ok(j)) => j,
+        Ok(Err(_)) | Err(_) => {
+            let _ = child.start_kill();
+            let err = stderr.lock().map(|v| v.join("\n")).unwrap_or_default();
+            return Err(format!(
+                "{jid} not online at {server} within {wait:?} (wrong password? server down?); client stderr:\n{err}"
+            ));
         }
+    };
+    if !bound.contains('/') {
+        return Err(format!("bound JID {bound} is not full"));
     }
-    let _ = timeout(Duration::from_secs(5), client.send_end()).await;
-    if let Some(r) = close_reply {
-        let _ = r.send(());
-    }
+    Ok(TestClient {
+        jid: FullJid(bound),
+        child,
+        stdin: tokio::sync::Mutex::new(stdin),
+        next_cmd: std::sync::atomic::AtomicU64::new(0),
+        sent,
+        in_rx,
+        backlog: VecDeque::new(),
+        online,
+        closed: Some(closed),
+        stderr,
+    })
 }
 
 impl TestClient {
@@ -177,38 +253,57 @@ impl TestClient {
         &self.jid
     }
 
+    async fn command(&self, cmd: serde_json::Value) -> Result<(), String> {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        let mut stdin = self.stdin.lock().await;
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("{}: client process gone: {e}", self.jid))?;
+        stdin
+            .flush()
+            .await
+            .map_err(|e| format!("{}: client process gone: {e}", self.jid))
+    }
+
     /// Answer every `<presence type='subscribe'>` with `subscribed` (the
     /// request is still delivered to `recv*`). Works while the client is
     /// alive, whether or not the test is receiving.
-    pub fn set_auto_accept_subscribe(&self, on: bool) {
-        self.auto_accept.store(on, Ordering::Relaxed);
-    }
-
-    /// Sends a stanza and waits until it is written to the socket.
-    pub async fn send(&self, stanza: impl Into<Stanza>) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd_tx
-            .send(Cmd::Send(Box::new(stanza.into()), tx))
-            .map_err(|_| "client task gone".to_string())?;
-        match timeout(TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("client task gone".to_string()),
-            Err(_) => Err(format!("send not written within {TIMEOUT:?}")),
-        }
+    pub async fn set_auto_accept_subscribe(&self, on: bool) {
+        let _ = self
+            .command(serde_json::json!({"cmd": "auto_accept", "on": on}))
+            .await;
     }
 
     /// Sends a minidom element (`iq`, `message` or `presence` in
-    /// `jabber:client`).
+    /// `jabber:client`) and waits until it is written to the socket.
     pub async fn send_element(&self, el: Element) -> Result<(), String> {
-        let text = String::from(&el);
-        let stanza = Stanza::try_from(el).map_err(|e| format!("not a stanza: {e:?}: {text}"))?;
-        self.send(stanza).await
+        self.send_raw(&String::from(&el)).await
     }
 
     /// Sends raw XML, e.g. `<iq type='get' id='a1' to='x'><ping xmlns='urn:xmpp:ping'/></iq>`.
     /// `xmlns='jabber:client'` is added to the root if it has none.
     pub async fn send_xml(&self, xml: &str) -> Result<(), String> {
         self.send_element(parse_xml(xml)?).await
+    }
+
+    /// Writes `xml` to the stream as is and waits until it is written.
+    async fn send_raw(&self, xml: &str) -> Result<(), String> {
+        let n = self
+            .next_cmd
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.sent.lock() {
+            m.insert(n, tx);
+        }
+        self.command(serde_json::json!({"cmd": "send", "n": n, "xml": xml}))
+            .await?;
+        match timeout(TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(format!("{}: client process gone", self.jid)),
+            Err(_) => Err(format!("{}: send not written within {TIMEOUT:?}", self.jid)),
+        }
     }
 
     /// Initial available presence (`<presence/>`).
@@ -230,7 +325,9 @@ impl TestClient {
         F: FnMut(&Element) -> bool,
     {
         if let Some(i) = self.backlog.iter().position(&mut pred) {
-            return Ok(self.backlog.remove(i).expect("index from position"));
+            if let Some(el) = self.backlog.remove(i) {
+                return Ok(el);
+            }
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -241,7 +338,7 @@ impl TestClient {
                     }
                     self.backlog.push_back(el);
                 }
-                Ok(None) => return Err(format!("{}: client task ended", self.jid)),
+                Ok(None) => return Err(format!("{}: client process ended", self.jid)),
                 Err(_) => {
                     let seen: Vec<String> = self.backlog.iter().map(String::from).collect();
                     return Err(format!(
@@ -272,20 +369,20 @@ impl TestClient {
         v
     }
 
-    /// Number of `Online` events so far (1 after `connect`; +1 per
-    /// automatic reconnect, e.g. after a server restart).
+    /// Number of sessions so far (1 after `connect`; +1 per automatic
+    /// reconnect, e.g. after a server restart).
     pub fn online_count(&self) -> u64 {
-        self.online.borrow().0
+        *self.online.borrow()
     }
 
-    /// Waits until at least `n` `Online` events have happened.
+    /// Waits until at least `n` sessions have started.
     pub async fn wait_online_count(&mut self, n: u64, wait: Duration) -> Result<(), String> {
-        let r = timeout(wait, self.online.wait_for(|(c, _)| *c >= n))
+        let r = timeout(wait, self.online.wait_for(|c| *c >= n))
             .await
             .map(|inner| inner.map(|_| ()));
         match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("client task ended".to_string()),
+            Ok(Err(_)) => Err("client process ended".to_string()),
             Err(_) => Err(format!(
                 "{}: online count {} < {n} after {wait:?}",
                 self.jid,
@@ -294,23 +391,25 @@ impl TestClient {
         }
     }
 
-    /// Orderly close (`</stream:stream>`), bounded by 5 s.
-    pub async fn close(mut self) {
-        let (tx, rx) = oneshot::channel();
-        if self.cmd_tx.send(Cmd::Close(tx)).is_ok() {
-            let _ = timeout(Duration::from_secs(6), rx).await;
-        }
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+    /// What the client program wrote on stderr so far (slixmpp warnings).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|v| v.join("\n")).unwrap_or_default()
     }
-}
 
-impl Drop for TestClient {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
+    /// Orderly close (`</stream:stream>`), bounded by 6 s; then the
+    /// process is gone.
+    pub async fn close(mut self) {
+        if self
+            .command(serde_json::json!({"cmd": "close"}))
+            .await
+            .is_ok()
+        {
+            if let Some(closed) = self.closed.take() {
+                let _ = timeout(Duration::from_secs(6), closed).await;
+            }
         }
+        let _ = self.child.start_kill();
+        let _ = timeout(Duration::from_secs(2), self.child.wait()).await;
     }
 }
 
