@@ -120,7 +120,11 @@ async fn echo_requests(
 
 async fn run() -> Result<(), String> {
     let jatproxy = sibling("jatproxy")?;
-    let implementing = sibling("implementing_client")?;
+    // The example implementing client (slixmpp), as users would run it.
+    let implementing = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/implementing_client.py"
+    ));
 
     println!("== 1. Prosody on loopback (users alice and impl, component {D}, s2s off)");
     let p = Prosody::start(
@@ -180,7 +184,8 @@ async fn steps(
     for (label, res) in [("impl/a", "a"), ("impl/b", "b")] {
         impls.push(spawn(
             label,
-            Command::new(implementing)
+            Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned()))
+                .arg(implementing)
                 .arg("--jid")
                 .arg(format!("impl@example.test/{res}"))
                 .arg("--password")

@@ -17,9 +17,9 @@ fi
 # (`prosody --version` does not exit on Debian's 0.12; ask dpkg instead.)
 echo "setup: prosody $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo '(version unknown)')"
 
-# Real component instances for tests/e2e_instances.rs: slixmpp's
-# ComponentXMPP (tokio-xmpp's `component` feature cannot share a build
-# with its c2s Client; see tests/support/echo_component.py).
+# slixmpp is the real XMPP client code of the tests and the demo: c2s
+# clients (tests/support/c2s_client.py, examples/implementing_client.py)
+# and component instances (tests/support/echo_component.py).
 if ! python3 -c 'import slixmpp' >/dev/null 2>&1; then
     echo "setup: installing slixmpp from PyPI"
     # Debian's own python3 refuses pip installs (PEP 668) without the flag.

@@ -6,10 +6,6 @@
 
 mod support;
 
-#[path = "../examples/implementing_client.rs"]
-#[allow(dead_code)]
-mod implementing_client;
-
 use std::time::{Duration, Instant};
 
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
@@ -59,11 +55,20 @@ async fn c2s_iq_roundtrip_through_example_client() {
     .expect("alice online");
     alice.send_presence().await.expect("alice presence");
 
-    let example = tokio::spawn(implementing_client::run(implementing_client::Options {
-        jid: "impl@example.test/a".to_string(),
-        password: "implpw".to_string(),
-        server: server.c2s_addr().to_string(),
-    }));
+    // The example implementing client, as users run it; killed on drop.
+    let mut example = tokio::process::Command::new(
+        std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned()),
+    )
+    .arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/implementing_client.py"
+    ))
+    .args(["--jid", "impl@example.test/a", "--password", "implpw"])
+    .args(["--server", &server.c2s_addr().to_string()])
+    .stdout(std::process::Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("python3 runs the example implementing client");
 
     let p = alice
         .recv_matching(TIMEOUT, |e| {
@@ -153,7 +158,7 @@ async fn c2s_iq_roundtrip_through_example_client() {
     );
 
     bob.close().await;
-    example.abort();
+    let _ = example.kill().await;
     alice.close().await;
     println!("c2s test took {:?}", t0.elapsed());
 }
