@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine:
-# Prosody (the real XMPP server the end-to-end tests start on loopback)
-# and slixmpp (the real component library behind tests/e2e_instances.rs).
+# Prosody and ejabberd (the real XMPP servers the end-to-end tests start
+# on loopback) and slixmpp (the real client and component library of the
+# tests and the demo).
 # Idempotent: does nothing when everything is there.
 set -euo pipefail
 
@@ -11,6 +12,16 @@ if ! command -v prosody >/dev/null 2>&1 || ! command -v prosodyctl >/dev/null 2>
     apt-get update -qq
     apt-get install -y -qq prosody >/dev/null
 fi
+# ejabberd for tests/e2e_ejabberd.rs (several connections per component
+# domain). Its package does not start a service on these machines; the
+# tests run their own node with a private config.
+if ! command -v ejabberdctl >/dev/null 2>&1; then
+    echo "setup: installing ejabberd from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq ejabberd >/dev/null
+fi
+echo "setup: ejabberd $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo '(version unknown)')"
 # The package may start a system Prosody on the default ports; the tests
 # and the demo start their own on free loopback ports with their own
 # config, so it does not matter.

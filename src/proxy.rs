@@ -104,6 +104,7 @@ impl Proxy {
                     .await
                     .map_err(|source| StartError::Listen { addr, source })?;
                 let local = listener.local_addr().unwrap_or(addr);
+                tracing::info!(addr = %local, "listening for component instances");
                 tasks.spawn(crate::listener::run(
                     listener,
                     cfg.clone(),
@@ -210,8 +211,19 @@ impl Core {
             self.execute(&mut actions).await;
             self.publish();
         }
-        // Shutdown: every pending request gets its answer, then every
-        // stream is closed properly.
+        // Shutdown: what the readers queued before they stopped is still
+        // handled — replies complete their requests, new requests are
+        // refused with an answer — then every pending request gets its
+        // answer, then every stream is closed properly.
+        rx.close();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                Event::FromUpstream(st) => {
+                    self.router.refuse_closing(&st, &mut actions);
+                }
+                other => self.handle(other, &mut actions),
+            }
+        }
         self.router.drain(&mut actions);
         self.execute(&mut actions).await;
         let close = bytes::Bytes::from_static(handshake::STREAM_END);

@@ -238,6 +238,25 @@ impl Router {
         }
     }
 
+    /// Shutdown: a stanza from the server that arrives after routing has
+    /// stopped. A request still gets its one answer, `recipient-unavailable`
+    /// (type `wait`: retrying may reach another process or the restarted
+    /// one); anything else is dropped. Returns whether it was answered.
+    pub fn refuse_closing(&mut self, st: &Stanza, out: &mut Vec<Action>) -> bool {
+        let Some(from) = st.from() else {
+            self.stats.dropped_unaddressed += 1;
+            return false;
+        };
+        if st.kind == Kind::Iq && st.is_iq_request() {
+            let from = from.to_owned();
+            self.error_reply(st, &from, StanzaError::RecipientUnavailable, out);
+            true
+        } else {
+            self.stats.dropped_other += 1;
+            false
+        }
+    }
+
     // ----- from upstream ---------------------------------------------------
 
     /// A stanza from the XMPP server.

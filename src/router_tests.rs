@@ -523,6 +523,38 @@ fn drain_answers_everything() {
     assert_eq!(h.r.pending_len(), 0);
 }
 
+#[test]
+fn after_shutdown_requests_are_refused_with_an_answer_and_the_rest_dropped() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let refuse = |h: &mut H, xml: &str| {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        let answered = h.r.refuse_closing(&st, &mut out);
+        (answered, render(out))
+    };
+    let (answered, out) = refuse(
+        &mut h,
+        &format!("<iq type='get' id='late' to='{D}' from='{ALICE}'><q xmlns='x'/></iq>"),
+    );
+    assert!(answered);
+    assert_eq!(
+        out,
+        [err("iq", "late", D, ALICE, "wait", "recipient-unavailable")]
+    );
+    // Nothing was routed: no resource saw it, nothing is pending.
+    assert_eq!(h.r.pending_len(), 0);
+    for xml in [
+        format!("<iq type='result' id='r' to='{D}/x' from='{T}/a'/>"),
+        format!("<message to='{D}' from='{ALICE}'><body>hi</body></message>"),
+        format!("<presence to='{D}' from='{T}/a'/>"),
+        format!("<iq type='get' id='nofrom' to='{D}'/>"),
+    ] {
+        let (answered, out) = refuse(&mut h, &xml);
+        assert!(!answered && out.is_empty(), "{xml}: {out:?}");
+    }
+}
+
 // ----- JAT modes -------------------------------------------------------------
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
@@ -17,9 +18,10 @@ use crate::config::Config;
 use crate::conn::{self, Out};
 use crate::handshake::{self, HandshakeError};
 use crate::proxy::Event;
-use crate::xml::frame::{Frame, NS_STREAMS};
+use crate::stanza::{self, StanzaError};
+use crate::xml::frame::{Frame, Kind, NS_STREAMS};
 use crate::xml::inspect::text_and_first_child;
-use crate::xml::{CodecError, FrameError, Framer, FramerLimits};
+use crate::xml::{CodecError, FrameError, Framer, FramerLimits, Stanza};
 
 /// Exponential backoff with jitter: each delay is drawn from the upper
 /// half of the current step, so many proxies restarted together do not
@@ -168,7 +170,18 @@ async fn session(
     if events.send(Event::UpstreamUp(tx)).await.is_err() {
         return (SessionEnd::Shutdown, true);
     }
-    let end = read_loop(&mut frames, events, shutdown).await;
+    let mut stragglers = Vec::new();
+    let end = read_loop(&mut frames, events, shutdown, &mut stragglers).await;
+    if matches!(end, SessionEnd::Shutdown) {
+        // The core answers what it has and closes our stream; the server
+        // may have routed more to us meanwhile. Read until it closes its
+        // side, then answer the requests among them over a fresh session.
+        drop(closer);
+        let wait = cfg.service.shutdown_grace / 2;
+        read_stragglers(&mut frames, wait, &mut stragglers).await;
+        answer_stragglers(cfg, &stragglers).await;
+        return (end, true);
+    }
     if let SessionEnd::Framing(e) = &end {
         let _ = closer.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
     }
@@ -179,10 +192,13 @@ async fn session(
     (end, true)
 }
 
+type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>;
+
 async fn read_loop(
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>,
+    frames: &mut Frames,
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
+    stragglers: &mut Vec<Stanza>,
 ) -> SessionEnd {
     loop {
         let next = tokio::select! {
@@ -202,11 +218,110 @@ async fn read_loop(
                         text: (!text.trim().is_empty()).then(|| text.trim().to_owned()),
                     };
                 }
-                if events.send(Event::FromUpstream(st)).await.is_err() {
+                if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
+                    events.send(Event::FromUpstream(st)).await
+                {
+                    // The core has stopped: this one is answered at the end.
+                    stragglers.push(st);
                     return SessionEnd::Shutdown;
                 }
             }
         }
+    }
+}
+
+/// After shutdown: the iq requests the server still sends us until it
+/// closes its side (or `wait` runs out). Everything else is dropped: the
+/// requests those replies belonged to were answered by the core.
+async fn read_stragglers(frames: &mut Frames, wait: Duration, stragglers: &mut Vec<Stanza>) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, frames.next()).await {
+            Ok(Some(Ok(Frame::Stanza(st)))) => {
+                if st.kind == Kind::Iq && st.is_iq_request() {
+                    stragglers.push(st);
+                }
+            }
+            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
+            Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => return,
+            Err(_) => {
+                tracing::warn!(wait = ?wait, "upstream did not close its stream after ours");
+                return;
+            }
+        }
+    }
+}
+
+/// Requests that reached us after our stream was closed still get their
+/// one answer (`recipient-unavailable`, type `wait`), over a short second
+/// session: servers that accept several connections per component
+/// (ejabberd) routed them to us while our `</stream:stream>` was on its
+/// way, and do not bounce them themselves.
+async fn answer_stragglers(cfg: &Config, stragglers: &[Stanza]) {
+    let replies: Vec<bytes::Bytes> = stragglers
+        .iter()
+        .filter_map(|st| {
+            let from = st.from()?;
+            let to = st.to().unwrap_or(&cfg.upstream.domain);
+            Some(stanza::error_reply(
+                &st.name,
+                st.id(),
+                to,
+                from,
+                StanzaError::RecipientUnavailable,
+                Some("the component is shutting down"),
+            ))
+        })
+        .collect();
+    if replies.is_empty() {
+        return;
+    }
+    let up = &cfg.upstream;
+    let result = tokio::time::timeout(cfg.service.shutdown_grace / 2, async {
+        let stream = TcpStream::connect(&up.server).await?;
+        let (r, mut w) = stream.into_split();
+        let limits = FramerLimits {
+            max_stanza_bytes: cfg.limits.max_stanza_bytes,
+            max_depth: cfg.limits.max_depth,
+        };
+        let mut frames = FramedRead::new(r, Framer::new(limits));
+        handshake::connect(
+            &mut frames,
+            &mut w,
+            &up.domain,
+            &up.secret,
+            up.handshake_timeout,
+        )
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for reply in &replies {
+            w.write_all(reply).await?;
+        }
+        w.write_all(handshake::STREAM_END).await?;
+        w.flush().await?;
+        // Wait for the server's end so that it has read everything.
+        while let Some(Ok(f)) = frames.next().await {
+            if matches!(f, Frame::End(_)) {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => tracing::info!(
+            answered = replies.len(),
+            ids = ?stragglers.iter().filter_map(|s| s.id()).collect::<Vec<_>>(),
+            "answered requests that arrived after our stream closed"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            lost = replies.len(),
+            "could not answer requests that arrived after our stream closed: {e}"
+        ),
+        Err(_) => tracing::warn!(
+            lost = replies.len(),
+            "timed out answering requests that arrived after our stream closed"
+        ),
     }
 }
 

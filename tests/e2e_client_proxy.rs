@@ -1,6 +1,6 @@
 //! End to end against a real Prosody (Debian's package, started on
 //! loopback with its own config, s2s off) with real XMPP clients
-//! (tokio-xmpp): jatproxy as the external component `proxy.example.test`
+//! (slixmpp): jatproxy as the external component `proxy.example.test`
 //! in front of `impl@example.test`'s resources, as mod_client_proxy.
 //!
 //! These tests need `prosody` installed (`scripts/setup.sh` does it);
@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use jatproxy::config;
 use jatproxy::proxy::Proxy;
+use support::flows::{error_of, load, responder};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
-use support::xmpp::{self, Element, TestClient};
+use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
-use tokio::task::JoinHandle;
 
 const T: &str = "impl@example.test";
 
@@ -81,47 +81,6 @@ async fn online(p: &Prosody, jid: &str, auto_accept: bool) -> TestClient {
         .expect("client online");
     c.send_presence().await.expect("presence");
     c
-}
-
-/// An implementing client resource that answers every echo request with
-/// the text and its own resource, as the example implementing client does.
-fn responder(mut c: TestClient) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let res = c.jid().resource().to_string();
-        loop {
-            let Ok(iq) = c
-                .recv_matching(Duration::from_secs(3600), |e| {
-                    e.name() == "iq" && matches!(e.attr("type"), Some("get") | Some("set"))
-                })
-                .await
-            else {
-                return;
-            };
-            let text = iq
-                .get_child("echo", NS_ECHO)
-                .map(|e| e.text())
-                .unwrap_or_default();
-            let reply = format!(
-                "<iq type='result' id='{}' to='{}'><echo xmlns='{NS_ECHO}' from-resource='{res}'>{text}</echo></iq>",
-                iq.attr("id").unwrap_or_default(),
-                iq.attr("from").unwrap_or_default(),
-            );
-            if c.send_xml(&reply).await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
-fn error_of(e: &Element) -> Option<(String, String)> {
-    let err = e.children().find(|c| c.name() == "error")?;
-    let cond = err
-        .children()
-        .find(|c| c.ns() == NS_STANZAS && c.name() != "text")?;
-    Some((
-        err.attr("type").unwrap_or_default().to_owned(),
-        cond.name().to_owned(),
-    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,48 +255,6 @@ async fn generated_errors_match_the_module() {
     assert!(proxy.shutdown(WAIT).await);
 }
 
-/// Sends `n` requests from `alice`, keeping `window` in flight, and
-/// returns each id's answers: (type, from-resource or error condition).
-async fn load(
-    alice: &mut TestClient,
-    n: usize,
-    window: usize,
-    prefix: &str,
-) -> HashMap<String, Vec<(String, String)>> {
-    let mut answers: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    let mut sent = 0;
-    let mut done = 0;
-    while done < n {
-        while sent < n && sent - done < window {
-            alice
-                .send_xml(&format!("<iq id='{prefix}{sent}' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>{sent}</echo></iq>"))
-                .await
-                .expect("send");
-            sent += 1;
-        }
-        let r = alice
-            .recv_matching(WAIT, |e| {
-                e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix))
-            })
-            .await
-            .expect("every request is answered");
-        let what = match r.attr("type") {
-            Some("result") => r
-                .get_child("echo", NS_ECHO)
-                .and_then(|e| e.attr("from-resource"))
-                .unwrap_or_default()
-                .to_owned(),
-            _ => error_of(&r).map(|x| x.1).unwrap_or_default(),
-        };
-        answers
-            .entry(r.attr("id").unwrap_or_default().to_owned())
-            .or_default()
-            .push((r.attr("type").unwrap_or_default().to_owned(), what));
-        done += 1;
-    }
-    answers
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_requests_spread_over_both_resources() {
     let p = prosody(true).await;
@@ -346,7 +263,7 @@ async fn thousand_requests_spread_over_both_resources() {
     let rb = responder(client(&p, &format!("{T}/b")).await);
     assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 2).await);
     let mut alice = client(&p, &format!("{ALICE}/phone")).await;
-    let answers = load(&mut alice, 1000, WINDOW, "load-").await;
+    let answers = load(&mut alice, D, 1000, WINDOW, "load-").await;
     assert_eq!(answers.len(), 1000);
     let mut per_resource: HashMap<&str, usize> = HashMap::new();
     for a in answers.values() {
@@ -388,7 +305,7 @@ async fn resource_going_offline_mid_load_loses_nothing() {
         drop(a);
     });
     let n = 300;
-    let answers = load(&mut alice, n, WINDOW, "off-").await;
+    let answers = load(&mut alice, D, n, WINDOW, "off-").await;
     dropper.await.expect("dropper");
     let answers: HashMap<String, Vec<String>> = answers
         .into_iter()
@@ -438,7 +355,7 @@ async fn implementing_account_accepts_the_subscription() {
     );
     let rb = responder(a);
     let mut alice = client(&p, &format!("{ALICE}/phone")).await;
-    let answers = load(&mut alice, 10, WINDOW, "sub-").await;
+    let answers = load(&mut alice, D, 10, WINDOW, "sub-").await;
     assert!(answers.values().all(|v| v.len() == 1 && v[0].0 == "result"));
     rb.abort();
     assert!(proxy.shutdown(WAIT).await);

@@ -130,6 +130,11 @@ reconnect_min = "20ms"
 reconnect_max = "200ms"
 handshake_timeout = "5s"
 
+# The fake server does not answer our </stream:stream>: after shutdown
+# jatproxy waits half the grace for it (to answer late requests).
+[service]
+shutdown_grace = "400ms"
+
 [client_proxy]
 target_address = "{T}"
 {extra}

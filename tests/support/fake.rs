@@ -48,6 +48,11 @@ reconnect_min = "20ms"
 reconnect_max = "200ms"
 handshake_timeout = "5s"
 
+# The fake server does not answer our </stream:stream>: after shutdown
+# jatproxy waits half the grace for it (to answer late requests).
+[service]
+shutdown_grace = "400ms"
+
 [instances]
 listen = "127.0.0.1:0"
 secret = "{INSTANCE_SECRET}"

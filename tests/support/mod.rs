@@ -1,8 +1,10 @@
-//! Shared test support: a private Prosody server, XMPP client helpers, and
+//! Shared test support: private Prosody and ejabberd servers, XMPP client helpers, and
 //! real component instances (slixmpp) as child processes.
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod ejabberd;
+pub mod flows;
 pub mod prosody;
 pub mod xmpp;
 
@@ -20,10 +22,7 @@ pub const PW: &str = "pw";
 pub const WAIT: Duration = Duration::from_secs(15);
 pub const NS_ECHO: &str = "urn:example:echo";
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-/// Requests kept in flight by a test requester. tokio-xmpp 6's client
-/// waits, inside `send_stanza`, for its worker to write the stanza, while
-/// that worker may be blocked handing incoming stanzas to a 16-deep queue
-/// the caller is not draining: more than ~16 stanzas arriving at one test
-/// client during a send deadlock it. A window under that keeps every test
-/// client's incoming burst small.
+/// Requests kept in flight by a test requester: enough to have several
+/// pending on each member when one vanishes, small enough that a test's
+/// answers arrive in a few round trips.
 pub const WINDOW: usize = 8;

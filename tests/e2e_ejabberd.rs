@@ -1,0 +1,343 @@
+//! End to end against a real ejabberd 23.01 (Debian's package, on loopback
+//! with its own config and node, s2s off) with real clients (slixmpp):
+//! the seed flow, the instance pool, and two jatproxy processes serving
+//! one component domain, which ejabberd balances, with one of them stopped
+//! mid-load.
+//!
+//! These tests need `ejabberd` installed (`scripts/setup.sh` does it);
+//! they fail, never skip, without it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use jatproxy::config;
+use jatproxy::proxy::Proxy;
+use support::echo::EchoComponent;
+use support::ejabberd::{Ejabberd, EjabberdConfig};
+use support::flows::{load, load_counting_lost, responder};
+use support::xmpp::{self, TestClient};
+use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const T: &str = "impl@example.test";
+const INSTANCE_SECRET: &str = "instance-secret";
+
+/// ejabberd with alice and impl, the component `D`, and impl's roster
+/// holding `D` with subscription `from` (as `ejabberdctl add_rosteritem`
+/// leaves it in a deployment).
+async fn ejabberd() -> Ejabberd {
+    Ejabberd::start(
+        EjabberdConfig::new()
+            .user("alice", PW)
+            .user("impl", PW)
+            .component(D, SECRET)
+            .roster_item("impl", D, "from"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("ejabberd starts (is it installed? run scripts/setup.sh): {e}"))
+}
+
+fn upstream_toml(e: &Ejabberd) -> String {
+    format!(
+        "[upstream]\nserver = \"{}\"\ndomain = \"{D}\"\nsecret = \"{SECRET}\"\n\
+         reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n\n[routing]\niq_timeout = \"10s\"\n",
+        e.component_addr()
+    )
+}
+
+async fn client(e: &Ejabberd, jid: &str) -> TestClient {
+    let c = xmpp::connect(jid, PW, e.c2s_addr(), WAIT)
+        .await
+        .unwrap_or_else(|err| panic!("{err}\nejabberd log:\n{}", e.log_tail(30)));
+    c.send_presence().await.expect("presence");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flow_through_ejabberd() {
+    let e = ejabberd().await;
+    let toml = format!(
+        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n",
+        upstream_toml(&e)
+    );
+    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
+        .await
+        .expect("start");
+    assert!(
+        proxy.wait_for(WAIT, |s| s.upstream_online).await,
+        "jatproxy did not register as {D}; ejabberd log:\n{}",
+        e.log_tail(30)
+    );
+    let mut a = client(&e, &format!("{T}/a")).await;
+    assert!(
+        proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
+        "impl/a's presence reaches the proxy: {:?}\n{}",
+        proxy.status(),
+        e.log_tail(30)
+    );
+    let mut alice = client(&e, &format!("{ALICE}/phone")).await;
+
+    // One request step by step: translated in, translated back.
+    alice
+        .send_xml(&format!(
+            "<iq id='get-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>hello</echo></iq>"
+        ))
+        .await
+        .expect("send");
+    let req = a
+        .recv_matching(WAIT, |x| x.name() == "iq")
+        .await
+        .expect("impl gets the iq");
+    assert_eq!(req.attr("type"), Some("get"));
+    assert_eq!(req.attr("id"), Some("get-1"));
+    assert_eq!(req.attr("to"), Some(format!("{T}/a").as_str()));
+    assert_eq!(
+        req.attr("from"),
+        Some(format!("{D}/{ALICE}/phone").as_str())
+    );
+    a.send_xml(&format!(
+        "<iq type='result' id='get-1' to='{D}/{ALICE}/phone'><echo xmlns='{NS_ECHO}' from-resource='a'>hello</echo></iq>"
+    ))
+    .await
+    .expect("answer");
+    let res = alice
+        .recv_iq_response("get-1", WAIT)
+        .await
+        .expect("alice gets the result");
+    assert_eq!(res.attr("type"), Some("result"));
+    assert_eq!(res.attr("from"), Some(D));
+    assert_eq!(res.attr("to"), Some(format!("{ALICE}/phone").as_str()));
+
+    // Then load over two resources.
+    let ra = responder(a);
+    let rb = responder(client(&e, &format!("{T}/b")).await);
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 2).await);
+    let n = 300;
+    let answers = load(&mut alice, D, n, WINDOW, "ej-").await;
+    assert_eq!(answers.len(), n, "none lost");
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for v in answers.values() {
+        assert_eq!(v.len(), 1, "exactly one answer: {v:?}");
+        assert_eq!(v[0].0, "result", "{v:?}");
+        *per.entry(v[0].1.as_str()).or_default() += 1;
+    }
+    println!("ejabberd seed flow, {n} requests per resource: {per:?}");
+    assert!(per.get("a").copied().unwrap_or(0) > 50, "{per:?}");
+    assert!(per.get("b").copied().unwrap_or(0) > 50, "{per:?}");
+    ra.abort();
+    rb.abort();
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_pool_behind_ejabberd() {
+    let e = ejabberd().await;
+    let toml = format!(
+        "{}\n[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n",
+        upstream_toml(&e)
+    );
+    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
+        .await
+        .expect("start");
+    assert!(
+        proxy.wait_for(WAIT, |s| s.upstream_online).await,
+        "ejabberd log:\n{}",
+        e.log_tail(30)
+    );
+    let listener = proxy.listen_addr().expect("listener");
+    let mut instances = Vec::new();
+    for name in ["one", "two"] {
+        instances.push(
+            EchoComponent::start(listener, D, INSTANCE_SECRET, name, WAIT)
+                .await
+                .unwrap_or_else(|err| panic!("{err}")),
+        );
+    }
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 2).await);
+    let mut alice = client(&e, &format!("{ALICE}/phone")).await;
+    let n = 200;
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for i in 0..n {
+        alice
+            .send_xml(&format!(
+                "<iq id='i-{i}' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>{i}</echo></iq>"
+            ))
+            .await
+            .expect("send");
+        let r = alice
+            .recv_iq_response(&format!("i-{i}"), WAIT)
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "{err}\n{}",
+                    instances
+                        .iter()
+                        .map(|c| c.output())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+        assert_eq!(r.attr("type"), Some("result"), "{}", xmpp::to_xml(&r));
+        // The instance saw the real requester and answered it directly.
+        assert_eq!(r.attr("from"), Some(D));
+        let echo = r.get_child("echo", NS_ECHO).expect("echo payload");
+        assert_eq!(echo.text(), i.to_string());
+        *per.entry(echo.attr("from-instance").unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    println!("ejabberd instance pool, {n} requests per instance: {per:?}");
+    assert!(per.get("one").copied().unwrap_or(0) > 30, "{per:?}");
+    assert!(per.get("two").copied().unwrap_or(0) > 30, "{per:?}");
+    drop(instances);
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// A jatproxy process (the real binary) with `config`; its log lines go
+/// to `lines`, tagged.
+fn spawn_jatproxy(
+    tag: &'static str,
+    config: &Path,
+    lines: mpsc::UnboundedSender<(&'static str, String)>,
+) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run jatproxy");
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    for pipe in [
+        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(err),
+    ] {
+        let lines = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(pipe).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = lines.send((tag, l));
+            }
+        });
+    }
+    child
+}
+
+/// Waits until process `tag` has logged a line containing `what`.
+async fn wait_log(
+    rx: &mut mpsc::UnboundedReceiver<(&'static str, String)>,
+    seen: &mut Vec<(&'static str, String)>,
+    tag: &str,
+    what: &str,
+) {
+    if seen.iter().any(|(t, l)| *t == tag && l.contains(what)) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((t, l))) => {
+                let hit = t == tag && l.contains(what);
+                seen.push((t, l));
+                if hit {
+                    return;
+                }
+            }
+            _ => panic!("{tag} never logged {what:?}; log so far:\n{seen:#?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_serve_one_domain_and_one_can_stop() {
+    // Two jatproxy processes register the same domain at one ejabberd,
+    // which spreads stanzas over both connections; each fronts its own
+    // component instance. The first is stopped (SIGTERM) mid-load.
+    let e = ejabberd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut seen = Vec::new();
+    let mut procs = Vec::new();
+    let mut instances = Vec::new();
+    for tag in ["first", "second"] {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let config = dir.path().join(format!("{tag}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[instances]\nlisten = \"{listen}\"\nsecret = \"{INSTANCE_SECRET}\"\n",
+                upstream_toml(&e)
+            ),
+        )
+        .expect("config");
+        procs.push(spawn_jatproxy(tag, &config, tx.clone()));
+        wait_log(&mut rx, &mut seen, tag, "upstream session established").await;
+        wait_log(&mut rx, &mut seen, tag, "listening for component instances").await;
+        instances.push(
+            EchoComponent::start(listen, D, INSTANCE_SECRET, tag, WAIT)
+                .await
+                .unwrap_or_else(|err| panic!("{err}")),
+        );
+    }
+    let mut alice = client(&e, &format!("{ALICE}/phone")).await;
+
+    let n = 600;
+    let pid = procs[0].id().expect("pid");
+    let (answers, lost) = load_counting_lost(
+        &mut alice,
+        D,
+        n,
+        WINDOW,
+        "two-",
+        |done| {
+            if done == n / 3 {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        },
+        Some(Duration::from_secs(5)),
+    )
+    .await;
+    let status = tokio::time::timeout(WAIT, procs[0].wait())
+        .await
+        .expect("first exits within the grace period")
+        .expect("wait");
+    assert!(status.success(), "first exited with {status}");
+
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for v in answers.values() {
+        assert_eq!(v.len(), 1, "exactly one answer: {v:?}");
+        *per.entry(format!("{} {}", v[0].0, v[0].1)).or_default() += 1;
+    }
+    println!(
+        "two processes, first stopped after {} answers: {n} requests, answers {per:?}, lost {lost:?}",
+        n / 3
+    );
+    // Everything that reached jatproxy was answered, even what arrived
+    // after its stream end (answered over a second short session). What
+    // ejabberd routed to the closing session while it processed our
+    // `</stream:stream>` it drops without a bounce (ejabberd_service does
+    // not bounce its queue on terminate), so a request or two routed in
+    // that instant can be lost; the README says so.
+    assert!(lost.len() <= 2, "lost {lost:?}");
+    assert_eq!(answers.len() + lost.len(), n);
+    // After the stop, the second process serves everything.
+    let after = load(&mut alice, D, 50, WINDOW, "after-").await;
+    assert!(
+        after.values().all(|v| v.len() == 1 && v[0].0 == "result"),
+        "{after:?}"
+    );
+}
