@@ -1,0 +1,1 @@
+//! A minimal c2s client (placeholder).
