@@ -50,11 +50,3 @@ pub fn status_kb(pid: u32, field: &str) -> Result<u64, String> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| format!("{path}: no {field}"))
 }
-
-/// CPU seconds of a set of processes (missing ones count as zero), for
-/// deltas around a run.
-pub fn cpu_of(pids: &[u32]) -> Vec<f64> {
-    pids.iter()
-        .map(|&p| cpu_seconds(p).unwrap_or(0.0))
-        .collect()
-}
