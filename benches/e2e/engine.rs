@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -277,11 +277,8 @@ fn send_loop(
         if shared.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        loop {
-            match rx.try_recv() {
-                Ok(m) => absorb(m, &mut out, &mut inflight, &mut inflight_bytes, &sizes),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(m) = rx.try_recv() {
+            absorb(m, &mut out, &mut inflight, &mut inflight_bytes, &sizes);
         }
         let now = Instant::now();
         let sending = now < end_send && seq < cap;
