@@ -21,7 +21,8 @@
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it does a smoke
 //! run of a fraction of a second, so CI checks the harness cheaply.
-//! `cargo bench --bench e2e -- soak 600` runs the RSS soak instead.
+//! `cargo bench --bench e2e -- soak 600 5000` runs the RSS soak instead
+//! (seconds, requests/s).
 //! Environment: `E2E_SECONDS` (per run, default 1.5), `E2E_FILTER`
 //! (run only rows whose label contains it), `E2E_NO_PROSODY=1`.
 
@@ -67,10 +68,11 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let result = match positional.as_slice() {
-        ["soak", secs, ..] => secs
-            .parse()
-            .map_err(|_| format!("soak: bad seconds {secs:?}"))
-            .and_then(soak),
+        ["soak", rest @ ..] => {
+            let secs = rest.first().and_then(|s| s.parse().ok()).unwrap_or(600);
+            let rate = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5000.0);
+            soak(secs, rate)
+        }
         _ if full => bench(&Settings::full()),
         _ => bench(&Settings::smoke()),
     };
@@ -197,8 +199,9 @@ fn bench(s: &Settings) -> Result<(), String> {
         report::prosody_table(&p);
     }
     println!(
-        "\nwhole benchmark: {:.0} s",
-        started.elapsed().as_secs_f64()
+        "\nwhole benchmark: {:.0} s, {} at the end",
+        started.elapsed().as_secs_f64(),
+        report::loadavg()
     );
     Ok(())
 }
@@ -359,10 +362,10 @@ impl Env {
     }
 }
 
-/// `soak SECONDS`: the seed flow with mixed stanzas at a steady rate
-/// against one jatproxy, printing its RSS every 10 % of the time, to show
-/// memory stays flat.
-fn soak(secs: u64) -> Result<(), String> {
+/// `soak [SECONDS [RATE]]` (default 600 s, 5000 requests/s): the seed
+/// flow with mixed stanzas at a steady rate against one jatproxy, printing
+/// its RSS every 10 % of the time, to show memory stays flat.
+fn soak(secs: u64, rate: f64) -> Result<(), String> {
     report::machine();
     let bodies = Bodies::new();
     let server = FakeServer::bind()?;
@@ -370,7 +373,6 @@ fn soak(secs: u64) -> Result<(), String> {
     let mut up = server.accept_component()?;
     setup::grant_members(&mut up)?;
     let slice = Duration::from_secs(secs.max(10)) / 10;
-    let rate = 20_000.0;
     println!("soak: seed flow, mixed stanzas, {rate} requests/s, {secs} s; jatproxy RSS:");
     for (i, tag) in (1..=10u32).enumerate() {
         let spec = Spec {

@@ -19,15 +19,25 @@ pub fn machine() {
         .unwrap_or_else(|| "unknown".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
-        "machine: nproc={nproc}, CPU {model}, Linux {}, jatproxy {} ({})",
+        "machine: nproc={nproc}, CPU {model}, Linux {}, jatproxy {} ({}), {}",
         kernel.trim(),
         env!("CARGO_PKG_VERSION"),
         if cfg!(debug_assertions) {
             "debug build"
         } else {
             "release build"
-        }
+        },
+        loadavg()
     );
+}
+
+/// The 1-minute load average: on a shared machine, what else was running.
+pub fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "load average {}",
+        l.split_whitespace().next().unwrap_or("?")
+    )
 }
 
 /// One case at one load: relay and jatproxy side by side.
