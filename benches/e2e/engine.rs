@@ -169,25 +169,24 @@ pub fn run(ends: Vec<End<'_>>, traffic: &dyn Traffic, spec: &Spec) -> Result<Out
                 .map(|j| (channels[j].0.clone(), logs[j].as_ref()));
             let shared = &shared;
             let log = logs[i].as_ref();
-            if end.sends {
-                let (Some(rx), Some(log)) = (rx, log) else {
-                    continue;
-                };
-                sender_handles.push(s.spawn(move || {
+            // Every end has a writer: a sender's (it has a send log) or
+            // a member's.
+            match (rx, log) {
+                (Some(rx), Some(log)) => sender_handles.push(s.spawn(move || {
                     let t = procstat::thread_cpu_seconds();
                     if let Err(e) = send_loop(w, rx, traffic, spec, log, shared) {
                         shared.fail(e);
                     }
                     procstat::thread_cpu_seconds() - t
-                }));
-            } else if let Some(rx) = rx {
-                other_handles.push(s.spawn(move || {
+                })),
+                (Some(rx), None) => other_handles.push(s.spawn(move || {
                     let t = procstat::thread_cpu_seconds();
                     if let Err(e) = reply_loop(w, rx, shared) {
                         shared.fail(e);
                     }
                     procstat::thread_cpu_seconds() - t
-                }));
+                })),
+                (None, _) => {}
             }
             let sends = end.sends;
             reader_handles.push(s.spawn(move || {
