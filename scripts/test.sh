@@ -31,7 +31,7 @@ if [ "$status" -ne 0 ]; then
     echo "tests: ${passed:-0} passed, ${failed:-1} failed"
     exit "$status"
 fi
-echo "== benchmarks, compiled and run once each (criterion's test mode)"
+echo "== benchmarks, compiled and run once each (criterion's test mode; e2e: a 2 s smoke run)"
 cargo test --benches
 
 if [ "${FUZZ_SECONDS:-60}" != "0" ]; then

@@ -209,12 +209,17 @@ pub struct ServiceConfig {
     /// How long in-flight requests get to finish after SIGTERM; zero is
     /// allowed and means stop at once.
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; `None` is one per CPU (tokio's default).
+    /// Settable so an operator can cap the proxy's share of a machine it
+    /// shares with the XMPP server, and so benchmarks can compare 1 and 2.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            worker_threads: None,
         }
     }
 }
@@ -599,6 +604,9 @@ pub struct ServiceArgs {
     /// Time in-flight requests get after SIGTERM [service.shutdown_grace, default 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub shutdown_grace: Option<Duration>,
+    /// Runtime worker threads [service.worker_threads, default: one per CPU]
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -725,6 +733,8 @@ struct RawLog {
 struct RawService {
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    worker_threads: Option<usize>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -854,6 +864,10 @@ impl RawConfig {
         over(
             &mut self.service.shutdown_grace,
             &cli.service.shutdown_grace,
+        );
+        over(
+            &mut self.service.worker_threads,
+            &cli.service.worker_threads,
         );
     }
 }
@@ -1208,6 +1222,15 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
 
     let service = ServiceConfig {
         shutdown_grace: service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
+        worker_threads: match service.worker_threads {
+            Some(0) => {
+                return Err(ConfigError::invalid(
+                    "service.worker_threads",
+                    "must be at least 1 (leave it out for one per CPU)",
+                ))
+            }
+            n => n,
+        },
     };
 
     Ok(Config {
@@ -1491,10 +1514,13 @@ impl Config {
         );
         let _ = write!(
             s,
-            " log.level={:?} log.format={} service.shutdown_grace={}",
+            " log.level={:?} log.format={} service.shutdown_grace={} service.worker_threads={}",
             self.log.level,
             self.log.format,
             d(self.service.shutdown_grace),
+            self.service
+                .worker_threads
+                .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
         );
         s
     }
@@ -1888,6 +1914,31 @@ mod tests {
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.service.shutdown_grace, s(18));
+    }
+
+    #[test]
+    fn worker_threads_from_file_and_flag() {
+        assert_eq!(parse_ok(MINIMAL).service.worker_threads, None);
+        let c = parse_ok(&with("service", "worker_threads = 3"));
+        assert_eq!(c.service.worker_threads, Some(3));
+        let e = parse_err(&with("service", "worker_threads = 0"));
+        assert_eq!(e.key(), Some("service.worker_threads"));
+
+        let args = cli(&[
+            "--upstream-server",
+            "localhost:5347",
+            "--upstream-domain",
+            "proxy.example.test",
+            "--upstream-secret-env",
+            "MY_SECRET",
+            "--target-address",
+            "impl@example.test",
+            "--worker-threads",
+            "1",
+        ]);
+        let env = env_of(&[("MY_SECRET", "a")]);
+        let c = load_with_env(&args, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.service.worker_threads, Some(1));
     }
 
     #[test]
@@ -2507,6 +2558,7 @@ mod tests {
             "log.level=\"info\"",
             "log.format=text",
             "service.shutdown_grace=5s",
+            "service.worker_threads=auto",
         ] {
             assert!(s.contains(needle), "{needle} missing from {s}");
         }

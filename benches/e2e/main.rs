@@ -1,0 +1,411 @@
+//! End-to-end benchmark: `cargo bench --bench e2e` (or `scripts/bench.sh`).
+//!
+//! Plays the XMPP server and the pool members over loopback TCP around
+//! the real `jatproxy` binary (a child process, so its CPU and memory are
+//! its own), and sends the same traffic through a plain TCP relay
+//! (`copy_bidirectional`) as the physical reference:
+//!
+//! - `pass`: messages from the server side to a component instance,
+//!   forwarded unchanged;
+//! - `seed`: the client-proxy flow, an iq get to the domain rewritten to a
+//!   member resource, its result rewritten back;
+//!
+//! with small (~200 B), mixed and 64 KiB stanzas, with jatproxy on 1 and 2
+//! worker threads, at the maximum rate a window of requests allows and at
+//! a fixed rate of half jatproxy's maximum (for latency). Every stanza is
+//! checked to arrive exactly once and byte for byte as it must.
+//!
+//! Then the same requesters against a real Prosody: straight to the
+//! target's resources (the floor), and through jatproxy as Prosody's
+//! external component (see `prosody_bench.rs`).
+//!
+//! Without `--bench` (as `cargo test --benches` runs it) it does a smoke
+//! run of a fraction of a second, so CI checks the harness cheaply.
+//! `cargo bench --bench e2e -- soak 600 5000` runs the RSS soak instead
+//! (seconds, requests/s).
+//! Environment: `E2E_SECONDS` (per run, default 1.5), `E2E_FILTER`
+//! (run only rows whose label contains it), `E2E_NO_PROSODY=1`.
+
+#[path = "../../tests/support/prosody.rs"]
+mod prosody;
+
+mod c2s;
+mod engine;
+mod procstat;
+mod prosody_bench;
+mod report;
+mod setup;
+mod traffic;
+mod wire;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use engine::{End, Spec};
+use jatproxy::handshake;
+use report::Row;
+use setup::{ChildProc, FakeServer, Role};
+use traffic::{Bodies, Flow, Path, Plan, Size, D};
+use wire::Conn;
+
+/// First argument that makes this binary the relay child.
+pub const RELAY_MODE: &str = "__relay";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(RELAY_MODE) {
+        let threads = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+        if let Err(e) = setup::relay_main(args.get(1).map_or("", String::as_str), threads) {
+            eprintln!("relay: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    let positional: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let result = match positional.as_slice() {
+        ["soak", rest @ ..] => {
+            let secs = rest.first().and_then(|s| s.parse().ok()).unwrap_or(600);
+            let rate = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5000.0);
+            soak(secs, rate)
+        }
+        _ if full => bench(&Settings::full()),
+        _ => bench(&Settings::smoke()),
+    };
+    if let Err(e) = result {
+        eprintln!("e2e benchmark FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// What to run.
+pub struct Settings {
+    pub threads: Vec<usize>,
+    pub flows: Vec<Flow>,
+    pub sizes: Vec<Size>,
+    pub run: Duration,
+    pub prosody: bool,
+    pub prosody_run: Duration,
+    pub filter: Option<String>,
+}
+
+impl Settings {
+    fn full() -> Settings {
+        let secs = std::env::var("E2E_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(1.5);
+        Settings {
+            threads: vec![1, 2],
+            flows: vec![Flow::Pass, Flow::Seed],
+            sizes: vec![Size::Small, Size::Mixed, Size::Large],
+            run: Duration::from_secs_f64(secs),
+            prosody: std::env::var_os("E2E_NO_PROSODY").is_none(),
+            prosody_run: Duration::from_secs_f64(secs * 3.0),
+            filter: std::env::var("E2E_FILTER").ok(),
+        }
+    }
+
+    /// A fraction of a second per run, one thread, small stanzas: enough
+    /// to check the harness and the verification under `cargo test`.
+    fn smoke() -> Settings {
+        Settings {
+            threads: vec![1],
+            flows: vec![Flow::Pass, Flow::Seed],
+            sizes: vec![Size::Small],
+            run: Duration::from_millis(150),
+            prosody: false,
+            prosody_run: Duration::from_millis(300),
+            filter: None,
+        }
+    }
+
+    fn spec(&self, rate: Option<f64>) -> Spec {
+        Spec {
+            duration: self.run,
+            warmup: self.run / 8,
+            rate,
+            window: 128,
+            window_bytes: 4 << 20,
+            drain: Duration::from_secs(15),
+        }
+    }
+}
+
+fn bench(s: &Settings) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    report::machine();
+    let bodies = Bodies::new();
+    let mut rows = Vec::new();
+    let mut tag = 1u32;
+    for &threads in &s.threads {
+        let mut env = Env::start(threads)?;
+        for &flow in &s.flows {
+            for &size in &s.sizes {
+                let label = format!("t{threads} {} {}", flow.name(), size.name());
+                if s.filter
+                    .as_ref()
+                    .is_some_and(|f| !label.contains(f.as_str()))
+                {
+                    continue;
+                }
+                let mut go = |path: Path, rate: Option<f64>, env: &mut Env| {
+                    tag += 1;
+                    env.measure(
+                        &Plan {
+                            tag,
+                            flow,
+                            size,
+                            path,
+                            bodies: &bodies,
+                        },
+                        &s.spec(rate),
+                    )
+                    .map_err(|e| format!("{label} {path:?} rate {rate:?}: {e}"))
+                };
+                let relay_max = go(Path::Relay, None, &mut env)?;
+                let proxy_max = go(Path::Proxy, None, &mut env)?;
+                let half = proxy_max.items_per_sec() / 2.0;
+                let relay_half = go(Path::Relay, Some(half), &mut env)?;
+                let proxy_half = go(Path::Proxy, Some(half), &mut env)?;
+                for (load, relay, proxy) in [
+                    ("max", relay_max, proxy_max),
+                    ("half", relay_half, proxy_half),
+                ] {
+                    let row = Row {
+                        threads,
+                        flow,
+                        size,
+                        load,
+                        relay,
+                        proxy,
+                        rss_kib: env.rss_kib(flow),
+                    };
+                    eprintln!("{}", row.line());
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    println!();
+    report::table(&rows);
+    if s.prosody {
+        let p = prosody_bench::run(s, &bodies)?;
+        println!();
+        report::prosody_table(&p);
+    }
+    println!(
+        "\nwhole benchmark: {:.0} s, {} at the end",
+        started.elapsed().as_secs_f64(),
+        report::loadavg()
+    );
+    Ok(())
+}
+
+/// One measured run: what the engine saw plus the processes' CPU.
+pub struct Measured {
+    pub flow: Flow,
+    pub outcome: engine::Outcome,
+    /// CPU seconds of the process under test (relay or jatproxy).
+    pub cpu: f64,
+}
+
+impl Measured {
+    pub fn items_per_sec(&self) -> f64 {
+        self.outcome.items as f64 / self.outcome.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn stanzas_per_sec(&self) -> f64 {
+        self.items_per_sec() * self.flow.stanzas_per_item() as f64
+    }
+
+    pub fn mb_per_sec(&self) -> f64 {
+        self.outcome.bytes as f64 / self.outcome.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+
+    /// CPU seconds of the process under test per million stanzas.
+    pub fn cpu_per_million(&self) -> f64 {
+        self.cpu / (self.outcome.items * self.flow.stanzas_per_item()) as f64 * 1e6
+    }
+}
+
+/// The streams and processes of one thread count.
+struct Env {
+    relay: ChildProc,
+    /// Relay ends: `a` plays the server side, `b` the member side.
+    relay_a: Conn,
+    relay_b: Conn,
+    pass_proxy: ChildProc,
+    pass_up: Conn,
+    pass_inst: Conn,
+    seed_proxy: ChildProc,
+    seed_up: Conn,
+}
+
+impl Env {
+    fn start(threads: usize) -> Result<Env, String> {
+        // The relay, its two ends introducing themselves with stream
+        // headers so both framers start as on a component stream.
+        let sink = FakeServer::bind()?;
+        let (relay, relay_addr) = setup::start_relay(sink.addr(), threads)?;
+        let a = TcpStream::connect(relay_addr).map_err(|e| format!("connect relay: {e}"))?;
+        let mut relay_a = Conn::new(a, "relay end A").map_err(|e| e.to_string())?;
+        let mut relay_b = sink.accept_raw("relay end B")?;
+        relay_a.write_all(&handshake::server_header(D, "a"))?;
+        relay_b.write_all(&handshake::server_header(D, "b"))?;
+        for c in [&mut relay_a, &mut relay_b] {
+            c.header_within(setup::WAIT)?;
+        }
+
+        let server = FakeServer::bind()?;
+        let inst_addr = setup::free_addr()?;
+        let pass_proxy =
+            setup::start_jatproxy(server.addr(), &Role::Instances(inst_addr), threads, "")?;
+        let mut pass_up = server.accept_component()?;
+        let mut pass_inst = setup::connect_instance(inst_addr)?;
+        setup::wait_instance_in_pool(&mut pass_up, &mut pass_inst)?;
+
+        let server = FakeServer::bind()?;
+        let seed_proxy = setup::start_jatproxy(server.addr(), &Role::Clients, threads, "")?;
+        let mut seed_up = server.accept_component()?;
+        setup::grant_members(&mut seed_up)?;
+        Ok(Env {
+            relay,
+            relay_a,
+            relay_b,
+            pass_proxy,
+            pass_up,
+            pass_inst,
+            seed_proxy,
+            seed_up,
+        })
+    }
+
+    fn measure(&mut self, plan: &Plan<'_>, spec: &Spec) -> Result<Measured, String> {
+        let (proc, ends) = match (plan.path, plan.flow) {
+            (Path::Relay, Flow::Pass) => (
+                &mut self.relay,
+                vec![
+                    End {
+                        conn: &mut self.relay_a,
+                        sends: true,
+                        completes_for: None,
+                    },
+                    End {
+                        conn: &mut self.relay_b,
+                        sends: false,
+                        completes_for: Some(0),
+                    },
+                ],
+            ),
+            (Path::Relay, Flow::Seed) => (
+                &mut self.relay,
+                vec![
+                    End {
+                        conn: &mut self.relay_a,
+                        sends: true,
+                        completes_for: Some(0),
+                    },
+                    End {
+                        conn: &mut self.relay_b,
+                        sends: false,
+                        completes_for: None,
+                    },
+                ],
+            ),
+            (Path::Proxy, Flow::Pass) => (
+                &mut self.pass_proxy,
+                vec![
+                    End {
+                        conn: &mut self.pass_up,
+                        sends: true,
+                        completes_for: None,
+                    },
+                    End {
+                        conn: &mut self.pass_inst,
+                        sends: false,
+                        completes_for: Some(0),
+                    },
+                ],
+            ),
+            (Path::Proxy, Flow::Seed) => (
+                &mut self.seed_proxy,
+                vec![End {
+                    conn: &mut self.seed_up,
+                    sends: true,
+                    completes_for: Some(0),
+                }],
+            ),
+        };
+        proc.check()?;
+        let cpu0 = procstat::cpu_seconds(proc.pid())?;
+        let outcome = engine::run(ends, plan, spec)?;
+        let cpu = procstat::cpu_seconds(proc.pid())? - cpu0;
+        proc.check()?;
+        Ok(Measured {
+            flow: plan.flow,
+            outcome,
+            cpu,
+        })
+    }
+
+    fn rss_kib(&self, flow: Flow) -> u64 {
+        let p = match flow {
+            Flow::Pass => &self.pass_proxy,
+            Flow::Seed => &self.seed_proxy,
+        };
+        procstat::status_kb(p.pid(), "VmHWM").unwrap_or(0)
+    }
+}
+
+/// `soak [SECONDS [RATE]]` (default 600 s, 5000 requests/s): the seed
+/// flow with mixed stanzas at a steady rate against one jatproxy, printing
+/// its RSS every 10 % of the time, to show memory stays flat.
+fn soak(secs: u64, rate: f64) -> Result<(), String> {
+    report::machine();
+    let bodies = Bodies::new();
+    let server = FakeServer::bind()?;
+    let proxy = setup::start_jatproxy(server.addr(), &Role::Clients, 2, "")?;
+    let mut up = server.accept_component()?;
+    setup::grant_members(&mut up)?;
+    let slice = Duration::from_secs(secs.max(10)) / 10;
+    println!("soak: seed flow, mixed stanzas, {rate} requests/s, {secs} s; jatproxy RSS:");
+    for (i, tag) in (1..=10u32).enumerate() {
+        let spec = Spec {
+            duration: slice,
+            warmup: Duration::ZERO,
+            rate: Some(rate),
+            window: 128,
+            window_bytes: 4 << 20,
+            drain: Duration::from_secs(15),
+        };
+        let plan = Plan {
+            tag,
+            flow: Flow::Seed,
+            size: Size::Mixed,
+            path: Path::Proxy,
+            bodies: &bodies,
+        };
+        let out = engine::run(
+            vec![End {
+                conn: &mut up,
+                sends: true,
+                completes_for: Some(0),
+            }],
+            &plan,
+            &spec,
+        )?;
+        println!(
+            "  {:>4} s: {} requests ok, VmRSS {} KiB, VmHWM {} KiB",
+            slice.as_secs() * (i as u64 + 1),
+            out.items,
+            procstat::status_kb(proxy.pid(), "VmRSS")?,
+            procstat::status_kb(proxy.pid(), "VmHWM")?
+        );
+    }
+    Ok(())
+}

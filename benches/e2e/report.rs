@@ -1,0 +1,187 @@
+//! The printed results: the machine, one row per case, one table.
+
+use crate::engine::quantile_us;
+use crate::traffic::{Flow, Size};
+use crate::Measured;
+
+/// Prints nproc, the CPU model and the kernel, so a table is never read
+/// without knowing where it came from.
+pub fn machine() {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|x| x.1.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "machine: nproc={nproc}, CPU {model}, Linux {}, jatproxy {} ({}), {}",
+        kernel.trim(),
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug build"
+        } else {
+            "release build"
+        },
+        loadavg()
+    );
+}
+
+/// The 1-minute load average: on a shared machine, what else was running.
+pub fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "load average {}",
+        l.split_whitespace().next().unwrap_or("?")
+    )
+}
+
+/// One case at one load: relay and jatproxy side by side.
+pub struct Row {
+    pub threads: usize,
+    pub flow: Flow,
+    pub size: Size,
+    pub load: &'static str,
+    pub relay: Measured,
+    pub proxy: Measured,
+    /// jatproxy's peak RSS so far.
+    pub rss_kib: u64,
+}
+
+struct Lat {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+fn lat(m: &Measured) -> Lat {
+    let mut v = m.outcome.latencies.clone();
+    v.sort_unstable();
+    Lat {
+        p50: quantile_us(&v, 0.5),
+        p99: quantile_us(&v, 0.99),
+        p999: quantile_us(&v, 0.999),
+    }
+}
+
+fn si(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else if x >= 1000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+impl Row {
+    pub fn line(&self) -> String {
+        let cells = self.cells();
+        cells.join(" | ")
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let (r, p) = (&self.relay, &self.proxy);
+        let (lr, lp) = (lat(r), lat(p));
+        vec![
+            self.threads.to_string(),
+            self.flow.name().to_owned(),
+            self.size.name().to_owned(),
+            self.load.to_owned(),
+            si(r.stanzas_per_sec()),
+            si(p.stanzas_per_sec()),
+            format!("{:.0} %", 100.0 * p.mb_per_sec() / r.mb_per_sec()),
+            format!("{:.1}", r.mb_per_sec()),
+            format!("{:.1}", p.mb_per_sec()),
+            format!("{:.0} / {:.0} / {:.0}", lp.p50, lp.p99, lp.p999),
+            format!(
+                "{:+.0} / {:+.0} / {:+.0}",
+                lp.p50 - lr.p50,
+                lp.p99 - lr.p99,
+                lp.p999 - lr.p999
+            ),
+            format!("{:.1}", p.cpu_per_million()),
+            format!("{:.1}", r.cpu_per_million()),
+            format!("{:.1}", self.rss_kib as f64 / 1024.0),
+        ]
+    }
+}
+
+const HEAD: [&str; 14] = [
+    "thr",
+    "flow",
+    "size",
+    "load",
+    "relay st/s",
+    "jatproxy st/s",
+    "MB/s vs relay",
+    "relay MB/s",
+    "jatproxy MB/s",
+    "jatproxy p50/p99/p99.9 µs",
+    "added p50/p99/p99.9 µs",
+    "jatproxy CPU s/M st",
+    "relay CPU s/M st",
+    "jatproxy peak RSS MiB",
+];
+
+/// The component-side results as one Markdown table.
+pub fn table(rows: &[Row]) {
+    println!("| {} |", HEAD.join(" | "));
+    println!(
+        "|{}|",
+        HEAD.iter()
+            .enumerate()
+            .map(|(i, _)| if i < 4 { "---" } else { "---:" })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        println!("| {} |", r.cells().join(" | "));
+    }
+    println!(
+        "\nst = stanzas forwarded (seed: the iq and its result count 2; latency is the round \
+         trip); load max = {} requests in flight, half = a fixed rate of half of jatproxy's max; \
+         added = jatproxy minus relay at the same load; CPU of the jatproxy / relay process",
+        128
+    );
+}
+
+/// The Prosody comparison: one row per path.
+pub struct ProsodyRow {
+    pub label: String,
+    pub requests: u64,
+    pub secs: f64,
+    pub latencies: Vec<u64>,
+    pub prosody_cpu: f64,
+    pub proxy_cpu: Option<f64>,
+    pub requester_cpu: f64,
+    pub responder_cpu: f64,
+}
+
+pub fn prosody_table(rows: &[ProsodyRow]) {
+    println!(
+        "| path | requests/s | p50 / p99 / p99.9 ms | Prosody CPU s / 10k req | jatproxy CPU s / 10k req | requesters CPU s / 10k req | responders CPU s / 10k req |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let mut v = r.latencies.clone();
+        v.sort_unstable();
+        let per = |cpu: f64| cpu / r.requests as f64 * 10_000.0;
+        println!(
+            "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            r.label,
+            r.requests as f64 / r.secs,
+            quantile_us(&v, 0.5) / 1000.0,
+            quantile_us(&v, 0.99) / 1000.0,
+            quantile_us(&v, 0.999) / 1000.0,
+            per(r.prosody_cpu),
+            r.proxy_cpu.map_or("–".into(), |c| format!("{:.3}", per(c))),
+            per(r.requester_cpu),
+            per(r.responder_cpu),
+        );
+    }
+}
