@@ -77,6 +77,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub service: ServiceConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// The XEP-0114 connection to the XMPP server.
@@ -217,6 +218,14 @@ impl Default for ServiceConfig {
             shutdown_grace: defaults::SHUTDOWN_GRACE,
         }
     }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`; unset means no endpoint (off by
+    /// default: it tells anyone who can reach it the pool's members).
+    pub listen: Option<SocketAddr>,
 }
 
 /// How the requester's address is carried in `from='D/ENC'`.
@@ -452,6 +461,8 @@ pub struct Cli {
     pub log: LogArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -601,6 +612,14 @@ pub struct ServiceArgs {
     pub shutdown_grace: Option<Duration>,
 }
 
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [metrics.listen, default off]
+    #[arg(long = "metrics-listen", id = "metrics_listen", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -641,6 +660,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     service: RawService,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 /// The three ways to give a secret, taken out of their section.
@@ -725,6 +746,12 @@ struct RawLog {
 struct RawService {
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -855,6 +882,9 @@ impl RawConfig {
             &mut self.service.shutdown_grace,
             &cli.service.shutdown_grace,
         );
+        if let Some(addr) = cli.metrics.listen {
+            self.metrics.listen = Some(addr.to_string());
+        }
     }
 }
 
@@ -1021,6 +1051,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         limits: l,
         log,
         service,
+        metrics,
     } = raw;
 
     let server = u.server.ok_or_else(|| {
@@ -1210,6 +1241,21 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         shutdown_grace: service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
     };
 
+    let metrics = MetricsConfig {
+        listen: metrics
+            .listen
+            .as_deref()
+            .map(|s| {
+                s.trim().parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        "metrics.listen",
+                        format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:9348)"),
+                    )
+                })
+            })
+            .transpose()?,
+    };
+
     Ok(Config {
         upstream,
         client_proxy,
@@ -1218,6 +1264,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         limits,
         log,
         service,
+        metrics,
     })
 }
 
@@ -1496,6 +1543,12 @@ impl Config {
             self.log.format,
             d(self.service.shutdown_grace),
         );
+        match self.metrics.listen {
+            Some(addr) => {
+                let _ = write!(s, " metrics.listen={addr}");
+            }
+            None => s.push_str(" metrics.listen=none"),
+        }
         s
     }
 }
@@ -1632,6 +1685,8 @@ mod tests {
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.service.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.listen, None);
     }
 
     /// Every key set in the file to a non-default value is honoured.
@@ -1781,6 +1836,8 @@ mod tests {
             format = "text"
             [service]
             shutdown_grace = "1s"
+            [metrics]
+            listen = "127.0.0.1:2"
             "#,
         );
         let secret_file = write_file(dir.path(), "up.secret", "from-file\n");
@@ -1845,6 +1902,8 @@ mod tests {
             "json",
             "--shutdown-grace",
             "18s",
+            "--metrics-listen",
+            "127.0.0.1:19",
         ]);
         let env = env_of(&[
             ("FILE_SECRET", "file-env"),
@@ -1888,6 +1947,7 @@ mod tests {
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.service.shutdown_grace, s(18));
+        assert_eq!(c.metrics.listen, "127.0.0.1:19".parse().ok());
     }
 
     #[test]
@@ -2150,6 +2210,11 @@ mod tests {
                 MINIMAL.replace("proxy.example.test", "proxy.example.test/r"),
                 "upstream.domain",
                 "not a valid domain",
+            ),
+            (
+                with("metrics", "listen = \"localhost:9348\""),
+                "metrics.listen",
+                "not an IP:PORT",
             ),
             (
                 with("upstream", "reconnect_min = \"1m\""),
@@ -2507,6 +2572,7 @@ mod tests {
             "log.level=\"info\"",
             "log.format=text",
             "service.shutdown_grace=5s",
+            "metrics.listen=none",
         ] {
             assert!(s.contains(needle), "{needle} missing from {s}");
         }
