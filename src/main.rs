@@ -2,6 +2,7 @@
 //! until SIGTERM/SIGINT and shut down gracefully; reload the
 //! configuration on SIGHUP.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -42,7 +43,11 @@ fn main() -> ExitCode {
         }
     };
     let (filter, log) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: under systemd, stderr goes to the
+    // journal, where escape codes would be noise.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let fmt = match cfg.log.format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
