@@ -77,6 +77,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub service: ServiceConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// The XEP-0114 connection to the XMPP server.
@@ -222,6 +223,14 @@ impl Default for ServiceConfig {
             worker_threads: None,
         }
     }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`; unset means no endpoint (off by
+    /// default: it tells anyone who can reach it the pool's members).
+    pub listen: Option<SocketAddr>,
 }
 
 /// How the requester's address is carried in `from='D/ENC'`.
@@ -457,6 +466,8 @@ pub struct Cli {
     pub log: LogArgs,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -609,6 +620,14 @@ pub struct ServiceArgs {
     pub worker_threads: Option<usize>,
 }
 
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [metrics.listen, default off]
+    #[arg(long = "metrics-listen", id = "metrics_listen", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -649,6 +668,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     service: RawService,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 /// The three ways to give a secret, taken out of their section.
@@ -735,6 +756,12 @@ struct RawService {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -869,6 +896,9 @@ impl RawConfig {
             &mut self.service.worker_threads,
             &cli.service.worker_threads,
         );
+        if let Some(addr) = cli.metrics.listen {
+            self.metrics.listen = Some(addr.to_string());
+        }
     }
 }
 
@@ -1035,6 +1065,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         limits: l,
         log,
         service,
+        metrics,
     } = raw;
 
     let server = u.server.ok_or_else(|| {
@@ -1233,6 +1264,21 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         },
     };
 
+    let metrics = MetricsConfig {
+        listen: metrics
+            .listen
+            .as_deref()
+            .map(|s| {
+                s.trim().parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        "metrics.listen",
+                        format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:9348)"),
+                    )
+                })
+            })
+            .transpose()?,
+    };
+
     Ok(Config {
         upstream,
         client_proxy,
@@ -1241,6 +1287,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         limits,
         log,
         service,
+        metrics,
     })
 }
 
@@ -1522,6 +1569,12 @@ impl Config {
                 .worker_threads
                 .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
         );
+        match self.metrics.listen {
+            Some(addr) => {
+                let _ = write!(s, " metrics.listen={addr}");
+            }
+            None => s.push_str(" metrics.listen=none"),
+        }
         s
     }
 }
@@ -1658,6 +1711,8 @@ mod tests {
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.service.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.listen, None);
     }
 
     /// Every key set in the file to a non-default value is honoured.
@@ -1807,6 +1862,8 @@ mod tests {
             format = "text"
             [service]
             shutdown_grace = "1s"
+            [metrics]
+            listen = "127.0.0.1:2"
             "#,
         );
         let secret_file = write_file(dir.path(), "up.secret", "from-file\n");
@@ -1871,6 +1928,8 @@ mod tests {
             "json",
             "--shutdown-grace",
             "18s",
+            "--metrics-listen",
+            "127.0.0.1:19",
         ]);
         let env = env_of(&[
             ("FILE_SECRET", "file-env"),
@@ -1914,6 +1973,7 @@ mod tests {
         assert_eq!(c.log.level, "debug");
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.service.shutdown_grace, s(18));
+        assert_eq!(c.metrics.listen, "127.0.0.1:19".parse().ok());
     }
 
     #[test]
@@ -2201,6 +2261,11 @@ mod tests {
                 MINIMAL.replace("proxy.example.test", "proxy.example.test/r"),
                 "upstream.domain",
                 "not a valid domain",
+            ),
+            (
+                with("metrics", "listen = \"localhost:9348\""),
+                "metrics.listen",
+                "not an IP:PORT",
             ),
             (
                 with("upstream", "reconnect_min = \"1m\""),
@@ -2559,6 +2624,7 @@ mod tests {
             "log.format=text",
             "service.shutdown_grace=5s",
             "service.worker_threads=auto",
+            "metrics.listen=none",
         ] {
             assert!(s.contains(needle), "{needle} missing from {s}");
         }

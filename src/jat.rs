@@ -197,6 +197,17 @@ impl Pending {
         }
     }
 
+    /// Brings every deadline later than `latest` forward to it (a reload
+    /// shortened the timeout). Expiry pops from the oldest entry only, so
+    /// deadlines must stay in insertion order: clamping keeps that order,
+    /// where new entries with a shorter timeout behind old ones with a
+    /// longer one would wait for them.
+    pub fn clamp_deadlines(&mut self, latest: Instant) {
+        for (_, e) in self.table.iter_mut() {
+            e.deadline = e.deadline.min(latest);
+        }
+    }
+
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.table.peek_lru().map(|(_, e)| e.deadline)

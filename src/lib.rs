@@ -38,6 +38,8 @@
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
 //! - [`listener`]: the listener for component instances.
 //! - [`conn`]: the batched writer every connection uses.
+//! - [`metrics`]: the Prometheus endpoint.
+//! - [`reload`]: what a configuration reload changes, and how (pure).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -46,8 +48,10 @@ pub mod handshake;
 pub mod jat;
 pub mod jid;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod router;
 pub mod stanza;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,19 +21,25 @@ use tracing::Instrument;
 use crate::config::{Config, Secret};
 use crate::conn::{self, Out};
 use crate::handshake;
+use crate::metrics::{Observation, Side};
 use crate::pool::InstanceId;
 use crate::proxy::Event;
 use crate::xml::frame::Frame;
 use crate::xml::{CodecError, Framer, FramerLimits};
 
+/// Accepts instances until `shutdown`. Each connection gets the
+/// configuration current when it is accepted (a reload's new secret and
+/// limits apply to new connections); the connection caps are the ones at
+/// start.
 pub async fn run(
     listener: TcpListener,
-    cfg: Arc<Config>,
+    config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let Some(secret) = cfg.instances.secret.clone() else {
+    let cfg = config.borrow().clone();
+    let Some(_) = cfg.instances.secret.as_ref() else {
         tracing::error!("instances.listen is set but no instance secret: listener not started");
         return;
     };
@@ -45,6 +51,10 @@ pub async fn run(
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.cancelled() => return,
+        };
+        let cfg = config.borrow().clone();
+        let Some(secret) = cfg.instances.secret.clone() else {
+            return;
         };
         let (mut sock, peer) = match accepted {
             Ok(x) => {
@@ -85,14 +95,15 @@ pub async fn run(
         };
         next_id += 1;
         let id = next_id;
-        let span = tracing::info_span!("instance", peer.addr = %peer, member = id);
+        let span =
+            tracing::info_span!("instance", peer.addr = %peer, role = "instance", member = id);
         tasks.spawn(
             instance(
                 sock,
                 peer,
                 id,
-                cfg.clone(),
-                secret.clone(),
+                cfg,
+                secret,
                 events.clone(),
                 shutdown.clone(),
                 tasks.clone(),
@@ -135,6 +146,8 @@ async fn instance(
     drop(hs_permit);
     if let Err(e) = accepted {
         tracing::info!("instance handshake failed: {e}");
+        let seen = Observation::handshake_failed(Side::Instance, &e);
+        let _ = events.send(Event::Observed(seen)).await;
         return;
     }
     tracing::info!(peer.addr = %peer, "instance connected");

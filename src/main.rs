@@ -1,12 +1,19 @@
 //! `jatproxy`: parse flags, load the configuration, start logging, run
-//! until SIGTERM/SIGINT, shut down gracefully.
+//! until SIGTERM/SIGINT and shut down gracefully; reload the
+//! configuration on SIGHUP.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use jatproxy::config::{self, Cli, LogFormat, EXIT_CONFIG};
 use jatproxy::proxy::Proxy;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+/// Swaps the log filter of the running subscriber (SIGHUP, `log.level`).
+type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -35,13 +42,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cfg.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let (filter, log) = reload::Layer::new(filter);
+    // Colours only on a terminal: under systemd, stderr goes to the
+    // journal, where escape codes would be noise.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let fmt = match cfg.log.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cfg.service.worker_threads {
         builder.worker_threads(n);
@@ -53,12 +64,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cfg))
+    runtime.block_on(run(cli, cfg, log))
 }
 
-async fn run(cfg: config::Config) -> ExitCode {
+async fn run(cli: Cli, cfg: config::Config, log: LogHandle) -> ExitCode {
+    // Before anything else: SIGHUP's default action ends the process, so
+    // a reload sent while starting must already find its handler.
+    let mut signals = Signals::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %cfg.summary(), "jatproxy starting");
-    let grace = cfg.service.shutdown_grace;
     let proxy = match Proxy::start(cfg).await {
         Ok(p) => p,
         Err(e) => {
@@ -66,34 +79,122 @@ async fn run(cfg: config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    while let Signal::Reload = signals.next().await {
+        reload_config(&cli, &proxy, &log).await;
+    }
+    let grace = proxy.config().service.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: answering pending requests and closing streams");
-    if proxy.shutdown(grace).await {
-        ExitCode::SUCCESS
-    } else {
+    if !proxy.shutdown(grace).await {
         tracing::warn!("grace period over with tasks still running");
-        ExitCode::SUCCESS
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the file (the command line's flags still win over
+/// it) and applies what can change live. Anything wrong — the file does
+/// not validate, the log filter does not parse, a key needs a restart —
+/// is one error line, and the running configuration stays.
+async fn reload_config(cli: &Cli, proxy: &Proxy, log: &LogHandle) {
+    const REFUSED: &str = "configuration reload refused, keeping the running configuration";
+    let source = cli.config.as_ref().map_or_else(
+        || "the command line (no config file)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!("SIGHUP: reloading the configuration from {source}");
+    let new = match config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{REFUSED}: {e}");
+            proxy.reload_refused().await;
+            return;
+        }
+    };
+    let filter = match EnvFilter::try_new(&new.log.level) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("{REFUSED}: log.level: {e}");
+            proxy.reload_refused().await;
+            return;
+        }
+    };
+    let summary = new.summary();
+    match proxy.reload(new).await {
+        Ok(plan) if plan.is_empty() => tracing::info!("configuration reloaded: nothing changed"),
+        Ok(plan) => {
+            if plan.live.contains(&"log.level") {
+                if let Err(e) = log.reload(filter) {
+                    tracing::warn!("cannot change the log level: {e}");
+                }
+            }
+            tracing::info!(
+                changed = %plan.changed().join(","),
+                applied_to_new_connections = %plan.next_connection.join(","),
+                settings = %summary,
+                "configuration reloaded"
+            );
+        }
+        Err(e) => tracing::error!("{REFUSED}: {e}"),
     }
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// The signals the process acts on. A handler that cannot be installed
+/// is logged and left out (the process then keeps that signal's default).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+    hup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let get = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot handle {name}: {e}");
+                    None
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            Signals {
+                hup: get(SignalKind::hangup(), "SIGHUP"),
+                term: get(SignalKind::terminate(), "SIGTERM"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                if let Some(sig) = s {
+                    if sig.recv().await.is_some() {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            }
+            tokio::select! {
+                _ = recv(&mut self.hup) => Signal::Reload,
+                _ = recv(&mut self.term) => Signal::Stop,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::Balancing;
 /// A connection to our listener, numbered by the listener.
 pub type InstanceId = u64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Member {
     /// A resource of the target account, by full JID.
     Resource(String),

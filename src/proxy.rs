@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::conn::Out;
 use crate::handshake;
+use crate::metrics::{Counters, Direction, Observation};
 use crate::pool::{InstanceId, Member};
+use crate::reload::{Plan, ReloadError};
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig, Stats};
 use crate::stanza::StanzaError;
@@ -52,6 +54,14 @@ pub enum Event {
         id: InstanceId,
         stanza: Stanza,
     },
+    /// Something only metrics count.
+    Observed(Observation),
+    /// A reload's part that the core applies; `done` once it has.
+    Reload {
+        router: RouterConfig,
+        upstream_buffer: usize,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A snapshot of the proxy's state, published after every event: for
@@ -68,6 +78,8 @@ pub struct Status {
     /// Stanzas dropped because the backlog was full.
     pub backlog_dropped: u64,
     pub stats: Stats,
+    /// What only metrics need (traffic, handshake failures, reloads).
+    pub counters: Counters,
 }
 
 /// Why the proxy could not start.
@@ -75,6 +87,11 @@ pub struct Status {
 pub enum StartError {
     #[error("cannot listen for instances on {addr}: {source}")]
     Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -86,6 +103,11 @@ pub struct Proxy {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     listen_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    /// The running configuration; connection tasks read it when they
+    /// start a connection, the upstream task also when it changes.
+    config: watch::Sender<Arc<Config>>,
+    events: mpsc::Sender<Event>,
 }
 
 impl Proxy {
@@ -97,6 +119,25 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (status_tx, status_rx) = watch::channel(Status::default());
+        let (config_tx, config_rx) = watch::channel(cfg.clone());
+
+        let metrics_addr = match cfg.metrics.listen {
+            Some(addr) => {
+                let listener = crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr, source })?;
+                let local = listener.local_addr().unwrap_or(addr);
+                tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
+                tasks.spawn(crate::metrics::serve(
+                    listener,
+                    status_rx.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+                Some(local)
+            }
+            None => None,
+        };
 
         let listen_addr = match cfg.instances.listen {
             Some(addr) => {
@@ -107,7 +148,7 @@ impl Proxy {
                 tracing::info!(addr = %local, "listening for component instances");
                 tasks.spawn(crate::listener::run(
                     listener,
-                    cfg.clone(),
+                    config_rx.clone(),
                     events_tx.clone(),
                     shutdown.clone(),
                     tasks.clone(),
@@ -120,8 +161,8 @@ impl Proxy {
         let core = Core::new(&cfg, status_tx);
         tasks.spawn(core.run(events_rx, shutdown.clone()));
         tasks.spawn(crate::upstream::run(
-            cfg.clone(),
-            events_tx,
+            config_rx,
+            events_tx.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -130,7 +171,65 @@ impl Proxy {
             shutdown,
             tasks,
             listen_addr,
+            metrics_addr,
+            config: config_tx,
+            events: events_tx,
         })
+    }
+
+    /// The metrics endpoint's bound address (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The configuration running now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Applies a new, already validated configuration without a restart
+    /// (see [`crate::reload`] for what changes how). Refused as a whole,
+    /// with the running configuration kept, when a key that needs a
+    /// restart changed. Returns once the core runs with the new settings;
+    /// a reconnect, if the plan has one, is under way by then. The log
+    /// level is the caller's: it owns the subscriber.
+    pub async fn reload(&self, new: Config) -> Result<Plan, ReloadError> {
+        let old = self.config();
+        let plan = match crate::reload::plan(&old, &new) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reload_refused().await;
+                return Err(e);
+            }
+        };
+        let (done, applied) = oneshot::channel();
+        let ev = Event::Reload {
+            router: RouterConfig::from_config(&new),
+            upstream_buffer: new.limits.upstream_buffer,
+            done,
+        };
+        if self.events.send(ev).await.is_err() || applied.await.is_err() {
+            return Err(ReloadError::Stopped);
+        }
+        if !plan.reconnect.is_empty() {
+            tracing::warn!(
+                changed = %plan.reconnect.join(","),
+                "upstream settings changed: closing the upstream session and reconnecting to apply them"
+            );
+        }
+        // Connection tasks pick it up from here; the upstream task
+        // reconnects if its session no longer matches.
+        self.config.send_replace(Arc::new(new));
+        Ok(plan)
+    }
+
+    /// Counts a reload refused before it reached [`Proxy::reload`] (the
+    /// file did not validate).
+    pub async fn reload_refused(&self) {
+        let _ = self
+            .events
+            .send(Event::Observed(Observation::ReloadRefused))
+            .await;
     }
 
     /// The instance listener's bound address (useful with port 0).
@@ -240,8 +339,16 @@ impl Core {
     fn handle(&mut self, ev: Event, actions: &mut Vec<Action>) {
         let now = Instant::now();
         match ev {
-            Event::FromUpstream(st) => self.router.from_upstream(&st, now, &mut self.rng, actions),
+            Event::FromUpstream(st) => {
+                self.status
+                    .counters
+                    .stanza(Direction::UpstreamIn, st.bytes.len());
+                self.router.from_upstream(&st, now, &mut self.rng, actions)
+            }
             Event::FromInstance { id, stanza } => {
+                self.status
+                    .counters
+                    .stanza(Direction::InstancesIn, stanza.bytes.len());
                 if self.instances.contains_key(&id) {
                     self.router
                         .from_instance(id, &stanza, now, &mut self.rng, actions)
@@ -270,6 +377,18 @@ impl Core {
                     self.router.instance_down(id, actions);
                 }
             }
+            Event::Observed(o) => self.status.counters.observe(o),
+            Event::Reload {
+                router,
+                upstream_buffer,
+                done,
+            } => {
+                self.router
+                    .reload(router, self.upstream.is_some(), now, actions);
+                self.backlog_cap = upstream_buffer;
+                self.status.counters.reloads_applied += 1;
+                let _ = done.send(());
+            }
         }
     }
 
@@ -293,13 +412,21 @@ impl Core {
                         }
                     }
                     Action::Instance(id, w) => {
-                        let full = match self.instances.get(&id) {
-                            Some((tx, _)) => tx.try_send(Out::Wire(w)).is_err(),
-                            None => false,
-                        };
-                        if full {
-                            tracing::warn!(member = id, "instance is not reading; out of rotation");
-                            self.close_instance(id, "policy-violation", actions);
+                        let len = w.len();
+                        let queued = self
+                            .instances
+                            .get(&id)
+                            .map(|(tx, _)| tx.try_send(Out::Wire(w)).is_ok());
+                        match queued {
+                            Some(true) => self.status.counters.stanza(Direction::InstancesOut, len),
+                            Some(false) => {
+                                tracing::warn!(
+                                    member = id,
+                                    "instance is not reading; out of rotation"
+                                );
+                                self.close_instance(id, "policy-violation", actions);
+                            }
+                            None => {}
                         }
                     }
                     Action::CloseInstance(id, cond) => self.close_instance(id, cond, actions),
@@ -327,8 +454,12 @@ impl Core {
     /// Sends or holds; false if the output had to be dropped.
     async fn send_upstream(&mut self, w: Wire) -> bool {
         if let Some(tx) = &self.upstream {
+            let len = w.len();
             match tx.send(Out::Wire(w)).await {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.status.counters.stanza(Direction::UpstreamOut, len);
+                    return true;
+                }
                 Err(mpsc::error::SendError(out)) => {
                     self.upstream = None;
                     return match out {

@@ -10,6 +10,7 @@
 //! (no member, timeout, member lost, table full). Replies that match
 //! nothing in flight (late, duplicated, spoofed) are dropped and counted.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -97,6 +98,25 @@ pub struct Stats {
     pub dropped_unaddressed: u64,
     /// Stanzas the proxy has no use for (unknown elements, stray errors).
     pub dropped_other: u64,
+    /// Per pool member, for members in the pool now: a member's entry
+    /// goes when it leaves, so churning resources cannot grow this (or
+    /// the metrics built from it) without bound.
+    pub members: BTreeMap<Member, MemberStats>,
+    /// What members beyond [`MAX_MEMBER_SERIES`] did, summed.
+    pub members_other: MemberStats,
+}
+
+/// Per-member entries kept at most; a pool larger than this is summed
+/// into [`Stats::members_other`] past it.
+pub const MAX_MEMBER_SERIES: usize = 256;
+
+/// One member's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberStats {
+    /// Requests sent to it.
+    pub routed: u64,
+    /// Its replies delivered to the requester.
+    pub answered: u64,
 }
 
 impl Stats {
@@ -105,6 +125,13 @@ impl Stats {
             .iter()
             .position(|x| *x == e)
             .map_or(0, |i| self.errors_generated[i])
+    }
+
+    fn member(&mut self, m: &Member) -> &mut MemberStats {
+        if !self.members.contains_key(m) && self.members.len() >= MAX_MEMBER_SERIES {
+            return &mut self.members_other;
+        }
+        self.members.entry(m.clone()).or_default()
     }
 
     fn count(&mut self, e: StanzaError) {
@@ -168,6 +195,32 @@ impl Router {
         self.cfg.balancing = balancing;
         self.cfg.iq_timeout = iq_timeout;
         self.pool.set_balancing(balancing);
+    }
+
+    /// A configuration reload: everything in `new` except the domain, the
+    /// JAT mode and the pending capacity (which the caller refuses to
+    /// change, see `reload::plan`). A longer timeout applies to new
+    /// requests; a shorter one also to requests in flight, counted from
+    /// `now` (none waits longer than the new setting). A new target address takes the old one's resources out
+    /// of the pool (their pending requests are answered
+    /// `recipient-unavailable`) and, when `online`, asks the new one for
+    /// its presence as a fresh upstream session would.
+    pub fn reload(&mut self, new: RouterConfig, online: bool, now: Instant, out: &mut Vec<Action>) {
+        if new.iq_timeout < self.cfg.iq_timeout {
+            self.pending.clamp_deadlines(now + new.iq_timeout);
+        }
+        self.reconfigure(new.balancing, new.iq_timeout);
+        self.cfg.client_requests = new.client_requests;
+        self.cfg.subscribe = new.subscribe;
+        if self.cfg.target != new.target {
+            for m in self.pool.clear_resources() {
+                self.fail_member(&m, out);
+            }
+            self.cfg.target = new.target;
+            if online {
+                self.upstream_online(out);
+            }
+        }
     }
 
     // ----- lifecycle -------------------------------------------------------
@@ -502,6 +555,7 @@ impl Router {
             return;
         }
         self.pool.inc_load(&member);
+        self.stats.member(&member).routed += 1;
         let waiting = Waiting::Inbound {
             requester: requester.to_owned(),
             orig_to: orig_to.to_owned(),
@@ -599,6 +653,7 @@ impl Router {
                 member,
             } => {
                 self.pool.dec_load(&member);
+                self.stats.member(&member).answered += 1;
                 out.push(up(rewrite(st, Some(&requester), Some(&orig_to))));
             }
             Waiting::FromTarget {
@@ -680,6 +735,7 @@ impl Router {
             if let Some(e) = self.pending.remove(&key) {
                 if let Some(m) = e.waiting.member() {
                     self.pool.dec_load(m);
+                    self.stats.member(m).answered += 1;
                 }
             }
             self.stats.replies_delivered += 1;
@@ -703,6 +759,7 @@ impl Router {
 
     /// Answers every request pending on a member that went away.
     fn fail_member(&mut self, m: &Member, out: &mut Vec<Action>) {
+        self.stats.members.remove(m);
         for (key, entry) in self.pending.drain_where(|w| w.member() == Some(m)) {
             self.answer(key, entry.waiting, StanzaError::RecipientUnavailable, out);
         }

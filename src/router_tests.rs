@@ -1142,3 +1142,167 @@ fn stanzas_for_nodes_of_the_domain_go_to_instances_only() {
         ))
         .is_empty());
 }
+
+// ----- per-member counters and reload ----------------------------------------
+
+#[test]
+fn per_member_counters_follow_the_pool() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.r.instance_up(7);
+    let mut to_resource = Vec::new();
+    let mut to_instance = Vec::new();
+    for i in 0..4 {
+        let out = h.up(&format!(
+            "<iq type='get' id='m{i}' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>"
+        ));
+        if out[0].starts_with("UP ") {
+            to_resource.push(i);
+        } else {
+            to_instance.push(i);
+        }
+    }
+    // Round-robin: two each. The resource answers one, the instance one.
+    assert_eq!((to_resource.len(), to_instance.len()), (2, 2));
+    h.up(&format!(
+        "<iq type='result' id='m{}' to='{D}/{ALICE}' from='{T}/a'/>",
+        to_resource[0]
+    ));
+    h.inst(
+        7,
+        &format!(
+            "<iq type='result' id='m{}' to='{ALICE}' from='{D}'/>",
+            to_instance[0]
+        ),
+    );
+    let res = Member::Resource(format!("{T}/a"));
+    let inst = Member::Instance(7);
+    let s = h.r.stats().clone();
+    assert_eq!(
+        s.members[&res],
+        MemberStats {
+            routed: 2,
+            answered: 1
+        }
+    );
+    assert_eq!(
+        s.members[&inst],
+        MemberStats {
+            routed: 2,
+            answered: 1
+        }
+    );
+    // A member that leaves takes its series with it.
+    h.up(&format!(
+        "<presence type='unavailable' from='{T}/a' to='{D}'/>"
+    ));
+    let mut out = Vec::new();
+    h.r.instance_down(7, &mut out);
+    assert!(h.r.stats().members.is_empty(), "{:?}", h.r.stats().members);
+}
+
+#[test]
+fn member_series_are_capped() {
+    let mut h = H::new(RouterConfig {
+        pending_capacity: NonZeroUsize::new(1024).expect("nonzero"),
+        ..cfg()
+    });
+    for i in 0..(MAX_MEMBER_SERIES as u64 + 10) {
+        h.r.instance_up(i);
+    }
+    for i in 0..(MAX_MEMBER_SERIES + 10) {
+        h.up(&format!(
+            "<iq type='get' id='c{i}' to='{D}' from='{ALICE}'/>"
+        ));
+    }
+    let s = h.r.stats();
+    assert_eq!(s.members.len(), MAX_MEMBER_SERIES);
+    assert_eq!(s.members_other.routed, 10);
+}
+
+#[test]
+fn reload_changes_balancing_and_timeout_for_new_requests() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.r.instance_up(2);
+    h.up(&format!(
+        "<iq type='get' id='old' to='{D}' from='{ALICE}'/>"
+    ));
+    let mut out = Vec::new();
+    h.r.reload(
+        RouterConfig {
+            balancing: Balancing::Sticky,
+            iq_timeout: Duration::from_secs(1),
+            ..cfg()
+        },
+        true,
+        h.now,
+        &mut out,
+    );
+    assert!(out.is_empty(), "nothing to say: {out:?}");
+    assert_eq!(h.r.config().balancing, Balancing::Sticky);
+    // Sticky: every request of one requester lands on one instance.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let out = h.up(&format!(
+            "<iq type='get' id='n{i}' to='{D}' from='{ALICE}'/>"
+        ));
+        seen.insert(out[0].split(' ').next().map(str::to_owned));
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // A shorter timeout holds for every request, the one in flight
+    // included (counted from the reload): all seven time out within 1 s.
+    assert!(h.advance(Duration::from_millis(900)).is_empty());
+    let expired = h.advance(Duration::from_millis(200));
+    assert_eq!(expired.len(), 7, "{expired:?}");
+    assert_eq!(h.r.pending_len(), 0);
+    // A longer one applies to new requests only.
+    let mut out = Vec::new();
+    h.r.reload(cfg(), true, h.now, &mut out);
+    h.up(&format!(
+        "<iq type='get' id='late' to='{D}' from='{ALICE}'/>"
+    ));
+    assert!(h.advance(Duration::from_secs(29)).is_empty());
+    assert_eq!(h.advance(Duration::from_secs(2)).len(), 1);
+}
+
+#[test]
+fn reload_with_a_new_target_swaps_the_pool_and_subscribes() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.up(&format!("<iq type='get' id='p1' to='{D}' from='{ALICE}'/>"));
+    let mut out = Vec::new();
+    h.r.reload(
+        RouterConfig {
+            target: Some("other@example.test".into()),
+            ..cfg()
+        },
+        true,
+        h.now,
+        &mut out,
+    );
+    let out = render(out);
+    assert_eq!(
+        out,
+        [
+            err("iq", "p1", D, ALICE, "wait", "recipient-unavailable"),
+            format!("UP <presence type='subscribe' from='{D}' to='other@example.test'/>"),
+        ]
+    );
+    assert!(h.r.pool().is_empty());
+    // The old account is now a stranger; the new one's resources join.
+    assert_eq!(
+        h.up(&format!("<presence from='{T}/a' to='{D}'/>")),
+        [err(
+            "presence",
+            "",
+            D,
+            &format!("{T}/a"),
+            "cancel",
+            "bad-request"
+        )]
+        .map(|e| e.replace(" id=''", ""))
+    );
+    h.up(&format!("<presence from='other@example.test/x' to='{D}'/>"));
+    assert_eq!(h.r.pool().len(), 1);
+}

@@ -9,14 +9,16 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn::{self, Out};
 use crate::handshake::{self, HandshakeError};
+use crate::metrics::{Observation, Side};
 use crate::proxy::Event;
 use crate::stanza::{self, StanzaError};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
@@ -81,25 +83,55 @@ enum SessionEnd {
     Io(std::io::Error),
     #[error("shutting down")]
     Shutdown,
+    #[error("the configuration changed")]
+    Reconfigured,
 }
 
-/// Runs the upstream link until `shutdown`.
+/// Runs the upstream link until `shutdown`. Each connection uses the
+/// configuration current when it starts; a reload that changes the
+/// server or the secret ends the session so the next one uses them.
 pub async fn run(
-    cfg: Arc<Config>,
+    mut config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let mut backoff = Backoff::new(cfg.upstream.reconnect_min, cfg.upstream.reconnect_max);
+    let first = config.borrow_and_update().clone();
+    let mut bounds = (first.upstream.reconnect_min, first.upstream.reconnect_max);
+    let mut backoff = Backoff::new(bounds.0, bounds.1);
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
-        let (end, was_up) = session(&cfg, &events, &shutdown, &tasks).await;
+        let cfg = config.borrow_and_update().clone();
+        let now_bounds = (cfg.upstream.reconnect_min, cfg.upstream.reconnect_max);
+        if now_bounds != bounds {
+            bounds = now_bounds;
+            backoff = Backoff::new(bounds.0, bounds.1);
+        }
+        let span =
+            tracing::info_span!("upstream", peer.addr = %cfg.upstream.server, role = "upstream");
+        let (end, was_up) = session(&cfg, &mut config, &events, &shutdown, &tasks)
+            .instrument(span)
+            .await;
         if was_up {
             backoff.reset();
         }
+        let observed = match &end {
+            SessionEnd::Handshake(e) => Some(Observation::handshake_failed(Side::Upstream, e)),
+            SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => {
+                Some(Observation::UpstreamConnectFailed)
+            }
+            _ => None,
+        };
+        if let Some(o) = observed {
+            let _ = events.send(Event::Observed(o)).await;
+        }
         match &end {
             SessionEnd::Shutdown => return,
+            SessionEnd::Reconfigured => {
+                tracing::info!(server = %config.borrow().upstream.server, "reconnecting to upstream with the new settings");
+                continue;
+            }
             SessionEnd::Handshake(e) => tracing::error!(
                 server = %cfg.upstream.server, domain = %cfg.upstream.domain, attempt,
                 "upstream handshake failed: {e}"
@@ -111,10 +143,29 @@ pub async fn run(
         }
         let delay = backoff.next_delay(&mut rand::rng());
         tracing::info!(delay = ?delay, "reconnecting to upstream");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = shutdown.cancelled() => return,
+                // New server or secret: try it now rather than after the
+                // backoff earned by the old ones.
+                _ = changed(&mut config) => {
+                    if crate::reload::upstream_needs_reconnect(&cfg, &config.borrow()) {
+                        break;
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Resolves when the configuration changes; never if the [`crate::proxy::Proxy`]
+/// handle (the sender) is gone, as then it cannot change any more.
+async fn changed(config: &mut watch::Receiver<Arc<Config>>) {
+    if config.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -122,6 +173,7 @@ pub async fn run(
 /// established session.
 async fn session(
     cfg: &Config,
+    config: &mut watch::Receiver<Arc<Config>>,
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
@@ -171,7 +223,7 @@ async fn session(
         return (SessionEnd::Shutdown, true);
     }
     let mut stragglers = Vec::new();
-    let end = read_loop(&mut frames, events, shutdown, &mut stragglers).await;
+    let end = read_loop(&mut frames, cfg, config, events, shutdown, &mut stragglers).await;
     if matches!(end, SessionEnd::Shutdown) {
         // The core answers what it has and closes our stream; the server
         // may have routed more to us meanwhile. Read until it closes its
@@ -182,8 +234,14 @@ async fn session(
         answer_stragglers(cfg, &stragglers).await;
         return (end, true);
     }
-    if let SessionEnd::Framing(e) = &end {
-        let _ = closer.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
+    match &end {
+        SessionEnd::Framing(e) => {
+            let _ = closer.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
+        }
+        SessionEnd::Reconfigured => {
+            let _ = closer.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));
+        }
+        _ => {}
     }
     drop(closer);
     if !matches!(end, SessionEnd::Shutdown) {
@@ -196,6 +254,8 @@ type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>;
 
 async fn read_loop(
     frames: &mut Frames,
+    cfg: &Config,
+    config: &mut watch::Receiver<Arc<Config>>,
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
     stragglers: &mut Vec<Stanza>,
@@ -204,6 +264,12 @@ async fn read_loop(
         let next = tokio::select! {
             f = frames.next() => f,
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = changed(config) => {
+                if crate::reload::upstream_needs_reconnect(cfg, &config.borrow()) {
+                    return SessionEnd::Reconfigured;
+                }
+                continue;
+            }
         };
         match next {
             None | Some(Ok(Frame::End(_))) => return SessionEnd::Closed,

@@ -101,6 +101,34 @@ impl FakeServer {
     /// Accepts the proxy's connection and completes the handshake as a
     /// server does (checking the digest).
     pub async fn accept(&self) -> Session {
+        self.accept_with_secret(UPSTREAM_SECRET).await
+    }
+
+    /// [`FakeServer::accept`], for a proxy configured with `secret`.
+    pub async fn accept_with_secret(&self, secret: &str) -> Session {
+        let mut s = self.accept_header().await;
+        let hs = s.r.recv().await;
+        assert_eq!(hs.name, "handshake");
+        let (digest, _) = inspect::text_and_first_child(&hs.bytes);
+        assert_eq!(digest, handshake::digest("stream-1", secret));
+        s.w.send("<handshake/>").await;
+        s
+    }
+
+    /// Accepts the proxy's connection and refuses its handshake with the
+    /// stream error `condition`, as a server does for a wrong secret.
+    pub async fn refuse_handshake(&self, condition: &str) {
+        let mut s = self.accept_header().await;
+        let hs = s.r.recv().await;
+        assert_eq!(hs.name, "handshake");
+        s.w.send(&format!(
+            "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+        ))
+        .await;
+    }
+
+    /// Accepts a connection and exchanges stream headers (id `stream-1`).
+    async fn accept_header(&self) -> Session {
         let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
             .await
             .expect("proxy connects in time")
@@ -119,11 +147,6 @@ impl FakeServer {
             D, "stream-1",
         )))
         .await;
-        let hs = s.r.recv().await;
-        assert_eq!(hs.name, "handshake");
-        let (digest, _) = inspect::text_and_first_child(&hs.bytes);
-        assert_eq!(digest, handshake::digest("stream-1", UPSTREAM_SECRET));
-        s.w.send("<handshake/>").await;
         s
     }
 }

@@ -1,0 +1,903 @@
+//! The Prometheus endpoint: counters the core keeps, rendered from the
+//! proxy's [`Status`] snapshot at each scrape, and a minimal HTTP/1.1
+//! server for `GET /metrics`.
+//!
+//! No second set of books: the router's [`Stats`](crate::router::Stats)
+//! and the core's [`Status`] already count requests, replies, errors,
+//! the pool and the pending table. This module adds only what no one
+//! counted before ([`Counters`]: traffic per direction, handshake
+//! failures, connect failures, reloads), kept by the core task like the
+//! rest, so a scrape reads one consistent snapshot and nothing is locked.
+//!
+//! The server is deliberately tiny (no HTTP crate): one request per
+//! connection, a bounded request head read within a timeout, a bounded
+//! number of concurrent scrapes, `Connection: close`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::handshake::HandshakeError;
+use crate::pool::Member;
+use crate::proxy::Status;
+use crate::stanza::StanzaError;
+
+// ---------------------------------------------------------------------------
+// What the core counts for metrics
+// ---------------------------------------------------------------------------
+
+/// Which link a stanza crossed, and which way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from the XMPP server.
+    UpstreamIn,
+    /// Written to the XMPP server.
+    UpstreamOut,
+    /// Read from a component instance.
+    InstancesIn,
+    /// Queued for a component instance.
+    InstancesOut,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 4] = [
+        Direction::UpstreamIn,
+        Direction::UpstreamOut,
+        Direction::InstancesIn,
+        Direction::InstancesOut,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `(peer, direction)` label values.
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Direction::UpstreamIn => ("upstream", "in"),
+            Direction::UpstreamOut => ("upstream", "out"),
+            Direction::InstancesIn => ("instance", "in"),
+            Direction::InstancesOut => ("instance", "out"),
+        }
+    }
+}
+
+/// Which side of XEP-0114 a handshake failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    /// Our connection to the XMPP server.
+    Upstream,
+    /// An instance connecting to our listener.
+    Instance,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Upstream => "upstream",
+            Side::Instance => "instance",
+        }
+    }
+}
+
+/// Something a connection task saw that only metrics care about; sent to
+/// the core as [`crate::proxy::Event::Observed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    HandshakeFailed {
+        side: Side,
+        reason: &'static str,
+        condition: &'static str,
+    },
+    /// The TCP connection to the server failed or timed out.
+    UpstreamConnectFailed,
+    /// A reload was refused (invalid file, or a key needing a restart).
+    ReloadRefused,
+}
+
+impl Observation {
+    pub fn handshake_failed(side: Side, e: &HandshakeError) -> Self {
+        let (reason, condition) = handshake_reason(e);
+        Observation::HandshakeFailed {
+            side,
+            reason,
+            condition,
+        }
+    }
+}
+
+/// Label values for a handshake failure: the kind, and the stream error
+/// condition when there is one. Conditions a peer sends are mapped onto
+/// the RFC 6120 list (anything else is `other`), so a peer cannot mint
+/// new series.
+pub fn handshake_reason(e: &HandshakeError) -> (&'static str, &'static str) {
+    match e {
+        HandshakeError::Io { .. } => ("io", ""),
+        HandshakeError::Timeout { .. } => ("timeout", ""),
+        HandshakeError::Closed { .. } => ("closed", ""),
+        HandshakeError::Framing { source, .. } => ("not-xmpp", known_condition(source.condition())),
+        HandshakeError::BadHeader(_) => ("bad-header", ""),
+        HandshakeError::Unexpected { .. } => ("unexpected", ""),
+        HandshakeError::Refused { condition, .. } => ("refused", known_condition(condition)),
+        HandshakeError::Rejected { condition, .. } => ("rejected", known_condition(condition)),
+    }
+}
+
+/// RFC 6120 §4.9.3 stream error conditions.
+const STREAM_CONDITIONS: [&str; 25] = [
+    "bad-format",
+    "bad-namespace-prefix",
+    "conflict",
+    "connection-timeout",
+    "host-gone",
+    "host-unknown",
+    "improper-addressing",
+    "internal-server-error",
+    "invalid-from",
+    "invalid-namespace",
+    "invalid-xml",
+    "not-authorized",
+    "not-well-formed",
+    "policy-violation",
+    "remote-connection-failed",
+    "reset",
+    "resource-constraint",
+    "restricted-xml",
+    "see-other-host",
+    "system-shutdown",
+    "undefined-condition",
+    "unsupported-encoding",
+    "unsupported-feature",
+    "unsupported-stanza-type",
+    "unsupported-version",
+];
+
+fn known_condition(c: &str) -> &'static str {
+    STREAM_CONDITIONS
+        .iter()
+        .find(|k| **k == c)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Counters only metrics need, kept by the core task in [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Stanzas per [`Direction`] (stream headers and keepalives excluded).
+    pub stanzas: [u64; 4],
+    /// Stanza bytes per [`Direction`], as they crossed the wire.
+    pub bytes: [u64; 4],
+    /// By (side, reason, condition); bounded by the fixed label sets.
+    pub handshake_failures: BTreeMap<(Side, &'static str, &'static str), u64>,
+    pub upstream_connect_failures: u64,
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
+}
+
+impl Counters {
+    /// One stanza of `len` bytes went `dir`.
+    pub fn stanza(&mut self, dir: Direction, len: usize) {
+        self.stanzas[dir.index()] += 1;
+        self.bytes[dir.index()] += len as u64;
+    }
+
+    pub fn observe(&mut self, o: Observation) {
+        match o {
+            Observation::HandshakeFailed {
+                side,
+                reason,
+                condition,
+            } => {
+                *self
+                    .handshake_failures
+                    .entry((side, reason, condition))
+                    .or_default() += 1
+            }
+            Observation::UpstreamConnectFailed => self.upstream_connect_failures += 1,
+            Observation::ReloadRefused => self.reloads_refused += 1,
+        }
+    }
+
+    pub fn stanzas(&self, dir: Direction) -> u64 {
+        self.stanzas[dir.index()]
+    }
+
+    pub fn bytes(&self, dir: Direction) -> u64 {
+        self.bytes[dir.index()]
+    }
+
+    /// Handshake failures on `side`, all reasons.
+    pub fn handshake_failures(&self, side: Side) -> u64 {
+        self.handshake_failures
+            .iter()
+            .filter(|((s, _, _), _)| *s == side)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------
+
+/// The Prometheus text exposition (format 0.0.4) of one status snapshot.
+pub fn render(status: &Status) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(Arc::new(status.clone()))));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug)]
+struct Snapshot(Arc<Status>);
+
+type Enc<'a> = DescriptorEncoder<'a>;
+
+fn counter(e: &mut Enc<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let m = ConstCounter::new(v);
+    m.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut Enc<'_>, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let m = ConstGauge::new(v);
+    m.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A counter family: one series per label set.
+fn counters<L: prometheus_client::encoding::EncodeLabelSet>(
+    e: &mut Enc<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut d = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(d.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn member_labels(m: &Member) -> [(&'static str, String); 2] {
+    match m {
+        Member::Resource(jid) => [("kind", "resource".into()), ("member", jid.clone())],
+        Member::Instance(id) => [("kind", "instance".into()), ("member", id.to_string())],
+    }
+}
+
+fn gauge_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &*self.0;
+        let st = &s.stats;
+        let c = &s.counters;
+        let e = &mut e;
+
+        gauge(
+            e,
+            "jatproxy_upstream_up",
+            "1 while the component session with the XMPP server is established.",
+            i64::from(s.upstream_online),
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_sessions",
+            "Upstream sessions established (handshake completed).",
+            s.upstream_sessions,
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_reconnects",
+            "Upstream sessions established after the first one.",
+            s.upstream_sessions.saturating_sub(1),
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_connect_failures",
+            "TCP connections to the XMPP server that failed or timed out.",
+            c.upstream_connect_failures,
+        )?;
+        {
+            let mut d = e.encode_descriptor(
+                "jatproxy_handshake_failures",
+                "XEP-0114 handshakes that failed, by side, reason and stream error condition.",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((side, reason, condition), n) in &c.handshake_failures {
+                let labels = [
+                    ("side", side.as_str()),
+                    ("reason", *reason),
+                    ("condition", *condition),
+                ];
+                ConstCounter::new(*n).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        let instances = s
+            .pool
+            .iter()
+            .filter(|m| matches!(m, Member::Instance(_)))
+            .count();
+        gauge(
+            e,
+            "jatproxy_instances_connected",
+            "Component instances connected and in rotation.",
+            gauge_i64(instances),
+        )?;
+        {
+            let mut d = e.encode_descriptor(
+                "jatproxy_pool_members",
+                "Members able to serve requests now, by kind.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (kind, n) in [
+                ("resource", s.pool.len() - instances),
+                ("instance", instances),
+            ] {
+                ConstGauge::new(gauge_i64(n)).encode(d.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        gauge(
+            e,
+            "jatproxy_pending_requests",
+            "Requests in flight waiting for their one answer.",
+            gauge_i64(s.pending),
+        )?;
+        gauge(
+            e,
+            "jatproxy_upstream_backlog",
+            "Stanzas held while the upstream session is down.",
+            gauge_i64(s.backlog),
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_backlog_dropped",
+            "Stanzas dropped because the upstream backlog was full.",
+            s.backlog_dropped,
+        )?;
+        counter(
+            e,
+            "jatproxy_requests_routed",
+            "Inbound iq requests forwarded to a pool member.",
+            st.requests_routed,
+        )?;
+        counter(
+            e,
+            "jatproxy_requests_outbound",
+            "iq requests started by target resources or instances, sent upstream.",
+            st.requests_outbound,
+        )?;
+        counter(
+            e,
+            "jatproxy_replies_delivered",
+            "Member and peer replies delivered to whoever waited for them.",
+            st.replies_delivered,
+        )?;
+        {
+            let mut d = e.encode_descriptor(
+                "jatproxy_member_requests_routed",
+                "Requests forwarded per pool member (members in the pool now; \
+                 member=\"other\" sums those past the series cap).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (m, ms) in &st.members {
+                ConstCounter::new(ms.routed).encode(d.encode_family(&member_labels(m))?)?;
+            }
+            if st.members_other.routed > 0 {
+                let l = [("kind", "other"), ("member", "other")];
+                ConstCounter::new(st.members_other.routed).encode(d.encode_family(&l)?)?;
+            }
+        }
+        {
+            let mut d = e.encode_descriptor(
+                "jatproxy_member_requests_answered",
+                "Replies per pool member delivered to the requester.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (m, ms) in &st.members {
+                ConstCounter::new(ms.answered).encode(d.encode_family(&member_labels(m))?)?;
+            }
+            if st.members_other.answered > 0 {
+                let l = [("kind", "other"), ("member", "other")];
+                ConstCounter::new(st.members_other.answered).encode(d.encode_family(&l)?)?;
+            }
+        }
+        counters(
+            e,
+            "jatproxy_errors_generated",
+            "Error replies jatproxy wrote itself, by condition.",
+            StanzaError::ALL
+                .iter()
+                .map(|x| ([("condition", x.condition())], st.generated(*x))),
+        )?;
+        counter(
+            e,
+            "jatproxy_timeouts",
+            "Requests answered remote-server-timeout because no reply came in time.",
+            st.generated(StanzaError::RemoteServerTimeout),
+        )?;
+        counters(
+            e,
+            "jatproxy_replies_dropped",
+            "Replies dropped: unmatched (late after a timeout, duplicate) or \
+             spoofed (from someone other than the member asked).",
+            [
+                ([("reason", "unmatched")], st.replies_unmatched),
+                ([("reason", "spoofed")], st.replies_spoofed),
+            ],
+        )?;
+        counters(
+            e,
+            "jatproxy_stanzas_dropped",
+            "Other stanzas dropped: unaddressed/foreign, or of no use to the proxy.",
+            [
+                ([("reason", "unaddressed")], st.dropped_unaddressed),
+                ([("reason", "other")], st.dropped_other),
+            ],
+        )?;
+        counters(
+            e,
+            "jatproxy_stanzas",
+            "Stanzas per link and direction (headers and keepalives excluded).",
+            Direction::ALL.iter().map(|d| {
+                let (peer, dir) = d.labels();
+                ([("peer", peer), ("direction", dir)], c.stanzas(*d))
+            }),
+        )?;
+        counters(
+            e,
+            "jatproxy_stanza_bytes",
+            "Stanza bytes per link and direction.",
+            Direction::ALL.iter().map(|d| {
+                let (peer, dir) = d.labels();
+                ([("peer", peer), ("direction", dir)], c.bytes(*d))
+            }),
+        )?;
+        counters(
+            e,
+            "jatproxy_config_reloads",
+            "Configuration reloads (SIGHUP), applied or refused.",
+            [
+                ([("result", "applied")], c.reloads_applied),
+                ([("result", "refused")], c.reloads_refused),
+            ],
+        )?;
+        let mut d = e.encode_descriptor(
+            "jatproxy_build",
+            "The running version.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(d.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------
+
+/// Longest request head read; a scrape's is a few hundred bytes.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client gets to send its request and read the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once; more connections are closed unanswered.
+const MAX_CONCURRENT: usize = 8;
+
+/// What a request head asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /metrics` (query ignored); `head` for `HEAD`.
+    Metrics { head: bool },
+    /// Any other path.
+    NotFound,
+    /// A method other than GET and HEAD.
+    MethodNotAllowed,
+}
+
+/// Why a request head is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed request line")]
+    BadRequest,
+    #[error("request head too large")]
+    TooLarge,
+}
+
+/// Parses the request line of a complete head (up to the blank line).
+/// Headers are not needed to answer, so they are not looked at.
+pub fn parse_head(head: &[u8]) -> Result<Route, HeadError> {
+    let line_end = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(HeadError::BadRequest)?;
+    let line = &head[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequest)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::BadRequest);
+    };
+    if method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+        || !version.starts_with("HTTP/1.")
+    {
+        return Err(HeadError::BadRequest);
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Ok(Route::MethodNotAllowed),
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    Ok(if path == "/metrics" {
+        Route::Metrics { head: head_only }
+    } else {
+        Route::NotFound
+    })
+}
+
+/// Index just past the blank line ending a request head, if there is one.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Reads one request head and answers it; `body` renders the metrics.
+pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    body: impl FnOnce() -> String,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let route = loop {
+        if let Some(end) = head_end(&buf) {
+            break parse_head(&buf[..end]);
+        }
+        if buf.len() >= MAX_HEAD {
+            break Err(HeadError::TooLarge);
+        }
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(MAX_HEAD - buf.len());
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            // Closed before a full head: nothing to answer.
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let (code, extra, text, head_only) = match route {
+        Ok(Route::Metrics { head }) => ("200 OK", "", body(), head),
+        Ok(Route::NotFound) => ("404 Not Found", "", "try /metrics\n".to_owned(), false),
+        Ok(Route::MethodNotAllowed) => (
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "only GET and HEAD\n".to_owned(),
+            false,
+        ),
+        Err(HeadError::BadRequest) => ("400 Bad Request", "", "bad request\n".to_owned(), false),
+        Err(HeadError::TooLarge) => (
+            "431 Request Header Fields Too Large",
+            "",
+            "request head too large\n".to_owned(),
+            false,
+        ),
+    };
+    let content_type = if code.starts_with("200") {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut out = String::with_capacity(text.len() + 160);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        text.len()
+    );
+    if !head_only {
+        out.push_str(&text);
+    }
+    io.write_all(out.as_bytes()).await?;
+    io.shutdown().await
+}
+
+/// Binds the endpoint; [`serve`] runs it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` on `listener` from the latest `status` until
+/// `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(peer.addr = %peer, "metrics: too many scrapes at once; closing");
+            continue;
+        };
+        let status = status.clone();
+        let span = tracing::debug_span!("metrics", peer.addr = %peer, role = "metrics");
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                let work = answer(sock, || render(&status.borrow()));
+                match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!("metrics request failed: {e}"),
+                    Err(_) => tracing::debug!("metrics request timed out"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::MemberStats;
+
+    #[test]
+    fn request_lines() {
+        let ok = |s: &str| parse_head(s.as_bytes());
+        assert_eq!(
+            ok("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Route::Metrics { head: false })
+        );
+        assert_eq!(
+            ok("HEAD /metrics?x=1 HTTP/1.0\n\n"),
+            Ok(Route::Metrics { head: true })
+        );
+        assert_eq!(ok("GET / HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
+        assert_eq!(ok("GET /metricsX HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
+        assert_eq!(
+            ok("POST /metrics HTTP/1.1\r\n\r\n"),
+            Ok(Route::MethodNotAllowed)
+        );
+        for bad in [
+            "GET /metrics\r\n\r\n",
+            "GET  /metrics HTTP/1.1\r\n\r\n",
+            "GET /metrics HTTP/2\r\n\r\n",
+            "get /metrics HTTP/1.1\r\n\r\n",
+            "GET metrics HTTP/1.1\r\n\r\n",
+            "GET /metrics HTTP/1.1 extra\r\n\r\n",
+            "\u{1}\u{2}\r\n\r\n",
+            "",
+        ] {
+            assert_eq!(ok(bad), Err(HeadError::BadRequest), "{bad:?}");
+        }
+        assert_eq!(
+            parse_head(b"GET /\xff HTTP/1.1\r\n\r\n"),
+            Err(HeadError::BadRequest)
+        );
+    }
+
+    async fn exchange(request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(answer(server, || "metric 1\n".to_owned()));
+        client.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        task.await.expect("join").expect("answer");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn answers() {
+        let r = exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("Content-Length: 9\r\n"), "{r}");
+        assert!(r.contains("Connection: close\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\nmetric 1\n"), "{r}");
+        let r = exchange(b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"),
+            "{r}"
+        );
+        let r = exchange(b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+        let r = exchange(b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(
+            r.starts_with("HTTP/1.1 405 ") && r.contains("Allow: GET, HEAD"),
+            "{r}"
+        );
+        let r = exchange(b"garbage\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+        // A head that never ends is cut at the bound, not buffered.
+        let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD * 2));
+        let r = exchange(&huge).await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_early_gets_nothing() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(answer(server, || unreachable!("no body for a cut request")));
+        client.write_all(b"GET /met").await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        drop(client);
+        assert!(task.await.expect("join").is_ok());
+    }
+
+    /// The value of the series whose line starts with `series` + ' '.
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn render_covers_every_number() {
+        let mut s = Status {
+            upstream_online: true,
+            upstream_sessions: 3,
+            pool: vec![
+                Member::Resource("impl@example.test/a\"b".into()),
+                Member::Instance(4),
+            ],
+            pending: 5,
+            backlog: 6,
+            backlog_dropped: 7,
+            ..Status::default()
+        };
+        s.stats.requests_routed = 11;
+        s.stats.replies_unmatched = 12;
+        s.stats.replies_spoofed = 13;
+        s.stats.errors_generated[1] = 14; // remote-server-timeout
+        s.stats.members.insert(
+            Member::Instance(4),
+            MemberStats {
+                routed: 15,
+                answered: 16,
+            },
+        );
+        s.stats.members.insert(
+            Member::Resource("impl@example.test/a\"b".into()),
+            MemberStats {
+                routed: 1,
+                answered: 0,
+            },
+        );
+        s.counters.stanza(Direction::UpstreamIn, 100);
+        s.counters.stanza(Direction::UpstreamIn, 50);
+        s.counters.observe(Observation::HandshakeFailed {
+            side: Side::Instance,
+            reason: "rejected",
+            condition: "not-authorized",
+        });
+        s.counters.observe(Observation::UpstreamConnectFailed);
+        let t = render(&s);
+        for (series, v) in [
+            ("jatproxy_upstream_up", 1),
+            ("jatproxy_upstream_sessions_total", 3),
+            ("jatproxy_upstream_reconnects_total", 2),
+            ("jatproxy_upstream_connect_failures_total", 1),
+            (
+                "jatproxy_handshake_failures_total{side=\"instance\",reason=\"rejected\",condition=\"not-authorized\"}",
+                1,
+            ),
+            ("jatproxy_instances_connected", 1),
+            ("jatproxy_pool_members{kind=\"resource\"}", 1),
+            ("jatproxy_pool_members{kind=\"instance\"}", 1),
+            ("jatproxy_pending_requests", 5),
+            ("jatproxy_upstream_backlog", 6),
+            ("jatproxy_upstream_backlog_dropped_total", 7),
+            ("jatproxy_requests_routed_total", 11),
+            ("jatproxy_replies_dropped_total{reason=\"unmatched\"}", 12),
+            ("jatproxy_replies_dropped_total{reason=\"spoofed\"}", 13),
+            (
+                "jatproxy_errors_generated_total{condition=\"remote-server-timeout\"}",
+                14,
+            ),
+            (
+                "jatproxy_errors_generated_total{condition=\"service-unavailable\"}",
+                0,
+            ),
+            ("jatproxy_timeouts_total", 14),
+            (
+                "jatproxy_member_requests_routed_total{kind=\"instance\",member=\"4\"}",
+                15,
+            ),
+            (
+                "jatproxy_member_requests_answered_total{kind=\"instance\",member=\"4\"}",
+                16,
+            ),
+            // Label values are escaped: a resource may contain a quote.
+            (
+                "jatproxy_member_requests_routed_total{kind=\"resource\",member=\"impl@example.test/a\\\"b\"}",
+                1,
+            ),
+            (
+                "jatproxy_stanzas_total{peer=\"upstream\",direction=\"in\"}",
+                2,
+            ),
+            (
+                "jatproxy_stanza_bytes_total{peer=\"upstream\",direction=\"in\"}",
+                150,
+            ),
+            (
+                "jatproxy_stanzas_total{peer=\"instance\",direction=\"out\"}",
+                0,
+            ),
+            ("jatproxy_config_reloads_total{result=\"applied\"}", 0),
+        ] {
+            assert_eq!(value(&t, series), Some(v), "{series} in\n{t}");
+        }
+        assert!(
+            t.contains("# TYPE jatproxy_requests_routed_total counter\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE jatproxy_pending_requests gauge\n"),
+            "{t}"
+        );
+        assert!(t.contains("jatproxy_build{version=\""), "{t}");
+    }
+
+    #[test]
+    fn peer_supplied_conditions_cannot_mint_series() {
+        let e = HandshakeError::Refused {
+            domain: "d".into(),
+            condition: "made-up-by-the-peer".into(),
+            text: None,
+        };
+        assert_eq!(handshake_reason(&e), ("refused", "other"));
+        let e = HandshakeError::Refused {
+            domain: "d".into(),
+            condition: "conflict".into(),
+            text: None,
+        };
+        assert_eq!(handshake_reason(&e), ("refused", "conflict"));
+    }
+}
