@@ -302,7 +302,19 @@ impl Core {
                 biased;
                 _ = shutdown.cancelled() => break,
                 ev = rx.recv() => match ev {
-                    Some(ev) => self.handle(ev, &mut actions),
+                    Some(ev) => {
+                        self.handle(ev, &mut actions);
+                        // Under load, events queue up: handle what is
+                        // already there before publishing the status once
+                        // (a clone and compare of the whole snapshot, which
+                        // the profile showed at 3 % per event).
+                        for _ in 1..EVENT_BATCH {
+                            match rx.try_recv() {
+                                Ok(ev) => self.handle(ev, &mut actions),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until(deadline) => self.router.expire(Instant::now(), &mut actions),
@@ -507,6 +519,9 @@ impl Core {
         });
     }
 }
+
+/// Most events the core handles between two status publications.
+const EVENT_BATCH: usize = 64;
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
