@@ -173,6 +173,7 @@ async fn instance(
             id,
             tx: tx.clone(),
             cut: cut.clone(),
+            peer,
         })
         .await
         .is_err()
