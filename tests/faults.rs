@@ -438,6 +438,8 @@ struct Row {
     duplicated: usize,
     lost_ids: Vec<String>,
     dup_ids: Vec<String>,
+    /// From the first request to the last answer (late ones included).
+    took: Duration,
 }
 
 fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
@@ -491,13 +493,21 @@ fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
 
 fn print_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| fault | sent | accepted by jatproxy | result | error | dropped outside jatproxy | lost | duplicated |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| fault | sent | accepted by jatproxy | result | error | dropped outside jatproxy | lost | duplicated | took |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.fault, r.sent, r.accepted, r.result, r.error, r.dropped_outside, r.lost, r.duplicated
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |\n",
+            r.fault,
+            r.sent,
+            r.accepted,
+            r.result,
+            r.error,
+            r.dropped_outside,
+            r.lost,
+            r.duplicated,
+            r.took.as_secs_f64()
         ));
     }
     t.push_str("\nerrors by condition:\n");
@@ -616,6 +626,7 @@ pending_capacity = {PENDING_CAPACITY}
 /// Loads running for one fault.
 struct Running {
     prefix: String,
+    started: tokio::time::Instant,
     tasks: Vec<JoinHandle<Load>>,
     /// Answers the first requester got so far.
     progress: watch::Receiver<usize>,
@@ -635,6 +646,7 @@ fn start_loads(prefix: &str, requesters: Vec<TestClient>, n: usize, delay_ms: u3
         .collect();
     Running {
         prefix: prefix.to_owned(),
+        started: tokio::time::Instant::now(),
         tasks,
         progress,
     }
@@ -666,7 +678,8 @@ impl Running {
             loads.push((l.sent, l.answers));
             clients.push(l.client);
         }
-        let row = tally(fault, &loads, &w.seen_snapshot());
+        let mut row = tally(fault, &loads, &w.seen_snapshot());
+        row.took = self.started.elapsed();
         (row, clients)
     }
 }
