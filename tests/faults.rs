@@ -75,8 +75,6 @@ struct Seen {
     answered: HashMap<String, usize>,
     /// Of those, answers the relay could not deliver (link cut).
     undelivered: HashMap<String, usize>,
-    /// Requests the relay read from Prosody but could not hand over.
-    dropped_requests: HashMap<String, usize>,
 }
 
 /// A TCP relay from jatproxy to Prosody's component port. `cut` ends the
@@ -180,14 +178,6 @@ async fn relay_session(
                     _ => None,
                 };
                 if pw.write_all(f.bytes()).await.is_err() {
-                    if let Some(id) = id {
-                        *seen
-                            .lock()
-                            .expect("lock")
-                            .dropped_requests
-                            .entry(id)
-                            .or_default() += 1;
-                    }
                     break;
                 }
                 if let Some(id) = id {
@@ -197,22 +187,6 @@ async fn relay_session(
             // Whatever Prosody still sends is dropped with its socket;
             // jatproxy reads all it was given, then the end.
             let _ = pw.shutdown().await;
-            // Count what Prosody had sent after the cut, to report it.
-            if cut.is_cancelled() {
-                let mut rest = frames;
-                while let Ok(Some(Ok(Frame::Stanza(st)))) =
-                    tokio::time::timeout(Duration::from_millis(200), rest.next()).await
-                {
-                    if let Some(id) = requester_id(&st, true) {
-                        *seen
-                            .lock()
-                            .expect("lock")
-                            .dropped_requests
-                            .entry(id)
-                            .or_default() += 1;
-                    }
-                }
-            }
         }
     };
     // jatproxy → Prosody: every answer jatproxy writes is counted; after a
@@ -434,6 +408,12 @@ struct Row {
     /// Unanswered because the fault dropped the request before jatproxy
     /// or jatproxy's answer after it (seen by the relay).
     dropped_outside: usize,
+    /// Of those: requests that never reached jatproxy,
+    never_reached: usize,
+    /// answers jatproxy wrote to a link already cut or closed,
+    answer_cut: usize,
+    /// and answers the server took and did not deliver.
+    answer_dropped_by_server: usize,
     lost: usize,
     duplicated: usize,
     lost_ids: Vec<String>,
@@ -477,13 +457,17 @@ fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
                         .or_default() += 1;
                 }
                 None => {
-                    let never_reached = accepted == 0;
-                    let answer_dropped = from_proxy > 0;
-                    if never_reached || answer_dropped {
+                    if accepted == 0 {
                         row.dropped_outside += 1;
-                    } else {
-                        // Counted as lost above.
+                        row.never_reached += 1;
+                    } else if seen.undelivered.contains_key(id) {
+                        row.dropped_outside += 1;
+                        row.answer_cut += 1;
+                    } else if from_proxy > 0 {
+                        row.dropped_outside += 1;
+                        row.answer_dropped_by_server += 1;
                     }
+                    // else: accepted and never answered, counted as lost above.
                 }
             }
         }
@@ -508,6 +492,13 @@ fn print_table(rows: &[Row]) -> String {
             r.lost,
             r.duplicated,
             r.took.as_secs_f64()
+        ));
+    }
+    t.push_str("\ndropped outside jatproxy:\n");
+    for r in rows.iter().filter(|r| r.dropped_outside > 0) {
+        t.push_str(&format!(
+            "- {}: {} requests never reached jatproxy, {} answers jatproxy wrote to a link already cut or closed by the server, {} answers the server took and did not deliver\n",
+            r.fault, r.never_reached, r.answer_cut, r.answer_dropped_by_server
         ));
     }
     t.push_str("\nerrors by condition:\n");
