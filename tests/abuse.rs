@@ -674,30 +674,84 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
 
     let table = format_table(&outcomes);
     println!("{table}");
+    // Each case: the stream error, and what its log line must name (the
+    // rule or limit hit).
     let expected = [
-        ("not-well-formed", "not-well-formed"),
-        ("invalid UTF-8", "not-well-formed"),
-        ("DTD with entity", "restricted-xml"),
-        ("entity expansion, undeclared", "not-well-formed"),
-        ("100 000-deep nesting", "policy-violation"),
-        ("wrong secret", "not-authorized"),
-        ("stanza before handshake", "not-authorized"),
-        ("wrong domain", "host-unknown"),
-        ("not the component namespace", "invalid-namespace"),
-        ("slowloris header, 1 byte/200ms", "connection-timeout"),
-        ("5th unauthenticated connection", "policy-violation"),
-        ("not-well-formed stanza", "not-well-formed"),
-        ("invalid UTF-8 in a stanza", "not-well-formed"),
-        ("text at stream level", "bad-format"),
-        ("100 000-deep nesting in a stanza", "policy-violation"),
-        ("from failing stringprep", "invalid-from"),
-        ("from with a 1024-byte node", "invalid-from"),
-        ("from outside the domain", "invalid-from"),
-        ("stream header again", "restricted-xml"),
-        ("100 MB stanza (streamed)", "policy-violation"),
+        ("not-well-formed", "not-well-formed", "not well-formed"),
+        ("invalid UTF-8", "not-well-formed", "not well-formed"),
+        ("DTD with entity", "restricted-xml", "restricted XML"),
+        (
+            "entity expansion, undeclared",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        ("100 000-deep nesting", "policy-violation", "deeper than 64"),
+        (
+            "wrong secret",
+            "not-authorized",
+            "does not match the instance secret",
+        ),
+        (
+            "stanza before handshake",
+            "not-authorized",
+            "before <handshake>",
+        ),
+        ("wrong domain", "host-unknown", "other.example.test"),
+        (
+            "not the component namespace",
+            "invalid-namespace",
+            "jabber:client",
+        ),
+        (
+            "slowloris header, 1 byte/200ms",
+            "connection-timeout",
+            "not finished within 1s",
+        ),
+        (
+            "5th unauthenticated connection",
+            "policy-violation",
+            "instances.max_unauthenticated",
+        ),
+        (
+            "not-well-formed stanza",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        (
+            "invalid UTF-8 in a stanza",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        ("text at stream level", "bad-format", "text at stream level"),
+        (
+            "100 000-deep nesting in a stanza",
+            "policy-violation",
+            "deeper than 64",
+        ),
+        (
+            "from failing stringprep",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        (
+            "from with a 1024-byte node",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        (
+            "from outside the domain",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        ("stream header again", "restricted-xml", "restricted XML"),
+        (
+            "100 MB stanza (streamed)",
+            "policy-violation",
+            "larger than 524288 bytes",
+        ),
     ];
     let mut wrong = Vec::new();
-    for (case, cond) in expected {
+    for (case, cond, names) in expected {
         let o = outcomes
             .iter()
             .find(|o| o.case == case)
@@ -710,9 +764,9 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
             .iter()
             .filter(|l| !l.contains("instance connected"))
             .collect();
-        if failure_lines.len() != 1 {
+        if failure_lines.len() != 1 || !failure_lines[0].contains(names) {
             wrong.push(format!(
-                "{case}: expected one log line naming the peer, got {:#?}",
+                "{case}: expected one log line naming the peer and {names:?}, got {:#?}",
                 failure_lines
             ));
         }
