@@ -870,6 +870,10 @@ async fn sigterm_answers_pending_closes_streams_and_exits_zero() {
             other => panic!("upstream: expected errors then the end, got {other:?}"),
         }
     }
+    // As a server does: close our side too (jatproxy waits for it, up to
+    // half the grace period, to answer requests still on their way).
+    up.w.send("</stream:stream>").await;
+    drop(up);
     answered.sort();
     assert_eq!(
         answered,
@@ -914,6 +918,10 @@ async fn sigint_with_nothing_pending_exits_zero_at_once() {
         up.r.next_frame().await,
         Some(jatproxy::xml::Frame::End(_))
     ));
+    // As a server does: close our side too. jatproxy waits for that (up
+    // to half the grace period) to answer requests still on their way.
+    up.w.send("</stream:stream>").await;
+    drop(up);
     assert!(matches!(
         inst.r.next_frame().await,
         Some(jatproxy::xml::Frame::End(_))
