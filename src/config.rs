@@ -46,6 +46,8 @@ pub mod defaults {
     pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
     pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const PING_INTERVAL: Duration = Duration::from_secs(120);
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(30);
     pub const CLIENT_REQUESTS: bool = true;
     pub const SUBSCRIBE: bool = true;
     pub const IQ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +97,13 @@ pub struct UpstreamConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub keepalive_interval: Duration,
+    /// After this long without a byte from the server, ping it: a link
+    /// that died without a FIN or RST is otherwise noticed only when a
+    /// write fails, which can take the kernel many minutes.
+    pub ping_interval: Duration,
+    /// No byte from the server this long after a ping: the link is dead,
+    /// reconnect.
+    pub ping_timeout: Duration,
 }
 
 /// The pool made of one account's online resources (as mod_client_proxy).
@@ -508,6 +517,12 @@ pub struct UpstreamArgs {
     /// Keepalive interval [upstream.keepalive_interval, default 60s]
     #[arg(long = "upstream-keepalive-interval", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub keepalive_interval: Option<Duration>,
+    /// Ping the server after this long without input [upstream.ping_interval, default 120s]
+    #[arg(long = "upstream-ping-interval", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub ping_interval: Option<Duration>,
+    /// Reconnect when a ping gets no input for this long [upstream.ping_timeout, default 30s]
+    #[arg(long = "upstream-ping-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub ping_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -697,6 +712,10 @@ struct RawUpstream {
     reconnect_max: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     keepalive_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ping_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ping_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -852,6 +871,8 @@ impl RawConfig {
         over(&mut u.reconnect_min, &a.reconnect_min);
         over(&mut u.reconnect_max, &a.reconnect_max);
         over(&mut u.keepalive_interval, &a.keepalive_interval);
+        over(&mut u.ping_interval, &a.ping_interval);
+        over(&mut u.ping_timeout, &a.ping_timeout);
 
         let (c, a) = (&mut self.client_proxy, &cli.client_proxy);
         over(&mut c.target_address, &a.target_address);
@@ -1116,6 +1137,14 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         keepalive_interval: positive(
             "upstream.keepalive_interval",
             u.keepalive_interval.unwrap_or(defaults::KEEPALIVE_INTERVAL),
+        )?,
+        ping_interval: positive(
+            "upstream.ping_interval",
+            u.ping_interval.unwrap_or(defaults::PING_INTERVAL),
+        )?,
+        ping_timeout: positive(
+            "upstream.ping_timeout",
+            u.ping_timeout.unwrap_or(defaults::PING_TIMEOUT),
         )?,
         reconnect_min,
         reconnect_max,
@@ -1501,7 +1530,8 @@ impl Config {
             s,
             "upstream.server={} upstream.domain={} upstream.secret={} upstream.secret_source={} \
              upstream.connect_timeout={} upstream.handshake_timeout={} \
-             upstream.reconnect_min={} upstream.reconnect_max={} upstream.keepalive_interval={}",
+             upstream.reconnect_min={} upstream.reconnect_max={} upstream.keepalive_interval={} \
+             upstream.ping_interval={} upstream.ping_timeout={}",
             u.server,
             u.domain,
             u.secret,
@@ -1511,6 +1541,8 @@ impl Config {
             d(u.reconnect_min),
             d(u.reconnect_max),
             d(u.keepalive_interval),
+            d(u.ping_interval),
+            d(u.ping_timeout),
         );
         let c = &self.client_proxy;
         let target = c

@@ -34,10 +34,15 @@ pub fn bare_eq(a: &str, b: &str) -> bool {
 /// Parses an address we are about to route to, rejecting what the `jid`
 /// crate rejects (stringprep failures, parts over 1023 bytes). A single
 /// trailing dot on the domain is stripped first: jid 0.12 keeps it in
-/// some cases and then reports wrong part positions.
+/// some cases and then reports wrong part positions. A second one is an
+/// empty label, which jid 0.12 lets through (found by fuzzing: the result
+/// then changed when validated again).
 pub fn validate(addr: &str) -> Option<String> {
     let (bare, res) = split(addr);
     let bare = bare.strip_suffix('.').unwrap_or(bare);
+    if bare.ends_with('.') {
+        return None;
+    }
     let candidate = match res {
         Some(r) => format!("{bare}/{r}"),
         None => bare.to_owned(),
@@ -74,6 +79,10 @@ mod tests {
             Some("u@example.org/res")
         );
         assert_eq!(validate(&format!("{}@example.org", "n".repeat(1024))), None);
+        // Fuzzing: jid 0.12 accepted a domain ending in two dots and kept
+        // one, so the output was not valid as it stood.
+        assert_eq!(validate("u@exampleplergg../replerg.g./res"), None);
+        assert_eq!(validate("example.org.."), None);
         assert_eq!(validate("a@@b"), None);
         assert_eq!(validate(""), None);
     }

@@ -28,6 +28,8 @@
 //! - [`jat`]: address translation and the pending-request table.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
 //! - [`jid`]: address splitting and validation.
+//! - [`liveness`]: when to ping the server, and when its silence means
+//!   the link is dead.
 //! - [`config`]: settings from `config.toml` and flags, validated.
 //!
 //! I/O:
@@ -48,6 +50,7 @@ pub mod handshake;
 pub mod jat;
 pub mod jid;
 pub mod listener;
+pub mod liveness;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -76,7 +76,12 @@ pub async fn run(
             unauthenticated.clone().try_acquire_owned(),
         );
         let (Ok(conn_permit), Ok(hs_permit)) = permits else {
-            tracing::warn!(peer.addr = %peer, "instance connection refused: connection limit reached");
+            let limit = if permits.0.is_err() {
+                "instances.max_connections"
+            } else {
+                "instances.max_unauthenticated"
+            };
+            tracing::warn!(peer.addr = %peer, limit, "instance connection refused: connection limit reached");
             // A stream error is only readable inside a stream (RFC 6120
             // §4.9.1.1): our header first, as the handshake's refusals do.
             // Without it the instance sees an undeclared `stream:` prefix,
@@ -173,6 +178,7 @@ async fn instance(
             id,
             tx: tx.clone(),
             cut: cut.clone(),
+            peer,
         })
         .await
         .is_err()

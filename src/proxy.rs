@@ -46,6 +46,8 @@ pub enum Event {
         /// Cancelled by the core to cut the connection when it cannot even
         /// queue the stream error (the instance stopped reading).
         cut: CancellationToken,
+        /// For the log line when the core closes it.
+        peer: SocketAddr,
     },
     InstanceDown {
         id: InstanceId,
@@ -275,7 +277,7 @@ struct Core {
     upstream: Option<mpsc::Sender<Out>>,
     backlog: VecDeque<Wire>,
     backlog_cap: usize,
-    instances: HashMap<InstanceId, (mpsc::Sender<Out>, CancellationToken)>,
+    instances: HashMap<InstanceId, (mpsc::Sender<Out>, CancellationToken, SocketAddr)>,
     status: Status,
     status_tx: watch::Sender<Status>,
 }
@@ -341,7 +343,7 @@ impl Core {
         if let Some(up) = self.upstream.take() {
             let _ = up.send(Out::Close(close.clone())).await;
         }
-        for (_, (tx, _)) in self.instances.drain() {
+        for (_, (tx, _, _)) in self.instances.drain() {
             let _ = tx.try_send(Out::Close(close.clone()));
         }
         self.status.upstream_online = false;
@@ -380,8 +382,8 @@ impl Core {
                 self.status.upstream_online = false;
                 self.router.upstream_lost(actions);
             }
-            Event::InstanceUp { id, tx, cut } => {
-                self.instances.insert(id, (tx, cut));
+            Event::InstanceUp { id, tx, cut, peer } => {
+                self.instances.insert(id, (tx, cut, peer));
                 self.router.instance_up(id);
             }
             Event::InstanceDown { id } => {
@@ -428,28 +430,44 @@ impl Core {
                         let queued = self
                             .instances
                             .get(&id)
-                            .map(|(tx, _)| tx.try_send(Out::Wire(w)).is_ok());
+                            .map(|(tx, _, _)| tx.try_send(Out::Wire(w)).is_ok());
                         match queued {
                             Some(true) => self.status.counters.stanza(Direction::InstancesOut, len),
                             Some(false) => {
-                                tracing::warn!(
-                                    member = id,
-                                    "instance is not reading; out of rotation"
+                                self.close_instance(
+                                    id,
+                                    "policy-violation",
+                                    "not reading: its write queue (instances.queue) is full; out of rotation",
+                                    actions,
                                 );
-                                self.close_instance(id, "policy-violation", actions);
                             }
                             None => {}
                         }
                     }
-                    Action::CloseInstance(id, cond) => self.close_instance(id, cond, actions),
+                    Action::CloseInstance(id, cond) => {
+                        let why = match cond {
+                            "invalid-from" => "sent a 'from' that is not an address in the domain",
+                            "improper-addressing" => "sent a stanza without 'from'",
+                            _ => "broke the stream rules",
+                        };
+                        self.close_instance(id, cond, why, actions)
+                    }
                 }
             }
         }
     }
 
-    fn close_instance(&mut self, id: InstanceId, cond: &'static str, actions: &mut Vec<Action>) {
-        if let Some((tx, cut)) = self.instances.remove(&id) {
-            tracing::info!(member = id, condition = cond, "closing instance stream");
+    /// Closes an instance's stream with `cond`, logging one line with the
+    /// peer and `why` (the rule or limit it hit).
+    fn close_instance(
+        &mut self,
+        id: InstanceId,
+        cond: &'static str,
+        why: &str,
+        actions: &mut Vec<Action>,
+    ) {
+        if let Some((tx, cut, peer)) = self.instances.remove(&id) {
+            tracing::warn!(member = id, peer.addr = %peer, condition = cond, "closing instance stream: it {why}");
             if tx
                 .try_send(Out::Close(handshake::stream_error(cond, None)))
                 .is_err()

@@ -103,6 +103,16 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         "upstream.keepalive_interval",
         NextConnection,
     );
+    check(
+        ou.ping_interval != nu.ping_interval,
+        "upstream.ping_interval",
+        NextConnection,
+    );
+    check(
+        ou.ping_timeout != nu.ping_timeout,
+        "upstream.ping_timeout",
+        NextConnection,
+    );
 
     check(
         oc.target_address != nc.target_address,

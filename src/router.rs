@@ -692,8 +692,14 @@ impl Router {
         };
         // The component owns its whole domain: `D`, `D/res`, and nodes such
         // as a MUC's `room@D/nick` or a gateway's `user@D`. Only the domain
-        // part is checked, as Prosody's and ejabberd's component ports do.
-        if !jid::bare_eq(jid::domain(from), &self.cfg.domain) {
+        // part is checked, as Prosody's and ejabberd's component ports do,
+        // after the address itself is checked: a `from` that fails
+        // stringprep or has a part over 1023 bytes names nobody, and a
+        // server would refuse it with the whole stream. A trailing dot
+        // (`D.`) is the same domain, as servers prep it.
+        let from_domain_ok = jid::validate(from)
+            .is_some_and(|valid| jid::bare_eq(jid::domain(&valid), &self.cfg.domain));
+        if !from_domain_ok {
             out.push(Action::CloseInstance(instance, "invalid-from"));
             return;
         }

@@ -870,6 +870,45 @@ fn instance_from_outside_domain_is_closed() {
 }
 
 #[test]
+fn instance_from_that_is_no_address_is_closed() {
+    let mut h = H::new(cfg());
+    // Fail nodeprep (a space, a quote), a node over 1023 bytes, a
+    // resource over 1023 bytes, an empty node, two `@`.
+    for (n, from) in [
+        format!("a b@{D}"),
+        format!("{}@{D}", "n".repeat(1024)),
+        format!("{D}/{}", "r".repeat(1024)),
+        format!("@{D}"),
+        format!("a@b@{D}"),
+        format!("room\"@{D}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = n as u64 + 1;
+        h.r.instance_up(id);
+        assert_eq!(
+            h.inst(id, &format!("<message from='{from}' to='{ALICE}'/>")),
+            [format!("CLOSE{id} invalid-from")],
+            "{from}"
+        );
+    }
+}
+
+#[test]
+fn instance_from_with_a_trailing_dot_is_its_domain() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    for s in [
+        format!("<message from='{D}.' to='{ALICE}'/>"),
+        format!("<message from='room@{D}./nick' to='{ALICE}'/>"),
+    ] {
+        // Forwarded as it came: the server preps the address itself.
+        assert_eq!(h.inst(1, &s), [format!("UP {s}")]);
+    }
+}
+
+#[test]
 fn instance_may_send_from_nodes_of_its_domain() {
     // A MUC or a gateway behind the proxy speaks for node@D; Prosody's
     // component port allows it, so the proxy must too.

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::conn::{self, Out};
 use crate::handshake::{self, HandshakeError};
+use crate::liveness::{Check, Liveness};
 use crate::metrics::{Observation, Side};
 use crate::proxy::Event;
 use crate::stanza::{self, StanzaError};
@@ -81,6 +82,8 @@ enum SessionEnd {
     Framing(FrameError),
     #[error("connection to the server failed: {0}")]
     Io(std::io::Error),
+    #[error("the server sent nothing for {silent_for:?}, a ping included: link dead")]
+    Dead { silent_for: Duration },
     #[error("shutting down")]
     Shutdown,
     #[error("the configuration changed")]
@@ -222,8 +225,24 @@ async fn session(
     if events.send(Event::UpstreamUp(tx)).await.is_err() {
         return (SessionEnd::Shutdown, true);
     }
+    let liveness = Liveness::new(
+        &up.domain,
+        up.ping_interval,
+        up.ping_timeout,
+        tokio::time::Instant::now(),
+    );
     let mut stragglers = Vec::new();
-    let end = read_loop(&mut frames, cfg, config, events, shutdown, &mut stragglers).await;
+    let end = read_loop(
+        &mut frames,
+        cfg,
+        config,
+        events,
+        shutdown,
+        &closer,
+        liveness,
+        &mut stragglers,
+    )
+    .await;
     if matches!(end, SessionEnd::Shutdown) {
         // The core answers what it has and closes our stream; the server
         // may have routed more to us meanwhile. Read until it closes its
@@ -252,17 +271,32 @@ async fn session(
 
 type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>;
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     frames: &mut Frames,
     cfg: &Config,
     config: &mut watch::Receiver<Arc<Config>>,
     events: &mpsc::Sender<Event>,
     shutdown: &CancellationToken,
+    writer: &mpsc::Sender<Out>,
+    mut liveness: Liveness,
     stragglers: &mut Vec<Stanza>,
 ) -> SessionEnd {
     loop {
+        let wake = match liveness.check(tokio::time::Instant::now()) {
+            Check::Wait(at) => at,
+            Check::Ping(ping) => {
+                tracing::debug!("upstream quiet: pinging the server");
+                // A full queue means output is already waiting on the
+                // link: the timeout below judges it either way.
+                let _ = writer.try_send(Out::Wire(ping.into()));
+                continue;
+            }
+            Check::Dead { silent_for } => return SessionEnd::Dead { silent_for },
+        };
         let next = tokio::select! {
             f = frames.next() => f,
+            _ = tokio::time::sleep_until(wake) => continue,
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             _ = changed(config) => {
                 if crate::reload::upstream_needs_reconnect(cfg, &config.borrow()) {
@@ -271,6 +305,7 @@ async fn read_loop(
                 continue;
             }
         };
+        liveness.input(tokio::time::Instant::now());
         match next {
             None | Some(Ok(Frame::End(_))) => return SessionEnd::Closed,
             Some(Err(CodecError::Io(e))) => return SessionEnd::Io(e),
@@ -283,6 +318,9 @@ async fn read_loop(
                         condition: condition.unwrap_or_else(|| "undefined-condition".into()),
                         text: (!text.trim().is_empty()).then(|| text.trim().to_owned()),
                     };
+                }
+                if st.is_iq_response() && liveness.is_answer(st.from(), st.id()) {
+                    continue;
                 }
                 if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
                     events.send(Event::FromUpstream(st)).await

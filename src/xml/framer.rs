@@ -464,8 +464,12 @@ impl Framer {
         match self.depth {
             1 => {
                 if local != "stream" || elem_ns != NS_STREAMS {
+                    // The namespace is the peer's text: quoted and
+                    // escaped, so a `&#13;` in it cannot start a forged
+                    // log line (found by fuzzing the handshake).
                     return Err(FrameError::BadHeader(format!(
-                        "root element is {{{elem_ns}}}{local}, not {{{NS_STREAMS}}}stream"
+                        "root element is <{local}> in namespace {elem_ns:?}, \
+                         not <stream> in {NS_STREAMS:?}"
                     )));
                 }
                 let top = std::mem::take(&mut self.top);

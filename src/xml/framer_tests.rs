@@ -506,3 +506,21 @@ fn bad_utf8_after_keepalive_is_refused_not_framed() {
         }
     }
 }
+
+/// Fuzzing (handshake_connect): a peer's stream namespace with `&#13;`
+/// in it came back in the error message, and so in a log line, as a raw
+/// carriage return.
+#[test]
+fn bad_header_message_escapes_the_peers_namespace() {
+    let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streaml:ns:x&#13;treams'/>";
+    let (_, err) = run(input);
+    let Some(err @ FrameError::BadHeader(_)) = err else {
+        panic!("expected a bad header, got {err:?}");
+    };
+    let shown = err.to_string();
+    assert!(!shown.contains(['\r', '\n']), "{shown:?}");
+    assert!(
+        shown.contains("\\r"),
+        "the character is still named: {shown}"
+    );
+}

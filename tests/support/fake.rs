@@ -98,6 +98,16 @@ impl FakeServer {
         self.listener.local_addr().expect("addr").to_string()
     }
 
+    /// Accepts the proxy's next connection and leaves the stream to the
+    /// caller.
+    pub async fn accept_socket(&self) -> TcpStream {
+        let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("proxy connects in time")
+            .expect("accept");
+        sock
+    }
+
     /// Accepts the proxy's connection and completes the handshake as a
     /// server does (checking the digest).
     pub async fn accept(&self) -> Session {

@@ -1,0 +1,1092 @@
+//! Hostile and faulty peers against the real `jatproxy` binary, run as a
+//! child process between a fake XMPP server (upstream, in this test) and
+//! fake component instances on its listener.
+//!
+//! - `bad_input_is_answered_and_memory_stays_bounded`: every bad input
+//!   (not-well-formed, invalid UTF-8, a DTD, entity expansion, 100 000-deep
+//!   nesting, a 100 MB stanza, a slowloris header, a wrong secret, a stanza
+//!   before the handshake, a second handshake, invalid `from` addresses,
+//!   too many unauthenticated connections, and the upstream's stream
+//!   errors, bad XML and oversized stanza) gets the stream error RFC 6120 /
+//!   XEP-0114 names, on that connection only, with one log line naming the
+//!   peer and the limit; a well-behaved instance keeps serving throughout;
+//!   the process's peak RSS stays under [`RSS_BOUND_KIB`].
+//! - `sigterm_answers_pending_closes_streams_and_exits_zero`: graceful
+//!   shutdown as an operator sees it.
+//! - `secrets_never_reach_the_logs_at_trace_level`: the binary at `trace`,
+//!   upstream and instance secrets, refused and wrong-secret handshakes.
+//! - `dead_upstream_link_is_pinged_and_replaced`,
+//!   `answered_pings_keep_the_link`: dead-link detection.
+
+#[path = "support/fake.rs"]
+mod fake;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake::{error_condition, text, FakeInstance, FakeServer, Session, D, INSTANCE_SECRET, WAIT};
+use jatproxy::handshake;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Peak resident memory allowed for the whole abuse run. The largest
+/// buffer jatproxy may hold for one connection is one stanza
+/// (`max_stanza_bytes`, 512 KiB) plus its read buffer; a 100 MB stanza
+/// that were buffered whole would blow this at once.
+const RSS_BOUND_KIB: u64 = 32 * 1024;
+
+const UPSTREAM_SECRET: &str = fake::UPSTREAM_SECRET;
+
+// ---------------------------------------------------------------------------
+// The binary as a child process
+// ---------------------------------------------------------------------------
+
+/// TOML added to the binary's configuration.
+#[derive(Default, Clone, Copy)]
+struct Settings {
+    upstream: &'static str,
+    instances: &'static str,
+    extra: &'static str,
+}
+
+/// A running `jatproxy` binary; killed on drop. Its stderr (the log) goes
+/// to a file, read back by the assertions.
+struct Bin {
+    child: Child,
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+}
+
+impl Bin {
+    /// Starts the binary against `server`, with the instance listener on a
+    /// free port. `upstream` and `instances` are added to those tables,
+    /// `extra` TOML appended (whole tables). `env` is added to its
+    /// environment.
+    fn start(server: &FakeServer, s: Settings, env: &[(&str, &str)]) -> Bin {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listen = free_port();
+        let secret_file = dir.path().join("instance.secret");
+        std::fs::write(&secret_file, format!("{INSTANCE_SECRET}\n")).expect("secret file");
+        let toml = format!(
+            r#"
+[upstream]
+server = "{}"
+domain = "{D}"
+secret_env = "TEST_UPSTREAM_SECRET"
+reconnect_min = "20ms"
+reconnect_max = "200ms"
+{}
+
+[instances]
+listen = "{listen}"
+secret_file = "{}"
+{}
+
+{}
+"#,
+            server.addr(),
+            s.upstream,
+            secret_file.display(),
+            s.instances,
+            s.extra,
+        );
+        let cfg = dir.path().join("jatproxy.toml");
+        std::fs::write(&cfg, toml).expect("config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("TEST_UPSTREAM_SECRET", UPSTREAM_SECRET)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("jatproxy binary starts");
+        Bin { child, dir, listen }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// The log so far, without terminal colour codes.
+    fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        strip_ansi(&s)
+    }
+
+    /// Peak resident set size (VmHWM) in KiB, from /proc.
+    fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `wait`.
+    async fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Waits until the binary's listener accepts connections.
+async fn listener_up(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "listener {addr} never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw connections to the listener
+// ---------------------------------------------------------------------------
+
+fn instance_header() -> String {
+    String::from_utf8_lossy(&handshake::client_header(D)).into_owned()
+}
+
+/// Reads until the peer closes (or `wait` passes) and returns everything.
+async fn read_to_close(s: &mut TcpStream, wait: Duration) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The defined condition of the stream error in `text`, if any, and
+/// whether the stream was closed after it.
+fn stream_error(text: &str) -> Option<String> {
+    let at = text.find("<stream:error>")? + "<stream:error><".len();
+    let name: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+        .collect();
+    text.ends_with("</stream:stream>").then_some(name)
+}
+
+/// A raw connection that completed the handshake with the instance
+/// secret; the rest of the stream is the caller's.
+async fn authenticated(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(instance_header().as_bytes())
+        .await
+        .expect("header");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let id = loop {
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("server header in time")
+            .expect("read");
+        assert!(n > 0, "closed before the header");
+        got.extend_from_slice(&chunk[..n]);
+        let t = String::from_utf8_lossy(&got);
+        if let Some(i) = t.find(" id='") {
+            if let Some(end) = t[i + 5..].find('\'') {
+                break t[i + 5..i + 5 + end].to_owned();
+            }
+        }
+    };
+    let digest = handshake::digest(&id, INSTANCE_SECRET);
+    s.write_all(format!("<handshake>{digest}</handshake>").as_bytes())
+        .await
+        .expect("handshake");
+    let mut ok = Vec::new();
+    while !String::from_utf8_lossy(&ok).contains("<handshake/>") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("handshake answer in time")
+            .expect("read");
+        assert!(n > 0, "refused: {}", String::from_utf8_lossy(&ok));
+        ok.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+/// One abuse case's outcome, for the table and the assertions.
+struct Outcome {
+    case: &'static str,
+    condition: String,
+    /// Time from the first byte sent to the stream being closed.
+    took: Duration,
+    /// Log lines naming this connection's peer address.
+    log_lines: Vec<String>,
+}
+
+/// Sends `bytes` on `s` (a connection from local port `port`) and reads
+/// the stream error jatproxy closes it with.
+async fn send_and_expect(bin: &Bin, case: &'static str, mut s: TcpStream, bytes: &[u8]) -> Outcome {
+    let port = s.local_addr().expect("local").port();
+    let t0 = Instant::now();
+    // Written in the background: jatproxy may close before reading it all.
+    let (mut r, mut w) = s.split();
+    let write = async {
+        let _ = w.write_all(bytes).await;
+        std::future::pending::<()>().await;
+    };
+    let text = tokio::select! {
+        t = async {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        } => t,
+        _ = write => unreachable!(),
+    };
+    let took = t0.elapsed();
+    outcome(bin, case, port, &text, took).await
+}
+
+async fn outcome(bin: &Bin, case: &'static str, port: u16, text: &str, took: Duration) -> Outcome {
+    let condition = stream_error(text).unwrap_or_else(|| format!("(none) got {text:?}"));
+    let needle = format!("127.0.0.1:{port}");
+    // The log line is written as the connection ends; give it a moment.
+    let mut log_lines = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while log_lines.is_empty() && Instant::now() < deadline {
+        log_lines = bin
+            .log()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect();
+        if log_lines.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Outcome {
+        case,
+        condition,
+        took,
+        log_lines,
+    }
+}
+
+/// The well-behaved instance: answers every request it reads. Returns
+/// once it has answered `n` more.
+struct Echo {
+    inst: FakeInstance,
+    served: usize,
+}
+
+impl Echo {
+    /// Connects the well-behaved instance and waits until jatproxy routes
+    /// to it: the handshake answer is written before the core has the
+    /// instance in its pool, so until then a request gets
+    /// `service-unavailable`.
+    async fn ready(addr: SocketAddr, up: &mut Session, name: &str) -> Echo {
+        let mut echo = Echo {
+            inst: FakeInstance::connect(addr, name).await,
+            served: 0,
+        };
+        let deadline = Instant::now() + WAIT;
+        for n in 0.. {
+            assert!(
+                Instant::now() < deadline,
+                "instance {name} never joined the pool"
+            );
+            let id = format!("ready-{n}");
+            up.w.send(&format!(
+                "<iq type='get' id='{id}' to='{D}' from='alice@example.test/x'/>"
+            ))
+            .await;
+            tokio::select! {
+                req = echo.inst.r.recv() => {
+                    assert_eq!(req.id(), Some(id.as_str()));
+                    echo.inst.w.send(&format!(
+                        "<iq type='result' id='{id}' from='{D}' to='alice@example.test/x'/>"
+                    )).await;
+                    assert_eq!(up.r.recv().await.id(), Some(id.as_str()));
+                    return echo;
+                }
+                e = up.r.recv() => {
+                    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"), "{}", text(&e));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// One request from upstream, answered by this instance. A request
+    /// that reached a connection jatproxy was closing at that moment (the
+    /// listener reports a framing error's connection gone just after
+    /// writing its stream error) comes back `recipient-unavailable` and
+    /// is sent again; anything else is a failure.
+    async fn serve_one(&mut self, up: &mut Session, tag: &str) {
+        for attempt in 0..5 {
+            self.served += 1;
+            let id = format!("ok-{tag}-{}", self.served);
+            up.w.send(&format!(
+                "<iq type='get' id='{id}' to='{D}' from='alice@example.test/x'><q xmlns='urn:example:echo'/></iq>"
+            ))
+            .await;
+            let req = tokio::select! {
+                r = self.inst.r.recv_within(WAIT) => r,
+                e = up.r.recv() => {
+                    assert_eq!(
+                        error_condition(&e).as_deref(),
+                        Some("recipient-unavailable"),
+                        "{tag}: {}",
+                        text(&e)
+                    );
+                    println!("{tag}: attempt {attempt} hit a closing connection; again");
+                    continue;
+                }
+            };
+            let Some(req) = req else {
+                panic!("{tag}: the instance got no request");
+            };
+            assert_eq!(req.id(), Some(id.as_str()), "{}", text(&req));
+            self.inst
+                .w
+                .send(&format!(
+                    "<iq type='result' id='{id}' from='{D}' to='alice@example.test/x'/>"
+                ))
+                .await;
+            let answer = up.r.recv().await;
+            assert_eq!(answer.id(), Some(id.as_str()), "{}", text(&answer));
+            assert_eq!(answer.stanza_type(), Some("result"), "{}", text(&answer));
+            return;
+        }
+        panic!("{tag}: never reached the well-behaved instance");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The abuse run
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_and_memory_stays_bounded() {
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(
+        &server,
+        Settings {
+            instances: "max_unauthenticated = 4",
+            extra: "[limits]\nheader_timeout = \"1s\"",
+            ..Settings::default()
+        },
+        &[],
+    );
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+    echo.serve_one(&mut up, "start").await;
+    let rss_start = bin.rss_kib();
+
+    let hdr = instance_header();
+    let mut outcomes = Vec::new();
+
+    // Before the handshake.
+    let pre: Vec<(&'static str, Vec<u8>)> = vec![
+        ("not-well-formed", format!("{hdr}<a></b>").into_bytes()),
+        ("invalid UTF-8", {
+            let mut b = format!("{hdr}<handshake>").into_bytes();
+            b.extend_from_slice(b"\xff\xfe\xfd</handshake>");
+            b
+        }),
+        (
+            "DTD with entity",
+            format!(
+                "<?xml version='1.0'?><!DOCTYPE stream:stream [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;'>]>{hdr}"
+            )
+            .into_bytes(),
+        ),
+        (
+            "entity expansion, undeclared",
+            format!("{hdr}<handshake>&b;&b;&b;</handshake>").into_bytes(),
+        ),
+        ("100 000-deep nesting", {
+            let mut b = hdr.clone().into_bytes();
+            b.extend(std::iter::repeat_n(&b"<a>"[..], 100_000).flatten());
+            b
+        }),
+        ("wrong secret", format!("{hdr}<handshake>{}</handshake>", "0".repeat(40)).into_bytes()),
+        (
+            "stanza before handshake",
+            format!("{hdr}<iq type='get' id='1' from='{D}' to='alice@example.test'/>").into_bytes(),
+        ),
+        (
+            "wrong domain",
+            instance_header().replace(D, "other.example.test").into_bytes(),
+        ),
+        (
+            "not the component namespace",
+            hdr.replace("jabber:component:accept", "jabber:client")
+                .into_bytes(),
+        ),
+    ];
+    for (case, bytes) in pre {
+        let s = TcpStream::connect(bin.listen).await.expect("connect");
+        outcomes.push(send_and_expect(&bin, case, s, &bytes).await);
+        echo.serve_one(&mut up, case).await;
+    }
+
+    // Slowloris: a header dribbled a byte every 200 ms, each byte well
+    // within any per-read timeout; header_timeout (1s) is a total deadline.
+    {
+        let mut s = TcpStream::connect(bin.listen).await.expect("connect");
+        let port = s.local_addr().expect("local").port();
+        let t0 = Instant::now();
+        let mut sent = 0;
+        let mut got = String::new();
+        for b in hdr.bytes() {
+            if s.write_all(&[b]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            let mut chunk = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
+                Err(_) => continue,
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => {
+                    got.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    got.push_str(&read_to_close(&mut s, WAIT).await);
+                    break;
+                }
+            }
+        }
+        let took = t0.elapsed();
+        assert!(
+            sent < hdr.len(),
+            "the whole header got through ({sent} bytes)"
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "slowloris held the connection {took:?} with a 1s header_timeout"
+        );
+        outcomes.push(outcome(&bin, "slowloris header, 1 byte/200ms", port, &got, took).await);
+        echo.serve_one(&mut up, "slowloris").await;
+    }
+
+    // Too many connections still in the handshake: with
+    // max_unauthenticated = 4, the fifth is refused at once.
+    {
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(TcpStream::connect(bin.listen).await.expect("connect"));
+        }
+        // The listener counts a connection once it accepted it: wait for
+        // the four to be accepted (each gets the refusal slot or not).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut s = TcpStream::connect(bin.listen).await.expect("connect");
+        let port = s.local_addr().expect("local").port();
+        let t0 = Instant::now();
+        let got = read_to_close(&mut s, WAIT).await;
+        outcomes.push(
+            outcome(
+                &bin,
+                "5th unauthenticated connection",
+                port,
+                &got,
+                t0.elapsed(),
+            )
+            .await,
+        );
+        drop(idle);
+        echo.serve_one(&mut up, "unauth").await;
+    }
+
+    // After the handshake.
+    let post: Vec<(&'static str, Vec<u8>)> = vec![
+        (
+            "not-well-formed stanza",
+            b"<message><a></b></message>".to_vec(),
+        ),
+        (
+            "invalid UTF-8 in a stanza",
+            b"<message><body>\xc3\x28</body></message>".to_vec(),
+        ),
+        ("text at stream level", b"hello".to_vec()),
+        ("100 000-deep nesting in a stanza", {
+            let mut b = b"<message>".to_vec();
+            b.extend(std::iter::repeat_n(&b"<a>"[..], 100_000).flatten());
+            b
+        }),
+        (
+            "from failing stringprep",
+            format!("<message from='a b@{D}' to='alice@example.test'/>").into_bytes(),
+        ),
+        (
+            "from with a 1024-byte node",
+            format!(
+                "<message from='{}@{D}' to='alice@example.test'/>",
+                "n".repeat(1024)
+            )
+            .into_bytes(),
+        ),
+        (
+            "from outside the domain",
+            b"<message from='evil.example.test' to='alice@example.test'/>".to_vec(),
+        ),
+        ("stream header again", instance_header().into_bytes()),
+    ];
+    for (case, bytes) in post {
+        let s = authenticated(bin.listen).await;
+        outcomes.push(send_and_expect(&bin, case, s, &bytes).await);
+        echo.serve_one(&mut up, case).await;
+    }
+
+    // A 100 MB stanza, streamed: refused once it passes max_stanza_bytes,
+    // long before it ends, and never buffered whole.
+    {
+        let mut s = authenticated(bin.listen).await;
+        let port = s.local_addr().expect("local").port();
+        let t0 = Instant::now();
+        let (mut r, mut w) = s.split();
+        let mut written = 0usize;
+        let chunk = vec![b'x'; 1 << 20];
+        let write = async {
+            if w.write_all(b"<message><body>").await.is_err() {
+                return;
+            }
+            for _ in 0..100 {
+                if w.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                written += chunk.len();
+            }
+            let _ = w.write_all(b"</body></message>").await;
+        };
+        let read = async {
+            let mut buf = Vec::new();
+            let mut c = [0u8; 8192];
+            loop {
+                match tokio::time::timeout(WAIT, r.read(&mut c)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&c[..n]),
+                }
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        };
+        let (_, got) = tokio::join!(write, read);
+        let took = t0.elapsed();
+        assert!(
+            written < 16 << 20,
+            "jatproxy kept reading the oversized stanza: {written} bytes accepted"
+        );
+        outcomes.push(outcome(&bin, "100 MB stanza (streamed)", port, &got, took).await);
+        echo.serve_one(&mut up, "100MB").await;
+    }
+
+    // A second handshake on an authenticated stream: ignored, as Prosody
+    // does; the stream goes on working.
+    {
+        let mut s = authenticated(bin.listen).await;
+        s.write_all(b"<handshake>0000</handshake>")
+            .await
+            .expect("write");
+        let note = format!(
+            "<message from='{D}' to='alice@example.test'><body>still here</body></message>"
+        );
+        s.write_all(note.as_bytes()).await.expect("write");
+        let relayed = up.r.recv().await;
+        assert_eq!(text(&relayed), note);
+        s.write_all(handshake::STREAM_END).await.expect("end");
+        let got = read_to_close(&mut s, WAIT).await;
+        assert!(
+            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
+            "{got:?}"
+        );
+        echo.serve_one(&mut up, "second handshake").await;
+    }
+
+    let table = format_table(&outcomes);
+    println!("{table}");
+    // Each case: the stream error, and what its log line must name (the
+    // rule or limit hit).
+    let expected = [
+        ("not-well-formed", "not-well-formed", "not well-formed"),
+        ("invalid UTF-8", "not-well-formed", "not well-formed"),
+        ("DTD with entity", "restricted-xml", "restricted XML"),
+        (
+            "entity expansion, undeclared",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        ("100 000-deep nesting", "policy-violation", "deeper than 64"),
+        (
+            "wrong secret",
+            "not-authorized",
+            "does not match the instance secret",
+        ),
+        (
+            "stanza before handshake",
+            "not-authorized",
+            "before <handshake>",
+        ),
+        ("wrong domain", "host-unknown", "other.example.test"),
+        (
+            "not the component namespace",
+            "invalid-namespace",
+            "jabber:client",
+        ),
+        (
+            "slowloris header, 1 byte/200ms",
+            "connection-timeout",
+            "not finished within 1s",
+        ),
+        (
+            "5th unauthenticated connection",
+            "policy-violation",
+            "instances.max_unauthenticated",
+        ),
+        (
+            "not-well-formed stanza",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        (
+            "invalid UTF-8 in a stanza",
+            "not-well-formed",
+            "not well-formed",
+        ),
+        ("text at stream level", "bad-format", "text at stream level"),
+        (
+            "100 000-deep nesting in a stanza",
+            "policy-violation",
+            "deeper than 64",
+        ),
+        (
+            "from failing stringprep",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        (
+            "from with a 1024-byte node",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        (
+            "from outside the domain",
+            "invalid-from",
+            "not an address in the domain",
+        ),
+        ("stream header again", "restricted-xml", "restricted XML"),
+        (
+            "100 MB stanza (streamed)",
+            "policy-violation",
+            "larger than 524288 bytes",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (case, cond, names) in expected {
+        let o = outcomes
+            .iter()
+            .find(|o| o.case == case)
+            .unwrap_or_else(|| panic!("case {case} not run"));
+        if o.condition != cond {
+            wrong.push(format!("{case}: expected {cond}, got {}", o.condition));
+        }
+        let failure_lines: Vec<&String> = o
+            .log_lines
+            .iter()
+            .filter(|l| !l.contains("instance connected"))
+            .collect();
+        if failure_lines.len() != 1 || !failure_lines[0].contains(names) {
+            wrong.push(format!(
+                "{case}: expected one log line naming the peer and {names:?}, got {:#?}",
+                failure_lines
+            ));
+        }
+    }
+
+    // Upstream: its stream errors, bad XML and oversized stanzas end that
+    // session only; jatproxy reconnects and the instance stays.
+    up.w
+        .send("<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+        .await;
+    let mut up = server.accept().await;
+    echo.serve_one(&mut up, "after system-shutdown").await;
+    up.w.send("<iq type='get'><a></b></iq>").await;
+    let (cond, _) = up.r.expect_stream_error().await;
+    if cond != "not-well-formed" {
+        wrong.push(format!("upstream bad XML: got {cond}"));
+    }
+    let mut up = server.accept().await;
+    echo.serve_one(&mut up, "after upstream bad XML").await;
+    let big = format!(
+        "<message to='{D}' from='alice@example.test/x'><body>{}</body></message>",
+        "y".repeat(600 * 1024)
+    );
+    let _ = up.w.try_send(&big).await;
+    let (cond, _) = up.r.expect_stream_error().await;
+    if cond != "policy-violation" {
+        wrong.push(format!("upstream oversized stanza: got {cond}"));
+    }
+    let mut up = server.accept().await;
+    echo.serve_one(&mut up, "after upstream oversized").await;
+
+    let peak = bin.peak_rss_kib();
+    println!(
+        "jatproxy RSS: {rss_start} KiB after start, peak {peak} KiB (bound {RSS_BOUND_KIB} KiB); \
+         the well-behaved instance answered {} requests",
+        echo.served
+    );
+    assert!(peak > 0, "read /proc");
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "peak RSS {peak} KiB over {RSS_BOUND_KIB} KiB"
+    );
+    assert!(wrong.is_empty(), "{}\n{table}", wrong.join("\n"));
+}
+
+fn format_table(outcomes: &[Outcome]) -> String {
+    let mut t = String::from("| bad input | stream error | closed after |\n|---|---|---:|\n");
+    for o in outcomes {
+        t.push_str(&format!(
+            "| {} | `{}` | {} ms |\n",
+            o.case,
+            o.condition,
+            o.took.as_millis()
+        ));
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_pending_closes_streams_and_exits_zero() {
+    let server = FakeServer::bind().await;
+    let mut bin = Bin::start(
+        &server,
+        Settings {
+            extra: "[service]\nshutdown_grace = \"3s\"",
+            ..Settings::default()
+        },
+        &[],
+    );
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut inst = Echo::ready(bin.listen, &mut up, "holder").await.inst;
+    // Three requests the instance reads and never answers.
+    for i in 0..3 {
+        up.w.send(&format!(
+            "<iq type='get' id='held-{i}' to='{D}' from='alice@example.test/x'/>"
+        ))
+        .await;
+        assert_eq!(inst.r.recv().await.id(), Some(format!("held-{i}").as_str()));
+    }
+    let t0 = Instant::now();
+    bin.signal("TERM");
+
+    // Upstream: one error per pending request, then the stream end.
+    let mut answered = Vec::new();
+    loop {
+        match up.r.next_frame().await {
+            Some(jatproxy::xml::Frame::Stanza(st)) => {
+                assert_eq!(st.stanza_type(), Some("error"), "{}", text(&st));
+                answered.push((
+                    st.id().unwrap_or_default().to_owned(),
+                    error_condition(&st).unwrap_or_default(),
+                ));
+            }
+            Some(jatproxy::xml::Frame::Whitespace(_)) => {}
+            Some(jatproxy::xml::Frame::End(_)) => break,
+            other => panic!("upstream: expected errors then the end, got {other:?}"),
+        }
+    }
+    // As a server does: close our side too (jatproxy waits for it, up to
+    // half the grace period, to answer requests still on their way).
+    up.w.send("</stream:stream>").await;
+    drop(up);
+    answered.sort();
+    assert_eq!(
+        answered,
+        (0..3)
+            .map(|i| (format!("held-{i}"), "recipient-unavailable".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    // The instance's stream is closed properly too.
+    loop {
+        match inst.r.next_frame().await {
+            Some(jatproxy::xml::Frame::Whitespace(_)) => {}
+            Some(jatproxy::xml::Frame::End(_)) => break,
+            other => panic!("instance: expected the stream end, got {other:?}"),
+        }
+    }
+    let status = bin.wait_exit(Duration::from_secs(3) + WAIT).await;
+    let took = t0.elapsed();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit status; log:\n{}",
+        bin.log()
+    );
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+    assert!(
+        TcpStream::connect(bin.listen).await.is_err(),
+        "still accepting after shutdown"
+    );
+    println!("SIGTERM to exit 0: {} ms", took.as_millis());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_with_nothing_pending_exits_zero_at_once() {
+    let server = FakeServer::bind().await;
+    let mut bin = Bin::start(&server, Settings::default(), &[]);
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut inst = FakeInstance::connect(bin.listen, "idle").await;
+    let t0 = Instant::now();
+    bin.signal("INT");
+    assert!(matches!(
+        up.r.next_frame().await,
+        Some(jatproxy::xml::Frame::End(_))
+    ));
+    // As a server does: close our side too. jatproxy waits for that (up
+    // to half the grace period) to answer requests still on their way.
+    up.w.send("</stream:stream>").await;
+    drop(up);
+    assert!(matches!(
+        inst.r.next_frame().await,
+        Some(jatproxy::xml::Frame::End(_))
+    ));
+    let status = bin.wait_exit(WAIT).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", bin.log());
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs_at_trace_level() {
+    let server = FakeServer::bind().await;
+    let mut bin = Bin::start(
+        &server,
+        Settings {
+            extra: "[log]\nlevel = \"trace\"",
+            ..Settings::default()
+        },
+        &[("RUST_LOG", "trace")],
+    );
+    // The server refuses the first handshake, accepts the second.
+    {
+        let mut sock = server.accept_socket().await;
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        sock.write_all(&handshake::server_header(D, "refused-1"))
+            .await
+            .expect("header");
+        let _ = sock.read(&mut buf).await;
+        sock.write_all(b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+            .await
+            .expect("refusal");
+    }
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    // Instances with a wrong secret, then the right one, and traffic.
+    let wrong = "wrong-instance-secret-4242";
+    let refused = FakeInstance::connect_as(bin.listen, D, wrong, "wrong").await;
+    assert!(refused.is_err());
+    let mut echo = Echo::ready(bin.listen, &mut up, "right").await;
+    echo.serve_one(&mut up, "traffic").await;
+    bin.signal("TERM");
+    let _ = bin.wait_exit(WAIT).await;
+
+    let log = bin.log();
+    assert!(
+        log.contains("log.level=\"trace\""),
+        "logging at trace: {log}"
+    );
+    assert!(log.contains("upstream handshake failed"), "{log}");
+    assert!(log.contains("instance handshake failed"), "{log}");
+    // The secrets, and the digests that would allow an offline guess.
+    let mut secrets = vec![
+        UPSTREAM_SECRET.to_owned(),
+        INSTANCE_SECRET.to_owned(),
+        wrong.to_owned(),
+        handshake::digest("refused-1", UPSTREAM_SECRET),
+        handshake::digest("stream-1", UPSTREAM_SECRET),
+    ];
+    secrets.dedup();
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "{s:?} in the log:\n{log}");
+    }
+    println!(
+        "{} log lines at trace level, none holding any of {} secrets or digests",
+        log.lines().count(),
+        secrets.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Dead-link detection
+// ---------------------------------------------------------------------------
+
+/// A server that stops answering (no FIN, no RST: the fake just goes
+/// silent) is pinged after `ping_interval`, given up after
+/// `ping_timeout`, and replaced by a new session; the instance stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_link_is_pinged_and_replaced() {
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(
+        &server,
+        Settings {
+            upstream:
+                "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
+            ..Settings::default()
+        },
+        &[],
+    );
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+    echo.serve_one(&mut up, "before").await;
+    let t0 = Instant::now();
+    let ping = up.r.recv().await;
+    let ping_text = text(&ping);
+    assert_eq!(ping.stanza_type(), Some("get"), "{ping_text}");
+    assert_eq!(ping.to(), Some("example.test"), "{ping_text}");
+    assert_eq!(ping.from(), Some(D), "{ping_text}");
+    assert!(
+        ping_text.contains("<ping xmlns='urn:xmpp:ping'/>"),
+        "{ping_text}"
+    );
+    // Say nothing, keep the socket open: jatproxy gives up on its own.
+    let mut next = server.accept().await;
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the dead link was replaced after {took:?}"
+    );
+    assert!(bin.log().contains("link dead"), "{}", bin.log());
+    echo.serve_one(&mut next, "after").await;
+    drop(up);
+    println!(
+        "dead link detected and replaced {} ms after the ping",
+        took.as_millis()
+    );
+}
+
+/// Answered pings keep the session; the answers are absorbed, not routed
+/// (no error comes back for them), and requests flow in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_pings_keep_the_link() {
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(
+        &server,
+        Settings {
+            upstream: "ping_interval = \"200ms\"\nping_timeout = \"300ms\"",
+            ..Settings::default()
+        },
+        &[],
+    );
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+    let answer = |ping: &jatproxy::xml::Stanza| {
+        assert!(text(ping).contains("urn:xmpp:ping"), "{}", text(ping));
+        format!(
+            "<iq type='result' id='{}' from='example.test' to='{D}'/>",
+            ping.id().unwrap_or_default()
+        )
+    };
+    for round in 0..4 {
+        let ping = up.r.recv().await;
+        up.w.send(&answer(&ping)).await;
+        echo.serve_one(&mut up, &format!("round{round}")).await;
+    }
+    // For a second more, answering each ping: still the first session,
+    // nothing waiting to be accepted.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut pings = 4;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            _ = server.accept_socket() => panic!("jatproxy reconnected although its pings were answered:\n{}", bin.log()),
+            p = up.r.recv() => {
+                up.w.send(&answer(&p)).await;
+                pings += 1;
+            }
+        }
+    }
+    assert!(!bin.log().contains("link dead"), "{}", bin.log());
+    println!("{pings} pings answered on one session");
+}

@@ -1,0 +1,834 @@
+//! Fault injection under load, end to end: a real Prosody upstream (s2s
+//! off, loopback), jatproxy in front of two client resources
+//! (`impl@example.test/a`, `/b`, real c2s clients) and two component
+//! instances (slixmpp, `tests/support/echo_component.py`) in one pool, and
+//! requesters (real c2s clients) keeping at most [`WINDOW`] requests in
+//! flight each. Between jatproxy and Prosody's component port sits a TCP
+//! relay ([`Relay`]) that can cut the link and that frames both directions
+//! with jatproxy's framer, so the test knows, per request id, whether the
+//! request reached jatproxy and whether jatproxy sent its answer.
+//!
+//! For each fault — a baseline, requests timing out, the pending table
+//! overflowing, an instance killed, a client resource dropped without a
+//! goodbye, the upstream TCP connection cut, Prosody restarted — it prints
+//! a row: requests sent, accepted by jatproxy, answered with a result,
+//! answered with an error, unanswered because the fault itself destroyed
+//! the request or its answer outside jatproxy (a cut link or a server
+//! restart drops what is in flight on it; XEP-0114 has no acknowledgements),
+//! lost, duplicated. A request is **lost** when it reached jatproxy and
+//! jatproxy never sent an answer, or when the requester got no answer and
+//! the relay saw nothing that explains it. Lost and duplicated must be 0.
+//!
+//! Needs `prosody` and python3 with slixmpp (`scripts/setup.sh`); fails,
+//! never skips, without them.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jatproxy::config;
+use jatproxy::proxy::Proxy;
+use jatproxy::xml::{Frame, Framer, FramerLimits, Stanza};
+use support::echo::EchoComponent;
+use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::xmpp::{self, Element, TestClient};
+use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+const T: &str = "impl@example.test";
+const BOB: &str = "bob@example.test";
+const INSTANCE_SECRET: &str = "instance-secret";
+/// jatproxy's `iq_timeout` here: short, so the timeout fault is quick.
+const IQ_TIMEOUT: Duration = Duration::from_secs(2);
+/// jatproxy's `pending_capacity` here: one requester's window fits, two
+/// overflow it.
+const PENDING_CAPACITY: usize = WINDOW;
+/// Requests per requester per fault.
+const N: usize = 200;
+/// Fewer where answers are slow on purpose.
+const N_SLOW: usize = 120;
+/// Each of these waits out the whole iq timeout.
+const N_TIMEOUT: usize = 3 * WINDOW;
+/// A requester gives up waiting for more answers after this long
+/// without one (longer than `IQ_TIMEOUT`, so timeouts arrive first).
+const IDLE: Duration = Duration::from_secs(6);
+
+// ---------------------------------------------------------------------------
+// The relay between jatproxy and Prosody
+// ---------------------------------------------------------------------------
+
+/// What crossed the relay, by request id.
+#[derive(Default)]
+struct Seen {
+    /// Requests from a requester that the relay handed to jatproxy.
+    accepted: HashMap<String, usize>,
+    /// Answers to a requester that jatproxy sent (delivered or not).
+    answered: HashMap<String, usize>,
+    /// Of those, answers the relay could not deliver (link cut).
+    undelivered: HashMap<String, usize>,
+}
+
+/// A TCP relay from jatproxy to Prosody's component port. `cut` ends the
+/// current connection as a broken link does: what Prosody sent that is
+/// not yet through is gone, jatproxy sees its connection end without a
+/// stream close, and what jatproxy still writes is read and discarded.
+struct Relay {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    cut: watch::Sender<CancellationToken>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (cut, cut_rx) = watch::channel(CancellationToken::new());
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((proxy_side, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server_side) = TcpStream::connect(upstream).await else {
+                    // Prosody is down: jatproxy sees the connection close
+                    // and retries.
+                    continue;
+                };
+                let token = cut_rx.borrow().clone();
+                tokio::spawn(relay_session(proxy_side, server_side, token, s.clone()));
+            }
+        });
+        Relay {
+            addr,
+            seen,
+            cut,
+            task,
+        }
+    }
+
+    /// Cuts the current connection; the next one jatproxy opens is relayed.
+    fn cut(&self) {
+        let old = self.cut.send_replace(CancellationToken::new());
+        old.cancel();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut.borrow().cancel();
+    }
+}
+
+/// The requester-facing id of a stanza crossing the relay: requests from
+/// a requester to the domain (Prosody → jatproxy) and answers to a
+/// requester (jatproxy → Prosody). Requests jatproxy forwards to client
+/// resources carry the same id, so the direction and addresses decide.
+fn requester_id(st: &Stanza, to_proxy: bool) -> Option<String> {
+    let is_requester =
+        |a: Option<&str>| a.is_some_and(|a| a.starts_with(ALICE) || a.starts_with(BOB));
+    let id = st.id()?.to_owned();
+    if to_proxy && st.is_iq_request() && is_requester(st.from()) {
+        return Some(id);
+    }
+    if !to_proxy && st.is_iq_response() && is_requester(st.to()) {
+        return Some(id);
+    }
+    None
+}
+
+async fn relay_session(
+    proxy_side: TcpStream,
+    server_side: TcpStream,
+    cut: CancellationToken,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let (pr, mut pw) = proxy_side.into_split();
+    let (sr, mut sw) = server_side.into_split();
+    let limits = FramerLimits {
+        max_stanza_bytes: 4 << 20,
+        ..FramerLimits::default()
+    };
+    // Prosody → jatproxy, stanza by stanza: a request counts as accepted
+    // once its bytes are written to jatproxy's socket.
+    let down = {
+        let seen = seen.clone();
+        let cut = cut.clone();
+        async move {
+            let mut frames = FramedRead::new(sr, Framer::new(limits));
+            loop {
+                let f = tokio::select! {
+                    f = frames.next() => f,
+                    _ = cut.cancelled() => None,
+                };
+                let Some(Ok(f)) = f else { break };
+                let id = match &f {
+                    Frame::Stanza(st) => requester_id(st, true),
+                    _ => None,
+                };
+                if pw.write_all(f.bytes()).await.is_err() {
+                    break;
+                }
+                if let Some(id) = id {
+                    *seen.lock().expect("lock").accepted.entry(id).or_default() += 1;
+                }
+            }
+            // Whatever Prosody still sends is dropped with its socket;
+            // jatproxy reads all it was given, then the end.
+            let _ = pw.shutdown().await;
+        }
+    };
+    // jatproxy → Prosody: every answer jatproxy writes is counted; after a
+    // cut (or once Prosody is gone) they are read and discarded.
+    let up = {
+        let seen = seen.clone();
+        async move {
+            let mut frames = FramedRead::new(pr, Framer::new(limits));
+            let mut open = true;
+            while let Some(Ok(f)) = frames.next().await {
+                let id = match &f {
+                    Frame::Stanza(st) => requester_id(st, false),
+                    _ => None,
+                };
+                if let Some(id) = &id {
+                    *seen
+                        .lock()
+                        .expect("lock")
+                        .answered
+                        .entry(id.clone())
+                        .or_default() += 1;
+                }
+                if open && !cut.is_cancelled() && sw.write_all(f.bytes()).await.is_ok() {
+                    continue;
+                }
+                open = false;
+                let _ = sw.shutdown().await;
+                if let Some(id) = id {
+                    *seen
+                        .lock()
+                        .expect("lock")
+                        .undelivered
+                        .entry(id)
+                        .or_default() += 1;
+                }
+            }
+        }
+    };
+    tokio::join!(down, up);
+}
+
+// ---------------------------------------------------------------------------
+// Members and requesters
+// ---------------------------------------------------------------------------
+
+/// A client resource of the target account that answers every echo
+/// request with its text, after `delay-ms` if the request asks. Delayed
+/// answers wait in a queue, so one slow request does not hold up the rest
+/// (as a real service answering concurrently).
+fn responder(mut c: TestClient) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let res = c.jid().resource().to_string();
+        let mut due: Vec<(tokio::time::Instant, String)> = Vec::new();
+        loop {
+            let next_due = due.iter().map(|d| d.0).min();
+            let wait = next_due.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
+            let got = c
+                .recv_matching(wait, |e| {
+                    e.name() == "iq" && matches!(e.attr("type"), Some("get") | Some("set"))
+                })
+                .await;
+            if let Ok(iq) = got {
+                let echo = iq.get_child("echo", NS_ECHO);
+                let text = echo.map(|e| e.text()).unwrap_or_default();
+                let delay: u64 = echo
+                    .and_then(|e| e.attr("delay-ms"))
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
+                let reply = format!(
+                    "<iq type='result' id='{}' to='{}'><echo xmlns='{NS_ECHO}' from-resource='{res}'>{text}</echo></iq>",
+                    iq.attr("id").unwrap_or_default(),
+                    iq.attr("from").unwrap_or_default(),
+                );
+                due.push((
+                    tokio::time::Instant::now() + Duration::from_millis(delay),
+                    reply,
+                ));
+            }
+            let now = tokio::time::Instant::now();
+            let (ready, later): (Vec<_>, Vec<_>) = due.drain(..).partition(|d| d.0 <= now);
+            due = later;
+            for (_, reply) in ready {
+                if c.send_xml(&reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+async fn client(p: &Prosody, jid: &str) -> TestClient {
+    let c = xmpp::connect(jid, PW, p.c2s_addr(), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{jid} online: {e}"));
+    c.send_presence().await.expect("presence");
+    c
+}
+
+/// How each request ended at its requester, in arrival order.
+type Answers = HashMap<String, Vec<String>>;
+
+/// What one requester's load produced.
+struct Load {
+    sent: Vec<String>,
+    answers: Answers,
+    client: TestClient,
+}
+
+/// Sends `n` echo requests `prefix0..`, at most [`WINDOW`] in flight,
+/// reporting the number answered on `progress`. Stops sending when a send
+/// fails (the requester's own session died), and stops waiting after
+/// [`IDLE`] without an answer.
+fn load(
+    mut c: TestClient,
+    prefix: String,
+    n: usize,
+    delay_ms: u32,
+    progress: watch::Sender<usize>,
+) -> JoinHandle<Load> {
+    tokio::spawn(async move {
+        let mut sent = Vec::new();
+        let mut answers: Answers = HashMap::new();
+        let mut can_send = true;
+        let mut done = 0;
+        loop {
+            while can_send && sent.len() < n && sent.len() - done < WINDOW {
+                let id = format!("{prefix}{}", sent.len());
+                let xml = format!(
+                    "<iq id='{id}' to='{D}' type='get'><echo xmlns='{NS_ECHO}' delay-ms='{delay_ms}'>t</echo></iq>"
+                );
+                if c.send_xml(&xml).await.is_err() {
+                    can_send = false;
+                    break;
+                }
+                sent.push(id);
+            }
+            if done >= sent.len() && (!can_send || sent.len() >= n) {
+                break;
+            }
+            let r = c
+                .recv_matching(IDLE, |e| {
+                    e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix.as_str()))
+                })
+                .await;
+            let Ok(r) = r else { break };
+            let id = r.attr("id").unwrap_or_default().to_owned();
+            let first = !answers.contains_key(&id);
+            answers.entry(id).or_default().push(outcome(&r));
+            if first {
+                done += 1;
+                let _ = progress.send(done);
+            }
+        }
+        Load {
+            sent,
+            answers,
+            client: c,
+        }
+    })
+}
+
+fn outcome(r: &Element) -> String {
+    match r.attr("type") {
+        Some("result") => "result".into(),
+        _ => {
+            let cond = r
+                .children()
+                .find(|c| c.name() == "error")
+                .and_then(|e| {
+                    e.children()
+                        .find(|c| c.ns() == NS_STANZAS && c.name() != "text")
+                })
+                .map(|c| c.name().to_owned())
+                .unwrap_or_else(|| xmpp::to_xml(r));
+            format!("error:{cond}")
+        }
+    }
+}
+
+/// Late or duplicate answers still on their way after a load: one more
+/// request must come back, and everything before it is taken.
+async fn late_answers(c: &mut TestClient, prefix: &str, answers: &mut Answers) {
+    let marker = format!("{prefix}marker");
+    let sent = c
+        .send_xml(&format!(
+            "<iq id='{marker}' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>m</echo></iq>"
+        ))
+        .await;
+    if sent.is_ok() {
+        // Waits past the iq timeout, so an answer due from jatproxy has come.
+        let _ = c.recv_iq_response(&marker, IQ_TIMEOUT + WAIT).await;
+    }
+    for e in c.drain() {
+        if let Some(id) = e
+            .attr("id")
+            .filter(|i| i.starts_with(prefix) && *i != marker)
+        {
+            if e.name() == "iq" {
+                answers.entry(id.to_owned()).or_default().push(outcome(&e));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Row {
+    fault: String,
+    sent: usize,
+    accepted: usize,
+    result: usize,
+    error: usize,
+    errors: BTreeMap<String, usize>,
+    /// Unanswered because the fault dropped the request before jatproxy
+    /// or jatproxy's answer after it (seen by the relay).
+    dropped_outside: usize,
+    /// Of those: requests that never reached jatproxy,
+    never_reached: usize,
+    /// answers jatproxy wrote to a link already cut or closed,
+    answer_cut: usize,
+    /// and answers the server took and did not deliver.
+    answer_dropped_by_server: usize,
+    lost: usize,
+    duplicated: usize,
+    lost_ids: Vec<String>,
+    dup_ids: Vec<String>,
+    /// From the first request to the last answer (late ones included).
+    took: Duration,
+}
+
+fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
+    let mut row = Row {
+        fault: fault.to_owned(),
+        ..Row::default()
+    };
+    for (sent, answers) in loads {
+        for id in sent {
+            row.sent += 1;
+            let accepted = seen.accepted.get(id).copied().unwrap_or(0);
+            let from_proxy = seen.answered.get(id).copied().unwrap_or(0);
+            if accepted > 0 {
+                row.accepted += 1;
+            }
+            let got = answers.get(id).map(Vec::as_slice).unwrap_or(&[]);
+            if got.len() > 1 || from_proxy > 1 {
+                row.duplicated += 1;
+                row.dup_ids
+                    .push(format!("{id}: {got:?}, jatproxy sent {from_proxy}"));
+            }
+            if accepted > 0 && from_proxy == 0 {
+                // jatproxy took the request and never sent an answer.
+                row.lost += 1;
+                row.lost_ids.push(format!(
+                    "{id}: accepted, no answer from jatproxy; got {got:?}"
+                ));
+            }
+            match got.first() {
+                Some(o) if o == "result" => row.result += 1,
+                Some(o) => {
+                    row.error += 1;
+                    *row.errors
+                        .entry(o.trim_start_matches("error:").to_owned())
+                        .or_default() += 1;
+                }
+                None => {
+                    if accepted == 0 {
+                        row.dropped_outside += 1;
+                        row.never_reached += 1;
+                    } else if seen.undelivered.contains_key(id) {
+                        row.dropped_outside += 1;
+                        row.answer_cut += 1;
+                    } else if from_proxy > 0 {
+                        row.dropped_outside += 1;
+                        row.answer_dropped_by_server += 1;
+                    }
+                    // else: accepted and never answered, counted as lost above.
+                }
+            }
+        }
+    }
+    row
+}
+
+fn print_table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| fault | sent | accepted by jatproxy | result | error | dropped outside jatproxy | lost | duplicated | took |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |\n",
+            r.fault,
+            r.sent,
+            r.accepted,
+            r.result,
+            r.error,
+            r.dropped_outside,
+            r.lost,
+            r.duplicated,
+            r.took.as_secs_f64()
+        ));
+    }
+    t.push_str("\ndropped outside jatproxy:\n");
+    for r in rows.iter().filter(|r| r.dropped_outside > 0) {
+        t.push_str(&format!(
+            "- {}: {} requests never reached jatproxy, {} answers jatproxy wrote to a link already cut or closed by the server, {} answers the server took and did not deliver\n",
+            r.fault, r.never_reached, r.answer_cut, r.answer_dropped_by_server
+        ));
+    }
+    t.push_str("\nerrors by condition:\n");
+    for r in rows {
+        if !r.errors.is_empty() {
+            let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            t.push_str(&format!("- {}: {}\n", r.fault, e.join(", ")));
+        }
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+struct World {
+    p: Prosody,
+    relay: Relay,
+    proxy: Proxy,
+    instances: Vec<EchoComponent>,
+    resources: Vec<JoinHandle<()>>,
+    next_member: usize,
+}
+
+impl World {
+    async fn start() -> World {
+        let p = Prosody::start(
+            ProsodyConfig::new()
+                .user("alice", PW)
+                .user("bob", PW)
+                .user("impl", PW)
+                .component(D, SECRET)
+                .roster_item("impl", D, Subscription::From),
+        )
+        .await
+        .expect("prosody starts (is it installed? run scripts/setup.sh)");
+        let relay = Relay::start(p.component_addr()).await;
+        let toml = format!(
+            r#"
+[upstream]
+server = "{}"
+domain = "{D}"
+secret = "{SECRET}"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+[client_proxy]
+target_address = "{T}"
+
+[instances]
+listen = "127.0.0.1:0"
+secret = "{INSTANCE_SECRET}"
+
+[routing]
+balancing = "round-robin"
+iq_timeout = "{}ms"
+pending_capacity = {PENDING_CAPACITY}
+"#,
+            relay.addr,
+            IQ_TIMEOUT.as_millis()
+        );
+        let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
+            .await
+            .expect("start");
+        assert!(
+            proxy.wait_for(WAIT, |s| s.upstream_online).await,
+            "jatproxy did not register; prosody log:\n{}",
+            p.log_tail(30)
+        );
+        let mut w = World {
+            p,
+            relay,
+            proxy,
+            instances: Vec::new(),
+            resources: Vec::new(),
+            next_member: 0,
+        };
+        for _ in 0..2 {
+            w.add_instance().await;
+            w.add_resource().await;
+        }
+        w.wait_pool(4).await;
+        w
+    }
+
+    async fn add_instance(&mut self) {
+        self.next_member += 1;
+        let name = format!("i{}", self.next_member);
+        let listener = self.proxy.listen_addr().expect("listener");
+        let c = EchoComponent::start(listener, D, INSTANCE_SECRET, &name, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.instances.push(c);
+    }
+
+    async fn add_resource(&mut self) {
+        self.next_member += 1;
+        let c = client(&self.p, &format!("{T}/r{}", self.next_member)).await;
+        self.resources.push(responder(c));
+    }
+
+    async fn wait_pool(&self, n: usize) {
+        assert!(
+            self.proxy.wait_for(WAIT, |s| s.pool.len() == n).await,
+            "pool of {n} expected: {:?}",
+            self.proxy.status().pool
+        );
+    }
+
+    fn seen_snapshot(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.relay.seen.lock().expect("lock")
+    }
+}
+
+/// Loads running for one fault.
+struct Running {
+    prefix: String,
+    started: tokio::time::Instant,
+    tasks: Vec<JoinHandle<Load>>,
+    /// Answers the first requester got so far.
+    progress: watch::Receiver<usize>,
+}
+
+/// Starts `n` requests from each requester.
+fn start_loads(prefix: &str, requesters: Vec<TestClient>, n: usize, delay_ms: u32) -> Running {
+    let (first_tx, progress) = watch::channel(0usize);
+    let mut first_tx = Some(first_tx);
+    let tasks = requesters
+        .into_iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let tx = first_tx.take().unwrap_or_else(|| watch::channel(0).0);
+            load(c, format!("{prefix}-{k}-"), n, delay_ms, tx)
+        })
+        .collect();
+    Running {
+        prefix: prefix.to_owned(),
+        started: tokio::time::Instant::now(),
+        tasks,
+        progress,
+    }
+}
+
+impl Running {
+    /// Waits until the first requester has `n` answers.
+    async fn answered(&mut self, n: usize) {
+        let r = tokio::time::timeout(WAIT, self.progress.wait_for(|d| *d >= n)).await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "{}: load stalled before {n} answers",
+            self.prefix
+        );
+    }
+
+    /// Waits for the loads to end, collects late answers, and tallies.
+    async fn finish(self, fault: &str, w: &World) -> (Row, Vec<TestClient>) {
+        let mut loads = Vec::new();
+        let mut clients = Vec::new();
+        for (k, t) in self.tasks.into_iter().enumerate() {
+            let mut l = t.await.expect("load task");
+            late_answers(
+                &mut l.client,
+                &format!("{}-{k}-", self.prefix),
+                &mut l.answers,
+            )
+            .await;
+            loads.push((l.sent, l.answers));
+            clients.push(l.client);
+        }
+        let mut row = tally(fault, &loads, &w.seen_snapshot());
+        row.took = self.started.elapsed();
+        (row, clients)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_under_load_lose_and_duplicate_nothing() {
+    let mut w = World::start().await;
+    let mut alice = client(&w.p, &format!("{ALICE}/load")).await;
+    let mut bob = client(&w.p, &format!("{BOB}/load")).await;
+    let mut rows = Vec::new();
+
+    // Baseline: no fault.
+    let run = start_loads("base", vec![alice], N, 0);
+    let (row, mut c) = run.finish("none (baseline)", &w).await;
+    rows.push(row);
+    alice = c.remove(0);
+
+    // Requests time out: answers delayed past iq_timeout. The instances
+    // and resources answer late; the requester gets remote-server-timeout
+    // once, and the late answer is dropped.
+    let run = start_loads(
+        "tmo",
+        vec![alice],
+        N_TIMEOUT,
+        (IQ_TIMEOUT.as_millis() + 500) as u32,
+    );
+    let (row, mut c) = run.finish("requests time out", &w).await;
+    rows.push(row);
+    alice = c.remove(0);
+    // Members still busy with late answers must be idle again.
+    assert!(w.proxy.wait_for(WAIT, |s| s.pending == 0).await);
+
+    // The pending table overflows: two requesters with a full window each
+    // against a table of one window; the oldest requests are evicted.
+    let run = start_loads("full", vec![alice, bob], N_SLOW, 300);
+    let (row, mut c) = run.finish("pending table full", &w).await;
+    rows.push(row);
+    bob = c.remove(1);
+    alice = c.remove(0);
+
+    // An instance killed (SIGKILL) with requests in flight on it.
+    let mut run = start_loads("kill", vec![alice], N_SLOW, 200);
+    run.answered(40).await;
+    let mut victim = w.instances.remove(0);
+    victim.kill();
+    run.answered(80).await;
+    w.add_instance().await;
+    let (row, mut c) = run.finish("instance killed", &w).await;
+    rows.push(row);
+    alice = c.remove(0);
+    w.wait_pool(4).await;
+
+    // A client resource dropped without a goodbye.
+    let mut run = start_loads("drop", vec![alice], N_SLOW, 200);
+    run.answered(40).await;
+    let gone = w.resources.remove(0);
+    gone.abort();
+    run.answered(80).await;
+    w.add_resource().await;
+    let (row, mut c) = run.finish("client resource dropped", &w).await;
+    rows.push(row);
+    alice = c.remove(0);
+    w.wait_pool(4).await;
+
+    // The upstream TCP connection cut mid-load.
+    let sessions = w.proxy.status().upstream_sessions;
+    let mut run = start_loads("cut", vec![alice], N, 20);
+    run.answered(40).await;
+    w.relay.cut();
+    assert!(
+        w.proxy
+            .wait_for(WAIT, |s| s.upstream_online
+                && s.upstream_sessions > sessions)
+            .await,
+        "jatproxy did not reconnect after the cut"
+    );
+    let (row, mut c) = run.finish("upstream TCP cut", &w).await;
+    rows.push(row);
+    alice = c.remove(0);
+
+    // Prosody restarted mid-load: every c2s session ends with it, so the
+    // requester and the resources log in again afterwards.
+    let sessions = w.proxy.status().upstream_sessions;
+    let mut run = start_loads("restart", vec![alice], N, 20);
+    run.answered(40).await;
+    w.p.restart().await.expect("prosody restarts");
+    assert!(
+        w.proxy
+            .wait_for(WAIT, |s| s.upstream_online
+                && s.upstream_sessions > sessions)
+            .await,
+        "jatproxy did not reconnect after the restart; prosody log:\n{}",
+        w.p.log_tail(30)
+    );
+    let (row, _old) = run.finish("Prosody restarted", &w).await;
+    rows.push(row);
+    for r in w.resources.drain(..) {
+        r.abort();
+    }
+    w.add_resource().await;
+    w.add_resource().await;
+    w.wait_pool(4).await;
+    let alice = client(&w.p, &format!("{ALICE}/again")).await;
+    let run = start_loads("after", vec![alice], N_SLOW, 0);
+    let (row, _) = run.finish("after all faults", &w).await;
+    rows.push(row);
+    drop(bob);
+
+    let table = print_table(&rows);
+    println!("{table}");
+    let st = w.proxy.status();
+    println!(
+        "jatproxy status at the end: pending {}, stats {:?}",
+        st.pending, st.stats
+    );
+    for r in &rows {
+        assert_eq!(r.lost, 0, "{}: lost {:?}\n{table}", r.fault, r.lost_ids);
+        assert_eq!(
+            r.duplicated, 0,
+            "{}: duplicated {:?}\n{table}",
+            r.fault, r.dup_ids
+        );
+        assert_eq!(
+            r.sent,
+            r.result + r.error + r.dropped_outside + r.lost,
+            "{}",
+            r.fault
+        );
+    }
+    // Faults that destroy nothing outside jatproxy leave nothing unanswered.
+    for r in rows
+        .iter()
+        .filter(|r| !r.fault.contains("cut") && !r.fault.contains("restarted"))
+    {
+        assert_eq!(r.dropped_outside, 0, "{}\n{table}", r.fault);
+        let per = match r.fault.as_str() {
+            f if f.contains("baseline") => N,
+            f if f.contains("time out") => N_TIMEOUT,
+            f if f.contains("full") => 2 * N_SLOW,
+            _ => N_SLOW,
+        };
+        assert_eq!(r.sent, per, "{}", r.fault);
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r.errors.contains_key("remote-server-timeout")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.errors.contains_key("resource-constraint")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.errors.contains_key("recipient-unavailable")),
+        "{table}"
+    );
+    assert!(w.proxy.wait_for(WAIT, |s| s.pending == 0).await);
+    assert!(w.proxy.shutdown(WAIT).await);
+}
