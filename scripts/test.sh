@@ -4,7 +4,7 @@
 # loopback integration, end-to-end against a real Prosody), and each fuzz
 # target for a bounded time.
 #
-#   FUZZ_SECONDS=60 scripts/test.sh     (default 60 s per fuzz target; 0 skips)
+#   FUZZ_SECONDS=60 scripts/test.sh     (default 30 s per fuzz target; 0 skips)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,9 +34,9 @@ fi
 echo "== benchmarks, compiled and run once each (criterion's test mode; e2e: a 2 s smoke run)"
 cargo test --benches
 
-if [ "${FUZZ_SECONDS:-60}" != "0" ]; then
-    echo "== fuzzing, ${FUZZ_SECONDS:-60} s per target"
-    scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+if [ "${FUZZ_SECONDS:-30}" != "0" ]; then
+    echo "== fuzzing, ${FUZZ_SECONDS:-30} s per target"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 fi
 echo "== all checks passed"
 echo "tests: ${passed:-0} passed, ${failed:-0} failed"
