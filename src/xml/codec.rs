@@ -5,7 +5,8 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use super::frame::Frame;
-use super::framer::{FrameError, Framer};
+use super::framer::FrameError;
+use super::tokenizer::Framer;
 
 /// A read failure: either the socket or the bytes on it. Both end the stream.
 #[derive(Debug, thiserror::Error)]

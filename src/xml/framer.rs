@@ -135,10 +135,11 @@ struct Top {
     xmlns: Option<String>,
 }
 
-/// The streaming framer. Feed it with [`Framer::next_frame`] (or use it as
-/// a `tokio_util::codec::Decoder`, see [`super::codec`]).
+/// The rxml-based streaming framer: the reference the fast tokenizer is
+/// held to, and the fallback `--tokenizer rxml` selects. Callers use it
+/// through [`super::Framer`].
 #[derive(Debug)]
-pub struct Framer {
+pub struct RxmlFramer {
     parser: RawParser,
     limits: FramerLimits,
     /// Absolute stream offset of the first byte of the caller's buffer.
@@ -158,7 +159,7 @@ pub struct Framer {
     failed: Option<FrameError>,
 }
 
-impl Framer {
+impl RxmlFramer {
     pub fn new(limits: FramerLimits) -> Self {
         let opts = Options {
             // A JID may take 3071 bytes, up to six times that escaped; a
@@ -170,7 +171,7 @@ impl Framer {
         // Whitespace keepalives must come out when they arrive, not when
         // the next stanza starts.
         parser.set_text_buffering(false);
-        Framer {
+        RxmlFramer {
             parser,
             limits,
             base: 0,
@@ -575,7 +576,7 @@ impl Framer {
 pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
     const HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
         xmlns:stream='http://etherx.jabber.org/streams'>";
-    let mut framer = Framer::new(FramerLimits {
+    let mut framer = super::Framer::new(FramerLimits {
         max_stanza_bytes: element.len().max(HEADER.len()) + 1,
         max_depth: 1 << 16,
     });
@@ -597,7 +598,7 @@ pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
 /// is split across two `parse` calls (one byte short per split character),
 /// which would shift every offset after it. Holding the partial character
 /// back until the rest arrives keeps the running sum exact.
-fn complete_utf8_prefix(data: &[u8]) -> usize {
+pub(super) fn complete_utf8_prefix(data: &[u8]) -> usize {
     let n = data.len();
     for back in 1..=n.min(4) {
         let b = data[n - back];
@@ -628,6 +629,9 @@ fn check_unique_decls(decls: &[NsDecl]) -> Result<(), FrameError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+use RxmlFramer as Framer;
 
 #[cfg(test)]
 #[path = "framer_tests.rs"]

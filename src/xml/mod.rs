@@ -3,10 +3,13 @@
 
 pub mod codec;
 pub mod escape;
+pub mod fast;
 pub mod frame;
 pub mod framer;
 pub mod inspect;
+pub mod tokenizer;
 
 pub use codec::CodecError;
 pub use frame::{Attr, Frame, Kind, Stanza, StreamHeader};
-pub use framer::{parse_one, FrameError, Framer, FramerLimits};
+pub use framer::{parse_one, FrameError, FramerLimits};
+pub use tokenizer::{Framer, Tokenizer};

@@ -1,0 +1,1564 @@
+//! The fast tokenizer: the same framer as [`super::framer::RxmlFramer`],
+//! byte-level instead of event-level.
+//!
+//! rxml builds an event (and allocates its strings) for every name, value
+//! and text run; routing needs none of that inside a stanza. This scanner
+//! works on the read buffer in place: one pass over each new chunk checks
+//! it is UTF-8 and free of characters XML forbids, then `memchr` jumps
+//! from one `<`, `&`, `]` or quote to the next. Only the facts routing
+//! uses (names, namespace declarations, `to`/`from`/`type`/`id`) are
+//! decoded into strings.
+//!
+//! It must accept and refuse exactly what the rxml framer does, with the
+//! same stream error, and cut the same frames: rxml is the reference (see
+//! `fast_tests.rs` and the `fast_vs_rxml` fuzz target). So it copies
+//! rxml's restricted XML rules where they are stricter than XML 1.0 (a
+//! lone CR inside an attribute value, a token limit on names and values)
+//! and reports an error of the same class as rxml would at the same
+//! point: a fault is reported in stream order, the size limit wins over
+//! a fault lying past it, and text at stream level is judged where rxml
+//! flushes it (at the next `<` or `&`, or at the end of a read).
+//!
+//! Resuming after a partial read costs at most one start-tag attribute,
+//! reference or end tag: text and CDATA are never rescanned, and the
+//! start of a stanza is not rescanned once its start tag is complete.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use memchr::{memchr, memchr3};
+
+use super::frame::{Attr, Frame, Kind, Stanza, StreamHeader, NS_COMPONENT, NS_STREAMS};
+use super::framer::{complete_utf8_prefix, FrameError, FramerLimits};
+
+const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// rxml's `MAX_REFERENCE_LENGTH`: the longest entity name or character
+/// reference digits it reads before refusing the reference.
+const MAX_REF: usize = 8;
+
+/// Where the scanner stands, at a point it can resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the root. `decl`: an XML declaration was read (another is
+    /// a processing instruction); `skip_ws`: whitespace is skipped (right
+    /// after the declaration) rather than lexed as text, which rxml
+    /// refuses before the root.
+    Prolog { decl: bool, skip_ws: bool },
+    /// Between markup at depth ≥ 1.
+    Content,
+    /// Inside a start tag whose name has been read; `after_value`: the
+    /// last thing read was an attribute value (whitespace must follow).
+    Tag { after_value: bool },
+    /// Inside a CDATA section below stream level.
+    Cdata,
+    /// The root was `<stream:stream/>`: its end comes as an empty frame.
+    RootEnd,
+}
+
+/// A namespace declaration in scope, its strings in [`Scope::text`].
+#[derive(Debug, Clone, Copy)]
+struct NsDecl {
+    /// Prefix bytes (empty with `default`).
+    prefix: (u32, u32),
+    default: bool,
+    uri: (u32, u32),
+}
+
+/// Namespace declarations and open element names, stored in two arenas so
+/// that entering and leaving an element allocates nothing.
+#[derive(Debug, Default)]
+struct Scope {
+    text: String,
+    decls: Vec<NsDecl>,
+    /// Per open element: (decls.len(), text.len()) before its declarations.
+    marks: Vec<(usize, usize)>,
+    names: Vec<u8>,
+    name_ends: Vec<usize>,
+}
+
+impl Scope {
+    fn str(&self, r: (u32, u32)) -> &str {
+        self.text.get(r.0 as usize..r.1 as usize).unwrap_or("")
+    }
+
+    fn push_str(&mut self, s: &str) -> (u32, u32) {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        (start, self.text.len() as u32)
+    }
+
+    fn resolve(&self, prefix: Option<&[u8]>) -> Result<&str, FrameError> {
+        if prefix == Some(b"xml") {
+            return Ok(NS_XML);
+        }
+        for d in self.decls.iter().rev() {
+            let hit = match prefix {
+                None => d.default,
+                Some(p) => !d.default && self.str(d.prefix).as_bytes() == p,
+            };
+            if hit {
+                return Ok(self.str(d.uri));
+            }
+        }
+        match prefix {
+            None => Ok(""),
+            Some(p) => Err(FrameError::UndeclaredPrefix(
+                String::from_utf8_lossy(p).into_owned(),
+            )),
+        }
+    }
+
+    fn top_name(&self) -> &[u8] {
+        let end = self.name_ends.last().copied().unwrap_or(0);
+        let start = self
+            .name_ends
+            .len()
+            .checked_sub(2)
+            .map_or(0, |i| self.name_ends[i]);
+        &self.names[start..end]
+    }
+
+    fn pop(&mut self) {
+        if let Some((d, t)) = self.marks.pop() {
+            self.decls.truncate(d);
+            self.text.truncate(t);
+        }
+        self.name_ends.pop();
+        let end = self.name_ends.last().copied().unwrap_or(0);
+        self.names.truncate(end);
+    }
+}
+
+/// A qualified name in the buffer: `prefix` is empty without a colon.
+#[derive(Debug, Clone, Copy, Default)]
+struct QName {
+    start: usize,
+    colon: Option<usize>,
+    end: usize,
+}
+
+impl QName {
+    fn prefix<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
+        self.colon.map(|c| &data[self.start..c])
+    }
+    fn local<'a>(&self, data: &'a [u8]) -> &'a [u8] {
+        &data[self.colon.map_or(self.start, |c| c + 1)..self.end]
+    }
+}
+
+/// The start tag being read: collected until `>` so prefixes and
+/// duplicates can be checked once all attributes are known.
+#[derive(Debug, Default)]
+struct Head {
+    name: QName,
+    attrs: Vec<QName>,
+    /// Pending declarations: (prefix range in buffer or None, decoded uri).
+    decls: Vec<(Option<(usize, usize)>, String)>,
+}
+
+/// Facts of the top-level element being read.
+#[derive(Debug, Default)]
+struct Top {
+    stanza_type: Option<String>,
+    id: Option<String>,
+    to: Option<Attr>,
+    from: Option<Attr>,
+    kind: Option<Kind>,
+    name: String,
+    ns: String,
+    insert_at: usize,
+    version: Option<String>,
+    lang: Option<String>,
+    xmlns: Option<String>,
+}
+
+/// What a scan step produced.
+enum Step {
+    /// More bytes are needed; `pos` is where to resume.
+    Need,
+    /// A frame ends at this offset (exclusive) in the buffer.
+    Header(usize),
+    Stanza(usize),
+    Whitespace(usize),
+    End(usize),
+    /// Keep scanning (state changed).
+    Go,
+}
+
+/// The fast framer. Same contract as [`super::framer::RxmlFramer`].
+#[derive(Debug)]
+pub struct FastFramer {
+    limits: FramerLimits,
+    /// rxml's token limit (names, attribute values), as the rxml framer
+    /// configures it.
+    token_limit: usize,
+    state: State,
+    /// Resume offset in the buffer (the buffer starts at the frame start).
+    pos: usize,
+    /// Bytes `[0, clean)` of the buffer are valid UTF-8 holding only
+    /// characters XML allows.
+    clean: usize,
+    /// A fault (bad UTF-8, forbidden character) sits at `clean`.
+    fault: bool,
+    /// Bytes rxml would have been fed: the buffer without a trailing
+    /// incomplete UTF-8 sequence.
+    avail: usize,
+    /// 0 before the root, 1 inside the stream, 2 inside a stanza, …
+    depth: usize,
+    scope: Scope,
+    head: Head,
+    top: Top,
+    /// Depth-1 text: decoded characters since the last flush, all
+    /// whitespace so far.
+    text_pending: bool,
+    /// …and it is all whitespace.
+    text_ws: bool,
+    ended: bool,
+    failed: Option<FrameError>,
+}
+
+fn nwf(what: &str) -> FrameError {
+    FrameError::NotWellFormed(what.to_owned())
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// rxml's `maybe_name`: bytes a name token may hold before validation.
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'.' | b'_') || b >= 0x80
+}
+
+fn ascii_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_'
+}
+
+fn ascii_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+}
+
+/// A valid XML `Name` with at most one colon, neither first nor last,
+/// and a local part that starts like a name: what rxml's `split_name`
+/// accepts. Returns the colon position (relative).
+fn check_qname(bytes: &[u8]) -> Result<Option<usize>, FrameError> {
+    if bytes.is_ascii() {
+        let first = *bytes.first().ok_or_else(|| nwf("empty name"))?;
+        if !(ascii_name_start(first) || first == b':') {
+            return Err(nwf("invalid name start"));
+        }
+        let mut colon = None;
+        for (i, &b) in bytes.iter().enumerate().skip(1) {
+            if b == b':' {
+                if colon.is_some() {
+                    return Err(nwf("name with several colons"));
+                }
+                colon = Some(i);
+            } else if !ascii_name_char(b) {
+                return Err(nwf("invalid name character"));
+            }
+        }
+        if first == b':' {
+            return Err(nwf("empty name part"));
+        }
+        if let Some(c) = colon {
+            if c + 1 == bytes.len() {
+                return Err(nwf("empty name part"));
+            }
+            if !ascii_name_start(bytes[c + 1]) {
+                return Err(nwf("invalid local name"));
+            }
+        }
+        return Ok(colon);
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| nwf("invalid utf-8 in name"))?;
+    let name = rxml::Name::try_from(s).map_err(|e| nwf(&e.to_string()))?;
+    let (prefix, _) = name.split_name().map_err(|e| nwf(&e.to_string()))?;
+    Ok(prefix.map(|p| p.len()))
+}
+
+/// A character XML allows (what rxml checks character references against).
+fn xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
+}
+
+/// Result of reading a reference at `&`.
+enum Ref {
+    Need,
+    /// End offset (after `;`) and the decoded character.
+    Char(usize, char),
+}
+
+/// Reads the reference starting at `at` (the `&`) as rxml's lexer does.
+fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
+    let mut i = at + 1;
+    let mut radix = 0u32; // 0: entity name, 10, 16
+    let start;
+    // `#` and `x` are only special right at the start.
+    loop {
+        let Some(&b) = data.get(i) else {
+            return Ok(Ref::Need);
+        };
+        if radix == 0 && b == b'#' {
+            radix = 10;
+            i += 1;
+            continue;
+        }
+        if radix == 10 && b == b'x' && data[i - 1] == b'#' {
+            radix = 16;
+            i += 1;
+            continue;
+        }
+        start = i;
+        break;
+    }
+    let accept = |b: u8| match radix {
+        0 => name_byte(b),
+        10 => b.is_ascii_digit(),
+        _ => b.is_ascii_hexdigit(),
+    };
+    let mut end = start;
+    loop {
+        let Some(&b) = data.get(end) else {
+            return Ok(Ref::Need);
+        };
+        if accept(b) {
+            if end - start >= MAX_REF {
+                return Err(nwf("undeclared entity"));
+            }
+            end += 1;
+            continue;
+        }
+        if b != b';' {
+            return Err(nwf("unexpected byte in reference"));
+        }
+        break;
+    }
+    let body = &data[start..end];
+    if body.is_empty() {
+        return Err(nwf("empty reference"));
+    }
+    let c = match radix {
+        0 => match body {
+            b"amp" => '&',
+            b"lt" => '<',
+            b"gt" => '>',
+            b"apos" => '\'',
+            b"quot" => '"',
+            _ => return Err(nwf("undeclared entity")),
+        },
+        r => {
+            let s = std::str::from_utf8(body).map_err(|_| nwf("bad reference"))?;
+            let n = u32::from_str_radix(s, r).map_err(|_| nwf("bad reference"))?;
+            match char::from_u32(n) {
+                Some(c) if xml_char(n) => c,
+                _ => return Err(nwf("invalid character reference")),
+            }
+        }
+    };
+    Ok(Ref::Char(end + 1, c))
+}
+
+/// The first offset in `data` that is not clean: invalid UTF-8, a
+/// control character other than TAB, LF and CR, or U+FFFE/U+FFFF.
+fn first_fault(data: &[u8]) -> Option<usize> {
+    let utf8_end = match std::str::from_utf8(data) {
+        Ok(_) => data.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    let valid = &data[..utf8_end];
+    let mut bad = first_control(valid);
+    if !valid.is_ascii() {
+        let mut from = 0;
+        while let Some(i) =
+            memchr::memmem::find(&valid[from..bad.unwrap_or(valid.len())], b"\xEF\xBF")
+        {
+            let at = from + i;
+            if matches!(valid.get(at + 2), Some(0xBE | 0xBF)) {
+                bad = Some(at);
+                break;
+            }
+            from = at + 2;
+        }
+    }
+    match bad {
+        Some(b) => Some(b),
+        None if utf8_end < data.len() => Some(utf8_end),
+        None => None,
+    }
+}
+
+/// The first byte below 0x20 other than TAB, LF, CR, eight bytes at a time.
+fn first_control(data: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = data.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // High bit set in each byte below 0x20 (bytes ≥ 0x80 excluded by !w).
+        let small = w.wrapping_sub(LO * 0x20) & !w & HI;
+        if small != 0 {
+            if let Some(i) = c
+                .iter()
+                .position(|&b| b < 0x20 && !matches!(b, 9 | 10 | 13))
+            {
+                return Some(at + i);
+            }
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b < 0x20 && !matches!(b, 9 | 10 | 13))
+        .map(|i| at + i)
+}
+
+impl FastFramer {
+    pub fn new(limits: FramerLimits) -> Self {
+        FastFramer {
+            limits,
+            token_limit: limits.max_stanza_bytes.clamp(1, 32 * 1024),
+            state: State::Prolog {
+                decl: false,
+                skip_ws: false,
+            },
+            pos: 0,
+            clean: 0,
+            fault: false,
+            avail: 0,
+            depth: 0,
+            scope: Scope::default(),
+            head: Head::default(),
+            top: Top::default(),
+            text_pending: false,
+            text_ws: true,
+            ended: false,
+            failed: None,
+        }
+    }
+
+    /// True once `</stream:stream>` has been framed.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// True while part of a top-level element (or the header) has been
+    /// read but not yet framed.
+    pub fn mid_frame(&self) -> bool {
+        self.depth != 1 || self.avail > 0
+    }
+
+    /// See [`super::framer::RxmlFramer::next_frame`].
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        match self.step(buf) {
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    /// See [`super::framer::RxmlFramer::next_frame_eof`].
+    pub fn next_frame_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.next_frame(buf)? {
+            Some(f) => Ok(Some(f)),
+            None if self.ended || !self.mid_frame() => Ok(None),
+            None if self.depth == 0 && buf.iter().all(u8::is_ascii_whitespace) => Ok(None),
+            None => {
+                self.failed = Some(FrameError::Truncated);
+                Err(FrameError::Truncated)
+            }
+        }
+    }
+
+    /// An error found at offset `at` of the current frame: past the size
+    /// limit, rxml would have stopped at the limit first.
+    fn err_at(&self, at: usize, e: FrameError) -> FrameError {
+        if at >= self.limits.max_stanza_bytes {
+            self.too_large()
+        } else {
+            e
+        }
+    }
+
+    fn too_large(&self) -> FrameError {
+        FrameError::TooLarge {
+            limit: self.limits.max_stanza_bytes,
+        }
+    }
+
+    /// The scan reached `at` and needs what follows: a fault there is
+    /// reported, otherwise wait for more bytes.
+    fn need(&mut self, resume: usize, at: usize) -> Result<Step, FrameError> {
+        self.pos = resume;
+        if self.fault && at >= self.clean {
+            return Err(self.err_at(self.clean, nwf("invalid utf-8 or character")));
+        }
+        Ok(Step::Need)
+    }
+
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        // Validate what arrived since the last call, up to a first fault.
+        self.avail = complete_utf8_prefix(buf);
+        if !self.fault && self.clean < self.avail {
+            match first_fault(&buf[self.clean..self.avail]) {
+                Some(i) => {
+                    self.clean += i;
+                    self.fault = true;
+                }
+                None => self.clean = self.avail,
+            }
+        }
+        loop {
+            let step = {
+                let data = &buf[..self.avail];
+                self.scan(data)?
+            };
+            let (end, make): (usize, fn(&mut Self, bytes::Bytes) -> Frame) = match step {
+                Step::Go => continue,
+                Step::Need => {
+                    let pending_ws = self.depth == 1 && self.text_pending;
+                    if self.avail > self.limits.max_stanza_bytes && !pending_ws {
+                        return Err(self.too_large());
+                    }
+                    return Ok(None);
+                }
+                Step::Header(e) => (e, Self::header_frame),
+                Step::Stanza(e) => (e, Self::stanza_frame),
+                Step::Whitespace(e) => (e, |_, b| Frame::Whitespace(b)),
+                Step::End(e) => (e, |_, b| Frame::End(b)),
+            };
+            if end > self.limits.max_stanza_bytes && !matches!(step, Step::Whitespace(_)) {
+                return Err(self.too_large());
+            }
+            let bytes = buf.split_to(end).freeze();
+            self.pos -= end;
+            self.clean -= end;
+            self.avail -= end;
+            return Ok(Some(make(self, bytes)));
+        }
+    }
+
+    fn header_frame(&mut self, bytes: bytes::Bytes) -> Frame {
+        let top = std::mem::take(&mut self.top);
+        Frame::Header(StreamHeader {
+            bytes,
+            to: top.to.map(|a| a.value),
+            from: top.from.map(|a| a.value),
+            id: top.id,
+            xmlns: top.xmlns,
+            lang: top.lang,
+            version: top.version,
+        })
+    }
+
+    fn stanza_frame(&mut self, bytes: bytes::Bytes) -> Frame {
+        let top = std::mem::take(&mut self.top);
+        Frame::Stanza(Stanza {
+            bytes,
+            kind: top.kind.unwrap_or(Kind::Other),
+            name: top.name,
+            ns: top.ns,
+            stanza_type: top.stanza_type,
+            id: top.id,
+            to: top.to,
+            from: top.from,
+            insert_at: top.insert_at,
+        })
+    }
+
+    fn scan(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+        match self.state {
+            State::Prolog { decl, skip_ws } => self.prolog(data, decl, skip_ws),
+            State::Content if self.depth == 1 => self.stream_level(data),
+            State::Content => self.content(data),
+            State::Tag { after_value } => self.tag(data, after_value),
+            State::Cdata => self.cdata(data),
+            State::RootEnd => {
+                self.ended = true;
+                self.depth = 0;
+                Ok(Step::End(0))
+            }
+        }
+    }
+
+    /// Before the root: an optional XML declaration, whitespace after it,
+    /// and the root's start tag.
+    fn prolog(&mut self, data: &[u8], decl: bool, skip_ws: bool) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut i = self.pos;
+        if skip_ws {
+            while i < lim && is_ws(data[i]) {
+                i += 1;
+            }
+        }
+        let Some(&b) = data.get(i).filter(|_| i < lim) else {
+            return self.need(i, i);
+        };
+        if b != b'<' {
+            if !skip_ws {
+                return self.prolog_text(data, i);
+            }
+            return Err(self.err_at(i, nwf("text before the root element")));
+        }
+        match data.get(i + 1) {
+            None => self.need(i, i + 1),
+            Some(b'?') => {
+                let want: &[u8] = b"<?xml";
+                let have = &data[i..data.len().min(i + want.len())];
+                if !want.starts_with(have) {
+                    return Err(self.err_at(
+                        i + have.len() - 1,
+                        FrameError::Restricted("processing instructions"),
+                    ));
+                }
+                if have.len() < want.len() {
+                    return self.need(i, i + have.len());
+                }
+                if decl {
+                    return Err(
+                        self.err_at(i + 4, FrameError::Restricted("processing instructions"))
+                    );
+                }
+                self.pos = i;
+                self.xml_decl(data, i + 5)
+            }
+            Some(b'!') if data.get(i + 2) == Some(&b'[') => {
+                // An empty CDATA section yields no text event: rxml lets
+                // it pass; any content is text before the root.
+                match self.bang(data, i, Some(()))? {
+                    Step::Go => {}
+                    other => return Ok(other),
+                }
+                let s = i + 9;
+                match memchr::memmem::find(&data[s..lim], b"]]>") {
+                    Some(0) => {
+                        self.pos = s + 3;
+                        self.state = State::Prolog {
+                            decl,
+                            skip_ws: false,
+                        };
+                        Ok(Step::Go)
+                    }
+                    None if b"]]>".starts_with(&data[s..lim]) => self.need(i, lim),
+                    _ => Err(self.err_at(s, nwf("text before the root element"))),
+                }
+            }
+            Some(b'!') => self.bang(data, i, None),
+            Some(b'/') => Err(self.err_at(i + 1, nwf("end tag before the root element"))),
+            Some(_) if i + 1 >= lim => self.need(i, i + 1),
+            Some(_) => self.start_tag(data, i),
+        }
+    }
+
+    /// Text as the very first thing: rxml refuses it once flushed.
+    fn prolog_text(&mut self, data: &[u8], from: usize) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut i = from;
+        while i < lim {
+            match data[i] {
+                b'<' => return Err(self.err_at(i, nwf("text before the root element"))),
+                b'&' => {
+                    if i > from {
+                        return Err(self.err_at(i, nwf("text before the root element")));
+                    }
+                    return match reference(&data[..lim], i) {
+                        Ok(Ref::Need) => self.need(from, lim),
+                        Ok(Ref::Char(..)) => {
+                            Err(self.err_at(i, nwf("text before the root element")))
+                        }
+                        Err(e) => Err(self.err_at(i, e)),
+                    };
+                }
+                b']' if data.get(i + 1) == Some(&b']') && data.get(i + 2) == Some(&b'>') => {
+                    return Err(self.err_at(i + 2, nwf("]]> in text")));
+                }
+                _ => i += 1,
+            }
+        }
+        // At the end of a read rxml flushes the text (and refuses it),
+        // unless it waits on a CR or a `]`.
+        if self.fault || matches!(data[lim - 1], b'\r' | b']') {
+            return self.need(from, lim);
+        }
+        Err(self.err_at(lim - 1, nwf("text before the root element")))
+    }
+
+    /// `<!` at offset `at`: CDATA (returned as Ok(Go) after setting up
+    /// with `cdata`), comment, DOCTYPE or nonsense.
+    fn bang(&mut self, data: &[u8], at: usize, cdata: Option<()>) -> Result<Step, FrameError> {
+        let Some(&b) = data.get(at + 2) else {
+            return self.need(at, at + 2);
+        };
+        match b {
+            b'-' => match data.get(at + 3) {
+                None => self.need(at, at + 3),
+                Some(b'-') => Err(self.err_at(at + 3, FrameError::Restricted("comments"))),
+                Some(_) => Err(self.err_at(at + 3, nwf("malformed comment start"))),
+            },
+            b'[' => {
+                let want: &[u8] = b"<![CDATA[";
+                let have = &data[at..data.len().min(at + want.len())];
+                if !want.starts_with(have) {
+                    return Err(self.err_at(at + have.len(), nwf("malformed cdata section start")));
+                }
+                if have.len() < want.len() {
+                    return self.need(at, at + have.len());
+                }
+                if cdata.is_none() {
+                    return Err(self.err_at(at + 8, nwf("text before the root element")));
+                }
+                self.pos = at + want.len();
+                Ok(Step::Go)
+            }
+            b'D' => Err(self.err_at(at + 2, FrameError::Restricted("document type declarations"))),
+            _ => Err(self.err_at(at + 2, nwf("malformed section start"))),
+        }
+    }
+
+    /// `<?xml` has been read; `i` is just after it. `version`, then
+    /// optionally `encoding`, then optionally `standalone`, then `?>`.
+    fn xml_decl(&mut self, data: &[u8], mut i: usize) -> Result<Step, FrameError> {
+        const FIELDS: [&[u8]; 3] = [b"version", b"encoding", b"standalone"];
+        let start = self.pos;
+        let lim = self.clean;
+        let mut field = 0;
+        loop {
+            let ws_from = i;
+            while i < lim && is_ws(data[i]) {
+                i += 1;
+            }
+            let Some(&b) = data.get(i).filter(|_| i < lim) else {
+                return self.need(start, i);
+            };
+            if b == b'?' {
+                return match data.get(i + 1).filter(|_| i + 1 < lim) {
+                    None => self.need(start, i + 1),
+                    Some(b'>') if field >= 1 => {
+                        self.state = State::Prolog {
+                            decl: true,
+                            skip_ws: true,
+                        };
+                        self.pos = i + 2;
+                        Ok(Step::Go)
+                    }
+                    Some(_) => Err(self.err_at(i + 1, nwf("bad XML declaration"))),
+                };
+            }
+            if !name_byte(b) || i == ws_from || field == 3 {
+                return Err(self.err_at(i, nwf("bad XML declaration")));
+            }
+            let ((name_end, _), (vs, ve)) = match self.attribute(data, i)? {
+                None => return self.need(start, lim),
+                Some(a) => a,
+            };
+            if &data[i..name_end] != FIELDS[field] {
+                return Err(self.err_at(name_end, nwf("bad XML declaration")));
+            }
+            let v = self.decode(data, vs, ve)?;
+            let ok = match field {
+                0 => v == "1.0",
+                1 => v.eq_ignore_ascii_case("utf-8"),
+                _ => v.eq_ignore_ascii_case("yes"),
+            };
+            if !ok {
+                return Err(self.err_at(
+                    ve,
+                    FrameError::Restricted(match field {
+                        0 => "only XML version 1.0 is allowed",
+                        1 => "only utf-8 encoding is allowed",
+                        _ => "only standalone documents are allowed",
+                    }),
+                ));
+            }
+            field += 1;
+            i = ve + 1;
+        }
+    }
+
+    /// Reads `name ws* = ws* 'value'` at `i` (a name byte). Returns the
+    /// name end (and colon), and the value's raw range (between quotes),
+    /// or None when the bytes end first.
+    #[allow(clippy::type_complexity)]
+    fn attribute(
+        &self,
+        data: &[u8],
+        i: usize,
+    ) -> Result<Option<((usize, Option<usize>), (usize, usize))>, FrameError> {
+        let lim = self.clean;
+        let mut e = i;
+        while e < lim && name_byte(data[e]) {
+            e += 1;
+            if e - i > self.token_limit {
+                return Err(self.too_large());
+            }
+        }
+        if e >= lim {
+            return self.partial(e);
+        }
+        let colon = check_qname(&data[i..e]).map_err(|err| self.err_at(e, err))?;
+        let mut j = e;
+        while j < lim && is_ws(data[j]) {
+            j += 1;
+        }
+        if j >= lim {
+            return self.partial(j);
+        }
+        if data[j] != b'=' {
+            return Err(self.err_at(j, nwf("attribute without value")));
+        }
+        j += 1;
+        while j < lim && is_ws(data[j]) {
+            j += 1;
+        }
+        if j >= lim {
+            return self.partial(j);
+        }
+        let q = data[j];
+        if q != b'\'' && q != b'"' {
+            return Err(self.err_at(j, nwf("unquoted attribute value")));
+        }
+        let vstart = j + 1;
+        let mut k = vstart;
+        let mut refs = false;
+        loop {
+            let Some(off) = memchr3(q, b'&', b'<', &data[k..lim]) else {
+                // The value may still be too long for rxml's token limit.
+                if lim - vstart > self.token_limit
+                    && self.decoded_len(data, vstart, lim) > self.token_limit
+                {
+                    return Err(self.too_large());
+                }
+                return self.partial(lim);
+            };
+            let at = k + off;
+            match data[at] {
+                b'&' => match reference(&data[..lim], at) {
+                    Ok(Ref::Char(end, _)) => {
+                        refs = true;
+                        k = end;
+                    }
+                    Ok(Ref::Need) => return self.partial(lim),
+                    Err(err) => return Err(self.value_err(data, vstart, at, err)),
+                },
+                b'<' => {
+                    return Err(self.value_err(data, vstart, at, nwf("< in attribute value")));
+                }
+                _ => {
+                    // Closing quote. rxml drops a CR and refuses one followed
+                    // by anything but CR, TAB, LF, `&` or the quote.
+                    let raw = &data[vstart..at];
+                    if let Some(cr) = memchr(b'\r', raw) {
+                        let mut c = vstart + cr;
+                        while c < at {
+                            if data[c] == b'\r'
+                                && !matches!(data[c + 1], b'\r' | b'\t' | b'\n' | b'&')
+                                && c + 1 != at
+                            {
+                                return Err(self.value_err(
+                                    data,
+                                    vstart,
+                                    c + 1,
+                                    nwf("CR in attribute value"),
+                                ));
+                            }
+                            c += 1;
+                        }
+                    }
+                    if (at - vstart > self.token_limit || refs)
+                        && self.decoded_len(data, vstart, at) > self.token_limit
+                    {
+                        return Err(self.too_large());
+                    }
+                    return Ok(Some(((e, colon.map(|c| i + c)), (vstart, at))));
+                }
+            }
+        }
+    }
+
+    fn partial<T>(&self, at: usize) -> Result<Option<T>, FrameError> {
+        if self.fault && at >= self.clean {
+            return Err(self.err_at(self.clean, nwf("invalid utf-8 or character")));
+        }
+        Ok(None)
+    }
+
+    /// A fault inside a value: past rxml's token limit it never got there.
+    fn value_err(&self, data: &[u8], vstart: usize, at: usize, e: FrameError) -> FrameError {
+        if at - vstart > self.token_limit && self.decoded_len(data, vstart, at) > self.token_limit {
+            return self.too_large();
+        }
+        self.err_at(at, e)
+    }
+
+    fn decoded_len(&self, data: &[u8], from: usize, to: usize) -> usize {
+        self.decode_raw(data, from, to)
+            .map_or(to - from, |s| s.len())
+    }
+
+    /// The decoded value of the raw attribute value `data[from..to]`.
+    fn decode(&self, data: &[u8], from: usize, to: usize) -> Result<String, FrameError> {
+        self.decode_raw(data, from, to)
+            .map_err(|e| self.err_at(to, e))
+    }
+
+    fn decode_raw(&self, data: &[u8], from: usize, to: usize) -> Result<String, FrameError> {
+        let raw = &data[from..to];
+        let text = std::str::from_utf8(raw).map_err(|_| nwf("invalid utf-8"))?;
+        if memchr3(b'&', b'\r', b'\t', raw).is_none() && memchr(b'\n', raw).is_none() {
+            return Ok(text.to_owned());
+        }
+        let mut out = String::with_capacity(raw.len());
+        let mut i = 0;
+        let mut cr = false;
+        while i < raw.len() {
+            let b = raw[i];
+            if cr {
+                cr = false;
+                if b == b'\r' {
+                    out.push(' ');
+                    cr = true;
+                    i += 1;
+                    continue;
+                }
+            }
+            match b {
+                b'&' => match reference(raw, i)? {
+                    Ref::Char(end, c) => {
+                        out.push(c);
+                        i = end;
+                        continue;
+                    }
+                    Ref::Need => return Err(nwf("bad reference")),
+                },
+                b'\t' | b'\n' => out.push(' '),
+                b'\r' => cr = true,
+                _ => {
+                    let n = utf8_len(b);
+                    out.push_str(text.get(i..i + n).unwrap_or(""));
+                    i += n;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// `<` at `at` starts a start tag (a name byte follows).
+    fn start_tag(&mut self, data: &[u8], at: usize) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let first = data[at + 1];
+        if !name_byte(first) {
+            return Err(self.err_at(at + 1, nwf("unexpected byte after <")));
+        }
+        let s = at + 1;
+        let mut e = s;
+        while e < lim && name_byte(data[e]) {
+            e += 1;
+            if e - s > self.token_limit {
+                return Err(self.too_large());
+            }
+        }
+        if e >= lim {
+            return self.need(at, e);
+        }
+        let d = data[e];
+        if !(is_ws(d) || matches!(d, b'"' | b'\'' | b'=' | b'>' | b'/')) {
+            return Err(self.err_at(e, nwf("unexpected byte in start tag")));
+        }
+        let colon = check_qname(&data[s..e]).map_err(|err| self.err_at(e, err))?;
+        self.depth += 1;
+        if self.depth >= 2 && self.depth - 1 > self.limits.max_depth {
+            return Err(self.err_at(
+                e,
+                FrameError::TooDeep {
+                    limit: self.limits.max_depth,
+                },
+            ));
+        }
+        if self.depth <= 2 {
+            self.top = Top::default();
+        }
+        self.head.name = QName {
+            start: s,
+            colon: colon.map(|c| s + c),
+            end: e,
+        };
+        self.head.attrs.clear();
+        self.head.decls.clear();
+        self.state = State::Tag { after_value: false };
+        self.pos = e;
+        Ok(Step::Go)
+    }
+
+    /// Inside a start tag, at `pos`: attributes, then `>` or `/>`.
+    fn tag(&mut self, data: &[u8], after_value: bool) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut after_value = after_value;
+        loop {
+            let from = self.pos;
+            let mut i = from;
+            while i < lim && is_ws(data[i]) {
+                i += 1;
+            }
+            let Some(&b) = data.get(i).filter(|_| i < lim) else {
+                return self.need(from, i);
+            };
+            match b {
+                b'>' => return self.head_close(data, i, false),
+                b'/' => {
+                    return match data.get(i + 1).filter(|_| i + 1 < lim) {
+                        None => self.need(from, i + 1),
+                        Some(b'>') => self.head_close(data, i + 1, true),
+                        Some(_) => Err(self.err_at(i + 1, nwf("/ not followed by >"))),
+                    };
+                }
+                b if name_byte(b) => {
+                    if after_value && i == from {
+                        return Err(self.err_at(i, nwf("space required before attribute names")));
+                    }
+                    let ((name_end, colon), (vs, ve)) = match self.attribute(data, i)? {
+                        None => {
+                            self.state = State::Tag { after_value };
+                            return self.need(from, lim);
+                        }
+                        Some(a) => a,
+                    };
+                    self.on_attribute(
+                        data,
+                        QName {
+                            start: i,
+                            colon,
+                            end: name_end,
+                        },
+                        vs,
+                        ve,
+                    )?;
+                    after_value = true;
+                    self.pos = ve + 1;
+                    self.state = State::Tag { after_value };
+                }
+                _ => return Err(self.err_at(i, nwf("unexpected byte in start tag"))),
+            }
+        }
+    }
+
+    fn on_attribute(
+        &mut self,
+        data: &[u8],
+        name: QName,
+        vs: usize,
+        ve: usize,
+    ) -> Result<(), FrameError> {
+        let prefix = name.prefix(data);
+        let local = name.local(data);
+        if prefix == Some(b"xmlns") && local == b"xmlns" {
+            return Err(self.err_at(name.end, nwf("reserved namespace prefix")));
+        }
+        let is_decl = prefix == Some(b"xmlns") || (prefix.is_none() && local == b"xmlns");
+        let want = is_decl
+            || (self.depth <= 2
+                && prefix.is_none()
+                && matches!(local, b"to" | b"from" | b"type" | b"id"))
+            || (self.depth == 1
+                && ((prefix.is_none() && local == b"version")
+                    || (prefix == Some(b"xml") && local == b"lang")));
+        if !want {
+            // Only validity matters; `attribute` checked the syntax and
+            // every reference, and the length limit.
+            self.head.attrs.push(name);
+            return Ok(());
+        }
+        let value = self.decode(data, vs, ve)?;
+        if is_decl {
+            let bad = if prefix.is_some() {
+                if local == b"xml" {
+                    value != NS_XML
+                } else {
+                    value == NS_XML || value.is_empty()
+                }
+            } else {
+                value == NS_XML
+            };
+            if bad {
+                return Err(self.err_at(ve, nwf("reserved or empty namespace")));
+            }
+            if prefix.is_none() && self.depth == 1 {
+                self.top.xmlns = Some(value.clone());
+            }
+            let p = prefix.map(|_| (name.colon.map_or(0, |c| c + 1), name.end));
+            self.head.decls.push((p, value));
+            return Ok(());
+        }
+        match (prefix, local) {
+            (None, b"to") | (None, b"from") => {
+                let attr = Attr {
+                    value,
+                    span: vs..ve,
+                    quote: data[ve],
+                };
+                if local == b"to" {
+                    self.top.to.get_or_insert(attr);
+                } else {
+                    self.top.from.get_or_insert(attr);
+                }
+            }
+            (None, b"type") => {
+                self.top.stanza_type.get_or_insert(value);
+            }
+            (None, b"id") => {
+                self.top.id.get_or_insert(value);
+            }
+            (None, b"version") => self.top.version = Some(value),
+            _ => self.top.lang = Some(value),
+        }
+        self.head.attrs.push(name);
+        Ok(())
+    }
+
+    /// The start tag ends at `gt` (its `>`); `empty` for `/>`.
+    fn head_close(&mut self, data: &[u8], gt: usize, empty: bool) -> Result<Step, FrameError> {
+        let end = gt + 1;
+        self.check_head(data).map_err(|e| self.err_at(gt, e))?;
+        // Enter the element's scope.
+        self.scope
+            .marks
+            .push((self.scope.decls.len(), self.scope.text.len()));
+        for (p, uri) in std::mem::take(&mut self.head.decls) {
+            let prefix = match p {
+                Some((s, e)) => {
+                    let p = std::str::from_utf8(&data[s..e]).unwrap_or("");
+                    self.scope.push_str(p)
+                }
+                None => (0, 0),
+            };
+            let uri = self.scope.push_str(&uri);
+            self.scope.decls.push(NsDecl {
+                prefix,
+                default: p.is_none(),
+                uri,
+            });
+        }
+        let name = self.head.name;
+        let elem_ns = self
+            .scope
+            .resolve(name.prefix(data))
+            .map_err(|e| self.err_at(gt, e))?
+            .to_owned();
+        self.check_attrs(data).map_err(|e| self.err_at(gt, e))?;
+        self.scope
+            .names
+            .extend_from_slice(&data[name.start..name.end]);
+        self.scope.name_ends.push(self.scope.names.len());
+        let local = String::from_utf8_lossy(name.local(data)).into_owned();
+        self.state = State::Content;
+        self.pos = end;
+        match self.depth {
+            1 => {
+                if local != "stream" || elem_ns != NS_STREAMS {
+                    return Err(self.err_at(
+                        gt,
+                        FrameError::BadHeader(format!(
+                            "root element is {{{elem_ns}}}{local}, not {{{NS_STREAMS}}}stream"
+                        )),
+                    ));
+                }
+                if empty {
+                    self.state = State::RootEnd;
+                }
+                Ok(Step::Header(end))
+            }
+            2 => {
+                self.top.insert_at = name.end.max(self.head_insert_at(data, gt, empty));
+                self.top.kind = Some(if elem_ns == NS_COMPONENT {
+                    match local.as_str() {
+                        "iq" => Kind::Iq,
+                        "message" => Kind::Message,
+                        "presence" => Kind::Presence,
+                        _ => Kind::Other,
+                    }
+                } else {
+                    Kind::Other
+                });
+                self.top.name = local;
+                self.top.ns = elem_ns;
+                if empty {
+                    self.scope.pop();
+                    self.depth -= 1;
+                    return Ok(Step::Stanza(end));
+                }
+                Ok(Step::Go)
+            }
+            _ => {
+                if empty {
+                    self.scope.pop();
+                    self.depth -= 1;
+                }
+                Ok(Step::Go)
+            }
+        }
+    }
+
+    /// rxml's ElementHeadClose event starts after the last attribute's
+    /// closing quote (or the name): the insert point.
+    fn head_insert_at(&self, data: &[u8], gt: usize, empty: bool) -> usize {
+        let close = if empty { gt - 1 } else { gt };
+        // Walk back over whitespace to the end of the last attribute/name.
+        let mut i = close;
+        while i > 0 && is_ws(data[i - 1]) {
+            i -= 1;
+        }
+        i
+    }
+
+    /// Namespace declarations are unique (same rule and messages as the
+    /// rxml framer).
+    fn check_head(&self, data: &[u8]) -> Result<(), FrameError> {
+        let decls = &self.head.decls;
+        let key = |i: usize| decls[i].0.map(|(s, e)| &data[s..e]);
+        let dup = if decls.len() <= 16 {
+            (1..decls.len()).find(|&i| (0..i).any(|j| key(j) == key(i)))
+        } else {
+            let mut seen = HashSet::with_capacity(decls.len());
+            (0..decls.len()).find(|&i| !seen.insert(key(i)))
+        };
+        match dup.map(key) {
+            Some(Some(p)) => Err(FrameError::DuplicateAttribute(format!(
+                "xmlns:{}",
+                String::from_utf8_lossy(p)
+            ))),
+            Some(None) => Err(FrameError::DuplicateAttribute("xmlns".to_owned())),
+            None => Ok(()),
+        }
+    }
+
+    /// Every attribute prefix is declared and no two attributes share a
+    /// (namespace, local name).
+    fn check_attrs(&self, data: &[u8]) -> Result<(), FrameError> {
+        let attrs = &self.head.attrs;
+        let mut resolved: Vec<(&str, &[u8])> = Vec::with_capacity(attrs.len());
+        for a in attrs {
+            let ns = match a.prefix(data) {
+                None => "",
+                p => self.scope.resolve(p)?,
+            };
+            resolved.push((ns, a.local(data)));
+        }
+        let dup = if resolved.len() <= 16 {
+            (1..resolved.len())
+                .find(|&i| resolved[..i].contains(&resolved[i]))
+                .map(|i| resolved[i])
+        } else {
+            let mut seen = HashSet::with_capacity(resolved.len());
+            resolved.iter().copied().find(|r| !seen.insert(*r))
+        };
+        match dup {
+            Some(("", local)) => Err(FrameError::DuplicateAttribute(
+                String::from_utf8_lossy(local).into_owned(),
+            )),
+            Some((ns, local)) => Err(FrameError::DuplicateAttribute(format!(
+                "{{{ns}}}{}",
+                String::from_utf8_lossy(local)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `</` at `at`.
+    fn end_tag(&mut self, data: &[u8], at: usize) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let s = at + 2;
+        let mut e = s;
+        while e < lim && name_byte(data[e]) {
+            e += 1;
+            if e - s > self.token_limit {
+                return Err(self.too_large());
+            }
+        }
+        if e >= lim {
+            return self.need(at, e);
+        }
+        let d = data[e];
+        if !(is_ws(d) || d == b'>') {
+            return Err(self.err_at(e, nwf("unexpected byte in end tag")));
+        }
+        check_qname(&data[s..e]).map_err(|err| self.err_at(e, err))?;
+        if self.scope.top_name() != &data[s..e] {
+            return Err(self.err_at(e, nwf("element mismatch")));
+        }
+        let mut g = e;
+        while g < lim && is_ws(data[g]) {
+            g += 1;
+        }
+        if g >= lim {
+            return self.need(at, g);
+        }
+        if data[g] != b'>' {
+            return Err(self.err_at(g, nwf("unexpected byte in end tag")));
+        }
+        self.scope.pop();
+        self.depth -= 1;
+        self.pos = g + 1;
+        match self.depth {
+            1 => Ok(Step::Stanza(g + 1)),
+            0 => {
+                self.ended = true;
+                Ok(Step::End(g + 1))
+            }
+            _ => Ok(Step::Go),
+        }
+    }
+
+    /// Markup at `at` (a `<`) inside an element.
+    fn markup(&mut self, data: &[u8], at: usize) -> Result<Step, FrameError> {
+        let Some(&b) = data.get(at + 1) else {
+            return self.need(at, at + 1);
+        };
+        if at + 1 >= self.clean && !matches!(b, b'?' | b'!') {
+            return self.need(at, at + 1);
+        }
+        match b {
+            b'/' => self.end_tag(data, at),
+            b'!' => {
+                let r = self.bang(data, at, Some(()))?;
+                if matches!(r, Step::Go) {
+                    self.state = State::Cdata;
+                }
+                Ok(r)
+            }
+            b'?' => {
+                let want: &[u8] = b"<?xml";
+                let have = &data[at..data.len().min(at + want.len())];
+                if want.starts_with(have) && have.len() < want.len() {
+                    return self.need(at, at + have.len());
+                }
+                Err(self.err_at(
+                    at + have.len().min(want.len()),
+                    FrameError::Restricted("processing instructions"),
+                ))
+            }
+            _ => self.start_tag(data, at),
+        }
+    }
+
+    /// Character data inside a stanza: only validated.
+    fn content(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut i = self.pos;
+        loop {
+            let Some(off) = memchr3(b'<', b'&', b']', &data[i..lim]) else {
+                return self.need(lim, lim);
+            };
+            let at = i + off;
+            match data[at] {
+                b'<' => {
+                    self.pos = at;
+                    return self.markup(data, at);
+                }
+                b'&' => match reference(&data[..lim], at) {
+                    Ok(Ref::Char(end, _)) => i = end,
+                    Ok(Ref::Need) => return self.need(at, lim),
+                    Err(e) => return Err(self.err_at(at, e)),
+                },
+                _ => {
+                    // `]]>` is not allowed in text.
+                    match (
+                        data.get(at + 1).filter(|_| at + 1 < lim),
+                        data.get(at + 2).filter(|_| at + 2 < lim),
+                    ) {
+                        (None, _) => return self.need(at, at + 1),
+                        (Some(b']'), None) => return self.need(at, at + 2),
+                        (Some(b']'), Some(b'>')) => {
+                            return Err(self.err_at(at + 2, nwf("]]> in text")));
+                        }
+                        _ => i = at + 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inside `<![CDATA[` below stream level, at `pos`.
+    fn cdata(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut i = self.pos;
+        loop {
+            let Some(off) = memchr(b']', &data[i..lim]) else {
+                return self.need(lim, lim);
+            };
+            let at = i + off;
+            match (
+                data.get(at + 1).filter(|_| at + 1 < lim),
+                data.get(at + 2).filter(|_| at + 2 < lim),
+            ) {
+                (None, _) => return self.need(at, at + 1),
+                (Some(b']'), None) => return self.need(at, at + 2),
+                (Some(b']'), Some(b'>')) => {
+                    self.pos = at + 3;
+                    self.state = State::Content;
+                    return Ok(Step::Go);
+                }
+                _ => i = at + 1,
+            }
+        }
+    }
+
+    /// Between stanzas: whitespace keepalives, a stanza, or the stream's
+    /// end. Text is judged where rxml flushes it.
+    fn stream_level(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+        let lim = self.clean;
+        let mut i = self.pos;
+        loop {
+            let Some(&b) = data.get(i).filter(|_| i < lim) else {
+                // End of what arrived: rxml flushes pending text here,
+                // unless it waits on a CR, `]` or partial reference.
+                if self.fault {
+                    return self.need(i, i);
+                }
+                if i > 0 && matches!(data[i - 1], b'\r' | b']') {
+                    self.pos = i;
+                    return Ok(Step::Need);
+                }
+                return self.flush_text(i, i);
+            };
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    self.text_pending = true;
+                    i += 1;
+                }
+                b'<' => {
+                    if let Some(step) = self.flush_text_at(i)? {
+                        return Ok(step);
+                    }
+                    match data.get(i + 1) {
+                        None => return self.need(i, i + 1),
+                        Some(b'!') if data.get(i + 2) == Some(&b'[') => {
+                            match self.bang(data, i, Some(()))? {
+                                Step::Go => {}
+                                other => return Ok(other),
+                            }
+                            // CDATA at stream level: its text counts.
+                            let s = self.pos;
+                            let Some(off) = memchr::memmem::find(&data[s..lim], b"]]>") else {
+                                if self.fault {
+                                    return self.need(i, lim);
+                                }
+                                self.pos = i;
+                                return Ok(Step::Need);
+                            };
+                            let content = &data[s..s + off];
+                            if !content.is_empty() {
+                                self.text_pending = true;
+                                if !content.iter().all(|&c| is_ws(c)) {
+                                    return Err(
+                                        self.err_at(s + off + 2, FrameError::TextAtStreamLevel)
+                                    );
+                                }
+                            }
+                            i = s + off + 3;
+                            if let Some(step) = self.flush_text_at(i)? {
+                                return Ok(step);
+                            }
+                            self.pos = i;
+                        }
+                        Some(_) => {
+                            self.pos = i;
+                            return self.markup(data, i);
+                        }
+                    }
+                }
+                b'&' => {
+                    if let Some(step) = self.flush_text_at(i)? {
+                        return Ok(step);
+                    }
+                    match reference(&data[..lim], i) {
+                        Ok(Ref::Char(end, c)) => {
+                            self.text_pending = true;
+                            if !matches!(c, ' ' | '\t' | '\r' | '\n') {
+                                self.text_ws = false;
+                            }
+                            i = end;
+                        }
+                        Ok(Ref::Need) => return self.need(i, lim),
+                        Err(e) => return Err(self.err_at(i, e)),
+                    }
+                }
+                b']' => {
+                    match (
+                        data.get(i + 1).filter(|_| i + 1 < lim),
+                        data.get(i + 2).filter(|_| i + 2 < lim),
+                    ) {
+                        (Some(b']'), Some(b'>')) => {
+                            return Err(self.err_at(i + 2, nwf("]]> in text")));
+                        }
+                        _ => {}
+                    }
+                    self.text_pending = true;
+                    self.text_ws = false;
+                    i += 1;
+                }
+                _ => {
+                    self.text_pending = true;
+                    self.text_ws = false;
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// rxml flushes pending text at `<` and `&`: whitespace becomes a
+    /// keepalive frame ending at `at`, anything else is refused.
+    fn flush_text_at(&mut self, at: usize) -> Result<Option<Step>, FrameError> {
+        if !self.text_pending {
+            return Ok(None);
+        }
+        self.text_pending = false;
+        if !std::mem::replace(&mut self.text_ws, true) {
+            return Err(self.err_at(at, FrameError::TextAtStreamLevel));
+        }
+        self.pos = at;
+        Ok(Some(Step::Whitespace(at)))
+    }
+
+    fn flush_text(&mut self, at: usize, resume: usize) -> Result<Step, FrameError> {
+        match self.flush_text_at(at)? {
+            Some(step) => Ok(step),
+            None => {
+                self.pos = resume;
+                Ok(Step::Need)
+            }
+        }
+    }
+}
+
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+/// The rxml framer's unit tests, run against this framer too.
+#[cfg(test)]
+use FastFramer as Framer;
+
+#[cfg(test)]
+#[path = "framer_tests.rs"]
+mod framer_tests;
+
+#[cfg(test)]
+#[path = "fast_tests.rs"]
+mod tests;
