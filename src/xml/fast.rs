@@ -26,7 +26,7 @@
 use std::collections::HashSet;
 
 use bytes::BytesMut;
-use memchr::{memchr, memchr3};
+use memchr::{memchr, memchr2, memchr3};
 
 use super::frame::{Attr, Frame, Kind, Stanza, StreamHeader, NS_COMPONENT, NS_STREAMS};
 use super::framer::{complete_utf8_prefix, FrameError, FramerLimits};
@@ -201,6 +201,10 @@ pub struct FastFramer {
     clean: usize,
     /// A fault (bad UTF-8, forbidden character) sits at `clean`.
     fault: bool,
+    /// Where rxml notices that fault, for the size limit's sake: a
+    /// forbidden ASCII character at once, bad UTF-8 or a non-character
+    /// only where it flushes the token holding it.
+    fault_seen: usize,
     /// Bytes rxml would have been fed: the buffer without a trailing
     /// incomplete UTF-8 sequence.
     avail: usize,
@@ -428,6 +432,7 @@ impl FastFramer {
             pos: 0,
             clean: 0,
             fault: false,
+            fault_seen: 0,
             avail: 0,
             depth: 0,
             scope: Scope::default(),
@@ -491,6 +496,25 @@ impl FastFramer {
         }
     }
 
+    /// A deferred fault in text (`cdata`: in a CDATA section) is noticed
+    /// where rxml flushes that text.
+    fn text_fault(&mut self, data: &[u8], cdata: bool) {
+        if !self.fault || data.get(self.clean).is_none_or(|&b| b < 0x80) {
+            return;
+        }
+        let rest = &data[self.clean..];
+        let flush = if cdata {
+            memchr::memmem::find(rest, b"]]>").map(|i| i + 2)
+        } else {
+            memchr2(b'<', b'&', rest)
+        };
+        self.fault_seen = self.clean + flush.unwrap_or(rest.len().saturating_sub(1));
+    }
+
+    fn fault_err(&self) -> FrameError {
+        self.err_at(self.fault_seen, nwf("invalid utf-8 or character"))
+    }
+
     fn too_large(&self) -> FrameError {
         FrameError::TooLarge {
             limit: self.limits.max_stanza_bytes,
@@ -502,7 +526,7 @@ impl FastFramer {
     fn need(&mut self, resume: usize, at: usize) -> Result<Step, FrameError> {
         self.pos = resume;
         if self.fault && at >= self.clean {
-            return Err(self.err_at(self.clean, nwf("invalid utf-8 or character")));
+            return Err(self.fault_err());
         }
         Ok(Step::Need)
     }
@@ -518,6 +542,18 @@ impl FastFramer {
                 }
                 None => self.clean = self.avail,
             }
+        }
+        if self.fault {
+            let b = buf.get(self.clean).copied().unwrap_or(0);
+            self.fault_seen = if b < 0x80 {
+                self.clean
+            } else {
+                let rest = &buf[self.clean..self.avail];
+                let flush = rest.iter().position(|&c| {
+                    matches!(c, b'<' | b'&' | b'>' | b'\'' | b'"' | b'/' | b'=' | b'?') || is_ws(c)
+                });
+                self.clean + flush.unwrap_or(rest.len().saturating_sub(1))
+            };
         }
         loop {
             let step = {
@@ -641,8 +677,8 @@ impl FastFramer {
                     other => return Ok(other),
                 }
                 let s = i + 9;
-                match memchr::memmem::find(&data[s..lim], b"]]>") {
-                    Some(0) => {
+                match memchr(b']', &data[s..lim]).map(|o| s + o) {
+                    Some(r) if r == s && data[r..lim].starts_with(b"]]>") => {
                         self.pos = s + 3;
                         self.state = State::Prolog {
                             decl,
@@ -650,8 +686,9 @@ impl FastFramer {
                         };
                         Ok(Step::Go)
                     }
-                    None if b"]]>".starts_with(&data[s..lim]) => self.need(i, lim),
-                    _ => Err(self.err_at(s, nwf("text before the root element"))),
+                    Some(r) if b"]]>".starts_with(&data[r..lim]) => self.need(i, lim),
+                    Some(r) => Err(self.err_at(r + 1, nwf("text before the root element"))),
+                    None => self.need(i, lim),
                 }
             }
             Some(b'!') => self.bang(data, i, None),
@@ -888,7 +925,7 @@ impl FastFramer {
 
     fn partial<T>(&self, at: usize) -> Result<Option<T>, FrameError> {
         if self.fault && at >= self.clean {
-            return Err(self.err_at(self.clean, nwf("invalid utf-8 or character")));
+            return Err(self.fault_err());
         }
         Ok(None)
     }
@@ -1356,6 +1393,7 @@ impl FastFramer {
     fn content(&mut self, data: &[u8]) -> Result<Step, FrameError> {
         let lim = self.clean;
         let mut i = self.pos;
+        self.text_fault(data, false);
         loop {
             let Some(off) = memchr3(b'<', b'&', b']', &data[i..lim]) else {
                 return self.need(lim, lim);
@@ -1393,6 +1431,7 @@ impl FastFramer {
     fn cdata(&mut self, data: &[u8]) -> Result<Step, FrameError> {
         let lim = self.clean;
         let mut i = self.pos;
+        self.text_fault(data, true);
         loop {
             let Some(off) = memchr(b']', &data[i..lim]) else {
                 return self.need(lim, lim);
@@ -1449,13 +1488,19 @@ impl FastFramer {
                                 other => return Ok(other),
                             }
                             // CDATA at stream level: its text counts.
+                            // rxml flushes it at its end and at any `]` that
+                            // does not end it.
                             let s = self.pos;
-                            let Some(off) = memchr::memmem::find(&data[s..lim], b"]]>") else {
-                                if self.fault {
+                            let r = memchr(b']', &data[s..lim]).map(|o| s + o);
+                            let off = match r {
+                                Some(r) if data[r..lim].starts_with(b"]]>") => r - s,
+                                Some(r) if b"]]>".starts_with(&data[r..lim]) => {
                                     return self.need(i, lim);
                                 }
-                                self.pos = i;
-                                return Ok(Step::Need);
+                                Some(r) => {
+                                    return Err(self.err_at(r + 1, FrameError::TextAtStreamLevel));
+                                }
+                                None => return self.need(i, lim),
                             };
                             let content = &data[s..s + off];
                             if !content.is_empty() {

@@ -315,6 +315,10 @@ impl RxmlFramer {
         match ev {
             RawEvent::XmlDeclaration(..) => Ok(None),
             RawEvent::ElementHeadOpen(_, (prefix, local)) => {
+                // rxml has read the name and one byte after it. Resync the
+                // sum here: bytes that yield no event (an empty CDATA
+                // section before a stanza) would shift every span.
+                self.pos = self.fed.saturating_sub(1).max(self.base);
                 self.depth += 1;
                 if self.depth >= 2 && self.depth - 1 > self.limits.max_depth {
                     return Err(FrameError::TooDeep {
@@ -363,6 +367,16 @@ impl RxmlFramer {
                 {
                     return Err(FrameError::TextAtStreamLevel);
                 }
+                // The running sum is no end here: bytes that yield no
+                // event (an empty CDATA section) are in no event's length.
+                // rxml flushes text where it stopped reading, just after
+                // the `<` or `&` that made it flush, if one did.
+                let fed = self.rel(self.fed);
+                let end = match fed.checked_sub(1).and_then(|i| buf.get(i)) {
+                    Some(b'<' | b'&') => fed - 1,
+                    _ => fed,
+                };
+                self.pos = self.base + end as u64;
                 // With text buffering off, rxml flushes the valid UTF-8
                 // prefix of what it has read, but the event's length also
                 // counts the bytes it keeps back: a bad sequence it has not

@@ -524,3 +524,33 @@ fn bad_header_message_escapes_the_peers_namespace() {
         "the character is still named: {shown}"
     );
 }
+
+/// Found by the fast tokenizer's differential test: an empty CDATA section
+/// yields no rxml event, so the running sum of event lengths lagged and a
+/// keepalive after it was cut short (`&#32;<![CDA`), the rest glued to the
+/// next frame.
+#[test]
+fn empty_cdata_at_stream_level_stays_whole() {
+    let input = format!("{HEADER}&#32;<![CDATA[]]> \n<iq to='x'/><![CDATA[]]><iq to='y'/>");
+    for sizes in [&[input.len()][..], &[1], &[3], &[HEADER.len() + 7]] {
+        let (frames, err) = run_chunked(input.as_bytes(), sizes, FramerLimits::default());
+        assert_eq!(err, None, "sizes {sizes:?}");
+        assert_eq!(concat(&frames), input.as_bytes(), "sizes {sizes:?}");
+        let st = stanzas(&frames);
+        assert_eq!(&st[0].bytes[..], b"<iq to='x'/>", "sizes {sizes:?}");
+        assert_eq!(
+            &st[1].bytes[..],
+            b"<![CDATA[]]><iq to='y'/>",
+            "sizes {sizes:?}"
+        );
+        // Spans count the CDATA section, which rxml reports no event for.
+        let to = st[1].to.as_ref().expect("to");
+        assert_eq!(&st[1].bytes[to.span.clone()], b"y", "sizes {sizes:?}");
+        assert_eq!(&st[1].bytes[st[1].insert_at..], b"/>", "sizes {sizes:?}");
+        for f in &frames {
+            if let Frame::Whitespace(b) = f {
+                assert!(!b.ends_with(b"<![CDA"), "sizes {sizes:?}: {b:?}");
+            }
+        }
+    }
+}
