@@ -61,6 +61,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
     pub const UPSTREAM_BUFFER: usize = 4096;
+    pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Rxml;
     pub const LOG_LEVEL: &str = "info";
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 }
@@ -182,6 +183,8 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     pub write_queue: usize,
     pub upstream_buffer: usize,
+    /// Which XML tokenizer frames streams (see `xml::tokenizer`).
+    pub tokenizer: crate::xml::Tokenizer,
 }
 
 impl Default for LimitsConfig {
@@ -193,6 +196,7 @@ impl Default for LimitsConfig {
             idle_timeout: defaults::IDLE_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
             upstream_buffer: defaults::UPSTREAM_BUFFER,
+            tokenizer: defaults::TOKENIZER,
         }
     }
 }
@@ -611,6 +615,9 @@ pub struct LimitsArgs {
     /// Stanzas from instances held while upstream is down [limits.upstream_buffer, default 4096]
     #[arg(long, value_name = "N")]
     pub upstream_buffer: Option<usize>,
+    /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default rxml]
+    #[arg(long, value_name = "NAME")]
+    pub tokenizer: Option<crate::xml::Tokenizer>,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -759,6 +766,7 @@ struct RawLimits {
     idle_timeout: Option<Duration>,
     write_queue: Option<usize>,
     upstream_buffer: Option<usize>,
+    tokenizer: Option<crate::xml::Tokenizer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -905,6 +913,7 @@ impl RawConfig {
         over(&mut l.idle_timeout, &a.idle_timeout);
         over(&mut l.write_queue, &a.write_queue);
         over(&mut l.upstream_buffer, &a.upstream_buffer);
+        over(&mut l.tokenizer, &a.tokenizer);
 
         over(&mut self.log.level, &cli.log.log_level);
         over(&mut self.log.format, &cli.log.log_format);
@@ -1262,6 +1271,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
             "limits.upstream_buffer",
             l.upstream_buffer.unwrap_or(defaults::UPSTREAM_BUFFER),
         )?,
+        tokenizer: l.tokenizer.unwrap_or(defaults::TOKENIZER),
     };
 
     let level = log
@@ -1583,13 +1593,15 @@ impl Config {
         let _ = write!(
             s,
             " limits.max_stanza_bytes={} limits.max_depth={} limits.header_timeout={} \
-             limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={}",
+             limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={} \
+             limits.tokenizer={}",
             l.max_stanza_bytes,
             l.max_depth,
             d(l.header_timeout),
             d(l.idle_timeout),
             l.write_queue,
             l.upstream_buffer,
+            l.tokenizer,
         );
         let _ = write!(
             s,

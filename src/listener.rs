@@ -138,7 +138,11 @@ async fn instance(
         max_stanza_bytes: cfg.limits.max_stanza_bytes,
         max_depth: cfg.limits.max_depth,
     };
-    let mut frames = FramedRead::with_capacity(r, Framer::new(limits), 64 * 1024);
+    let mut frames = FramedRead::with_capacity(
+        r,
+        Framer::with_tokenizer(limits, cfg.limits.tokenizer),
+        64 * 1024,
+    );
     let handshake = handshake::accept(
         &mut frames,
         &mut w,

@@ -197,7 +197,11 @@ async fn session(
         max_stanza_bytes: cfg.limits.max_stanza_bytes,
         max_depth: cfg.limits.max_depth,
     };
-    let mut frames = FramedRead::with_capacity(r, Framer::new(limits), 64 * 1024);
+    let mut frames = FramedRead::with_capacity(
+        r,
+        Framer::with_tokenizer(limits, cfg.limits.tokenizer),
+        64 * 1024,
+    );
     let hs = handshake::connect(
         &mut frames,
         &mut w,

@@ -1540,14 +1540,8 @@ impl FastFramer {
                     }
                 }
                 b']' => {
-                    match (
-                        data.get(i + 1).filter(|_| i + 1 < lim),
-                        data.get(i + 2).filter(|_| i + 2 < lim),
-                    ) {
-                        (Some(b']'), Some(b'>')) => {
-                            return Err(self.err_at(i + 2, nwf("]]> in text")));
-                        }
-                        _ => {}
+                    if i + 2 < lim && data[i + 1] == b']' && data[i + 2] == b'>' {
+                        return Err(self.err_at(i + 2, nwf("]]> in text")));
                     }
                     self.text_pending = true;
                     self.text_ws = false;
@@ -1601,6 +1595,7 @@ fn utf8_len(b: u8) -> usize {
 use FastFramer as Framer;
 
 #[cfg(test)]
+#[allow(clippy::duplicate_mod)]
 #[path = "framer_tests.rs"]
 mod framer_tests;
 

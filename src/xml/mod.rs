@@ -2,6 +2,7 @@
 //! and the few read-only looks into a stanza that control traffic needs.
 
 pub mod codec;
+pub mod differential;
 pub mod escape;
 pub mod fast;
 pub mod frame;

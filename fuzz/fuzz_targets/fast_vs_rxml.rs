@@ -1,0 +1,49 @@
+//! The fast tokenizer against the rxml one: for any input and any
+//! chunking, the same frames (spans, decoded values, insert points) and
+//! the same verdict (see `jatproxy::xml::differential`).
+//!
+//! Input: one control byte, then the chunk sizes, then the payload.
+//! - control bits 0–2: number of chunk-size bytes minus one (1–8);
+//!   bits 3–4: `max_stanza_bytes` (512 KiB, 4096, 512, 200);
+//!   bits 5–6: `max_depth` (64, 1, 2, 4);
+//!   bit 7: the payload is the whole stream (the prolog and header are
+//!   fuzzed too) rather than what follows a valid header.
+//! - a size byte `b` is `b + 1` bytes, or `(b - 0xEF) * 512` from 0xF0 up.
+#![no_main]
+
+use jatproxy::xml::differential::differ;
+use jatproxy::xml::FramerLimits;
+use jatproxy_fuzz::HEADER;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(control & 7) + 1;
+    if rest.len() < n {
+        return;
+    }
+    let (size_bytes, payload) = rest.split_at(n);
+    let sizes: Vec<usize> = size_bytes
+        .iter()
+        .map(|&b| match b {
+            0xF0.. => usize::from(b - 0xEF) * 512,
+            _ => usize::from(b) + 1,
+        })
+        .collect();
+    let limits = FramerLimits {
+        max_stanza_bytes: [512 * 1024, 4096, 512, 200][usize::from(control >> 3 & 3)],
+        max_depth: [64, 1, 2, 4][usize::from(control >> 5 & 3)],
+    };
+    let mut input = Vec::with_capacity(HEADER.len() + payload.len());
+    if control & 0x80 == 0 {
+        input.extend_from_slice(HEADER);
+    }
+    input.extend_from_slice(payload);
+    for sizes in [&[input.len()][..], &sizes] {
+        if let Some(d) = differ(&input, sizes, limits) {
+            panic!("fast and rxml differ (sizes {sizes:?}, {limits:?}): {d}");
+        }
+    }
+});
