@@ -7,11 +7,13 @@
 //! - `large`: sixteen 256 KiB stanzas, half iqs carrying base64 (avatar
 //!   uploads), half messages with long text (framed with a 1 MiB limit).
 //!
-//! Each stream is measured three ways, in bytes/s (decimal MB) and again
-//! in stanzas/s: `memcpy` of the same bytes (the ceiling), `frame` (the
-//! framer fed 4096-byte reads, as from a socket) and `frame+rewrite`
-//! (framing plus building the rewritten `to`/`from` of every iq, which is
-//! what the proxy does per iq: the Wire, not a contiguous copy).
+//! Each stream is measured in bytes/s (decimal MB) and again in
+//! stanzas/s: `memcpy` of the same bytes (the ceiling), `utf8` (`std`'s
+//! UTF-8 check alone, the floor of any validating framer), then for each
+//! tokenizer (`fast`, `rxml`) `frame` (the framer fed 4096-byte reads, as
+//! from a socket) and `frame+rewrite` (framing plus building the
+//! rewritten `to`/`from` of every iq, which is what the proxy does per
+//! iq: the Wire, not a contiguous copy).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use jatproxy::rewrite::rewrite;
-use jatproxy::xml::{Frame, Framer, FramerLimits, Kind};
+use jatproxy::xml::{Frame, Framer, FramerLimits, Kind, Tokenizer};
 
 const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' from='proxy.example.test' id='b1'>";
@@ -193,8 +195,8 @@ fn large(count: usize) -> Corpus {
 
 /// Frames the whole stream from 4 KiB reads; `rewrite_iqs` also builds
 /// the rewritten form of every iq. Returns the number of stanzas.
-fn frame(corpus: &Corpus, rewrite_iqs: bool) -> u64 {
-    let mut framer = Framer::new(corpus.limits);
+fn frame(corpus: &Corpus, tokenizer: Tokenizer, rewrite_iqs: bool) -> u64 {
+    let mut framer = Framer::with_tokenizer(corpus.limits, tokenizer);
     let mut buf = BytesMut::with_capacity(2 * READ);
     let mut stanzas = 0;
     for read in corpus.bytes.chunks(READ) {
@@ -232,16 +234,31 @@ fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpu
             black_box(&dst);
         })
     });
-    group.bench_function("frame", |b| b.iter(|| frame(black_box(corpus), false)));
-    group.bench_function("frame+rewrite", |b| {
-        b.iter(|| frame(black_box(corpus), true))
+    group.bench_function("utf8", |b| {
+        b.iter(|| std::str::from_utf8(black_box(&corpus.bytes)).is_ok())
     });
+    for t in TOKENIZERS {
+        group.bench_function(format!("{t}/frame"), |b| {
+            b.iter(|| frame(black_box(corpus), t, false))
+        });
+        group.bench_function(format!("{t}/frame+rewrite"), |b| {
+            b.iter(|| frame(black_box(corpus), t, true))
+        });
+    }
 }
+
+const TOKENIZERS: [Tokenizer; 2] = [Tokenizer::Fast, Tokenizer::Rxml];
 
 fn bench(c: &mut Criterion) {
     for (name, corpus) in [("mixed", mixed(4_000_000)), ("large", large(16))] {
         // The corpus must frame completely, or the figures mean nothing.
-        assert_eq!(frame(&corpus, true), corpus.stanzas, "{name}: stanza count");
+        for t in TOKENIZERS {
+            assert_eq!(
+                frame(&corpus, t, true),
+                corpus.stanzas,
+                "{name} {t}: stanza count"
+            );
+        }
         println!(
             "{name}: {} bytes, {} stanzas, {} bytes/stanza on average",
             corpus.bytes.len(),
@@ -255,17 +272,18 @@ fn bench(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!("{name}/stanzas"));
         group.throughput(Throughput::Elements(corpus.stanzas));
-        group.bench_function("frame", |b| b.iter(|| frame(black_box(&corpus), false)));
-        group.bench_function("frame+rewrite", |b| {
-            b.iter(|| frame(black_box(&corpus), true))
-        });
+        for t in TOKENIZERS {
+            group.bench_function(format!("{t}/frame"), |b| {
+                b.iter(|| frame(black_box(&corpus), t, false))
+            });
+        }
         group.finish();
     }
 }
 
 criterion_group! {
     name = benches;
-    // Ten benchmarks of ~40 ms iterations: about a minute in all.
+    // Fourteen benchmarks of 1–40 ms iterations: about 1.5 minutes.
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

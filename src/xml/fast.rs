@@ -373,7 +373,8 @@ fn first_fault(data: &[u8]) -> Option<usize> {
     };
     let valid = &data[..utf8_end];
     let mut bad = first_control(valid);
-    if !valid.is_ascii() {
+    {
+        // memmem skips ASCII text at memory speed; no separate ASCII pass.
         let mut from = 0;
         while let Some(i) =
             memchr::memmem::find(&valid[from..bad.unwrap_or(valid.len())], b"\xEF\xBF")
@@ -1172,7 +1173,8 @@ impl FastFramer {
         self.scope
             .marks
             .push((self.scope.decls.len(), self.scope.text.len()));
-        for (p, uri) in std::mem::take(&mut self.head.decls) {
+        let mut decls = std::mem::take(&mut self.head.decls);
+        for (p, uri) in decls.drain(..) {
             let prefix = match p {
                 Some((s, e)) => {
                     let p = std::str::from_utf8(&data[s..e]).unwrap_or("");
@@ -1187,20 +1189,28 @@ impl FastFramer {
                 uri,
             });
         }
+        // Keep the allocation for the next element.
+        self.head.decls = decls;
         let name = self.head.name;
-        let elem_ns = self
-            .scope
-            .resolve(name.prefix(data))
-            .map_err(|e| self.err_at(gt, e))?
-            .to_owned();
+        // Below the stanza the namespace is only checked, not kept.
+        let resolved = self.scope.resolve(name.prefix(data));
+        let elem_ns = match resolved {
+            Ok(ns) if self.depth <= 2 => ns.to_owned(),
+            Ok(_) => String::new(),
+            Err(e) => return Err(self.err_at(gt, e)),
+        };
         self.check_attrs(data).map_err(|e| self.err_at(gt, e))?;
         self.scope
             .names
             .extend_from_slice(&data[name.start..name.end]);
         self.scope.name_ends.push(self.scope.names.len());
-        let local = String::from_utf8_lossy(name.local(data)).into_owned();
         self.state = State::Content;
         self.pos = end;
+        let local = if self.depth <= 2 {
+            String::from_utf8_lossy(name.local(data)).into_owned()
+        } else {
+            String::new()
+        };
         match self.depth {
             1 => {
                 if local != "stream" || elem_ns != NS_STREAMS {
@@ -1284,6 +1294,19 @@ impl FastFramer {
     /// (namespace, local name).
     fn check_attrs(&self, data: &[u8]) -> Result<(), FrameError> {
         let attrs = &self.head.attrs;
+        if attrs.len() <= 16 && attrs.iter().all(|a| a.colon.is_none()) {
+            // The common case: unprefixed names, compared without allocating.
+            let dup = (1..attrs.len()).find(|&i| {
+                let l = attrs[i].local(data);
+                attrs[..i].iter().any(|a| a.local(data) == l)
+            });
+            return match dup {
+                Some(i) => Err(FrameError::DuplicateAttribute(
+                    String::from_utf8_lossy(attrs[i].local(data)).into_owned(),
+                )),
+                None => Ok(()),
+            };
+        }
         let mut resolved: Vec<(&str, &[u8])> = Vec::with_capacity(attrs.len());
         for a in attrs {
             let ns = match a.prefix(data) {
