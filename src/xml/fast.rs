@@ -1486,6 +1486,11 @@ impl FastFramer {
                 // End of what arrived: rxml flushes pending text here,
                 // unless it waits on a CR, `]` or partial reference.
                 if self.fault {
+                    // rxml flushes the valid start of the text before it
+                    // judges the bytes after it.
+                    if self.text_pending && !self.text_ws {
+                        return Err(self.err_at(i, FrameError::TextAtStreamLevel));
+                    }
                     return self.need(i, i);
                 }
                 if i > 0 && matches!(data[i - 1], b'\r' | b']') {

@@ -169,3 +169,199 @@ fn mutated_streams_frame_the_same() {
         }
     }
 }
+
+/// Property tests: generated well-formed streams (random attributes,
+/// references, namespaces and prefixes, nesting, CDATA, keepalives) frame
+/// identically on both tokenizers, whole and cut into random pieces.
+mod props {
+    use proptest::prelude::*;
+
+    use crate::xml::differential::{differ, drive};
+    use crate::xml::framer::FramerLimits;
+    use crate::xml::{Framer, Tokenizer};
+
+    const HEADER: &str = "<stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='proxy.example.test'>";
+
+    /// Character data pieces, raw: plain, escaped, non-ASCII, CR/LF.
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9 .,@/]{0,12}",
+                Just("&amp;".to_owned()),
+                Just("&lt;&gt;&quot;&apos;".to_owned()),
+                Just("&#x263A;&#10;&#9;".to_owned()),
+                Just("\u{e9}\u{1F600}\u{4E2D}".to_owned()),
+                Just("\r\n\t".to_owned()),
+                Just("] ]] >".to_owned()),
+            ],
+            0..4,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    /// An attribute value (with its quote) that rxml accepts.
+    fn value() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z0-9 .@/:-]{0,10}",
+                    Just("&amp;&quot;&apos;&lt;".to_owned()),
+                    Just("&#x1F600;&#233;".to_owned()),
+                    Just("\u{fc}\u{1F600}".to_owned()),
+                    Just("\t\n\r\n".to_owned()),
+                    Just(">".to_owned()),
+                ],
+                0..4,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(v, dq)| {
+                let body = v.concat();
+                if dq {
+                    format!("\"{}\"", body.replace('"', "&quot;"))
+                } else {
+                    format!("'{}'", body.replace('\'', "&apos;"))
+                }
+            })
+    }
+
+    #[derive(Debug, Clone)]
+    struct El {
+        prefix: Option<u8>,
+        name: String,
+        attrs: Vec<(String, String)>,
+        children: Vec<Node>,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Node {
+        Text(String),
+        Cdata(String),
+        El(El),
+    }
+
+    fn element(depth: u32) -> BoxedStrategy<El> {
+        let name = prop_oneof![
+            Just("iq".to_owned()),
+            Just("message".to_owned()),
+            Just("presence".to_owned()),
+            "[a-z][a-z0-9._-]{0,6}",
+        ];
+        let attr_name = prop_oneof![
+            Just("to".to_owned()),
+            Just("from".to_owned()),
+            Just("type".to_owned()),
+            Just("id".to_owned()),
+            Just("xml:lang".to_owned()),
+            Just("p:x".to_owned()),
+            Just("q:x".to_owned()),
+            "[a-z][a-z0-9]{0,5}",
+        ];
+        let attrs = prop::collection::vec((attr_name, value()), 0..5);
+        let leaf = (prop::option::of(0u8..3), name, attrs).prop_map(|(prefix, name, attrs)| El {
+            prefix,
+            name,
+            attrs,
+            children: Vec::new(),
+        });
+        if depth == 0 {
+            return leaf.boxed();
+        }
+        let child = prop_oneof![
+            text().prop_map(Node::Text),
+            "[a-z <>&\\]]{0,12}".prop_map(Node::Cdata),
+            element(depth - 1).prop_map(Node::El),
+        ];
+        (leaf, prop::collection::vec(child, 0..4))
+            .prop_map(|(mut el, children)| {
+                el.children = children;
+                el
+            })
+            .boxed()
+    }
+
+    /// Writes an element; every prefix used is declared on it, each
+    /// attribute name once, so the result is namespace-well-formed.
+    fn write(el: &El, out: &mut String, ws: &str) {
+        let tag = match el.prefix {
+            Some(p) => format!("n{p}:{}", el.name),
+            None => el.name.clone(),
+        };
+        out.push('<');
+        out.push_str(&tag);
+        if let Some(p) = el.prefix {
+            out.push_str(&format!(" xmlns:n{p}='jabber:component:accept'"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, value) in &el.attrs {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some(prefix) = name.strip_suffix(":x") {
+                out.push_str(&format!(" xmlns:{prefix}='urn:{prefix}'"));
+            }
+            out.push_str(&format!(" {name}{ws}={ws}{value}"));
+        }
+        if el.children.is_empty() {
+            out.push_str(ws);
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for c in &el.children {
+            match c {
+                Node::Text(t) => out.push_str(&t.replace("]]>", "]] >")),
+                Node::Cdata(t) => {
+                    out.push_str(&format!("<![CDATA[{}]]>", t.replace("]]>", "]] >")))
+                }
+                Node::El(e) => write(e, out, ws),
+            }
+        }
+        out.push_str(&format!("</{tag}{ws}>"));
+    }
+
+    fn stream() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(
+                (
+                    element(3),
+                    prop_oneof![Just(""), Just(" "), Just("\n\t"), Just("\r\n")],
+                ),
+                1..6,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(els, end)| {
+                let mut s = HEADER.to_owned();
+                for (el, ws) in &els {
+                    write(el, &mut s, ws);
+                    s.push_str(ws);
+                }
+                if end {
+                    s.push_str("</stream:stream>");
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn generated_streams_frame_the_same(
+            input in stream(),
+            sizes in prop::collection::vec(1usize..64, 1..4),
+        ) {
+            let limits = FramerLimits::default();
+            // Well-formed: the fast tokenizer accepts it…
+            let (_, err) = drive(&mut Framer::with_tokenizer(limits, Tokenizer::Fast), input.as_bytes(), &[input.len()]);
+            prop_assert_eq!(err, None, "{}", input);
+            // …and frames it as rxml does, whole and in pieces.
+            for sizes in [&[input.len()][..], &sizes] {
+                let d = differ(input.as_bytes(), sizes, limits);
+                prop_assert!(d.is_none(), "sizes {:?}: {:?}\ninput: {:?}", sizes, d, input);
+            }
+        }
+    }
+}
