@@ -65,9 +65,10 @@ fn normal(frames: Vec<Frame>, failed: bool) -> Vec<Frame> {
 /// The verdicts agree: both accept, or both refuse with the same stream
 /// error condition. Two pairs of faults in one input are reported in an
 /// order rxml decides by where its reads end, so either condition is
-/// right there: text at stream level against malformed content, and
-/// (rxml checks UTF-8 only when it flushes a token) the size limit
-/// against bad UTF-8.
+/// right there: text at stream level against malformed content, and,
+/// in input holding bad UTF-8 (which rxml judges only when it flushes a
+/// token, so where its reads and its token limit fall decides what it
+/// sees first), the size limit, text at stream level and bad UTF-8.
 pub fn same_verdict(input: &[u8], fast: Option<&FrameError>, rxml: Option<&FrameError>) -> bool {
     let bad_utf8 = std::str::from_utf8(input).is_err()
         || memchr::memmem::find(input, b"\xEF\xBF\xBE").is_some()
@@ -75,7 +76,10 @@ pub fn same_verdict(input: &[u8], fast: Option<&FrameError>, rxml: Option<&Frame
     let size_or_utf8 = |e: &FrameError| {
         matches!(
             e,
-            FrameError::NotWellFormed(_) | FrameError::Truncated | FrameError::TooLarge { .. }
+            FrameError::NotWellFormed(_)
+                | FrameError::Truncated
+                | FrameError::TooLarge { .. }
+                | FrameError::TextAtStreamLevel
         )
     };
     let content = |e: &FrameError| {
