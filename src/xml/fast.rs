@@ -364,6 +364,17 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
     Ok(Ref::Char(end + 1, c))
 }
 
+/// Where rxml stops reading a bad reference at `at`: the byte that ends
+/// it (or the first one past its length limit). The size limit is judged
+/// there, not at the `&`.
+fn ref_end(data: &[u8], at: usize) -> usize {
+    let limit = (at + 2 + MAX_REF).min(data.len().saturating_sub(1));
+    (at + 1..=limit)
+        .find(|&i| !(name_byte(data[i]) || data[i] == b'#'))
+        .unwrap_or(limit)
+        .max(at)
+}
+
 /// The first offset in `data` that is not clean: invalid UTF-8, a
 /// control character other than TAB, LF and CR, or U+FFFE/U+FFFF.
 fn first_fault(data: &[u8]) -> Option<usize> {
@@ -715,7 +726,7 @@ impl FastFramer {
                         Ok(Ref::Char(..)) => {
                             Err(self.err_at(i, nwf("text before the root element")))
                         }
-                        Err(e) => Err(self.err_at(i, e)),
+                        Err(e) => Err(self.err_at(ref_end(data, i), e)),
                     };
                 }
                 b']' if data.get(i + 1) == Some(&b']') && data.get(i + 2) == Some(&b'>') => {
@@ -887,7 +898,7 @@ impl FastFramer {
                         k = end;
                     }
                     Ok(Ref::Need) => return self.partial(lim),
-                    Err(err) => return Err(self.value_err(data, vstart, at, err)),
+                    Err(err) => return Err(self.value_err(data, vstart, ref_end(data, at), err)),
                 },
                 b'<' => {
                     return Err(self.value_err(data, vstart, at, nwf("< in attribute value")));
@@ -1430,7 +1441,7 @@ impl FastFramer {
                 b'&' => match reference(&data[..lim], at) {
                     Ok(Ref::Char(end, _)) => i = end,
                     Ok(Ref::Need) => return self.need(at, lim),
-                    Err(e) => return Err(self.err_at(at, e)),
+                    Err(e) => return Err(self.err_at(ref_end(data, at), e)),
                 },
                 _ => {
                     // `]]>` is not allowed in text.
@@ -1564,7 +1575,7 @@ impl FastFramer {
                             i = end;
                         }
                         Ok(Ref::Need) => return self.need(i, lim),
-                        Err(e) => return Err(self.err_at(i, e)),
+                        Err(e) => return Err(self.err_at(ref_end(data, i), e)),
                     }
                 }
                 b']' => {
