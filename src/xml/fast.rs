@@ -523,6 +523,15 @@ impl FastFramer {
         self.fault_seen = self.clean + flush.unwrap_or(rest.len().saturating_sub(1));
     }
 
+    /// Text at stream level found at `at`: rxml flushes text at its token
+    /// limit at the latest, so it judges long text before the size limit.
+    fn text_at_stream_level(&self, at: usize) -> FrameError {
+        self.err_at(
+            at.min(self.token_limit.saturating_sub(1)),
+            FrameError::TextAtStreamLevel,
+        )
+    }
+
     fn fault_err(&self) -> FrameError {
         self.err_at(self.fault_seen, nwf("invalid utf-8 or character"))
     }
@@ -1500,7 +1509,7 @@ impl FastFramer {
                     // rxml flushes the valid start of the text before it
                     // judges the bytes after it.
                     if self.text_pending && !self.text_ws {
-                        return Err(self.err_at(i, FrameError::TextAtStreamLevel));
+                        return Err(self.text_at_stream_level(i));
                     }
                     return self.need(i, i);
                 }
@@ -1603,7 +1612,7 @@ impl FastFramer {
         }
         self.text_pending = false;
         if !std::mem::replace(&mut self.text_ws, true) {
-            return Err(self.err_at(at, FrameError::TextAtStreamLevel));
+            return Err(self.text_at_stream_level(at));
         }
         self.pos = at;
         Ok(Some(Step::Whitespace(at)))
