@@ -873,7 +873,7 @@ impl FastFramer {
             return self.partial(j);
         }
         if data[j] != b'=' {
-            return Err(self.err_at(j, nwf("attribute without value")));
+            return self.stray_value(data, j);
         }
         j += 1;
         while j < lim && is_ws(data[j]) {
@@ -1107,8 +1107,29 @@ impl FastFramer {
                     self.pos = ve + 1;
                     self.state = State::Tag { after_value };
                 }
+                b'\'' | b'"' => {
+                    return match self.stray_value(data, i)? {
+                        None => self.need(from, lim),
+                        Some(()) => Err(nwf("value without attribute name")),
+                    };
+                }
                 _ => return Err(self.err_at(i, nwf("unexpected byte in start tag"))),
             }
+        }
+    }
+
+    /// A quote where rxml expects `=` or a name: it lexes the value before
+    /// refusing it, so a fault (or the size limit) inside comes first.
+    /// Ok(None): the value is not complete yet; Err: the refusal.
+    fn stray_value<T>(&self, data: &[u8], at: usize) -> Result<Option<T>, FrameError> {
+        let q = data[at];
+        if q != b'\'' && q != b'"' {
+            return Err(self.err_at(at, nwf("attribute without value")));
+        }
+        let lim = self.clean;
+        match memchr2(q, b'<', &data[at + 1..lim]) {
+            None => self.partial(lim),
+            Some(o) => Err(self.err_at(at + 1 + o, nwf("misplaced attribute value"))),
         }
     }
 
