@@ -368,11 +368,24 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
 /// it (or the first one past its length limit). The size limit is judged
 /// there, not at the `&`.
 fn ref_end(data: &[u8], at: usize) -> usize {
-    let limit = (at + 2 + MAX_REF).min(data.len().saturating_sub(1));
-    (at + 1..=limit)
-        .find(|&i| !(name_byte(data[i]) || data[i] == b'#'))
-        .unwrap_or(limit)
-        .max(at)
+    let last = data.len().saturating_sub(1);
+    let mut i = at + 1;
+    let class: fn(u8) -> bool = if data.get(i) == Some(&b'#') {
+        i += 1;
+        if data.get(i) == Some(&b'x') {
+            i += 1;
+            |b| b.is_ascii_hexdigit()
+        } else {
+            |b| b.is_ascii_digit()
+        }
+    } else {
+        name_byte
+    };
+    let start = i;
+    while i < data.len() && class(data[i]) && i - start < MAX_REF {
+        i += 1;
+    }
+    i.min(last).max(at)
 }
 
 /// The first offset in `data` that is not clean: invalid UTF-8, a
