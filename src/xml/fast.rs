@@ -1140,9 +1140,20 @@ impl FastFramer {
             return Err(self.err_at(at, nwf("attribute without value")));
         }
         let lim = self.clean;
-        match memchr2(q, b'<', &data[at + 1..lim]) {
-            None => self.partial(lim),
-            Some(o) => Err(self.err_at(at + 1 + o, nwf("misplaced attribute value"))),
+        let mut k = at + 1;
+        loop {
+            let Some(o) = memchr3(q, b'<', b'&', &data[k..lim]) else {
+                return self.partial(lim);
+            };
+            let c = k + o;
+            if data[c] != b'&' {
+                return Err(self.err_at(c, nwf("misplaced attribute value")));
+            }
+            match reference(&data[..lim], c) {
+                Ok(Ref::Char(end, _)) => k = end,
+                Ok(Ref::Need) => return self.partial(lim),
+                Err(e) => return Err(self.err_at(ref_end(data, c), e)),
+            }
         }
     }
 
