@@ -1281,8 +1281,11 @@ impl FastFramer {
                 if local != "stream" || elem_ns != NS_STREAMS {
                     return Err(self.err_at(
                         gt,
+                        // The peer's text, quoted and escaped as the
+                        // rxml framer does (no raw CR in a log line).
                         FrameError::BadHeader(format!(
-                            "root element is {{{elem_ns}}}{local}, not {{{NS_STREAMS}}}stream"
+                            "root element is <{local}> in namespace {elem_ns:?}, \
+                             not <stream> in {NS_STREAMS:?}"
                         )),
                     ));
                 }
