@@ -738,16 +738,25 @@ impl FastFramer {
         let mut i = from;
         while i < lim {
             match data[i] {
-                b'<' => return Err(self.err_at(i, nwf("text before the root element"))),
+                b'<' => {
+                    return Err(self.err_at(
+                        i.min(self.token_limit - 1),
+                        nwf("text before the root element"),
+                    ))
+                }
                 b'&' => {
                     if i > from {
-                        return Err(self.err_at(i, nwf("text before the root element")));
+                        return Err(self.err_at(
+                            i.min(self.token_limit - 1),
+                            nwf("text before the root element"),
+                        ));
                     }
                     return match reference(&data[..lim], i) {
                         Ok(Ref::Need) => self.need(from, lim),
-                        Ok(Ref::Char(..)) => {
-                            Err(self.err_at(i, nwf("text before the root element")))
-                        }
+                        Ok(Ref::Char(..)) => Err(self.err_at(
+                            i.min(self.token_limit - 1),
+                            nwf("text before the root element"),
+                        )),
                         Err(e) => Err(self.err_at(ref_end(data, i), e)),
                     };
                 }
@@ -762,7 +771,11 @@ impl FastFramer {
         if self.fault || matches!(data[lim - 1], b'\r' | b']') {
             return self.need(from, lim);
         }
-        Err(self.err_at(lim - 1, nwf("text before the root element")))
+        // (rxml flushes at its token limit at the latest.)
+        Err(self.err_at(
+            (lim - 1).min(self.token_limit - 1),
+            nwf("text before the root element"),
+        ))
     }
 
     /// `<!` at offset `at`: CDATA (returned as Ok(Go) after setting up
