@@ -420,7 +420,18 @@ async fn sighup_reloads_the_running_binary() {
     let e = up.r.recv().await;
     assert_eq!(e.id(), Some("alive"));
     assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
-    let text = scrape(&addr).await;
+    // The counters are published by the core after the batch of events
+    // that changed them: wait until both reloads show.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&addr).await;
+        if text.contains("jatproxy_config_reloads_total{result=\"refused\"} 1\n")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         text.contains("jatproxy_config_reloads_total{result=\"applied\"} 1\n"),
         "{text}"
