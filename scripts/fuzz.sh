@@ -9,11 +9,11 @@
 # Needs the nightly toolchain (cargo-fuzz builds with sanitizers); installs
 # cargo-fuzz if it is missing. cargo-fuzz keeps crash inputs in fuzz/artifacts/TARGET/.
 #
-# fast_vs_rxml (the opt-in fast tokenizer against rxml) only replays its
-# seeds, every past finding among them, unless FUZZ_EXPLORE_FAST=1: long
-# runs still find inputs where the two report different stream errors
-# (see the README), which is why rxml stays the default tokenizer, and a
-# known open finding must not make CI a lottery.
+# fast_vs_rxml (the fast tokenizer against rxml) only replays its seeds,
+# every past finding among them, unless FUZZ_EXPLORE_FAST=1: long runs
+# have found, every few hundred thousand inputs, an input the two refuse
+# under different stream error names (see the README); such a rare
+# finding must not make CI a lottery. Explore by hand.
 set -euo pipefail
 
 duration=${1:-60}

@@ -61,7 +61,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
     pub const UPSTREAM_BUFFER: usize = 4096;
-    pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Rxml;
+    pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Fast;
     pub const LOG_LEVEL: &str = "info";
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 }
@@ -615,7 +615,7 @@ pub struct LimitsArgs {
     /// Stanzas from instances held while upstream is down [limits.upstream_buffer, default 4096]
     #[arg(long, value_name = "N")]
     pub upstream_buffer: Option<usize>,
-    /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default rxml]
+    /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default fast]
     #[arg(long, value_name = "NAME")]
     pub tokenizer: Option<crate::xml::Tokenizer>,
 }

@@ -18,10 +18,12 @@ use super::framer::{FrameError, FramerLimits, RxmlFramer};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Tokenizer {
-    /// rxml's parser: slower, the reference.
-    #[default]
+    /// rxml's parser: slower, the reference the fast one is tested
+    /// against, and the fallback.
     Rxml,
-    /// The byte-level scanner.
+    /// The byte-level scanner: the default since it ran 10 minutes of
+    /// differential fuzzing against rxml clean (see the README).
+    #[default]
     Fast,
 }
 
