@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use bytes::BytesMut;
-use jatproxy::xml::{Frame, FrameError, Framer, FramerLimits};
+use jatproxy::xml::{Frame, FrameError, Framer, FramerLimits, Tokenizer};
 use rxml::error::EndOrError;
 use rxml::{AttrMap, Event, Options, Parse, Parser, RawEvent, RawParser, WithOptions};
 
@@ -44,7 +44,17 @@ impl Run {
 /// 0 counts as 1), draining frames after each piece, then signals the end
 /// of input. Also checks that an error, once reported, stays reported.
 pub fn run_chunked(input: &[u8], sizes: &[usize], limits: FramerLimits) -> Run {
-    let mut framer = Framer::new(limits);
+    run_chunked_with(input, sizes, limits, Tokenizer::default())
+}
+
+/// [`run_chunked`] on a chosen tokenizer.
+pub fn run_chunked_with(
+    input: &[u8],
+    sizes: &[usize],
+    limits: FramerLimits,
+    tokenizer: Tokenizer,
+) -> Run {
+    let mut framer = Framer::with_tokenizer(limits, tokenizer);
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     let mut at = 0;
