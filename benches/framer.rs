@@ -237,6 +237,10 @@ fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpu
     group.bench_function("utf8", |b| {
         b.iter(|| std::str::from_utf8(black_box(&corpus.bytes)).is_ok())
     });
+    // The SIMD check the fast tokenizer runs over every byte.
+    group.bench_function("simdutf8", |b| {
+        b.iter(|| simdutf8::compat::from_utf8(black_box(&corpus.bytes)).is_ok())
+    });
     for t in TOKENIZERS {
         group.bench_function(format!("{t}/frame"), |b| {
             b.iter(|| frame(black_box(corpus), t, false))
