@@ -1418,8 +1418,15 @@ impl FastFramer {
             resolved.push((ns, a.local(data)));
         }
         let dup = if resolved.len() <= 16 {
+            // Local names first: they rarely match, and comparing the
+            // (long, often equal) namespace URIs first cost a memcmp each.
             (1..resolved.len())
-                .find(|&i| resolved[..i].contains(&resolved[i]))
+                .find(|&i| {
+                    let (ns, local) = resolved[i];
+                    resolved[..i]
+                        .iter()
+                        .any(|&(n, l)| same_name(l, local) && n == ns)
+                })
                 .map(|i| resolved[i])
         } else {
             let mut seen = HashSet::with_capacity(resolved.len());
