@@ -36,6 +36,13 @@ const INLINE_LABEL: &str = "config.toml";
 /// below this the proxy would reject ordinary traffic.
 const MIN_STANZA_BYTES: usize = 4096;
 
+/// The longest duration any setting accepts. Every timeout and interval
+/// is added to a clock reading somewhere (a deadline, a timer, a backoff
+/// step that doubles): a value such as `"300000000000y"` parses, but
+/// overflows `Instant + Duration` and panics at the first request. No
+/// timeout or interval of a proxy needs more than a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Built-in defaults, in one place so the docs in `config.toml` and the tests
 /// have a single thing to agree with.
 pub mod defaults {
@@ -114,6 +121,9 @@ pub struct ClientProxyConfig {
     pub target_address: Option<jid::BareJid>,
     pub jat: JatMode,
     pub client_requests: bool,
+    /// Ask the target for a presence subscription after each handshake.
+    /// Off, the subscription is provisioned out of band and only a `probe`
+    /// is sent. The target's own `subscribe` is answered either way.
     pub subscribe: bool,
 }
 
@@ -132,8 +142,9 @@ impl Default for ClientProxyConfig {
 pub struct RoutingConfig {
     pub balancing: Balancing,
     pub iq_timeout: Duration,
-    /// Bounds memory: beyond this many outstanding requests new ones are
-    /// answered with `resource-constraint` instead of growing the table.
+    /// Bounds memory: when this many requests are outstanding, a new one
+    /// takes the place of the oldest, which is answered with
+    /// `resource-constraint` (type `wait`), instead of growing the table.
     pub pending_capacity: usize,
 }
 
@@ -203,8 +214,9 @@ impl Default for LimitsConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
-    /// A `tracing_subscriber::EnvFilter` directive string; checked for
-    /// emptiness only, because the filter syntax belongs to the subscriber.
+    /// A `tracing_subscriber::EnvFilter` directive string, checked by
+    /// parsing it as one, so `--check-config` and a reload refuse a filter
+    /// that would only fail when logging starts.
     pub level: String,
     pub format: LogFormat,
 }
@@ -542,7 +554,8 @@ pub struct ClientProxyArgs {
     /// [client_proxy.client_requests, default true]
     #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub client_requests: Option<bool>,
-    /// Answer the target's subscription requests [client_proxy.subscribe, default true]
+    /// Ask the target for a presence subscription after each handshake; false: it is
+    /// provisioned, only probe [client_proxy.subscribe, default true]
     #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub subscribe: Option<bool>,
 }
@@ -634,7 +647,7 @@ pub struct LogArgs {
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]
 pub struct ServiceArgs {
-    /// Time in-flight requests get after SIGTERM [service.shutdown_grace, default 5s]
+    /// Longest wait for streams to close after SIGTERM/SIGINT [service.shutdown_grace, default 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub shutdown_grace: Option<Duration>,
     /// Runtime worker threads [service.worker_threads, default: one per CPU]
@@ -1285,13 +1298,26 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
             "is empty (use e.g. \"info\" or \"jatproxy=debug,info\")",
         ));
     }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        let why = e.to_string().replace(['\n', '\r'], " ");
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!(
+                "{level:?} is not a tracing filter: {why} \
+                 (use e.g. \"info\" or \"jatproxy=debug,info\")"
+            ),
+        ));
+    }
     let log = LogConfig {
         level,
         format: log.format.unwrap_or_default(),
     };
 
     let service = ServiceConfig {
-        shutdown_grace: service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
+        shutdown_grace: at_most_a_day(
+            "service.shutdown_grace",
+            service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
+        )?,
         worker_threads: match service.worker_threads {
             Some(0) => {
                 return Err(ConfigError::invalid(
@@ -1331,10 +1357,27 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
 }
 
 /// Zero would mean "time out at once" (or spin, for backoff), never what an
-/// operator meant.
+/// operator meant. Capped like every duration ([`at_most_a_day`]).
 fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(ConfigError::invalid(key, "must be greater than zero"))
+    } else {
+        at_most_a_day(key, d)
+    }
+}
+
+/// See [`MAX_DURATION`]: refused here, with the key, instead of a panic
+/// when the value is first added to a clock reading.
+fn at_most_a_day(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d > MAX_DURATION {
+        Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is too long (at most {})",
+                fmt_duration(d),
+                fmt_duration(MAX_DURATION)
+            ),
+        ))
     } else {
         Ok(d)
     }
@@ -2249,6 +2292,91 @@ mod tests {
                 "invalid duration \"30\": expected number followed by unit, like 500ms, 30s or 2m"
             )
         );
+    }
+
+    /// Every duration: a day passes, a second more is refused naming the
+    /// key, and the absurd value that used to panic at the first request
+    /// is refused at load, from the file or a flag.
+    #[test]
+    fn durations_are_capped_at_a_day() {
+        const KEYS: [(&str, &str); 11] = [
+            ("upstream", "connect_timeout"),
+            ("upstream", "handshake_timeout"),
+            ("upstream", "reconnect_min"),
+            ("upstream", "reconnect_max"),
+            ("upstream", "keepalive_interval"),
+            ("upstream", "ping_interval"),
+            ("upstream", "ping_timeout"),
+            ("routing", "iq_timeout"),
+            ("limits", "header_timeout"),
+            ("limits", "idle_timeout"),
+            ("service", "shutdown_grace"),
+        ];
+        for (section, key) in KEYS {
+            // reconnect_min may not exceed reconnect_max.
+            let also = if key == "reconnect_min" {
+                "\nreconnect_max = \"1d\""
+            } else {
+                ""
+            };
+            let c = parse_ok(&with(section, &format!("{key} = \"1d\"{also}")));
+            assert!(
+                c.summary().contains(&format!("{section}.{key}=1day")),
+                "{key}"
+            );
+            for too_long in ["1d 1s", "300000000000y"] {
+                let e = parse_err(&with(section, &format!("{key} = \"{too_long}\"{also}")));
+                let dotted = format!("{section}.{key}");
+                assert_eq!(e.key(), Some(dotted.as_str()), "{e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with(&format!("{dotted}: "))
+                        && msg.ends_with("is too long (at most 1day)"),
+                    "{msg}"
+                );
+                assert!(!msg.contains('\n'), "{msg}");
+            }
+        }
+        let args = cli(&[
+            "--upstream-server",
+            "localhost:5347",
+            "--upstream-domain",
+            "proxy.example.test",
+            "--upstream-secret-env",
+            "MY_SECRET",
+            "--target-address",
+            "impl@example.test",
+            "--iq-timeout",
+            "300000000000y",
+        ]);
+        let env = env_of(&[("MY_SECRET", "a")]);
+        let e = load_with_env(&args, &env).expect_err("refused");
+        assert_eq!(e.key(), Some("routing.iq_timeout"), "{e}");
+        assert_eq!(
+            parse_duration("300000000000y").map(|d| d > MAX_DURATION),
+            Ok(true),
+            "the value parses: only the cap stands between it and a panic"
+        );
+    }
+
+    /// The filter is parsed as the subscriber will parse it, so
+    /// `--check-config` catches what would otherwise fail at start.
+    #[test]
+    fn log_level_must_be_a_tracing_filter() {
+        for ok in ["info", "jatproxy=debug,info", "warn,jatproxy::router=trace"] {
+            let c = parse_ok(&with("log", &format!("level = {ok:?}")));
+            assert_eq!(c.log.level, ok);
+        }
+        for bad in ["jatproxy=loud", "info,[{"] {
+            let e = parse_err(&with("log", &format!("level = {bad:?}")));
+            assert_eq!(e.key(), Some("log.level"), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("log.level: {bad:?} is not a tracing filter: ")),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
     }
 
     /// Every validation failure names its key first.

@@ -83,7 +83,7 @@ impl Liveness {
     pub fn check(&mut self, now: Instant) -> Check {
         match &self.outstanding {
             Some((_, sent_at)) => {
-                let deadline = *sent_at + self.timeout;
+                let deadline = later(*sent_at, self.timeout);
                 if now >= deadline {
                     Check::Dead {
                         silent_for: now.saturating_duration_since(self.last_input),
@@ -93,7 +93,7 @@ impl Liveness {
                 }
             }
             None => {
-                let due = self.last_input + self.interval;
+                let due = later(self.last_input, self.interval);
                 if now < due {
                     return Check::Wait(due);
                 }
@@ -109,6 +109,19 @@ impl Liveness {
             }
         }
     }
+}
+
+/// `at + d` without the panic `Instant + Duration` has on overflow.
+/// Configuration caps every duration (`config::MAX_DURATION`); this is
+/// defence in depth, so an absurd interval means "not for a century",
+/// never a panic in the upstream task.
+fn later(at: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    // The last fallback cannot happen on a real clock (a century fits);
+    // it only keeps this function total.
+    at.checked_add(d)
+        .or_else(|| at.checked_add(CENTURY))
+        .unwrap_or(at)
 }
 
 /// Ids of our pings. An answer is recognised by it and by coming from
@@ -165,6 +178,20 @@ mod tests {
         assert!(!l.is_answer(Some("alice@example.test/x"), Some("jatproxy-ping-1")));
         assert!(!l.is_answer(Some("example.test"), Some("1234")));
         assert!(!l.is_answer(Some("example.test"), None));
+    }
+
+    #[test]
+    fn absurd_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new("proxy.example.test", Duration::MAX, Duration::MAX, t0);
+        let Check::Wait(due) = l.check(t0) else {
+            panic!("no ping before the interval")
+        };
+        assert!(due > t0 + Duration::from_secs(365 * 24 * 3600));
+        // Input at the far end still computes the next deadline.
+        let mut l = Liveness::new("proxy.example.test", I, Duration::MAX, t0);
+        assert!(matches!(l.check(t0 + I), Check::Ping(_)));
+        assert!(matches!(l.check(t0 + I), Check::Wait(d) if d > t0 + I + T));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `jatproxy`: parse flags, load the configuration, start logging, run
 //! until SIGTERM/SIGINT and shut down gracefully; reload the
 //! configuration on SIGHUP.
+//!
+//! Exit status: 0 after a graceful stop (and for `--help`, `--version`,
+//! a passing `--check-config`); 64 for an unusable command line or
+//! configuration, with one line on stderr; 1 when the proxy cannot start.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,17 +22,26 @@ type LogHandle = reload::Handle<EnvFilter, Registry>;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+        // `--help` and `--version`: clap's own output and status (0).
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code as u8);
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(0));
+        }
+        // A usage error is one line, like a configuration error: what
+        // lands in a journal or a supervisor's log must not be a help
+        // screen, and the exit status tells "fix the invocation" (64).
+        Err(e) => {
+            eprintln!("jatproxy: {}", usage_error_line(&e));
+            return exit_config();
         }
     };
+    // The log filter is validated here too (`log.level`), so
+    // `--check-config` refuses what would only fail once logging starts.
     let cfg = match config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("jatproxy: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
+            return exit_config();
         }
     };
     if cli.check_config {
@@ -37,9 +50,11 @@ fn main() -> ExitCode {
     }
     let filter = match EnvFilter::try_new(&cfg.log.level) {
         Ok(f) => f,
+        // Unreachable after `config::load`; kept so a change there cannot
+        // turn into a panic here.
         Err(e) => {
             eprintln!("jatproxy: log.level: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
+            return exit_config();
         }
     };
     let (filter, log) = reload::Layer::new(filter);
@@ -67,9 +82,29 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli, cfg, log))
 }
 
+/// The status for an unusable configuration or command line (64).
+fn exit_config() -> ExitCode {
+    ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1))
+}
+
+/// clap's error, which spans several lines (the error, a tip, the usage,
+/// a pointer to `--help`), as its first line, without clap's `error: `
+/// prefix: `unexpected argument '--bogus' found`.
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid command line");
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
 async fn run(cli: Cli, cfg: config::Config, log: LogHandle) -> ExitCode {
-    // Before anything else: SIGHUP's default action ends the process, so
-    // a reload sent while starting must already find its handler.
+    // Before anything else: the default action of SIGHUP, SIGTERM and
+    // SIGINT ends the process at once, so a signal sent while starting
+    // must already find its handler (a SIGINT then stops the proxy
+    // gracefully as soon as it is up).
     let mut signals = Signals::install();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = %cfg.summary(), "jatproxy starting");
     let proxy = match Proxy::start(cfg).await {
@@ -149,6 +184,8 @@ struct Signals {
     hup: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -166,6 +203,9 @@ impl Signals {
             Signals {
                 hup: get(SignalKind::hangup(), "SIGHUP"),
                 term: get(SignalKind::terminate(), "SIGTERM"),
+                // Registered now, not lazily by `ctrl_c()` at the first
+                // wait, which comes only after the proxy has started.
+                int: get(SignalKind::interrupt(), "SIGINT"),
             }
         }
         #[cfg(not(unix))]
@@ -188,7 +228,7 @@ impl Signals {
             tokio::select! {
                 _ = recv(&mut self.hup) => Signal::Reload,
                 _ = recv(&mut self.term) => Signal::Stop,
-                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = recv(&mut self.int) => Signal::Stop,
             }
         }
         #[cfg(not(unix))]

@@ -7,14 +7,17 @@
 //! | class | keys | effect |
 //! |---|---|---|
 //! | live | `routing.balancing`, `routing.iq_timeout`, `client_proxy.target_address`, `client_requests`, `subscribe`, `limits.upstream_buffer`, `log.level`, `service.shutdown_grace` | at once, nothing dropped |
-//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `limits.*` but `upstream_buffer` | connections made after the reload; established ones keep theirs |
+//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `limits.*` but `upstream_buffer` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
 //! | reconnect | `upstream.server`, `upstream.secret` | the upstream session is closed and made again at once (pending requests on client resources are answered `recipient-unavailable`, as on any upstream loss) |
-//! | restart | `upstream.domain`, `client_proxy.jat`, `routing.pending_capacity`, `instances.listen`, `instances.max_connections`, `instances.max_unauthenticated`, `log.format`, `metrics.listen` | the whole reload is refused; the running configuration stays |
+//! | restart | `upstream.domain`, `client_proxy.jat`, `routing.pending_capacity`, `instances.listen`, `instances.max_connections`, `instances.max_unauthenticated`, `log.format`, `service.worker_threads`, `metrics.listen` | the whole reload is refused; the running configuration stays |
 //!
 //! A reload is applied whole or not at all, so the running settings are
 //! always one configuration that passed validation.
 
-use crate::config::Config;
+use crate::config::{
+    ClientProxyConfig, Config, InstancesConfig, LimitsConfig, LogConfig, MetricsConfig,
+    RoutingConfig, ServiceConfig, UpstreamConfig,
+};
 
 /// What a reload changes, by class; each list holds dotted keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +55,7 @@ pub enum ReloadError {
 
 /// Sorts what differs between `old` and `new`.
 pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
+    every_key_is_sorted(new);
     let mut p = Plan::default();
     let mut restart = Vec::new();
     let (ou, nu) = (&old.upstream, &new.upstream);
@@ -183,6 +187,12 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         "limits.upstream_buffer",
         Live,
     );
+    // Read when each connection's framer is made (listener, upstream).
+    check(
+        ol.tokenizer != nl.tokenizer,
+        "limits.tokenizer",
+        NextConnection,
+    );
 
     check(old.log.level != new.log.level, "log.level", Live);
     check(old.log.format != new.log.format, "log.format", Restart);
@@ -190,6 +200,13 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         old.service.shutdown_grace != new.service.shutdown_grace,
         "service.shutdown_grace",
         Live,
+    );
+    // The runtime is built once, before the proxy starts: accepting a
+    // new count would report a change that never happens.
+    check(
+        old.service.worker_threads != new.service.worker_threads,
+        "service.worker_threads",
+        Restart,
     );
     check(
         old.metrics.listen != new.metrics.listen,
@@ -202,6 +219,72 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
     } else {
         Err(ReloadError::NeedsRestart(restart))
     }
+}
+
+/// Names every field of every section, without `..`: a setting added to
+/// [`Config`] and not sorted by [`plan`] fails to compile here, rather
+/// than reloading silently as "nothing changed" (as `limits.tokenizer`
+/// and `service.worker_threads` once did). Add the new field here and a
+/// `check` for it in [`plan`].
+fn every_key_is_sorted(c: &Config) {
+    let Config {
+        upstream,
+        client_proxy,
+        routing,
+        instances,
+        limits,
+        log,
+        service,
+        metrics,
+    } = c;
+    let UpstreamConfig {
+        server: _,
+        domain: _,
+        secret: _,
+        connect_timeout: _,
+        handshake_timeout: _,
+        reconnect_min: _,
+        reconnect_max: _,
+        keepalive_interval: _,
+        ping_interval: _,
+        ping_timeout: _,
+    } = upstream;
+    let ClientProxyConfig {
+        target_address: _,
+        jat: _,
+        client_requests: _,
+        subscribe: _,
+    } = client_proxy;
+    let RoutingConfig {
+        balancing: _,
+        iq_timeout: _,
+        pending_capacity: _,
+    } = routing;
+    let InstancesConfig {
+        listen: _,
+        secret: _,
+        max_connections: _,
+        max_unauthenticated: _,
+        queue: _,
+    } = instances;
+    let LimitsConfig {
+        max_stanza_bytes: _,
+        max_depth: _,
+        header_timeout: _,
+        idle_timeout: _,
+        write_queue: _,
+        upstream_buffer: _,
+        tokenizer: _,
+    } = limits;
+    let LogConfig {
+        level: _,
+        format: _,
+    } = log;
+    let ServiceConfig {
+        shutdown_grace: _,
+        worker_threads: _,
+    } = service;
+    let MetricsConfig { listen: _ } = metrics;
 }
 
 /// True when a running upstream session no longer matches `new`.
@@ -279,6 +362,38 @@ mod tests {
         assert_eq!(p.next_connection, ["instances.secret"]);
         let p = plan(&cfg(""), &cfg("[limits]\nmax_stanza_bytes = 8192")).expect("limits");
         assert_eq!(p.next_connection, ["limits.max_stanza_bytes"]);
+    }
+
+    #[test]
+    fn tokenizer_is_reported_for_new_connections() {
+        let p =
+            plan(&cfg(""), &cfg("[limits]\ntokenizer = \"rxml\"")).expect("the tokenizer reloads");
+        assert_eq!(p.next_connection, ["limits.tokenizer"]);
+        assert!(p.live.is_empty() && p.reconnect.is_empty());
+        assert_eq!(p.changed(), ["limits.tokenizer"]);
+    }
+
+    #[test]
+    fn worker_threads_need_a_restart() {
+        for (old, new) in [("", "2"), ("1", "2"), ("2", "")] {
+            let section = |n: &str| {
+                if n.is_empty() {
+                    String::new()
+                } else {
+                    format!("[service]\nworker_threads = {n}")
+                }
+            };
+            assert_eq!(
+                plan(&cfg(&section(old)), &cfg(&section(new))),
+                Err(ReloadError::NeedsRestart(vec!["service.worker_threads"])),
+                "{old:?} -> {new:?}"
+            );
+        }
+        assert!(plan(
+            &cfg("[service]\nworker_threads = 2"),
+            &cfg("[service]\nworker_threads = 2")
+        )
+        .is_ok_and(|p| p.is_empty()));
     }
 
     #[test]

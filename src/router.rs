@@ -36,7 +36,10 @@ pub struct RouterConfig {
     pub jat: JatMode,
     /// Route iq requests from target resources to `domain/ENC`.
     pub client_requests: bool,
-    /// Send `subscribe` and `probe` to the target when upstream comes up.
+    /// Ask the target for a presence subscription (`subscribe`) when
+    /// upstream comes up; when false, the subscription is provisioned out
+    /// of band and only a `probe` is sent. The target's own `subscribe`
+    /// is answered `subscribed` either way.
     pub subscribe: bool,
     pub balancing: Balancing,
     pub iq_timeout: Duration,
@@ -89,7 +92,7 @@ pub struct Stats {
     pub replies_delivered: u64,
     /// Error replies the router generated, by [`StanzaError`] (index in
     /// [`StanzaError::ALL`]).
-    pub errors_generated: [u64; 8],
+    pub errors_generated: [u64; StanzaError::ALL.len()],
     /// Replies matching nothing in flight (late after a timeout, duplicates).
     pub replies_unmatched: u64,
     /// Replies from someone other than the member asked (spoofed).
@@ -207,7 +210,7 @@ impl Router {
     /// its presence as a fresh upstream session would.
     pub fn reload(&mut self, new: RouterConfig, online: bool, now: Instant, out: &mut Vec<Action>) {
         if new.iq_timeout < self.cfg.iq_timeout {
-            self.pending.clamp_deadlines(now + new.iq_timeout);
+            self.pending.clamp_deadlines(later(now, new.iq_timeout));
         }
         self.reconfigure(new.balancing, new.iq_timeout);
         self.cfg.client_requests = new.client_requests;
@@ -227,20 +230,28 @@ impl Router {
 
     /// The upstream session is up: ask the target for its presence.
     ///
-    /// Only `subscribe` is sent here. When the subscription exists the
-    /// server answers `subscribed` and the current presence of every
-    /// resource; when it does not, the request is stored for the target.
-    /// A `probe` now would be harmful: Prosody answers a probe from an
-    /// unsubscribed contact with `unsubscribed` and deletes the stored
-    /// request. The probe is sent once `subscribed` arrives.
+    /// With `subscribe` on, only `subscribe` is sent here. When the
+    /// subscription exists the server answers `subscribed` and the current
+    /// presence of every resource; when it does not, the request is stored
+    /// for the target. A `probe` now would be harmful: Prosody answers a
+    /// probe from an unsubscribed contact with `unsubscribed` and deletes
+    /// the stored request. The probe is sent once `subscribed` arrives.
+    ///
+    /// With `subscribe` off the operator provisioned the subscription
+    /// (`prosodyctl mod_roster_command`, `ejabberdctl add_rosteritem`), so
+    /// there is no request to lose: the `probe` goes out at once, or the
+    /// resources already online would stay unknown until their presence
+    /// next changes.
     pub fn upstream_online(&mut self, out: &mut Vec<Action>) {
-        if let (Some(target), true) = (&self.cfg.target, self.cfg.subscribe) {
-            out.push(up(stanza::presence(
-                &self.cfg.domain,
-                target,
-                Some("subscribe"),
-            )));
-        }
+        let Some(target) = &self.cfg.target else {
+            return;
+        };
+        let ptype = if self.cfg.subscribe {
+            "subscribe"
+        } else {
+            "probe"
+        };
+        out.push(up(stanza::presence(&self.cfg.domain, target, Some(ptype))));
     }
 
     /// The upstream session is gone. Presence will be learnt anew after
@@ -425,11 +436,22 @@ impl Router {
                     )));
                 }
                 Some("probe") => out.push(up(stanza::presence(&d, from, None))),
-                Some("unsubscribed") => tracing::warn!(
-                    target_address = jid::bare(from),
-                    "the target revoked the proxy's presence subscription: \
-                     no resource will join the pool until it is granted again"
-                ),
+                Some("unsubscribed") => {
+                    // The server sends no more presence of the target: its
+                    // resources would stay in the pool, unseen when they
+                    // leave. Out now; requests on them get their answer.
+                    let gone = self.pool.clear_resources();
+                    tracing::warn!(
+                        target_address = jid::bare(from),
+                        resources_removed = gone.len(),
+                        "the target revoked the proxy's presence subscription: \
+                         its resources left the pool, and none will join it \
+                         until the subscription is granted again"
+                    );
+                    for m in gone {
+                        self.fail_member(&m, out);
+                    }
+                }
                 Some("subscribed") => {
                     tracing::info!(target_address = jid::bare(from), "subscription granted");
                     out.push(up(stanza::presence(&d, jid::bare(from), Some("probe"))));
@@ -620,10 +642,23 @@ impl Router {
                 res: (*res).to_owned(),
                 id,
             },
-            To::Bare => Key::PeerReply {
-                peer: from.to_owned(),
-                id,
-            },
+            To::Bare => {
+                // Keyed by the normalised peer (see `request_from_target`).
+                // The server stamps `from` prepared, so the exact form
+                // nearly always hits and nothing is parsed.
+                let exact = Key::PeerReply {
+                    peer: from.to_owned(),
+                    id: id.clone(),
+                };
+                if self.pending.contains(&exact) {
+                    exact
+                } else {
+                    Key::PeerReply {
+                        peer: jid::validate(from).unwrap_or_else(|| from.to_owned()),
+                        id,
+                    }
+                }
+            }
         };
         let Some(entry) = self.pending.get(&key) else {
             self.stats.replies_unmatched += 1;
@@ -638,7 +673,7 @@ impl Router {
             Waiting::FromTarget { peer, .. } | Waiting::FromInstance { peer, .. } => peer.as_str(),
             Waiting::Inbound { .. } => "",
         };
-        if expected != from {
+        if !same_address(expected, from) {
             self.stats.replies_spoofed += 1;
             return;
         }
@@ -674,6 +709,20 @@ impl Router {
 
     /// A stanza from an instance. Everything goes upstream; only iq
     /// requests get a new `from` so their replies come back through us.
+    ///
+    /// Addressing follows Prosody 0.12's component port, so an instance
+    /// written against Prosody behaves the same behind the proxy:
+    ///
+    /// - a `from` outside the domain, or one that is no JID: the stream is
+    ///   closed with `invalid-from`;
+    /// - no `from`: it is the domain (Prosody stamps it, "COMPAT"), written
+    ///   into the stanza before it goes upstream;
+    /// - no `to`: `bad-request` (modify) back to the instance, results and
+    ///   errors dropped;
+    /// - a `to` that is no JID: `jid-malformed` (modify) back to the
+    ///   instance, errors dropped. The server would answer the same, but
+    ///   to the instance's `from`, which routes back to whichever instance
+    ///   the sender's address sticks to, not necessarily this one.
     pub fn from_instance(
         &mut self,
         instance: InstanceId,
@@ -686,9 +735,10 @@ impl Router {
             self.stats.dropped_other += 1;
             return;
         }
-        let Some(from) = st.from() else {
-            out.push(Action::CloseInstance(instance, "improper-addressing"));
-            return;
+        let domain = self.cfg.domain.clone();
+        let (from, stamp_from) = match st.from() {
+            Some(from) => (from, false),
+            None => (domain.as_str(), true),
         };
         // The component owns its whole domain: `D`, `D/res`, and nodes such
         // as a MUC's `room@D/nick` or a gateway's `user@D`. Only the domain
@@ -697,14 +747,51 @@ impl Router {
         // stringprep or has a part over 1023 bytes names nobody, and a
         // server would refuse it with the whole stream. A trailing dot
         // (`D.`) is the same domain, as servers prep it.
-        let from_domain_ok = jid::validate(from)
-            .is_some_and(|valid| jid::bare_eq(jid::domain(&valid), &self.cfg.domain));
+        let from_domain_ok = stamp_from
+            || jid::validate(from)
+                .is_some_and(|valid| jid::bare_eq(jid::domain(&valid), &self.cfg.domain));
         if !from_domain_ok {
             out.push(Action::CloseInstance(instance, "invalid-from"));
             return;
         }
+        let new_from = stamp_from.then_some(domain.as_str());
         let Some(to) = st.to() else {
-            self.stats.dropped_unaddressed += 1;
+            if st.is_error() || st.is_iq_response() {
+                self.stats.dropped_unaddressed += 1;
+            } else {
+                self.stats.count(StanzaError::BadRequest);
+                out.push(Action::Instance(
+                    instance,
+                    Wire::One(stanza::missing_to_reply(&st.name, st.id(), from)),
+                ));
+            }
+            return;
+        };
+        if st.is_iq_response() {
+            self.reply_from_instance(instance, st, to, new_from, out);
+            return;
+        }
+        // Requests, messages, presence: the address must be one. It is
+        // forwarded as the instance wrote it (the server prepares it), but
+        // a request's reply is matched on the prepared form.
+        let Some(peer) = jid::validate(to) else {
+            if st.is_error() {
+                self.stats.dropped_unaddressed += 1;
+            } else {
+                self.stats.count(StanzaError::JidMalformed);
+                let text = format!("The destination address is invalid: {to}");
+                out.push(Action::Instance(
+                    instance,
+                    Wire::One(stanza::error_reply(
+                        &st.name,
+                        st.id(),
+                        to,
+                        from,
+                        StanzaError::JidMalformed,
+                        Some(&text),
+                    )),
+                ));
+            }
             return;
         };
         if st.is_iq_request() {
@@ -714,7 +801,7 @@ impl Router {
             let waiting = Waiting::FromInstance {
                 instance,
                 orig_from: from.to_owned(),
-                peer: to.to_owned(),
+                peer,
             };
             let key = Key::ToResource { res: token, id };
             self.track(key.clone(), waiting, now, out);
@@ -725,28 +812,52 @@ impl Router {
             ));
             return;
         }
-        if st.is_iq_response() {
-            let key = Key::InstanceReply {
-                requester: to.to_owned(),
-                id: st.id().unwrap_or_default().to_owned(),
-            };
-            let asked = matches!(
-                self.pending.get(&key).map(|e| &e.waiting),
+        out.push(Action::Upstream(rewrite(st, None, new_from)));
+    }
+
+    /// An instance's iq result/error: delivered only as the answer to a
+    /// request this instance was given. The requester is keyed as the
+    /// server stamped it; an instance that writes it another way
+    /// (`Alice@Example.test/x`) still finds it through the prepared form.
+    fn reply_from_instance(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        to: &str,
+        new_from: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        let id = st.id().unwrap_or_default();
+        let asked = |pending: &Pending, key: &Key| {
+            matches!(
+                pending.get(key).map(|e| &e.waiting),
                 Some(Waiting::Inbound { member: Member::Instance(i), .. }) if *i == instance
-            );
-            if !asked {
-                self.stats.replies_unmatched += 1;
-                return;
+            )
+        };
+        let mut key = Key::InstanceReply {
+            requester: to.to_owned(),
+            id: id.to_owned(),
+        };
+        if !asked(&self.pending, &key) {
+            if let Some(prepared) = jid::validate(to).filter(|p| p != to) {
+                key = Key::InstanceReply {
+                    requester: prepared,
+                    id: id.to_owned(),
+                };
             }
-            if let Some(e) = self.pending.remove(&key) {
-                if let Some(m) = e.waiting.member() {
-                    self.pool.dec_load(m);
-                    self.stats.member(m).answered += 1;
-                }
-            }
-            self.stats.replies_delivered += 1;
         }
-        out.push(Action::Upstream(Wire::One(st.bytes.clone())));
+        if !asked(&self.pending, &key) {
+            self.stats.replies_unmatched += 1;
+            return;
+        }
+        if let Some(e) = self.pending.remove(&key) {
+            if let Some(m) = e.waiting.member() {
+                self.pool.dec_load(m);
+                self.stats.member(m).answered += 1;
+            }
+        }
+        self.stats.replies_delivered += 1;
+        out.push(Action::Upstream(rewrite(st, None, new_from)));
     }
 
     // ----- helpers ---------------------------------------------------------
@@ -756,7 +867,7 @@ impl Router {
     fn track(&mut self, key: Key, waiting: Waiting, now: Instant, out: &mut Vec<Action>) {
         let entry = Entry {
             waiting,
-            deadline: now + self.cfg.iq_timeout,
+            deadline: later(now, self.cfg.iq_timeout),
         };
         if let Some((old_key, old)) = self.pending.insert(key, entry) {
             self.answer(old_key, old.waiting, StanzaError::ResourceConstraint, out);
@@ -845,6 +956,26 @@ impl Router {
 
 fn up(b: impl Into<Wire>) -> Action {
     Action::Upstream(b.into())
+}
+
+/// Whether a reply's `from` is the address a request went to: the same
+/// string (the server stamps addresses prepared, so this is the rule), or
+/// the same once prepared. `expected` is stored prepared.
+fn same_address(expected: &str, from: &str) -> bool {
+    expected == from || jid::validate(from).is_some_and(|f| f == expected)
+}
+
+/// `now + d` without the panic `Instant + Duration` has on overflow.
+/// Configuration caps every duration (see `config::MAX_DURATION`), so this
+/// is defence in depth: an absurd timeout becomes "about a century", not
+/// a crash of the core that holds every pending request.
+fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    // The last fallback cannot happen on a real clock (a century fits);
+    // it only keeps this function total.
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

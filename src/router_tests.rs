@@ -369,13 +369,73 @@ fn subscription_handshake() {
 }
 
 #[test]
-fn no_subscribe_when_turned_off_or_no_target() {
+fn subscribe_off_probes_instead_and_no_target_sends_nothing() {
+    // Off: the subscription is provisioned, so no request is sent, and
+    // the probe goes out at once: nothing stored can be lost by it, and
+    // without it resources already online would stay unknown.
     let mut c = cfg();
     c.subscribe = false;
+    let mut h = H::new(c.clone());
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(
+        render(out),
+        [format!("UP <presence type='probe' from='{D}' to='{T}'/>")]
+    );
+    c.target = None;
     let mut h = H::new(c);
     let mut out = Vec::new();
     h.r.upstream_online(&mut out);
-    assert!(out.is_empty());
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn targets_subscribe_is_answered_whatever_the_setting() {
+    // `subscribe` is about asking, never about answering: the target may
+    // always put the component in its roster.
+    for subscribe in [true, false] {
+        let mut h = H::new(RouterConfig { subscribe, ..cfg() });
+        assert_eq!(
+            h.up(&format!("<presence type='subscribe' from='{T}' to='{D}'/>")),
+            [format!(
+                "UP <presence type='subscribed' from='{D}' to='{T}'/>"
+            )],
+            "subscribe = {subscribe}"
+        );
+    }
+}
+
+#[test]
+fn unsubscribed_takes_the_targets_resources_out_and_answers_their_requests() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    h.online("b");
+    h.r.instance_up(7);
+    // Round robin: one request each on b, the instance, a.
+    for i in 0..3 {
+        assert_eq!(
+            h.up(&format!(
+                "<iq type='get' id='u{i}' to='{D}' from='{ALICE}'/>"
+            ))
+            .len(),
+            1
+        );
+    }
+    let mut out = h.up(&format!(
+        "<presence type='unsubscribed' from='{T}' to='{D}'/>"
+    ));
+    out.sort();
+    let mut failed = vec![
+        err("iq", "u0", D, ALICE, "wait", "recipient-unavailable"),
+        err("iq", "u2", D, ALICE, "wait", "recipient-unavailable"),
+    ];
+    failed.sort();
+    assert_eq!(out, failed);
+    assert_eq!(h.r.pool().members(), &[Member::Instance(7)]);
+    assert_eq!(h.r.pending_len(), 1, "the instance's request stays");
+    // The pool stays without resources: new requests go to the instance.
+    let out = h.up(&format!("<iq type='get' id='u3' to='{D}' from='{ALICE}'/>"));
+    assert!(out[0].starts_with("I7 "), "{out:?}");
 }
 
 // ----- exactly one answer ----------------------------------------------------
@@ -849,10 +909,6 @@ fn instance_from_outside_domain_is_closed() {
             &format!("<message from='evil.example.test' to='{ALICE}'/>")
         ),
         ["CLOSE1 invalid-from"]
-    );
-    assert_eq!(
-        h.inst(1, &format!("<message to='{ALICE}'/>")),
-        ["CLOSE1 improper-addressing"]
     );
     // A node of another domain, or a domain that only ends like ours.
     for from in [
@@ -1344,4 +1400,294 @@ fn reload_with_a_new_target_swaps_the_pool_and_subscribes() {
     );
     h.up(&format!("<presence from='other@example.test/x' to='{D}'/>"));
     assert_eq!(h.r.pool().len(), 1);
+}
+
+// ----- instance addressing (Prosody's component port) ------------------------
+
+/// The token a rewritten instance request went upstream with.
+fn token_of(out: &str) -> String {
+    let st = parse_one(out.trim_start_matches("UP ").as_bytes()).expect("frames");
+    st.from()
+        .and_then(|f| f.strip_prefix(&format!("{D}/")))
+        .expect("from = D/TOKEN")
+        .to_owned()
+}
+
+#[test]
+fn instance_request_reply_is_matched_on_the_prepared_to() {
+    // The server stamps the reply's `from` prepared; the instance may
+    // have written the address any way that prepares to it.
+    for to in [
+        "Alice@Example.test/phone",
+        "alice@example.test./phone",
+        "ALICE@EXAMPLE.TEST./phone",
+    ] {
+        let mut h = H::new(cfg());
+        h.r.instance_up(1);
+        let out = h.inst(
+            1,
+            &format!("<iq type='get' id='q' from='{D}/bot' to='{to}'/>"),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        // Forwarded with the instance's `to` as written: the server prepares it.
+        assert!(out[0].contains(&format!("to='{to}'")), "{out:?}");
+        let token = token_of(&out[0]);
+        // Someone else answering is still refused.
+        assert!(h
+            .up(&format!(
+                "<iq type='result' id='q' from='bob@example.test/phone' to='{D}/{token}'/>"
+            ))
+            .is_empty());
+        assert_eq!(h.r.stats().replies_spoofed, 1, "{to}");
+        assert_eq!(
+            h.up(&format!(
+                "<iq type='result' id='q' from='{ALICE}' to='{D}/{token}'/>"
+            )),
+            [format!(
+                "I1 <iq type='result' id='q' from='{ALICE}' to='{D}/bot'/>"
+            )],
+            "{to}"
+        );
+        assert_eq!(h.r.pending_len(), 0);
+    }
+}
+
+#[test]
+fn instance_request_to_no_jid_gets_jid_malformed() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    for (n, to) in [
+        "a b@example.test".to_owned(),
+        format!("{}@example.test", "n".repeat(1024)),
+        "example.test..".to_owned(),
+        "@example.test".to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = h.inst(
+            1,
+            &format!("<iq type='get' id='m{n}' from='{D}/bot' to='{to}'/>"),
+        );
+        assert_eq!(
+            out,
+            [format!(
+                "I1 <iq type='error' id='m{n}' from='{to}' to='{D}/bot'><error type='modify'><jid-malformed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>The destination address is invalid: {to}</text></error></iq>"
+            )],
+            "{to}"
+        );
+    }
+    assert_eq!(h.r.pending_len(), 0, "nothing waits for a reply");
+    assert_eq!(h.r.stats().generated(StanzaError::JidMalformed), 4);
+    assert_eq!(h.r.stats().requests_outbound, 0);
+}
+
+#[test]
+fn instance_message_or_presence_to_no_jid_gets_jid_malformed_errors_are_dropped() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let out = h.inst(
+        1,
+        &format!(
+            "<message id='m' from='room@{D}/nick' to='a b@example.test'><body>x</body></message>"
+        ),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with(&format!(
+            "I1 <message type='error' id='m' from='a b@example.test' to='room@{D}/nick'><error type='modify'><jid-malformed "
+        )),
+        "{out:?}"
+    );
+    let out = h.inst(1, &format!("<presence from='{D}' to='a b@example.test'/>"));
+    assert!(out[0].contains("<jid-malformed "), "{out:?}");
+    // Errors are never answered with errors; a result to no one matches nothing.
+    assert!(h
+        .inst(
+            1,
+            &format!("<message type='error' from='{D}' to='a b@example.test'/>")
+        )
+        .is_empty());
+    assert!(h
+        .inst(
+            1,
+            &format!("<iq type='result' id='r' from='{D}' to='a b@example.test'/>")
+        )
+        .is_empty());
+    assert_eq!(h.r.stats().dropped_unaddressed, 1);
+    assert_eq!(h.r.stats().replies_unmatched, 1);
+    // A valid address is forwarded exactly as written.
+    let s = format!("<message from='{D}' to='Alice@Example.test./phone'/>");
+    assert_eq!(h.inst(1, &s), [format!("UP {s}")]);
+}
+
+#[test]
+fn instance_reply_to_the_requester_written_differently_is_delivered() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let req = format!("<iq type='get' id='w' to='{D}' from='{ALICE}'/>");
+    assert_eq!(h.up(&req), [format!("I1 {req}")]);
+    let reply = format!("<iq type='result' id='w' from='{D}' to='Alice@EXAMPLE.test/phone'/>");
+    assert_eq!(h.inst(1, &reply), [format!("UP {reply}")]);
+    assert_eq!(h.r.pending_len(), 0);
+    assert!(
+        h.advance(Duration::from_secs(60)).is_empty(),
+        "answered once"
+    );
+}
+
+#[test]
+fn target_request_reply_from_an_unprepared_peer_is_matched() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    let out = h.up(&format!(
+        "<iq type='get' id='tq' to='{D}/Alice@Example.test/phone' from='{T}/a'/>"
+    ));
+    assert_eq!(
+        out,
+        [format!(
+            "UP <iq type='get' id='tq' to='{ALICE}' from='{D}'/>"
+        )]
+    );
+    // Keyed by the prepared address, whatever form the reply's `from` has.
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='tq' to='{D}' from='ALICE@example.test/phone'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='tq' to='{T}/a' from='{D}/Alice@Example.test/phone'/>"
+        )]
+    );
+}
+
+#[test]
+fn instance_stanza_without_to_gets_bad_request_like_prosody() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    assert_eq!(
+        h.inst(1, &format!("<iq type='get' id='nt' from='{D}/bot'><ping xmlns='urn:xmpp:ping'/></iq>")),
+        [format!(
+            "I1 <iq type='error' id='nt' to='{D}/bot'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Components MUST specify a 'to' address on stanzas</text></error></iq>"
+        )]
+    );
+    let out = h.inst(
+        1,
+        &format!("<message from='room@{D}'><body>x</body></message>"),
+    );
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].starts_with(&format!(
+            "I1 <message type='error' to='room@{D}'><error type='modify'><bad-request "
+        )),
+        "{out:?}"
+    );
+    // Results and errors are not answered.
+    assert!(h
+        .inst(1, &format!("<iq type='result' id='r' from='{D}'/>"))
+        .is_empty());
+    assert!(h
+        .inst(1, &format!("<presence type='error' from='{D}'/>"))
+        .is_empty());
+    assert_eq!(h.r.stats().generated(StanzaError::BadRequest), 2);
+    assert_eq!(h.r.stats().dropped_unaddressed, 2);
+    assert_eq!(h.r.pending_len(), 0);
+}
+
+#[test]
+fn instance_stanza_without_from_is_from_the_domain() {
+    // Prosody 0.12 stamps the component's domain on a stanza without
+    // `from` ("COMPAT"); the proxy writes it in before going upstream.
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    assert_eq!(
+        h.inst(
+            1,
+            &format!("<message to='{ALICE}'><body>hi</body></message>")
+        ),
+        [format!(
+            "UP <message to='{ALICE}' from='{D}'><body>hi</body></message>"
+        )]
+    );
+    // A request: from D/TOKEN upstream, and the reply comes back to D.
+    let out = h.inst(1, &format!("<iq type='get' id='nf' to='{ALICE}'/>"));
+    let token = token_of(&out[0]);
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='nf' from='{ALICE}' to='{D}/{token}'/>"
+        )),
+        [format!(
+            "I1 <iq type='result' id='nf' from='{ALICE}' to='{D}'/>"
+        )]
+    );
+    // A reply without `from` to a request the instance was given.
+    let req = format!("<iq type='get' id='g' to='{D}' from='{ALICE}'/>");
+    assert_eq!(h.up(&req), [format!("I1 {req}")]);
+    assert_eq!(
+        h.inst(1, &format!("<iq type='result' id='g' to='{ALICE}'/>")),
+        [format!(
+            "UP <iq type='result' id='g' to='{ALICE}' from='{D}'/>"
+        )]
+    );
+    // Neither `from` nor `to`: bad-request, to the domain.
+    let out = h.inst(1, "<iq type='set' id='nn'/>");
+    assert!(
+        out[0].starts_with(&format!("I1 <iq type='error' id='nn' to='{D}'>")),
+        "{out:?}"
+    );
+    assert_eq!(h.r.pending_len(), 0);
+}
+
+// ----- durations beyond reason -------------------------------------------------
+
+#[test]
+fn absurd_timeouts_do_not_panic() {
+    // Config caps durations; the router must survive one that is not.
+    let mut h = H::new(RouterConfig {
+        iq_timeout: Duration::MAX,
+        ..cfg()
+    });
+    h.online("a");
+    h.r.instance_up(1);
+    assert_eq!(
+        h.up(&format!("<iq type='get' id='x' to='{D}' from='{ALICE}'/>"))
+            .len(),
+        1
+    );
+    assert_eq!(
+        h.inst(
+            1,
+            &format!("<iq type='get' id='y' from='{D}' to='{ALICE}'/>")
+        )
+        .len(),
+        1
+    );
+    assert!(h.r.next_deadline().is_some_and(|d| d > h.now));
+    assert!(h.advance(Duration::from_secs(365 * 24 * 3600)).is_empty());
+    assert_eq!(h.r.pending_len(), 2);
+    // Down to a sane timeout: both are answered within it.
+    let mut out = Vec::new();
+    h.r.reload(
+        RouterConfig {
+            iq_timeout: Duration::from_secs(1),
+            ..cfg()
+        },
+        true,
+        h.now,
+        &mut out,
+    );
+    assert_eq!(h.advance(Duration::from_secs(1)).len(), 2);
+    // And up again to the absurd one, for requests in flight.
+    h.up(&format!("<iq type='get' id='z' to='{D}' from='{ALICE}'/>"));
+    let mut out = Vec::new();
+    h.r.reload(
+        RouterConfig {
+            iq_timeout: Duration::MAX,
+            ..cfg()
+        },
+        true,
+        h.now,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(h.advance(Duration::from_secs(1)).len(), 1);
 }

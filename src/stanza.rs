@@ -29,10 +29,14 @@ pub enum StanzaError {
     Conflict,
     /// A translated address that no longer resolves.
     ItemNotFound,
+    /// An instance addressed a stanza to something that is no JID (fails
+    /// stringprep, a part over 1023 bytes): answered as Prosody's router
+    /// answers it, but to the instance that sent it.
+    JidMalformed,
 }
 
 impl StanzaError {
-    pub const ALL: [StanzaError; 8] = [
+    pub const ALL: [StanzaError; 9] = [
         StanzaError::ServiceUnavailable,
         StanzaError::RemoteServerTimeout,
         StanzaError::RecipientUnavailable,
@@ -41,6 +45,7 @@ impl StanzaError {
         StanzaError::BadRequest,
         StanzaError::Conflict,
         StanzaError::ItemNotFound,
+        StanzaError::JidMalformed,
     ];
 
     /// The defined condition element name (RFC 6120 §8.3.3).
@@ -54,15 +59,18 @@ impl StanzaError {
             StanzaError::BadRequest => "bad-request",
             StanzaError::Conflict => "conflict",
             StanzaError::ItemNotFound => "item-not-found",
+            StanzaError::JidMalformed => "jid-malformed",
         }
     }
 
-    /// The error type: `wait` where retrying later may succeed.
+    /// The error type: `wait` where retrying later may succeed, `modify`
+    /// where the sender must fix the address (RFC 6120 §8.3.3.8).
     pub fn error_type(self) -> &'static str {
         match self {
             StanzaError::RemoteServerTimeout
             | StanzaError::RecipientUnavailable
             | StanzaError::ResourceConstraint => "wait",
+            StanzaError::JidMalformed => "modify",
             _ => "cancel",
         }
     }
@@ -77,6 +85,45 @@ pub fn error_reply(
     err: StanzaError,
     text: Option<&str>,
 ) -> Bytes {
+    build_error(
+        name,
+        id,
+        Some(from),
+        to,
+        err.condition(),
+        err.error_type(),
+        text,
+    )
+}
+
+/// What Prosody's component port answers a component's stanza that has
+/// no `to` with: `bad-request`, type `modify`, and no `from` (the stanza
+/// named no address to answer from). Instances written against Prosody
+/// see the same answer from jatproxy.
+pub fn missing_to_reply(name: &str, id: Option<&str>, to: &str) -> Bytes {
+    build_error(
+        name,
+        id,
+        None,
+        to,
+        StanzaError::BadRequest.condition(),
+        "modify",
+        Some(MISSING_TO_TEXT),
+    )
+}
+
+/// Prosody's text for [`missing_to_reply`], word for word.
+pub const MISSING_TO_TEXT: &str = "Components MUST specify a 'to' address on stanzas";
+
+fn build_error(
+    name: &str,
+    id: Option<&str>,
+    from: Option<&str>,
+    to: &str,
+    condition: &str,
+    error_type: &str,
+    text: Option<&str>,
+) -> Bytes {
     let mut s = String::with_capacity(256);
     s.push('<');
     s.push_str(name);
@@ -84,12 +131,14 @@ pub fn error_reply(
     if let Some(id) = id {
         push_attr(&mut s, "id", id);
     }
-    push_attr(&mut s, "from", from);
+    if let Some(from) = from {
+        push_attr(&mut s, "from", from);
+    }
     push_attr(&mut s, "to", to);
     s.push_str("><error type='");
-    s.push_str(err.error_type());
+    s.push_str(error_type);
     s.push_str("'><");
-    s.push_str(err.condition());
+    s.push_str(condition);
     s.push_str(" xmlns='");
     s.push_str(NS_STANZA_ERRORS);
     s.push_str("'/>");
@@ -161,6 +210,28 @@ mod tests {
         assert!(s.contains("id='a&apos;b'"));
         assert!(s.contains("to='o&apos;r@x/&lt;y&gt;'"));
         assert!(s.contains(">a&lt;b</text>"));
+    }
+
+    #[test]
+    fn missing_to_reply_is_prosodys() {
+        assert_eq!(
+            &missing_to_reply("iq", Some("q1"), "proxy.example.test/bot")[..],
+            b"<iq type='error' id='q1' to='proxy.example.test/bot'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Components MUST specify a 'to' address on stanzas</text></error></iq>"
+        );
+    }
+
+    #[test]
+    fn jid_malformed_is_modify() {
+        let b = error_reply(
+            "iq",
+            Some("x"),
+            "a b@example.test",
+            "proxy.example.test",
+            StanzaError::JidMalformed,
+            None,
+        );
+        let s = std::str::from_utf8(&b).expect("utf8");
+        assert!(s.contains("<error type='modify'><jid-malformed "), "{s}");
     }
 
     #[test]
