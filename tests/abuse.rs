@@ -3,14 +3,20 @@
 //! fake component instances on its listener.
 //!
 //! - `bad_input_is_answered_and_memory_stays_bounded`: every bad input
-//!   (not-well-formed, invalid UTF-8, a DTD, entity expansion, 100 000-deep
-//!   nesting, a 100 MB stanza, a slowloris header, a wrong secret, a stanza
-//!   before the handshake, a second handshake, invalid `from` addresses,
-//!   too many unauthenticated connections, and the upstream's stream
-//!   errors, bad XML and oversized stanza) gets the stream error RFC 6120 /
-//!   XEP-0114 names, on that connection only, with one log line naming the
-//!   peer and the limit; a well-behaved instance keeps serving throughout;
-//!   the process's peak RSS stays under [`RSS_BOUND_KIB`].
+//!   (not-well-formed, invalid UTF-8, a DTD before or after the handshake,
+//!   entity expansion, 100 000-deep nesting, a 100 MB stanza, a slowloris
+//!   header, a wrong secret, a stanza before the handshake, a second
+//!   handshake, invalid `from` addresses, too many unauthenticated
+//!   connections, and the upstream's stream errors, bad XML, oversized
+//!   stanza and a close in the middle of a stanza) gets the stream error
+//!   RFC 6120 / XEP-0114 names, on that connection only, with one log line
+//!   naming the peer and the limit; a well-behaved instance answers a
+//!   request between the cases, and keeps answering during the slowloris
+//!   and the 100 MB stanza; a `from` with the domain's trailing dot is
+//!   relayed; the process's peak RSS stays under [`RSS_BOUND_KIB`].
+//! - `slowloris_stanza_after_the_handshake_meets_idle_timeout`: a stanza
+//!   dribbled a byte at a time on an authenticated instance is cut by
+//!   `limits.idle_timeout`, while another instance keeps serving.
 //! - `sigterm_answers_pending_closes_streams_and_exits_zero`: graceful
 //!   shutdown as an operator sees it.
 //! - `secrets_never_reach_the_logs_at_trace_level`: the binary at `trace`,
@@ -433,6 +439,166 @@ impl Echo {
     }
 }
 
+/// Runs `abuse` while the well-behaved instance keeps serving: requests
+/// from upstream, at most two in flight, each answered by `echo`, until
+/// `abuse` is over. A request that jatproxy routed to the abusive
+/// connection (when it is an authenticated instance, in the pool) comes
+/// back `recipient-unavailable` once that connection is cut; any other
+/// outcome fails. Returns `abuse`'s output and the number of results
+/// that reached upstream before `abuse` ended.
+async fn during<T>(
+    echo: &mut Echo,
+    up: &mut Session,
+    tag: &str,
+    abuse: impl std::future::Future<Output = T>,
+) -> (T, usize) {
+    let finished = std::cell::Cell::new(false);
+    let (out, served) = tokio::join!(
+        async {
+            let o = abuse.await;
+            finished.set(true);
+            o
+        },
+        async {
+            let mut outstanding = std::collections::HashSet::new();
+            let (mut k, mut served) = (0, 0);
+            loop {
+                while !finished.get() && outstanding.len() < 2 {
+                    k += 1;
+                    let id = format!("during-{tag}-{k}");
+                    up.w.send(&format!(
+                        "<iq type='get' id='{id}' to='{D}' from='alice@example.test/x'><q xmlns='urn:example:echo'/></iq>"
+                    ))
+                    .await;
+                    outstanding.insert(id);
+                }
+                if outstanding.is_empty() {
+                    return served;
+                }
+                tokio::select! {
+                    req = echo.inst.r.recv() => {
+                        let id = req.id().unwrap_or_default().to_owned();
+                        assert!(outstanding.contains(&id), "{tag}: {}", text(&req));
+                        echo.inst.w.send(&format!(
+                            "<iq type='result' id='{id}' from='{D}' to='alice@example.test/x'/>"
+                        ))
+                        .await;
+                    }
+                    a = up.r.recv() => {
+                        let id = a.id().unwrap_or_default().to_owned();
+                        assert!(outstanding.remove(&id), "{tag}: unexpected {}", text(&a));
+                        if a.stanza_type() == Some("result") {
+                            echo.served += 1;
+                            if !finished.get() {
+                                served += 1;
+                            }
+                        } else {
+                            assert_eq!(
+                                error_condition(&a).as_deref(),
+                                Some("recipient-unavailable"),
+                                "{tag}: {}",
+                                text(&a)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    );
+    (out, served)
+}
+
+/// Dribbles `bytes` on `s`, one byte every 200 ms, reading whatever comes
+/// back, until jatproxy closes the connection (or [`WAIT`] passes).
+/// Returns the outcome and how many bytes were written.
+async fn dribble(
+    bin: &Bin,
+    case: &'static str,
+    mut s: TcpStream,
+    bytes: &[u8],
+) -> (Outcome, usize) {
+    let port = s.local_addr().expect("local").port();
+    let t0 = Instant::now();
+    let (mut r, mut w) = s.split();
+    let mut sent = 0;
+    let got = {
+        // Pacing the writer, not waiting for a condition.
+        let write = async {
+            for b in bytes {
+                if w.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let read = async {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        };
+        tokio::select! {
+            g = read => g,
+            _ = write => unreachable!(),
+        }
+    };
+    let took = t0.elapsed();
+    (outcome(bin, case, port, &got, took).await, sent)
+}
+
+/// A connection that sent its stream header and got jatproxy's: accepted
+/// and holding one of the `max_unauthenticated` slots. A connection
+/// refused because an earlier one has not given its slot back yet is
+/// tried again.
+async fn unauthenticated(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(instance_header().as_bytes())
+            .await
+            .expect("header");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let answered = loop {
+            let t = String::from_utf8_lossy(&got).into_owned();
+            if t.contains("<stream:error>") {
+                break false;
+            }
+            let header = t
+                .find("<stream:stream")
+                .is_some_and(|i| t[i..].contains('>'));
+            if header && t.contains(" id='") {
+                break true;
+            }
+            let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+                .await
+                .expect("jatproxy's header in time")
+                .unwrap_or(0);
+            if n == 0 {
+                break false;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        };
+        if answered {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never accepted: {}",
+            String::from_utf8_lossy(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The abuse run
 // ---------------------------------------------------------------------------
@@ -505,39 +671,26 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
 
     // Slowloris: a header dribbled a byte every 200 ms, each byte well
     // within any per-read timeout; header_timeout (1s) is a total deadline.
+    // The well-behaved instance serves requests the whole time.
     {
-        let mut s = TcpStream::connect(bin.listen).await.expect("connect");
-        let port = s.local_addr().expect("local").port();
-        let t0 = Instant::now();
-        let mut sent = 0;
-        let mut got = String::new();
-        for b in hdr.bytes() {
-            if s.write_all(&[b]).await.is_err() {
-                break;
-            }
-            sent += 1;
-            let mut chunk = [0u8; 1024];
-            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
-                Err(_) => continue,
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => {
-                    got.push_str(&String::from_utf8_lossy(&chunk[..n]));
-                    got.push_str(&read_to_close(&mut s, WAIT).await);
-                    break;
-                }
-            }
-        }
-        let took = t0.elapsed();
+        let (o, served) = during(&mut echo, &mut up, "slowloris", async {
+            let s = TcpStream::connect(bin.listen).await.expect("connect");
+            let (o, sent) =
+                dribble(&bin, "slowloris header, 1 byte/200ms", s, hdr.as_bytes()).await;
+            assert!(
+                sent < hdr.len(),
+                "the whole header got through ({sent} bytes)"
+            );
+            o
+        })
+        .await;
         assert!(
-            sent < hdr.len(),
-            "the whole header got through ({sent} bytes)"
+            o.took < Duration::from_millis(2500),
+            "slowloris held the connection {:?} with a 1s header_timeout",
+            o.took
         );
-        assert!(
-            took < Duration::from_millis(2500),
-            "slowloris held the connection {took:?} with a 1s header_timeout"
-        );
-        outcomes.push(outcome(&bin, "slowloris header, 1 byte/200ms", port, &got, took).await);
-        echo.serve_one(&mut up, "slowloris").await;
+        println!("slowloris header: {served} requests served meanwhile");
+        outcomes.push(o);
     }
 
     // Too many connections still in the handshake: with
@@ -545,11 +698,8 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
     {
         let mut idle = Vec::new();
         for _ in 0..4 {
-            idle.push(TcpStream::connect(bin.listen).await.expect("connect"));
+            idle.push(unauthenticated(bin.listen).await);
         }
-        // The listener counts a connection once it accepted it: wait for
-        // the four to be accepted (each gets the refusal slot or not).
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut s = TcpStream::connect(bin.listen).await.expect("connect");
         let port = s.local_addr().expect("local").port();
         let t0 = Instant::now();
@@ -601,6 +751,10 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
             b"<message from='evil.example.test' to='alice@example.test'/>".to_vec(),
         ),
         ("stream header again", instance_header().into_bytes()),
+        (
+            "DTD after the handshake",
+            b"<!DOCTYPE message [<!ENTITY a 'aaaaaaaaaa'>]><message>&a;</message>".to_vec(),
+        ),
     ];
     for (case, bytes) in post {
         let s = authenticated(bin.listen).await;
@@ -609,45 +763,52 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
     }
 
     // A 100 MB stanza, streamed: refused once it passes max_stanza_bytes,
-    // long before it ends, and never buffered whole.
+    // long before it ends, and never buffered whole. The well-behaved
+    // instance serves requests meanwhile (a request may land on the
+    // abusive instance while it is in the pool: it comes back
+    // `recipient-unavailable` when that one is cut, and is sent again).
     {
-        let mut s = authenticated(bin.listen).await;
-        let port = s.local_addr().expect("local").port();
-        let t0 = Instant::now();
-        let (mut r, mut w) = s.split();
-        let mut written = 0usize;
-        let chunk = vec![b'x'; 1 << 20];
-        let write = async {
-            if w.write_all(b"<message><body>").await.is_err() {
-                return;
-            }
-            for _ in 0..100 {
-                if w.write_all(&chunk).await.is_err() {
+        let (o, served) = during(&mut echo, &mut up, "100MB", async {
+            let mut s = authenticated(bin.listen).await;
+            let port = s.local_addr().expect("local").port();
+            let t0 = Instant::now();
+            let (mut r, mut w) = s.split();
+            let mut written = 0usize;
+            let chunk = vec![b'x'; 1 << 20];
+            let write = async {
+                if w.write_all(b"<message><body>").await.is_err() {
                     return;
                 }
-                written += chunk.len();
-            }
-            let _ = w.write_all(b"</body></message>").await;
-        };
-        let read = async {
-            let mut buf = Vec::new();
-            let mut c = [0u8; 8192];
-            loop {
-                match tokio::time::timeout(WAIT, r.read(&mut c)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&c[..n]),
+                for _ in 0..100 {
+                    if w.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    written += chunk.len();
                 }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        };
-        let (_, got) = tokio::join!(write, read);
-        let took = t0.elapsed();
-        assert!(
-            written < 16 << 20,
-            "jatproxy kept reading the oversized stanza: {written} bytes accepted"
-        );
-        outcomes.push(outcome(&bin, "100 MB stanza (streamed)", port, &got, took).await);
-        echo.serve_one(&mut up, "100MB").await;
+                let _ = w.write_all(b"</body></message>").await;
+            };
+            let read = async {
+                let mut buf = Vec::new();
+                let mut c = [0u8; 8192];
+                loop {
+                    match tokio::time::timeout(WAIT, r.read(&mut c)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(n)) => buf.extend_from_slice(&c[..n]),
+                    }
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            };
+            let (_, got) = tokio::join!(write, read);
+            let took = t0.elapsed();
+            assert!(
+                written < 16 << 20,
+                "jatproxy kept reading the oversized stanza: {written} bytes accepted"
+            );
+            outcome(&bin, "100 MB stanza (streamed)", port, &got, took).await
+        })
+        .await;
+        println!("100 MB stanza: {served} requests served meanwhile");
+        outcomes.push(o);
     }
 
     // A second handshake on an authenticated stream: ignored, as Prosody
@@ -670,6 +831,25 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
             "{got:?}"
         );
         echo.serve_one(&mut up, "second handshake").await;
+    }
+
+    // A `from` in the domain written with the trailing dot (`D.`): the
+    // same domain, as servers prepare it, so it is relayed unchanged.
+    {
+        let mut s = authenticated(bin.listen).await;
+        let note = format!(
+            "<message from='room@{D}./nick' to='alice@example.test'><body>dot</body></message>"
+        );
+        s.write_all(note.as_bytes()).await.expect("write");
+        let relayed = up.r.recv().await;
+        assert_eq!(text(&relayed), note);
+        s.write_all(handshake::STREAM_END).await.expect("end");
+        let got = read_to_close(&mut s, WAIT).await;
+        assert!(
+            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
+            "{got:?}"
+        );
+        echo.serve_one(&mut up, "trailing dot").await;
     }
 
     let table = format_table(&outcomes);
@@ -745,6 +925,11 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
         ),
         ("stream header again", "restricted-xml", "restricted XML"),
         (
+            "DTD after the handshake",
+            "restricted-xml",
+            "restricted XML",
+        ),
+        (
             "100 MB stanza (streamed)",
             "policy-violation",
             "larger than 524288 bytes",
@@ -798,6 +983,38 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
     let mut up = server.accept().await;
     echo.serve_one(&mut up, "after upstream oversized").await;
 
+    // The server closes its connection in the middle of a stanza while a
+    // request is pending on the instance: jatproxy reconnects, the
+    // instance stays, and its answer reaches the server on the new
+    // session, once.
+    up.w.send(&format!(
+        "<iq type='get' id='mid-close' to='{D}' from='alice@example.test/x'/>"
+    ))
+    .await;
+    let held = echo.inst.r.recv().await;
+    assert_eq!(held.id(), Some("mid-close"), "{}", text(&held));
+    up.w.send(&format!(
+        "<message to='{D}' from='alice@example.test/x'><body>half a sta"
+    ))
+    .await;
+    drop(up);
+    let mut up = server.accept().await;
+    echo.inst
+        .w
+        .send(&format!(
+            "<iq type='result' id='mid-close' from='{D}' to='alice@example.test/x'/>"
+        ))
+        .await;
+    let answer = up.r.recv().await;
+    if (answer.id(), answer.stanza_type()) != (Some("mid-close"), Some("result")) {
+        wrong.push(format!(
+            "upstream closed mid-stanza: the pending request got {}",
+            text(&answer)
+        ));
+    }
+    echo.serve_one(&mut up, "after upstream closed mid-stanza")
+        .await;
+
     let peak = bin.peak_rss_kib();
     println!(
         "jatproxy RSS: {rss_start} KiB after start, peak {peak} KiB (bound {RSS_BOUND_KIB} KiB); \
@@ -823,6 +1040,59 @@ fn format_table(outcomes: &[Outcome]) -> String {
         ));
     }
     t
+}
+
+/// `limits.idle_timeout` is a deadline for the next complete stanza: a
+/// stanza dribbled a byte at a time, each byte well within it, does not
+/// keep an authenticated instance alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_stanza_after_the_handshake_meets_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(
+        &server,
+        Settings {
+            // A request stuck on the dribbling instance (it is in the
+            // pool) makes it the busier one: the rest go to "good".
+            extra: "[limits]\nidle_timeout = \"2s\"\n[routing]\nbalancing = \"least-pending\"",
+            ..Settings::default()
+        },
+        &[],
+    );
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+    let stanza = format!(
+        "<message from='{D}' to='alice@example.test'><body>slow, slow, slow</body></message>"
+    );
+    let ((o, sent), served) = during(&mut echo, &mut up, "slowloris stanza", async {
+        let s = authenticated(bin.listen).await;
+        dribble(&bin, "slowloris stanza, 1 byte/200ms", s, stanza.as_bytes()).await
+    })
+    .await;
+    echo.serve_one(&mut up, "after").await;
+    println!(
+        "| {} | `{}` | {} ms | ({sent} of {} bytes sent; {served} requests served meanwhile)",
+        o.case,
+        o.condition,
+        o.took.as_millis(),
+        stanza.len()
+    );
+    assert_eq!(o.condition, "connection-timeout", "{:#?}", o.log_lines);
+    assert!(sent < stanza.len(), "the whole stanza got through");
+    assert!(
+        o.took >= IDLE - Duration::from_millis(300) && o.took < IDLE + Duration::from_millis(1500),
+        "cut after {:?} with idle_timeout {IDLE:?}",
+        o.took
+    );
+    assert!(
+        o.log_lines.iter().any(|l| l.contains("silent too long")),
+        "{:#?}",
+        o.log_lines
+    );
+    // Nothing of the dribbled stanza was relayed: "after" found its own
+    // answer next on the upstream stream.
+    assert!(served > 0, "the good instance served during the slowloris");
 }
 
 // ---------------------------------------------------------------------------
@@ -989,6 +1259,17 @@ async fn secrets_never_reach_the_logs_at_trace_level() {
     for s in &secrets {
         assert!(!log.contains(s.as_str()), "{s:?} in the log:\n{log}");
     }
+    // No handshake digest of any stream (the instances' stream ids are
+    // random): a SHA-1 in hex is a run of 40 hex digits. Stream ids are
+    // 32.
+    let hex_runs: Vec<&str> = log
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|run| run.len() >= 40)
+        .collect();
+    assert!(
+        hex_runs.is_empty(),
+        "digest-like {hex_runs:?} in the log:\n{log}"
+    );
     println!(
         "{} log lines at trace level, none holding any of {} secrets or digests",
         log.lines().count(),

@@ -294,7 +294,7 @@ async fn two_processes_serve_one_domain_and_one_can_stop() {
 
     let n = 600;
     let pid = procs[0].id().expect("pid");
-    let (answers, lost) = load_counting_lost(
+    let outcome = load_counting_lost(
         &mut alice,
         D,
         n,
@@ -311,6 +311,7 @@ async fn two_processes_serve_one_domain_and_one_can_stop() {
         Some(Duration::from_secs(5)),
     )
     .await;
+    let (answers, lost) = (&outcome.answers, &outcome.lost);
     let status = tokio::time::timeout(WAIT, procs[0].wait())
         .await
         .expect("first exits within the grace period")
@@ -322,9 +323,35 @@ async fn two_processes_serve_one_domain_and_one_can_stop() {
         assert_eq!(v.len(), 1, "exactly one answer: {v:?}");
         *per.entry(format!("{} {}", v[0].0, v[0].1)).or_default() += 1;
     }
+    // Before the stop, ejabberd spread the load over both processes: each
+    // one's instance (named after its process) answered some of the
+    // first n/3 answers.
+    let mut before: HashMap<&str, usize> = HashMap::new();
+    for id in &outcome.order[..n / 3] {
+        let (kind, by) = &answers[id][0];
+        if kind == "result" {
+            *before.entry(by.as_str()).or_default() += 1;
+        }
+    }
     println!(
-        "two processes, first stopped after {} answers: {n} requests, answers {per:?}, lost {lost:?}",
+        "two processes, first stopped after {} answers: {n} requests, answers {per:?} \
+         (results before the stop by process: {before:?}), lost {lost:?}",
         n / 3
+    );
+    for tag in ["first", "second"] {
+        assert!(
+            before.get(tag).copied().unwrap_or(0) > 0,
+            "process {tag} served nothing before the stop: {before:?}"
+        );
+    }
+    assert_eq!(
+        per.keys()
+            .filter(|k| k.starts_with("result ")
+                && !k.ends_with(" first")
+                && !k.ends_with(" second"))
+            .count(),
+        0,
+        "every result names the process that served it: {per:?}"
     );
     // Everything that reached jatproxy was answered, even what arrived
     // after its stream end (answered over a second short session). What
@@ -337,7 +364,9 @@ async fn two_processes_serve_one_domain_and_one_can_stop() {
     // After the stop, the second process serves everything.
     let after = load(&mut alice, D, 50, WINDOW, "after-").await;
     assert!(
-        after.values().all(|v| v.len() == 1 && v[0].0 == "result"),
+        after
+            .values()
+            .all(|v| v.len() == 1 && v[0] == ("result".to_owned(), "second".to_owned())),
         "{after:?}"
     );
 }

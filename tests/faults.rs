@@ -16,8 +16,12 @@
 //! the request or its answer outside jatproxy (a cut link or a server
 //! restart drops what is in flight on it; XEP-0114 has no acknowledgements),
 //! lost, duplicated. A request is **lost** when it reached jatproxy and
-//! jatproxy never sent an answer, or when the requester got no answer and
-//! the relay saw nothing that explains it. Lost and duplicated must be 0.
+//! jatproxy never sent an answer addressed to the requester's full JID,
+//! when the requester got an answer addressed elsewhere, or when the
+//! requester got no answer and the relay saw nothing that explains it.
+//! An answer jatproxy handed to the server that never arrived is explained
+//! only when the server restarted and the requester's session died with
+//! it; anywhere else it is lost. Lost and duplicated must be 0.
 //!
 //! Needs `prosody` and python3 with slixmpp (`scripts/setup.sh`); fails,
 //! never skips, without them.
@@ -71,8 +75,9 @@ const IDLE: Duration = Duration::from_secs(6);
 struct Seen {
     /// Requests from a requester that the relay handed to jatproxy.
     accepted: HashMap<String, usize>,
-    /// Answers to a requester that jatproxy sent (delivered or not).
-    answered: HashMap<String, usize>,
+    /// Answers to a requester that jatproxy sent (delivered or not): the
+    /// `to` of each, in order.
+    answered: HashMap<String, Vec<String>>,
     /// Of those, answers the relay could not deliver (link cut).
     undelivered: HashMap<String, usize>,
 }
@@ -201,13 +206,13 @@ async fn relay_session(
                     Frame::Stanza(st) => requester_id(st, false),
                     _ => None,
                 };
-                if let Some(id) = &id {
-                    *seen
-                        .lock()
+                if let (Some(id), Frame::Stanza(st)) = (&id, &f) {
+                    seen.lock()
                         .expect("lock")
                         .answered
                         .entry(id.clone())
-                        .or_default() += 1;
+                        .or_default()
+                        .push(st.to().unwrap_or_default().to_owned());
                 }
                 if open && !cut.is_cancelled() && sw.write_all(f.bytes()).await.is_ok() {
                     continue;
@@ -295,6 +300,8 @@ struct Load {
     sent: Vec<String>,
     answers: Answers,
     client: TestClient,
+    /// The requester's sessions that had ended when the load started.
+    disconnects_before: u64,
 }
 
 /// Sends `n` echo requests `prefix0..`, at most [`WINDOW`] in flight,
@@ -309,6 +316,8 @@ fn load(
     progress: watch::Sender<usize>,
 ) -> JoinHandle<Load> {
     tokio::spawn(async move {
+        let disconnects_before = c.disconnects();
+        let jid = c.jid().as_str().to_owned();
         let mut sent = Vec::new();
         let mut answers: Answers = HashMap::new();
         let mut can_send = true;
@@ -336,7 +345,7 @@ fn load(
             let Ok(r) = r else { break };
             let id = r.attr("id").unwrap_or_default().to_owned();
             let first = !answers.contains_key(&id);
-            answers.entry(id).or_default().push(outcome(&r));
+            answers.entry(id).or_default().push(outcome(&r, &jid));
             if first {
                 done += 1;
                 let _ = progress.send(done);
@@ -346,11 +355,18 @@ fn load(
             sent,
             answers,
             client: c,
+            disconnects_before,
         }
     })
 }
 
-fn outcome(r: &Element) -> String {
+/// How an answer ended a request: `result`, `error:CONDITION`, or
+/// `misaddressed:TO` when its `to` is not the requester's full JID `jid`.
+fn outcome(r: &Element, jid: &str) -> String {
+    let to = r.attr("to").unwrap_or_default();
+    if to != jid {
+        return format!("misaddressed:{to}");
+    }
     match r.attr("type") {
         Some("result") => "result".into(),
         _ => {
@@ -371,6 +387,7 @@ fn outcome(r: &Element) -> String {
 /// Late or duplicate answers still on their way after a load: one more
 /// request must come back, and everything before it is taken.
 async fn late_answers(c: &mut TestClient, prefix: &str, answers: &mut Answers) {
+    let jid = c.jid().as_str().to_owned();
     let marker = format!("{prefix}marker");
     let sent = c
         .send_xml(&format!(
@@ -387,7 +404,10 @@ async fn late_answers(c: &mut TestClient, prefix: &str, answers: &mut Answers) {
             .filter(|i| i.starts_with(prefix) && *i != marker)
         {
             if e.name() == "iq" {
-                answers.entry(id.to_owned()).or_default().push(outcome(&e));
+                answers
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push(outcome(&e, &jid));
             }
         }
     }
@@ -412,7 +432,8 @@ struct Row {
     never_reached: usize,
     /// answers jatproxy wrote to a link already cut or closed,
     answer_cut: usize,
-    /// and answers the server took and did not deliver.
+    /// and answers the server took and did not deliver (allowed only
+    /// when the server restarted and the requester's session died).
     answer_dropped_by_server: usize,
     lost: usize,
     duplicated: usize,
@@ -422,33 +443,70 @@ struct Row {
     took: Duration,
 }
 
-fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
+/// One requester's share of a fault, as [`tally`] judges it.
+struct Judged {
+    sent: Vec<String>,
+    answers: Answers,
+    /// The requester's full JID: every answer must be addressed to it.
+    jid: String,
+    /// The server restarted during the load and this requester's session
+    /// died with it: an answer jatproxy handed to the server may have been
+    /// dropped by the server with the session.
+    server_may_drop: bool,
+}
+
+fn tally(fault: &str, loads: &[Judged], seen: &Seen) -> Row {
     let mut row = Row {
         fault: fault.to_owned(),
         ..Row::default()
     };
-    for (sent, answers) in loads {
-        for id in sent {
+    for l in loads {
+        for id in &l.sent {
             row.sent += 1;
             let accepted = seen.accepted.get(id).copied().unwrap_or(0);
-            let from_proxy = seen.answered.get(id).copied().unwrap_or(0);
+            let from_proxy = seen.answered.get(id).map(Vec::as_slice).unwrap_or(&[]);
+            let to_requester = from_proxy.iter().filter(|to| **to == l.jid).count();
+            let misaddressed: Vec<&String> = from_proxy.iter().filter(|to| **to != l.jid).collect();
             if accepted > 0 {
                 row.accepted += 1;
             }
-            let got = answers.get(id).map(Vec::as_slice).unwrap_or(&[]);
-            if got.len() > 1 || from_proxy > 1 {
+            let got = l.answers.get(id).map(Vec::as_slice).unwrap_or(&[]);
+            if got.len() > 1 || from_proxy.len() > 1 {
                 row.duplicated += 1;
-                row.dup_ids
-                    .push(format!("{id}: {got:?}, jatproxy sent {from_proxy}"));
-            }
-            if accepted > 0 && from_proxy == 0 {
-                // jatproxy took the request and never sent an answer.
-                row.lost += 1;
-                row.lost_ids.push(format!(
-                    "{id}: accepted, no answer from jatproxy; got {got:?}"
+                row.dup_ids.push(format!(
+                    "{id}: {got:?}, jatproxy sent {} (to {from_proxy:?})",
+                    from_proxy.len()
                 ));
             }
-            match got.first() {
+            // Every request lands in exactly one bucket: lost, result,
+            // error, or dropped outside jatproxy.
+            let first = got.first();
+            let lost = match first {
+                Some(o) if o.starts_with("misaddressed:") => Some(format!(
+                    "{id}: the requester {} got an answer addressed elsewhere: {got:?}",
+                    l.jid
+                )),
+                _ if accepted > 0 && to_requester == 0 => Some(format!(
+                    "{id}: accepted, jatproxy sent no answer to {} (misaddressed: {misaddressed:?}); got {got:?}",
+                    l.jid
+                )),
+                None if accepted > 0
+                    && !seen.undelivered.contains_key(id)
+                    && !l.server_may_drop =>
+                {
+                    Some(format!(
+                        "{id}: jatproxy's answer to {} went through the relay to the server and never arrived",
+                        l.jid
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(why) = lost {
+                row.lost += 1;
+                row.lost_ids.push(why);
+                continue;
+            }
+            match first {
                 Some(o) if o == "result" => row.result += 1,
                 Some(o) => {
                     row.error += 1;
@@ -457,17 +515,15 @@ fn tally(fault: &str, loads: &[(Vec<String>, Answers)], seen: &Seen) -> Row {
                         .or_default() += 1;
                 }
                 None => {
+                    row.dropped_outside += 1;
                     if accepted == 0 {
-                        row.dropped_outside += 1;
                         row.never_reached += 1;
                     } else if seen.undelivered.contains_key(id) {
-                        row.dropped_outside += 1;
                         row.answer_cut += 1;
-                    } else if from_proxy > 0 {
-                        row.dropped_outside += 1;
+                    } else {
+                        // Only with server_may_drop (else lost above).
                         row.answer_dropped_by_server += 1;
                     }
-                    // else: accepted and never answered, counted as lost above.
                 }
             }
         }
@@ -655,7 +711,14 @@ impl Running {
     }
 
     /// Waits for the loads to end, collects late answers, and tallies.
-    async fn finish(self, fault: &str, w: &World) -> (Row, Vec<TestClient>) {
+    /// `server_restarted`: the fault restarts the server, which may drop
+    /// answers it holds for a requester whose session dies with it.
+    async fn finish(
+        self,
+        fault: &str,
+        w: &World,
+        server_restarted: bool,
+    ) -> (Row, Vec<TestClient>) {
         let mut loads = Vec::new();
         let mut clients = Vec::new();
         for (k, t) in self.tasks.into_iter().enumerate() {
@@ -666,7 +729,13 @@ impl Running {
                 &mut l.answers,
             )
             .await;
-            loads.push((l.sent, l.answers));
+            let died = l.client.disconnects() > l.disconnects_before;
+            loads.push(Judged {
+                sent: l.sent,
+                answers: l.answers,
+                jid: l.client.jid().as_str().to_owned(),
+                server_may_drop: server_restarted && died,
+            });
             clients.push(l.client);
         }
         let mut row = tally(fault, &loads, &w.seen_snapshot());
@@ -684,7 +753,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
 
     // Baseline: no fault.
     let run = start_loads("base", vec![alice], N, 0);
-    let (row, mut c) = run.finish("none (baseline)", &w).await;
+    let (row, mut c) = run.finish("none (baseline)", &w, false).await;
     rows.push(row);
     alice = c.remove(0);
 
@@ -697,7 +766,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
         N_TIMEOUT,
         (IQ_TIMEOUT.as_millis() + 500) as u32,
     );
-    let (row, mut c) = run.finish("requests time out", &w).await;
+    let (row, mut c) = run.finish("requests time out", &w, false).await;
     rows.push(row);
     alice = c.remove(0);
     // Members still busy with late answers must be idle again.
@@ -706,7 +775,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     // The pending table overflows: two requesters with a full window each
     // against a table of one window; the oldest requests are evicted.
     let run = start_loads("full", vec![alice, bob], N_SLOW, 300);
-    let (row, mut c) = run.finish("pending table full", &w).await;
+    let (row, mut c) = run.finish("pending table full", &w, false).await;
     rows.push(row);
     bob = c.remove(1);
     alice = c.remove(0);
@@ -718,7 +787,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     victim.kill();
     run.answered(80).await;
     w.add_instance().await;
-    let (row, mut c) = run.finish("instance killed", &w).await;
+    let (row, mut c) = run.finish("instance killed", &w, false).await;
     rows.push(row);
     alice = c.remove(0);
     w.wait_pool(4).await;
@@ -730,7 +799,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     gone.abort();
     run.answered(80).await;
     w.add_resource().await;
-    let (row, mut c) = run.finish("client resource dropped", &w).await;
+    let (row, mut c) = run.finish("client resource dropped", &w, false).await;
     rows.push(row);
     alice = c.remove(0);
     w.wait_pool(4).await;
@@ -747,7 +816,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
             .await,
         "jatproxy did not reconnect after the cut"
     );
-    let (row, mut c) = run.finish("upstream TCP cut", &w).await;
+    let (row, mut c) = run.finish("upstream TCP cut", &w, false).await;
     rows.push(row);
     alice = c.remove(0);
 
@@ -765,7 +834,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
         "jatproxy did not reconnect after the restart; prosody log:\n{}",
         w.p.log_tail(30)
     );
-    let (row, _old) = run.finish("Prosody restarted", &w).await;
+    let (row, _old) = run.finish("Prosody restarted", &w, true).await;
     rows.push(row);
     for r in w.resources.drain(..) {
         r.abort();
@@ -775,7 +844,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     w.wait_pool(4).await;
     let alice = client(&w.p, &format!("{ALICE}/again")).await;
     let run = start_loads("after", vec![alice], N_SLOW, 0);
-    let (row, _) = run.finish("after all faults", &w).await;
+    let (row, _) = run.finish("after all faults", &w, false).await;
     rows.push(row);
     drop(bob);
 
@@ -831,4 +900,37 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     );
     assert!(w.proxy.wait_for(WAIT, |s| s.pending == 0).await);
     assert!(w.proxy.shutdown(WAIT).await);
+}
+
+/// The accounting itself: a misaddressed answer, or an answer the server
+/// took and never delivered outside a restart, counts as lost.
+#[test]
+fn tally_counts_misaddressed_and_undelivered_answers_as_lost() {
+    let jid = format!("{ALICE}/load");
+    let mut seen = Seen::default();
+    for id in ["ok", "to-bare", "to-other", "vanished"] {
+        seen.accepted.insert(id.to_owned(), 1);
+    }
+    let to = |t: &str| vec![t.to_owned()];
+    seen.answered.insert("ok".into(), to(&jid));
+    seen.answered.insert("to-bare".into(), to(ALICE));
+    seen.answered
+        .insert("to-other".into(), to(&format!("{ALICE}/other")));
+    seen.answered.insert("vanished".into(), to(&jid));
+    let answers: Answers = HashMap::from([("ok".to_owned(), vec!["result".to_owned()])]);
+    let load = |server_may_drop| Judged {
+        sent: ["ok", "to-bare", "to-other", "vanished"]
+            .map(String::from)
+            .to_vec(),
+        answers: answers.clone(),
+        jid: jid.clone(),
+        server_may_drop,
+    };
+    let row = tally("t", &[load(false)], &seen);
+    assert_eq!((row.result, row.lost, row.dropped_outside), (1, 3, 0));
+    // In a restart that killed the requester's session, the answer the
+    // server took is explained; the misaddressed ones are still lost.
+    let row = tally("t", &[load(true)], &seen);
+    assert_eq!((row.result, row.lost, row.dropped_outside), (1, 2, 1));
+    assert_eq!(row.answer_dropped_by_server, 1);
 }

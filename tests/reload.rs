@@ -314,18 +314,51 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-async fn scrape(addr: &str) -> String {
+/// One scrape; an error when the endpoint refused or cut the connection
+/// (it does so when all its slots are taken).
+async fn scrape(addr: &str) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
         .await
-        .expect("send");
+        .map_err(|e| format!("send: {e}"))?;
     let mut out = String::new();
     tokio::time::timeout(WAIT, s.read_to_string(&mut out))
         .await
-        .expect("in time")
-        .expect("read");
-    out
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(out)
+}
+
+/// Connects to the metrics endpoint with every one of its slots taken
+/// and expects to be closed at once, unanswered; jatproxy logs that at
+/// `debug` ("metrics: too many scrapes at once").
+async fn refused_scrape(addr: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed at once: every metrics slot is taken")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a refused scrape gets no answer");
+}
+
+/// Slots of the metrics endpoint (`MAX_CONCURRENT` in src/metrics.rs).
+const METRICS_SLOTS: usize = 8;
+
+/// The value of `key=` in a log line (`addr=127.0.0.1:4242`).
+fn log_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"));
+    line[at + key.len() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_matches('"')
 }
 
 #[tokio::test]
@@ -334,14 +367,21 @@ async fn sighup_reloads_the_running_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("upstream.secret"), fake::UPSTREAM_SECRET).expect("secret");
     let config = dir.path().join("jatproxy.toml");
-    let target = "[client_proxy]\ntarget_address = \"impl@example.test\"\n";
-    write_config(&config, &server.addr(), target);
+    // The same listener in every file (it cannot change by reload).
+    let instances =
+        format!("[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n");
+    write_config(
+        &config,
+        &server.addr(),
+        &format!("[client_proxy]\ntarget_address = \"impl@example.test\"\n{instances}"),
+    );
 
     let child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
         .arg("--config")
         .arg(&config)
         .env_remove("JATPROXY_UPSTREAM_SECRET")
         .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -373,58 +413,160 @@ async fn sighup_reloads_the_running_binary() {
         .await;
     assert!(start.contains("routing.balancing=random"), "{start}");
     let metrics = log.expect(&["serving metrics at http://"]).await;
-    let addr = metrics
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .expect("metrics address")
-        .to_owned();
+    let addr = log_field(&metrics, "addr").to_owned();
+    let listening = log.expect(&["listening for component instances"]).await;
+    let listen: std::net::SocketAddr = log_field(&listening, "addr")
+        .parse()
+        .unwrap_or_else(|e| panic!("listener address in {listening}: {e}"));
     let mut up = server.accept().await;
     // One span per connection, with the peer and its role.
     log.expect(&["upstream session established", "role=\"upstream\""])
         .await;
     assert_eq!(up.r.recv().await.to(), Some("impl@example.test"));
 
-    // A new target by SIGHUP: subscribed on the same session.
-    write_config(
-        &config,
-        &server.addr(),
-        "[client_proxy]\ntarget_address = \"other@example.test\"\n[routing]\nbalancing = \"sticky\"\n",
+    // An instance that answers every request at once; until the core has
+    // it in the pool, a request finds no member.
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let _inst = answerer(FakeInstance::connect(listen, "a").await, "a", seen_tx);
+    let deadline = Instant::now() + WAIT;
+    for k in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the instance never joined the pool"
+        );
+        up.w.send(&request(&format!("ready-{k}"))).await;
+        let r = up.r.recv().await;
+        assert_eq!(r.id(), Some(format!("ready-{k}").as_str()));
+        if r.stanza_type() == Some("result") {
+            break;
+        }
+        assert_eq!(error_condition(&r).as_deref(), Some("service-unavailable"));
+    }
+
+    // Every metrics slot taken by an idle connection, and one more
+    // refused: at `info`, the refusal is not logged.
+    let mut idle = Vec::new();
+    for _ in 0..METRICS_SLOTS {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    refused_scrape(&addr).await;
+
+    // N requests with a window in flight; SIGHUP (a new target, balancing
+    // and log level) once a quarter are answered, so the reload lands
+    // with requests pending. The last quarter waits for the reload's
+    // subscribe, so the load cannot end before the reload is applied.
+    // Each request gets exactly one result.
+    const N: usize = 200;
+    const IN_FLIGHT: usize = 16;
+    let (mut sent, mut results) = (0, HashMap::<String, usize>::new());
+    let mut subscribes = Vec::new();
+    let mut hup_at = None;
+    // Requests sent and not yet answered when the subscribe arrived.
+    let mut pending_at_subscribe = None;
+    while results.values().sum::<usize>() < N {
+        while sent < N
+            && sent - results.values().sum::<usize>() < IN_FLIGHT
+            && (sent < 3 * N / 4 || !subscribes.is_empty())
+        {
+            up.w.send(&request(&format!("hup-{sent}"))).await;
+            sent += 1;
+        }
+        let st = up.r.recv().await;
+        if st.name == "presence" {
+            pending_at_subscribe.get_or_insert(sent - results.values().sum::<usize>());
+            subscribes.push(st);
+            continue;
+        }
+        let id = st.id().unwrap_or_default().to_owned();
+        assert!(id.starts_with("hup-"), "{st:?}");
+        assert_eq!(st.stanza_type(), Some("result"), "{id}: {st:?}");
+        *results.entry(id).or_default() += 1;
+        if hup_at.is_none() && results.len() == N / 4 {
+            write_config(
+                &config,
+                &server.addr(),
+                &format!(
+                    "[client_proxy]\ntarget_address = \"other@example.test\"\n{instances}\
+                     [routing]\nbalancing = \"sticky\"\n[log]\nlevel = \"debug\"\n"
+                ),
+            );
+            signal(pid, "-HUP");
+            hup_at = Some(sent - results.len());
+        }
+    }
+    assert_eq!(results.len(), N, "every request answered");
+    assert!(
+        results.values().all(|&n| n == 1),
+        "exactly one result each: {results:?}"
     );
-    signal(pid, "-HUP");
-    let sub = up.r.recv().await;
+    let in_flight = hup_at.expect("SIGHUP sent");
+    let pending = pending_at_subscribe.expect("the reload's subscribe arrived");
+    println!(
+        "SIGHUP with {in_flight} requests in flight, {pending} still unanswered when the \
+         reload's subscribe arrived; {N} requests, one result each"
+    );
+    assert!(
+        in_flight > 0 && pending > 0,
+        "requests were in flight across the reload"
+    );
+    // A new target: subscribed on the same session.
+    assert_eq!(subscribes.len(), 1, "{subscribes:?}");
     assert_eq!(
-        (sub.stanza_type(), sub.to()),
+        (subscribes[0].stanza_type(), subscribes[0].to()),
         (Some("subscribe"), Some("other@example.test"))
     );
     let reloaded = log.expect(&["configuration reloaded"]).await;
+    for key in [
+        "client_proxy.target_address",
+        "routing.balancing",
+        "log.level",
+    ] {
+        assert!(reloaded.contains(key), "{key} in {reloaded}");
+    }
+    let debug_before: Vec<&String> = log.all.iter().filter(|l| l.contains("DEBUG")).collect();
     assert!(
-        reloaded.contains("client_proxy.target_address,routing.balancing"),
-        "{reloaded}"
+        debug_before.is_empty(),
+        "DEBUG lines at info: {debug_before:?}"
     );
+    // The level changed: the same refusal is now logged at DEBUG.
+    refused_scrape(&addr).await;
+    let debug = log.expect(&["DEBUG", "too many scrapes"]).await;
+    println!("after the reload: {debug}");
+    drop(idle);
 
     // An invalid file: one error line, the running settings stay.
     write_config(
         &config,
         &server.addr(),
-        "[client_proxy]\ntarget_address = \"third@example.test\"\n[routing]\niq_timeout = \"0s\"\n",
+        &format!(
+            "[client_proxy]\ntarget_address = \"third@example.test\"\n{instances}\
+             [routing]\niq_timeout = \"0s\"\n"
+        ),
     );
     signal(pid, "-HUP");
     let refused = log
         .expect(&["configuration reload refused", "routing.iq_timeout"])
         .await;
     assert!(refused.contains("ERROR"), "{refused}");
-    // Still serving, still with the second file's target: a request finds
-    // no resource of other@ online and is answered at once.
+    // Still serving, and the refused file's target was not taken up (no
+    // subscribe to third@): the next stanza is the answer.
     up.w.send(&request("alive")).await;
-    let e = up.r.recv().await;
-    assert_eq!(e.id(), Some("alive"));
-    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
+    let r = up.r.recv().await;
+    assert_eq!(
+        (r.id(), r.stanza_type()),
+        (Some("alive"), Some("result")),
+        "{r:?}"
+    );
     // The counters are published by the core after the batch of events
-    // that changed them: wait until both reloads show.
+    // that changed them: wait until both reloads show. Scrapes may be
+    // refused until the idle connections' slots are given back.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
-        let text = scrape(&addr).await;
+        let text = scrape(&addr).await.unwrap_or_default();
         if text.contains("jatproxy_config_reloads_total{result=\"refused\"} 1\n")
             || std::time::Instant::now() > deadline
         {

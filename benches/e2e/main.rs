@@ -22,7 +22,10 @@
 //! Without `--bench` (as `cargo test --benches` runs it) it does a smoke
 //! run of a fraction of a second, so CI checks the harness cheaply.
 //! `cargo bench --bench e2e -- soak 600 5000` runs the RSS soak instead
-//! (seconds, requests/s).
+//! (seconds, requests/s); `cargo bench --bench e2e -- fill 100000` fills
+//! the pending table (`pending_capacity` = N) three times over with
+//! requests nobody answers and reports jatproxy's peak RSS against N (see
+//! `fill.rs`).
 //! Environment: `E2E_SECONDS` (per run, default 1.5), `E2E_FILTER`
 //! (run only rows whose label contains it), `E2E_NO_PROSODY=1`.
 
@@ -31,6 +34,7 @@ mod prosody;
 
 mod c2s;
 mod engine;
+mod fill;
 mod procstat;
 mod prosody_bench;
 mod report;
@@ -73,8 +77,17 @@ fn main() {
             let rate = rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5000.0);
             soak(secs, rate)
         }
+        ["fill", rest @ ..] => {
+            let n = rest.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            report::machine();
+            fill::run(n)
+        }
         _ if full => bench(&Settings::full()),
-        _ => bench(&Settings::smoke()),
+        _ => bench(&Settings::smoke()).and_then(|()| {
+            // And the fill harness, small.
+            println!();
+            fill::run(2_000)
+        }),
     };
     if let Err(e) = result {
         eprintln!("e2e benchmark FAILED: {e}");
@@ -183,7 +196,6 @@ fn bench(s: &Settings) -> Result<(), String> {
                         load,
                         relay,
                         proxy,
-                        rss_kib: env.rss_kib(flow),
                     };
                     eprintln!("{}", row.line());
                     rows.push(row);
@@ -212,6 +224,11 @@ pub struct Measured {
     pub outcome: engine::Outcome,
     /// CPU seconds of the process under test (relay or jatproxy).
     pub cpu: f64,
+    /// Its peak RSS during this run (`VmHWM`), in KiB.
+    pub peak_rss_kib: u64,
+    /// Whether `VmHWM` was reset before the run; if not, `peak_rss_kib`
+    /// is the process's peak so far.
+    pub peak_reset: bool,
 }
 
 impl Measured {
@@ -342,23 +359,22 @@ impl Env {
             ),
         };
         proc.check()?;
-        let cpu0 = procstat::cpu_seconds(proc.pid())?;
+        // This run's own peak: VmHWM back to the current RSS first. If
+        // the kernel refuses, the reading is the peak so far, and the
+        // table says so.
+        let peak_reset = procstat::reset_peak_rss(proc.pid()).is_ok();
+        let cpu0 = procstat::cpu_mark(proc.pid())?;
         let outcome = engine::run(ends, plan, spec)?;
-        let cpu = procstat::cpu_seconds(proc.pid())? - cpu0;
+        let cpu = procstat::cpu_since(proc.pid(), &cpu0)?;
+        let peak_rss_kib = procstat::status_kb(proc.pid(), "VmHWM").unwrap_or(0);
         proc.check()?;
         Ok(Measured {
             flow: plan.flow,
             outcome,
             cpu,
+            peak_rss_kib,
+            peak_reset,
         })
-    }
-
-    fn rss_kib(&self, flow: Flow) -> u64 {
-        let p = match flow {
-            Flow::Pass => &self.pass_proxy,
-            Flow::Seed => &self.seed_proxy,
-        };
-        procstat::status_kb(p.pid(), "VmHWM").unwrap_or(0)
     }
 }
 

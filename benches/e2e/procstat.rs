@@ -3,6 +3,7 @@
 //! Read from outside the measured process so that the figures are what an
 //! operator's `top` would show, not what the program believes about itself.
 
+use std::collections::HashMap;
 use std::fs;
 
 /// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`);
@@ -10,8 +11,8 @@ use std::fs;
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// User plus system CPU seconds of process `pid` (all its threads, live
-/// and exited).
-pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+/// and exited), in clock ticks (10 ms).
+fn cpu_seconds_ticks(pid: u32) -> Result<f64, String> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     // The command name is in parentheses and may hold spaces: count fields
@@ -29,6 +30,68 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
             .ok_or_else(|| format!("{path}: field {} missing", i + 3))
     };
     Ok(tick(11)? + tick(12)?)
+}
+
+/// CPU time on each live thread of `pid`, in ns
+/// (`/proc/PID/task/TID/schedstat`: time on CPU, first field).
+fn task_ns(pid: u32) -> Result<HashMap<u32, u64>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = HashMap::new();
+    for e in fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let Ok(e) = e else { continue };
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit between the listing and the read.
+        if let Some(ns) = fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            out.insert(tid, ns);
+        }
+    }
+    Ok(out)
+}
+
+/// A process's CPU time at one moment, for [`cpu_since`].
+pub struct CpuMark {
+    ticks: f64,
+    tasks: HashMap<u32, u64>,
+}
+
+pub fn cpu_mark(pid: u32) -> Result<CpuMark, String> {
+    Ok(CpuMark {
+        tasks: task_ns(pid)?,
+        ticks: cpu_seconds_ticks(pid)?,
+    })
+}
+
+/// CPU seconds `pid` spent since `mark`: the sum over its threads of
+/// their nanosecond counters. A thread that exited meanwhile takes its
+/// time with it; when the process's tick counters (which keep exited
+/// threads' time) show more than two ticks beyond the sum, they are used
+/// instead.
+pub fn cpu_since(pid: u32, mark: &CpuMark) -> Result<f64, String> {
+    let now = task_ns(pid)?;
+    let ticks = cpu_seconds_ticks(pid)? - mark.ticks;
+    let ns: u64 = now
+        .iter()
+        .map(|(tid, &ns)| ns.saturating_sub(mark.tasks.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let precise = ns as f64 / 1e9;
+    Ok(if ticks > precise + 2.0 / TICKS_PER_SEC {
+        ticks
+    } else {
+        precise
+    })
+}
+
+/// Resets the peak resident set size (`VmHWM`) of `pid` to its current
+/// RSS (`echo 5 > /proc/PID/clear_refs`, Linux 4.0+), so the next
+/// reading is the peak of what came after.
+pub fn reset_peak_rss(pid: u32) -> Result<(), String> {
+    let path = format!("/proc/{pid}/clear_refs");
+    fs::write(&path, "5").map_err(|e| format!("{path}: {e}"))
 }
 
 /// CPU seconds of the calling thread, with nanosecond resolution

@@ -183,16 +183,16 @@ fn measure(s: &Settings, bodies: &Bodies, prosody: &Prosody) -> Result<Vec<Proso
                 completes_for: None,
             });
         }
-        let p0 = procstat::cpu_seconds(ppid)?;
-        let j0 = procstat::cpu_seconds(proxy.pid())?;
+        let p0 = procstat::cpu_mark(ppid)?;
+        let j0 = procstat::cpu_mark(proxy.pid())?;
         let out = engine::run(ends, &plan, &spec).map_err(|e| {
             format!(
                 "prosody {}: {e}",
                 if via_proxy { "via jatproxy" } else { "direct" }
             )
         })?;
-        let p1 = procstat::cpu_seconds(ppid)?;
-        let j1 = procstat::cpu_seconds(proxy.pid())?;
+        let p1 = procstat::cpu_since(ppid, &p0)?;
+        let j1 = procstat::cpu_since(proxy.pid(), &j0)?;
         rows.push(ProsodyRow {
             label: if via_proxy {
                 "requester → Prosody → jatproxy → Prosody → resource".into()
@@ -202,8 +202,8 @@ fn measure(s: &Settings, bodies: &Bodies, prosody: &Prosody) -> Result<Vec<Proso
             requests: out.items,
             secs: out.elapsed.as_secs_f64(),
             latencies: out.latencies,
-            prosody_cpu: p1 - p0,
-            proxy_cpu: via_proxy.then_some(j1 - j0),
+            prosody_cpu: p1,
+            proxy_cpu: via_proxy.then_some(j1),
             requester_cpu: out.sender_cpu,
             responder_cpu: out.responder_cpu,
         });

@@ -48,8 +48,6 @@ pub struct Row {
     pub load: &'static str,
     pub relay: Measured,
     pub proxy: Measured,
-    /// jatproxy's peak RSS so far.
-    pub rss_kib: u64,
 }
 
 struct Lat {
@@ -106,7 +104,7 @@ impl Row {
             ),
             format!("{:.1}", p.cpu_per_million()),
             format!("{:.1}", r.cpu_per_million()),
-            format!("{:.1}", self.rss_kib as f64 / 1024.0),
+            format!("{:.1}", p.peak_rss_kib as f64 / 1024.0),
         ]
     }
 }
@@ -125,7 +123,7 @@ const HEAD: [&str; 14] = [
     "added p50/p99/p99.9 µs",
     "jatproxy CPU s/M st",
     "relay CPU s/M st",
-    "jatproxy peak RSS MiB",
+    "jatproxy peak RSS MiB (this run)",
 ];
 
 /// The component-side results as one Markdown table.
@@ -142,10 +140,18 @@ pub fn table(rows: &[Row]) {
     for r in rows {
         println!("| {} |", r.cells().join(" | "));
     }
+    let peak = if rows.iter().all(|r| r.proxy.peak_reset) {
+        "peak RSS = jatproxy's VmHWM during that run alone (reset through \
+         /proc/PID/clear_refs before it)"
+    } else {
+        "peak RSS = jatproxy's VmHWM so far, NOT per run: /proc/PID/clear_refs could not \
+         reset it here"
+    };
     println!(
         "\nst = stanzas forwarded (seed: the iq and its result count 2; latency is the round \
          trip); load max = {} requests in flight, half = a fixed rate of half of jatproxy's max; \
-         added = jatproxy minus relay at the same load; CPU of the jatproxy / relay process",
+         added = jatproxy minus relay at the same load; CPU of the jatproxy / relay process \
+         (its threads' schedstat, ns); {peak}",
         128
     );
 }

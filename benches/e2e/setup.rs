@@ -214,8 +214,13 @@ pub fn start_jatproxy(
         }
         Role::Clients => format!("[client_proxy]\ntarget_address = \"{}\"\n", target()),
     };
+    // A long ping_interval: the fake server does not answer XEP-0199
+    // pings, and a seed proxy idle through the pass runs (> 120 s with
+    // E2E_SECONDS of 8 or more) would otherwise ping, and the ping would
+    // arrive in a later run as a stray stanza.
     let toml = format!(
         "[upstream]\nserver = \"{server}\"\ndomain = \"{D}\"\nsecret = \"{UPSTREAM_SECRET}\"\n\
+         ping_interval = \"24h\"\n\
          {section}\n[log]\nlevel = \"warn\"\n\n[service]\nworker_threads = {threads}\n{extra}\n"
     );
     let cfg = dir.path().join("jatproxy.toml");

@@ -38,6 +38,17 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// pointed at `server`. `instances` goes into `[instances]`; `rest` is
 /// appended after it (whole tables such as `[routing]`).
 pub fn instances_config(server: &str, instances: &str, rest: &str) -> config::Config {
+    instances_config_with_upstream(server, "", instances, rest)
+}
+
+/// [`instances_config`] with `upstream` added to the `[upstream]` table
+/// (`keepalive_interval = "200ms"`).
+pub fn instances_config_with_upstream(
+    server: &str,
+    upstream: &str,
+    instances: &str,
+    rest: &str,
+) -> config::Config {
     let toml = format!(
         r#"
 [upstream]
@@ -47,6 +58,7 @@ secret = "{UPSTREAM_SECRET}"
 reconnect_min = "20ms"
 reconnect_max = "200ms"
 handshake_timeout = "5s"
+{upstream}
 
 # The fake server does not answer our </stream:stream>: after shutdown
 # jatproxy waits half the grace for it (to answer late requests).
@@ -317,9 +329,24 @@ impl FakeInstance {
 /// Starts jatproxy for `server` with these extra settings, and waits for
 /// its upstream session.
 pub async fn start(server: &FakeServer, instances: &str, rest: &str) -> (Proxy, Session) {
-    let proxy = Proxy::start(instances_config(&server.addr(), instances, rest))
-        .await
-        .expect("proxy starts");
+    start_with_upstream(server, "", instances, rest).await
+}
+
+/// [`start`] with `upstream` added to the `[upstream]` table.
+pub async fn start_with_upstream(
+    server: &FakeServer,
+    upstream: &str,
+    instances: &str,
+    rest: &str,
+) -> (Proxy, Session) {
+    let proxy = Proxy::start(instances_config_with_upstream(
+        &server.addr(),
+        upstream,
+        instances,
+        rest,
+    ))
+    .await
+    .expect("proxy starts");
     let s = server.accept().await;
     assert!(proxy.wait_for(WAIT, |st| st.upstream_online).await);
     (proxy, s)

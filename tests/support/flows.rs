@@ -53,7 +53,7 @@ pub fn error_of(e: &Element) -> Option<(String, String)> {
 }
 
 /// Sends `n` requests from `alice`, keeping `window` in flight, and
-/// returns each id's answers: (type, from-resource or error condition).
+/// returns each id's answers: (type, [`answered_by`] or error condition).
 pub async fn load(
     alice: &mut TestClient,
     to: &str,
@@ -76,7 +76,27 @@ pub async fn load_with(
 ) -> HashMap<String, Vec<(String, String)>> {
     load_counting_lost(alice, to, n, window, prefix, after, None)
         .await
-        .0
+        .answers
+}
+
+/// Who answered an echo result: the `from-resource` a client resource
+/// writes ([`responder`]) or the `from-instance` a component instance
+/// writes (`echo_component.py`); empty when neither is there.
+pub fn answered_by(r: &Element) -> String {
+    r.get_child("echo", NS_ECHO)
+        .and_then(|e| e.attr("from-resource").or_else(|| e.attr("from-instance")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What [`load_counting_lost`] saw.
+pub struct Outcome {
+    /// Each id's answers: (type, [`answered_by`] or error condition).
+    pub answers: HashMap<String, Vec<(String, String)>>,
+    /// Requests counted as lost (never answered within the patience).
+    pub lost: Vec<String>,
+    /// Ids in the order their answers arrived (a duplicate appears again).
+    pub order: Vec<String>,
 }
 
 /// [`load_with`] that, given `patience`, does not fail on a request that
@@ -91,9 +111,10 @@ pub async fn load_counting_lost(
     prefix: &str,
     mut after: impl FnMut(usize),
     patience: Option<Duration>,
-) -> (HashMap<String, Vec<(String, String)>>, Vec<String>) {
+) -> Outcome {
     let mut answers: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut lost = Vec::new();
+    let mut order = Vec::new();
     let mut sent = 0;
     let mut done = 0;
     while done < n {
@@ -125,19 +146,21 @@ pub async fn load_counting_lost(
             }
         };
         let what = match r.attr("type") {
-            Some("result") => r
-                .get_child("echo", NS_ECHO)
-                .and_then(|e| e.attr("from-resource"))
-                .unwrap_or_default()
-                .to_owned(),
+            Some("result") => answered_by(&r),
             _ => error_of(&r).map(|x| x.1).unwrap_or_default(),
         };
+        let id = r.attr("id").unwrap_or_default().to_owned();
+        order.push(id.clone());
         answers
-            .entry(r.attr("id").unwrap_or_default().to_owned())
+            .entry(id)
             .or_default()
             .push((r.attr("type").unwrap_or_default().to_owned(), what));
         done += 1;
         after(done);
     }
-    (answers, lost)
+    Outcome {
+        answers,
+        lost,
+        order,
+    }
 }

@@ -77,6 +77,8 @@ pub struct TestClient {
     backlog: VecDeque<Element>,
     /// Number of `online` events so far.
     online: watch::Receiver<u64>,
+    /// Number of `disconnected` events so far (sessions that ended).
+    disconnects: watch::Receiver<u64>,
     closed: Option<oneshot::Receiver<()>>,
     /// stderr of the child (slixmpp's warnings), for failure messages.
     stderr: Arc<Mutex<Vec<String>>>,
@@ -176,6 +178,7 @@ pub async fn connect_with(
     let sent: Waiters = Arc::new(Mutex::new(HashMap::new()));
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (online_tx, online) = watch::channel(0u64);
+    let (disconnects_tx, disconnects) = watch::channel(0u64);
     let (jid_tx, jid_rx) = oneshot::channel::<String>();
     let (closed_tx, closed) = oneshot::channel();
     {
@@ -208,7 +211,7 @@ pub async fn connect_with(
                             let _ = w.send(Err(format!("not sent: {e}")));
                         }
                     }
-                    Ok(Said::Disconnected) => {}
+                    Ok(Said::Disconnected) => disconnects_tx.send_modify(|n| *n += 1),
                     Ok(Said::Closed) => {
                         if let Some(tx) = closed_tx.take() {
                             let _ = tx.send(());
@@ -242,6 +245,7 @@ pub async fn connect_with(
         in_rx,
         backlog: VecDeque::new(),
         online,
+        disconnects,
         closed: Some(closed),
         stderr,
     })
@@ -373,6 +377,12 @@ impl TestClient {
     /// reconnect, e.g. after a server restart).
     pub fn online_count(&self) -> u64 {
         *self.online.borrow()
+    }
+
+    /// Number of sessions that ended so far (the stream or the TCP
+    /// connection closed, e.g. in a server restart).
+    pub fn disconnects(&self) -> u64 {
+        *self.disconnects.borrow()
     }
 
     /// Waits until at least `n` sessions have started.
