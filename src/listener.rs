@@ -4,6 +4,11 @@
 //! component port, unchanged. Connections are capped (all, and those
 //! still in the handshake); accept errors are logged and retried after a
 //! pause, never ending the listener.
+//!
+//! A stream that ends — closed by the proxy, by the instance, or by a
+//! failed write — is not read any further, and its connection is gone
+//! within [`CLOSE_WAIT`] even if the instance stops reading: a closed
+//! instance never keeps its connection slot.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;

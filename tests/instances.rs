@@ -1019,3 +1019,33 @@ async fn a_flooding_instance_does_not_stall_the_others() {
     );
     assert!(proxy.shutdown(WAIT).await);
 }
+
+/// Shutdown does not wait for connections still in the handshake (up to
+/// `limits.header_timeout`, 10 s by default): they have nothing to drain.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_instances_in_the_handshake() {
+    let server = FakeServer::bind().await;
+    let (proxy, _s) = start(&server, "", "").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = sock.into_split();
+    let mut frames = tokio_util::codec::FramedRead::new(
+        r,
+        jatproxy::xml::Framer::new(jatproxy::xml::FramerLimits::default()),
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut w, &jatproxy::handshake::client_header(D))
+        .await
+        .expect("write header");
+    // The proxy's header: its connection task now waits for <handshake>.
+    let header = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut frames)).await;
+    assert!(
+        matches!(header, Ok(Some(Ok(jatproxy::xml::Frame::Header(_))))),
+        "{header:?}"
+    );
+    let started = tokio::time::Instant::now();
+    assert!(
+        proxy.shutdown(Duration::from_secs(3)).await,
+        "shutdown waited for the handshake"
+    );
+    println!("shut down in {:?}", started.elapsed());
+}
