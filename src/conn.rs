@@ -1,10 +1,11 @@
 //! What every connection does the same way: write queued output in
 //! batches, and read frames into the core.
 
+use std::any::Any;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::rewrite::Wire;
 
@@ -20,25 +21,35 @@ pub enum Out {
 /// empty so a burst becomes few syscalls, and sends a whitespace
 /// keepalive after `keepalive` without output. Ends when the queue
 /// closes or an [`Out::Close`] is written.
+///
+/// `urgent` is how a close gets past a full queue (an instance that
+/// stopped reading): when it delivers, whatever is still queued is
+/// dropped, and the bytes it carries (a stream error) are written right
+/// after the stanzas already handed to the socket, so the stream stays
+/// well-formed. It is looked at between stanzas only: a write blocked on
+/// a peer that does not read is the caller's to abort.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     w: W,
     mut rx: mpsc::Receiver<Out>,
     keepalive: Option<Duration>,
+    mut urgent: Option<oneshot::Receiver<bytes::Bytes>>,
 ) -> std::io::Result<()> {
     let mut bw = BufWriter::with_capacity(64 * 1024, w);
     loop {
-        let next = match keepalive {
-            Some(k) => match tokio::time::timeout(k, rx.recv()).await {
-                Ok(m) => m,
-                Err(_) => {
-                    bw.write_all(b" ").await?;
-                    bw.flush().await?;
-                    continue;
-                }
-            },
-            None => rx.recv().await,
+        let next = tokio::select! {
+            biased;
+            last = urgent_close(&mut urgent) => return close(&mut bw, &last).await,
+            next = recv_or_idle(&mut rx, keepalive) => next,
         };
-        let Some(mut out) = next else { break };
+        let mut out = match next {
+            Recv::Idle => {
+                bw.write_all(b" ").await?;
+                bw.flush().await?;
+                continue;
+            }
+            Recv::Out(Some(out)) => out,
+            Recv::Out(None) => break,
+        };
         loop {
             match out {
                 Out::Wire(wire) => {
@@ -46,12 +57,10 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                         bw.write_all(chunk).await?;
                     }
                 }
-                Out::Close(last) => {
-                    bw.write_all(&last).await?;
-                    bw.flush().await?;
-                    bw.shutdown().await?;
-                    return Ok(());
-                }
+                Out::Close(last) => return close(&mut bw, &last).await,
+            }
+            if let Some(last) = try_urgent(&mut urgent) {
+                return close(&mut bw, &last).await;
             }
             match rx.try_recv() {
                 Ok(o) => out = o,
@@ -62,4 +71,130 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     }
     bw.flush().await?;
     Ok(())
+}
+
+enum Recv {
+    Out(Option<Out>),
+    /// Nothing to write for the keepalive interval.
+    Idle,
+}
+
+async fn recv_or_idle(rx: &mut mpsc::Receiver<Out>, keepalive: Option<Duration>) -> Recv {
+    match keepalive {
+        Some(k) => match tokio::time::timeout(k, rx.recv()).await {
+            Ok(m) => Recv::Out(m),
+            Err(_) => Recv::Idle,
+        },
+        None => Recv::Out(rx.recv().await),
+    }
+}
+
+/// Resolves with the urgent close's bytes; never if there is none (or
+/// its sender went away without one).
+async fn urgent_close(urgent: &mut Option<oneshot::Receiver<bytes::Bytes>>) -> bytes::Bytes {
+    if let Some(rx) = urgent.as_mut() {
+        let got = rx.await;
+        // A oneshot must not be polled again once it has answered.
+        *urgent = None;
+        if let Ok(last) = got {
+            return last;
+        }
+    }
+    std::future::pending().await
+}
+
+fn try_urgent(urgent: &mut Option<oneshot::Receiver<bytes::Bytes>>) -> Option<bytes::Bytes> {
+    let rx = urgent.as_mut()?;
+    match rx.try_recv() {
+        Ok(last) => {
+            *urgent = None;
+            Some(last)
+        }
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => {
+            *urgent = None;
+            None
+        }
+    }
+}
+
+async fn close<W: AsyncWrite + Unpin>(bw: &mut BufWriter<W>, last: &[u8]) -> std::io::Result<()> {
+    bw.write_all(last).await?;
+    bw.flush().await?;
+    bw.shutdown().await
+}
+
+/// The message a panic carried, for the one log line that reports it.
+pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic without a message)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    /// A close that cannot be queued (the queue is full) still reaches the
+    /// peer, after the stanzas already written and instead of the ones
+    /// still queued.
+    #[tokio::test]
+    async fn urgent_close_drops_the_queue_and_ends_the_stream_well_formed() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = mpsc::channel(2);
+        let (urgent_tx, urgent_rx) = oneshot::channel();
+        tx.try_send(Out::Wire(Wire::One(Bytes::from_static(b"<a/>"))))
+            .expect("room");
+        let writer = tokio::spawn(write_loop(ours, rx, None, Some(urgent_rx)));
+        // Wait until the first stanza is written, then fill the queue.
+        let mut got = vec![0u8; 4];
+        theirs.read_exact(&mut got).await.expect("first stanza");
+        assert_eq!(&got, b"<a/>");
+        tx.try_send(Out::Wire(Wire::One(Bytes::from_static(b"<b/>"))))
+            .expect("room");
+        tx.try_send(Out::Wire(Wire::One(Bytes::from_static(b"<c/>"))))
+            .expect("room");
+        // The writer may write <b/> and <c/> before it sees the close, or
+        // not: either way the close comes last and nothing comes after it.
+        urgent_tx
+            .send(Bytes::from_static(b"<err/>"))
+            .expect("writer listens");
+        let mut rest = Vec::new();
+        theirs
+            .read_to_end(&mut rest)
+            .await
+            .expect("EOF after close");
+        assert!(rest.ends_with(b"<err/>"), "{rest:?}");
+        assert!(
+            [&b"<err/>"[..], b"<b/><err/>", b"<b/><c/><err/>"].contains(&&rest[..]),
+            "{}",
+            String::from_utf8_lossy(&rest)
+        );
+        writer.await.expect("join").expect("writer ok");
+    }
+
+    #[tokio::test]
+    async fn a_queued_close_ends_the_stream_after_everything_before_it() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = mpsc::channel(4);
+        let (_urgent_tx, urgent_rx) = oneshot::channel::<Bytes>();
+        for b in [&b"<a/>"[..], b"<b/>"] {
+            tx.try_send(Out::Wire(Wire::One(Bytes::from_static(b))))
+                .expect("room");
+        }
+        tx.try_send(Out::Close(Bytes::from_static(b"</end>")))
+            .expect("room");
+        write_loop(ours, rx, None, Some(urgent_rx))
+            .await
+            .expect("writer ok");
+        let mut all = Vec::new();
+        theirs.read_to_end(&mut all).await.expect("EOF");
+        assert_eq!(&all, b"<a/><b/></end>");
+    }
 }

@@ -4,15 +4,22 @@
 //! component port, unchanged. Connections are capped (all, and those
 //! still in the handshake); accept errors are logged and retried after a
 //! pause, never ending the listener.
+//!
+//! A stream that ends — closed by the proxy, by the instance, or by a
+//! failed write — is not read any further, and its connection is gone
+//! within [`CLOSE_WAIT`] even if the instance stops reading: a closed
+//! instance never keeps its connection slot.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +30,7 @@ use crate::conn::{self, Out};
 use crate::handshake;
 use crate::metrics::{Observation, Side};
 use crate::pool::InstanceId;
-use crate::proxy::Event;
+use crate::proxy::{Event, InstanceLink};
 use crate::xml::frame::Frame;
 use crate::xml::{CodecError, Framer, FramerLimits};
 
@@ -102,20 +109,60 @@ pub async fn run(
         let id = next_id;
         let span =
             tracing::info_span!("instance", peer.addr = %peer, role = "instance", member = id);
-        tasks.spawn(
-            instance(
-                sock,
-                peer,
-                id,
-                cfg,
-                secret,
-                events.clone(),
-                shutdown.clone(),
-                tasks.clone(),
-                (conn_permit, hs_permit),
-            )
-            .instrument(span),
+        let conn = instance(
+            sock,
+            peer,
+            id,
+            cfg,
+            secret,
+            events.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+            (conn_permit, hs_permit),
         );
+        tasks.spawn(contain_panic(conn, id, events.clone()).instrument(span));
+    }
+}
+
+/// Runs one connection so that a bug its input triggers ends that
+/// connection only. Unwinding drops its socket, its writer (aborted by its
+/// guard) and its connection slot; the core is still told the instance is
+/// gone, to take it out of the pool and answer what was pending on it (a
+/// no-op if it never got that far).
+async fn contain_panic(
+    conn: impl std::future::Future<Output = ()>,
+    id: InstanceId,
+    events: mpsc::Sender<Event>,
+) {
+    if let Err(panic) = AssertUnwindSafe(conn).catch_unwind().await {
+        tracing::error!(
+            "instance connection task panicked: {}; connection closed",
+            conn::panic_message(&*panic)
+        );
+        let _ = events.send(Event::InstanceDown { id }).await;
+    }
+}
+
+/// How long a closing instance connection may take to write what is
+/// already queued and its stream's end (or error). An instance that does
+/// not read even that is cut: it must not keep its connection slot.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Aborts the connection's writer when dropped, unless disarmed: a
+/// connection task that ends, even by panic, takes its socket with it.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
     }
 }
 
@@ -131,6 +178,8 @@ async fn instance(
     tasks: TaskTracker,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
+    // Held until the end of this function, which comes only once the
+    // socket is closed: the slot is free when the connection is gone.
     let (_conn_permit, hs_permit) = permits;
     let _ = sock.set_nodelay(true);
     let (r, mut w) = sock.into_split();
@@ -151,7 +200,15 @@ async fn instance(
         &mut rand::rng(),
         cfg.limits.header_timeout,
     );
-    let accepted = handshake.await;
+    // A connection still negotiating has nothing to drain: shutdown need
+    // not wait up to header_timeout for it.
+    let accepted = tokio::select! {
+        r = handshake => r,
+        _ = shutdown.cancelled() => {
+            tracing::debug!("shutting down: instance handshake abandoned");
+            return;
+        }
+    };
     drop(hs_permit);
     if let Err(e) = accepted {
         tracing::info!("instance handshake failed: {e}");
@@ -161,32 +218,31 @@ async fn instance(
     }
     tracing::info!(peer.addr = %peer, "instance connected");
     let (tx, rx) = mpsc::channel(cfg.instances.queue);
+    let (urgent, urgent_rx) = oneshot::channel();
     let keepalive = Some(cfg.upstream.keepalive_interval);
-    // Not a child of `shutdown`: on shutdown the writer still sends the
-    // stream end the core queues.
-    let cut = CancellationToken::new();
-    let writer_cut = cut.clone();
-    tasks.spawn(
+    // Cancelled by the core when it closes this stream, and by the writer
+    // when it ends for any reason: either way there is no point in
+    // reading on (a peer could otherwise keep a closed stream half-open
+    // with whitespace, and its slot with it).
+    let closing = CancellationToken::new();
+    let writer_done = closing.clone().drop_guard();
+    let mut writer = tasks.spawn(
         async move {
-            tokio::select! {
-                r = conn::write_loop(w, rx, keepalive) => if let Err(e) = r {
-                    tracing::debug!("instance writer ended: {e}");
-                },
-                _ = writer_cut.cancelled() => {}
+            let _writer_done = writer_done;
+            if let Err(e) = conn::write_loop(w, rx, keepalive, Some(urgent_rx)).await {
+                tracing::debug!("instance writer ended: {e}");
             }
         }
         .in_current_span(),
     );
-    if events
-        .send(Event::InstanceUp {
-            id,
-            tx: tx.clone(),
-            cut: cut.clone(),
-            peer,
-        })
-        .await
-        .is_err()
-    {
+    let mut abort_writer = AbortOnDrop(Some(writer.abort_handle()));
+    let link = InstanceLink {
+        tx: tx.clone(),
+        closing: closing.clone(),
+        urgent,
+        peer,
+    };
+    if events.send(Event::InstanceUp { id, link }).await.is_err() {
         return;
     }
     loop {
@@ -199,11 +255,13 @@ async fn instance(
                     break;
                 }
             },
-            _ = shutdown.cancelled() => return,
-            _ = cut.cancelled() => {
-                tracing::info!("instance stopped reading and was dropped: connection closed");
+            _ = shutdown.cancelled() => {
+                // The core queues the stream's end; the writer writes it
+                // within the shutdown grace.
+                abort_writer.disarm();
                 return;
             }
+            _ = closing.cancelled() => break,
         };
         match next {
             Some(Ok(Frame::Stanza(stanza))) => {
@@ -232,5 +290,28 @@ async fn instance(
             }
         }
     }
+    // Nothing more is read. Out of the pool first, so nothing more is
+    // queued; then the writer gets a bounded time to finish.
+    drop(frames);
     let _ = events.send(Event::InstanceDown { id }).await;
+    drop(tx);
+    if tokio::time::timeout(CLOSE_WAIT, &mut writer).await.is_err() {
+        tracing::info!(wait = ?CLOSE_WAIT, "instance did not read the end of its stream in time: connection cut");
+        writer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_is_reported_gone() {
+        let (events, mut rx) = mpsc::channel(4);
+        contain_panic(async { panic!("a framer bug") }, 7, events.clone()).await;
+        assert!(matches!(rx.try_recv(), Ok(Event::InstanceDown { id: 7 })));
+        // A connection that ends normally has said so itself.
+        contain_panic(async {}, 8, events).await;
+        assert!(rx.try_recv().is_err());
+    }
 }

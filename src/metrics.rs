@@ -375,8 +375,14 @@ impl Collector for Snapshot {
         counter(
             e,
             "jatproxy_upstream_backlog_dropped",
-            "Stanzas dropped because the upstream backlog was full.",
+            "Stanzas dropped because the upstream backlog was full (never iq responses).",
             s.backlog_dropped,
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_requests_withdrawn",
+            "Instance iq requests held while upstream was down and answered (timed out) before it came back, so not sent.",
+            s.requests_withdrawn,
         )?;
         counter(
             e,
@@ -789,6 +795,7 @@ mod tests {
             pending: 5,
             backlog: 6,
             backlog_dropped: 7,
+            requests_withdrawn: 8,
             ..Status::default()
         };
         s.stats.requests_routed = 11;
@@ -833,6 +840,7 @@ mod tests {
             ("jatproxy_pending_requests", 5),
             ("jatproxy_upstream_backlog", 6),
             ("jatproxy_upstream_backlog_dropped_total", 7),
+            ("jatproxy_upstream_requests_withdrawn_total", 8),
             ("jatproxy_requests_routed_total", 11),
             ("jatproxy_replies_dropped_total{reason=\"unmatched\"}", 12),
             ("jatproxy_replies_dropped_total{reason=\"spoofed\"}", 13),

@@ -10,9 +10,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::conn::Out;
 use crate::handshake;
+use crate::jat::Key;
 use crate::metrics::{Counters, Direction, Observation};
 use crate::pool::{InstanceId, Member};
 use crate::reload::{Plan, ReloadError};
@@ -30,6 +33,7 @@ use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig, Stats};
 use crate::stanza::StanzaError;
 use crate::xml::frame::Stanza;
+use crate::xml::inspect;
 
 /// What connection tasks tell the core.
 #[derive(Debug)]
@@ -39,15 +43,10 @@ pub enum Event {
     /// The upstream session ended.
     UpstreamDown,
     FromUpstream(Stanza),
-    /// An instance finished its handshake; its writer queue.
+    /// An instance finished its handshake; how to reach it.
     InstanceUp {
         id: InstanceId,
-        tx: mpsc::Sender<Out>,
-        /// Cancelled by the core to cut the connection when it cannot even
-        /// queue the stream error (the instance stopped reading).
-        cut: CancellationToken,
-        /// For the log line when the core closes it.
-        peer: SocketAddr,
+        link: InstanceLink,
     },
     InstanceDown {
         id: InstanceId,
@@ -66,6 +65,22 @@ pub enum Event {
     },
 }
 
+/// What the core holds for one connected instance.
+#[derive(Debug)]
+pub struct InstanceLink {
+    /// Its writer's queue (`instances.queue`).
+    pub tx: mpsc::Sender<Out>,
+    /// Cancelled when the core closes the stream: the connection stops
+    /// reading, lets the writer finish, and frees its slot.
+    pub closing: CancellationToken,
+    /// The close for when the queue is full (the instance stopped
+    /// reading): the writer drops what is queued and writes this stream
+    /// error instead.
+    pub urgent: oneshot::Sender<bytes::Bytes>,
+    /// For the log line when the core closes it.
+    pub peer: SocketAddr,
+}
+
 /// A snapshot of the proxy's state, published after every event: for
 /// tests to wait on conditions, and for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,8 +92,12 @@ pub struct Status {
     pub pending: usize,
     /// Stanzas waiting for upstream to come back.
     pub backlog: usize,
-    /// Stanzas dropped because the backlog was full.
+    /// Stanzas dropped because the backlog was full. Never iq responses:
+    /// those are held whatever the bound (see [`Core::hold`]).
     pub backlog_dropped: u64,
+    /// Requests from instances that were answered (timed out) while they
+    /// waited for upstream, and so were not sent after all.
+    pub requests_withdrawn: u64,
     pub stats: Stats,
     /// What only metrics need (traffic, handshake failures, reloads).
     pub counters: Counters,
@@ -110,6 +129,8 @@ pub struct Proxy {
     /// start a connection, the upstream task also when it changes.
     config: watch::Sender<Arc<Config>>,
     events: mpsc::Sender<Event>,
+    /// Cancelled if the core task panicked.
+    core_failed: CancellationToken,
 }
 
 impl Proxy {
@@ -161,7 +182,12 @@ impl Proxy {
         };
 
         let core = Core::new(&cfg, status_tx);
-        tasks.spawn(core.run(events_rx, shutdown.clone()));
+        let core_failed = CancellationToken::new();
+        tasks.spawn(supervise_core(
+            core.run(events_rx, shutdown.clone()),
+            core_failed.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::upstream::run(
             config_rx,
             events_tx.clone(),
@@ -176,7 +202,15 @@ impl Proxy {
             metrics_addr,
             config: config_tx,
             events: events_tx,
+            core_failed,
         })
+    }
+
+    /// Resolves if the core task panicked: nothing is routed any more,
+    /// and the proxy has begun stopping. The process should exit with a
+    /// failure so that its supervisor (systemd) restarts it.
+    pub fn failed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.core_failed.clone().cancelled_owned()
     }
 
     /// The metrics endpoint's bound address (useful with port 0).
@@ -271,13 +305,56 @@ impl Proxy {
     }
 }
 
+/// Runs the core; if it panics, says so once and stops the proxy: with
+/// the router gone nothing can be routed, and a process that keeps
+/// accepting connections it cannot serve is worse than one that exits
+/// and is restarted ([`Proxy::failed`]).
+async fn supervise_core(
+    core: impl std::future::Future<Output = ()>,
+    failed: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    if let Err(panic) = AssertUnwindSafe(core).catch_unwind().await {
+        tracing::error!(
+            "the core task panicked: {}; nothing can be routed any more: stopping",
+            crate::conn::panic_message(&*panic)
+        );
+        failed.cancel();
+        shutdown.cancel();
+    }
+}
+
+/// Output held for upstream while it is away.
+#[derive(Debug)]
+struct Held {
+    wire: Wire,
+    class: Class,
+}
+
+#[derive(Debug, PartialEq)]
+enum Class {
+    /// An iq response: the answer to a request, which must not be lost.
+    /// There are at most as many as requests were pending when upstream
+    /// went away (each answer ends one), plus those to requests the dying
+    /// session still delivered, so they are held past the bound.
+    Answer,
+    /// An instance's iq request; sent only if it still waits for its
+    /// answer when upstream is back.
+    Request(Key),
+    /// Messages, presence and the rest: held up to the bound, then
+    /// dropped and counted.
+    Other,
+}
+
 struct Core {
     router: Router,
     rng: StdRng,
     upstream: Option<mpsc::Sender<Out>>,
-    backlog: VecDeque<Wire>,
+    backlog: VecDeque<Held>,
+    /// Held items that count against `backlog_cap` (all but answers).
+    backlog_bounded: usize,
     backlog_cap: usize,
-    instances: HashMap<InstanceId, (mpsc::Sender<Out>, CancellationToken, SocketAddr)>,
+    instances: HashMap<InstanceId, InstanceLink>,
     status: Status,
     status_tx: watch::Sender<Status>,
 }
@@ -289,6 +366,7 @@ impl Core {
             rng: StdRng::from_os_rng(),
             upstream: None,
             backlog: VecDeque::new(),
+            backlog_bounded: 0,
             backlog_cap: cfg.limits.upstream_buffer,
             instances: HashMap::new(),
             status: Status::default(),
@@ -319,8 +397,13 @@ impl Core {
                     }
                     None => break,
                 },
-                _ = sleep_until(deadline) => self.router.expire(Instant::now(), &mut actions),
+                _ = sleep_until(deadline) => {}
             }
+            // After every batch, not only when the sleep above wins: the
+            // select prefers input, so under continuous input the sleep
+            // would never be chosen and requests would outlive
+            // iq_timeout. Nothing due costs one look at the oldest entry.
+            self.router.expire(Instant::now(), &mut actions);
             self.execute(&mut actions).await;
             self.publish();
         }
@@ -331,7 +414,9 @@ impl Core {
         rx.close();
         while let Ok(ev) = rx.try_recv() {
             match ev {
-                Event::FromUpstream(st) => {
+                // A member's reply routes as usual: the real answer, not
+                // recipient-unavailable for a request that was answered.
+                Event::FromUpstream(st) if !st.is_iq_response() => {
                     self.router.refuse_closing(&st, &mut actions);
                 }
                 other => self.handle(other, &mut actions),
@@ -343,8 +428,11 @@ impl Core {
         if let Some(up) = self.upstream.take() {
             let _ = up.send(Out::Close(close.clone())).await;
         }
-        for (_, (tx, _, _)) in self.instances.drain() {
-            let _ = tx.try_send(Out::Close(close.clone()));
+        for (_, link) in self.instances.drain() {
+            if link.tx.try_send(Out::Close(close.clone())).is_err() {
+                // Full: the writer drops what is queued to end the stream.
+                let _ = link.urgent.send(close.clone());
+            }
         }
         self.status.upstream_online = false;
         self.publish();
@@ -373,17 +461,22 @@ impl Core {
                 self.status.upstream_online = true;
                 self.status.upstream_sessions += 1;
                 self.router.upstream_online(actions);
-                // Held output goes after the subscription refresh.
-                let held: Vec<Wire> = self.backlog.drain(..).collect();
-                actions.extend(held.into_iter().map(Action::Upstream));
+                // Held output goes after the subscription refresh. A held
+                // request is checked again when it is sent, and answered
+                // if it has to be held again and cannot be.
+                self.backlog_bounded = 0;
+                actions.extend(self.backlog.drain(..).map(|h| match h.class {
+                    Class::Request(key) => Action::UpstreamRequest(h.wire, key),
+                    Class::Answer | Class::Other => Action::Upstream(h.wire),
+                }));
             }
             Event::UpstreamDown => {
                 self.upstream = None;
                 self.status.upstream_online = false;
                 self.router.upstream_lost(actions);
             }
-            Event::InstanceUp { id, tx, cut, peer } => {
-                self.instances.insert(id, (tx, cut, peer));
+            Event::InstanceUp { id, link } => {
+                self.instances.insert(id, link);
                 self.router.instance_up(id);
             }
             Event::InstanceDown { id } => {
@@ -412,10 +505,17 @@ impl Core {
             for a in batch {
                 match a {
                     Action::Upstream(w) => {
-                        self.send_upstream(w).await;
+                        self.send_upstream(w, None).await;
                     }
                     Action::UpstreamRequest(w, key) => {
-                        if !self.send_upstream(w).await {
+                        if !self.router.is_pending(&key) {
+                            // Answered already (it timed out while held,
+                            // or was given up for room): the instance was
+                            // told it failed, so it must not run.
+                            self.status.requests_withdrawn += 1;
+                            continue;
+                        }
+                        if !self.send_upstream(w, Some(key.clone())).await {
                             // Neither sent nor held: answer it rather
                             // than lose it.
                             self.router.fail_request(
@@ -430,7 +530,7 @@ impl Core {
                         let queued = self
                             .instances
                             .get(&id)
-                            .map(|(tx, _, _)| tx.try_send(Out::Wire(w)).is_ok());
+                            .map(|link| link.tx.try_send(Out::Wire(w)).is_ok());
                         match queued {
                             Some(true) => self.status.counters.stanza(Direction::InstancesOut, len),
                             Some(false) => {
@@ -466,23 +566,25 @@ impl Core {
         why: &str,
         actions: &mut Vec<Action>,
     ) {
-        if let Some((tx, cut, peer)) = self.instances.remove(&id) {
-            tracing::warn!(member = id, peer.addr = %peer, condition = cond, "closing instance stream: it {why}");
-            if tx
-                .try_send(Out::Close(handshake::stream_error(cond, None)))
-                .is_err()
+        if let Some(link) = self.instances.remove(&id) {
+            tracing::warn!(member = id, peer.addr = %link.peer, condition = cond, "closing instance stream: it {why}");
+            let error = handshake::stream_error(cond, None);
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                link.tx.try_send(Out::Close(error.clone()))
             {
-                // Its queue is full: the error cannot be written in order.
-                // Cut the connection, so the instance learns it is out and
-                // its slot is freed.
-                cut.cancel();
+                // Its queue is full: what is queued is dropped (its
+                // requests are answered below) and the error goes out
+                // after the stanza being written.
+                let _ = link.urgent.send(error);
             }
+            link.closing.cancel();
             self.router.instance_down(id, actions);
         }
     }
 
-    /// Sends or holds; false if the output had to be dropped.
-    async fn send_upstream(&mut self, w: Wire) -> bool {
+    /// Sends or holds; false if the output had to be dropped. `request`
+    /// is the key of an instance's iq request.
+    async fn send_upstream(&mut self, w: Wire, request: Option<Key>) -> bool {
         if let Some(tx) = &self.upstream {
             let len = w.len();
             match tx.send(Out::Wire(w)).await {
@@ -493,20 +595,32 @@ impl Core {
                 Err(mpsc::error::SendError(out)) => {
                     self.upstream = None;
                     return match out {
-                        Out::Wire(w) => self.hold(w),
+                        Out::Wire(w) => self.hold(w, request),
                         Out::Close(_) => false,
                     };
                 }
             }
         }
-        self.hold(w)
+        self.hold(w, request)
     }
 
-    /// Keeps output for upstream until it is back, within the bound;
-    /// false if the bound is reached.
-    fn hold(&mut self, w: Wire) -> bool {
-        if self.backlog.len() < self.backlog_cap {
-            self.backlog.push_back(w);
+    /// Keeps output for upstream until it is back; false if it had to be
+    /// dropped. Answers to iq requests are always kept: dropping one
+    /// would leave a request without its one answer, and their number is
+    /// bounded by the pending table, not by this. Everything else is kept
+    /// up to `limits.upstream_buffer` items.
+    fn hold(&mut self, wire: Wire, request: Option<Key>) -> bool {
+        let class = match request {
+            Some(key) => Class::Request(key),
+            None if inspect::is_iq_response(wire.chunks()) => Class::Answer,
+            None => Class::Other,
+        };
+        if class == Class::Answer {
+            self.backlog.push_back(Held { wire, class });
+            true
+        } else if self.backlog_bounded < self.backlog_cap {
+            self.backlog_bounded += 1;
+            self.backlog.push_back(Held { wire, class });
             true
         } else {
             self.status.backlog_dropped += 1;
@@ -545,5 +659,344 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The core alone, fed events as the connection tasks would, with
+    //! tokio's paused clock: what it does with time and with output held
+    //! for upstream.
+
+    use super::*;
+    use crate::xml::parse_one;
+    use tokio::task::JoinHandle;
+
+    const D: &str = "proxy.example.test";
+    const T: &str = "impl@example.test";
+    const ALICE: &str = "alice@example.test/phone";
+
+    fn config(extra: &str) -> Config {
+        crate::config::from_toml_str(&format!(
+            "[upstream]\nserver = \"127.0.0.1:1\"\ndomain = \"{D}\"\nsecret = \"s\"\n\
+             [instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"i\"\n{extra}\n"
+        ))
+        .expect("test config is valid")
+    }
+
+    struct Harness {
+        events: mpsc::Sender<Event>,
+        status: watch::Receiver<Status>,
+        shutdown: CancellationToken,
+        core: JoinHandle<()>,
+    }
+
+    fn start(cfg: &Config, queue: usize) -> Harness {
+        let (status_tx, status) = watch::channel(Status::default());
+        let (events, rx) = mpsc::channel(queue);
+        let shutdown = CancellationToken::new();
+        let core = tokio::spawn(Core::new(cfg, status_tx).run(rx, shutdown.clone()));
+        Harness {
+            events,
+            status,
+            shutdown,
+            core,
+        }
+    }
+
+    impl Harness {
+        async fn send(&self, ev: Event) {
+            self.events.send(ev).await.expect("core runs");
+        }
+
+        async fn server_sends(&self, xml: &str) {
+            self.send(Event::FromUpstream(stanza(xml))).await;
+        }
+
+        async fn instance_sends(&self, id: InstanceId, xml: &str) {
+            let stanza = stanza(xml);
+            self.send(Event::FromInstance { id, stanza }).await;
+        }
+
+        /// A new upstream session; its output.
+        async fn upstream_up(&self) -> mpsc::Receiver<Out> {
+            let (tx, rx) = mpsc::channel(4096);
+            self.send(Event::UpstreamUp(tx)).await;
+            rx
+        }
+
+        /// A connected instance; its output and its urgent close.
+        async fn instance_up(
+            &self,
+            id: InstanceId,
+        ) -> (mpsc::Receiver<Out>, oneshot::Receiver<bytes::Bytes>) {
+            let (tx, rx) = mpsc::channel(64);
+            let (urgent, urgent_rx) = oneshot::channel();
+            let link = InstanceLink {
+                tx,
+                closing: CancellationToken::new(),
+                urgent,
+                peer: "127.0.0.1:9".parse().expect("addr"),
+            };
+            self.send(Event::InstanceUp { id, link }).await;
+            (rx, urgent_rx)
+        }
+
+        /// Waits until `cond` holds (failing once everything is idle
+        /// for a minute of the paused clock without it).
+        async fn wait_for(&mut self, cond: impl Fn(&Status) -> bool) -> Status {
+            let waited =
+                tokio::time::timeout(Duration::from_secs(60), self.status.wait_for(|s| cond(s)))
+                    .await
+                    .map(|r| r.map(|s| s.clone()));
+            match waited {
+                Ok(Ok(s)) => s,
+                Ok(Err(_)) => panic!("the core stopped"),
+                Err(_) => panic!("condition never held: {:?}", *self.status.borrow()),
+            }
+        }
+    }
+
+    fn stanza(xml: &str) -> Stanza {
+        parse_one(xml.as_bytes()).expect("test stanza frames")
+    }
+
+    /// The next thing written to a connection, as text. (With the clock
+    /// paused, the timeout fires as soon as everything is idle.)
+    async fn next(rx: &mut mpsc::Receiver<Out>) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("output within the wait")
+            .expect("connection queue open");
+        match out {
+            Out::Wire(w) => String::from_utf8_lossy(&w.to_bytes()).into_owned(),
+            Out::Close(b) => format!("CLOSE {}", String::from_utf8_lossy(&b)),
+        }
+    }
+
+    fn request(id: &str, from: &str) -> String {
+        format!("<iq type='get' id='{id}' to='{D}' from='{from}'><q xmlns='urn:x'/></iq>")
+    }
+
+    /// Under input that never pauses, requests still time out on time:
+    /// the core must not wait for a quiet moment to look at the clock.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn requests_time_out_under_continuous_input() {
+        let cfg = config("[routing]\niq_timeout = \"1s\"");
+        let h = start(&cfg, 4096);
+        let mut up = h.upstream_up().await;
+        let (mut inst, _) = h.instance_up(1).await;
+        h.server_sends(&request("slow", ALICE)).await;
+        assert!(next(&mut inst).await.contains("id='slow'"));
+        // A flood already queued when the deadline passes: each iq of no
+        // known type gets its bad-request reply, and the core never finds
+        // its queue empty until the flood is through.
+        let flood = 1000;
+        for i in 0..flood {
+            let msg = format!("<iq type='bogus' id='m{i}' to='{D}' from='bob@example.test/x'/>");
+            h.events
+                .try_send(Event::FromUpstream(stanza(&msg)))
+                .expect("room in the queue");
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut position = None;
+        for i in 0..=flood {
+            let out = next(&mut up).await;
+            if out.contains("id='slow'") {
+                assert!(out.contains("<remote-server-timeout "), "{out}");
+                assert!(position.replace(i).is_none(), "answered twice");
+            }
+        }
+        let position = position.expect("the request got its timeout answer");
+        assert!(
+            position <= EVENT_BATCH,
+            "the timeout answer waited for {position} stanzas of input"
+        );
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// While upstream is away, messages and presence are held up to the
+    /// bound and then dropped; answers are held whatever the bound, and
+    /// all of it goes out, in order, when upstream is back.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn held_answers_are_never_dropped_other_output_is_bounded() {
+        let cfg = config(&format!(
+            "[client_proxy]\ntarget_address = \"{T}\"\n[limits]\nupstream_buffer = 2\n\
+             [routing]\nbalancing = \"round-robin\""
+        ));
+        let mut h = start(&cfg, 1024);
+        let mut up = h.upstream_up().await;
+        assert!(next(&mut up).await.contains("type='subscribe'"));
+        h.server_sends(&format!("<presence from='{T}/a' to='{D}'/>"))
+            .await;
+        h.wait_for(|s| s.pool.len() == 1).await;
+        let (_inst, _) = h.instance_up(1).await;
+        // Round-robin: half of them on the resource, whose requests are
+        // answered when upstream goes (client resources are reached
+        // through it), half on the instance, which keeps them.
+        let n = 6;
+        for i in 0..n {
+            h.server_sends(&request(&format!("q{i}"), &format!("u{i}@example.test/r")))
+                .await;
+        }
+        let on_resource = h.wait_for(|s| s.pending == n).await;
+        let resource_requests =
+            on_resource.stats.members[&Member::Resource(format!("{T}/a"))].routed;
+        drop(up);
+        h.send(Event::UpstreamDown).await;
+        for i in 0..4 {
+            h.instance_sends(
+                1,
+                &format!("<message id='m{i}' from='{D}' to='bob@example.test'/>"),
+            )
+            .await;
+        }
+        let st = h
+            .wait_for(|s| !s.upstream_online && s.backlog_dropped == 2)
+            .await;
+        assert_eq!(st.backlog, resource_requests as usize + 2, "{st:?}");
+        let mut up = h.upstream_up().await;
+        assert!(next(&mut up).await.contains("type='subscribe'"));
+        for _ in 0..resource_requests {
+            let out = next(&mut up).await;
+            assert!(out.contains("<recipient-unavailable "), "{out}");
+        }
+        for i in 0..2 {
+            assert!(next(&mut up).await.contains(&format!("id='m{i}'")));
+        }
+        h.instance_sends(
+            1,
+            &format!("<message id='marker' from='{D}' to='bob@example.test'/>"),
+        )
+        .await;
+        assert!(next(&mut up).await.contains("id='marker'"), "nothing else");
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// An instance's request held for upstream and answered by timeout
+    /// meanwhile is not sent when upstream comes back: the instance was
+    /// told it failed.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_held_request_answered_by_timeout_is_withdrawn() {
+        let cfg = config("[routing]\niq_timeout = \"1s\"");
+        let mut h = start(&cfg, 1024);
+        let (mut inst, _) = h.instance_up(1).await;
+        h.instance_sends(
+            1,
+            &format!("<iq type='get' id='held' from='{D}' to='peer@example.test'/>"),
+        )
+        .await;
+        h.wait_for(|s| s.backlog == 1 && s.pending == 1).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let answer = next(&mut inst).await;
+        assert!(
+            answer.contains("id='held'") && answer.contains("<remote-server-timeout "),
+            "{answer}"
+        );
+        let mut up = h.upstream_up().await;
+        h.instance_sends(
+            1,
+            &format!("<message id='marker' from='{D}' to='bob@example.test'/>"),
+        )
+        .await;
+        assert!(
+            next(&mut up).await.contains("id='marker'"),
+            "the request was sent"
+        );
+        let st = h.wait_for(|s| s.backlog == 0).await;
+        assert_eq!((st.requests_withdrawn, st.pending), (1, 0));
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// A held request that has to be held again (the new session failed
+    /// at once) and finds the bound reached gets its answer, as it did
+    /// the first time.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_request_re_held_past_the_bound_is_answered() {
+        let cfg = config(&format!(
+            "[client_proxy]\ntarget_address = \"{T}\"\n[limits]\nupstream_buffer = 1"
+        ));
+        let mut h = start(&cfg, 1024);
+        let (mut inst, _) = h.instance_up(1).await;
+        h.instance_sends(
+            1,
+            &format!("<iq type='get' id='r1' from='{D}' to='peer@example.test'/>"),
+        )
+        .await;
+        h.wait_for(|s| s.backlog == 1).await;
+        // A session that is gone before the flush: the subscription
+        // refresh is held first and takes the one place.
+        let dead = h.upstream_up().await;
+        drop(dead);
+        let answer = next(&mut inst).await;
+        assert!(
+            answer.contains("id='r1'") && answer.contains("<resource-constraint "),
+            "{answer}"
+        );
+        let st = h.wait_for(|s| s.pending == 0).await;
+        assert_eq!((st.backlog, st.backlog_dropped), (1, 1), "{st:?}");
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// A member's reply that reached the core just before shutdown is
+    /// delivered: the requester gets the real answer, once.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn shutdown_delivers_replies_already_queued() {
+        let cfg = config(&format!("[client_proxy]\ntarget_address = \"{T}\""));
+        let mut h = start(&cfg, 1024);
+        let mut up = h.upstream_up().await;
+        assert!(next(&mut up).await.contains("type='subscribe'"));
+        h.server_sends(&format!("<presence from='{T}/a' to='{D}'/>"))
+            .await;
+        h.wait_for(|s| s.pool.len() == 1).await;
+        h.server_sends(&request("q", ALICE)).await;
+        let fwd = next(&mut up).await;
+        assert!(fwd.contains(&format!("to='{T}/a'")), "{fwd}");
+        // Queued, then shutdown before the core gets to run: it sees the
+        // shutdown first (its select prefers it) and the reply in the drain.
+        h.events
+            .try_send(Event::FromUpstream(stanza(&format!(
+                "<iq type='result' id='q' to='{D}/{ALICE}' from='{T}/a'/>"
+            ))))
+            .expect("room");
+        h.shutdown.cancel();
+        let answer = next(&mut up).await;
+        assert_eq!(
+            answer,
+            format!("<iq type='result' id='q' to='{ALICE}' from='{D}'/>")
+        );
+        assert!(next(&mut up).await.starts_with("CLOSE "));
+        h.core.await.expect("core ends");
+        let st = h.status.borrow().clone();
+        assert_eq!(
+            (
+                st.stats.replies_delivered,
+                st.stats.generated(StanzaError::RecipientUnavailable)
+            ),
+            (1, 0)
+        );
+    }
+
+    /// A panic in the core stops the proxy and is reported, so the
+    /// process can exit with a failure.
+    #[tokio::test]
+    async fn a_core_panic_stops_the_proxy_and_is_reported() {
+        let failed = CancellationToken::new();
+        let shutdown = CancellationToken::new();
+        supervise_core(
+            async { panic!("a bug in routing") },
+            failed.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        assert!(failed.is_cancelled() && shutdown.is_cancelled());
+        // A core that ends normally (shutdown) is no failure.
+        let failed = CancellationToken::new();
+        supervise_core(async {}, failed.clone(), CancellationToken::new()).await;
+        assert!(!failed.is_cancelled());
     }
 }

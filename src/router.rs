@@ -952,6 +952,13 @@ impl Router {
             None,
         )));
     }
+
+    /// Whether the request with this key still waits for its answer: a
+    /// request held for upstream and answered meanwhile (timed out) must
+    /// not be sent after all.
+    pub fn is_pending(&self, key: &Key) -> bool {
+        self.pending.contains(key)
+    }
 }
 
 fn up(b: impl Into<Wire>) -> Action {

@@ -88,17 +88,56 @@ enum SessionEnd {
     Shutdown,
     #[error("the configuration changed")]
     Reconfigured,
+    #[error("the session task panicked: {0}")]
+    Panicked(String),
 }
 
 /// Runs the upstream link until `shutdown`. Each connection uses the
 /// configuration current when it starts; a reload that changes the
 /// server or the secret ends the session so the next one uses them.
 pub async fn run(
-    mut config: watch::Receiver<Arc<Config>>,
+    config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    run_sessions(config, events, shutdown, tasks, |s| async move {
+        let SessionArgs {
+            cfg,
+            mut config,
+            events,
+            shutdown,
+            tasks,
+        } = s;
+        session(&cfg, &mut config, &events, &shutdown, &tasks).await
+    })
+    .await
+}
+
+/// What one session runs with, owned: each session is a task of its own.
+struct SessionArgs {
+    cfg: Arc<Config>,
+    config: watch::Receiver<Arc<Config>>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The reconnect loop around `session`. Each session runs in its own
+/// task, so that a panic in it (a framer bug hostile input found) is one
+/// more lost session — the core is told upstream is down, answers what
+/// was pending on client resources and holds output — followed by the
+/// usual backoff and reconnect, instead of the end of the link.
+async fn run_sessions<S, F>(
+    mut config: watch::Receiver<Arc<Config>>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    session: S,
+) where
+    S: Fn(SessionArgs) -> F,
+    F: std::future::Future<Output = (SessionEnd, bool)> + Send + 'static,
+{
     let first = config.borrow_and_update().clone();
     let mut bounds = (first.upstream.reconnect_min, first.upstream.reconnect_max);
     let mut backoff = Backoff::new(bounds.0, bounds.1);
@@ -113,9 +152,26 @@ pub async fn run(
         }
         let span =
             tracing::info_span!("upstream", peer.addr = %cfg.upstream.server, role = "upstream");
-        let (end, was_up) = session(&cfg, &mut config, &events, &shutdown, &tasks)
-            .instrument(span)
-            .await;
+        let args = SessionArgs {
+            cfg: cfg.clone(),
+            config: config.clone(),
+            events: events.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let (end, was_up) = match tasks.spawn(session(args).instrument(span)).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                let why = match e.try_into_panic() {
+                    Ok(panic) => crate::conn::panic_message(&*panic).to_owned(),
+                    Err(_) => "cancelled".to_owned(),
+                };
+                // It may have told the core it was up; the core takes a
+                // second Down as a no-op.
+                let _ = events.send(Event::UpstreamDown).await;
+                (SessionEnd::Panicked(why), false)
+            }
+        };
         if was_up {
             backoff.reset();
         }
@@ -141,6 +197,9 @@ pub async fn run(
             ),
             SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => tracing::warn!(
                 server = %cfg.upstream.server, attempt, "{end}"
+            ),
+            SessionEnd::Panicked(_) => tracing::error!(
+                server = %cfg.upstream.server, "upstream session ended: {end}; reconnecting"
             ),
             _ => tracing::warn!(server = %cfg.upstream.server, "upstream session ended: {end}"),
         }
@@ -221,7 +280,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(cfg.limits.write_queue);
     let keepalive = Some(up.keepalive_interval);
     tasks.spawn(async move {
-        if let Err(e) = conn::write_loop(w, rx, keepalive).await {
+        if let Err(e) = conn::write_loop(w, rx, keepalive, None).await {
             tracing::debug!("upstream writer ended: {e}");
         }
     });
@@ -438,6 +497,47 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    /// A session that panics is a lost session: the core hears that
+    /// upstream is down, and the loop reconnects after the backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_session_is_a_lost_session() {
+        let cfg = crate::config::from_toml_str(
+            "[upstream]\nserver = \"127.0.0.1:1\"\ndomain = \"d.example.test\"\nsecret = \"s\"\n\
+             [instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"i\"\n",
+        )
+        .expect("test config is valid");
+        let (_config_tx, config) = watch::channel(Arc::new(cfg));
+        let (events_tx, mut events) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = attempts.clone();
+        let link = tokio::spawn(run_sessions(
+            config,
+            events_tx,
+            shutdown.clone(),
+            TaskTracker::new(),
+            move |s: SessionArgs| {
+                let attempt = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if attempt == 0 {
+                        panic!("a framer bug");
+                    }
+                    let (tx, _rx) = mpsc::channel(1);
+                    let _ = s.events.send(Event::UpstreamUp(tx)).await;
+                    s.shutdown.cancelled().await;
+                    (SessionEnd::Shutdown, true)
+                }
+            },
+        ));
+        let first = events.recv().await.expect("an event");
+        assert!(matches!(first, Event::UpstreamDown), "{first:?}");
+        let second = events.recv().await.expect("an event");
+        assert!(matches!(second, Event::UpstreamUp(_)), "{second:?}");
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+        shutdown.cancel();
+        link.await.expect("the loop ends at shutdown");
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {

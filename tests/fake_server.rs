@@ -105,6 +105,23 @@ impl Session {
         }
     }
 
+    /// Checks that nothing more is on its way to the server (a late
+    /// duplicate answer, say): a marker request sent now must be the next
+    /// thing the proxy sends, forwarded to a member or refused.
+    async fn expect_nothing_more(&mut self, marker: &str) {
+        self.send(&format!(
+            "<iq type='get' id='{marker}' to='{D}' from='marker@example.test/m'/>"
+        ))
+        .await;
+        let next = self.recv().await;
+        assert_eq!(
+            next.id(),
+            Some(marker),
+            "something else came first: {}",
+            text(&next)
+        );
+    }
+
     /// Consumes the subscribe the proxy sends after each handshake, grants
     /// it as a server does, and consumes the probe that follows.
     async fn expect_subscription(&mut self) {
@@ -277,6 +294,8 @@ async fn server_closing_mid_stanza_loses_no_request() {
         );
         assert!(answered.insert(e.id().map(str::to_owned)), "answered twice");
     }
+    assert!(proxy.wait_for(WAIT, |st| st.pending == 0).await);
+    s.expect_nothing_more("marker").await;
     assert!(proxy.shutdown(WAIT).await);
 }
 
@@ -298,14 +317,18 @@ async fn timeouts_and_a_full_table_answer_once() {
         ))
         .await;
     }
-    let mut answers = std::collections::HashMap::new();
+    // Every answer is kept, so that a second one for an id shows.
+    let mut answers: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut forwarded = 0;
-    while answers.len() < 3 {
+    let mut received = 0;
+    while received < 3 {
         let st = s.recv().await;
         if st.to() == Some("alice@example.test/abc") {
-            *answers
+            received += 1;
+            answers
                 .entry(st.id().unwrap_or_default().to_owned())
-                .or_insert(Vec::new()) = vec![error_condition(&st).unwrap_or_default()];
+                .or_default()
+                .push(error_condition(&st).unwrap_or_default());
         } else {
             forwarded += 1;
         }
@@ -314,18 +337,14 @@ async fn timeouts_and_a_full_table_answer_once() {
     assert_eq!(answers["t0"], ["resource-constraint"]);
     assert_eq!(answers["t1"], ["remote-server-timeout"]);
     assert_eq!(answers["t2"], ["remote-server-timeout"]);
+    assert!(proxy.wait_for(WAIT, |st| st.pending == 0).await);
     // Late replies are dropped: the next thing the server sees is the
-    // answer to a fresh request, nothing for t1.
+    // forwarded marker, no second answer to t1.
     s.send(&format!(
         "<iq type='result' id='t1' to='{D}/alice@example.test/abc' from='{T}/a'/>"
     ))
     .await;
-    s.send(&format!(
-        "<iq type='get' id='fresh' to='{D}' from='bob@example.test/x'/>"
-    ))
-    .await;
-    let next = s.recv().await;
-    assert_eq!(next.id(), Some("fresh"));
+    s.expect_nothing_more("fresh").await;
     assert!(
         proxy
             .wait_for(WAIT, |st| st.stats.replies_unmatched == 1)
@@ -388,6 +407,62 @@ async fn resource_vanishing_under_load_answers_everything_once() {
     }
     assert!(answered.values().all(|&c| c == 1));
     assert!(proxy.wait_for(WAIT, |st| st.pending == 0).await);
+    // Nothing else is on its way: no second answer to any of them.
+    s.expect_nothing_more("marker").await;
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// On upstream loss every request pending on a client resource is
+/// answered while the server is away. Those answers are held however
+/// small `limits.upstream_buffer` is: a request must not lose its one
+/// answer to a buffer bound.
+#[tokio::test]
+async fn answers_held_past_the_upstream_buffer_all_arrive() {
+    let server = FakeServer::bind().await;
+    let (proxy, mut s) = online_with(&server, "[limits]\nupstream_buffer = 4\n", &["a"]).await;
+    let n = 40;
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!(
+            "<iq type='get' id='h{i}' to='{D}' from='user{}@example.test/r'/>",
+            i % 3
+        ));
+    }
+    s.send(&batch).await;
+    for _ in 0..n {
+        assert_eq!(s.recv().await.stanza_type(), Some("get"));
+    }
+    assert!(proxy.wait_for(WAIT, |st| st.pending == n).await);
+    drop(s);
+    assert!(
+        proxy
+            .wait_for(WAIT, |st| !st.upstream_online && st.pending == 0)
+            .await
+    );
+    let held = proxy.status();
+    assert_eq!((held.backlog, held.backlog_dropped), (n, 0), "{held:?}");
+    let mut s = server.accept().await;
+    assert_eq!(s.recv().await.stanza_type(), Some("subscribe"));
+    let mut answered: std::collections::HashMap<String, u32> = Default::default();
+    for _ in 0..n {
+        let e = s.recv().await;
+        assert!(
+            e.to().is_some_and(|t| t.starts_with("user")),
+            "{}",
+            text(&e)
+        );
+        assert_eq!(
+            error_condition(&e).as_deref(),
+            Some("recipient-unavailable")
+        );
+        *answered
+            .entry(e.id().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(answered.len(), n, "{answered:?}");
+    assert!(answered.values().all(|&c| c == 1), "{answered:?}");
+    // Nothing more: the marker, refused as the pool is empty now, is next.
+    s.expect_nothing_more("marker").await;
     assert!(proxy.shutdown(WAIT).await);
 }
 

@@ -691,3 +691,361 @@ async fn instance_sending_from_outside_the_domain_is_closed_alone() {
     );
     assert!(proxy.shutdown(WAIT).await);
 }
+
+/// After a stream error: `</stream:stream>` at most, then the end of
+/// the connection (EOF, or a reset when the peer has unread data).
+async fn expect_stream_end(r: &mut Reader) {
+    let mut ended = false;
+    loop {
+        match r.try_next_frame(WAIT).await {
+            Ok(Some(jatproxy::xml::Frame::End(_))) if !ended => ended = true,
+            Ok(None) => return,
+            Err(e) if !e.starts_with("nothing within") => return,
+            other => panic!("nothing may follow the stream error: {other:?}"),
+        }
+    }
+}
+
+/// Polls `write` until it fails (the peer closed the connection: a write
+/// after that draws a reset), for at most [`WAIT`]; panics if it never
+/// does.
+async fn write_until_refused(w: &mut Writer, what: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut writes = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        if w.try_send(what).await.is_err() {
+            return writes;
+        }
+        writes += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection still takes writes {WAIT:?} after its stream was closed ({writes} writes)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_instance_closed_by_the_proxy_is_disconnected_and_frees_its_slot() {
+    let server = FakeServer::bind().await;
+    let (proxy, _s) = start(&server, "max_connections = 1", "").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let mut bad = FakeInstance::connect(addr, "bad").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    bad.w
+        .send("<message from='evil.example.test' to='alice@example.test/r' id='x'/>")
+        .await;
+    let (cond, _) = bad.r.expect_stream_error().await;
+    assert_eq!(cond, "invalid-from");
+    // A hostile instance keeps talking (whitespace would restart an idle
+    // timer, stanzas would be read and ignored): the proxy no longer
+    // reads, and the connection goes, not half of it.
+    let writes = write_until_refused(&mut bad.w, " <presence/>").await;
+    println!("{writes} writes after the stream error were accepted before the reset");
+    expect_stream_end(&mut bad.r).await;
+    // Its slot is free: with max_connections = 1 another instance gets in.
+    // (The slot is freed as the connection task ends, right around the
+    // reset: a refusal before that is retried, up to WAIT.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut next = loop {
+        match FakeInstance::connect_as(addr, D, fake::INSTANCE_SECRET, "next").await {
+            Ok(i) => break i,
+            Err(HandshakeError::Refused { condition, .. })
+                if condition == "policy-violation" && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("the closed instance's slot was not released: {e:?}"),
+        }
+    };
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    next.w
+        .send(&format!("<presence from='{D}' to='alice@example.test'/>"))
+        .await;
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// An instance that stops reading until its queue is full is told why:
+/// the stream error comes after the stanzas already on their way, once it
+/// reads again (within the close wait), and every request queued for it
+/// got `recipient-unavailable`.
+#[tokio::test]
+async fn an_instance_whose_queue_fills_gets_policy_violation() {
+    let server = FakeServer::bind().await;
+    let (proxy, s) = start(&server, "queue = 4", ROUND_ROBIN).await;
+    let addr = proxy.listen_addr().expect("listener");
+    let mut stuck = FakeInstance::connect_small_rcvbuf(addr, "stuck").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let Session { r, mut w } = s;
+    let mut up = collect_upstream(r);
+    let big = "x".repeat(64 * 1024);
+    let mut ids = HashSet::new();
+    while !proxy.status().pool.is_empty() {
+        assert!(
+            ids.len() < 4000,
+            "still in the pool after {} requests",
+            ids.len()
+        );
+        let id = format!("big{}", ids.len());
+        w.send(&request(&id, "alice@example.test/r", &big)).await;
+        ids.insert(id);
+        let sent = ids.len() as u64;
+        assert!(
+            proxy
+                .wait_for(WAIT, |st| st.pool.is_empty()
+                    || st.stats.requests_routed == sent)
+                .await
+        );
+    }
+    // It reads again: what was written before the close, then the error.
+    let (cond, before) = stuck.r.expect_stream_error().await;
+    assert_eq!(cond, "policy-violation");
+    assert!(before.iter().all(|st| st.is_iq_request()), "{before:?}");
+    expect_stream_end(&mut stuck.r).await;
+    let answers = answers_exactly_once(&mut up, &mut w, &ids).await;
+    assert!(
+        answers.values().all(|o| o == "error:recipient-unavailable"),
+        "{:?}",
+        tally(answers.values())
+    );
+    println!(
+        "{} requests until it was dropped; it had read {} of them",
+        ids.len(),
+        before.len()
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// An instance's request held while upstream is away and answered by
+/// timeout meanwhile is not sent when upstream is back: the instance was
+/// told it failed, so it must not run after all.
+#[tokio::test]
+async fn a_held_request_that_timed_out_is_not_sent_after_reconnecting() {
+    let server = FakeServer::bind().await;
+    let (proxy, s) = start(&server, "", "[routing]\niq_timeout = \"300ms\"\n").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let mut inst = FakeInstance::connect(addr, "a").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    // Upstream goes away. The proxy reconnects at once, but the server
+    // does not answer its stream header yet.
+    drop(s);
+    assert!(proxy.wait_for(WAIT, |st| !st.upstream_online).await);
+    inst.w
+        .send(&format!(
+            "<iq type='get' id='held' from='{D}' to='peer@example.test'><q xmlns='urn:x'/></iq>"
+        ))
+        .await;
+    assert!(proxy.wait_for(WAIT, |st| st.backlog == 1).await);
+    let answer = inst.r.recv().await;
+    assert_eq!(
+        (answer.id(), error_condition(&answer).as_deref()),
+        (Some("held"), Some("remote-server-timeout"))
+    );
+    let mut s = server.accept().await;
+    assert!(proxy.wait_for(WAIT, |st| st.upstream_online).await);
+    inst.w
+        .send(&format!(
+            "<message from='{D}' to='bob@example.test' id='marker'/>"
+        ))
+        .await;
+    let first = s.r.recv().await;
+    assert_eq!(
+        first.id(),
+        Some("marker"),
+        "sent after all: {}",
+        text(&first)
+    );
+    let st = proxy.status();
+    assert_eq!((st.requests_withdrawn, st.backlog, st.pending), (1, 0, 0));
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// One instance writing without pause (messages for upstream, and
+/// results that match nothing) does not stall the others: requests to
+/// another instance keep being answered, every one exactly once, while
+/// the flood goes on.
+#[tokio::test]
+async fn a_flooding_instance_does_not_stall_the_others() {
+    let server = FakeServer::bind().await;
+    let (proxy, s) = start(&server, "", "[routing]\nbalancing = \"sticky\"\n").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let _calm = run_instance(
+        FakeInstance::connect(addr, "calm").await,
+        "calm",
+        ANSWER_ALL,
+        seen_tx,
+    );
+    let FakeInstance {
+        r: mut flood_r,
+        w: mut flood_w,
+    } = FakeInstance::connect(addr, "flood").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 2).await);
+    // The flooder answers what it is asked (until it starts flooding:
+    // after that it is asked nothing), then writes without pause.
+    let (asked_tx, mut asked) = mpsc::unbounded_channel::<Stanza>();
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = flood_r.try_next_frame(Duration::from_secs(3600)).await {
+            if let jatproxy::xml::Frame::Stanza(st) = f {
+                if st.is_iq_request() && asked_tx.send(st).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let go = tokio_util::sync::CancellationToken::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (going, flooding) = (go.clone(), stop.clone());
+    let flooder = tokio::spawn(async move {
+        loop {
+            let st = tokio::select! {
+                st = asked.recv() => st,
+                _ = going.cancelled() => break,
+            };
+            let Some(st) = st else { return 0 };
+            let reply = format!(
+                "<iq type='result' id='{}' from='{D}' to='{}'><echo xmlns='{NS_ECHO}' from-instance='flood'/></iq>",
+                st.id().unwrap_or_default(),
+                st.from().unwrap_or_default()
+            );
+            if flood_w.try_send(&reply).await.is_err() {
+                return 0;
+            }
+        }
+        let mut n = 0u64;
+        let mut batch = String::new();
+        while !flooding.is_cancelled() {
+            batch.clear();
+            for _ in 0..50 {
+                n += 1;
+                batch.push_str(&format!(
+                    "<message from='{D}' to='sink@example.test' id='f{n}'><body>flood</body></message>\
+                     <iq type='result' id='junk{n}' from='{D}' to='nobody@example.test/x'/>"
+                ));
+            }
+            if flood_w.try_send(&batch).await.is_err() {
+                break;
+            }
+        }
+        n
+    });
+    // Upstream: the flood's messages are counted and dropped here; the
+    // rest goes to the test.
+    let Session { r: mut up_r, mut w } = s;
+    let flood_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = flood_seen.clone();
+    let (up_tx, mut up) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(f)) = up_r.try_next_frame(Duration::from_secs(3600)).await {
+            if let jatproxy::xml::Frame::Stanza(st) = f {
+                if st.name == "message" {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else if up_tx.send(st).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Which requesters stick to the calm instance.
+    let mut calm_requesters = Vec::new();
+    for i in 0..24 {
+        let requester = format!("user{i}@example.test/r");
+        w.send(&request(&format!("probe{i}"), &requester, "x"))
+            .await;
+        let st = next_up(&mut up).await;
+        assert_eq!(st.id(), Some(format!("probe{i}").as_str()));
+        if outcome(&st) == "result:calm" {
+            calm_requesters.push(requester);
+        }
+    }
+    assert!(
+        calm_requesters.len() >= 2,
+        "sticky hashing put {} of 24 requesters on calm",
+        calm_requesters.len()
+    );
+    go.cancel();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while flood_seen.load(std::sync::atomic::Ordering::Relaxed) < 1000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // 200 requests to the calm instance, 10 in flight at a time, all
+    // within one generous bound.
+    let started = tokio::time::Instant::now();
+    let n = 200;
+    let ids: HashSet<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut answers: HashMap<String, String> = HashMap::new();
+    let mut sent = 0;
+    while answers.len() < n {
+        while sent < n && sent - answers.len() < 10 {
+            let requester = &calm_requesters[sent % calm_requesters.len()];
+            w.send(&request(&format!("c{sent}"), requester, "x")).await;
+            sent += 1;
+        }
+        let st = tokio::time::timeout_at(started + 2 * WAIT, up.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "stalled: {} of {n} answered in {:?}; {:?}",
+                    answers.len(),
+                    2 * WAIT,
+                    proxy.status().stats
+                )
+            })
+            .expect("upstream reader ended");
+        let id = st.id().unwrap_or_default().to_owned();
+        assert!(ids.contains(&id), "unexpected upstream: {}", text(&st));
+        if let Some(first) = answers.insert(id.clone(), outcome(&st)) {
+            panic!("{id} answered twice: {first} then {}", text(&st));
+        }
+    }
+    let took = started.elapsed();
+    let during = flood_seen.load(std::sync::atomic::Ordering::Relaxed);
+    stop.cancel();
+    let flooded = flooder.await.expect("flooder");
+    let per = tally(answers.values());
+    println!(
+        "{n} requests answered in {took:?} while the flood went on \
+         ({during} flood messages relayed, {flooded} written): {per:?}"
+    );
+    assert_eq!(per.get("result:calm").copied(), Some(n), "{per:?}");
+    assert!(
+        proxy.status().stats.replies_unmatched > 0,
+        "junk results were read"
+    );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// Shutdown does not wait for connections still in the handshake (up to
+/// `limits.header_timeout`, 10 s by default): they have nothing to drain.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_instances_in_the_handshake() {
+    let server = FakeServer::bind().await;
+    let (proxy, _s) = start(&server, "", "").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = sock.into_split();
+    let mut frames = tokio_util::codec::FramedRead::new(
+        r,
+        jatproxy::xml::Framer::new(jatproxy::xml::FramerLimits::default()),
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut w, &jatproxy::handshake::client_header(D))
+        .await
+        .expect("write header");
+    // The proxy's header: its connection task now waits for <handshake>.
+    let header = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut frames)).await;
+    assert!(
+        matches!(header, Ok(Some(Ok(jatproxy::xml::Frame::Header(_))))),
+        "{header:?}"
+    );
+    let started = tokio::time::Instant::now();
+    assert!(
+        proxy.shutdown(Duration::from_secs(3)).await,
+        "shutdown waited for the handshake"
+    );
+    println!("shut down in {:?}", started.elapsed());
+}
