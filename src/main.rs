@@ -114,8 +114,22 @@ async fn run(cli: Cli, cfg: config::Config, log: LogHandle) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    while let Signal::Reload = signals.next().await {
-        reload_config(&cli, &proxy, &log).await;
+    loop {
+        // A core that died (a bug, logged where it happened) routes
+        // nothing any more: exit with a failure so that the service
+        // manager restarts jatproxy, rather than linger accepting
+        // connections it cannot serve.
+        let signal = tokio::select! {
+            s = signals.next() => s,
+            () = proxy.failed() => {
+                tracing::error!("the core task failed: exiting so that jatproxy is restarted");
+                return ExitCode::FAILURE;
+            }
+        };
+        match signal {
+            Signal::Reload => reload_config(&cli, &proxy, &log).await,
+            Signal::Stop => break,
+        }
     }
     let grace = proxy.config().service.shutdown_grace;
     tracing::info!(grace = ?grace, "shutting down: answering pending requests and closing streams");
