@@ -29,24 +29,17 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jatproxy::config;
 use jatproxy::proxy::Proxy;
-use jatproxy::xml::{Frame, Framer, FramerLimits, Stanza};
 use support::echo::EchoComponent;
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::relay::{Relay, Seen};
 use support::xmpp::{self, Element, TestClient};
 use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
 
 const T: &str = "impl@example.test";
 const BOB: &str = "bob@example.test";
@@ -65,173 +58,6 @@ const N_TIMEOUT: usize = 3 * WINDOW;
 /// A requester gives up waiting for more answers after this long
 /// without one (longer than `IQ_TIMEOUT`, so timeouts arrive first).
 const IDLE: Duration = Duration::from_secs(6);
-
-// ---------------------------------------------------------------------------
-// The relay between jatproxy and Prosody
-// ---------------------------------------------------------------------------
-
-/// What crossed the relay, by request id.
-#[derive(Default)]
-struct Seen {
-    /// Requests from a requester that the relay handed to jatproxy.
-    accepted: HashMap<String, usize>,
-    /// Answers to a requester that jatproxy sent (delivered or not): the
-    /// `to` of each, in order.
-    answered: HashMap<String, Vec<String>>,
-    /// Of those, answers the relay could not deliver (link cut).
-    undelivered: HashMap<String, usize>,
-}
-
-/// A TCP relay from jatproxy to Prosody's component port. `cut` ends the
-/// current connection as a broken link does: what Prosody sent that is
-/// not yet through is gone, jatproxy sees its connection end without a
-/// stream close, and what jatproxy still writes is read and discarded.
-struct Relay {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
-    cut: watch::Sender<CancellationToken>,
-    task: JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let (cut, cut_rx) = watch::channel(CancellationToken::new());
-        let s = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((proxy_side, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server_side) = TcpStream::connect(upstream).await else {
-                    // Prosody is down: jatproxy sees the connection close
-                    // and retries.
-                    continue;
-                };
-                let token = cut_rx.borrow().clone();
-                tokio::spawn(relay_session(proxy_side, server_side, token, s.clone()));
-            }
-        });
-        Relay {
-            addr,
-            seen,
-            cut,
-            task,
-        }
-    }
-
-    /// Cuts the current connection; the next one jatproxy opens is relayed.
-    fn cut(&self) {
-        let old = self.cut.send_replace(CancellationToken::new());
-        old.cancel();
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.cut.borrow().cancel();
-    }
-}
-
-/// The requester-facing id of a stanza crossing the relay: requests from
-/// a requester to the domain (Prosody → jatproxy) and answers to a
-/// requester (jatproxy → Prosody). Requests jatproxy forwards to client
-/// resources carry the same id, so the direction and addresses decide.
-fn requester_id(st: &Stanza, to_proxy: bool) -> Option<String> {
-    let is_requester =
-        |a: Option<&str>| a.is_some_and(|a| a.starts_with(ALICE) || a.starts_with(BOB));
-    let id = st.id()?.to_owned();
-    if to_proxy && st.is_iq_request() && is_requester(st.from()) {
-        return Some(id);
-    }
-    if !to_proxy && st.is_iq_response() && is_requester(st.to()) {
-        return Some(id);
-    }
-    None
-}
-
-async fn relay_session(
-    proxy_side: TcpStream,
-    server_side: TcpStream,
-    cut: CancellationToken,
-    seen: Arc<Mutex<Seen>>,
-) {
-    let (pr, mut pw) = proxy_side.into_split();
-    let (sr, mut sw) = server_side.into_split();
-    let limits = FramerLimits {
-        max_stanza_bytes: 4 << 20,
-        ..FramerLimits::default()
-    };
-    // Prosody → jatproxy, stanza by stanza: a request counts as accepted
-    // once its bytes are written to jatproxy's socket.
-    let down = {
-        let seen = seen.clone();
-        let cut = cut.clone();
-        async move {
-            let mut frames = FramedRead::new(sr, Framer::new(limits));
-            loop {
-                let f = tokio::select! {
-                    f = frames.next() => f,
-                    _ = cut.cancelled() => None,
-                };
-                let Some(Ok(f)) = f else { break };
-                let id = match &f {
-                    Frame::Stanza(st) => requester_id(st, true),
-                    _ => None,
-                };
-                if pw.write_all(f.bytes()).await.is_err() {
-                    break;
-                }
-                if let Some(id) = id {
-                    *seen.lock().expect("lock").accepted.entry(id).or_default() += 1;
-                }
-            }
-            // Whatever Prosody still sends is dropped with its socket;
-            // jatproxy reads all it was given, then the end.
-            let _ = pw.shutdown().await;
-        }
-    };
-    // jatproxy → Prosody: every answer jatproxy writes is counted; after a
-    // cut (or once Prosody is gone) they are read and discarded.
-    let up = {
-        let seen = seen.clone();
-        async move {
-            let mut frames = FramedRead::new(pr, Framer::new(limits));
-            let mut open = true;
-            while let Some(Ok(f)) = frames.next().await {
-                let id = match &f {
-                    Frame::Stanza(st) => requester_id(st, false),
-                    _ => None,
-                };
-                if let (Some(id), Frame::Stanza(st)) = (&id, &f) {
-                    seen.lock()
-                        .expect("lock")
-                        .answered
-                        .entry(id.clone())
-                        .or_default()
-                        .push(st.to().unwrap_or_default().to_owned());
-                }
-                if open && !cut.is_cancelled() && sw.write_all(f.bytes()).await.is_ok() {
-                    continue;
-                }
-                open = false;
-                let _ = sw.shutdown().await;
-                if let Some(id) = id {
-                    *seen
-                        .lock()
-                        .expect("lock")
-                        .undelivered
-                        .entry(id)
-                        .or_default() += 1;
-                }
-            }
-        }
-    };
-    tokio::join!(down, up);
-}
 
 // ---------------------------------------------------------------------------
 // Members and requesters
@@ -592,7 +418,7 @@ impl World {
         )
         .await
         .expect("prosody starts (is it installed? run scripts/setup.sh)");
-        let relay = Relay::start(p.component_addr()).await;
+        let relay = Relay::start(p.component_addr(), &[ALICE, BOB]).await;
         let toml = format!(
             r#"
 [upstream]
@@ -666,7 +492,7 @@ pending_capacity = {PENDING_CAPACITY}
     }
 
     fn seen_snapshot(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.relay.seen.lock().expect("lock")
+        self.relay.seen()
     }
 }
 

@@ -1,11 +1,13 @@
-//! Shared test support: private Prosody and ejabberd servers, XMPP client helpers, and
-//! real component instances (slixmpp) as child processes.
+//! Shared test support: private Prosody and ejabberd servers, XMPP client helpers,
+//! real component instances (slixmpp) as child processes, and a recording relay
+//! between jatproxy and a server's component port.
 #![allow(dead_code)]
 
 pub mod echo;
 pub mod ejabberd;
 pub mod flows;
 pub mod prosody;
+pub mod relay;
 pub mod xmpp;
 
 use std::time::Duration;
