@@ -313,7 +313,7 @@ async fn session(
         drop(closer);
         let wait = cfg.service.shutdown_grace / 2;
         read_stragglers(&mut frames, wait, &mut stragglers).await;
-        answer_stragglers(cfg, &stragglers).await;
+        answer_stragglers(cfg, stragglers).await;
         return (end, true);
     }
     match &end {
@@ -420,76 +420,177 @@ async fn read_stragglers(frames: &mut Frames, wait: Duration, stragglers: &mut V
 }
 
 /// Requests that reached us after our stream was closed still get their
-/// one answer (`recipient-unavailable`, type `wait`), over a short second
-/// session: servers that accept several connections per component
+/// one answer (`recipient-unavailable`, type `wait`), over short extra
+/// sessions: servers that accept several connections per component
 /// (ejabberd) routed them to us while our `</stream:stream>` was on its
 /// way, and do not bounce them themselves.
-async fn answer_stragglers(cfg: &Config, stragglers: &[Stanza]) {
-    let replies: Vec<bytes::Bytes> = stragglers
-        .iter()
-        .filter_map(|st| {
-            let from = st.from()?;
-            let to = st.to().unwrap_or(&cfg.upstream.domain);
-            Some(stanza::error_reply(
-                &st.name,
-                st.id(),
-                to,
-                from,
-                StanzaError::RecipientUnavailable,
-                Some("the component is shutting down"),
-            ))
-        })
-        .collect();
-    if replies.is_empty() {
-        return;
-    }
-    let up = &cfg.upstream;
-    let result = tokio::time::timeout(cfg.service.shutdown_grace / 2, async {
-        let stream = TcpStream::connect(&up.server).await?;
-        let (r, mut w) = stream.into_split();
-        let limits = FramerLimits {
-            max_stanza_bytes: cfg.limits.max_stanza_bytes,
-            max_depth: cfg.limits.max_depth,
-        };
-        let mut frames = FramedRead::new(r, Framer::new(limits));
-        handshake::connect(
-            &mut frames,
-            &mut w,
-            &up.domain,
-            &up.secret,
-            up.handshake_timeout,
-        )
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        for reply in &replies {
-            w.write_all(reply).await?;
+///
+/// An extra session is registered for the domain too, so the server
+/// routes new requests to it as well. Each one therefore answers at once
+/// every request it reads while open, stays open until no request has
+/// come for [`STRAGGLER_QUIET`] (at most [`STRAGGLER_LINGER`]), and then
+/// ends its stream; what still arrives after that end is answered by the
+/// next round, after a pause that doubles each time (while no session is
+/// registered, the server sends new traffic elsewhere). All of it
+/// within half the grace period: what is left when that runs out is
+/// logged as lost.
+async fn answer_stragglers(cfg: &Config, stragglers: Vec<Stanza>) {
+    let budget = cfg.service.shutdown_grace / 2;
+    let deadline = tokio::time::Instant::now() + budget;
+    // Sessions stop drawing new requests a little before the deadline, so
+    // that the last one can still end its stream and hand on what it got.
+    let open_until = deadline - budget / 4;
+    let mut waiting = stragglers;
+    let mut answered = 0;
+    let mut rounds = 0;
+    let mut gap = STRAGGLER_GAP;
+    while waiting.iter().any(|st| straggler_reply(cfg, st).is_some()) {
+        if rounds > 0 {
+            // Not registered in between: the server sends all new traffic
+            // to the other connections, and the next session draws less.
+            tokio::time::sleep(
+                gap.min(open_until.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
+            gap *= 2;
         }
-        w.write_all(handshake::STREAM_END).await?;
-        w.flush().await?;
-        // Wait for the server's end so that it has read everything.
-        while let Some(Ok(f)) = frames.next().await {
-            if matches!(f, Frame::End(_)) {
-                break;
+        let outcome =
+            tokio::time::timeout_at(deadline, straggler_round(cfg, &waiting, open_until)).await;
+        let lost = waiting.len();
+        match outcome {
+            Ok(Ok(round)) => {
+                rounds += 1;
+                answered += round.answered;
+                waiting = round.after_end;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    lost,
+                    "could not answer requests that arrived after our stream closed: {e}"
+                );
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    lost,
+                    "timed out answering requests that arrived after our stream closed"
+                );
+                return;
             }
         }
-        Ok::<(), std::io::Error>(())
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => tracing::info!(
-            answered = replies.len(),
-            ids = ?stragglers.iter().filter_map(|s| s.id()).collect::<Vec<_>>(),
-            "answered requests that arrived after our stream closed"
-        ),
-        Ok(Err(e)) => tracing::warn!(
-            lost = replies.len(),
-            "could not answer requests that arrived after our stream closed: {e}"
-        ),
-        Err(_) => tracing::warn!(
-            lost = replies.len(),
-            "timed out answering requests that arrived after our stream closed"
-        ),
     }
+    if rounds > 0 {
+        tracing::info!(
+            answered,
+            sessions = rounds,
+            "answered requests that arrived after our stream closed"
+        );
+    }
+}
+
+/// How long an extra session at shutdown stays open without a request
+/// before it ends its stream…
+const STRAGGLER_QUIET: Duration = Duration::from_millis(5);
+/// …and at most, quiet or not. While a session is registered the server
+/// routes part of the new traffic to it, which can only be answered with
+/// an error: a short session disturbs fewer requests, and what arrives
+/// during its end is answered by the next (short) one.
+const STRAGGLER_LINGER: Duration = Duration::from_millis(25);
+/// The pause before the next extra session, doubling each time.
+const STRAGGLER_GAP: Duration = Duration::from_millis(20);
+
+/// What one extra session did: how many requests it answered, and the
+/// requests that reached it after its own stream end.
+struct StragglerRound {
+    answered: usize,
+    after_end: Vec<Stanza>,
+}
+
+/// The error answer to a request that arrived after our stream closed;
+/// None for anything that is no request (or has no one to answer).
+fn straggler_reply(cfg: &Config, st: &Stanza) -> Option<bytes::Bytes> {
+    if !(st.kind == Kind::Iq && st.is_iq_request()) {
+        return None;
+    }
+    let from = st.from()?;
+    let to = st.to().unwrap_or(&cfg.upstream.domain);
+    Some(stanza::error_reply(
+        &st.name,
+        st.id(),
+        to,
+        from,
+        StanzaError::RecipientUnavailable,
+        Some("the component is shutting down"),
+    ))
+}
+
+async fn straggler_round(
+    cfg: &Config,
+    waiting: &[Stanza],
+    open_until: tokio::time::Instant,
+) -> std::io::Result<StragglerRound> {
+    let up = &cfg.upstream;
+    let stream = TcpStream::connect(&up.server).await?;
+    let (r, mut w) = stream.into_split();
+    let limits = FramerLimits {
+        max_stanza_bytes: cfg.limits.max_stanza_bytes,
+        max_depth: cfg.limits.max_depth,
+    };
+    let mut frames = FramedRead::new(r, Framer::with_tokenizer(limits, cfg.limits.tokenizer));
+    handshake::connect(
+        &mut frames,
+        &mut w,
+        &up.domain,
+        &up.secret,
+        up.handshake_timeout,
+    )
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut answered = 0;
+    for reply in waiting.iter().filter_map(|st| straggler_reply(cfg, st)) {
+        w.write_all(&reply).await?;
+        answered += 1;
+    }
+    w.flush().await?;
+    // Open: answer what this session draws, until it goes quiet.
+    let mut server_closed = false;
+    let linger_until = (tokio::time::Instant::now() + STRAGGLER_LINGER).min(open_until);
+    loop {
+        let quiet = (tokio::time::Instant::now() + STRAGGLER_QUIET).min(linger_until);
+        match tokio::time::timeout_at(quiet, frames.next()).await {
+            Ok(Some(Ok(Frame::Stanza(st)))) => {
+                if let Some(reply) = straggler_reply(cfg, &st) {
+                    w.write_all(&reply).await?;
+                    w.flush().await?;
+                    answered += 1;
+                }
+            }
+            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
+            Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => {
+                server_closed = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    w.write_all(handshake::STREAM_END).await?;
+    w.flush().await?;
+    // Closing: what the server sends until it has read our end is for
+    // the next round.
+    let mut after_end = Vec::new();
+    if !server_closed {
+        while let Some(Ok(f)) = frames.next().await {
+            match f {
+                Frame::Stanza(st) if straggler_reply(cfg, &st).is_some() => after_end.push(st),
+                Frame::End(_) => break,
+                _ => {}
+            }
+        }
+    }
+    Ok(StragglerRound {
+        answered,
+        after_end,
+    })
 }
 
 #[cfg(test)]
