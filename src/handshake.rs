@@ -403,7 +403,7 @@ where
         Frame::Stanza(s) if is_stream_error(&s) => Err(refused(domain, &s)),
         Frame::Stanza(s) => Err(HandshakeError::Unexpected {
             stage: *stage,
-            element: s.name,
+            element: s.name.into_owned(),
         }),
         Frame::Header(_) => Err(HandshakeError::Unexpected {
             stage: *stage,

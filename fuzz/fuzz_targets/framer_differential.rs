@@ -38,7 +38,7 @@ fuzz_target!(|payload: &[u8]| {
         };
         assert_eq!(
             (parsed.ns.as_str(), parsed.name.as_str()),
-            (s.ns.as_str(), s.name.as_str()),
+            (s.ns.as_ref(), s.name.as_ref()),
             "name of {:?}",
             s.bytes
         );

@@ -28,7 +28,10 @@ use std::collections::HashSet;
 use bytes::BytesMut;
 use memchr::{memchr, memchr2, memchr3};
 
-use super::frame::{Attr, Frame, Kind, Stanza, StreamHeader, NS_COMPONENT, NS_STREAMS};
+use super::frame::{
+    element_name, namespace, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
+    NS_COMPONENT, NS_STREAMS,
+};
 use super::framer::{complete_utf8_prefix, FrameError, FramerLimits};
 
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
@@ -160,13 +163,13 @@ struct Head {
 /// Facts of the top-level element being read.
 #[derive(Debug, Default)]
 struct Top {
-    stanza_type: Option<String>,
+    stanza_type: Option<Text>,
     id: Option<String>,
     to: Option<Attr>,
     from: Option<Attr>,
     kind: Option<Kind>,
-    name: String,
-    ns: String,
+    name: Text,
+    ns: Text,
     insert_at: usize,
     version: Option<String>,
     lang: Option<String>,
@@ -1217,6 +1220,18 @@ impl FastFramer {
             self.head.attrs.push(name);
             return Ok(());
         }
+        if prefix.is_none() && local == b"type" {
+            // Nearly always one of the defined values, spelt without
+            // references: no decoding, no allocation.
+            let known = std::str::from_utf8(&data[vs..ve])
+                .ok()
+                .and_then(stanza_type);
+            if let Some(t) = known {
+                self.top.stanza_type.get_or_insert(t);
+                self.head.attrs.push(name);
+                return Ok(());
+            }
+        }
         let value = self.decode(data, vs, ve)?;
         if is_decl {
             let bad = if prefix.is_some() {
@@ -1252,7 +1267,9 @@ impl FastFramer {
                 }
             }
             (None, b"type") => {
-                self.top.stanza_type.get_or_insert(value);
+                self.top
+                    .stanza_type
+                    .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::Owned(value)));
             }
             (None, b"id") => {
                 self.top.id.get_or_insert(value);
@@ -1294,8 +1311,8 @@ impl FastFramer {
         // Below the stanza the namespace is only checked, not kept.
         let resolved = self.scope.resolve(name.prefix(data));
         let elem_ns = match resolved {
-            Ok(ns) if self.depth <= 2 => ns.to_owned(),
-            Ok(_) => String::new(),
+            Ok(ns) if self.depth <= 2 => namespace(ns),
+            Ok(_) => Text::Borrowed(""),
             Err(e) => return Err(self.err_at(gt, e)),
         };
         self.check_attrs(data).map_err(|e| self.err_at(gt, e))?;
@@ -1306,9 +1323,9 @@ impl FastFramer {
         self.state = State::Content;
         self.pos = end;
         let local = if self.depth <= 2 {
-            String::from_utf8_lossy(name.local(data)).into_owned()
+            element_name(&String::from_utf8_lossy(name.local(data)))
         } else {
-            String::new()
+            Text::Borrowed("")
         };
         match self.depth {
             1 => {
@@ -1331,7 +1348,7 @@ impl FastFramer {
             2 => {
                 self.top.insert_at = name.end.max(self.head_insert_at(data, gt, empty));
                 self.top.kind = Some(if elem_ns == NS_COMPONENT {
-                    match local.as_str() {
+                    match local.as_ref() {
                         "iq" => Kind::Iq,
                         "message" => Kind::Message,
                         "presence" => Kind::Presence,

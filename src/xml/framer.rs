@@ -27,7 +27,10 @@ use bytes::BytesMut;
 use rxml::error::EndOrError;
 use rxml::{NcName, Options, Parse, RawEvent, RawParser, WithOptions};
 
-use super::frame::{Attr, Frame, Kind, Stanza, StreamHeader, NS_COMPONENT, NS_STREAMS};
+use super::frame::{
+    element_name, namespace, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
+    NS_COMPONENT, NS_STREAMS,
+};
 
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
@@ -121,13 +124,13 @@ struct Head {
 /// Facts of the top-level element being read.
 #[derive(Debug, Default)]
 struct Top {
-    stanza_type: Option<String>,
+    stanza_type: Option<Text>,
     id: Option<String>,
     to: Option<Attr>,
     from: Option<Attr>,
     kind: Option<Kind>,
-    name: String,
-    ns: String,
+    name: Text,
+    ns: Text,
     insert_at: usize,
     // header-only facts
     version: Option<String>,
@@ -433,7 +436,9 @@ impl RxmlFramer {
                     }
                 }
                 (None, "type") => {
-                    self.top.stanza_type.get_or_insert(value);
+                    self.top
+                        .stanza_type
+                        .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::Owned(value)));
                 }
                 (None, "id") => {
                     self.top.id.get_or_insert(value);
@@ -471,11 +476,9 @@ impl RxmlFramer {
         let decls = std::mem::take(&mut self.head.decls);
         check_unique_decls(&decls)?;
         self.ns.extend(decls);
-        let elem_ns = self
-            .resolve(self.head.prefix.as_ref().map(|p| p.as_str()))?
-            .to_owned();
+        let elem_ns = namespace(self.resolve(self.head.prefix.as_ref().map(|p| p.as_str()))?);
         self.check_attrs()?;
-        let local = self.head.local.take().map(String::from).unwrap_or_default();
+        let local = element_name(self.head.local.take().as_deref().map_or("", |l| l.as_str()));
         match self.depth {
             1 => {
                 if local != "stream" || elem_ns != NS_STREAMS {
@@ -503,7 +506,7 @@ impl RxmlFramer {
             2 => {
                 self.top.insert_at = self.rel(ev_start);
                 self.top.kind = Some(if elem_ns == NS_COMPONENT {
-                    match local.as_str() {
+                    match local.as_ref() {
                         "iq" => Kind::Iq,
                         "message" => Kind::Message,
                         "presence" => Kind::Presence,

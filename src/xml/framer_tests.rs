@@ -202,7 +202,7 @@ fn facts_and_spans() {
     assert_eq!(m.to(), Some("proxy.example.test"));
 
     // Prefixed stanza in the component namespace is an iq; jabber:client is not.
-    assert_eq!((st[3].kind, st[3].name.as_str()), (Kind::Iq, "iq"));
+    assert_eq!((st[3].kind, st[3].name.as_ref()), (Kind::Iq, "iq"));
     assert_eq!(st[4].kind, Kind::Other);
     assert_eq!(st[4].ns, "jabber:client");
 
@@ -211,7 +211,7 @@ fn facts_and_spans() {
     assert_eq!(st[8].stanza_type(), Some("unavailable"));
     assert_eq!(st[9].name, "handshake");
     assert_eq!(
-        (st[10].name.as_str(), st[10].ns.as_str()),
+        (st[10].name.as_ref(), st[10].ns.as_ref()),
         ("error", NS_STREAMS)
     );
 }
