@@ -160,7 +160,14 @@ fn measure(s: &Settings, bodies: &Bodies, prosody: &Prosody) -> Result<Vec<Proso
         drain: Duration::from_secs(20),
     };
     let mut rows = Vec::new();
-    let proxy = setup::start_jatproxy(prosody.component_addr(), &Role::Clients, 2, "")?;
+    // jatproxy's worker threads here (E2E_PROSODY_THREADS, default 2):
+    // at the rates Prosody allows, each stanza wakes a task, and the
+    // thread count decides how many of those wakes cross threads.
+    let threads = std::env::var("E2E_PROSODY_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let proxy = setup::start_jatproxy(prosody.component_addr(), &Role::Clients, threads, "")?;
     wait_ready(&mut requesters[0], &mut responders)?;
     for (tag, via_proxy) in [(900u32, false), (901, true)] {
         let plan = Plan {
