@@ -27,7 +27,9 @@
 //! requests nobody answers and reports jatproxy's peak RSS against N (see
 //! `fill.rs`).
 //! Environment: `E2E_SECONDS` (per run, default 1.5), `E2E_FILTER`
-//! (run only rows whose label contains it), `E2E_NO_PROSODY=1`.
+//! (run only rows whose label contains it), `E2E_NO_PROSODY=1`,
+//! `E2E_TOKENIZER` (`rxml` or `fast`: jatproxy's `--tokenizer`),
+//! `E2E_PROSODY_THREADS` (jatproxy's threads beside Prosody, default 2).
 
 #[path = "../../tests/support/prosody.rs"]
 mod prosody;

@@ -226,9 +226,15 @@ pub fn start_jatproxy(
     let cfg = dir.path().join("jatproxy.toml");
     std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.path().join("jatproxy.log")).map_err(|e| e.to_string())?;
+    // E2E_TOKENIZER=rxml runs the same benchmark on the reference
+    // tokenizer (the default is jatproxy's own default, fast).
+    let tokenizer: Vec<String> = std::env::var("E2E_TOKENIZER")
+        .map(|t| vec!["--tokenizer".to_owned(), t])
+        .unwrap_or_default();
     let child = Command::new(jatproxy_bin())
         .arg("--config")
         .arg(&cfg)
+        .args(&tokenizer)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
