@@ -34,10 +34,7 @@ pub fn element_name(local: &str) -> Text {
         "stream",
         "features",
     ];
-    match KNOWN.iter().find(|k| **k == local) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(local.to_owned()),
-    }
+    text(local, &KNOWN)
 }
 
 /// `ns` as a [`Text`], borrowed for the namespaces streams are made of.
@@ -49,10 +46,7 @@ pub fn namespace(ns: &str) -> Text {
         "jabber:server",
         "",
     ];
-    match KNOWN.iter().find(|k| **k == ns) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(ns.to_owned()),
-    }
+    text(ns, &KNOWN)
 }
 
 /// A `type` attribute's value as a [`Text`], borrowed for the values
@@ -75,10 +69,17 @@ pub fn stanza_type(value: &str) -> Option<Text> {
         "probe",
         "available",
     ];
-    KNOWN
-        .iter()
-        .find(|k| **k == value)
-        .map(|k| Cow::Borrowed(*k))
+    known(value, &KNOWN).map(Cow::Borrowed)
+}
+
+/// The static copy of `value` in `list`, if it is there.
+fn known(value: &str, list: &[&'static str]) -> Option<&'static str> {
+    list.iter().find(|k| **k == value).copied()
+}
+
+/// `value` borrowed from `list` when it is there, owned otherwise.
+fn text(value: &str, list: &[&'static str]) -> Text {
+    known(value, list).map_or_else(|| Cow::Owned(value.to_owned()), Cow::Borrowed)
 }
 
 /// One unit of a component stream, in arrival order.
