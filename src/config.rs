@@ -64,6 +64,10 @@ pub mod defaults {
     pub const INSTANCE_QUEUE: usize = 1024;
     pub const MAX_STANZA_BYTES: usize = 524_288;
     pub const MAX_DEPTH: usize = 64;
+    pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
+    pub const UPSTREAM_MAX_STANZA_BYTES: usize = 2 * 1024 * 1024;
+    pub const UPSTREAM_MAX_DEPTH: usize = 65_536;
+    pub const UPSTREAM_MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
@@ -188,8 +192,17 @@ impl Default for InstancesConfig {
 /// Protections against peers that are slow, hostile or broken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitsConfig {
+    /// Instance links: a stanza over a limit closes that instance's stream
+    /// (XEP-0114 practice).
     pub max_stanza_bytes: usize,
     pub max_depth: usize,
+    pub max_token_bytes: usize,
+    /// The upstream link: a stanza over a limit is skipped and answered,
+    /// and the session goes on (every stanza there was written by some
+    /// user; one of them must not cut the link for everybody).
+    pub upstream_max_stanza_bytes: usize,
+    pub upstream_max_depth: usize,
+    pub upstream_max_token_bytes: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_queue: usize,
@@ -198,11 +211,37 @@ pub struct LimitsConfig {
     pub tokenizer: crate::xml::Tokenizer,
 }
 
+impl LimitsConfig {
+    /// The framer limits for an instance link: fatal to that stream.
+    pub fn instance_framer(&self) -> crate::xml::FramerLimits {
+        crate::xml::FramerLimits {
+            max_stanza_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+            max_token_bytes: self.max_token_bytes,
+            per_stanza: false,
+        }
+    }
+
+    /// The framer limits for the upstream link: per stanza, skipped.
+    pub fn upstream_framer(&self) -> crate::xml::FramerLimits {
+        crate::xml::FramerLimits {
+            max_stanza_bytes: self.upstream_max_stanza_bytes,
+            max_depth: self.upstream_max_depth,
+            max_token_bytes: self.upstream_max_token_bytes,
+            per_stanza: true,
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_stanza_bytes: defaults::MAX_STANZA_BYTES,
             max_depth: defaults::MAX_DEPTH,
+            max_token_bytes: defaults::MAX_TOKEN_BYTES,
+            upstream_max_stanza_bytes: defaults::UPSTREAM_MAX_STANZA_BYTES,
+            upstream_max_depth: defaults::UPSTREAM_MAX_DEPTH,
+            upstream_max_token_bytes: defaults::UPSTREAM_MAX_TOKEN_BYTES,
             header_timeout: defaults::HEADER_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
@@ -610,12 +649,24 @@ pub struct InstancesArgs {
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitsArgs {
-    /// Largest accepted stanza in bytes [limits.max_stanza_bytes, default 524288]
+    /// Largest stanza from an instance in bytes [limits.max_stanza_bytes, default 524288]
     #[arg(long, value_name = "BYTES")]
     pub max_stanza_bytes: Option<usize>,
-    /// Deepest accepted element nesting [limits.max_depth, default 64]
+    /// Deepest element nesting from an instance [limits.max_depth, default 64]
     #[arg(long, value_name = "N")]
     pub max_depth: Option<usize>,
+    /// Longest attribute value or name from an instance [limits.max_token_bytes, default 32768]
+    #[arg(long, value_name = "BYTES")]
+    pub max_token_bytes: Option<usize>,
+    /// Largest stanza from the server; larger ones are skipped and answered [limits.upstream_max_stanza_bytes, default 2097152]
+    #[arg(long, value_name = "BYTES")]
+    pub upstream_max_stanza_bytes: Option<usize>,
+    /// Deepest element nesting from the server; deeper stanzas are skipped [limits.upstream_max_depth, default 65536]
+    #[arg(long, value_name = "N")]
+    pub upstream_max_depth: Option<usize>,
+    /// Longest attribute value or name from the server; stanzas with longer ones are skipped [limits.upstream_max_token_bytes, default 2097152]
+    #[arg(long, value_name = "BYTES")]
+    pub upstream_max_token_bytes: Option<usize>,
     /// Time a peer gets to send its stream header [limits.header_timeout, default 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub header_timeout: Option<Duration>,
@@ -773,6 +824,10 @@ struct RawInstances {
 struct RawLimits {
     max_stanza_bytes: Option<usize>,
     max_depth: Option<usize>,
+    max_token_bytes: Option<usize>,
+    upstream_max_stanza_bytes: Option<usize>,
+    upstream_max_depth: Option<usize>,
+    upstream_max_token_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -922,6 +977,13 @@ impl RawConfig {
         let (l, a) = (&mut self.limits, &cli.limits);
         over(&mut l.max_stanza_bytes, &a.max_stanza_bytes);
         over(&mut l.max_depth, &a.max_depth);
+        over(&mut l.max_token_bytes, &a.max_token_bytes);
+        over(
+            &mut l.upstream_max_stanza_bytes,
+            &a.upstream_max_stanza_bytes,
+        );
+        over(&mut l.upstream_max_depth, &a.upstream_max_depth);
+        over(&mut l.upstream_max_token_bytes, &a.upstream_max_token_bytes);
         over(&mut l.header_timeout, &a.header_timeout);
         over(&mut l.idle_timeout, &a.idle_timeout);
         over(&mut l.write_queue, &a.write_queue);
@@ -1255,18 +1317,43 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         ));
     }
 
-    let max_stanza_bytes = l.max_stanza_bytes.unwrap_or(defaults::MAX_STANZA_BYTES);
-    if max_stanza_bytes < MIN_STANZA_BYTES {
-        return Err(ConfigError::invalid(
-            "limits.max_stanza_bytes",
-            format!("{max_stanza_bytes} is too small (minimum {MIN_STANZA_BYTES})"),
-        ));
-    }
+    let stanza_bytes = |key: &'static str, v: Option<usize>, default: usize| {
+        let v = v.unwrap_or(default);
+        if v < MIN_STANZA_BYTES {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{v} is too small (minimum {MIN_STANZA_BYTES})"),
+            ));
+        }
+        Ok(v)
+    };
     let limits = LimitsConfig {
-        max_stanza_bytes,
+        max_stanza_bytes: stanza_bytes(
+            "limits.max_stanza_bytes",
+            l.max_stanza_bytes,
+            defaults::MAX_STANZA_BYTES,
+        )?,
         max_depth: nonzero(
             "limits.max_depth",
             l.max_depth.unwrap_or(defaults::MAX_DEPTH),
+        )?,
+        max_token_bytes: token_bytes(
+            "limits.max_token_bytes",
+            l.max_token_bytes.unwrap_or(defaults::MAX_TOKEN_BYTES),
+        )?,
+        upstream_max_stanza_bytes: stanza_bytes(
+            "limits.upstream_max_stanza_bytes",
+            l.upstream_max_stanza_bytes,
+            defaults::UPSTREAM_MAX_STANZA_BYTES,
+        )?,
+        upstream_max_depth: nonzero(
+            "limits.upstream_max_depth",
+            l.upstream_max_depth.unwrap_or(defaults::UPSTREAM_MAX_DEPTH),
+        )?,
+        upstream_max_token_bytes: token_bytes(
+            "limits.upstream_max_token_bytes",
+            l.upstream_max_token_bytes
+                .unwrap_or(defaults::UPSTREAM_MAX_TOKEN_BYTES),
         )?,
         header_timeout: positive(
             "limits.header_timeout",
@@ -1380,6 +1467,20 @@ fn at_most_a_day(key: &str, d: Duration) -> Result<Duration, ConfigError> {
         ))
     } else {
         Ok(d)
+    }
+}
+
+/// A token limit under a full JID (3071 bytes) would refuse valid
+/// addresses.
+fn token_bytes(key: &str, n: usize) -> Result<usize, ConfigError> {
+    const MIN_TOKEN_BYTES: usize = 4096;
+    if n < MIN_TOKEN_BYTES {
+        Err(ConfigError::invalid(
+            key,
+            format!("{n} is too small (minimum {MIN_TOKEN_BYTES}: a JID may take 3071 bytes)"),
+        ))
+    } else {
+        Ok(n)
     }
 }
 
@@ -1635,11 +1736,17 @@ impl Config {
         let l = &self.limits;
         let _ = write!(
             s,
-            " limits.max_stanza_bytes={} limits.max_depth={} limits.header_timeout={} \
+            " limits.max_stanza_bytes={} limits.max_depth={} limits.max_token_bytes={} \
+             limits.upstream_max_stanza_bytes={} limits.upstream_max_depth={} \
+             limits.upstream_max_token_bytes={} limits.header_timeout={} \
              limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={} \
              limits.tokenizer={}",
             l.max_stanza_bytes,
             l.max_depth,
+            l.max_token_bytes,
+            l.upstream_max_stanza_bytes,
+            l.upstream_max_depth,
+            l.upstream_max_token_bytes,
             d(l.header_timeout),
             d(l.idle_timeout),
             l.write_queue,
@@ -1789,6 +1896,14 @@ mod tests {
         assert_eq!(c.limits, LimitsConfig::default());
         assert_eq!(c.limits.max_stanza_bytes, 524_288);
         assert_eq!(c.limits.max_depth, 64);
+        assert_eq!(c.limits.max_token_bytes, 32_768);
+        // Upstream: every stanza a default Prosody or ejabberd accepts
+        // from a client (256 KiB, up to 6x after re-serialisation).
+        assert_eq!(c.limits.upstream_max_stanza_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.limits.upstream_max_depth, 65_536);
+        assert_eq!(c.limits.upstream_max_token_bytes, 2 * 1024 * 1024);
+        assert!(c.limits.upstream_framer().per_stanza);
+        assert!(!c.limits.instance_framer().per_stanza);
         assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.limits.write_queue, 4096);
@@ -2001,6 +2116,14 @@ mod tests {
             "8192",
             "--max-depth",
             "13",
+            "--max-token-bytes",
+            "8193",
+            "--upstream-max-stanza-bytes",
+            "8194",
+            "--upstream-max-depth",
+            "8195",
+            "--upstream-max-token-bytes",
+            "8196",
             "--header-timeout",
             "14s",
             "--idle-timeout",
@@ -2053,6 +2176,10 @@ mod tests {
         assert_eq!(c.instances.queue, 12);
         assert_eq!(c.limits.max_stanza_bytes, 8192);
         assert_eq!(c.limits.max_depth, 13);
+        assert_eq!(c.limits.max_token_bytes, 8193);
+        assert_eq!(c.limits.upstream_max_stanza_bytes, 8194);
+        assert_eq!(c.limits.upstream_max_depth, 8195);
+        assert_eq!(c.limits.upstream_max_token_bytes, 8196);
         assert_eq!(c.limits.header_timeout, s(14));
         assert_eq!(c.limits.idle_timeout, s(15));
         assert_eq!(c.limits.write_queue, 16);
@@ -2533,6 +2660,26 @@ mod tests {
                 with("limits", "max_depth = 0"),
                 "limits.max_depth",
                 "at least 1",
+            ),
+            (
+                with("limits", "max_token_bytes = 100"),
+                "limits.max_token_bytes",
+                "minimum 4096",
+            ),
+            (
+                with("limits", "upstream_max_stanza_bytes = 4095"),
+                "limits.upstream_max_stanza_bytes",
+                "minimum 4096",
+            ),
+            (
+                with("limits", "upstream_max_depth = 0"),
+                "limits.upstream_max_depth",
+                "at least 1",
+            ),
+            (
+                with("limits", "upstream_max_token_bytes = 4095"),
+                "limits.upstream_max_token_bytes",
+                "minimum 4096",
             ),
             (
                 with("limits", "header_timeout = \"0s\""),

@@ -373,7 +373,8 @@ where
                 s.name
             )))
         }
-        Frame::Whitespace(_) | Frame::End(_) => {
+        // (Skipped: the header always comes first.)
+        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed { stage: *stage })
         }
     };
@@ -408,6 +409,12 @@ where
         Frame::Header(_) => Err(HandshakeError::Unexpected {
             stage: *stage,
             element: "stream:stream".into(),
+        }),
+        Frame::Skipped(sk) => Err(HandshakeError::Unexpected {
+            stage: *stage,
+            element: sk
+                .head
+                .map_or_else(|| "an oversized stanza".into(), |h| h.name.into_owned()),
         }),
         Frame::Whitespace(_) | Frame::End(_) => Err(HandshakeError::Closed { stage: *stage }),
     }
@@ -589,7 +596,8 @@ where
                 format!("<{}> before a stream header", s.name),
             ))
         }
-        Frame::Whitespace(_) | Frame::End(_) => {
+        // (Skipped: never on an instance link, whose limits are fatal.)
+        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed {
                 stage: progress.stage,
             })
@@ -637,7 +645,7 @@ where
                 "the instance sent a second stream header before <handshake>".into(),
             ))
         }
-        Frame::Whitespace(_) | Frame::End(_) => {
+        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed {
                 stage: progress.stage,
             })

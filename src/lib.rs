@@ -27,6 +27,7 @@
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`jat`]: address translation and the pending-request table.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
+//! - [`skip_log`]: one log line per per-stanza limit per minute.
 //! - [`jid`]: address splitting and validation.
 //! - [`liveness`]: when to ping the server, and when its silence means
 //!   the link is dead.
@@ -57,6 +58,7 @@ pub mod proxy;
 pub mod reload;
 pub mod rewrite;
 pub mod router;
+pub mod skip_log;
 pub mod stanza;
 pub mod upstream;
 pub mod xml;

@@ -32,7 +32,7 @@ use crate::metrics::{Observation, Side};
 use crate::pool::InstanceId;
 use crate::proxy::{Event, InstanceLink};
 use crate::xml::frame::Frame;
-use crate::xml::{CodecError, Framer, FramerLimits};
+use crate::xml::{CodecError, Framer};
 
 /// Accepts instances until `shutdown`. Each connection gets the
 /// configuration current when it is accepted (a reload's new secret and
@@ -183,10 +183,7 @@ async fn instance(
     let (_conn_permit, hs_permit) = permits;
     let _ = sock.set_nodelay(true);
     let (r, mut w) = sock.into_split();
-    let limits = FramerLimits {
-        max_stanza_bytes: cfg.limits.max_stanza_bytes,
-        max_depth: cfg.limits.max_depth,
-    };
+    let limits = cfg.limits.instance_framer();
     let mut frames = FramedRead::with_capacity(
         r,
         Framer::with_tokenizer(limits, cfg.limits.tokenizer),
@@ -273,7 +270,8 @@ async fn instance(
                     return;
                 }
             }
-            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            // (Skipped: never on an instance link, whose limits are fatal.)
+            Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_))) => {}
             None | Some(Ok(Frame::End(_))) => {
                 tracing::info!("instance closed its stream");
                 let _ = tx.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));

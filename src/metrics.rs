@@ -36,6 +36,7 @@ use crate::handshake::HandshakeError;
 use crate::pool::Member;
 use crate::proxy::Status;
 use crate::stanza::StanzaError;
+use crate::xml::frame::Limit;
 
 // ---------------------------------------------------------------------------
 // What the core counts for metrics
@@ -465,6 +466,16 @@ impl Collector for Snapshot {
                 ([("reason", "unaddressed")], st.dropped_unaddressed),
                 ([("reason", "other")], st.dropped_other),
             ],
+        )?;
+        counters(
+            e,
+            "jatproxy_stanzas_skipped",
+            "Stanzas from the server skipped for breaking a per-stanza limit \
+             (limits.upstream_*), by limit; the session went on.",
+            Limit::ALL
+                .iter()
+                .zip(st.skipped)
+                .map(|(l, n)| ([("limit", l.as_str())], n)),
         )?;
         counters(
             e,

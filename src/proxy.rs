@@ -31,8 +31,9 @@ use crate::pool::{InstanceId, Member};
 use crate::reload::{Plan, ReloadError};
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig, Stats};
+use crate::skip_log::SkipLog;
 use crate::stanza::StanzaError;
-use crate::xml::frame::Stanza;
+use crate::xml::frame::{Limit, Skipped, Stanza};
 use crate::xml::inspect;
 
 /// What connection tasks tell the core.
@@ -43,6 +44,8 @@ pub enum Event {
     /// The upstream session ended.
     UpstreamDown,
     FromUpstream(Stanza),
+    /// A stanza from the server broke a per-stanza limit and was skipped.
+    SkippedFromUpstream(Skipped),
     /// An instance finished its handshake; how to reach it.
     InstanceUp {
         id: InstanceId,
@@ -359,6 +362,8 @@ struct Core {
     status_tx: watch::Sender<Status>,
     /// Room for the batch of actions being executed (see `execute`).
     spare: Vec<Action>,
+    /// One log line per limit per minute for skipped stanzas.
+    skip_log: SkipLog,
 }
 
 impl Core {
@@ -374,6 +379,7 @@ impl Core {
             status: Status::default(),
             status_tx,
             spare: Vec::new(),
+            skip_log: SkipLog::default(),
         }
     }
 
@@ -449,6 +455,34 @@ impl Core {
                     .counters
                     .stanza(Direction::UpstreamIn, st.bytes.len());
                 self.router.from_upstream(&st, now, &mut self.rng, actions)
+            }
+            Event::SkippedFromUpstream(sk) => {
+                let key = sk.limit.key();
+                let what = match sk.limit {
+                    Limit::Size => format!("stanza larger than {} bytes", sk.max),
+                    Limit::Depth => format!("elements nested deeper than {}", sk.max),
+                    Limit::Token => {
+                        format!("attribute value or name longer than {} bytes", sk.max)
+                    }
+                };
+                let text = format!("{what} (limits.upstream_{key}): not delivered");
+                if let Some(quiet) = self.skip_log.admit(sk.limit, now) {
+                    let head = sk.head.as_ref();
+                    tracing::warn!(
+                        limit = %format_args!("limits.upstream_{key}"),
+                        max = sk.max,
+                        bytes = sk.len,
+                        sender = head.and_then(|h| h.from()).unwrap_or("(unknown)"),
+                        to = head.and_then(|h| h.to()).unwrap_or("(unknown)"),
+                        element = head.map_or("(unknown)", |h| &*h.name),
+                        skipped_unlogged = quiet,
+                        "skipped a stanza from the server over limits.upstream_{key} = {} \
+                         (one line per limit per minute)",
+                        sk.max
+                    );
+                }
+                self.router
+                    .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
             }
             Event::FromInstance { id, stanza } => {
                 self.status

@@ -168,6 +168,26 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         NextConnection,
     );
     check(
+        ol.max_token_bytes != nl.max_token_bytes,
+        "limits.max_token_bytes",
+        NextConnection,
+    );
+    check(
+        ol.upstream_max_stanza_bytes != nl.upstream_max_stanza_bytes,
+        "limits.upstream_max_stanza_bytes",
+        NextConnection,
+    );
+    check(
+        ol.upstream_max_depth != nl.upstream_max_depth,
+        "limits.upstream_max_depth",
+        NextConnection,
+    );
+    check(
+        ol.upstream_max_token_bytes != nl.upstream_max_token_bytes,
+        "limits.upstream_max_token_bytes",
+        NextConnection,
+    );
+    check(
         ol.header_timeout != nl.header_timeout,
         "limits.header_timeout",
         NextConnection,
@@ -270,6 +290,10 @@ fn every_key_is_sorted(c: &Config) {
     let LimitsConfig {
         max_stanza_bytes: _,
         max_depth: _,
+        max_token_bytes: _,
+        upstream_max_stanza_bytes: _,
+        upstream_max_depth: _,
+        upstream_max_token_bytes: _,
         header_timeout: _,
         idle_timeout: _,
         write_queue: _,

@@ -23,7 +23,7 @@ use crate::jid;
 use crate::pool::{InstanceId, Member, Pool};
 use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
-use crate::xml::frame::{Kind, Stanza};
+use crate::xml::frame::{Kind, Limit, Stanza};
 
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
@@ -101,6 +101,9 @@ pub struct Stats {
     pub dropped_unaddressed: u64,
     /// Stanzas the proxy has no use for (unknown elements, stray errors).
     pub dropped_other: u64,
+    /// Stanzas from upstream skipped for breaking a per-stanza limit, by
+    /// [`Limit`] (index in [`Limit::ALL`]).
+    pub skipped: [u64; Limit::ALL.len()],
     /// Per pool member, for members in the pool now: a member's entry
     /// goes when it leaves, so churning resources cannot grow this (or
     /// the metrics built from it) without bound.
@@ -322,6 +325,48 @@ impl Router {
     }
 
     // ----- from upstream ---------------------------------------------------
+
+    /// A stanza from the XMPP server that broke a per-stanza limit and was
+    /// skipped by the framer: it was never forwarded, so where an answer
+    /// may be sent (an iq request, a message or presence that is not an
+    /// error) its sender gets `policy-violation` (modify) from the address
+    /// it wrote to, with `text` naming the limit. That is the request's one
+    /// answer: it was never recorded as pending. An iq response is dropped
+    /// (the request it answers gets its answer when it times out); a head
+    /// that could not be recovered, or has no sender, is only counted.
+    pub fn skipped_from_upstream(
+        &mut self,
+        limit: Limit,
+        head: Option<&Stanza>,
+        text: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.stats.skipped[i] += 1;
+        }
+        let Some(st) = head else {
+            return;
+        };
+        let answerable = match st.kind {
+            Kind::Iq => st.is_iq_request(),
+            Kind::Message | Kind::Presence => !st.is_error(),
+            Kind::Other => false,
+        };
+        let Some(from) = st.from().filter(|_| answerable) else {
+            return;
+        };
+        let me = st.to().unwrap_or(&self.cfg.domain);
+        let err = StanzaError::PolicyViolation;
+        self.stats.count(err);
+        out.push(up(stanza::error_reply(
+            &st.name,
+            st.id(),
+            me,
+            from,
+            err,
+            Some(text),
+        )));
+    }
 
     /// A stanza from the XMPP server.
     pub fn from_upstream(
@@ -988,3 +1033,7 @@ fn later(now: Instant, d: Duration) -> Instant {
 #[cfg(test)]
 #[path = "router_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "router_skipped_tests.rs"]
+mod skipped_tests;

@@ -33,10 +33,14 @@ pub enum StanzaError {
     /// stringprep, a part over 1023 bytes): answered as Prosody's router
     /// answers it, but to the instance that sent it.
     JidMalformed,
+    /// A stanza from upstream broke a per-stanza limit (size, depth,
+    /// token length) and was skipped, not forwarded: answered to its
+    /// sender, with a text naming the limit.
+    PolicyViolation,
 }
 
 impl StanzaError {
-    pub const ALL: [StanzaError; 9] = [
+    pub const ALL: [StanzaError; 10] = [
         StanzaError::ServiceUnavailable,
         StanzaError::RemoteServerTimeout,
         StanzaError::RecipientUnavailable,
@@ -46,6 +50,7 @@ impl StanzaError {
         StanzaError::Conflict,
         StanzaError::ItemNotFound,
         StanzaError::JidMalformed,
+        StanzaError::PolicyViolation,
     ];
 
     /// The defined condition element name (RFC 6120 §8.3.3).
@@ -60,6 +65,7 @@ impl StanzaError {
             StanzaError::Conflict => "conflict",
             StanzaError::ItemNotFound => "item-not-found",
             StanzaError::JidMalformed => "jid-malformed",
+            StanzaError::PolicyViolation => "policy-violation",
         }
     }
 
@@ -70,7 +76,7 @@ impl StanzaError {
             StanzaError::RemoteServerTimeout
             | StanzaError::RecipientUnavailable
             | StanzaError::ResourceConstraint => "wait",
-            StanzaError::JidMalformed => "modify",
+            StanzaError::JidMalformed | StanzaError::PolicyViolation => "modify",
             _ => "cancel",
         }
     }

@@ -24,7 +24,7 @@ use crate::proxy::Event;
 use crate::stanza::{self, StanzaError};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
 use crate::xml::inspect::text_and_first_child;
-use crate::xml::{CodecError, FrameError, Framer, FramerLimits, Stanza};
+use crate::xml::{CodecError, FrameError, Framer, Stanza};
 
 /// Exponential backoff with jitter: each delay is drawn from the upper
 /// half of the current step, so many proxies restarted together do not
@@ -252,10 +252,7 @@ async fn session(
     };
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
-    let limits = FramerLimits {
-        max_stanza_bytes: cfg.limits.max_stanza_bytes,
-        max_depth: cfg.limits.max_depth,
-    };
+    let limits = cfg.limits.upstream_framer();
     let mut frames = FramedRead::with_capacity(
         r,
         Framer::with_tokenizer(limits, cfg.limits.tokenizer),
@@ -374,6 +371,16 @@ async fn read_loop(
             Some(Err(CodecError::Io(e))) => return SessionEnd::Io(e),
             Some(Err(CodecError::Frame(e))) => return SessionEnd::Framing(e),
             Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            Some(Ok(Frame::Skipped(sk))) => {
+                // A user's stanza over a per-stanza limit: answered by the
+                // core; the session goes on.
+                if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
+                    events.send(Event::SkippedFromUpstream(sk)).await
+                {
+                    stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
+                    return SessionEnd::Shutdown;
+                }
+            }
             Some(Ok(Frame::Stanza(st))) => {
                 if st.name == "error" && st.ns == NS_STREAMS {
                     let (text, condition) = text_and_first_child(&st.bytes);
@@ -408,6 +415,9 @@ async fn read_stragglers(frames: &mut Frames, wait: Duration, stragglers: &mut V
                 if st.kind == Kind::Iq && st.is_iq_request() {
                     stragglers.push(st);
                 }
+            }
+            Ok(Some(Ok(Frame::Skipped(sk)))) => {
+                stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
             }
             Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
             Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => return,
@@ -532,10 +542,7 @@ async fn straggler_round(
     let up = &cfg.upstream;
     let stream = TcpStream::connect(&up.server).await?;
     let (r, mut w) = stream.into_split();
-    let limits = FramerLimits {
-        max_stanza_bytes: cfg.limits.max_stanza_bytes,
-        max_depth: cfg.limits.max_depth,
-    };
+    let limits = cfg.limits.upstream_framer();
     let mut frames = FramedRead::new(r, Framer::with_tokenizer(limits, cfg.limits.tokenizer));
     handshake::connect(
         &mut frames,
@@ -565,6 +572,13 @@ async fn straggler_round(
                     answered += 1;
                 }
             }
+            Ok(Some(Ok(Frame::Skipped(sk)))) => {
+                if let Some(reply) = sk.head.and_then(|st| straggler_reply(cfg, &st)) {
+                    w.write_all(&reply).await?;
+                    w.flush().await?;
+                    answered += 1;
+                }
+            }
             Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
             Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => {
                 server_closed = true;
@@ -582,6 +596,9 @@ async fn straggler_round(
         while let Some(Ok(f)) = frames.next().await {
             match f {
                 Frame::Stanza(st) if straggler_reply(cfg, &st).is_some() => after_end.push(st),
+                Frame::Skipped(sk) => {
+                    after_end.extend(sk.head.filter(|st| straggler_reply(cfg, st).is_some()))
+                }
                 Frame::End(_) => break,
                 _ => {}
             }

@@ -93,6 +93,7 @@ pub enum Frame {
     Whitespace(Bytes),
     /// `</stream:stream>` (with any whitespace before it in the same read).
     End(Bytes),
+    Skipped(Skipped),
 }
 
 impl Frame {
@@ -102,6 +103,10 @@ impl Frame {
             Frame::Header(h) => &h.bytes,
             Frame::Stanza(s) => &s.bytes,
             Frame::Whitespace(b) | Frame::End(b) => b,
+            Frame::Skipped(s) => {
+                static EMPTY: Bytes = Bytes::from_static(b"");
+                s.head.as_ref().map_or(&EMPTY, |h| &h.bytes)
+            }
         }
     }
 }
@@ -196,4 +201,43 @@ impl Stanza {
     pub fn is_error(&self) -> bool {
         self.stanza_type() == Some("error")
     }
+}
+
+/// Which per-stanza limit a skipped stanza broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    Size,
+    Depth,
+    Token,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 3] = [Limit::Size, Limit::Depth, Limit::Token];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Size => "size",
+            Limit::Depth => "depth",
+            Limit::Token => "token",
+        }
+    }
+
+    /// The config key (in `[limits]`, prefixed `upstream_` for that link).
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::Size => "max_stanza_bytes",
+            Limit::Depth => "max_depth",
+            Limit::Token => "max_token_bytes",
+        }
+    }
+}
+
+/// A top-level element that broke a limit and was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub limit: Limit,
+    pub max: usize,
+    pub len: u64,
+    pub head: Option<Stanza>,
 }

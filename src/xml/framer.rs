@@ -43,6 +43,8 @@ pub struct FramerLimits {
     pub max_stanza_bytes: usize,
     /// Deepest nesting inside a stanza, the stanza element itself being 1.
     pub max_depth: usize,
+    pub max_token_bytes: usize,
+    pub per_stanza: bool,
 }
 
 impl Default for FramerLimits {
@@ -50,6 +52,8 @@ impl Default for FramerLimits {
         FramerLimits {
             max_stanza_bytes: 512 * 1024,
             max_depth: 64,
+            max_token_bytes: 32 * 1024,
+            per_stanza: false,
         }
     }
 }
@@ -596,6 +600,8 @@ pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
     let mut framer = super::Framer::new(FramerLimits {
         max_stanza_bytes: element.len().max(HEADER.len()) + 1,
         max_depth: 1 << 16,
+        max_token_bytes: element.len().max(HEADER.len()) + 1,
+        per_stanza: false,
     });
     let mut buf = BytesMut::with_capacity(HEADER.len() + element.len());
     buf.extend_from_slice(HEADER);
