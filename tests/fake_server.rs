@@ -608,3 +608,112 @@ async fn secrets_never_reach_the_logs() {
         );
     }
 }
+
+/// Peak resident memory of this process, in KiB (Linux `VmHWM`).
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What the proxy answers a user's stanza over an upstream limit, as
+/// text, or panics.
+async fn expect_policy_violation(s: &mut Session, name: &str, id: &str, key: &str) {
+    let err = s.recv().await;
+    let t = text(&err);
+    assert_eq!(err.name, name, "{t}");
+    assert_eq!(err.stanza_type(), Some("error"), "{t}");
+    assert_eq!(err.id(), Some(id), "{t}");
+    assert_eq!(err.to(), Some("alice@example.test/abc"), "{t}");
+    assert_eq!(err.from(), Some(D), "{t}");
+    assert!(t.contains("<error type='modify'><policy-violation "), "{t}");
+    assert!(t.contains(&format!("(limits.upstream_{key})")), "{t}");
+}
+
+/// A user's stanza over a per-stanza limit never ends the upstream
+/// session: it is skipped while it streams in, its sender gets
+/// `policy-violation` from the address it wrote to, and the requests
+/// around it go on as usual. Issue "Any user can cut the component link".
+#[tokio::test]
+async fn oversize_stanzas_from_the_server_are_skipped_answered_and_the_session_stays() {
+    let server = FakeServer::bind().await;
+    let extra = "[limits]\nupstream_max_stanza_bytes = 65536\nupstream_max_depth = 16\n\
+                 upstream_max_token_bytes = 8192\n";
+    let (proxy, mut s) = online_with(&server, extra, &["a"]).await;
+    let alice = "alice@example.test/abc";
+
+    // One ordinary request in flight across every skip.
+    s.send(&format!(
+        "<iq type='get' id='before' to='{D}' from='{alice}'/>"
+    ))
+    .await;
+    assert_eq!(s.recv().await.id(), Some("before"));
+
+    // Size: a 100 KB payload.
+    let big = "x".repeat(100_000);
+    s.send(&format!(
+        "<iq type='set' id='big' to='{D}' from='{alice}'><q xmlns='urn:x'>{big}</q></iq>"
+    ))
+    .await;
+    expect_policy_violation(&mut s, "iq", "big", "max_stanza_bytes").await;
+
+    // Depth: 17 levels below the stanza.
+    let deep = format!("{}{}", "<a>".repeat(17), "</a>".repeat(17));
+    s.send(&format!(
+        "<message type='chat' id='deep' to='{D}' from='{alice}'>{deep}</message>"
+    ))
+    .await;
+    expect_policy_violation(&mut s, "message", "deep", "max_depth").await;
+
+    // Token: one attribute value of 9000 bytes, in the stanza's own start
+    // tag (the head is recovered all the same).
+    let long = "v".repeat(9000);
+    s.send(&format!(
+        "<presence id='tok' to='{D}' from='{alice}' x='{long}'/>"
+    ))
+    .await;
+    expect_policy_violation(&mut s, "presence", "tok", "max_token_bytes").await;
+
+    // An oversize reply is dropped, never answered.
+    s.send(&format!(
+        "<iq type='result' id='before' to='{D}/{alice}' from='{T}/a'><q xmlns='urn:x'>{big}</q></iq>"
+    ))
+    .await;
+    s.expect_nothing_more("marker-1").await;
+
+    // 100 MB streamed in 64 KiB writes: skipped without being buffered.
+    let hwm_before = vm_hwm_kib();
+    s.send(&format!(
+        "<iq type='get' id='huge' to='{D}' from='{alice}'><q xmlns='urn:x'>"
+    ))
+    .await;
+    let chunk = "y".repeat(64 * 1024);
+    for _ in 0..(100 * 1024 * 1024 / chunk.len()) {
+        s.send(&chunk).await;
+    }
+    s.send("</q></iq>").await;
+    expect_policy_violation(&mut s, "iq", "huge", "max_stanza_bytes").await;
+    let grew = vm_hwm_kib().saturating_sub(hwm_before);
+    println!("peak RSS grew by {grew} KiB while skipping a 100 MB stanza");
+    assert!(grew < 16 * 1024, "peak RSS grew by {grew} KiB");
+
+    // The request in flight is answered normally, on the same session.
+    s.send(&format!(
+        "<iq type='result' id='before' to='{D}/{alice}' from='{T}/a'/>"
+    ))
+    .await;
+    let back = s.recv().await;
+    assert_eq!((back.id(), back.to()), (Some("before"), Some(alice)));
+    s.expect_nothing_more("marker-2").await;
+
+    let st = proxy.status();
+    assert_eq!(st.upstream_sessions, 1, "the session was never lost");
+    assert_eq!(st.stats.skipped, [3, 1, 1]);
+    assert!(proxy.shutdown(WAIT).await);
+}
