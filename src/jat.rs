@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::config::JatMode;
+use crate::jid;
 use crate::pool::{InstanceId, Member};
 
 /// Tokens start with this, which no valid JID domain does (`#` is not a
@@ -85,6 +86,20 @@ impl Jat {
             JatMode::Inline => Some(enc.to_owned()),
             JatMode::Opaque => None,
         }
+    }
+
+    /// The prepared form of an inline ENC written back by a member, when
+    /// it differs from what was written (`ALICE@EXAMPLE.TEST/phone`,
+    /// `alice@example.test./phone` → `alice@example.test/phone`): the
+    /// module `jid_prep`s the ENC it decodes, so a member may write the
+    /// requester any way that prepares to it. `None` for tokens (opaque
+    /// by design: matched exactly), in opaque mode, for what is no JID,
+    /// and for what is already prepared.
+    pub fn prepared(&self, enc: &str) -> Option<String> {
+        if self.mode != JatMode::Inline || enc.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        jid::validate(enc).filter(|p| p != enc)
     }
 }
 
