@@ -1038,6 +1038,7 @@ fn messages_and_presence_stick_to_one_instance() {
 /// once, by a reply or an error.
 #[test]
 fn every_request_gets_exactly_one_answer() {
+    let mut folded_delivered = 0u32;
     for seed in 0..20u64 {
         let mut c = cfg();
         c.pending_capacity = NonZeroUsize::new(8).expect("nonzero");
@@ -1047,6 +1048,10 @@ fn every_request_gets_exactly_one_answer() {
             Balancing::LeastPending,
             Balancing::Sticky,
         ][seed as usize % 4];
+        // Each balancing with both pools and with the client pool only
+        // (which then also serves `room@D`).
+        c.instances = (seed / 4) % 2 == 0;
+        let instances = c.instances;
         let mut h = H::new(c);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut answers: std::collections::HashMap<String, u32> = Default::default();
@@ -1087,9 +1092,19 @@ fn every_request_gets_exactly_one_answer() {
                     h.up(&format!("<presence from='{T}/{r}' to='{D}'/>"))
                 }
                 1 => {
+                    // Pool presence, or directed presence that must not
+                    // change the pool.
+                    let r = ["a", "b", "c"][rng.random_range(0..3)];
+                    let to = [D, "proxy.example.test/x", "room@proxy.example.test"]
+                        [rng.random_range(0..3)];
+                    h.up(&format!(
+                        "<presence type='unavailable' from='{T}/{r}' to='{to}'/>"
+                    ))
+                }
+                2 if !instances => {
                     let r = ["a", "b", "c"][rng.random_range(0..3)];
                     h.up(&format!(
-                        "<presence type='unavailable' from='{T}/{r}' to='{D}'/>"
+                        "<presence type='unavailable' from='{T}/{r}' to='{D}/{r}'/>"
                     ))
                 }
                 2 => {
@@ -1107,8 +1122,10 @@ fn every_request_gets_exactly_one_answer() {
                 4..=6 => {
                     sent += 1;
                     let u = rng.random_range(0..4);
+                    let to = [D, D, "room@proxy.example.test", "room@proxy.example.test/n"]
+                        [rng.random_range(0..4)];
                     h.up(&format!(
-                        "<iq type='get' id='q{step}' to='{D}' from='user{u}@example.test/r'/>"
+                        "<iq type='get' id='q{step}' to='{to}' from='user{u}@example.test/r'/>"
                     ))
                 }
                 _ => {
@@ -1132,9 +1149,20 @@ fn every_request_gets_exactly_one_answer() {
                         } else {
                             tag
                         };
-                        h.up(&format!(
+                        // ENC written back as the module accepts it too.
+                        let folded = rng.random_bool(0.3);
+                        let from = if folded {
+                            from.replace("@example.test/", "@Example.TEST./")
+                        } else {
+                            from
+                        };
+                        let out = h.up(&format!(
                             "<iq type='result' id='{id}' from='{res}' to='{from}'/>"
-                        ))
+                        ));
+                        if folded && out.iter().any(|o| o.contains("type='result'")) {
+                            folded_delivered += 1;
+                        }
+                        out
                     }
                 }
             };
@@ -1153,6 +1181,7 @@ fn every_request_gets_exactly_one_answer() {
             "seed {seed}: none answered twice: {answers:?}"
         );
     }
+    assert!(folded_delivered > 0, "case-folded ENCs were exercised");
 }
 
 #[test]
