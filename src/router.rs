@@ -108,7 +108,8 @@ pub struct Stats {
     pub replies_spoofed: u64,
     /// Stanzas without usable addresses, or for an address not ours.
     pub dropped_unaddressed: u64,
-    /// Stanzas the proxy has no use for (unknown elements, stray errors).
+    /// Stanzas the proxy has no use for (unknown elements, stray errors,
+    /// presence the target directs at `D/x` or `node@D`).
     pub dropped_other: u64,
     /// Per pool member, for members in the pool now: a member's entry
     /// goes when it leaves, so churning resources cannot grow this (or
