@@ -307,6 +307,35 @@ mod tests {
         assert_ne!(jat.encode("a@x/1", &mut rng), a);
     }
 
+    #[test]
+    fn prepared_is_only_for_inline_encs_written_differently() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let jat = Jat::new(JatMode::Inline, cap(4));
+        for enc in [
+            "ALICE@EXAMPLE.TEST/phone",
+            "alice@example.test./phone",
+            "Alice@Example.Test./phone",
+        ] {
+            assert_eq!(
+                jat.prepared(enc).as_deref(),
+                Some("alice@example.test/phone"),
+                "{enc}"
+            );
+        }
+        // Already prepared, no JID, the resource's own case: nothing to try.
+        assert_eq!(jat.prepared("alice@example.test/phone"), None);
+        assert_eq!(jat.prepared("alice@example.test/PHONE"), None);
+        assert_eq!(jat.prepared("a b@example.test"), None);
+        // Tokens stay exact in either mode.
+        let token = new_token(&mut rng);
+        let hex = token.trim_start_matches(TOKEN_PREFIX).to_uppercase();
+        assert_eq!(jat.prepared(&format!("{TOKEN_PREFIX}{hex}")), None);
+        // Nor is a token written in upper case a JID to prepare into one.
+        assert_eq!(jat.prepared(&token.to_uppercase()), None);
+        let opaque = Jat::new(JatMode::Opaque, cap(4));
+        assert_eq!(opaque.prepared("ALICE@EXAMPLE.TEST/phone"), None);
+    }
+
     fn entry(deadline: Instant) -> Entry {
         Entry {
             waiting: Waiting::Inbound {

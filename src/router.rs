@@ -704,11 +704,13 @@ impl Router {
                 };
                 if self.pending.contains(&exact) {
                     exact
-                } else {
-                    match (self.jat.prepared(res), exact) {
-                        (Some(res), Key::ToResource { id, .. }) => Key::ToResource { res, id },
-                        (_, exact) => exact,
+                } else if let Some(prepared) = self.jat.prepared(res) {
+                    Key::ToResource {
+                        res: prepared,
+                        id: st.id().unwrap_or_default().to_owned(),
                     }
+                } else {
+                    exact
                 }
             }
             To::Node => {
