@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::config::JatMode;
+use crate::jid;
 use crate::pool::{InstanceId, Member};
 
 /// Tokens start with this, which no valid JID domain does (`#` is not a
@@ -85,6 +86,20 @@ impl Jat {
             JatMode::Inline => Some(enc.to_owned()),
             JatMode::Opaque => None,
         }
+    }
+
+    /// The prepared form of an inline ENC written back by a member, when
+    /// it differs from what was written (`ALICE@EXAMPLE.TEST/phone`,
+    /// `alice@example.test./phone` → `alice@example.test/phone`): the
+    /// module `jid_prep`s the ENC it decodes, so a member may write the
+    /// requester any way that prepares to it. `None` for tokens (opaque
+    /// by design: matched exactly), in opaque mode, for what is no JID,
+    /// and for what is already prepared.
+    pub fn prepared(&self, enc: &str) -> Option<String> {
+        if self.mode != JatMode::Inline || enc.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        jid::validate(enc).filter(|p| p != enc)
     }
 }
 
@@ -290,6 +305,35 @@ mod tests {
         assert_eq!(jat.decode(&b).as_deref(), Some("b@x/1"));
         // A re-encoded evicted requester gets a new token.
         assert_ne!(jat.encode("a@x/1", &mut rng), a);
+    }
+
+    #[test]
+    fn prepared_is_only_for_inline_encs_written_differently() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let jat = Jat::new(JatMode::Inline, cap(4));
+        for enc in [
+            "ALICE@EXAMPLE.TEST/phone",
+            "alice@example.test./phone",
+            "Alice@Example.Test./phone",
+        ] {
+            assert_eq!(
+                jat.prepared(enc).as_deref(),
+                Some("alice@example.test/phone"),
+                "{enc}"
+            );
+        }
+        // Already prepared, no JID, the resource's own case: nothing to try.
+        assert_eq!(jat.prepared("alice@example.test/phone"), None);
+        assert_eq!(jat.prepared("alice@example.test/PHONE"), None);
+        assert_eq!(jat.prepared("a b@example.test"), None);
+        // Tokens stay exact in either mode.
+        let token = new_token(&mut rng);
+        let hex = token.trim_start_matches(TOKEN_PREFIX).to_uppercase();
+        assert_eq!(jat.prepared(&format!("{TOKEN_PREFIX}{hex}")), None);
+        // Nor is a token written in upper case a JID to prepare into one.
+        assert_eq!(jat.prepared(&token.to_uppercase()), None);
+        let opaque = Jat::new(JatMode::Opaque, cap(4));
+        assert_eq!(opaque.prepared("ALICE@EXAMPLE.TEST/phone"), None);
     }
 
     fn entry(deadline: Instant) -> Entry {

@@ -41,6 +41,14 @@ pub struct RouterConfig {
     /// of band and only a `probe` is sent. The target's own `subscribe`
     /// is answered `subscribed` either way.
     pub subscribe: bool,
+    /// An instance listener is configured (`instances.listen`). Then the
+    /// nodes of the domain (`room@D`, `user@D/res`) belong to the
+    /// instances, as a component's nodes do; without one the client pool
+    /// serves every address at the domain, as mod_client_proxy does. A
+    /// setting, not whether an instance is connected right now, so what
+    /// serves `room@D` does not change while instances come and go
+    /// (changing `instances.listen` needs a restart).
+    pub instances: bool,
     pub balancing: Balancing,
     pub iq_timeout: Duration,
     pub pending_capacity: NonZeroUsize,
@@ -58,6 +66,7 @@ impl RouterConfig {
             jat: c.client_proxy.jat,
             client_requests: c.client_proxy.client_requests,
             subscribe: c.client_proxy.subscribe,
+            instances: c.instances.listen.is_some(),
             balancing: c.routing.balancing,
             iq_timeout: c.routing.iq_timeout,
             pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
@@ -99,7 +108,8 @@ pub struct Stats {
     pub replies_spoofed: u64,
     /// Stanzas without usable addresses, or for an address not ours.
     pub dropped_unaddressed: u64,
-    /// Stanzas the proxy has no use for (unknown elements, stray errors).
+    /// Stanzas the proxy has no use for (unknown elements, stray errors,
+    /// presence the target directs at `D/x` or `node@D`).
     pub dropped_other: u64,
     /// Stanzas from upstream skipped for breaking a per-stanza limit, by
     /// [`Limit`] (index in [`Limit::ALL`]).
@@ -149,7 +159,13 @@ impl Stats {
 
 /// Where a stanza from upstream was addressed, relative to our domain.
 enum To<'a> {
+    /// The bare domain `D`: the only address whose presence is the
+    /// target's presence to the proxy (pool presence).
     Bare,
+    /// A bare node of the domain, `node@D`, served by the client pool
+    /// (no instance listener configured).
+    Node,
+    /// `D/res` or, served by the client pool, `node@D/res`.
     Resource(&'a str),
 }
 
@@ -385,17 +401,24 @@ impl Router {
             return;
         };
         let (to_bare, to_res) = jid::split(to_attr);
-        if !jid::bare_eq(to_bare, &self.cfg.domain) {
-            if jid::bare_eq(jid::domain(to_bare), &self.cfg.domain) {
-                self.node_stanza_from_upstream(st, from, to_attr, now, rng, out);
-            } else {
+        let node = !jid::bare_eq(to_bare, &self.cfg.domain);
+        if node {
+            if !jid::bare_eq(jid::domain(to_bare), &self.cfg.domain) {
                 self.stats.dropped_unaddressed += 1;
+                return;
             }
-            return;
+            if self.cfg.instances || self.cfg.target.is_none() {
+                self.node_stanza_from_upstream(st, from, to_attr, now, rng, out);
+                return;
+            }
+            // No instance listener: the client pool serves `node@D` and
+            // `node@D/res` as it serves `D` and `D/res`, as the module
+            // does (it hooks `iq/bare` and `iq/full` on its host too).
         }
-        let to = match to_res {
-            None => To::Bare,
-            Some(r) => To::Resource(r),
+        let to = match (to_res, node) {
+            (Some(r), _) => To::Resource(r),
+            (None, false) => To::Bare,
+            (None, true) => To::Node,
         };
         let from_target = self
             .cfg
@@ -403,18 +426,20 @@ impl Router {
             .as_deref()
             .is_some_and(|t| jid::bare_eq(jid::bare(from), t));
         match st.kind {
-            Kind::Presence => self.presence_from_upstream(st, from, from_target, out),
+            Kind::Presence => self.presence_from_upstream(st, from, from_target, &to, out),
             Kind::Message => self.message_from_upstream(st, from, from_target, &to, out),
             Kind::Iq => self.iq_from_upstream(st, from, to_attr, from_target, &to, now, rng, out),
             Kind::Other => {}
         }
     }
 
-    /// A stanza for `node@domain` (a MUC room, a gateway's user): only a
-    /// component instance can serve it. Requests are balanced over the
-    /// instances and tracked like any other; messages and presence stick
-    /// to one instance per sender. Without instances there is no one to
-    /// serve it, as the module's component would answer.
+    /// A stanza for `node@domain` (a MUC room, a gateway's user) when an
+    /// instance listener is configured: the nodes belong to the
+    /// instances, as they would to the component itself. Requests are
+    /// balanced over the instances and tracked like any other; messages
+    /// and presence stick to one instance per sender. With no instance
+    /// connected, requests and messages get `service-unavailable` and
+    /// presence is dropped, as for a component that is away.
     fn node_stanza_from_upstream(
         &mut self,
         st: &Stanza,
@@ -444,17 +469,36 @@ impl Router {
         }
     }
 
+    /// Presence from upstream. From the target, presence to the bare
+    /// domain is what the pool is made of; presence it directs at
+    /// `D/x` or `node@D` is presence towards that one address (RFC 6121
+    /// §4.6) and changes nothing: an `unavailable` a resource sends to
+    /// `D/x` ends only its directed presence there, while it stays online
+    /// for `D`. Subscription presence is the proxy's only when it is for
+    /// `D` (the server delivers it to the bare address subscribed to).
+    /// The module drops every presence to `D/x` too, but takes available,
+    /// unavailable and error presence to `node@D` for pool presence.
     fn presence_from_upstream(
         &mut self,
         st: &Stanza,
         from: &str,
         from_target: bool,
+        to: &To,
         out: &mut Vec<Action>,
     ) {
         let d = self.cfg.domain.clone();
         if from_target {
             let resource = Member::Resource(from.to_owned());
             let has_resource = jid::split(from).1.is_some();
+            if !matches!(to, To::Bare) {
+                tracing::debug!(
+                    member = from,
+                    to = st.to().unwrap_or_default(),
+                    "directed presence from the target: the pool is unchanged"
+                );
+                self.stats.dropped_other += 1;
+                return;
+            }
             match st.stanza_type() {
                 None if has_resource => {
                     if self.pool.add(resource) {
@@ -532,7 +576,7 @@ impl Router {
             self.stats.dropped_other += 1;
             return;
         }
-        let err = if from_target && matches!(to, To::Bare) {
+        let err = if from_target && matches!(to, To::Bare | To::Node) {
             StanzaError::BadRequest
         } else {
             StanzaError::FeatureNotImplemented
@@ -566,7 +610,7 @@ impl Router {
             return;
         };
         match (from_target, to) {
-            (true, To::Bare) => self.error_reply(st, from, StanzaError::BadRequest, out),
+            (true, To::Bare | To::Node) => self.error_reply(st, from, StanzaError::BadRequest, out),
             (true, To::Resource(enc)) if self.cfg.client_requests => {
                 self.request_from_target(st, from, to_attr, enc, id, now, out)
             }
@@ -650,8 +694,16 @@ impl Router {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(peer) = self.jat.decode(enc).and_then(|p| jid::validate(&p)) else {
+        // An unknown or expired token (or, with opaque JAT, anything but
+        // a token) names no one: `item-not-found`. An inline ENC that is
+        // no JID says what is wrong with it: `jid-malformed`.
+        let Some(decoded) = self.jat.decode(enc) else {
             self.error_reply(st, resource, StanzaError::ItemNotFound, out);
+            return;
+        };
+        let Some(peer) = jid::validate(&decoded) else {
+            let text = format!("The address after {}/ is not a JID", self.cfg.domain);
+            self.error_reply_text(st, resource, StanzaError::JidMalformed, Some(&text), out);
             return;
         };
         if jid::bare_eq(jid::bare(&peer), &self.cfg.domain) {
@@ -683,10 +735,35 @@ impl Router {
     fn reply_from_upstream(&mut self, st: &Stanza, from: &str, to: &To, out: &mut Vec<Action>) {
         let id = st.id().unwrap_or_default().to_owned();
         let key = match to {
-            To::Resource(res) => Key::ToResource {
-                res: (*res).to_owned(),
-                id,
-            },
+            To::Resource(res) => {
+                // ENC as the member wrote it back; the server stamped the
+                // requester prepared and the member nearly always copies
+                // it, so the exact form nearly always hits. A member that
+                // writes it another way (`ALICE@EXAMPLE.TEST/phone`,
+                // `alice@example.test./phone`) still finds it through the
+                // prepared form, as the module `jid_prep`s what it
+                // decodes. Tokens are matched exactly.
+                let exact = Key::ToResource {
+                    res: (*res).to_owned(),
+                    id,
+                };
+                if self.pending.contains(&exact) {
+                    exact
+                } else if let Some(prepared) = self.jat.prepared(res) {
+                    Key::ToResource {
+                        res: prepared,
+                        id: st.id().unwrap_or_default().to_owned(),
+                    }
+                } else {
+                    exact
+                }
+            }
+            To::Node => {
+                // Requests the target starts go out from the bare
+                // domain; nothing waits for a reply to `node@D`.
+                self.stats.replies_unmatched += 1;
+                return;
+            }
             To::Bare => {
                 // Keyed by the normalised peer (see `request_from_target`).
                 // The server stamps `from` prepared, so the exact form
@@ -982,6 +1059,18 @@ impl Router {
     /// An error reply to a stanza from upstream, from the address it was
     /// sent to. Errors are never answered with errors.
     fn error_reply(&mut self, st: &Stanza, from: &str, err: StanzaError, out: &mut Vec<Action>) {
+        self.error_reply_text(st, from, err, None, out);
+    }
+
+    /// [`Router::error_reply`] with a `<text>` saying what was wrong.
+    fn error_reply_text(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        err: StanzaError,
+        text: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
         if st.is_error() {
             self.stats.dropped_other += 1;
             return;
@@ -994,7 +1083,7 @@ impl Router {
             me,
             from,
             err,
-            None,
+            text,
         )));
     }
 

@@ -18,6 +18,8 @@ fn cfg() -> RouterConfig {
         jat: JatMode::Inline,
         client_requests: true,
         subscribe: true,
+        // Both pools: most tests mix resources and instances.
+        instances: true,
         balancing: Balancing::RoundRobin,
         iq_timeout: Duration::from_secs(30),
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
@@ -1036,6 +1038,7 @@ fn messages_and_presence_stick_to_one_instance() {
 /// once, by a reply or an error.
 #[test]
 fn every_request_gets_exactly_one_answer() {
+    let mut folded_delivered = 0u32;
     for seed in 0..20u64 {
         let mut c = cfg();
         c.pending_capacity = NonZeroUsize::new(8).expect("nonzero");
@@ -1045,6 +1048,10 @@ fn every_request_gets_exactly_one_answer() {
             Balancing::LeastPending,
             Balancing::Sticky,
         ][seed as usize % 4];
+        // Each balancing with both pools and with the client pool only
+        // (which then also serves `room@D`).
+        c.instances = (seed / 4) % 2 == 0;
+        let instances = c.instances;
         let mut h = H::new(c);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut answers: std::collections::HashMap<String, u32> = Default::default();
@@ -1085,9 +1092,19 @@ fn every_request_gets_exactly_one_answer() {
                     h.up(&format!("<presence from='{T}/{r}' to='{D}'/>"))
                 }
                 1 => {
+                    // Pool presence, or directed presence that must not
+                    // change the pool.
+                    let r = ["a", "b", "c"][rng.random_range(0..3)];
+                    let to = [D, "proxy.example.test/x", "room@proxy.example.test"]
+                        [rng.random_range(0..3)];
+                    h.up(&format!(
+                        "<presence type='unavailable' from='{T}/{r}' to='{to}'/>"
+                    ))
+                }
+                2 if !instances => {
                     let r = ["a", "b", "c"][rng.random_range(0..3)];
                     h.up(&format!(
-                        "<presence type='unavailable' from='{T}/{r}' to='{D}'/>"
+                        "<presence type='unavailable' from='{T}/{r}' to='{D}/{r}'/>"
                     ))
                 }
                 2 => {
@@ -1105,8 +1122,10 @@ fn every_request_gets_exactly_one_answer() {
                 4..=6 => {
                     sent += 1;
                     let u = rng.random_range(0..4);
+                    let to = [D, D, "room@proxy.example.test", "room@proxy.example.test/n"]
+                        [rng.random_range(0..4)];
                     h.up(&format!(
-                        "<iq type='get' id='q{step}' to='{D}' from='user{u}@example.test/r'/>"
+                        "<iq type='get' id='q{step}' to='{to}' from='user{u}@example.test/r'/>"
                     ))
                 }
                 _ => {
@@ -1130,9 +1149,20 @@ fn every_request_gets_exactly_one_answer() {
                         } else {
                             tag
                         };
-                        h.up(&format!(
+                        // ENC written back as the module accepts it too.
+                        let folded = rng.random_bool(0.3);
+                        let from = if folded {
+                            from.replace("@example.test/", "@Example.TEST./")
+                        } else {
+                            from
+                        };
+                        let out = h.up(&format!(
                             "<iq type='result' id='{id}' from='{res}' to='{from}'/>"
-                        ))
+                        ));
+                        if folded && out.iter().any(|o| o.contains("type='result'")) {
+                            folded_delivered += 1;
+                        }
+                        out
                     }
                 }
             };
@@ -1151,6 +1181,7 @@ fn every_request_gets_exactly_one_answer() {
             "seed {seed}: none answered twice: {answers:?}"
         );
     }
+    assert!(folded_delivered > 0, "case-folded ENCs were exercised");
 }
 
 #[test]
@@ -1635,6 +1666,374 @@ fn instance_stanza_without_from_is_from_the_domain() {
         "{out:?}"
     );
     assert_eq!(h.r.pending_len(), 0);
+}
+
+// ----- issue 11: smaller differences from the module ------------------------
+
+/// Only the client pool: no instance listener configured.
+fn client_only() -> RouterConfig {
+    RouterConfig {
+        instances: false,
+        ..cfg()
+    }
+}
+
+#[test]
+fn nodes_of_the_domain_are_served_by_the_client_pool_without_instances() {
+    let mut h = H::new(client_only());
+    let room = format!("room@{D}");
+    // Nobody online: the module's answer, from the address written to.
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='get' id='n0' to='{room}' from='{ALICE}'/>"
+        )),
+        [err(
+            "iq",
+            "n0",
+            &room,
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    h.online("a");
+    for to in [room.clone(), format!("{room}/nick"), format!("ROOM@{D}")] {
+        let fwd = h.up(&format!(
+            "<iq type='get' id='n1' to='{to}' from='{ALICE}'><q xmlns='urn:example:echo'/></iq>"
+        ));
+        // The member sees the module's `D/ENC`, whichever node was asked.
+        assert_eq!(
+            fwd,
+            [format!("UP <iq type='get' id='n1' to='{T}/a' from='{D}/{ALICE}'><q xmlns='urn:example:echo'/></iq>")],
+            "{to}"
+        );
+        // The answer comes from the address the requester wrote to (the
+        // module answers from `D`, which a client matching replies on
+        // the address it asked drops).
+        assert_eq!(
+            h.up(&format!(
+                "<iq type='result' id='n1' to='{D}/{ALICE}' from='{T}/a'/>"
+            )),
+            [format!(
+                "UP <iq type='result' id='n1' to='{ALICE}' from='{to}'/>"
+            )],
+            "{to}"
+        );
+    }
+    // A member replying to `node@D/ENC` is de-translated too, as by the module.
+    h.up(&format!(
+        "<iq type='get' id='n2' to='{room}' from='{ALICE}'/>"
+    ));
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='n2' to='{room}/{ALICE}' from='{T}/a'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='n2' to='{ALICE}' from='{room}'/>"
+        )]
+    );
+    // Messages and presence: the module's answers, from the node.
+    assert_eq!(
+        h.up(&format!(
+            "<message type='chat' id='m1' to='{room}' from='{ALICE}'><body>hi</body></message>"
+        )),
+        [err(
+            "message",
+            "m1",
+            &room,
+            ALICE,
+            "cancel",
+            "feature-not-implemented"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!(
+            "<presence id='p1' to='{room}/nick' from='{ALICE}'/>"
+        )),
+        [err(
+            "presence",
+            "p1",
+            &format!("{room}/nick"),
+            ALICE,
+            "cancel",
+            "bad-request"
+        )]
+    );
+    assert!(h
+        .up(&format!(
+            "<presence type='error' to='{room}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    // From the target, a bare node is the bare domain: bad-request.
+    let ta = format!("{T}/a");
+    assert_eq!(
+        h.up(&format!("<iq type='get' id='t1' to='{room}' from='{ta}'/>")),
+        [err("iq", "t1", &room, &ta, "cancel", "bad-request")]
+    );
+    assert_eq!(
+        h.up(&format!("<message id='t2' to='{room}' from='{ta}'/>")),
+        [err("message", "t2", &room, &ta, "cancel", "bad-request")]
+    );
+    // The target's request to `node@D/ENC` goes out as one to `D/ENC`
+    // does, and its answer comes back from where it was sent.
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='get' id='t3' to='{room}/{ALICE}' from='{ta}'/>"
+        )),
+        [format!(
+            "UP <iq type='get' id='t3' to='{ALICE}' from='{D}'/>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='t3' to='{D}' from='{ALICE}'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='t3' to='{ta}' from='{room}/{ALICE}'/>"
+        )]
+    );
+    // Nothing waits for a reply to a bare node.
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='t3' to='{room}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_unmatched, 1);
+    assert_eq!(h.r.pending_len(), 0);
+    // Other domains stay dropped.
+    assert!(h
+        .up(&format!(
+            "<iq type='get' id='x' to='room@other.test' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().dropped_unaddressed, 1);
+}
+
+#[test]
+fn with_both_pools_nodes_stay_with_the_instances() {
+    // With a listener configured the nodes are the instances' even while
+    // none is connected, and the client resources never see them.
+    let mut h = H::new(cfg());
+    h.online("a");
+    let room = format!("room@{D}");
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='get' id='b1' to='{room}' from='{ALICE}'/>"
+        )),
+        [err(
+            "iq",
+            "b1",
+            &room,
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    // The bare domain is served by both.
+    h.r.instance_up(1);
+    let req = format!("<iq type='get' id='b2' to='{D}' from='{ALICE}'/>");
+    let first = h.up(&req);
+    let second = h.up(&req.replace("b2", "b3"));
+    let mut both = [first[0].as_str(), second[0].as_str()].map(|s| &s[..3]);
+    both.sort_unstable();
+    assert_eq!(both, ["I1 ", "UP "]);
+}
+
+#[test]
+fn replies_to_an_enc_written_differently_are_matched_prepared() {
+    let mut h = H::new(cfg());
+    h.online("a");
+    for (n, enc) in [
+        "ALICE@EXAMPLE.TEST/phone",
+        "alice@example.test./phone",
+        "Alice@Example.Test./phone",
+    ]
+    .iter()
+    .enumerate()
+    {
+        h.up(&format!(
+            "<iq type='get' id='p{n}' to='{D}' from='{ALICE}'/>"
+        ));
+        // Only the resource asked may answer, however it writes ENC.
+        assert!(h
+            .up(&format!(
+                "<iq type='result' id='p{n}' to='{D}/{enc}' from='{T}/b'/>"
+            ))
+            .is_empty());
+        assert_eq!(
+            h.up(&format!(
+                "<iq type='result' id='p{n}' to='{D}/{enc}' from='{T}/a'><x xmlns='y'/></iq>"
+            )),
+            [format!(
+                "UP <iq type='result' id='p{n}' to='{ALICE}' from='{D}'><x xmlns='y'/></iq>"
+            )],
+            "{enc}"
+        );
+    }
+    assert_eq!(h.r.stats().replies_spoofed, 3);
+    // The resourcepart keeps its case (resourceprep): another requester.
+    h.up(&format!("<iq type='get' id='p9' to='{D}' from='{ALICE}'/>"));
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='p9' to='{D}/alice@example.test/PHONE' from='{T}/a'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_unmatched, 1);
+    assert_eq!(h.r.pending_len(), 1);
+}
+
+#[test]
+fn opaque_tokens_are_matched_exactly() {
+    let mut c = cfg();
+    c.jat = JatMode::Opaque;
+    let mut h = H::new(c);
+    h.online("a");
+    let fwd = h.up(&format!("<iq type='get' id='o' to='{D}' from='{ALICE}'/>"));
+    let st = parse_one(&fwd[0].as_bytes()[3..]).expect("frames");
+    let enc = st
+        .from()
+        .and_then(|f| f.strip_prefix(&format!("{D}/")))
+        .expect("from = D/TOKEN")
+        .to_owned();
+    assert!(h
+        .up(&format!(
+            "<iq type='result' id='o' to='{D}/{}' from='{T}/a'/>",
+            enc.to_uppercase()
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_unmatched, 1);
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='o' to='{D}/{enc}' from='{T}/a'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='o' to='{ALICE}' from='{D}'/>"
+        )]
+    );
+}
+
+#[test]
+fn directed_presence_from_the_target_leaves_the_pool_alone() {
+    for instances in [false, true] {
+        let mut h = H::new(RouterConfig { instances, ..cfg() });
+        h.online("a");
+        h.online("b");
+        // Round-robin: the first request goes to b.
+        let fwd = h.up(&format!("<iq type='get' id='1' to='{D}' from='{ALICE}'/>"));
+        assert!(fwd[0].contains(&format!("to='{T}/b'")), "{fwd:?}");
+        let mut directed = vec![
+            format!("<presence type='unavailable' from='{T}/b' to='{D}/x'/>"),
+            format!("<presence type='unavailable' from='{T}/a' to='{D}/{ALICE}'/>"),
+            format!("<presence from='{T}/c' to='{D}/x'/>"),
+            format!("<presence type='error' from='{T}' to='{D}/x'/>"),
+        ];
+        if !instances {
+            // Without instances `room@D` is ours; to a node, not to `D`.
+            directed.extend([
+                format!("<presence type='unavailable' from='{T}/b' to='room@{D}'/>"),
+                format!("<presence from='{T}/c' to='room@{D}/nick'/>"),
+                format!("<presence type='error' from='{T}' to='room@{D}'/>"),
+                format!("<presence type='unsubscribed' from='{T}' to='room@{D}'/>"),
+                format!("<presence type='subscribe' from='{T}' to='room@{D}'/>"),
+            ]);
+        }
+        for p in &directed {
+            assert!(h.up(p).is_empty(), "{p}");
+        }
+        assert_eq!(h.r.stats().dropped_other, directed.len() as u64);
+        assert_eq!(
+            h.r.pool().members(),
+            &[
+                Member::Resource(format!("{T}/a")),
+                Member::Resource(format!("{T}/b"))
+            ]
+        );
+        // The request on b is still b's to answer.
+        assert_eq!(
+            h.up(&format!(
+                "<iq type='result' id='1' to='{D}/{ALICE}' from='{T}/b'/>"
+            )),
+            [format!(
+                "UP <iq type='result' id='1' to='{ALICE}' from='{D}'/>"
+            )]
+        );
+        // Presence to the bare domain is pool presence.
+        h.up(&format!("<iq type='get' id='2' to='{D}' from='{ALICE}'/>"));
+        assert_eq!(
+            h.up(&format!(
+                "<presence type='unavailable' from='{T}/a' to='{D}'/>"
+            )),
+            [err("iq", "2", D, ALICE, "wait", "recipient-unavailable")]
+        );
+        assert_eq!(h.r.pool().members(), &[Member::Resource(format!("{T}/b"))]);
+        if instances {
+            // A node is an instance's: the target's presence to it goes
+            // there like anyone's.
+            h.r.instance_up(1);
+            let p = format!("<presence type='unavailable' from='{T}/b' to='room@{D}'/>");
+            assert_eq!(h.up(&p), [format!("I1 {p}")]);
+            assert!(h.r.pool().contains(&Member::Resource(format!("{T}/b"))));
+        }
+    }
+}
+
+#[test]
+fn target_request_to_no_jid_is_jid_malformed() {
+    let mut h = H::new(cfg());
+    let ta = format!("{T}/a");
+    for (n, enc) in [
+        "a b@example.test".to_owned(),
+        "@example.test".to_owned(),
+        "example.test..".to_owned(),
+        format!("{}@example.test", "n".repeat(1024)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            h.up(&format!(
+                "<iq id='j{n}' to='{D}/{enc}' type='get' from='{ta}'/>"
+            )),
+            [format!(
+                "UP <iq type='error' id='j{n}' from='{D}/{enc}' to='{ta}'><error type='modify'><jid-malformed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>The address after {D}/ is not a JID</text></error></iq>"
+            )],
+            "{enc}"
+        );
+    }
+    assert_eq!(h.r.stats().generated(StanzaError::JidMalformed), 4);
+    assert_eq!(h.r.stats().requests_outbound, 0);
+    // An unknown token names no one: item-not-found, as does anything
+    // but a token with opaque JAT.
+    assert_eq!(
+        h.up(&format!(
+            "<iq id='k' to='{D}/#jat.00' type='get' from='{ta}'/>"
+        )),
+        [err(
+            "iq",
+            "k",
+            &format!("{D}/#jat.00"),
+            &ta,
+            "cancel",
+            "item-not-found"
+        )]
+    );
+    let mut h = H::new(RouterConfig {
+        jat: JatMode::Opaque,
+        ..cfg()
+    });
+    assert_eq!(
+        h.up(&format!(
+            "<iq id='k' to='{D}/{ALICE}' type='get' from='{ta}'/>"
+        )),
+        [err(
+            "iq",
+            "k",
+            &format!("{D}/{ALICE}"),
+            &ta,
+            "cancel",
+            "item-not-found"
+        )]
+    );
 }
 
 // ----- durations beyond reason -------------------------------------------------

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use jatproxy::config;
 use jatproxy::proxy::Proxy;
+use support::differences::module_differences;
 use support::flows::{error_of, load, responder};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::xmpp::{self, TestClient};
@@ -384,5 +385,18 @@ async fn subscribe_sent_while_the_target_is_offline_is_delivered_at_login() {
         "log:\n{}",
         p.log_tail(30)
     );
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// Issue 11, the smaller differences from the module, through a real
+/// Prosody: see [`support::differences::module_differences`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_prepared_replies_and_directed_presence_as_the_module_or_better() {
+    let p = prosody(true).await;
+    let proxy = proxy(&p, "").await;
+    let mut a = client(&p, &format!("{T}/a")).await;
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    let mut alice = client(&p, &format!("{ALICE}/phone")).await;
+    module_differences(&proxy, &mut a, &mut alice).await;
     assert!(proxy.shutdown(WAIT).await);
 }

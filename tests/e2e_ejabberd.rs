@@ -568,3 +568,27 @@ fn attribution_tells_ejabberd_losses_from_jatproxy_losses() {
         ["unanswered", "misaddressed", "closed"]
     );
 }
+
+/// Issue 11, the smaller differences from the module, through a real
+/// ejabberd: see [`support::differences::module_differences`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_prepared_replies_and_directed_presence_through_ejabberd() {
+    let e = ejabberd().await;
+    let toml = format!(
+        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n",
+        upstream_toml(&e)
+    );
+    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
+        .await
+        .expect("start");
+    assert!(
+        proxy.wait_for(WAIT, |s| s.upstream_online).await,
+        "jatproxy did not register as {D}; ejabberd log:\n{}",
+        e.log_tail(30)
+    );
+    let mut a = client(&e, &format!("{T}/a")).await;
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    let mut alice = client(&e, &format!("{ALICE}/phone")).await;
+    support::differences::module_differences(&proxy, &mut a, &mut alice).await;
+    assert!(proxy.shutdown(WAIT).await);
+}
