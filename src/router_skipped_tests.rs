@@ -20,6 +20,7 @@ fn router() -> Router {
         balancing: Balancing::RoundRobin,
         iq_timeout: Duration::from_secs(30),
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
+        instances: false,
     })
 }
 
