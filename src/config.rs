@@ -68,6 +68,7 @@ pub mod defaults {
     pub const UPSTREAM_MAX_STANZA_BYTES: usize = 2 * 1024 * 1024;
     pub const UPSTREAM_MAX_DEPTH: usize = 65_536;
     pub const UPSTREAM_MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
+    pub const UPSTREAM_MAX_WRITE_BYTES: usize = 512 * 1024;
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
@@ -203,6 +204,9 @@ pub struct LimitsConfig {
     pub upstream_max_stanza_bytes: usize,
     pub upstream_max_depth: usize,
     pub upstream_max_token_bytes: usize,
+    /// The largest stanza written to the server: over the server's own
+    /// limit for components, it would close the link.
+    pub upstream_max_write_bytes: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_queue: usize,
@@ -242,6 +246,7 @@ impl Default for LimitsConfig {
             upstream_max_stanza_bytes: defaults::UPSTREAM_MAX_STANZA_BYTES,
             upstream_max_depth: defaults::UPSTREAM_MAX_DEPTH,
             upstream_max_token_bytes: defaults::UPSTREAM_MAX_TOKEN_BYTES,
+            upstream_max_write_bytes: defaults::UPSTREAM_MAX_WRITE_BYTES,
             header_timeout: defaults::HEADER_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
@@ -667,6 +672,9 @@ pub struct LimitsArgs {
     /// Longest attribute value or name from the server; stanzas with longer ones are skipped [limits.upstream_max_token_bytes, default 2097152]
     #[arg(long, value_name = "BYTES")]
     pub upstream_max_token_bytes: Option<usize>,
+    /// Largest stanza written to the server (its limit for components); larger answers become policy-violation [limits.upstream_max_write_bytes, default 524288]
+    #[arg(long, value_name = "BYTES")]
+    pub upstream_max_write_bytes: Option<usize>,
     /// Time a peer gets to send its stream header [limits.header_timeout, default 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub header_timeout: Option<Duration>,
@@ -828,6 +836,7 @@ struct RawLimits {
     upstream_max_stanza_bytes: Option<usize>,
     upstream_max_depth: Option<usize>,
     upstream_max_token_bytes: Option<usize>,
+    upstream_max_write_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -984,6 +993,7 @@ impl RawConfig {
         );
         over(&mut l.upstream_max_depth, &a.upstream_max_depth);
         over(&mut l.upstream_max_token_bytes, &a.upstream_max_token_bytes);
+        over(&mut l.upstream_max_write_bytes, &a.upstream_max_write_bytes);
         over(&mut l.header_timeout, &a.header_timeout);
         over(&mut l.idle_timeout, &a.idle_timeout);
         over(&mut l.write_queue, &a.write_queue);
@@ -1354,6 +1364,11 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
             "limits.upstream_max_token_bytes",
             l.upstream_max_token_bytes
                 .unwrap_or(defaults::UPSTREAM_MAX_TOKEN_BYTES),
+        )?,
+        upstream_max_write_bytes: stanza_bytes(
+            "limits.upstream_max_write_bytes",
+            l.upstream_max_write_bytes,
+            defaults::UPSTREAM_MAX_WRITE_BYTES,
         )?,
         header_timeout: positive(
             "limits.header_timeout",
@@ -1738,7 +1753,8 @@ impl Config {
             s,
             " limits.max_stanza_bytes={} limits.max_depth={} limits.max_token_bytes={} \
              limits.upstream_max_stanza_bytes={} limits.upstream_max_depth={} \
-             limits.upstream_max_token_bytes={} limits.header_timeout={} \
+             limits.upstream_max_token_bytes={} limits.upstream_max_write_bytes={} \
+             limits.header_timeout={} \
              limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={} \
              limits.tokenizer={}",
             l.max_stanza_bytes,
@@ -1747,6 +1763,7 @@ impl Config {
             l.upstream_max_stanza_bytes,
             l.upstream_max_depth,
             l.upstream_max_token_bytes,
+            l.upstream_max_write_bytes,
             d(l.header_timeout),
             d(l.idle_timeout),
             l.write_queue,

@@ -6,7 +6,7 @@
 //!
 //! | class | keys | effect |
 //! |---|---|---|
-//! | live | `routing.balancing`, `routing.iq_timeout`, `client_proxy.target_address`, `client_requests`, `subscribe`, `limits.upstream_buffer`, `log.level`, `service.shutdown_grace` | at once, nothing dropped |
+//! | live | `routing.balancing`, `routing.iq_timeout`, `client_proxy.target_address`, `client_requests`, `subscribe`, `limits.upstream_buffer`, `limits.upstream_max_write_bytes`, `log.level`, `service.shutdown_grace` | at once, nothing dropped |
 //! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `limits.*` but `upstream_buffer` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
 //! | reconnect | `upstream.server`, `upstream.secret` | the upstream session is closed and made again at once (pending requests on client resources are answered `recipient-unavailable`, as on any upstream loss) |
 //! | restart | `upstream.domain`, `client_proxy.jat`, `routing.pending_capacity`, `instances.listen`, `instances.max_connections`, `instances.max_unauthenticated`, `log.format`, `service.worker_threads`, `metrics.listen` | the whole reload is refused; the running configuration stays |
@@ -188,6 +188,11 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         NextConnection,
     );
     check(
+        ol.upstream_max_write_bytes != nl.upstream_max_write_bytes,
+        "limits.upstream_max_write_bytes",
+        Live,
+    );
+    check(
         ol.header_timeout != nl.header_timeout,
         "limits.header_timeout",
         NextConnection,
@@ -294,6 +299,7 @@ fn every_key_is_sorted(c: &Config) {
         upstream_max_stanza_bytes: _,
         upstream_max_depth: _,
         upstream_max_token_bytes: _,
+        upstream_max_write_bytes: _,
         header_timeout: _,
         idle_timeout: _,
         write_queue: _,

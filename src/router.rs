@@ -52,6 +52,13 @@ pub struct RouterConfig {
     pub balancing: Balancing,
     pub iq_timeout: Duration,
     pub pending_capacity: NonZeroUsize,
+    /// The largest stanza jatproxy writes to the server
+    /// (`limits.upstream_max_write_bytes`). The server closes the whole
+    /// component stream on a stanza over its own limit (Prosody:
+    /// `component_stanza_size_limit`, 512 KiB), and its re-serialisation
+    /// can make a user's stanza six times larger than the user sent it:
+    /// forwarded back as it came, one user's request would cut the link.
+    pub max_write: usize,
 }
 
 impl RouterConfig {
@@ -67,6 +74,7 @@ impl RouterConfig {
             client_requests: c.client_proxy.client_requests,
             subscribe: c.client_proxy.subscribe,
             instances: c.instances.listen.is_some(),
+            max_write: c.limits.upstream_max_write_bytes,
             balancing: c.routing.balancing,
             iq_timeout: c.routing.iq_timeout,
             pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
@@ -234,6 +242,7 @@ impl Router {
         self.reconfigure(new.balancing, new.iq_timeout);
         self.cfg.client_requests = new.client_requests;
         self.cfg.subscribe = new.subscribe;
+        self.cfg.max_write = new.max_write;
         if self.cfg.target != new.target {
             for m in self.pool.clear_resources() {
                 self.fail_member(&m, out);
@@ -651,7 +660,19 @@ impl Router {
                     res: enc,
                     id: id.to_owned(),
                 };
-                (key, rewrite(st, Some(r), Some(&from)))
+                let wire = rewrite(st, Some(r), Some(&from));
+                if wire.len() > self.cfg.max_write {
+                    let text = self.too_large_text(wire.len());
+                    self.error_reply_text(
+                        st,
+                        requester,
+                        StanzaError::PolicyViolation,
+                        Some(&text),
+                        out,
+                    );
+                    return;
+                }
+                (key, wire)
             }
             Member::Instance(_) => (
                 Key::InstanceReply {
@@ -720,6 +741,11 @@ impl Router {
             return;
         }
         let wire = rewrite(st, Some(&peer), Some(&self.cfg.domain));
+        if wire.len() > self.cfg.max_write {
+            let text = self.too_large_text(wire.len());
+            self.error_reply_text(st, resource, StanzaError::PolicyViolation, Some(&text), out);
+            return;
+        }
         let waiting = Waiting::FromTarget {
             resource: resource.to_owned(),
             orig_to: orig_to.to_owned(),
@@ -811,11 +837,15 @@ impl Router {
             } => {
                 self.pool.dec_load(&member);
                 self.stats.member(&member).answered += 1;
-                out.push(up(rewrite(st, Some(&requester), Some(&orig_to))));
+                let wire = rewrite(st, Some(&requester), Some(&orig_to));
+                self.answer_upstream(wire, st.id().unwrap_or_default(), &orig_to, &requester, out);
             }
             Waiting::FromTarget {
                 resource, orig_to, ..
-            } => out.push(up(rewrite(st, Some(&resource), Some(&orig_to)))),
+            } => {
+                let wire = rewrite(st, Some(&resource), Some(&orig_to));
+                self.answer_upstream(wire, st.id().unwrap_or_default(), &orig_to, &resource, out);
+            }
             Waiting::FromInstance {
                 instance,
                 orig_from,
@@ -1084,6 +1114,44 @@ impl Router {
             from,
             err,
             text,
+        )));
+    }
+
+    /// The text of a `policy-violation` for a stanza of `len` bytes that
+    /// the server would not take from us.
+    fn too_large_text(&self, len: usize) -> String {
+        format!(
+            "stanza of {len} bytes (as the server re-serialised it) is over the {} bytes \
+             the server takes from a component (limits.upstream_max_write_bytes): not delivered",
+            self.cfg.max_write
+        )
+    }
+
+    /// Writes a reply to `requester` upstream, or, when the server would
+    /// refuse it (and close our stream), `policy-violation` in its place:
+    /// the request still gets its one answer.
+    fn answer_upstream(
+        &mut self,
+        wire: Wire,
+        id: &str,
+        orig_to: &str,
+        requester: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if wire.len() <= self.cfg.max_write {
+            out.push(up(wire));
+            return;
+        }
+        let err = StanzaError::PolicyViolation;
+        let text = self.too_large_text(wire.len());
+        self.stats.count(err);
+        out.push(up(stanza::error_reply(
+            "iq",
+            Some(id),
+            orig_to,
+            requester,
+            err,
+            Some(&text),
         )));
     }
 

@@ -20,6 +20,7 @@ fn router() -> Router {
         balancing: Balancing::RoundRobin,
         iq_timeout: Duration::from_secs(30),
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
+        max_write: 512 * 1024,
         instances: false,
     })
 }
@@ -105,4 +106,99 @@ fn skipped_messages_and_presence_are_answered_errors_are_not() {
     assert_eq!(skipped(&mut r, Limit::Size, None), Vec::<String>::new());
     assert_eq!(r.stats().skipped, [7, 0, 2]);
     assert_eq!(r.stats().generated(StanzaError::PolicyViolation), 2);
+}
+
+// ----- what the server would not take back --------------------------------
+
+/// A router whose server takes at most `max` bytes from the component.
+fn small_writes(max: usize) -> Router {
+    let mut r = router();
+    let mut cfg = r.config().clone();
+    cfg.max_write = max;
+    r = Router::new(cfg);
+    let mut out = Vec::new();
+    let st = parse_one(format!("<presence from='impl@example.test/a' to='{D}'/>").as_bytes())
+        .expect("presence frames");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    r.from_upstream(&st, Instant::now(), &mut rng, &mut out);
+    r
+}
+
+fn up_text(r: &mut Router, xml: &str) -> Vec<String> {
+    let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+    let mut out = Vec::new();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    r.from_upstream(&st, Instant::now(), &mut rng, &mut out);
+    out.into_iter()
+        .map(|a| match a {
+            Action::Upstream(w) | Action::UpstreamRequest(w, _) => {
+                String::from_utf8_lossy(&w.to_bytes()).into_owned()
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Prosody closes the component stream on a stanza over its
+/// `component_stanza_size_limit`: a request that would be over it once
+/// forwarded is answered instead, and never recorded.
+#[test]
+fn a_request_too_large_to_write_back_is_answered_policy_violation() {
+    let mut r = small_writes(300);
+    let pad = "p".repeat(200);
+    let out = up_text(
+        &mut r,
+        &format!("<iq type='get' id='w1' to='{D}' from='{ALICE}'><q xmlns='urn:x'>{pad}</q></iq>"),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with(&format!(
+        "<iq type='error' id='w1' from='{D}' to='{ALICE}'><error type='modify'><policy-violation "
+    )),
+        "{out:?}"
+    );
+    assert!(
+        out[0].contains("(limits.upstream_max_write_bytes)"),
+        "{out:?}"
+    );
+    assert_eq!(r.pending_len(), 0);
+    // A small one still goes through.
+    let out = up_text(
+        &mut r,
+        &format!("<iq type='get' id='w2' to='{D}' from='{ALICE}'/>"),
+    );
+    assert_eq!(
+        out,
+        [format!(
+            "<iq type='get' id='w2' to='impl@example.test/a' from='{D}/{ALICE}'/>"
+        )]
+    );
+}
+
+/// A member's reply too large for the server: the requester gets
+/// `policy-violation` in its place, its one answer.
+#[test]
+fn a_reply_too_large_to_write_is_replaced_by_policy_violation() {
+    let mut r = small_writes(300);
+    let fwd = up_text(
+        &mut r,
+        &format!("<iq type='get' id='w3' to='{D}' from='{ALICE}'/>"),
+    );
+    assert_eq!(fwd.len(), 1, "{fwd:?}");
+    let pad = "r".repeat(300);
+    let back = up_text(
+        &mut r,
+        &format!(
+            "<iq type='result' id='w3' to='{D}/{ALICE}' from='impl@example.test/a'><q xmlns='urn:x'>{pad}</q></iq>"
+        ),
+    );
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert!(
+        back[0].starts_with(&format!(
+        "<iq type='error' id='w3' from='{D}' to='{ALICE}'><error type='modify'><policy-violation "
+    )),
+        "{back:?}"
+    );
+    assert_eq!(r.pending_len(), 0);
+    assert_eq!(r.stats().generated(StanzaError::PolicyViolation), 1);
 }

@@ -23,6 +23,7 @@ fn cfg() -> RouterConfig {
         balancing: Balancing::RoundRobin,
         iq_timeout: Duration::from_secs(30),
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
+        max_write: 512 * 1024,
     }
 }
 
