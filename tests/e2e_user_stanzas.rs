@@ -65,8 +65,8 @@ fn alice_full() -> String {
 // The servers
 
 enum Server {
-    Prosody(Prosody),
-    Ejabberd(Ejabberd),
+    Prosody(Box<Prosody>),
+    Ejabberd(Box<Ejabberd>),
 }
 
 impl Server {
@@ -94,7 +94,7 @@ impl Server {
 /// holding `D` with `from`. No c2s limit is set: Prosody's defaults apply
 /// (`c2s_stanza_size_limit` 256 KiB, and 512 KiB on component streams).
 async fn prosody() -> Server {
-    Server::Prosody(
+    Server::Prosody(Box::new(
         Prosody::start(
             ProsodyConfig::new()
                 .user("alice", PW)
@@ -106,13 +106,13 @@ async fn prosody() -> Server {
         )
         .await
         .expect("prosody starts (is it installed? run scripts/setup.sh)"),
-    )
+    ))
 }
 
 /// ejabberd the same way. The harness sets no `max_stanza_size`, so the
 /// listeners have 23.01's default, `infinity`.
 async fn ejabberd() -> Server {
-    Server::Ejabberd(
+    Server::Ejabberd(Box::new(
         Ejabberd::start(
             EjabberdConfig::new()
                 .user("alice", PW)
@@ -123,7 +123,7 @@ async fn ejabberd() -> Server {
         )
         .await
         .unwrap_or_else(|e| panic!("ejabberd starts (is it installed? run scripts/setup.sh): {e}")),
-    )
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -533,6 +533,9 @@ impl Run {
 enum Expect<'a> {
     /// An iq result from `from`, answered by impl/a.
     Result { from: &'a str },
+    /// Either of [`RESULT`] and [`POLICY`]: for a stanza the member cannot
+    /// be given (see [`prosody_table_rows_keep_the_session`]).
+    ResultOrPolicy,
     /// An error of `kind` (the stanza's own name) from `from`.
     Error {
         from: &'a str,
@@ -551,6 +554,14 @@ impl Expect<'_> {
                     (Some("result"), Some(*from), "a"),
                     "{what}: forwarded and answered by impl/a: {xml}"
                 );
+            }
+            Expect::ResultOrPolicy => {
+                if e.attr("type") == Some("result") {
+                    RESULT.check(what, e);
+                } else {
+                    POLICY.check(what, e);
+                }
+                println!("{what}: answered {xml}");
             }
             Expect::Error {
                 from,
@@ -600,9 +611,10 @@ const RESULT: Expect<'static> = Expect::Result { from: D };
 // ---------------------------------------------------------------------------
 // The rows
 
-/// An iq get to `D` with `payload` after an `<echo>` saying `text`.
+/// An iq get to `D`: `<echo>` saying `id`, with `payload` inside (an iq
+/// request has exactly one child).
 fn iq(id: &str, payload: &str) -> String {
-    format!("<iq type='get' id='{id}' to='{D}'><echo xmlns='{NS_ECHO}'>{id}</echo>{payload}</iq>")
+    format!("<iq type='get' id='{id}' to='{D}'><echo xmlns='{NS_ECHO}'>{id}{payload}</echo></iq>")
 }
 fn message(id: &str, payload: &str) -> String {
     format!("<message type='chat' id='{id}' to='{D}'><body>{id}</body>{payload}</message>")
@@ -631,9 +643,20 @@ fn long_attr(n: usize) -> String {
     format!("<x xmlns='urn:example:x' a='{}'/>", "v".repeat(n))
 }
 
-/// `n` apostrophes as text: Prosody writes each one as `&apos;` (6×).
+/// `n` apostrophes as text, in elements of at most 1000 each (so no
+/// single text run is long: the row is about the stanza's size). Prosody
+/// and ejabberd write each `'` as `&apos;` (6×).
 fn apostrophes(n: usize) -> String {
-    format!("<x xmlns='urn:example:x'>{}</x>", "'".repeat(n))
+    let mut s = String::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        s.push_str("<x xmlns='urn:example:x'>");
+        s.push_str(&"'".repeat(k));
+        s.push_str("</x>");
+        left -= k;
+    }
+    s
 }
 
 /// 150 KB of `'`: within Prosody's 256 KiB c2s limit, ~900 KB on the
@@ -641,8 +664,9 @@ fn apostrophes(n: usize) -> String {
 const APOS: usize = 150_000;
 
 /// The four rows of issue 11's table, each as an iq, a message and a
-/// presence, with what alice gets back with jatproxy's default limits.
-async fn table_rows_with_defaults(run: &mut Run) {
+/// presence, with what alice gets back with jatproxy's default limits;
+/// `apos_iq` is what the iq of 150 KB of `'` must get.
+async fn table_rows_with_defaults(run: &mut Run, apos_iq: Expect<'_>) {
     run.row(
         "CR in an iq attribute",
         "iq",
@@ -734,7 +758,7 @@ async fn table_rows_with_defaults(run: &mut Run) {
         "iq",
         "apos-iq",
         &iq("apos-iq", &apostrophes(APOS)),
-        RESULT,
+        apos_iq,
     )
     .await;
     run.row(
@@ -758,14 +782,25 @@ async fn table_rows_with_defaults(run: &mut Run) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_table_rows_keep_the_session() {
     let mut run = Run::start(prosody().await, "").await;
-    table_rows_with_defaults(&mut run).await;
+    // The iq of 150 KB of `'` reaches jatproxy as ~900 KB, which cannot be
+    // forwarded to a client resource: it would go back into Prosody over
+    // the component link, whose limit is 512 KiB
+    // (`component_stanza_size_limit`). Measured with today's code and
+    // `limits.max_stanza_bytes = 2097152`: Prosody closes jatproxy's
+    // stream with `not-well-formed` ("Disconnecting component") and alice
+    // gets `recipient-unavailable`. So with a client pool on Prosody only
+    // `policy-violation` keeps the session; either answer is accepted.
+    table_rows_with_defaults(&mut run, Expect::ResultOrPolicy).await;
     run.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_table_rows_keep_the_session() {
     let mut run = Run::start(ejabberd().await, "").await;
-    table_rows_with_defaults(&mut run).await;
+    // ejabberd's component listener takes the ~900 KB reply path
+    // (max_stanza_size is infinity by default): measured forwarded and
+    // answered with today's code and limits raised by the old keys.
+    table_rows_with_defaults(&mut run, RESULT).await;
     run.finish().await;
 }
 
@@ -1053,7 +1088,7 @@ fn check_probe(server: &str, got: &[(String, String, String)], expected: &[(&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_what_prosody_delivers() {
-    let s = Server::Prosody(
+    let s = Server::Prosody(Box::new(
         Prosody::start(
             ProsodyConfig::new()
                 .user("alice", PW)
@@ -1062,14 +1097,14 @@ async fn probe_what_prosody_delivers() {
         )
         .await
         .expect("prosody starts"),
-    );
+    ));
     let got = probe(&s).await;
     check_probe("Prosody", &got, PROSODY_DELIVERS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_what_ejabberd_delivers() {
-    let s = Server::Ejabberd(
+    let s = Server::Ejabberd(Box::new(
         Ejabberd::start(
             EjabberdConfig::new()
                 .user("alice", PW)
@@ -1077,7 +1112,7 @@ async fn probe_what_ejabberd_delivers() {
         )
         .await
         .unwrap_or_else(|e| panic!("ejabberd starts: {e}")),
-    );
+    ));
     let got = probe(&s).await;
     check_probe("ejabberd", &got, EJABBERD_DELIVERS);
 }
