@@ -110,7 +110,10 @@ async fn prosody() -> Server {
 }
 
 /// ejabberd the same way. The harness sets no `max_stanza_size`, so the
-/// listeners have 23.01's default, `infinity`.
+/// listeners have 23.01's default: `infinity` for both `ejabberd_c2s` and
+/// `ejabberd_service` (read from the installed modules with
+/// `erl -pa /usr/lib/x86_64-linux-gnu/ejabberd-23.01-1/ebin -eval
+/// 'ejabberd_c2s:listen_options()'`, and `ejabberd_service:…`).
 async fn ejabberd() -> Server {
     Server::Ejabberd(Box::new(
         Ejabberd::start(
@@ -428,15 +431,22 @@ impl Run {
     async fn row(&mut self, what: &str, kind: &str, id: &str, xml: &str, expect: Expect<'_>) {
         let before = self.sessions().await;
         self.alice.send_raw(xml).await.expect("alice sends");
-        let got = self
-            .alice
-            .recv_matching(WAIT, |e| e.name() == kind && e.attr("id") == Some(id))
-            .await;
+        // Until the answer comes, or at once when a new upstream session
+        // is made (the old one was lost: the failure itself).
+        let mut status = self.proxy.watch();
+        let got = tokio::select! {
+            got = self
+                .alice
+                .recv_matching(WAIT, |e| e.name() == kind && e.attr("id") == Some(id)) => got,
+            _ = status.wait_for(|s| s.upstream_sessions > before.0) => {
+                Err("a new upstream session was made while alice waited".to_owned())
+            }
+        };
         let after = self.sessions().await;
         let answer = match got {
             Ok(a) => a,
             Err(e) => panic!(
-                "{what}: no answer to {id} within {WAIT:?} (upstream sessions, reconnects \
+                "{what}: no answer to {id} (upstream sessions, reconnects \
                  before {before:?}, now {after:?}{}): {e}\nserver log:\n{}",
                 if after.0 > before.0 {
                     ": the upstream session was lost"
