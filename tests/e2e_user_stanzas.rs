@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use jatproxy::config;
 use jatproxy::proxy::Proxy;
+use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{answered_by, error_of};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
@@ -138,7 +139,35 @@ const LOWERED_LIMITS: &str = "upstream_max_stanza_bytes = 65536\n\
                               upstream_max_depth = 32\n\
                               upstream_max_token_bytes = 16384\n";
 
-async fn start_proxy(s: &Server, limits: &str) -> Proxy {
+/// Who serves the requests to `D`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Members {
+    /// `impl@example.test/a`, a client resource (the module's way).
+    Client,
+    /// One component instance (`echo_component.py`, named `i1`) on
+    /// jatproxy's listener; no client pool.
+    Instance,
+}
+
+impl Members {
+    /// What the member writes in its answers (see `answered_by`).
+    fn name(self) -> &'static str {
+        match self {
+            Members::Client => "a",
+            Members::Instance => "i1",
+        }
+    }
+}
+
+const INSTANCE_SECRET: &str = "instance-secret";
+
+async fn start_proxy(s: &Server, limits: &str, members: Members) -> Proxy {
+    let pool = match members {
+        Members::Client => format!("[client_proxy]\ntarget_address = \"{T}\"\n"),
+        Members::Instance => {
+            format!("[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n")
+        }
+    };
     let toml = format!(
         r#"
 [upstream]
@@ -148,9 +177,7 @@ secret = "{SECRET}"
 reconnect_min = "50ms"
 reconnect_max = "500ms"
 
-[client_proxy]
-target_address = "{T}"
-
+{pool}
 [routing]
 iq_timeout = "10s"
 
@@ -359,9 +386,12 @@ struct Run {
     proxy: Proxy,
     metrics: SocketAddr,
     alice: TestClient,
-    /// Raw stanzas for impl/a to send.
-    to_member: mpsc::UnboundedSender<String>,
-    member: JoinHandle<()>,
+    members: Members,
+    /// Raw stanzas for impl/a to send (client members).
+    to_member: Option<mpsc::UnboundedSender<String>>,
+    member: Option<JoinHandle<()>>,
+    /// The instance (instance members); killed on drop.
+    instance: Option<EchoComponent>,
     stop: Arc<AtomicBool>,
     load: JoinHandle<(Background, TestClient)>,
     /// Rows done, for the final report.
@@ -378,17 +408,31 @@ async fn online(s: &Server, jid: &str) -> TestClient {
 }
 
 impl Run {
-    async fn start(server: Server, limits: &str) -> Run {
-        let proxy = start_proxy(&server, limits).await;
+    async fn start(server: Server, limits: &str, members: Members) -> Run {
+        let proxy = start_proxy(&server, limits, members).await;
         let metrics = proxy.metrics_addr().expect("metrics endpoint is on");
-        let a = online(&server, &format!("{T}/a")).await;
+        let (mut to_member, mut member_task, mut instance) = (None, None, None);
+        match members {
+            Members::Client => {
+                let a = online(&server, &format!("{T}/a")).await;
+                let (tx, rx) = mpsc::unbounded_channel();
+                to_member = Some(tx);
+                member_task = Some(member(a, rx));
+            }
+            Members::Instance => {
+                let listen = proxy.listen_addr().expect("instance listener");
+                instance = Some(
+                    EchoComponent::start(listen, D, INSTANCE_SECRET, members.name(), WAIT)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+        }
         assert!(
             proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
-            "impl/a joined the pool; server log:\n{}",
+            "the member joined the pool; server log:\n{}",
             server.log_tail(30)
         );
-        let (to_member, rx) = mpsc::unbounded_channel();
-        let member = member(a, rx);
         let alice = online(&server, &alice_full()).await;
         let bob = online(&server, &format!("{BOB}/desk")).await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -403,8 +447,10 @@ impl Run {
             proxy,
             metrics,
             alice,
+            members,
             to_member,
-            member,
+            member: member_task,
+            instance,
             stop,
             load,
             rows: Vec::new(),
@@ -456,7 +502,7 @@ impl Run {
                 self.server.log_tail(20)
             ),
         };
-        expect.check(what, &answer);
+        expect.check(what, &answer, self.members.name());
         assert_eq!(
             after,
             before,
@@ -485,7 +531,7 @@ impl Run {
         let r = self.request(&id, D, "sync").await;
         assert_eq!(
             (r.attr("type"), answered_by(&r).as_str()),
-            (Some("result"), "a"),
+            (Some("result"), self.members.name()),
             "{what}: an ordinary request afterwards: {}",
             xmpp::to_xml(&r)
         );
@@ -511,11 +557,9 @@ impl Run {
             .await
             .expect("bob's load ends")
             .expect("bob's load task");
-        let mut not_results: Vec<(&String, &Vec<(String, String)>)> = b
-            .answers
-            .iter()
-            .filter(|(_, v)| v.len() != 1 || v[0] != ("result".to_owned(), "a".to_owned()))
-            .collect();
+        let normal = vec![("result".to_owned(), self.members.name().to_owned())];
+        let mut not_results: Vec<(&String, &Vec<(String, String)>)> =
+            b.answers.iter().filter(|(_, v)| **v != normal).collect();
         not_results.sort();
         println!(
             "rows {:?}: bob's {} requests in flight meanwhile, {} answered",
@@ -527,11 +571,14 @@ impl Run {
         assert_eq!(b.answers.len(), b.sent, "every request of bob's answered");
         assert!(
             not_results.is_empty(),
-            "bob's requests are answered normally, exactly once, by impl/a: {not_results:?}"
+            "bob's requests are answered normally, exactly once, by the member: {not_results:?}"
         );
         let text = scrape(self.metrics).await;
         assert_eq!(value(&text, RECONNECTS), 0, "{text}");
-        self.member.abort();
+        if let Some(m) = self.member {
+            m.abort();
+        }
+        drop(self.instance);
         assert!(self.proxy.shutdown(WAIT).await);
         drop(self.server);
     }
@@ -553,21 +600,21 @@ enum Expect<'a> {
 }
 
 impl Expect<'_> {
-    fn check(&self, what: &str, e: &Element) {
+    fn check(&self, what: &str, e: &Element, member: &str) {
         let xml = xmpp::to_xml(e);
         match self {
             Expect::Result { from } => {
                 assert_eq!(
                     (e.attr("type"), e.attr("from"), answered_by(e).as_str()),
-                    (Some("result"), Some(*from), "a"),
-                    "{what}: forwarded and answered by impl/a: {xml}"
+                    (Some("result"), Some(*from), member),
+                    "{what}: forwarded and answered by the member: {xml}"
                 );
             }
             Expect::ResultOrPolicy => {
                 if e.attr("type") == Some("result") {
-                    RESULT.check(what, e);
+                    RESULT.check(what, e, member);
                 } else {
-                    POLICY.check(what, e);
+                    POLICY.check(what, e, member);
                 }
                 println!("{what}: answered {xml}");
             }
@@ -792,7 +839,7 @@ async fn table_rows_with_defaults(run: &mut Run, apos_iq: Expect<'_>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_table_rows_keep_the_session() {
-    let mut run = Run::start(prosody().await, "").await;
+    let mut run = Run::start(prosody().await, "", Members::Client).await;
     // The iq of 150 KB of `'` reaches jatproxy as ~900 KB, which cannot be
     // forwarded to a client resource: it would go back into Prosody over
     // the component link, whose limit is 512 KiB
@@ -807,11 +854,30 @@ async fn prosody_table_rows_keep_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_table_rows_keep_the_session() {
-    let mut run = Run::start(ejabberd().await, "").await;
+    let mut run = Run::start(ejabberd().await, "", Members::Client).await;
     // ejabberd's component listener takes the ~900 KB reply path
     // (max_stanza_size is infinity by default): measured forwarded and
     // answered with today's code and limits raised by the old keys.
     table_rows_with_defaults(&mut run, RESULT).await;
+    run.finish().await;
+}
+
+/// The table's rows as iq requests to a component instance: the instance
+/// gets each stanza from jatproxy directly (not back through Prosody's
+/// component port), so with the default limits all four are forwarded
+/// and answered, the ~900 KB one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_table_rows_to_an_instance() {
+    let mut run = Run::start(prosody().await, "", Members::Instance).await;
+    let rows = [
+        ("CR in an iq attribute", "cr-iq", CR_ATTR.to_owned()),
+        ("iq 65 deep", "deep-iq", deep(65)),
+        ("iq attribute of 32769 bytes", "attr-iq", long_attr(32_769)),
+        ("iq of 150 KB of '", "apos-iq", apostrophes(APOS)),
+    ];
+    for (what, id, payload) in &rows {
+        run.row(what, "iq", id, &iq(id, payload), RESULT).await;
+    }
     run.finish().await;
 }
 
@@ -820,7 +886,7 @@ async fn ejabberd_table_rows_keep_the_session() {
 /// counted per limit; the CR row is still forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_rows_over_lowered_limits_are_skipped_and_answered() {
-    let mut run = Run::start(prosody().await, LOWERED_LIMITS).await;
+    let mut run = Run::start(prosody().await, LOWERED_LIMITS, Members::Client).await;
     run.row(
         "CR in an iq attribute",
         "iq",
@@ -871,7 +937,7 @@ async fn prosody_rows_over_lowered_limits_are_skipped_and_answered() {
 /// instance pool configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_module_differences() {
-    let mut run = Run::start(prosody().await, "").await;
+    let mut run = Run::start(prosody().await, "", Members::Client).await;
     let node = format!("echo@{D}");
     let node_res = format!("echo@{D}/res");
 
@@ -933,13 +999,14 @@ async fn prosody_module_differences() {
     }
 
     // A directed unavailable from impl/a to P/x is not pool presence.
-    run.to_member
+    let to_member = run.to_member.clone().expect("a client member");
+    to_member
         .send(format!("<presence type='unavailable' to='{D}/x'/>"))
         .expect("member task alive");
     // Behind it, on the same c2s session and component stream, a request
     // from impl/a to alice: once alice has it, jatproxy has seen the
     // presence.
-    run.to_member
+    to_member
         .send(format!(
             "<iq type='get' id='after-directed' to='{D}/{}'><ping xmlns='urn:xmpp:ping'/></iq>",
             alice_full()
