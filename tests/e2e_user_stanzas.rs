@@ -18,6 +18,15 @@
 //! * bob's requests are all answered by the member (checked at the end of
 //!   each test: one answer each, every one a result from `a`).
 //!
+//! The same table's iq rows go to a component instance too
+//! (`echo_component.py` on jatproxy's listener): there every row must be
+//! forwarded and answered, the ~900 KB one included. With a client
+//! resource on Prosody that one cannot be: forwarding it means writing it
+//! back into Prosody's component port, whose limit is 512 KiB (see
+//! [`prosody_table_rows_keep_the_session`]). With ejabberd, which has no
+//! c2s limit by default, 1 MB of `'` arrives as ~6 MB and must be skipped
+//! and answered with the default limits.
+//!
 //! Also the differences from the module found in the same run (Prosody
 //! only): `node@P` and `node@P/res` served by the client pool, replies to
 //! the case-folded or trailing-dot form of ENC, and a directed
