@@ -373,7 +373,8 @@ where
                 s.name
             )))
         }
-        Frame::Whitespace(_) | Frame::End(_) => {
+        // Whitespace and skips come only after a header.
+        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed { stage: *stage })
         }
     };
@@ -408,6 +409,10 @@ where
         Frame::Header(_) => Err(HandshakeError::Unexpected {
             stage: *stage,
             element: "stream:stream".into(),
+        }),
+        Frame::Skipped(_) => Err(HandshakeError::Unexpected {
+            stage: *stage,
+            element: "an element over the limits".into(),
         }),
         Frame::Whitespace(_) | Frame::End(_) => Err(HandshakeError::Closed { stage: *stage }),
     }
@@ -589,7 +594,8 @@ where
                 format!("<{}> before a stream header", s.name),
             ))
         }
-        Frame::Whitespace(_) | Frame::End(_) => {
+        // Whitespace and skips come only after a header.
+        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed {
                 stage: progress.stage,
             })
@@ -635,6 +641,13 @@ where
             return Err(reject(
                 "not-authorized",
                 "the instance sent a second stream header before <handshake>".into(),
+            ))
+        }
+        // Instance links have per-stanza limits off: unreachable.
+        Frame::Skipped(_) => {
+            return Err(reject(
+                "not-authorized",
+                "the instance sent an element over the limits before <handshake>".into(),
             ))
         }
         Frame::Whitespace(_) | Frame::End(_) => {

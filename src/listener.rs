@@ -186,6 +186,7 @@ async fn instance(
     let limits = FramerLimits {
         max_stanza_bytes: cfg.limits.max_stanza_bytes,
         max_depth: cfg.limits.max_depth,
+        ..FramerLimits::default()
     };
     let mut frames = FramedRead::with_capacity(
         r,
@@ -273,7 +274,8 @@ async fn instance(
                     return;
                 }
             }
-            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            // Skips need per-stanza limits, off on instance links.
+            Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_))) => {}
             None | Some(Ok(Frame::End(_))) => {
                 tracing::info!("instance closed its stream");
                 let _ = tx.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));

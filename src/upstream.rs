@@ -255,6 +255,7 @@ async fn session(
     let limits = FramerLimits {
         max_stanza_bytes: cfg.limits.max_stanza_bytes,
         max_depth: cfg.limits.max_depth,
+        ..FramerLimits::default()
     };
     let mut frames = FramedRead::with_capacity(
         r,
@@ -373,7 +374,8 @@ async fn read_loop(
             None | Some(Ok(Frame::End(_))) => return SessionEnd::Closed,
             Some(Err(CodecError::Io(e))) => return SessionEnd::Io(e),
             Some(Err(CodecError::Frame(e))) => return SessionEnd::Framing(e),
-            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
+            // Skips come only with per-stanza limits, not switched on yet.
+            Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_))) => {}
             Some(Ok(Frame::Stanza(st))) => {
                 if st.name == "error" && st.ns == NS_STREAMS {
                     let (text, condition) = text_and_first_child(&st.bytes);
@@ -409,7 +411,7 @@ async fn read_stragglers(frames: &mut Frames, wait: Duration, stragglers: &mut V
                     stragglers.push(st);
                 }
             }
-            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
+            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_)))) => {}
             Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => return,
             Err(_) => {
                 tracing::warn!(wait = ?wait, "upstream did not close its stream after ours");
@@ -535,6 +537,7 @@ async fn straggler_round(
     let limits = FramerLimits {
         max_stanza_bytes: cfg.limits.max_stanza_bytes,
         max_depth: cfg.limits.max_depth,
+        ..FramerLimits::default()
     };
     let mut frames = FramedRead::new(r, Framer::with_tokenizer(limits, cfg.limits.tokenizer));
     handshake::connect(
@@ -565,7 +568,7 @@ async fn straggler_round(
                     answered += 1;
                 }
             }
-            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
+            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_)))) => {}
             Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => {
                 server_closed = true;
                 break;

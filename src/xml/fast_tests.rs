@@ -141,6 +141,7 @@ fn mutated_streams_frame_the_same() {
         FramerLimits {
             max_stanza_bytes: 200,
             max_depth: 2,
+            ..FramerLimits::default()
         },
     ];
     // FAST_DIFF_CASES=… runs more of them (and FAST_DIFF_SEED another set).

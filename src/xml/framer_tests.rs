@@ -369,6 +369,7 @@ fn oversize_stanza_is_refused_while_arriving() {
     let limits = FramerLimits {
         max_stanza_bytes: 8192,
         max_depth: 64,
+        ..FramerLimits::default()
     };
     let mut f = Framer::new(limits);
     let mut buf = BytesMut::from(HEADER.as_bytes());
@@ -399,6 +400,7 @@ fn oversize_attribute_value_is_too_large() {
     let limits = FramerLimits {
         max_stanza_bytes: 8192,
         max_depth: 64,
+        ..FramerLimits::default()
     };
     let input = format!("{HEADER}<iq to='{}'/>", "a".repeat(10_000));
     assert_eq!(
