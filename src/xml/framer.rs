@@ -73,9 +73,7 @@ impl FramerLimits {
     /// stanza breaks the size limit anyway, and rxml reserves its scratch
     /// buffer at this size, so it never exceeds `max_stanza_bytes`.
     pub fn token_limit(&self) -> usize {
-        self.max_token_bytes
-            .min(self.max_stanza_bytes)
-            .max(1)
+        self.max_token_bytes.min(self.max_stanza_bytes).max(1)
     }
 
     /// The error for a token over [`FramerLimits::token_limit`]: the

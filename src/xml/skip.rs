@@ -304,7 +304,9 @@ impl Skipper {
                 St::Bang(n) => {
                     const WANT: &[u8] = b"[CDATA[";
                     match (n, b) {
-                        (0, b'-') => return Err(SkipError::Frame(FrameError::Restricted("comments"))),
+                        (0, b'-') => {
+                            return Err(SkipError::Frame(FrameError::Restricted("comments")))
+                        }
                         (0, b'D') => {
                             return Err(SkipError::Frame(FrameError::Restricted(
                                 "document type declarations",
@@ -324,9 +326,7 @@ impl Skipper {
                 St::Cdata(n) => {
                     match b {
                         b']' => self.st = St::Cdata(n.saturating_add(1).min(2)),
-                        b'>' if n >= 2 => {
-                            self.st = if top(self) { St::Lead } else { St::Content }
-                        }
+                        b'>' if n >= 2 => self.st = if top(self) { St::Lead } else { St::Content },
                         _ => {
                             self.st = St::Cdata(0);
                             // Jump to the next `]`.
