@@ -35,7 +35,8 @@ fn main() {
     };
     let mut piece = Vec::with_capacity(CHUNK);
     while piece.len() < CHUNK {
-        piece.extend_from_slice(b"<p a='&gt;'>&apos;&apos;&apos;xxxxxxxxxxxxxxxxx<![CDATA[<]]></p>");
+        piece
+            .extend_from_slice(b"<p a='&gt;'>&apos;&apos;&apos;xxxxxxxxxxxxxxxxx<![CDATA[<]]></p>");
     }
     piece.truncate(CHUNK);
     // Cut where a `<p>` starts, so every read is whole elements.
@@ -55,7 +56,9 @@ fn main() {
         let mut f = Framer::with_tokenizer(limits, t);
         let mut buf = BytesMut::with_capacity(CHUNK);
         buf.extend_from_slice(HEADER);
-        buf.extend_from_slice(b"<iq type='set' id='huge' to='p.example.test' from='u@example.test/r'><q>");
+        buf.extend_from_slice(
+            b"<iq type='set' id='huge' to='p.example.test' from='u@example.test/r'><q>",
+        );
         let started = Instant::now();
         let (mut fed, mut peak_buf) = (0usize, 0usize);
         let mut skipped = None;

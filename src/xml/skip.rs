@@ -213,11 +213,7 @@ impl Skipper {
         let avail = complete_utf8_prefix(buf);
         let fault = first_fault(&buf[..avail]);
         let lim = fault.unwrap_or(avail);
-        let res = self.scan(&buf[..lim]);
-        let used = match res {
-            Ok(n) => n,
-            Err(e) => return Err(e),
-        };
+        let used = self.scan(&buf[..lim])?;
         buf.advance(used);
         self.len += used as u64;
         if self.done {
