@@ -670,3 +670,65 @@ fn skipper_alone_counts_depth_quotes_and_cdata() {
     let mut buf = BytesMut::from(&b"text<a/>"[..]);
     assert_eq!(s.feed(&mut buf), Err(SkipError::NoElement));
 }
+
+/// The third row: an attribute value of 32 769 bytes was logged
+/// as "stanza larger than 524288 bytes". It is the token limit, and with
+/// per-stanza limits it costs that stanza only.
+#[test]
+fn a_32769_byte_value_is_the_token_limit_and_says_so() {
+    let stanza = format!(
+        "<iq type='get' id='v' to='proxy.example.test' from='u@example.test/r'><q a='{}'/></iq>",
+        "v".repeat(32 * 1024 + 1)
+    );
+    let input = stream(&stanza);
+    for t in TOKENIZERS {
+        let run = whole(input.as_bytes(), FramerLimits::default(), t);
+        let e = run.error.expect("refused");
+        assert_eq!(e, FrameError::TokenTooLong { limit: 32 * 1024 }, "{t}");
+        assert_eq!(
+            e.to_string(),
+            "attribute value or name longer than 32768 bytes (max_token_bytes)"
+        );
+        assert_eq!(e.condition(), "policy-violation");
+        let per = FramerLimits {
+            per_stanza: true,
+            ..FramerLimits::default()
+        };
+        let run = run_chunked(input.as_bytes(), &[4096], per, t);
+        let s = check(&run, &input, &stanza, Limit::Token, &t.to_string());
+        assert_eq!(
+            (s.max, s.head.and_then(|h| h.id.clone())),
+            (32 * 1024, Some("v".into()))
+        );
+    }
+    assert_eq!(
+        FrameError::TooLarge { limit: 524_288 }.to_string(),
+        "stanza larger than 524288 bytes (max_stanza_bytes)"
+    );
+    assert_eq!(
+        FrameError::TooDeep { limit: 64 }.to_string(),
+        "elements nested deeper than 64 (max_depth)"
+    );
+    assert_eq!(
+        (Limit::Size.as_str(), Limit::Depth.key(), Limit::Token.key()),
+        ("size", "max_depth", "max_token_bytes")
+    );
+}
+
+/// A token limit above the stanza limit is the stanza limit: a token that
+/// long breaks the size limit anyway (and rxml reserves its scratch buffer
+/// at the token limit, so it must stay bounded).
+#[test]
+fn a_token_limit_above_the_stanza_limit_reports_the_size() {
+    let l = FramerLimits {
+        max_stanza_bytes: 600,
+        max_token_bytes: 1 << 30,
+        ..FramerLimits::default()
+    };
+    assert_eq!(l.token_limit(), 600);
+    let input = format!("{HEADER}<iq a='{}'/>", "v".repeat(700));
+    for t in TOKENIZERS {
+        let run = whole(input.as_bytes(), l, t);
+        assert_eq!(run.error, Some(FrameError::TooLarge { limit: 600 }), "{t}");
+    }
+}
