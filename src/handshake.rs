@@ -373,7 +373,7 @@ where
                 s.name
             )))
         }
-        // (Skipped: the header always comes first.)
+        // Whitespace and skips come only after a header.
         Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed { stage: *stage })
         }
@@ -410,11 +410,9 @@ where
             stage: *stage,
             element: "stream:stream".into(),
         }),
-        Frame::Skipped(sk) => Err(HandshakeError::Unexpected {
+        Frame::Skipped(_) => Err(HandshakeError::Unexpected {
             stage: *stage,
-            element: sk
-                .head
-                .map_or_else(|| "an oversized stanza".into(), |h| h.name.into_owned()),
+            element: "an element over the limits".into(),
         }),
         Frame::Whitespace(_) | Frame::End(_) => Err(HandshakeError::Closed { stage: *stage }),
     }
@@ -596,7 +594,7 @@ where
                 format!("<{}> before a stream header", s.name),
             ))
         }
-        // (Skipped: never on an instance link, whose limits are fatal.)
+        // Whitespace and skips come only after a header.
         Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
             return Err(HandshakeError::Closed {
                 stage: progress.stage,
@@ -645,7 +643,14 @@ where
                 "the instance sent a second stream header before <handshake>".into(),
             ))
         }
-        Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
+        // Instance links have per-stanza limits off: unreachable.
+        Frame::Skipped(_) => {
+            return Err(reject(
+                "not-authorized",
+                "the instance sent an element over the limits before <handshake>".into(),
+            ))
+        }
+        Frame::Whitespace(_) | Frame::End(_) => {
             return Err(HandshakeError::Closed {
                 stage: progress.stage,
             })

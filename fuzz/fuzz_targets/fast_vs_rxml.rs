@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = FramerLimits {
         max_stanza_bytes: [512 * 1024, 4096, 512, 200][usize::from(control >> 3 & 3)],
         max_depth: [64, 1, 2, 4][usize::from(control >> 5 & 3)],
+        ..FramerLimits::default()
     };
     let mut input = Vec::with_capacity(HEADER.len() + payload.len());
     if control & 0x80 == 0 {

@@ -91,8 +91,8 @@ fuzz_target!(|payload: &[u8]| {
 });
 
 /// A refusal on XML grounds, which rxml must share. The XMPP-only
-/// refusals (TooDeep, TooLarge, TextAtStreamLevel, BadHeader) and
-/// Truncated (an end-of-input verdict) are not XML errors.
+/// refusals (TooDeep, TooLarge, TokenTooLong, TextAtStreamLevel,
+/// BadHeader) and Truncated (an end-of-input verdict) are not XML errors.
 fn is_xml_error(err: &FrameError) -> bool {
     match err {
         FrameError::NotWellFormed(_)
@@ -104,6 +104,7 @@ fn is_xml_error(err: &FrameError) -> bool {
         FrameError::DuplicateAttribute(name) => name != "xmlns",
         FrameError::TooDeep { .. }
         | FrameError::TooLarge { .. }
+        | FrameError::TokenTooLong { .. }
         | FrameError::TextAtStreamLevel
         | FrameError::BadHeader(_)
         | FrameError::Truncated => false,

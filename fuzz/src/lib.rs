@@ -129,7 +129,7 @@ pub fn merged(frames: &[Frame]) -> Vec<Frame> {
 /// oracle must not refuse a long value the framer is configured to accept.
 pub fn rxml_options(limits: FramerLimits) -> Options {
     Options {
-        max_token_length: limits.max_stanza_bytes.clamp(1, 32 * 1024),
+        max_token_length: limits.token_limit(),
         ..Options::default()
     }
 }

@@ -83,6 +83,7 @@ pub fn same_verdict(input: &[u8], fast: Option<&FrameError>, rxml: Option<&Frame
             FrameError::NotWellFormed(_)
                 | FrameError::Truncated
                 | FrameError::TooLarge { .. }
+                | FrameError::TokenTooLong { .. }
                 | FrameError::TextAtStreamLevel
         )
     };
@@ -98,13 +99,20 @@ pub fn same_verdict(input: &[u8], fast: Option<&FrameError>, rxml: Option<&Frame
             let text_or_size = |e: &FrameError| {
                 matches!(
                     e,
-                    FrameError::TextAtStreamLevel | FrameError::TooLarge { .. }
+                    FrameError::TextAtStreamLevel
+                        | FrameError::TooLarge { .. }
+                        | FrameError::TokenTooLong { .. }
                 )
             };
             // rxml checks the size limit per token, fast per byte: when a
             // stanza crosses the limit near another fault, either report
             // is right (both refuse; only the stream error differs).
-            let too_large = |e: &FrameError| matches!(e, FrameError::TooLarge { .. });
+            let too_large = |e: &FrameError| {
+                matches!(
+                    e,
+                    FrameError::TooLarge { .. } | FrameError::TokenTooLong { .. }
+                )
+            };
             // The rxml framer names `<!DOCTYPE` a DTD only when it sits
             // right after an event rxml emitted; after text rxml has not
             // flushed yet, it stays a malformed section start.

@@ -194,7 +194,7 @@ enum Step {
 pub struct FastFramer {
     limits: FramerLimits,
     /// rxml's token limit (names, attribute values), as the rxml framer
-    /// configures it.
+    /// configures it: [`FramerLimits::token_limit`].
     token_limit: usize,
     state: State,
     /// Resume offset in the buffer (the buffer starts at the frame start).
@@ -415,7 +415,7 @@ fn ref_end(data: &[u8], at: usize) -> usize {
 /// framer's ceiling: UTF-8 is checked with `simdutf8` (SIMD, several
 /// GB/s whatever the text; `std`'s check runs at about 1 GB/s on
 /// non-ASCII text), control characters 64 bytes at a time.
-fn first_fault(data: &[u8]) -> Option<usize> {
+pub(super) fn first_fault(data: &[u8]) -> Option<usize> {
     let utf8_end = match simdutf8::compat::from_utf8(data) {
         Ok(_) => data.len(),
         Err(e) => e.valid_up_to(),
@@ -473,7 +473,7 @@ impl FastFramer {
     pub fn new(limits: FramerLimits) -> Self {
         FastFramer {
             limits,
-            token_limit: limits.max_stanza_bytes.clamp(1, 32 * 1024),
+            token_limit: limits.token_limit(),
             state: State::Prolog {
                 decl: false,
                 skip_ws: false,
@@ -577,6 +577,11 @@ impl FastFramer {
         FrameError::TooLarge {
             limit: self.limits.max_stanza_bytes,
         }
+    }
+
+    /// A name or value over the token limit (see [`FramerLimits::token_error`]).
+    fn token_too_long(&self) -> FrameError {
+        self.limits.token_error()
     }
 
     /// The scan reached `at` and needs what follows: a fault there is
@@ -908,7 +913,7 @@ impl FastFramer {
         while e < lim && name_byte(data[e]) {
             e += 1;
             if e - i > self.token_limit {
-                return Err(self.too_large());
+                return Err(self.token_too_long());
             }
         }
         if e >= lim {
@@ -945,7 +950,7 @@ impl FastFramer {
                 if lim - vstart > self.token_limit
                     && self.decoded_len(data, vstart, lim) > self.token_limit
                 {
-                    return Err(self.too_large());
+                    return Err(self.token_too_long());
                 }
                 return self.partial(lim);
             };
@@ -986,7 +991,7 @@ impl FastFramer {
                     if (at - vstart > self.token_limit || refs)
                         && self.decoded_len(data, vstart, at) > self.token_limit
                     {
-                        return Err(self.too_large());
+                        return Err(self.token_too_long());
                     }
                     return Ok(Some(((e, colon.map(|c| i + c)), (vstart, at))));
                 }
@@ -1004,7 +1009,7 @@ impl FastFramer {
     /// A fault inside a value: past rxml's token limit it never got there.
     fn value_err(&self, data: &[u8], vstart: usize, at: usize, e: FrameError) -> FrameError {
         if at - vstart > self.token_limit && self.decoded_len(data, vstart, at) > self.token_limit {
-            return self.too_large();
+            return self.token_too_long();
         }
         self.err_at(at, e)
     }
@@ -1075,7 +1080,7 @@ impl FastFramer {
         while e < lim && name_byte(data[e]) {
             e += 1;
             if e - s > self.token_limit {
-                return Err(self.too_large());
+                return Err(self.token_too_long());
             }
         }
         if e >= lim {
@@ -1469,7 +1474,7 @@ impl FastFramer {
         while e < lim && name_byte(data[e]) {
             e += 1;
             if e - s > self.token_limit {
-                return Err(self.too_large());
+                return Err(self.token_too_long());
             }
         }
         if e >= lim {

@@ -93,22 +93,86 @@ pub enum Frame {
     Whitespace(Bytes),
     /// `</stream:stream>` (with any whitespace before it in the same read).
     End(Bytes),
+    /// A top-level element over a limit, skipped whole while streaming
+    /// (only with [`super::FramerLimits::per_stanza`]). Its bytes are gone:
+    /// [`Skipped::len`] says how many there were.
     Skipped(Skipped),
 }
 
+/// Bytes of a skipped element whose head could not be recovered.
+static NO_BYTES: Bytes = Bytes::new();
+
 impl Frame {
-    /// The exact bytes this frame was cut from.
+    /// The exact bytes this frame was cut from. For [`Frame::Skipped`],
+    /// which has none, the head's synthetic start tag (or nothing).
     pub fn bytes(&self) -> &Bytes {
         match self {
             Frame::Header(h) => &h.bytes,
             Frame::Stanza(s) => &s.bytes,
             Frame::Whitespace(b) | Frame::End(b) => b,
-            Frame::Skipped(s) => {
-                static EMPTY: Bytes = Bytes::from_static(b"");
-                s.head.as_ref().map_or(&EMPTY, |h| &h.bytes)
-            }
+            Frame::Skipped(s) => s.head.as_ref().map_or(&NO_BYTES, |h| &h.bytes),
         }
     }
+}
+
+/// Which per-stanza limit a skipped stanza broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `max_stanza_bytes`.
+    Size,
+    /// `max_depth`.
+    Depth,
+    /// `max_token_bytes`: an attribute value or name.
+    Token,
+}
+
+impl Limit {
+    /// Every limit, in the order counters are kept.
+    pub const ALL: [Limit; 3] = [Limit::Size, Limit::Depth, Limit::Token];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Size => "size",
+            Limit::Depth => "depth",
+            Limit::Token => "token",
+        }
+    }
+
+    /// The limit's name in the configuration, for log lines.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::Size => "max_stanza_bytes",
+            Limit::Depth => "max_depth",
+            Limit::Token => "max_token_bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A top-level element that broke a limit and was skipped, whole, without
+/// being buffered past the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub limit: Limit,
+    /// The limit's value.
+    pub max: usize,
+    /// Bytes of the stream the skipped element took (start tag to end
+    /// tag, with any empty CDATA section glued before it).
+    pub len: u64,
+    /// The element's start tag as a [`Stanza`] (kind, name, ns, type, id,
+    /// to, from decoded exactly as for a normal stanza; `bytes` a
+    /// synthetic self-closing start tag holding only those attributes and
+    /// the namespace declarations), or None when it cannot be recovered:
+    /// the start tag did not end well-formed, or its name or one of those
+    /// attributes was over the skipper's capture caps
+    /// (see `skip::MAX_NAME`, `skip::MAX_VALUE`).
+    pub head: Option<Stanza>,
 }
 
 /// The stream header's attributes, decoded.
@@ -201,43 +265,4 @@ impl Stanza {
     pub fn is_error(&self) -> bool {
         self.stanza_type() == Some("error")
     }
-}
-
-/// Which per-stanza limit a skipped stanza broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Limit {
-    Size,
-    Depth,
-    Token,
-}
-
-impl Limit {
-    pub const ALL: [Limit; 3] = [Limit::Size, Limit::Depth, Limit::Token];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::Size => "size",
-            Limit::Depth => "depth",
-            Limit::Token => "token",
-        }
-    }
-
-    /// The config key (in `[limits]`, prefixed `upstream_` for that link).
-    pub fn key(self) -> &'static str {
-        match self {
-            Limit::Size => "max_stanza_bytes",
-            Limit::Depth => "max_depth",
-            Limit::Token => "max_token_bytes",
-        }
-    }
-}
-
-/// A top-level element that broke a limit and was skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub limit: Limit,
-    pub max: usize,
-    pub len: u64,
-    pub head: Option<Stanza>,
 }

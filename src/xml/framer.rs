@@ -43,7 +43,17 @@ pub struct FramerLimits {
     pub max_stanza_bytes: usize,
     /// Deepest nesting inside a stanza, the stanza element itself being 1.
     pub max_depth: usize,
+    /// Longest attribute value (decoded) or name. A JID may take 3071
+    /// bytes, up to six times that escaped; keeping partial tokens
+    /// bounded is what this limit is for. It was `max_stanza_bytes`
+    /// clamped to 32 KiB; it is its own limit now, so that breaking it
+    /// is reported as what it is.
     pub max_token_bytes: usize,
+    /// true: a stanza over any limit is skipped while streaming and
+    /// reported as [`super::Frame::Skipped`], the stream goes on (the
+    /// upstream link: every stanza there was written by some user).
+    /// false: the limit is fatal to the stream (instance links, XEP-0114
+    /// practice). A limit broken by the stream header is fatal either way.
     pub per_stanza: bool,
 }
 
@@ -58,9 +68,36 @@ impl Default for FramerLimits {
     }
 }
 
+impl FramerLimits {
+    /// The token limit both tokenizers apply: a token longer than a
+    /// stanza breaks the size limit anyway, and rxml reserves its scratch
+    /// buffer at this size, so it never exceeds `max_stanza_bytes`.
+    pub fn token_limit(&self) -> usize {
+        self.max_token_bytes.min(self.max_stanza_bytes).max(1)
+    }
+
+    /// The error for a token over [`FramerLimits::token_limit`]: the
+    /// token limit when it is the smaller one, the size limit otherwise.
+    pub fn token_error(&self) -> FrameError {
+        if self.max_token_bytes <= self.max_stanza_bytes {
+            FrameError::TokenTooLong {
+                limit: self.max_token_bytes,
+            }
+        } else {
+            FrameError::TooLarge {
+                limit: self.max_stanza_bytes,
+            }
+        }
+    }
+}
+
 /// Why the framer gave up on a stream. Every variant is fatal to the
 /// stream it came from (XML offers no resynchronisation point) and to no
-/// other; [`FrameError::condition`] names the stream error to send.
+/// other; [`FrameError::condition`] names the stream error to send. The
+/// three limits ([`FrameError::TooDeep`], [`FrameError::TooLarge`],
+/// [`FrameError::TokenTooLong`]) are the exception with
+/// [`FramerLimits::per_stanza`]: there the stanza is skipped instead, and
+/// they stay fatal only on the stream header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// Not XML 1.0: syntax, invalid UTF-8, mismatched end tag, undeclared entity.
@@ -76,11 +113,14 @@ pub enum FrameError {
     #[error("duplicate attribute {0:?}")]
     DuplicateAttribute(String),
     /// Nesting deeper than [`FramerLimits::max_depth`].
-    #[error("elements nested deeper than {limit}")]
+    #[error("elements nested deeper than {limit} (max_depth)")]
     TooDeep { limit: usize },
     /// A stanza (or the stream header) larger than [`FramerLimits::max_stanza_bytes`].
-    #[error("stanza larger than {limit} bytes")]
+    #[error("stanza larger than {limit} bytes (max_stanza_bytes)")]
     TooLarge { limit: usize },
+    /// An attribute value or name longer than [`FramerLimits::max_token_bytes`].
+    #[error("attribute value or name longer than {limit} bytes (max_token_bytes)")]
+    TokenTooLong { limit: usize },
     /// Character data other than whitespace between stanzas.
     #[error("text at stream level")]
     TextAtStreamLevel,
@@ -101,7 +141,9 @@ impl FrameError {
             | FrameError::DuplicateAttribute(_)
             | FrameError::Truncated => "not-well-formed",
             FrameError::Restricted(_) => "restricted-xml",
-            FrameError::TooDeep { .. } | FrameError::TooLarge { .. } => "policy-violation",
+            FrameError::TooDeep { .. }
+            | FrameError::TooLarge { .. }
+            | FrameError::TokenTooLong { .. } => "policy-violation",
             FrameError::TextAtStreamLevel => "bad-format",
             FrameError::BadHeader(_) => "invalid-namespace",
         }
@@ -169,9 +211,10 @@ pub struct RxmlFramer {
 impl RxmlFramer {
     pub fn new(limits: FramerLimits) -> Self {
         let opts = Options {
-            // A JID may take 3071 bytes, up to six times that escaped; a
-            // token limit under the stanza limit keeps partial tokens bounded.
-            max_token_length: limits.max_stanza_bytes.clamp(1, 32 * 1024),
+            // Also how long a text event may grow before rxml splits it
+            // (and the scratch buffer it reserves up front): bounded by
+            // the stanza limit (see `token_limit`), whatever is configured.
+            max_token_length: limits.token_limit(),
             ..Options::default()
         };
         let mut parser = RawParser::with_options(opts);
@@ -268,8 +311,8 @@ impl RxmlFramer {
 
     fn map_error(&self, e: rxml::Error, buf: &BytesMut) -> FrameError {
         match e {
-            rxml::Error::RestrictedXml("long name or reference")
-            | rxml::Error::RestrictedXml("event too long") => FrameError::TooLarge {
+            rxml::Error::RestrictedXml("long name or reference") => self.limits.token_error(),
+            rxml::Error::RestrictedXml("event too long") => FrameError::TooLarge {
                 limit: self.limits.max_stanza_bytes,
             },
             rxml::Error::RestrictedXml(what) => FrameError::Restricted(what),
@@ -600,8 +643,7 @@ pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
     let mut framer = super::Framer::new(FramerLimits {
         max_stanza_bytes: element.len().max(HEADER.len()) + 1,
         max_depth: 1 << 16,
-        max_token_bytes: element.len().max(HEADER.len()) + 1,
-        per_stanza: false,
+        ..FramerLimits::default()
     });
     let mut buf = BytesMut::with_capacity(HEADER.len() + element.len());
     buf.extend_from_slice(HEADER);

@@ -8,9 +8,10 @@ pub mod fast;
 pub mod frame;
 pub mod framer;
 pub mod inspect;
+pub mod skip;
 pub mod tokenizer;
 
 pub use codec::CodecError;
-pub use frame::{Attr, Frame, Kind, Stanza, StreamHeader};
+pub use frame::{Attr, Frame, Kind, Limit, Skipped, Stanza, StreamHeader};
 pub use framer::{parse_one, FrameError, FramerLimits};
 pub use tokenizer::{Framer, Tokenizer};
