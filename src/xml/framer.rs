@@ -9,7 +9,10 @@
 //! stanza the framer accepts is one `rxml::Parser` accepts too.
 //!
 //! The parser keeps its state across reads, so each byte is scanned once:
-//! the framer only ever feeds the bytes after the ones already fed.
+//! the framer only ever feeds the bytes after the ones already fed. A
+//! lone CR is fed as LF (XML 1.0 §2.11, which rxml does not apply inside
+//! attribute values; see [`eol_slice`]); frames are still cut from the
+//! caller's bytes, untouched.
 //!
 //! Where a frame ends is taken from the bytes the parser has consumed, not
 //! from the sum: rxml returns an element's closing event as soon as it has
