@@ -716,3 +716,50 @@ fn forbidden_character_classes_stay_refused() {
         assert_eq!(e.condition(), "not-well-formed", "{body}");
     }
 }
+
+/// The bytes Prosody 0.12 and ejabberd 23.01 delivered to a component
+/// (captured on loopback) when a user's client sent, in `id` (and, for
+/// Prosody, in another attribute and the body): `&#13;`, `&#13;&#10;`,
+/// `&#9;`, `&#x85;`, `&#xFDD0;`, an emoji as `&#x1F600;`, `]]&gt;`,
+/// `&apos;`, `&#0000000065;` and a raw CR. Prosody writes CR, LF and TAB
+/// raw in values and text, ejabberd as `&#xD;` `&#xA;` `&#x9;` in values
+/// and `]]>` raw in a value; both write characters, never long references.
+#[test]
+fn what_prosody_and_ejabberd_deliver_frames_and_decodes() {
+    let cases: [(&[u8], &str); 10] = [
+        (b"<message to='comp.example.test' id='cr_ref' a='x\ry' from='alice@example.test/g1iiFg5-mf2n' xml:lang='en'><body>x\ry</body></message>", "cr_ref"),
+        (b"<message to='comp.example.test' id='cr_ref:x\ry' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "cr_ref:x\ry"),
+        (b"<message to='comp.example.test' id='crlf_ref:x\r\ny' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "crlf_ref:x\r\ny"),
+        (b"<message to='comp.example.test' id='tab_ref:x\ty' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "tab_ref:x\ty"),
+        (b"<message to='comp.example.test' id='c1_ref:x\xc2\x85y' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "c1_ref:x\u{85}y"),
+        (b"<message to='comp.example.test' id='gt_ref:x]]&gt;y' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "gt_ref:x]]>y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='crlf_ref:x&#xD;&#xA;y'/>", "crlf_ref:x\r\ny"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='fdd0_ref:x\xef\xb7\x90y'/>", "fdd0_ref:x\u{FDD0}y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='gt_ref:x]]>y'/>", "gt_ref:x]]>y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='emoji_ref'><body>x\r\n\xf0\x9f\x98\x80y&apos;</body></message>", "emoji_ref"),
+    ];
+    let mut input = HEADER.as_bytes().to_vec();
+    for (raw, _) in &cases {
+        input.extend_from_slice(raw);
+    }
+    let frames = assert_every_split(&input);
+    let st = stanzas(&frames);
+    assert_eq!(st.len(), cases.len());
+    for (s, (raw, id)) in st.iter().zip(&cases) {
+        assert_eq!(&s.bytes[..], *raw);
+        // XML 1.0 §3.3.3: a raw CR, LF, TAB or CRLF is one space each;
+        // a reference keeps its character.
+        let want = if raw.windows(5).any(|w| w == b"&#xD;") {
+            id.to_string()
+        } else {
+            id.replace("\r\n", " ").replace(['\r', '\t'], " ")
+        };
+        assert_eq!(
+            s.id(),
+            Some(want.as_str()),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        assert_eq!(s.to(), Some("comp.example.test"));
+    }
+}
