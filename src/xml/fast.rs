@@ -17,8 +17,9 @@
 //! anywhere (§2.11; the rxml framer feeds rxml a lone CR as LF), and,
 //! here only, character references of more than 8 digits ([66]; the
 //! differential knows). It copies rxml's other limits (a token limit on
-//! names and values) and reports an error of the same class as rxml would at the same
-//! point: a fault is reported in stream order, the size limit wins over
+//! names and values) and reports an error of the same class as rxml
+//! would at the same point: a fault is reported in stream order, the
+//! size limit wins over
 //! a fault lying past it, and text at stream level is judged where rxml
 //! flushes it (at the next `<` or `&`, or at the end of a read).
 //!
