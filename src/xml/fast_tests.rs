@@ -36,6 +36,12 @@ const SEEDS: &[&str] = &[
     "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
     "<iq type='get' id='deep'><a><b><c><d xmlns:p='urn:p'><p:e p:x='1' x='2'/></d></c></b></a></iq>",
     "<message to='a&#x9;b&#13;&#10;c' from='x\r\ny\tz'><body>\u{1F600} ]] ] &#x1F600;</body></message>",
+    // What servers deliver (issue 11): raw CR in values, text, CDATA and
+    // tags; C1 controls, non-characters U+FDD0–U+FDEF, astral characters.
+    "<iq type='get' id='a\rb' to='p' from='u@e/r\r'><q a='\r' b='\r&amp;\r\t'/></iq>",
+    "<message to='p\r\n' from=\"u@e/p\rq\r\r\nz\" id='\t1\r'><body>a\rb\r\nc\r<![CDATA[x\ry\r]]></body></message>",
+    "<presence id='\u{85}\u{9F}\u{FDD0}\u{FDEF}\u{1F600}&#x85;&#xFDD0;&#x1F600;&#0000065;]]>'><s>\u{85}\u{FDEF}\u{10FFFD}]]&gt;</s></presence>",
+    "<iq\rtype='result'\rid='cr&#13;'\r\rto='a@b/c'\r/>\r",
     "</stream:stream>",
 ];
 
@@ -77,6 +83,12 @@ const PIECES: &[&[u8]] = &[
     b"\x01",
     b"\xef\xbf\xbe",
     b"\xc3\xa9",
+    b"\xc2\x85",
+    b"\xef\xb7\x90",
+    b"\xf0\x9f\x98\x80",
+    b"&#0000000065;",
+    b"&#x000000001F600;",
+    b"\r\r",
     b"stream",
     b"</",
     b"a",
@@ -171,6 +183,65 @@ fn mutated_streams_frame_the_same() {
     }
 }
 
+/// A character reference with more than 8 digits is XML 1.0 ([66] has no
+/// bound on leading zeros): the fast framer accepts it, the rxml framer
+/// (rxml reads at most 8 digits) refuses it with `UndeclaredEntity`. The
+/// differential compares the frames before rxml's refusal and nothing
+/// after. No server writes such a reference (they serialise characters).
+#[test]
+fn long_character_references_fast_accepts_rxml_refuses() {
+    use crate::xml::differential::{drive, long_char_ref};
+    use crate::xml::{FrameError, Framer, Tokenizer};
+    let input = format!(
+        "{HEADER}<iq to='p' id='ok'/><iq to='p' id='&#0000000065;&#x000000001F600;'><b>&#00000000000000000000000000000010;</b></iq></stream:stream>"
+    );
+    assert!(long_char_ref(input.as_bytes()));
+    for sizes in [&[input.len()][..], &[1], &[7]] {
+        let (frames, err) = drive(
+            &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Fast),
+            input.as_bytes(),
+            sizes,
+        );
+        assert_eq!(err, None, "sizes {sizes:?}");
+        let ids: Vec<_> = frames
+            .iter()
+            .filter_map(|f| match f {
+                crate::xml::Frame::Stanza(s) => s.id().map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["ok", "A\u{1F600}"], "sizes {sizes:?}");
+        let (frames, err) = drive(
+            &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Rxml),
+            input.as_bytes(),
+            sizes,
+        );
+        assert!(matches!(err, Some(FrameError::NotWellFormed(_))), "{err:?}");
+        assert_eq!(frames.len(), 2, "header and the first iq");
+        assert_eq!(
+            differ(input.as_bytes(), sizes, FramerLimits::default()),
+            None
+        );
+    }
+    // The bound on digits (256) is the fast framer's own; past it, and for
+    // a value past U+10FFFF, both refuse.
+    for r in [
+        format!("&#{}65;", "0".repeat(300)),
+        "&#x0000000110000;".to_owned(),
+    ] {
+        let input = format!("{HEADER}<iq id='{r}'/>");
+        let (_, err) = drive(
+            &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Fast),
+            input.as_bytes(),
+            &[5],
+        );
+        assert!(
+            matches!(err, Some(FrameError::NotWellFormed(_))),
+            "{r}: {err:?}"
+        );
+    }
+}
+
 /// Property tests: generated well-formed streams (random attributes,
 /// references, namespaces and prefixes, nesting, CDATA, keepalives) frame
 /// identically on both tokenizers, whole and cut into random pieces.
@@ -194,6 +265,8 @@ mod props {
                 Just("&#x263A;&#10;&#9;".to_owned()),
                 Just("\u{e9}\u{1F600}\u{4E2D}".to_owned()),
                 Just("\r\n\t".to_owned()),
+                Just("\r".to_owned()),
+                Just("\u{85}\u{FDD0}\u{10FFFD}".to_owned()),
                 Just("] ]] >".to_owned()),
             ],
             0..4,
@@ -211,6 +284,10 @@ mod props {
                     Just("&#x1F600;&#233;".to_owned()),
                     Just("\u{fc}\u{1F600}".to_owned()),
                     Just("\t\n\r\n".to_owned()),
+                    // Lone CRs, before a character, the quote, `&`.
+                    Just("x\ry\r".to_owned()),
+                    Just("\r&amp;\r\t".to_owned()),
+                    Just("\u{85}\u{FDD0}&#x85;&#xFDEF;]]>".to_owned()),
                     Just(">".to_owned()),
                 ],
                 0..4,

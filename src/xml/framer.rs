@@ -9,7 +9,10 @@
 //! stanza the framer accepts is one `rxml::Parser` accepts too.
 //!
 //! The parser keeps its state across reads, so each byte is scanned once:
-//! the framer only ever feeds the bytes after the ones already fed.
+//! the framer only ever feeds the bytes after the ones already fed. A
+//! lone CR is fed as LF (XML 1.0 §2.11, which rxml does not apply inside
+//! attribute values; see [`eol_slice`]); frames are still cut from the
+//! caller's bytes, untouched.
 //!
 //! Where a frame ends is taken from the bytes the parser has consumed, not
 //! from the sum: rxml returns an element's closing event as soon as it has
@@ -206,6 +209,11 @@ pub struct RxmlFramer {
     top: Top,
     ended: bool,
     failed: Option<FrameError>,
+    /// The caller signalled the end of input: a trailing CR is a lone CR.
+    eof: bool,
+    /// Absolute offset up to which the bytes from `fed` on are known to
+    /// hold no lone CR (see [`eol_slice`]).
+    no_lone_cr: u64,
 }
 
 impl RxmlFramer {
@@ -234,6 +242,8 @@ impl RxmlFramer {
             top: Top::default(),
             ended: false,
             failed: None,
+            eof: false,
+            no_lone_cr: 0,
         }
     }
 
@@ -272,6 +282,8 @@ impl RxmlFramer {
     /// stanzas is not (the connection layer decides what a missing
     /// `</stream:stream>` means).
     pub fn next_frame_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        // No byte follows a CR held back at the end of the buffer any more.
+        self.eof = true;
         match self.next_frame(buf)? {
             Some(f) => Ok(Some(f)),
             None if self.ended || !self.mid_frame() => Ok(None),
@@ -287,7 +299,10 @@ impl RxmlFramer {
         loop {
             let start = usize::try_from(self.fed - self.base).unwrap_or(usize::MAX);
             let avail = buf.get(start..).unwrap_or(&[]);
-            let mut slice = &avail[..complete_utf8_prefix(avail)];
+            let avail = &avail[..complete_utf8_prefix(avail)];
+            let mut clean = usize::try_from(self.no_lone_cr.saturating_sub(self.fed)).unwrap_or(0);
+            let (mut slice, more) = eol_slice(avail, &mut clean, self.eof);
+            self.no_lone_cr = self.fed + clean as u64;
             let before = slice.len();
             let res = self.parser.parse(&mut slice, false);
             self.fed += (before - slice.len()) as u64;
@@ -298,6 +313,8 @@ impl RxmlFramer {
             }
             let ev = match res {
                 Ok(Some(ev)) => ev,
+                // The piece ended at a lone CR (or was one): feed on.
+                Ok(None) | Err(EndOrError::NeedMoreData) if more && slice.is_empty() => continue,
                 Ok(None) | Err(EndOrError::NeedMoreData) => return Ok(None),
                 Err(EndOrError::Error(e)) => return Err(self.map_error(e, buf)),
             };
@@ -655,6 +672,46 @@ pub fn parse_one(element: &[u8]) -> Result<Stanza, FrameError> {
             None => return Err(FrameError::Truncated),
         }
     }
+}
+
+/// The piece of `avail` (the bytes not yet fed) to hand rxml next, with
+/// XML 1.0 §2.11 end-of-line handling done for it: true when bytes remain
+/// to feed after this piece.
+///
+/// XML turns CRLF and a lone CR into LF before parsing. rxml folds CRLF
+/// itself, and a lone CR in text, but in an attribute value it drops a
+/// lone CR and refuses one followed by anything but CR, TAB, LF, `&` or
+/// the quote (`not well-formed XML: CR in attribute value`), so the
+/// value Prosody delivers for a user's `a='x&#13;y'` (`a='x\ry'`) would
+/// end the stream. A lone CR is therefore fed as an LF, which rxml
+/// treats exactly as XML treats that CR everywhere (a space in a value,
+/// a line feed in text, whitespace in a tag). The byte is substituted
+/// in what rxml reads, never in the buffer frames are cut from, and is
+/// the same length, so every offset stays exact. Whether a CR at the end
+/// of `avail` is lone is known only once the next byte arrives: it is
+/// held back until then, or until the end of input (`eof`), where it is
+/// lone.
+///
+/// `*clean` is how many bytes at the start of `avail` are known to hold no
+/// lone CR, so that no byte is searched twice; it is updated.
+fn eol_slice<'a>(avail: &'a [u8], clean: &mut usize, eof: bool) -> (&'a [u8], bool) {
+    let mut from = (*clean).min(avail.len());
+    while let Some(i) = memchr::memchr(b'\r', &avail[from..]) {
+        let at = from + i;
+        *clean = at;
+        match avail.get(at + 1) {
+            // CRLF: rxml folds it as XML does.
+            Some(b'\n') => from = at + 2,
+            // A lone CR first: feed it as LF on its own.
+            Some(_) if at == 0 => return (b"\n", true),
+            None if at == 0 && eof => return (b"\n", false),
+            // Feed up to the CR; it is dealt with on the next call.
+            Some(_) => return (&avail[..at], true),
+            None => return (&avail[..at], false),
+        }
+    }
+    *clean = avail.len();
+    (avail, false)
 }
 
 /// The length of `data` without a trailing, incomplete UTF-8 sequence.

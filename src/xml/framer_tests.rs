@@ -107,6 +107,59 @@ fn nasty_stanzas() -> Vec<String> {
         "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>".into(),
         "<iq type='get' id='deep'><a><b><c><d xmlns:p='urn:p'><p:e p:x='1' x='2'/></d></c></b></a></iq>".into(),
     ]
+    .into_iter()
+    .chain(char_class_stanzas().into_iter().map(|(s, ..)| s))
+    .collect()
+}
+
+/// A stanza as a server may deliver it, with the `to`, `from` and `id`
+/// XML 1.0 decodes from it.
+type Decoded = (
+    String,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+/// Every character class a conforming server (Prosody/expat,
+/// ejabberd/fast_xml) may emit and XML 1.0 accepts, where rxml (and so the
+/// framers, once) was stricter or decoded otherwise: raw CR (lone, CRLF,
+/// CRCRLF, before the quote, TAB or `&`) in values, text and CDATA
+/// (§2.11, §3.3.3), C1 controls and U+FDD0–U+FDEF (allowed by [2] Char),
+/// astral characters, every form of reference, `]]>` inside a value.
+fn char_class_stanzas() -> Vec<Decoded> {
+    vec![
+        (
+            "<iq type='get' id='a\rb' to='proxy.example.test' from='u@example.test/r&#13;x'><q a='\r' b='\r&amp;\r\t'/></iq>".into(),
+            Some("proxy.example.test"),
+            Some("u@example.test/r\rx"),
+            Some("a b"),
+        ),
+        (
+            "<message to='proxy.example.test\r\n' from=\"u@example.test/p\rq\r\r\nz\" id='\t1\r'><body>a\rb\r\nc\r</body></message>".into(),
+            Some("proxy.example.test "),
+            Some("u@example.test/p q  z"),
+            Some(" 1 "),
+        ),
+        (
+            "<message to='proxy.example.test' id='c1'><body><![CDATA[x\ry\r\n\r]]>\r\u{85}\u{9F}\u{FDD0}\u{FDEF}\u{1F600}\u{10FFFD}&#x85;&#xFDD0;&#x1F600;&#0000065;&#x10FFFF;&apos;&quot;]]&gt;]]]&gt;</body></message>".into(),
+            Some("proxy.example.test"),
+            None,
+            Some("c1"),
+        ),
+        (
+            "<presence from='a\u{85}\u{FDD0}\u{1F600}@example.test' to='proxy.example.test' id='&#x85;&#xFDD0;&#x1F600;&#128512;&apos;]]&gt;]]>&#0000065;'/>".into(),
+            Some("proxy.example.test"),
+            Some("a\u{85}\u{FDD0}\u{1F600}@example.test"),
+            Some("\u{85}\u{FDD0}\u{1F600}\u{1F600}']]>]]>A"),
+        ),
+        (
+            "<iq\rtype='result'\rid='cr&#13;&#10;&#9;'\r\rto='a@b/c'\r/>".into(),
+            Some("a@b/c"),
+            None,
+            Some("cr\r\n\t"),
+        ),
+    ]
 }
 
 fn fixture() -> Vec<u8> {
@@ -115,6 +168,10 @@ fn fixture() -> Vec<u8> {
         s.push_str(st);
         if i % 3 == 0 {
             s.push_str(" \n ");
+        }
+        if i % 4 == 1 {
+            // A lone CR between stanzas: whitespace (XML 1.0 §2.11).
+            s.push('\r');
         }
     }
     s.push_str("</stream:stream>");
@@ -554,5 +611,157 @@ fn empty_cdata_at_stream_level_stays_whole() {
                 assert!(!b.ends_with(b"<![CDA"), "sizes {sizes:?}: {b:?}");
             }
         }
+    }
+}
+
+/// Feeds `input` cut once at every byte, and a byte at a time: the frames
+/// cover the input exactly and equal the frames of the whole input.
+fn assert_every_split(input: &[u8]) -> Vec<Frame> {
+    let (whole, err) = run(input);
+    assert_eq!(err, None, "whole input");
+    assert_eq!(concat(&whole), input, "whole input");
+    let whole = merged(whole);
+    for cut in 1..input.len() {
+        let (frames, err) = run_chunked(input, &[cut, input.len()], FramerLimits::default());
+        assert_eq!(err, None, "cut at {cut}");
+        assert_eq!(concat(&frames), input, "cut at {cut}");
+        assert_same(&merged(frames), &whole, &format!("cut at {cut}"));
+    }
+    let (frames, err) = run_chunked(input, &[1], FramerLimits::default());
+    assert_eq!(err, None, "byte by byte");
+    assert_eq!(concat(&frames), input, "byte by byte");
+    assert_same(&merged(frames), &whole, "byte by byte");
+    whole
+}
+
+/// Issue 11: Prosody delivers a user's `&#13;` in an attribute value as a
+/// raw CR, and the stream ended on it (`CR in attribute value`). Every
+/// character class a server may emit is accepted at every split point
+/// (a CR at the end of a read, CRLF split across two), and the values
+/// routing uses decode as XML 1.0 says.
+#[test]
+fn server_character_classes_are_accepted_at_every_split() {
+    let cases = char_class_stanzas();
+    let mut input = String::from(HEADER);
+    for (st, ..) in &cases {
+        input.push_str(st);
+        input.push_str("\r\n\r");
+    }
+    input.push_str("</stream:stream>");
+    let frames = assert_every_split(input.as_bytes());
+    let st = stanzas(&frames);
+    assert_eq!(st.len(), cases.len());
+    for (s, (raw, to, from, id)) in st.iter().zip(&cases) {
+        assert_eq!(&s.bytes[..], raw.as_bytes());
+        assert_eq!((s.to(), s.from(), s.id()), (*to, *from, *id), "{raw:?}");
+        // The span covers the raw value, up to its closing quote.
+        if let Some(a) = &s.to {
+            let raw_to = &s.bytes[a.span.clone()];
+            assert!(raw_to.starts_with(b"proxy.example.test") || raw_to == b"a@b/c");
+            assert_eq!(s.bytes[a.span.end], a.quote);
+        }
+    }
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, Frame::Whitespace(b) if &b[..] == b"\r\n\r")));
+}
+
+/// A CR is the last byte of the input: lone, so whitespace between
+/// stanzas and not a truncated stanza.
+#[test]
+fn trailing_cr_at_end_of_input_is_whitespace() {
+    for tail in ["\r", " \r", "\r\r", "\n\r"] {
+        let input = format!("{HEADER}<iq to='x'/>{tail}");
+        for sizes in [&[input.len()][..], &[1], &[input.len() - 1, 1]] {
+            let (frames, err) = run_chunked(input.as_bytes(), sizes, FramerLimits::default());
+            assert_eq!(err, None, "{tail:?} sizes {sizes:?}");
+            assert_eq!(
+                concat(&frames),
+                input.as_bytes(),
+                "{tail:?} sizes {sizes:?}"
+            );
+        }
+    }
+    // Inside a stanza it is still a truncated stanza.
+    let input = format!("{HEADER}<iq to='x\r");
+    assert_eq!(run(input.as_bytes()).1, Some(FrameError::Truncated));
+}
+
+/// What XML 1.0 forbids stays refused, with the stream error it had:
+/// C0 controls raw or as references ([2] Char; servers refuse them too),
+/// U+FFFE/U+FFFF, surrogates as references, `]]>` in text ([14]),
+/// `&#X…;` (the `x` is lower case, [66]), and a reference too large to
+/// be a character however many leading zeros it has.
+#[test]
+fn forbidden_character_classes_stay_refused() {
+    for body in [
+        "<iq id='a\u{1}b'/>",
+        "<message><body>a\u{1b}b</body></message>",
+        "<message><body>&#1;</body></message>",
+        "<iq id='&#x1F;'/>",
+        "<iq id='&#0;'/>",
+        "<message><body>&#xD800;</body></message>",
+        "<iq id='&#xDFFF;'/>",
+        "<message><body>&#xFFFE;</body></message>",
+        "<iq id='&#65535;'/>",
+        "<message><body>\u{FFFE}</body></message>",
+        "<iq id='\u{FFFF}'/>",
+        "<message><body>a]]>b</body></message>",
+        "<message><body>&#X41;</body></message>",
+        "<message><body>&#x110000;</body></message>",
+        "<message><body>&#1114112;</body></message>",
+        "<message><body>&#1x;</body></message>",
+        "<message><body>&apos</body></message>",
+    ] {
+        let e = rejected(body);
+        assert!(matches!(e, FrameError::NotWellFormed(_)), "{body}: {e:?}");
+        assert_eq!(e.condition(), "not-well-formed", "{body}");
+    }
+}
+
+/// The bytes Prosody 0.12 and ejabberd 23.01 delivered to a component
+/// (captured on loopback) when a user's client sent, in `id` (and, for
+/// Prosody, in another attribute and the body): `&#13;`, `&#13;&#10;`,
+/// `&#9;`, `&#x85;`, `&#xFDD0;`, an emoji as `&#x1F600;`, `]]&gt;`,
+/// `&apos;`, `&#0000000065;` and a raw CR. Prosody writes CR, LF and TAB
+/// raw in values and text, ejabberd as `&#xD;` `&#xA;` `&#x9;` in values
+/// and `]]>` raw in a value; both write characters, never long references.
+#[test]
+fn what_prosody_and_ejabberd_deliver_frames_and_decodes() {
+    let cases: [(&[u8], &str); 10] = [
+        (b"<message to='comp.example.test' id='cr_ref' a='x\ry' from='alice@example.test/g1iiFg5-mf2n' xml:lang='en'><body>x\ry</body></message>", "cr_ref"),
+        (b"<message to='comp.example.test' id='cr_ref:x\ry' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "cr_ref:x\ry"),
+        (b"<message to='comp.example.test' id='crlf_ref:x\r\ny' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "crlf_ref:x\r\ny"),
+        (b"<message to='comp.example.test' id='tab_ref:x\ty' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "tab_ref:x\ty"),
+        (b"<message to='comp.example.test' id='c1_ref:x\xc2\x85y' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "c1_ref:x\u{85}y"),
+        (b"<message to='comp.example.test' id='gt_ref:x]]&gt;y' xml:lang='en' from='alice@example.test/D2xX22hVb9Hn'/>", "gt_ref:x]]>y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='crlf_ref:x&#xD;&#xA;y'/>", "crlf_ref:x\r\ny"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='fdd0_ref:x\xef\xb7\x90y'/>", "fdd0_ref:x\u{FDD0}y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='gt_ref:x]]>y'/>", "gt_ref:x]]>y"),
+        (b"<message xml:lang='en' to='comp.example.test' from='alice@example.test/15318219458554849315850' id='emoji_ref'><body>x\r\n\xf0\x9f\x98\x80y&apos;</body></message>", "emoji_ref"),
+    ];
+    let mut input = HEADER.as_bytes().to_vec();
+    for (raw, _) in &cases {
+        input.extend_from_slice(raw);
+    }
+    let frames = assert_every_split(&input);
+    let st = stanzas(&frames);
+    assert_eq!(st.len(), cases.len());
+    for (s, (raw, id)) in st.iter().zip(&cases) {
+        assert_eq!(&s.bytes[..], *raw);
+        // XML 1.0 §3.3.3: a raw CR, LF, TAB or CRLF is one space each;
+        // a reference keeps its character.
+        let want = if raw.windows(5).any(|w| w == b"&#xD;") {
+            id.to_string()
+        } else {
+            id.replace("\r\n", " ").replace(['\r', '\t'], " ")
+        };
+        assert_eq!(
+            s.id(),
+            Some(want.as_str()),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        assert_eq!(s.to(), Some("comp.example.test"));
     }
 }
