@@ -39,7 +39,13 @@ fn long_char_refs(input: &[u8]) -> Vec<Range<usize>> {
             }
             let len = input[start.min(input.len())..]
                 .iter()
-                .take_while(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() })
+                .take_while(|b| {
+                    if hex {
+                        b.is_ascii_hexdigit()
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
                 .count();
             (len > 8 && input.get(start + len) == Some(&b';')).then(|| start..start + len)
         })
