@@ -11,7 +11,8 @@
 //! instance never keeps its connection slot. At shutdown, a connection's
 //! writer gets to write what is queued and the stream's end as long as
 //! the instance keeps taking bytes, and is cut once it has taken none for
-//! `instances.stall_timeout`.
+//! `instances.stall_timeout` or half the shutdown grace, whichever is
+//! shorter.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -117,6 +118,7 @@ pub async fn run(
             peer,
             id,
             cfg,
+            config.clone(),
             secret,
             events.clone(),
             shutdown.clone(),
@@ -175,6 +177,7 @@ async fn instance(
     peer: SocketAddr,
     id: InstanceId,
     cfg: Arc<Config>,
+    current: watch::Receiver<Arc<Config>>,
     secret: Secret,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
@@ -266,12 +269,15 @@ async fn instance(
             _ = shutdown.cancelled() => {
                 // The core queues the stream's end; the writer writes it
                 // while the instance takes bytes. One that stopped
-                // reading is cut rather than keep the shutdown waiting
-                // for the whole grace.
+                // reading is cut, after its stall timeout or half the
+                // grace (as the upstream side budgets it), whichever is
+                // shorter, rather than keep the whole shutdown waiting.
                 drop(frames);
                 drop(tx);
-                if !finish_writer(&mut writer, &progress, stall_timeout).await {
-                    tracing::info!(stall = ?stall_timeout, "instance stopped reading during shutdown: connection cut");
+                let grace = current.borrow().service.shutdown_grace;
+                let stall = stall_timeout.min(grace / 2);
+                if !finish_writer(&mut writer, &progress, stall).await {
+                    tracing::info!(stall = ?stall, "instance stopped reading during shutdown: connection cut");
                 }
                 abort_writer.disarm();
                 return;
