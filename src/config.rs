@@ -613,7 +613,7 @@ pub struct InstancesArgs {
     /// Outgoing stanza queue per instance [instances.queue, default 1024]
     #[arg(long = "instances-queue", value_name = "N")]
     pub queue: Option<usize>,
-    /// Cut an instance whose queue is full once it accepts no bytes for this long [instances.stall_timeout, default 5s]
+    /// Cut an instance taking no bytes this long while its queue is full [instances.stall_timeout, default 5s]
     #[arg(long = "instances-stall-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub stall_timeout: Option<Duration>,
 }

@@ -27,12 +27,13 @@ pub enum Out {
 /// keepalive after `keepalive` without output. Ends when the queue
 /// closes or an [`Out::Close`] is written.
 ///
-/// `urgent` is how a close gets past a full queue (an instance being
-/// closed while it is behind, or one cut for not reading): when it delivers, whatever is still queued is
-/// dropped, and the bytes it carries (a stream error) are written right
-/// after the stanzas already handed to the socket, so the stream stays
-/// well-formed. It is looked at between stanzas only: a write blocked on
-/// a peer that does not read is the caller's to abort.
+/// `urgent` is how a close gets past a full queue (an instance closed
+/// while it is behind, or cut for not reading): when it delivers,
+/// whatever is still queued is dropped, and the bytes it carries (a
+/// stream error) are written right after the stanzas already handed to
+/// the socket, so the stream stays well-formed. It is looked at between
+/// stanzas only: a write blocked on a peer that does not read is the
+/// caller's to abort (the listener's close wait does).
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     w: W,
     mut rx: mpsc::Receiver<Out>,
