@@ -62,6 +62,7 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 64;
     pub const MAX_UNAUTHENTICATED: usize = 16;
     pub const INSTANCE_QUEUE: usize = 1024;
+    pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_STANZA_BYTES: usize = 524_288;
     pub const MAX_DEPTH: usize = 64;
     pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
@@ -176,6 +177,12 @@ pub struct InstancesConfig {
     /// or slowloris cannot crowd out real instances.
     pub max_unauthenticated: usize,
     pub queue: usize,
+    /// How long an instance whose queue is full may accept no bytes at
+    /// all before it is cut. While its queue is full the core waits for
+    /// room (backpressure, as a relay), so a burst never cuts an instance
+    /// that reads; this bounds how long one that stopped reading holds
+    /// everyone else up.
+    pub stall_timeout: Duration,
 }
 
 impl Default for InstancesConfig {
@@ -186,6 +193,7 @@ impl Default for InstancesConfig {
             max_connections: defaults::MAX_CONNECTIONS,
             max_unauthenticated: defaults::MAX_UNAUTHENTICATED,
             queue: defaults::INSTANCE_QUEUE,
+            stall_timeout: defaults::STALL_TIMEOUT,
         }
     }
 }
@@ -649,6 +657,9 @@ pub struct InstancesArgs {
     /// Outgoing stanza queue per instance [instances.queue, default 1024]
     #[arg(long = "instances-queue", value_name = "N")]
     pub queue: Option<usize>,
+    /// Cut an instance taking no bytes this long while its queue is full [instances.stall_timeout, default 5s]
+    #[arg(long = "instances-stall-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub stall_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -825,6 +836,8 @@ struct RawInstances {
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
     queue: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    stall_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -982,6 +995,7 @@ impl RawConfig {
         over(&mut i.max_connections, &a.max_connections);
         over(&mut i.max_unauthenticated, &a.max_unauthenticated);
         over(&mut i.queue, &a.queue);
+        over(&mut i.stall_timeout, &a.stall_timeout);
 
         let (l, a) = (&mut self.limits, &cli.limits);
         over(&mut l.max_stanza_bytes, &a.max_stanza_bytes);
@@ -1317,6 +1331,10 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         queue: nonzero(
             "instances.queue",
             i.queue.unwrap_or(defaults::INSTANCE_QUEUE),
+        )?,
+        stall_timeout: positive(
+            "instances.stall_timeout",
+            i.stall_timeout.unwrap_or(defaults::STALL_TIMEOUT),
         )?,
     };
 
@@ -1745,8 +1763,12 @@ impl Config {
         }
         let _ = write!(
             s,
-            " instances.max_connections={} instances.max_unauthenticated={} instances.queue={}",
-            i.max_connections, i.max_unauthenticated, i.queue,
+            " instances.max_connections={} instances.max_unauthenticated={} instances.queue={} \
+             instances.stall_timeout={}",
+            i.max_connections,
+            i.max_unauthenticated,
+            i.queue,
+            d(i.stall_timeout),
         );
         let l = &self.limits;
         let _ = write!(
@@ -1909,6 +1931,7 @@ mod tests {
         assert_eq!(c.instances.max_connections, 64);
         assert_eq!(c.instances.max_unauthenticated, 16);
         assert_eq!(c.instances.queue, 1024);
+        assert_eq!(c.instances.stall_timeout, Duration::from_secs(5));
 
         assert_eq!(c.limits, LimitsConfig::default());
         assert_eq!(c.limits.max_stanza_bytes, 524_288);
@@ -1966,6 +1989,7 @@ mod tests {
             max_connections = 5
             max_unauthenticated = 2
             queue = 7
+            stall_timeout = "750ms"
 
             [limits]
             max_stanza_bytes = 65536
@@ -2008,6 +2032,7 @@ mod tests {
         assert_eq!(c.instances.max_connections, 5);
         assert_eq!(c.instances.max_unauthenticated, 2);
         assert_eq!(c.instances.queue, 7);
+        assert_eq!(c.instances.stall_timeout, Duration::from_millis(750));
         assert_eq!(c.limits.max_stanza_bytes, 65536);
         assert_eq!(c.limits.max_depth, 20);
         assert_eq!(c.limits.header_timeout, Duration::from_secs(2));
@@ -2069,6 +2094,7 @@ mod tests {
             max_connections = 1
             max_unauthenticated = 1
             queue = 1
+            stall_timeout = "1s"
             [limits]
             max_stanza_bytes = 4096
             max_depth = 1
@@ -2129,6 +2155,8 @@ mod tests {
             "11",
             "--instances-queue",
             "12",
+            "--instances-stall-timeout",
+            "2s",
             "--max-stanza-bytes",
             "8192",
             "--max-depth",
@@ -2191,6 +2219,7 @@ mod tests {
         assert_eq!(c.instances.max_connections, 10);
         assert_eq!(c.instances.max_unauthenticated, 11);
         assert_eq!(c.instances.queue, 12);
+        assert_eq!(c.instances.stall_timeout, s(2));
         assert_eq!(c.limits.max_stanza_bytes, 8192);
         assert_eq!(c.limits.max_depth, 13);
         assert_eq!(c.limits.max_token_bytes, 8193);
@@ -2667,6 +2696,11 @@ mod tests {
                 with("instances", "queue = 0"),
                 "instances.queue",
                 "at least 1",
+            ),
+            (
+                with("instances", "stall_timeout = \"0s\""),
+                "instances.stall_timeout",
+                "greater than zero",
             ),
             (
                 with("limits", "max_stanza_bytes = 4095"),

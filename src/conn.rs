@@ -2,10 +2,15 @@
 //! batches, and read frames into the core.
 
 use std::any::Any;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::rewrite::Wire;
 
@@ -22,12 +27,13 @@ pub enum Out {
 /// keepalive after `keepalive` without output. Ends when the queue
 /// closes or an [`Out::Close`] is written.
 ///
-/// `urgent` is how a close gets past a full queue (an instance that
-/// stopped reading): when it delivers, whatever is still queued is
-/// dropped, and the bytes it carries (a stream error) are written right
-/// after the stanzas already handed to the socket, so the stream stays
-/// well-formed. It is looked at between stanzas only: a write blocked on
-/// a peer that does not read is the caller's to abort.
+/// `urgent` is how a close gets past a full queue (an instance closed
+/// while it is behind, or cut for not reading): when it delivers,
+/// whatever is still queued is dropped, and the bytes it carries (a
+/// stream error) are written right after the stanzas already handed to
+/// the socket, so the stream stays well-formed. It is looked at between
+/// stanzas only: a write blocked on a peer that does not read is the
+/// caller's to abort (the listener's close wait does).
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     w: W,
     mut rx: mpsc::Receiver<Out>,
@@ -124,6 +130,114 @@ async fn close<W: AsyncWrite + Unpin>(bw: &mut BufWriter<W>, last: &[u8]) -> std
     bw.shutdown().await
 }
 
+/// When a connection's socket last accepted bytes. Its writer records it
+/// ([`Tracked`]); whoever waits on that writer reads it to tell a slow
+/// peer, which keeps taking bytes (a large stanza a little at a time),
+/// from a stalled one, which takes none. A queue's fill level cannot tell
+/// them apart: a full queue is only a peer slower than its sender.
+#[derive(Debug)]
+pub struct Progress {
+    base: Instant,
+    /// Milliseconds from `base` to the last write that took bytes.
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    /// A tracker that counts "now" as the last progress.
+    pub fn new() -> Self {
+        Progress {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records progress now (what [`Tracked`] does on every write that
+    /// the socket took bytes from).
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // One writer stores; readers only need a recent value, not an
+        // ordering with other memory.
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the socket last accepted bytes (or when tracking began).
+    pub fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the peer counts as stalled if it accepts nothing more: `stall`
+    /// after its last progress, but never before `stall` after `since`,
+    /// the moment the caller began to need progress (a writer that had
+    /// nothing to write for a minute is not to blame for that minute).
+    pub fn stalled_at(&self, since: Instant, stall: Duration) -> Instant {
+        self.last().max(since) + stall
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A writer that records in a [`Progress`] every write that the layer
+/// below (the socket) accepted bytes from. Below the [`BufWriter`] of
+/// [`write_loop`], so bytes count when the socket takes them, not when
+/// they are buffered.
+#[derive(Debug)]
+pub struct Tracked<W> {
+    inner: W,
+    progress: std::sync::Arc<Progress>,
+}
+
+impl<W> Tracked<W> {
+    pub fn new(inner: W, progress: std::sync::Arc<Progress>) -> Self {
+        Tracked { inner, progress }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Tracked<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.progress.touch();
+            }
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.progress.touch();
+            }
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The message a panic carried, for the one log line that reports it.
 pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
@@ -177,6 +291,44 @@ mod tests {
             String::from_utf8_lossy(&rest)
         );
         writer.await.expect("join").expect("writer ok");
+    }
+
+    /// Progress is the socket taking bytes: not a write that is blocked,
+    /// however long, and each partial write counts.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn progress_is_when_the_socket_last_took_bytes() {
+        let (ours, mut theirs) = tokio::io::duplex(16);
+        let progress = std::sync::Arc::new(Progress::new());
+        let t0 = progress.last();
+        let mut w = Tracked::new(ours, progress.clone());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        w.write_all(b"12345678").await.expect("fits");
+        assert_eq!(progress.last(), t0 + Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // 8 more bytes fit, the rest waits for the reader.
+        let writer = tokio::spawn(async move {
+            w.write_all(&[b'x'; 64]).await.expect("written in the end");
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(progress.last(), t0 + Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            progress.last(),
+            t0 + Duration::from_secs(10),
+            "a blocked write is no progress"
+        );
+        assert_eq!(
+            progress.stalled_at(t0 + Duration::from_secs(12), Duration::from_secs(3)),
+            t0 + Duration::from_secs(15),
+            "the wait counts from when it began, not from the last write before it"
+        );
+        let mut got = vec![0u8; 16];
+        theirs.read_exact(&mut got).await.expect("read");
+        tokio::task::yield_now().await;
+        assert_eq!(progress.last(), t0 + Duration::from_secs(15));
+        let mut rest = vec![0u8; 56];
+        theirs.read_exact(&mut rest).await.expect("the rest");
+        writer.await.expect("writer");
     }
 
     #[tokio::test]

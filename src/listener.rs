@@ -8,7 +8,11 @@
 //! A stream that ends — closed by the proxy, by the instance, or by a
 //! failed write — is not read any further, and its connection is gone
 //! within [`CLOSE_WAIT`] even if the instance stops reading: a closed
-//! instance never keeps its connection slot.
+//! instance never keeps its connection slot. At shutdown, a connection's
+//! writer gets to write what is queued and the stream's end as long as
+//! the instance keeps taking bytes, and is cut once it has taken none for
+//! `instances.stall_timeout` or half the shutdown grace, whichever is
+//! shorter.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -114,6 +118,7 @@ pub async fn run(
             peer,
             id,
             cfg,
+            config.clone(),
             secret,
             events.clone(),
             shutdown.clone(),
@@ -172,6 +177,7 @@ async fn instance(
     peer: SocketAddr,
     id: InstanceId,
     cfg: Arc<Config>,
+    current: watch::Receiver<Arc<Config>>,
     secret: Secret,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
@@ -216,6 +222,9 @@ async fn instance(
     tracing::info!(peer.addr = %peer, "instance connected");
     let (tx, rx) = mpsc::channel(cfg.instances.queue);
     let (urgent, urgent_rx) = oneshot::channel();
+    let progress = Arc::new(conn::Progress::new());
+    let stall_timeout = cfg.instances.stall_timeout;
+    let w = conn::Tracked::new(w, progress.clone());
     let keepalive = Some(cfg.upstream.keepalive_interval);
     // Cancelled by the core when it closes this stream, and by the writer
     // when it ends for any reason: either way there is no point in
@@ -238,6 +247,8 @@ async fn instance(
         closing: closing.clone(),
         urgent,
         peer,
+        progress: progress.clone(),
+        stall_timeout,
     };
     if events.send(Event::InstanceUp { id, link }).await.is_err() {
         return;
@@ -254,7 +265,17 @@ async fn instance(
             },
             _ = shutdown.cancelled() => {
                 // The core queues the stream's end; the writer writes it
-                // within the shutdown grace.
+                // while the instance takes bytes. One that stopped
+                // reading is cut, after its stall timeout or half the
+                // grace (as the upstream side budgets it), whichever is
+                // shorter, rather than keep the whole shutdown waiting.
+                drop(frames);
+                drop(tx);
+                let grace = current.borrow().service.shutdown_grace;
+                let stall = stall_timeout.min(grace / 2);
+                if !finish_writer(&mut writer, &progress, stall).await {
+                    tracing::info!(stall = ?stall, "instance stopped reading during shutdown: connection cut");
+                }
                 abort_writer.disarm();
                 return;
             }
@@ -296,6 +317,29 @@ async fn instance(
     if tokio::time::timeout(CLOSE_WAIT, &mut writer).await.is_err() {
         tracing::info!(wait = ?CLOSE_WAIT, "instance did not read the end of its stream in time: connection cut");
         writer.abort();
+    }
+}
+
+/// Waits for `writer` to end while its socket keeps accepting bytes, and
+/// aborts it once the socket has accepted none for `stall` (counted from
+/// now at the earliest). True if it ended by itself.
+async fn finish_writer(
+    writer: &mut tokio::task::JoinHandle<()>,
+    progress: &conn::Progress,
+    stall: Duration,
+) -> bool {
+    let since = tokio::time::Instant::now();
+    loop {
+        let deadline = progress.stalled_at(since, stall);
+        tokio::select! {
+            _ = &mut *writer => return true,
+            _ = tokio::time::sleep_until(deadline) => {
+                if progress.stalled_at(since, stall) <= tokio::time::Instant::now() {
+                    writer.abort();
+                    return false;
+                }
+            }
+        }
     }
 }
 

@@ -2,11 +2,18 @@
 //! connection tasks through one bounded channel.
 //!
 //! Connection tasks own their sockets and only frame and write; the core
-//! owns all state and makes every decision, so there are no locks. Output
-//! to an instance is `try_send` on its bounded queue: an instance that
-//! stops reading is taken out of rotation instead of stalling everyone.
-//! Output upstream is awaited: the XMPP server is the one link everything
-//! depends on, and waiting on it is the backpressure.
+//! owns all state and makes every decision, so there are no locks.
+//!
+//! Output is backpressure, as in a relay: when a connection's bounded
+//! queue is full, the core waits for room, its own input queue fills, the
+//! readers wait, and TCP carries the pause back to whoever sends too fast.
+//! Upstream, the XMPP server is the one link everything depends on, so
+//! the core waits for it as long as it takes. An instance is waited for
+//! only while it makes progress: one whose socket has accepted no bytes
+//! for `instances.stall_timeout` while its queue was full is cut (out of
+//! rotation, its requests answered), so one stalled instance holds the
+//! others up for at most that long. A full queue alone says nothing: a
+//! burst fills the queue of an instance that reads as fast as it can.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -76,12 +83,18 @@ pub struct InstanceLink {
     /// Cancelled when the core closes the stream: the connection stops
     /// reading, lets the writer finish, and frees its slot.
     pub closing: CancellationToken,
-    /// The close for when the queue is full (the instance stopped
-    /// reading): the writer drops what is queued and writes this stream
-    /// error instead.
+    /// The close for when the queue is full (the core closes an instance
+    /// that is behind, or cuts one that stopped reading): the writer drops
+    /// what is queued and writes this stream error instead, right after
+    /// the stanza it is writing.
     pub urgent: oneshot::Sender<bytes::Bytes>,
     /// For the log line when the core closes it.
     pub peer: SocketAddr,
+    /// When its socket last accepted bytes, recorded by its writer.
+    pub progress: Arc<crate::conn::Progress>,
+    /// How long the core waits for room in a full queue while the socket
+    /// accepts nothing (`instances.stall_timeout` when it connected).
+    pub stall_timeout: Duration,
 }
 
 /// A snapshot of the proxy's state, published after every event: for
@@ -364,6 +377,8 @@ struct Core {
     spare: Vec<Action>,
     /// One log line per limit per minute for skipped stanzas.
     skip_log: SkipLog,
+    /// The proxy's shutdown: ends a wait for a slow instance at once.
+    shutdown: CancellationToken,
 }
 
 impl Core {
@@ -380,10 +395,12 @@ impl Core {
             status_tx,
             spare: Vec::new(),
             skip_log: SkipLog::default(),
+            shutdown: CancellationToken::new(),
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
         let mut actions = Vec::new();
         loop {
             let deadline = self.router.next_deadline();
@@ -566,25 +583,7 @@ impl Core {
                             );
                         }
                     }
-                    Action::Instance(id, w) => {
-                        let len = w.len();
-                        let queued = self
-                            .instances
-                            .get(&id)
-                            .map(|link| link.tx.try_send(Out::Wire(w)).is_ok());
-                        match queued {
-                            Some(true) => self.status.counters.stanza(Direction::InstancesOut, len),
-                            Some(false) => {
-                                self.close_instance(
-                                    id,
-                                    "policy-violation",
-                                    "not reading: its write queue (instances.queue) is full; out of rotation",
-                                    actions,
-                                );
-                            }
-                            None => {}
-                        }
-                    }
+                    Action::Instance(id, w) => self.send_instance(id, w, actions).await,
                     Action::CloseInstance(id, cond) => {
                         let why = match cond {
                             "invalid-from" => "sent a 'from' that is not an address in the domain",
@@ -597,6 +596,85 @@ impl Core {
             }
         }
         self.spare = batch;
+    }
+
+    /// Queues `w` for instance `id`. A full queue is waited on, as long
+    /// as the instance's socket keeps accepting bytes: a burst faster than
+    /// it reads is slowed down, not cut. Everything else waits meanwhile,
+    /// which is the point (the upstream reader stops, and the server with
+    /// it), and also the cost: so once the socket has accepted nothing for
+    /// the link's stall timeout, the instance is cut and its requests are
+    /// answered as for any lost member. Shutdown ends the wait at once,
+    /// dropping the stanza: the instance is being closed anyway.
+    async fn send_instance(&mut self, id: InstanceId, w: Wire, actions: &mut Vec<Action>) {
+        let Some(link) = self.instances.get(&id) else {
+            return;
+        };
+        let len = w.len();
+        let out = match link.tx.try_send(Out::Wire(w)) {
+            Ok(()) => {
+                self.status.counters.stanza(Direction::InstancesOut, len);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(out)) => out,
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.instance_gone(id, actions),
+        };
+        let tx = link.tx.clone();
+        let progress = link.progress.clone();
+        let stall = link.stall_timeout;
+        let since = Instant::now();
+        let waited = loop {
+            let deadline = progress.stalled_at(since, stall);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Waited::Shutdown,
+                permit = tx.reserve() => break match permit {
+                    Ok(permit) => {
+                        permit.send(out);
+                        Waited::Queued
+                    }
+                    Err(_) => Waited::Gone,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    // The writer may have made progress since the
+                    // deadline was computed: look again.
+                    if progress.stalled_at(since, stall) <= Instant::now() {
+                        break Waited::Stalled;
+                    }
+                }
+            }
+        };
+        match waited {
+            Waited::Queued => self.status.counters.stanza(Direction::InstancesOut, len),
+            Waited::Gone => self.instance_gone(id, actions),
+            Waited::Stalled => self.close_instance(
+                id,
+                "policy-violation",
+                &format!(
+                    "accepted no bytes for {} (instances.stall_timeout) while its write \
+                     queue (instances.queue) was full: not reading; out of rotation",
+                    humantime::format_duration(stall)
+                ),
+                actions,
+            ),
+            Waited::Shutdown => {
+                tracing::debug!(
+                    member = id,
+                    "shutting down: a stanza for a slow instance dropped"
+                );
+            }
+        }
+    }
+
+    /// The instance's writer ended (its connection failed): out of the
+    /// pool now, its requests answered, rather than when its connection
+    /// task reports it.
+    fn instance_gone(&mut self, id: InstanceId, actions: &mut Vec<Action>) {
+        if let Some(link) = self.instances.remove(&id) {
+            tracing::debug!(member = id, peer.addr = %link.peer, "instance connection gone");
+            link.closing.cancel();
+            self.router.instance_down(id, actions);
+        }
     }
 
     /// Closes an instance's stream with `cond`, logging one line with the
@@ -694,6 +772,16 @@ impl Core {
     }
 }
 
+/// How a wait for room in an instance's queue ended.
+enum Waited {
+    Queued,
+    /// Its writer ended: the connection is gone.
+    Gone,
+    /// Its socket accepted no bytes for its stall timeout.
+    Stalled,
+    Shutdown,
+}
+
 /// Most events the core handles between two status publications.
 const EVENT_BATCH: usize = 64;
 
@@ -772,16 +860,35 @@ mod tests {
             &self,
             id: InstanceId,
         ) -> (mpsc::Receiver<Out>, oneshot::Receiver<bytes::Bytes>) {
-            let (tx, rx) = mpsc::channel(64);
+            let (rx, urgent, _) = self.instance_with(id, 64, Duration::from_secs(5)).await;
+            (rx, urgent)
+        }
+
+        /// A connected instance with this queue and stall timeout; also
+        /// the progress its writer would record.
+        async fn instance_with(
+            &self,
+            id: InstanceId,
+            queue: usize,
+            stall_timeout: Duration,
+        ) -> (
+            mpsc::Receiver<Out>,
+            oneshot::Receiver<bytes::Bytes>,
+            Arc<crate::conn::Progress>,
+        ) {
+            let (tx, rx) = mpsc::channel(queue);
             let (urgent, urgent_rx) = oneshot::channel();
+            let progress = Arc::new(crate::conn::Progress::new());
             let link = InstanceLink {
                 tx,
                 closing: CancellationToken::new(),
                 urgent,
                 peer: "127.0.0.1:9".parse().expect("addr"),
+                progress: progress.clone(),
+                stall_timeout,
             };
             self.send(Event::InstanceUp { id, link }).await;
-            (rx, urgent_rx)
+            (rx, urgent_rx, progress)
         }
 
         /// Waits until `cond` holds (failing once everything is idle
@@ -1020,6 +1127,128 @@ mod tests {
                 st.stats.generated(StanzaError::RecipientUnavailable)
             ),
             (1, 0)
+        );
+    }
+
+    fn message(id: &str) -> String {
+        format!("<message id='{id}' to='{D}' from='bob@example.test/x'><body>b</body></message>")
+    }
+
+    /// A burst many times an instance's queue, to an instance that reads
+    /// steadily but slower than it comes: the core waits for room as long
+    /// as the instance takes bytes, however long that is in all. Nothing
+    /// is cut, and everything arrives once, in order.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_full_queue_is_waited_for_while_the_instance_reads() {
+        let cfg = config("");
+        let mut h = start(&cfg, 16);
+        let _up = h.upstream_up().await;
+        let stall = Duration::from_secs(1);
+        let (mut inst, mut urgent, progress) = h.instance_with(1, 4, stall).await;
+        let n = 40;
+        // A reader taking one stanza every 300 ms (the socket accepting
+        // its bytes): 12 s in all, the queue full for most of it.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < n {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                got.push(next(&mut inst).await);
+                progress.touch();
+            }
+            got
+        });
+        let started = Instant::now();
+        for i in 0..n {
+            h.server_sends(&message(&format!("m{i}"))).await;
+        }
+        let got = reader.await.expect("reader");
+        assert!(started.elapsed() >= Duration::from_secs(10), "it did wait");
+        for (i, out) in got.iter().enumerate() {
+            assert!(out.contains(&format!("id='m{i}'")), "{i}: {out}");
+        }
+        assert!(urgent.try_recv().is_err(), "no close");
+        let st = h
+            .wait_for(|s| s.counters.stanzas(Direction::InstancesOut) == n as u64)
+            .await;
+        assert_eq!(st.pool, [Member::Instance(1)], "still in rotation");
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// An instance whose socket accepts nothing while its queue is full
+    /// is cut after its stall timeout, not before: out of the pool, its
+    /// stream closed past the queue, its pending request answered.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_instance_that_takes_nothing_is_cut_after_the_stall_timeout() {
+        let cfg = config("");
+        let mut h = start(&cfg, 16);
+        let mut up = h.upstream_up().await;
+        let stall = Duration::from_secs(3);
+        let (_inst, mut urgent, _progress) = h.instance_with(1, 2, stall).await;
+        h.server_sends(&request("q", ALICE)).await;
+        h.wait_for(|s| s.pending == 1).await;
+        // Progress long ago does not count against it: the wait starts
+        // when the queue is found full.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let started = Instant::now();
+        for i in 0..4 {
+            h.server_sends(&message(&format!("m{i}"))).await;
+        }
+        let answer = next(&mut up).await;
+        let waited = started.elapsed();
+        assert!(
+            answer.contains("id='q'") && answer.contains("<recipient-unavailable "),
+            "{answer}"
+        );
+        assert!(
+            waited >= stall && waited < stall + Duration::from_secs(1),
+            "cut after {waited:?}"
+        );
+        let close = urgent.try_recv().expect("the urgent close");
+        assert!(
+            String::from_utf8_lossy(&close).contains("<policy-violation "),
+            "{close:?}"
+        );
+        let st = h.wait_for(|s| s.pool.is_empty()).await;
+        assert_eq!(st.pending, 0);
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// Shutdown while the core waits for a stalled instance: the wait
+    /// ends at once, the requests are answered and upstream is closed,
+    /// without waiting for the stall timeout.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn shutdown_ends_a_wait_for_a_stalled_instance() {
+        let cfg = config("");
+        let h = start(&cfg, 16);
+        let mut up = h.upstream_up().await;
+        let (inst, mut urgent, _progress) = h.instance_with(1, 2, Duration::from_secs(3600)).await;
+        h.server_sends(&request("q", ALICE)).await;
+        for i in 0..4 {
+            h.server_sends(&message(&format!("m{i}"))).await;
+        }
+        // The core is waiting (the status is published after the wait):
+        // two messages queued, the others not.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(inst.len(), 2);
+        let started = Instant::now();
+        h.shutdown.cancel();
+        let answer = next(&mut up).await;
+        assert!(
+            answer.contains("id='q'") && answer.contains("<recipient-unavailable "),
+            "{answer}"
+        );
+        assert!(next(&mut up).await.starts_with("CLOSE "));
+        h.core.await.expect("core ends");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            urgent.try_recv().is_ok(),
+            "its stream is closed past the queue"
         );
     }
 

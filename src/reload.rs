@@ -7,7 +7,7 @@
 //! | class | keys | effect |
 //! |---|---|---|
 //! | live | `routing.balancing`, `routing.iq_timeout`, `client_proxy.target_address`, `client_requests`, `subscribe`, `limits.upstream_buffer`, `limits.upstream_max_write_bytes`, `log.level`, `service.shutdown_grace` | at once, nothing dropped |
-//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `limits.*` but `upstream_buffer` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
+//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `instances.stall_timeout`, `limits.*` but `upstream_buffer` and `upstream_max_write_bytes` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
 //! | reconnect | `upstream.server`, `upstream.secret` | the upstream session is closed and made again at once (pending requests on client resources are answered `recipient-unavailable`, as on any upstream loss) |
 //! | restart | `upstream.domain`, `client_proxy.jat`, `routing.pending_capacity`, `instances.listen`, `instances.max_connections`, `instances.max_unauthenticated`, `log.format`, `service.worker_threads`, `metrics.listen` | the whole reload is refused; the running configuration stays |
 //!
@@ -156,6 +156,13 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
         Restart,
     );
     check(oi.queue != ni.queue, "instances.queue", NextConnection);
+    // Each connection's link to the core carries the value it was
+    // accepted with, as its queue carries its bound.
+    check(
+        oi.stall_timeout != ni.stall_timeout,
+        "instances.stall_timeout",
+        NextConnection,
+    );
 
     check(
         ol.max_stanza_bytes != nl.max_stanza_bytes,
@@ -291,6 +298,7 @@ fn every_key_is_sorted(c: &Config) {
         max_connections: _,
         max_unauthenticated: _,
         queue: _,
+        stall_timeout: _,
     } = instances;
     let LimitsConfig {
         max_stanza_bytes: _,
@@ -390,6 +398,12 @@ mod tests {
         let new = edit("secret = \"inst\"", "secret = \"inst2\"");
         let p = plan(&cfg(""), &new).expect("instance secret reloads");
         assert_eq!(p.next_connection, ["instances.secret"]);
+        let new = edit(
+            "secret = \"inst\"",
+            "secret = \"inst\"\nstall_timeout = \"9s\"",
+        );
+        let p = plan(&cfg(""), &new).expect("the stall timeout reloads");
+        assert_eq!(p.next_connection, ["instances.stall_timeout"]);
         let p = plan(&cfg(""), &cfg("[limits]\nmax_stanza_bytes = 8192")).expect("limits");
         assert_eq!(p.next_connection, ["limits.max_stanza_bytes"]);
     }

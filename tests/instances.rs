@@ -3,8 +3,8 @@
 //! its listener with jatproxy's own XEP-0114 handshake code. For the
 //! faults real components do not produce on demand: an instance dying
 //! with requests in flight, two instances reusing one iq id, an instance
-//! that stops reading, bad secrets and domains, a full listener, and a
-//! forged `from`. Every test checks that each request got exactly one
+//! that reads slower than the server sends, one that stops reading, bad
+//! secrets and domains, a full listener, and a forged `from`. Every test checks that each request got exactly one
 //! answer.
 
 #[path = "support/fake.rs"]
@@ -365,10 +365,15 @@ async fn two_instances_same_id_same_peer_get_their_own_replies() {
     assert!(proxy.shutdown(WAIT).await);
 }
 
+/// An instance that stops reading holds the others up for its stall
+/// timeout at most: it is cut (not before the timeout), every request
+/// pending on it is answered, and the other instance goes on serving,
+/// bursts included.
 #[tokio::test]
-async fn an_instance_that_stops_reading_does_not_stall_the_others() {
+async fn an_instance_that_stops_reading_is_cut_after_the_stall_timeout_and_the_others_go_on() {
     let server = FakeServer::bind().await;
-    let (proxy, s) = start(&server, "queue = 4", ROUND_ROBIN).await;
+    let stall = Duration::from_secs(1);
+    let (proxy, s) = start(&server, "queue = 4\nstall_timeout = \"1s\"", ROUND_ROBIN).await;
     let addr = proxy.listen_addr().expect("listener");
     let stuck = FakeInstance::connect_small_rcvbuf(addr, "stuck").await;
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
@@ -386,11 +391,12 @@ async fn an_instance_that_stops_reading_does_not_stall_the_others() {
     let mut up = collect_upstream(r);
     // 64 KiB of payload per request, two at a time (one each, round-robin):
     // the stuck instance's socket buffers and its queue of 4 fill after a
-    // bounded number of them. Before the next pair, the live one has
-    // answered its share, so its own queue of 4 never fills.
+    // bounded number of them; then jatproxy waits for room (and the live
+    // one's request of the pair with it) until the stall timeout.
     let big = "x".repeat(64 * 1024);
     let mut ids = HashSet::new();
     let mut sent = 0u64;
+    let started = tokio::time::Instant::now();
     while proxy.status().pool.len() == 2 {
         assert!(
             sent < 4000,
@@ -420,33 +426,42 @@ async fn an_instance_that_stops_reading_does_not_stall_the_others() {
             proxy.status()
         );
     }
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after >= stall,
+        "cut {cut_after:?} after its first request, before its stall timeout"
+    );
     assert_eq!(instance_ids(&proxy).len(), 1);
     assert!(
         !instance_ids(&proxy).contains(&stuck_id),
         "the stuck one left, the live one stayed"
     );
-    // Requests keep flowing through the live instance. (One at a time: a
-    // burst of more than 4 could fill the live one's queue of 4 too, before
-    // its writer runs, and it would be dropped as well.)
+    // Requests keep flowing through the live instance, in bursts of more
+    // than its queue: jatproxy waits for it to read, it is not cut.
+    let delivered = proxy.status().stats.replies_delivered;
+    let mut burst = String::new();
     for i in 0..50 {
         let id = format!("after{i}");
-        w.send(&request(&id, "late@example.test/r", "small")).await;
+        burst.push_str(&request(&id, "late@example.test/r", "small"));
         ids.insert(id);
-        let delivered = proxy.status().stats.replies_delivered;
-        assert!(
-            proxy
-                .wait_for(WAIT, |st| st.stats.replies_delivered > delivered)
-                .await,
-            "request {i} after the drop was not answered: {:?}",
-            proxy.status()
-        );
     }
+    w.send(&burst).await;
+    assert!(
+        proxy
+            .wait_for(WAIT, |st| st.stats.replies_delivered == delivered + 50)
+            .await,
+        "the burst after the cut was not answered: {:?}",
+        proxy.status()
+    );
     let answers = answers_exactly_once(&mut up, &mut w, &ids).await;
     let per = tally(answers.values());
     let live_read = std::iter::from_fn(|| seen.try_recv().ok())
         .filter(|(_, st)| st.id().is_some_and(|id| ids.contains(id)))
         .count();
-    println!("{sent} large requests until the stuck instance was dropped; answers {per:?}");
+    println!(
+        "{sent} large requests until the stuck instance was cut, {cut_after:?} after the first; \
+         answers {per:?}"
+    );
     assert_eq!(per.get("result:live").copied(), Some(live_read));
     let errors = per.get("error:recipient-unavailable").copied().unwrap_or(0);
     assert_eq!(errors + live_read, ids.len(), "{per:?}");
@@ -766,14 +781,14 @@ async fn an_instance_closed_by_the_proxy_is_disconnected_and_frees_its_slot() {
     assert!(proxy.shutdown(WAIT).await);
 }
 
-/// An instance that stops reading until its queue is full is told why:
-/// the stream error comes after the stanzas already on their way, once it
-/// reads again (within the close wait), and every request queued for it
-/// got `recipient-unavailable`.
+/// An instance cut for not reading (its queue full, nothing taken for its
+/// stall timeout) is told why: the stream error comes after the stanzas
+/// already on their way, once it reads again (within the close wait), and
+/// every request queued for it got `recipient-unavailable`.
 #[tokio::test]
-async fn an_instance_whose_queue_fills_gets_policy_violation() {
+async fn an_instance_cut_for_not_reading_gets_policy_violation() {
     let server = FakeServer::bind().await;
-    let (proxy, s) = start(&server, "queue = 4", ROUND_ROBIN).await;
+    let (proxy, s) = start(&server, "queue = 4\nstall_timeout = \"300ms\"", ROUND_ROBIN).await;
     let addr = proxy.listen_addr().expect("listener");
     let mut stuck = FakeInstance::connect_small_rcvbuf(addr, "stuck").await;
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
@@ -1048,4 +1063,132 @@ async fn shutdown_does_not_wait_for_instances_in_the_handshake() {
         "shutdown waited for the handshake"
     );
     println!("shut down in {:?}", started.elapsed());
+}
+
+/// A burst of a hundred queues' worth (1 600 stanzas, `queue = 16`) to an
+/// instance that reads steadily but slower than the server sends:
+/// jatproxy waits for room instead of cutting it, for far longer in all
+/// than the stall timeout, since the instance keeps taking bytes. Every
+/// stanza arrives exactly once, in order, and the instance stays in
+/// rotation.
+#[tokio::test]
+async fn a_burst_of_a_hundred_queues_reaches_a_slow_reader_whole_and_in_order() {
+    let server = FakeServer::bind().await;
+    let stall = Duration::from_millis(300);
+    let (proxy, s) = start(&server, "queue = 16\nstall_timeout = \"300ms\"", "").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let mut slow = FakeInstance::connect_small_rcvbuf(addr, "slow").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let Session { r, mut w } = s;
+    let _up = collect_upstream(r);
+    let n = 1600;
+    let body = "b".repeat(200);
+    let mut burst = String::new();
+    for i in 0..n {
+        burst.push_str(&format!(
+            "<message to='{D}' from='bob@example.test/r' id='m{i}'><body>{body}</body></message>"
+        ));
+    }
+    // The server writes it all at once, and then a marker.
+    let server_writes = tokio::spawn(async move {
+        w.send(&burst).await;
+        w.send(&format!(
+            "<message to='{D}' from='bob@example.test/r' id='marker'/>"
+        ))
+        .await;
+        w
+    });
+    let started = tokio::time::Instant::now();
+    for i in 0..n {
+        let st = slow.r.recv().await;
+        assert_eq!(
+            st.id(),
+            Some(format!("m{i}").as_str()),
+            "stanza {i} out of order, lost or repeated: {}",
+            text(&st)
+        );
+        // Slower than the server: a millisecond (at least) per stanza.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    let marker = slow.r.recv().await;
+    assert_eq!(marker.id(), Some("marker"), "{}", text(&marker));
+    let _w = server_writes.await.expect("server writer");
+    assert!(
+        took > 3 * stall,
+        "the reader was not slow enough to test anything: {took:?}"
+    );
+    let st = proxy.status();
+    assert_eq!(instance_ids(&proxy).len(), 1, "still in rotation: {st:?}");
+    assert_eq!(
+        st.counters
+            .stanzas(jatproxy::metrics::Direction::InstancesOut),
+        n + 1
+    );
+    println!("{n} stanzas through a queue of 16 to a slow reader in {took:?}, none cut");
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// Shutdown while jatproxy waits for room in a stalled instance's queue
+/// (a stall timeout far longer than the grace): the wait ends, every
+/// request gets its one answer, the server's stream is closed, and the
+/// stalled connection is cut within the grace (after half of it without
+/// progress). The core's own part, ending the wait at once, is
+/// `proxy::tests::shutdown_ends_a_wait_for_a_stalled_instance`.
+#[tokio::test]
+async fn shutdown_completes_while_waiting_for_a_stalled_instance() {
+    let server = FakeServer::bind().await;
+    let (proxy, s) = start(&server, "queue = 4\nstall_timeout = \"60s\"", "").await;
+    let addr = proxy.listen_addr().expect("listener");
+    let _stuck = FakeInstance::connect_small_rcvbuf(addr, "stuck").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let Session { r, mut w } = s;
+    let mut up = collect_upstream(r);
+    // Large requests until the core stops taking them: it is waiting for
+    // room (its status is published after the wait). Twice in a row, so
+    // that a busy machine is not taken for a wait.
+    let big = "x".repeat(64 * 1024);
+    let mut ids = HashSet::new();
+    let mut quiet = 0;
+    while quiet < 2 {
+        assert!(ids.len() < 4000, "never waited: {:?}", proxy.status());
+        let id = format!("big{}", ids.len());
+        w.send(&request(&id, "alice@example.test/r", &big)).await;
+        ids.insert(id);
+        let sent = ids.len() as u64;
+        let routed = proxy
+            .wait_for(Duration::from_millis(500), |st| {
+                st.stats.requests_routed == sent
+            })
+            .await;
+        quiet = if routed { 0 } else { quiet + 1 };
+    }
+    let started = tokio::time::Instant::now();
+    let grace = Duration::from_secs(3);
+    assert!(
+        proxy.shutdown(grace).await,
+        "shutdown did not complete within {grace:?}"
+    );
+    let took = started.elapsed();
+    let mut answers: HashMap<String, String> = HashMap::new();
+    while let Some(st) = tokio::time::timeout(WAIT, up.recv())
+        .await
+        .expect("the server's stream ends")
+    {
+        let id = st.id().unwrap_or_default().to_owned();
+        assert!(ids.contains(&id), "unexpected upstream: {}", text(&st));
+        if let Some(first) = answers.insert(id.clone(), outcome(&st)) {
+            panic!("{id} answered twice: {first} then {}", text(&st));
+        }
+    }
+    assert_eq!(answers.len(), ids.len(), "every request answered");
+    assert!(
+        answers.values().all(|o| o == "error:recipient-unavailable"),
+        "{:?}",
+        tally(answers.values())
+    );
+    println!(
+        "shut down in {took:?} while waiting on a stalled instance; {} requests answered",
+        ids.len()
+    );
 }

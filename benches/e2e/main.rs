@@ -27,7 +27,11 @@
 //! requests nobody answers and reports jatproxy's peak RSS against N (see
 //! `fill.rs`).
 //! Environment: `E2E_SECONDS` (per run, default 1.5), `E2E_FILTER`
-//! (run only rows whose label contains it), `E2E_NO_PROSODY=1`,
+//! (run only rows whose label contains it), `E2E_MAX_ONLY=1` (only the
+//! maximum-rate runs, not the half-rate ones), `E2E_WINDOW` (requests
+//! in flight at the maximum rate, default 128; the 4 MiB byte window
+//! still applies, so a large value floods a member with up to 4 MiB
+//! ahead of what it has read), `E2E_NO_PROSODY=1`,
 //! `E2E_TOKENIZER` (`rxml` or `fast`: jatproxy's `--tokenizer`),
 //! `E2E_PROSODY_THREADS` (jatproxy's threads beside Prosody, default 2).
 
@@ -106,6 +110,11 @@ pub struct Settings {
     pub prosody: bool,
     pub prosody_run: Duration,
     pub filter: Option<String>,
+    /// Skip the half-rate runs (to repeat the maximum-rate ones cheaply).
+    pub max_only: bool,
+    /// Requests in flight per sender at the maximum rate (the byte
+    /// window, 4 MiB, still applies).
+    pub window: usize,
 }
 
 impl Settings {
@@ -122,6 +131,11 @@ impl Settings {
             prosody: std::env::var_os("E2E_NO_PROSODY").is_none(),
             prosody_run: Duration::from_secs_f64(secs * 3.0),
             filter: std::env::var("E2E_FILTER").ok(),
+            max_only: std::env::var_os("E2E_MAX_ONLY").is_some(),
+            window: std::env::var("E2E_WINDOW")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(128),
         }
     }
 
@@ -136,6 +150,8 @@ impl Settings {
             prosody: false,
             prosody_run: Duration::from_millis(300),
             filter: None,
+            max_only: false,
+            window: 128,
         }
     }
 
@@ -144,7 +160,7 @@ impl Settings {
             duration: self.run,
             warmup: self.run / 8,
             rate,
-            window: 128,
+            window: self.window,
             window_bytes: 4 << 20,
             drain: Duration::from_secs(15),
         }
@@ -184,13 +200,15 @@ fn bench(s: &Settings) -> Result<(), String> {
                 };
                 let relay_max = go(Path::Relay, None, &mut env)?;
                 let proxy_max = go(Path::Proxy, None, &mut env)?;
-                let half = proxy_max.items_per_sec() / 2.0;
-                let relay_half = go(Path::Relay, Some(half), &mut env)?;
-                let proxy_half = go(Path::Proxy, Some(half), &mut env)?;
-                for (load, relay, proxy) in [
-                    ("max", relay_max, proxy_max),
-                    ("half", relay_half, proxy_half),
-                ] {
+                let mut loads = Vec::new();
+                if !s.max_only {
+                    let half = proxy_max.items_per_sec() / 2.0;
+                    let relay_half = go(Path::Relay, Some(half), &mut env)?;
+                    let proxy_half = go(Path::Proxy, Some(half), &mut env)?;
+                    loads.push(("half", relay_half, proxy_half));
+                }
+                loads.insert(0, ("max", relay_max, proxy_max));
+                for (load, relay, proxy) in loads {
                     let row = Row {
                         threads,
                         flow,
@@ -206,7 +224,7 @@ fn bench(s: &Settings) -> Result<(), String> {
         }
     }
     println!();
-    report::table(&rows);
+    report::table(&rows, s.window);
     if s.prosody {
         let p = prosody_bench::run(s, &bodies)?;
         println!();

@@ -127,7 +127,7 @@ const HEAD: [&str; 14] = [
 ];
 
 /// The component-side results as one Markdown table.
-pub fn table(rows: &[Row]) {
+pub fn table(rows: &[Row], window: usize) {
     println!("| {} |", HEAD.join(" | "));
     println!(
         "|{}|",
@@ -152,7 +152,7 @@ pub fn table(rows: &[Row]) {
          trip); load max = {} requests in flight, half = a fixed rate of half of jatproxy's max; \
          added = jatproxy minus relay at the same load; CPU of the jatproxy / relay process \
          (its threads' schedstat, ns); {peak}",
-        128
+        window
     );
 }
 
