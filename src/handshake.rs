@@ -27,8 +27,6 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use rand::RngCore;
-use rxml::error::EndOrError;
-use rxml::{Parse, RawEvent, RawParser};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -36,7 +34,10 @@ use tokio_util::codec::FramedRead;
 
 use crate::config::Secret;
 use crate::xml::frame::{NS_COMPONENT, NS_STREAMS, NS_STREAM_ERRORS};
-use crate::xml::{escape, inspect, CodecError, Frame, FrameError, Framer, Stanza, StreamHeader};
+use crate::xml::{
+    escape, inspect, CodecError, Frame, FrameError, Framer, Stanza, StreamCondition, StreamError,
+    StreamHeader,
+};
 
 /// The server's answer to a correct handshake.
 pub const HANDSHAKE_OK: &[u8] = b"<handshake/>";
@@ -129,16 +130,13 @@ pub fn handshake_element(digest: &str) -> Bytes {
 /// A stream error followed by the end of the stream, the only way RFC 6120
 /// §4.9 lets a stream error be sent.
 ///
-/// `condition` is a defined condition name (`not-authorized`, …) from this
-/// program, written as is; `text` is escaped.
-pub fn stream_error(condition: &str, text: Option<&str>) -> Bytes {
-    debug_assert!(
-        !condition.is_empty()
-            && condition
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'-'),
-        "stream error condition {condition:?} is not a condition name"
-    );
+/// [`StreamCondition::Other`] names no condition: it is written as
+/// `undefined-condition`. `text` is escaped.
+pub fn stream_error(condition: StreamCondition, text: Option<&str>) -> Bytes {
+    let condition = match condition {
+        StreamCondition::Other => StreamCondition::UndefinedCondition,
+        defined => defined,
+    };
     let mut out = format!("<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>");
     if let Some(text) = text {
         out.push_str(&format!(
@@ -217,7 +215,7 @@ pub enum HandshakeError {
         /// The domain we asked to serve.
         domain: String,
         /// The defined condition (`undefined-condition` if the server named none).
-        condition: String,
+        condition: StreamCondition,
         /// The server's human-readable `<text>`, if any.
         text: Option<String>,
     },
@@ -236,7 +234,7 @@ pub enum HandshakeError {
     /// secret is configured wrong.
     #[error("refused the instance with <{condition}/>: {reason}")]
     Rejected {
-        condition: &'static str,
+        condition: StreamCondition,
         reason: String,
     },
 }
@@ -254,16 +252,7 @@ impl HandshakeError {
             | HandshakeError::BadHeader(_)
             | HandshakeError::Unexpected { .. }
             | HandshakeError::Rejected { .. } => true,
-            HandshakeError::Refused { condition, .. } => matches!(
-                condition.as_str(),
-                "not-authorized"
-                    | "host-unknown"
-                    | "host-gone"
-                    | "improper-addressing"
-                    | "invalid-from"
-                    | "invalid-namespace"
-                    | "bad-namespace-prefix"
-            ),
+            HandshakeError::Refused { condition, .. } => condition.is_permanent(),
         }
     }
 
@@ -283,11 +272,11 @@ impl HandshakeError {
 
     /// The stream error the accepting side owes the instance for this
     /// failure, if the instance is still there to read it.
-    fn condition_to_send(&self) -> Option<&'static str> {
+    fn condition_to_send(&self) -> Option<StreamCondition> {
         match self {
-            HandshakeError::Rejected { condition, .. } => Some(condition),
+            HandshakeError::Rejected { condition, .. } => Some(*condition),
             HandshakeError::Framing { source, .. } => Some(source.condition()),
-            HandshakeError::Timeout { .. } => Some("connection-timeout"),
+            HandshakeError::Timeout { .. } => Some(StreamCondition::ConnectionTimeout),
             _ => None,
         }
     }
@@ -295,16 +284,18 @@ impl HandshakeError {
 
 /// The operator's reading of a server's stream error: what to fix, not
 /// just the condition name.
-fn refusal_message(domain: &str, condition: &str, text: &Option<String>) -> String {
+fn refusal_message(domain: &str, condition: &StreamCondition, text: &Option<String>) -> String {
     let mut msg = match condition {
-        "not-authorized" => format!("the server refused the secret for {domain}"),
-        "host-unknown" => format!("the server has no component {domain} configured"),
-        "conflict" => format!(
+        StreamCondition::NotAuthorized => format!("the server refused the secret for {domain}"),
+        StreamCondition::HostUnknown => {
+            format!("the server has no component {domain} configured")
+        }
+        StreamCondition::Conflict => format!(
             "another connection holds {domain} (Prosody's default \
              component_conflict_resolve = \"kick_new\" refuses a quick \
              reconnect while the old session lingers)"
         ),
-        "invalid-namespace" => format!(
+        StreamCondition::InvalidNamespace => format!(
             "the server does not accept components for {domain} on this port \
              (invalid-namespace): is it the component port?"
         ),
@@ -453,55 +444,12 @@ fn is_stream_error(s: &Stanza) -> bool {
 }
 
 fn refused(domain: &str, error: &Stanza) -> HandshakeError {
-    let (condition, text) = stream_error_parts(&error.bytes);
+    let StreamError { condition, text } = StreamError::parse(&error.bytes);
     HandshakeError::Refused {
         domain: domain.to_owned(),
-        condition: condition.unwrap_or_else(|| "undefined-condition".into()),
+        condition,
         text,
     }
-}
-
-/// The defined condition (first child other than `<text>`) and the
-/// `<text>` of a framed `<stream:error>`. The framer validated the bytes;
-/// a parse failure here keeps what was gathered.
-fn stream_error_parts(element: &[u8]) -> (Option<String>, Option<String>) {
-    let mut parser = RawParser::new();
-    let mut input = element;
-    let mut depth = 0usize;
-    let mut in_text = false;
-    let mut condition = None;
-    let mut text: Option<String> = None;
-    loop {
-        match parser.parse(&mut input, true) {
-            Ok(Some(RawEvent::ElementHeadOpen(_, (_, local)))) => {
-                depth += 1;
-                if depth == 2 {
-                    if local.as_str() == "text" {
-                        in_text = text.is_none();
-                        if in_text {
-                            text = Some(String::new());
-                        }
-                    } else if condition.is_none() {
-                        condition = Some(local.to_string());
-                    }
-                }
-            }
-            Ok(Some(RawEvent::ElementFoot(_))) => {
-                if depth == 2 {
-                    in_text = false;
-                }
-                depth = depth.saturating_sub(1);
-            }
-            Ok(Some(RawEvent::Text(_, t))) if in_text && depth == 2 => {
-                if let Some(text) = text.as_mut() {
-                    text.push_str(&t);
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(EndOrError::NeedMoreData) | Err(EndOrError::Error(_)) => break,
-        }
-    }
-    (condition, text.filter(|t| !t.is_empty()))
 }
 
 // ---------------------------------------------------------------------------
@@ -590,7 +538,7 @@ where
         // answered as the framer would answer a bad root.
         Frame::Stanza(s) => {
             return Err(reject(
-                "invalid-namespace",
+                StreamCondition::InvalidNamespace,
                 format!("<{}> before a stream header", s.name),
             ))
         }
@@ -603,19 +551,19 @@ where
     };
     let Some(to) = header.to else {
         return Err(reject(
-            "improper-addressing",
+            StreamCondition::ImproperAddressing,
             "the instance's stream header has no 'to'".into(),
         ));
     };
     if !same_domain(&to, domain) {
         return Err(reject(
-            "host-unknown",
+            StreamCondition::HostUnknown,
             format!("the instance asked for {to:?}; this listener serves {domain:?}"),
         ));
     }
     if header.xmlns.as_deref() != Some(NS_COMPONENT) {
         return Err(reject(
-            "invalid-namespace",
+            StreamCondition::InvalidNamespace,
             format!(
                 "the instance's default namespace is {:?}, not {NS_COMPONENT:?}",
                 header.xmlns.as_deref().unwrap_or("")
@@ -633,20 +581,20 @@ where
         Frame::Stanza(s) if s.name == "handshake" && s.ns == NS_COMPONENT => s,
         Frame::Stanza(s) => {
             return Err(reject(
-                "not-authorized",
+                StreamCondition::NotAuthorized,
                 format!("the instance sent <{}> before <handshake>", s.name),
             ))
         }
         Frame::Header(_) => {
             return Err(reject(
-                "not-authorized",
+                StreamCondition::NotAuthorized,
                 "the instance sent a second stream header before <handshake>".into(),
             ))
         }
         // Instance links have per-stanza limits off: unreachable.
         Frame::Skipped(_) => {
             return Err(reject(
-                "not-authorized",
+                StreamCondition::NotAuthorized,
                 "the instance sent an element over the limits before <handshake>".into(),
             ))
         }
@@ -656,10 +604,10 @@ where
             })
         }
     };
-    let (presented, _) = inspect::text_and_first_child(&handshake.bytes);
+    let presented = inspect::element_text(&handshake.bytes);
     if !verify(stream_id, secret.expose(), &presented) {
         return Err(reject(
-            "not-authorized",
+            StreamCondition::NotAuthorized,
             "the instance's handshake does not match the instance secret".into(),
         ));
     }
@@ -667,7 +615,7 @@ where
     Ok(to)
 }
 
-fn reject(condition: &'static str, reason: String) -> HandshakeError {
+fn reject(condition: StreamCondition, reason: String) -> HandshakeError {
     HandshakeError::Rejected { condition, reason }
 }
 
@@ -782,7 +730,7 @@ mod tests {
 
     /// What an instance reads back from a refusing listener: exactly one
     /// stream header, then the stream error's condition.
-    fn refusal_seen(written: &[u8]) -> (StreamHeader, String) {
+    fn refusal_seen(written: &[u8]) -> (StreamHeader, StreamCondition) {
         let frames = frames_of(written);
         let headers = frames
             .iter()
@@ -801,10 +749,7 @@ mod tests {
             })
             .expect("a stream error");
         assert!(written.ends_with(STREAM_END));
-        (
-            header,
-            stream_error_parts(&error.bytes).0.expect("a condition"),
-        )
+        (header, StreamError::parse(&error.bytes).condition)
     }
 
     /// Runs the component side against canned server bytes; returns the
@@ -905,12 +850,12 @@ mod tests {
         );
         assert_eq!(handshake_element("00ff"), "<handshake>00ff</handshake>");
         assert_eq!(
-            stream_error("conflict", None),
+            stream_error(StreamCondition::Conflict, None),
             "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
              </stream:error></stream:stream>"
         );
         assert_eq!(
-            stream_error("host-unknown", Some("a<b & c")),
+            stream_error(StreamCondition::HostUnknown, Some("a<b & c")),
             "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
              <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>a&lt;b &amp; c</text>\
              </stream:error></stream:stream>"
@@ -923,7 +868,7 @@ mod tests {
     #[test]
     fn builders_frame_as_what_they_claim() {
         let mut bytes = server_header(DOMAIN, "id-1").to_vec();
-        bytes.extend_from_slice(&stream_error("not-authorized", Some("no")));
+        bytes.extend_from_slice(&stream_error(StreamCondition::NotAuthorized, Some("no")));
         let frames = frames_of(&bytes);
         assert!(matches!(&frames[0], Frame::Header(h)
             if h.from.as_deref() == Some(DOMAIN) && h.id.as_deref() == Some("id-1")
@@ -935,21 +880,29 @@ mod tests {
     }
 
     #[test]
-    fn stream_error_parts_finds_condition_and_text() {
-        let (c, t) = stream_error_parts(
-            b"<stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>why &amp; how</text>\
-              <conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><app xmlns='urn:x'/></stream:error>",
-        );
-        assert_eq!(c.as_deref(), Some("conflict"));
-        assert_eq!(t.as_deref(), Some("why & how"));
-        assert_eq!(stream_error_parts(b"<stream:error/>"), (None, None));
+    fn stream_errors_read_back_as_written() {
+        for condition in StreamCondition::ALL {
+            let mut written = server_header(DOMAIN, "id-1").to_vec();
+            written.extend_from_slice(&stream_error(condition, Some("why & how")));
+            let frames = frames_of(&written);
+            let Frame::Stanza(error) = &frames[1] else {
+                panic!("{frames:?}")
+            };
+            let read = StreamError::parse(&error.bytes);
+            let expected = match condition {
+                StreamCondition::Other => StreamCondition::UndefinedCondition,
+                c => c,
+            };
+            assert_eq!(read.condition, expected);
+            assert_eq!(read.text.as_deref(), Some("why & how"));
+        }
     }
 
     #[test]
     fn permanence_follows_what_an_operator_must_fix() {
         let refused = |c: &str| HandshakeError::Refused {
             domain: DOMAIN.into(),
-            condition: c.into(),
+            condition: StreamCondition::from_name(c),
             text: None,
         };
         assert!(refused("not-authorized").is_permanent());
@@ -987,7 +940,7 @@ mod tests {
             let (c, s) = pair(DOMAIN, c_secret, s_secret).await;
             let c = err(c);
             assert!(
-                matches!(&c, HandshakeError::Refused { condition, .. } if condition == "not-authorized")
+                matches!(&c, HandshakeError::Refused { condition, .. } if *condition == StreamCondition::NotAuthorized)
             );
             assert_eq!(
                 c.to_string(),
@@ -998,7 +951,7 @@ mod tests {
             assert!(matches!(
                 s,
                 HandshakeError::Rejected {
-                    condition: "not-authorized",
+                    condition: StreamCondition::NotAuthorized,
                     ..
                 }
             ));
@@ -1016,7 +969,7 @@ mod tests {
         assert!(matches!(
             &s,
             HandshakeError::Rejected {
-                condition: "host-unknown",
+                condition: StreamCondition::HostUnknown,
                 reason
             } if reason.contains("other.example.test")
         ));
@@ -1062,7 +1015,9 @@ mod tests {
             ),
         ];
         for (condition, advice) in cases {
-            let error = String::from_utf8_lossy(&stream_error(condition, None)).into_owned();
+            let error =
+                String::from_utf8_lossy(&stream_error(StreamCondition::from_name(condition), None))
+                    .into_owned();
             let (r, _) = connect_canned(&format!("{SERVER_HDR}{error}")).await;
             let e = err(r);
             assert_eq!(e.to_string(), advice);
@@ -1072,7 +1027,10 @@ mod tests {
 
     #[tokio::test]
     async fn server_text_is_quoted_after_the_advice() {
-        let error = stream_error("conflict", Some("Replaced by new\nconnection"));
+        let error = stream_error(
+            StreamCondition::Conflict,
+            Some("Replaced by new\nconnection"),
+        );
         let (r, _) =
             connect_canned(&format!("{SERVER_HDR}{}", String::from_utf8_lossy(&error))).await;
         let shown = err(r).to_string();
@@ -1095,7 +1053,7 @@ mod tests {
         let e = err(r);
         assert!(
             matches!(&e, HandshakeError::Refused { condition, text: Some(_), .. }
-            if condition == "host-unknown")
+            if *condition == StreamCondition::HostUnknown)
         );
         assert_eq!(written, client_header(DOMAIN), "no handshake without an id");
     }
@@ -1155,12 +1113,14 @@ mod tests {
         }
         let server = format!(
             "{SERVER_HDR}{}",
-            String::from_utf8_lossy(&stream_error("conflict", None))
+            String::from_utf8_lossy(&stream_error(StreamCondition::Conflict, None))
         );
         let mut reader = framed(server.as_bytes());
         let mut writer = ResetAfterFirstWrite(false);
         let e = err(connect(&mut reader, &mut writer, DOMAIN, &Secret::new(SECRET), T).await);
-        assert!(matches!(e, HandshakeError::Refused { condition, .. } if condition == "conflict"));
+        assert!(
+            matches!(e, HandshakeError::Refused { condition, .. } if condition == StreamCondition::Conflict)
+        );
 
         // Without a refusal to show, the write error stands.
         let mut reader = framed(SERVER_HDR.as_bytes());
@@ -1263,13 +1223,13 @@ mod tests {
         assert!(matches!(
             err(r),
             HandshakeError::Rejected {
-                condition: "improper-addressing",
+                condition: StreamCondition::ImproperAddressing,
                 ..
             }
         ));
         let (header, condition) = refusal_seen(&written);
         assert_eq!(header.from.as_deref(), Some(DOMAIN));
-        assert_eq!(condition, "improper-addressing");
+        assert_eq!(condition, StreamCondition::ImproperAddressing);
     }
 
     #[tokio::test]
@@ -1278,11 +1238,11 @@ mod tests {
         assert!(matches!(
             err(r),
             HandshakeError::Rejected {
-                condition: "host-unknown",
+                condition: StreamCondition::HostUnknown,
                 ..
             }
         ));
-        assert_eq!(refusal_seen(&written).1, "host-unknown");
+        assert_eq!(refusal_seen(&written).1, StreamCondition::HostUnknown);
     }
 
     #[tokio::test]
@@ -1292,11 +1252,11 @@ mod tests {
         assert!(matches!(
             err(r),
             HandshakeError::Rejected {
-                condition: "invalid-namespace",
+                condition: StreamCondition::InvalidNamespace,
                 ..
             }
         ));
-        assert_eq!(refusal_seen(&written).1, "invalid-namespace");
+        assert_eq!(refusal_seen(&written).1, StreamCondition::InvalidNamespace);
     }
 
     #[tokio::test]
@@ -1305,13 +1265,13 @@ mod tests {
         assert!(matches!(
             err(r),
             HandshakeError::Rejected {
-                condition: "not-authorized",
+                condition: StreamCondition::NotAuthorized,
                 ..
             }
         ));
         let (header, condition) = refusal_seen(&written);
         assert_eq!(header.id, Some(seeded_id()));
-        assert_eq!(condition, "not-authorized");
+        assert_eq!(condition, StreamCondition::NotAuthorized);
     }
 
     #[tokio::test]
@@ -1362,7 +1322,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(refusal_seen(&written).1, "connection-timeout");
+        assert_eq!(refusal_seen(&written).1, StreamCondition::ConnectionTimeout);
 
         let (e, written) = accept_silent(INSTANCE_HDR.as_bytes()).await;
         assert!(matches!(
@@ -1372,7 +1332,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(refusal_seen(&written).1, "connection-timeout");
+        assert_eq!(refusal_seen(&written).1, StreamCondition::ConnectionTimeout);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::metrics::{Observation, Side};
 use crate::pool::InstanceId;
 use crate::proxy::{Event, InstanceLink};
 use crate::xml::frame::Frame;
-use crate::xml::{CodecError, Framer};
+use crate::xml::{CodecError, Framer, StreamCondition};
 
 /// Accepts instances until `shutdown`. Each connection gets the
 /// configuration current when it is accepted (a reload's new secret and
@@ -103,7 +103,7 @@ pub async fn run(
             )
             .to_vec();
             refusal.extend_from_slice(&handshake::stream_error(
-                "policy-violation",
+                StreamCondition::PolicyViolation,
                 Some("too many connections"),
             ));
             let _ = sock.write_all(&refusal).await;
@@ -259,7 +259,7 @@ async fn instance(
                 Ok(f) => f,
                 Err(_) => {
                     tracing::info!(idle = ?cfg.limits.idle_timeout, "instance silent too long; closing");
-                    let _ = tx.try_send(Out::Close(handshake::stream_error("connection-timeout", None)));
+                    let _ = tx.try_send(Out::Close(handshake::stream_error(StreamCondition::ConnectionTimeout, None)));
                     break;
                 }
             },

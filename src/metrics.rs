@@ -123,57 +123,20 @@ impl Observation {
 }
 
 /// Label values for a handshake failure: the kind, and the stream error
-/// condition when there is one. Conditions a peer sends are mapped onto
-/// the RFC 6120 list (anything else is `other`), so a peer cannot mint
-/// new series.
+/// condition when there is one. A peer's condition is a
+/// [`crate::xml::StreamCondition`], whose label is a fixed name (`other` for anything
+/// outside RFC 6120), so a peer cannot mint new series.
 pub fn handshake_reason(e: &HandshakeError) -> (&'static str, &'static str) {
     match e {
         HandshakeError::Io { .. } => ("io", ""),
         HandshakeError::Timeout { .. } => ("timeout", ""),
         HandshakeError::Closed { .. } => ("closed", ""),
-        HandshakeError::Framing { source, .. } => ("not-xmpp", known_condition(source.condition())),
+        HandshakeError::Framing { source, .. } => ("not-xmpp", source.condition().as_str()),
         HandshakeError::BadHeader(_) => ("bad-header", ""),
         HandshakeError::Unexpected { .. } => ("unexpected", ""),
-        HandshakeError::Refused { condition, .. } => ("refused", known_condition(condition)),
-        HandshakeError::Rejected { condition, .. } => ("rejected", known_condition(condition)),
+        HandshakeError::Refused { condition, .. } => ("refused", condition.as_str()),
+        HandshakeError::Rejected { condition, .. } => ("rejected", condition.as_str()),
     }
-}
-
-/// RFC 6120 §4.9.3 stream error conditions.
-const STREAM_CONDITIONS: [&str; 25] = [
-    "bad-format",
-    "bad-namespace-prefix",
-    "conflict",
-    "connection-timeout",
-    "host-gone",
-    "host-unknown",
-    "improper-addressing",
-    "internal-server-error",
-    "invalid-from",
-    "invalid-namespace",
-    "invalid-xml",
-    "not-authorized",
-    "not-well-formed",
-    "policy-violation",
-    "remote-connection-failed",
-    "reset",
-    "resource-constraint",
-    "restricted-xml",
-    "see-other-host",
-    "system-shutdown",
-    "undefined-condition",
-    "unsupported-encoding",
-    "unsupported-feature",
-    "unsupported-stanza-type",
-    "unsupported-version",
-];
-
-fn known_condition(c: &str) -> &'static str {
-    STREAM_CONDITIONS
-        .iter()
-        .find(|k| **k == c)
-        .copied()
-        .unwrap_or("other")
 }
 
 /// Counters only metrics need, kept by the core task in [`Status`].
@@ -908,13 +871,13 @@ mod tests {
     fn peer_supplied_conditions_cannot_mint_series() {
         let e = HandshakeError::Refused {
             domain: "d".into(),
-            condition: "made-up-by-the-peer".into(),
+            condition: crate::xml::StreamCondition::from_name("made-up-by-the-peer"),
             text: None,
         };
         assert_eq!(handshake_reason(&e), ("refused", "other"));
         let e = HandshakeError::Refused {
             domain: "d".into(),
-            condition: "conflict".into(),
+            condition: crate::xml::StreamCondition::from_name("conflict"),
             text: None,
         };
         assert_eq!(handshake_reason(&e), ("refused", "conflict"));

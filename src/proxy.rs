@@ -688,7 +688,7 @@ impl Core {
     ) {
         if let Some(link) = self.instances.remove(&id) {
             tracing::warn!(member = id, peer.addr = %link.peer, condition = cond, "closing instance stream: it {why}");
-            let error = handshake::stream_error(cond, None);
+            let error = handshake::stream_error(crate::xml::StreamCondition::from_name(cond), None);
             if let Err(mpsc::error::TrySendError::Full(_)) =
                 link.tx.try_send(Out::Close(error.clone()))
             {

@@ -23,8 +23,7 @@ use crate::metrics::{Observation, Side};
 use crate::proxy::Event;
 use crate::stanza::{self, StanzaError};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
-use crate::xml::inspect::text_and_first_child;
-use crate::xml::{CodecError, FrameError, Framer, Stanza};
+use crate::xml::{CodecError, FrameError, Framer, Stanza, StreamCondition, StreamError};
 
 /// Exponential backoff with jitter: each delay is drawn from the upper
 /// half of the current step, so many proxies restarted together do not
@@ -75,7 +74,7 @@ enum SessionEnd {
     Closed,
     #[error("the server sent stream error {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
     StreamError {
-        condition: String,
+        condition: StreamCondition,
         text: Option<String>,
     },
     #[error("the server sent bytes that cannot be framed: {0}")]
@@ -383,11 +382,8 @@ async fn read_loop(
             }
             Some(Ok(Frame::Stanza(st))) => {
                 if st.name == "error" && st.ns == NS_STREAMS {
-                    let (text, condition) = text_and_first_child(&st.bytes);
-                    return SessionEnd::StreamError {
-                        condition: condition.unwrap_or_else(|| "undefined-condition".into()),
-                        text: (!text.trim().is_empty()).then(|| text.trim().to_owned()),
-                    };
+                    let StreamError { condition, text } = StreamError::parse(&st.bytes);
+                    return SessionEnd::StreamError { condition, text };
                 }
                 if st.is_iq_response() && liveness.is_answer(st.from(), st.id()) {
                     continue;

@@ -63,7 +63,7 @@ impl FakeServer {
         .await;
         let hs = s.recv().await;
         assert_eq!(hs.name, "handshake");
-        let (digest, _) = jatproxy::xml::inspect::text_and_first_child(&hs.bytes);
+        let digest = jatproxy::xml::inspect::element_text(&hs.bytes);
         let ok = digest == handshake::digest(id, SECRET);
         (s, ok)
     }
@@ -605,6 +605,56 @@ async fn secrets_never_reach_the_logs() {
         assert!(
             !text.contains(secret),
             "secret {secret:?} leaked into the logs:\n{text}"
+        );
+    }
+}
+
+/// A stream error the server sends after the handshake is read as the
+/// handshake reads one: the condition is the first child in the streams
+/// namespace other than `<text>`, wherever `<text>` stands, and the
+/// `<text>` is kept. The session's end is logged with both before the
+/// proxy reconnects. (A current-thread runtime keeps every task under the
+/// thread-local subscriber.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_error_after_the_handshake_keeps_its_condition_and_text() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = FakeServer::bind().await;
+    let proxy = start(&server, "").await;
+    const NS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+    let errors = [
+        format!(
+            "<stream:error><conflict xmlns='{NS}'/><text xmlns='{NS}'>Replaced by new connection</text></stream:error></stream:stream>"
+        ),
+        format!(
+            "<stream:error><text xmlns='{NS}' xml:lang='en'>Going down</text><system-shutdown xmlns='{NS}'/></stream:error></stream:stream>"
+        ),
+    ];
+    for error in &errors {
+        let mut s = server.accept().await;
+        s.expect_subscription().await;
+        s.send(error).await;
+    }
+    // The proxy logs each end before it reconnects: once it has come
+    // back after the last one, both lines are written.
+    let mut s = server.accept().await;
+    s.expect_subscription().await;
+    assert!(proxy.shutdown(WAIT).await);
+
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+    for expected in [
+        "the server sent stream error conflict (Replaced by new connection)",
+        "the server sent stream error system-shutdown (Going down)",
+    ] {
+        assert!(
+            text.contains(expected),
+            "no {expected:?} in the logs:\n{text}"
         );
     }
 }

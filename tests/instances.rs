@@ -21,7 +21,7 @@ use jatproxy::handshake::HandshakeError;
 use jatproxy::pool::Member;
 use jatproxy::proxy::Proxy;
 use jatproxy::stanza::StanzaError;
-use jatproxy::xml::Stanza;
+use jatproxy::xml::{Stanza, StreamCondition};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -573,7 +573,7 @@ async fn messages_and_presence_stick_to_one_instance_until_it_leaves() {
 
 fn refused(r: Result<FakeInstance, HandshakeError>) -> String {
     match r {
-        Err(HandshakeError::Refused { condition, .. }) => condition,
+        Err(HandshakeError::Refused { condition, .. }) => condition.as_str().to_owned(),
         Err(e) => panic!("expected a stream error, got {e:?}"),
         Ok(_) => panic!("the handshake was accepted"),
     }
@@ -627,7 +627,8 @@ async fn listener_refuses_bad_secrets_other_domains_and_extra_connections() {
         match FakeInstance::connect_as(addr, D, fake::INSTANCE_SECRET, "again").await {
             Ok(i) => break i,
             Err(HandshakeError::Refused { condition, .. })
-                if condition == "policy-violation" && tokio::time::Instant::now() < deadline =>
+                if condition == StreamCondition::PolicyViolation
+                    && tokio::time::Instant::now() < deadline =>
             {
                 tokio::task::yield_now().await
             }
@@ -767,7 +768,8 @@ async fn an_instance_closed_by_the_proxy_is_disconnected_and_frees_its_slot() {
         match FakeInstance::connect_as(addr, D, fake::INSTANCE_SECRET, "next").await {
             Ok(i) => break i,
             Err(HandshakeError::Refused { condition, .. })
-                if condition == "policy-violation" && tokio::time::Instant::now() < deadline =>
+                if condition == StreamCondition::PolicyViolation
+                    && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }

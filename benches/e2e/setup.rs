@@ -70,7 +70,7 @@ impl FakeServer {
         }
         c.write_all(&handshake::server_header(D, "bench-stream-1"))?;
         let hs = c.stanza_within(WAIT)?;
-        let (digest, _) = inspect::text_and_first_child(&hs.bytes);
+        let digest = inspect::element_text(&hs.bytes);
         if hs.name != "handshake" || digest != handshake::digest("bench-stream-1", UPSTREAM_SECRET)
         {
             return Err(format!(

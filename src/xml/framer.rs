@@ -34,6 +34,7 @@ use super::frame::{
     element_name, namespace, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
     NS_COMPONENT, NS_STREAMS,
 };
+use super::stream_error::StreamCondition;
 
 const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
@@ -137,18 +138,18 @@ pub enum FrameError {
 
 impl FrameError {
     /// The RFC 6120 §4.9.3 stream error condition for this failure.
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> StreamCondition {
         match self {
             FrameError::NotWellFormed(_)
             | FrameError::UndeclaredPrefix(_)
             | FrameError::DuplicateAttribute(_)
-            | FrameError::Truncated => "not-well-formed",
-            FrameError::Restricted(_) => "restricted-xml",
+            | FrameError::Truncated => StreamCondition::NotWellFormed,
+            FrameError::Restricted(_) => StreamCondition::RestrictedXml,
             FrameError::TooDeep { .. }
             | FrameError::TooLarge { .. }
-            | FrameError::TokenTooLong { .. } => "policy-violation",
-            FrameError::TextAtStreamLevel => "bad-format",
-            FrameError::BadHeader(_) => "invalid-namespace",
+            | FrameError::TokenTooLong { .. } => StreamCondition::PolicyViolation,
+            FrameError::TextAtStreamLevel => StreamCondition::BadFormat,
+            FrameError::BadHeader(_) => StreamCondition::InvalidNamespace,
         }
     }
 }

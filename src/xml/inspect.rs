@@ -1,39 +1,32 @@
 //! Read-only looks inside a framed element, for control traffic
-//! (`<handshake>`, `<stream:error>`) and for output held while the server
+//! (`<handshake>`; a `<stream:error>` is read by [`super::stream_error`]) and for output held while the server
 //! is away; never on the relay path: relayed stanzas are copied, not
 //! parsed twice.
 
 use rxml::error::EndOrError;
 use rxml::{Parse, RawEvent, RawParser};
 
-/// The text directly inside the element and the local name of its first
-/// child element, e.g. `("", Some("conflict"))` for a
-/// `<stream:error><conflict xmlns='…'/></stream:error>`, or
-/// `("5e8a…", None)` for `<handshake>5e8a…</handshake>`.
+/// The text directly inside the element, e.g. `5e8a…` for
+/// `<handshake>5e8a…</handshake>`; text inside its children is left out.
+/// (A `<stream:error>` is read by [`crate::xml::StreamError::parse`].)
 ///
 /// The bytes come from the framer, which already validated them; a parse
 /// failure here yields what was gathered so far.
-pub fn text_and_first_child(element: &[u8]) -> (String, Option<String>) {
+pub fn element_text(element: &[u8]) -> String {
     let mut parser = RawParser::new();
     let mut input = element;
     let mut depth = 0usize;
     let mut text = String::new();
-    let mut child = None;
     loop {
         match parser.parse(&mut input, true) {
-            Ok(Some(RawEvent::ElementHeadOpen(_, (_, local)))) => {
-                depth += 1;
-                if depth == 2 && child.is_none() {
-                    child = Some(local.to_string());
-                }
-            }
+            Ok(Some(RawEvent::ElementHeadOpen(..))) => depth += 1,
             Ok(Some(RawEvent::ElementFoot(_))) => depth = depth.saturating_sub(1),
             Ok(Some(RawEvent::Text(_, t))) if depth == 1 => text.push_str(&t),
             Ok(Some(_)) => {}
             Ok(None) | Err(EndOrError::NeedMoreData) | Err(EndOrError::Error(_)) => break,
         }
     }
-    (text, child)
+    text
 }
 
 /// Whether `element`, given as the pieces it is written in, is an iq
@@ -77,16 +70,8 @@ mod tests {
 
     #[test]
     fn handshake_text() {
-        let (t, c) = text_and_first_child(b"<handshake>abc&amp;</handshake>");
-        assert_eq!((t.as_str(), c), ("abc&", None));
-    }
-
-    #[test]
-    fn stream_error_condition() {
-        let (_, c) = text_and_first_child(
-            b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text/></stream:error>",
-        );
-        assert_eq!(c.as_deref(), Some("conflict"));
+        assert_eq!(element_text(b"<handshake>abc&amp;</handshake>"), "abc&");
+        assert_eq!(element_text(b"<a>x<b>not this</b>y</a>"), "xy");
     }
 
     #[test]

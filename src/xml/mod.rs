@@ -9,9 +9,11 @@ pub mod frame;
 pub mod framer;
 pub mod inspect;
 pub mod skip;
+pub mod stream_error;
 pub mod tokenizer;
 
 pub use codec::CodecError;
 pub use frame::{Attr, Frame, Kind, Limit, Skipped, Stanza, StreamHeader};
 pub use framer::{parse_one, FrameError, FramerLimits};
+pub use stream_error::{StreamCondition, StreamError};
 pub use tokenizer::{Framer, Tokenizer};

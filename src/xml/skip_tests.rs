@@ -689,7 +689,7 @@ fn a_32769_byte_value_is_the_token_limit_and_says_so() {
             e.to_string(),
             "attribute value or name longer than 32768 bytes (max_token_bytes)"
         );
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition().as_str(), "policy-violation");
         let per = FramerLimits {
             per_stanza: true,
             ..FramerLimits::default()

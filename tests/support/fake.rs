@@ -19,7 +19,7 @@ use futures::StreamExt;
 use jatproxy::config::{self, Secret};
 use jatproxy::handshake::{self, HandshakeError};
 use jatproxy::proxy::Proxy;
-use jatproxy::xml::{inspect, CodecError, Frame, Framer, FramerLimits, Stanza};
+use jatproxy::xml::{inspect, CodecError, Frame, Framer, FramerLimits, Stanza, StreamError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -131,7 +131,7 @@ impl FakeServer {
         let mut s = self.accept_header().await;
         let hs = s.r.recv().await;
         assert_eq!(hs.name, "handshake");
-        let (digest, _) = inspect::text_and_first_child(&hs.bytes);
+        let digest = inspect::element_text(&hs.bytes);
         assert_eq!(digest, handshake::digest("stream-1", secret));
         s.w.send("<handshake/>").await;
         s
@@ -234,8 +234,8 @@ impl Reader {
         loop {
             match self.next_frame().await {
                 Some(Frame::Stanza(s)) if s.name == "error" => {
-                    let (_, cond) = inspect::text_and_first_child(&s.bytes);
-                    return (cond.unwrap_or_default(), before);
+                    let cond = StreamError::parse(&s.bytes).condition;
+                    return (cond.as_str().to_owned(), before);
                 }
                 Some(Frame::Stanza(s)) => before.push(s),
                 Some(Frame::Whitespace(_)) => {}
