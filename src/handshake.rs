@@ -299,7 +299,10 @@ fn refusal_message(domain: &str, condition: &StreamCondition, text: &Option<Stri
             "the server does not accept components for {domain} on this port \
              (invalid-namespace): is it the component port?"
         ),
-        other => format!("the server closed the stream for {domain} with <{other}/>"),
+        StreamCondition::Other => format!(
+            "the server closed the stream for {domain} with a condition RFC 6120 does not define"
+        ),
+        defined => format!("the server closed the stream for {domain} with <{defined}/>"),
     };
     if let Some(text) = text {
         // Debug formatting quotes and escapes the peer's text, so it cannot
@@ -1023,6 +1026,16 @@ mod tests {
             assert_eq!(e.to_string(), advice);
             assert_eq!(e.stage(), None);
         }
+        // A name outside RFC 6120 is not echoed as if it were one.
+        let made_up = format!(
+            "{SERVER_HDR}<stream:error><made-up xmlns='{NS_STREAM_ERRORS}'/></stream:error>"
+        );
+        let (r, _) = connect_canned(&made_up).await;
+        assert_eq!(
+            err(r).to_string(),
+            "the server closed the stream for x.example.test with a condition RFC 6120 \
+             does not define"
+        );
     }
 
     #[tokio::test]

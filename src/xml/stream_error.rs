@@ -306,58 +306,56 @@ mod tests {
         assert!(!StreamCondition::Other.is_permanent());
     }
 
+    /// Each row: the element, the condition and text read from it.
     #[test]
-    fn condition_then_text() {
-        let e = parse(&format!(
-            "<stream:error><conflict xmlns='{NS}'/><text xmlns='{NS}'>Replaced by new connection</text></stream:error>"
-        ));
-        assert_eq!(e.condition, StreamCondition::Conflict);
-        assert_eq!(e.text.as_deref(), Some("Replaced by new connection"));
-    }
-
-    #[test]
-    fn text_then_condition() {
-        let e = parse(&format!(
-            "<stream:error><text xmlns='{NS}' xml:lang='en'> a &lt; b </text><host-unknown xmlns='{NS}'/></stream:error>"
-        ));
-        assert_eq!(e.condition, StreamCondition::HostUnknown);
-        assert_eq!(e.text.as_deref(), Some("a < b"));
-    }
-
-    #[test]
-    fn other_namespaces_are_passed_over() {
-        // An application-specific condition first, a prefixed defined
-        // condition declared on the outer element, a foreign <text>.
-        let e = parse(&format!(
-            "<stream:error xmlns:e='{NS}'><escape-your-data xmlns='urn:x'/><text xmlns='urn:x'>no</text><e:policy-violation/></stream:error>"
-        ));
-        assert_eq!(e.condition, StreamCondition::PolicyViolation);
-        assert_eq!(e.text, None);
-        // Without a namespace it is no defined condition.
-        let e = parse("<stream:error><conflict/></stream:error>");
-        assert_eq!(e.condition, StreamCondition::UndefinedCondition);
-    }
-
-    #[test]
-    fn empty_blank_and_unknown() {
-        assert_eq!(
-            parse("<stream:error/>"),
-            StreamError {
-                condition: StreamCondition::UndefinedCondition,
-                text: None
-            }
-        );
-        let e = parse(&format!(
-            "<stream:error><made-up xmlns='{NS}'/><text xmlns='{NS}'>  </text></stream:error>"
-        ));
-        assert_eq!((e.condition, e.text), (StreamCondition::Other, None));
-    }
-
-    #[test]
-    fn nested_text_is_not_the_text() {
-        let e = parse(&format!(
-            "<stream:error><see-other-host xmlns='{NS}'>[::1]:5347</see-other-host></stream:error>"
-        ));
-        assert_eq!((e.condition, e.text), (StreamCondition::SeeOtherHost, None));
+    fn reads_condition_and_text_in_either_order() {
+        use StreamCondition::*;
+        let rows: [(String, StreamCondition, Option<&str>); 8] = [
+            (
+                format!("<stream:error><conflict xmlns='{NS}'/><text xmlns='{NS}'>Replaced by new connection</text></stream:error>"),
+                Conflict,
+                Some("Replaced by new connection"),
+            ),
+            (
+                format!("<stream:error><text xmlns='{NS}' xml:lang='en'> a &lt; b </text><host-unknown xmlns='{NS}'/></stream:error>"),
+                HostUnknown,
+                Some("a < b"),
+            ),
+            // An application-specific condition first, a prefixed defined
+            // condition declared on the outer element, a foreign <text>.
+            (
+                format!("<stream:error xmlns:e='{NS}'><escape-your-data xmlns='urn:x'/><text xmlns='urn:x'>no</text><e:policy-violation/></stream:error>"),
+                PolicyViolation,
+                None,
+            ),
+            // Without the namespace it is no defined condition.
+            ("<stream:error><conflict/></stream:error>".into(), UndefinedCondition, None),
+            ("<stream:error/>".into(), UndefinedCondition, None),
+            (
+                format!("<stream:error><made-up xmlns='{NS}'/><text xmlns='{NS}'>  </text></stream:error>"),
+                Other,
+                None,
+            ),
+            // Text inside the condition is not the <text>.
+            (
+                format!("<stream:error><see-other-host xmlns='{NS}'>[::1]:5347</see-other-host></stream:error>"),
+                SeeOtherHost,
+                None,
+            ),
+            // Only the first <text> is kept.
+            (
+                format!("<stream:error><text xmlns='{NS}'>one</text><reset xmlns='{NS}'/><text xmlns='{NS}'>two</text></stream:error>"),
+                Reset,
+                Some("one"),
+            ),
+        ];
+        for (element, condition, text) in rows {
+            let read = parse(&element);
+            assert_eq!(
+                (read.condition, read.text.as_deref()),
+                (condition, text),
+                "{element}"
+            );
+        }
     }
 }
