@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use fake::{error_condition, text, FakeInstance, FakeServer, Session, D, INSTANCE_SECRET, WAIT};
 use jatproxy::handshake;
+use jatproxy::xml::StreamCondition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -966,7 +967,7 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
     echo.serve_one(&mut up, "after system-shutdown").await;
     up.w.send("<iq type='get'><a></b></iq>").await;
     let (cond, _) = up.r.expect_stream_error().await;
-    if cond != "not-well-formed" {
+    if cond != StreamCondition::NotWellFormed {
         wrong.push(format!("upstream bad XML: got {cond}"));
     }
     let mut up = server.accept().await;

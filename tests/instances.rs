@@ -571,9 +571,9 @@ async fn messages_and_presence_stick_to_one_instance_until_it_leaves() {
     assert!(proxy.shutdown(WAIT).await);
 }
 
-fn refused(r: Result<FakeInstance, HandshakeError>) -> String {
+fn refused(r: Result<FakeInstance, HandshakeError>) -> StreamCondition {
     match r {
-        Err(HandshakeError::Refused { condition, .. }) => condition.as_str().to_owned(),
+        Err(HandshakeError::Refused { condition, .. }) => condition,
         Err(e) => panic!("expected a stream error, got {e:?}"),
         Ok(_) => panic!("the handshake was accepted"),
     }
@@ -586,13 +586,13 @@ async fn listener_refuses_bad_secrets_other_domains_and_extra_connections() {
     let addr = proxy.listen_addr().expect("listener");
 
     let wrong = FakeInstance::connect_as(addr, D, "not-the-secret", "wrong").await;
-    assert_eq!(refused(wrong), "not-authorized");
+    assert_eq!(refused(wrong), StreamCondition::NotAuthorized);
     let other =
         FakeInstance::connect_as(addr, "other.example.test", fake::INSTANCE_SECRET, "other").await;
-    assert_eq!(refused(other), "host-unknown");
+    assert_eq!(refused(other), StreamCondition::HostUnknown);
     // The upstream secret is not the instance secret.
     let up = FakeInstance::connect_as(addr, D, fake::UPSTREAM_SECRET, "up").await;
-    assert_eq!(refused(up), "not-authorized");
+    assert_eq!(refused(up), StreamCondition::NotAuthorized);
     assert!(proxy.status().pool.is_empty());
 
     // The one connection allowed; a second gets a stream error, as a
@@ -600,7 +600,7 @@ async fn listener_refuses_bad_secrets_other_domains_and_extra_connections() {
     let mut first = FakeInstance::connect(addr, "first").await;
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
     let second = FakeInstance::connect_as(addr, D, fake::INSTANCE_SECRET, "second").await;
-    assert_eq!(refused(second), "policy-violation");
+    assert_eq!(refused(second), StreamCondition::PolicyViolation);
     // The first one still serves.
     s.w.send(&request("q1", "alice@example.test/r", "x")).await;
     let got = first.r.recv().await;
@@ -681,7 +681,7 @@ async fn instance_sending_from_outside_the_domain_is_closed_alone() {
         ))
         .await;
     let (cond, before) = bad.r.expect_stream_error().await;
-    assert_eq!(cond, "invalid-from");
+    assert_eq!(cond, StreamCondition::InvalidFrom);
     assert!(before.is_empty(), "{before:?}");
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
     // The request it held: answered once, with recipient-unavailable.
@@ -753,7 +753,7 @@ async fn an_instance_closed_by_the_proxy_is_disconnected_and_frees_its_slot() {
         .send("<message from='evil.example.test' to='alice@example.test/r' id='x'/>")
         .await;
     let (cond, _) = bad.r.expect_stream_error().await;
-    assert_eq!(cond, "invalid-from");
+    assert_eq!(cond, StreamCondition::InvalidFrom);
     // A hostile instance keeps talking (whitespace would restart an idle
     // timer, stanzas would be read and ignored): the proxy no longer
     // reads, and the connection goes, not half of it.
@@ -817,7 +817,7 @@ async fn an_instance_cut_for_not_reading_gets_policy_violation() {
     }
     // It reads again: what was written before the close, then the error.
     let (cond, before) = stuck.r.expect_stream_error().await;
-    assert_eq!(cond, "policy-violation");
+    assert_eq!(cond, StreamCondition::PolicyViolation);
     assert!(before.iter().all(|st| st.is_iq_request()), "{before:?}");
     expect_stream_end(&mut stuck.r).await;
     let answers = answers_exactly_once(&mut up, &mut w, &ids).await;

@@ -19,7 +19,7 @@ mod fake;
 use std::time::Duration;
 
 use fake::{start_with_upstream, text, FakeInstance, FakeServer, Reader, D, WAIT};
-use jatproxy::xml::Frame;
+use jatproxy::xml::{Frame, StreamCondition};
 use tokio::time::Instant;
 
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -213,7 +213,7 @@ async fn instance_keepalives_hold_off_the_idle_timeout() {
         "{sent} keepalives kept the instance for {:?}; then closed {took:?} after it fell silent",
         IDLE * 5 / 2
     );
-    assert_eq!(cond, "connection-timeout", "{before:?}");
+    assert_eq!(cond, StreamCondition::ConnectionTimeout, "{before:?}");
     assert!(
         took >= IDLE - EVERY && took < IDLE + WAIT,
         "closed {took:?} after the last keepalive, idle_timeout {IDLE:?}"

@@ -19,7 +19,9 @@ use futures::StreamExt;
 use jatproxy::config::{self, Secret};
 use jatproxy::handshake::{self, HandshakeError};
 use jatproxy::proxy::Proxy;
-use jatproxy::xml::{inspect, CodecError, Frame, Framer, FramerLimits, Stanza, StreamError};
+use jatproxy::xml::{
+    inspect, CodecError, Frame, Framer, FramerLimits, Stanza, StreamCondition, StreamError,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -229,13 +231,12 @@ impl Reader {
 
     /// Reads until the peer closes the stream with a stream error and
     /// returns its condition; stanzas before it are returned too.
-    pub async fn expect_stream_error(&mut self) -> (String, Vec<Stanza>) {
+    pub async fn expect_stream_error(&mut self) -> (StreamCondition, Vec<Stanza>) {
         let mut before = Vec::new();
         loop {
             match self.next_frame().await {
                 Some(Frame::Stanza(s)) if s.name == "error" => {
-                    let cond = StreamError::parse(&s.bytes).condition;
-                    return (cond.as_str().to_owned(), before);
+                    return (StreamError::parse(&s.bytes).condition, before);
                 }
                 Some(Frame::Stanza(s)) => before.push(s),
                 Some(Frame::Whitespace(_)) => {}
