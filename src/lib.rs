@@ -20,8 +20,10 @@
 //! # Layout
 //!
 //! Pure logic (no sockets, no clock, no randomness of its own):
-//! - [`xml`]: the framer (bytes → stanzas with byte spans), escaping, and
-//!   read-only inspection of control elements.
+//! - [`xml`]: the framer (bytes → stanzas with byte spans), escaping,
+//!   read-only inspection of control elements, and the stream error
+//!   conditions ([`xml::StreamCondition`]) with the one reader of a
+//!   received `<stream:error>`.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
 //! - [`router`]: the routing table: one stanza in, actions out.
 //! - [`pool`]: members, presence tracking, balancing.

@@ -1,5 +1,6 @@
 //! XML on the relay path: framing a stream into stanzas, escaping values,
-//! and the few read-only looks into a stanza that control traffic needs.
+//! the few read-only looks into a stanza that control traffic needs, and
+//! the stream error conditions with the one reader of a `<stream:error>`.
 
 pub mod codec;
 pub mod differential;
