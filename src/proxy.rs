@@ -41,7 +41,6 @@ use crate::router::{Action, Router, RouterConfig, Stats};
 use crate::skip_log::SkipLog;
 use crate::stanza::StanzaError;
 use crate::xml::frame::{Limit, Skipped, Stanza};
-use crate::xml::inspect;
 
 /// What connection tasks tell the core.
 #[derive(Debug)]
@@ -521,7 +520,8 @@ impl Core {
                 self.backlog_bounded = 0;
                 actions.extend(self.backlog.drain(..).map(|h| match h.class {
                     Class::Request(key) => Action::UpstreamRequest(h.wire, key),
-                    Class::Answer | Class::Other => Action::Upstream(h.wire),
+                    Class::Answer => Action::UpstreamAnswer(h.wire),
+                    Class::Other => Action::Upstream(h.wire),
                 }));
             }
             Event::UpstreamDown => {
@@ -563,7 +563,10 @@ impl Core {
             for a in batch.drain(..) {
                 match a {
                     Action::Upstream(w) => {
-                        self.send_upstream(w, None).await;
+                        self.send_upstream(w, Class::Other).await;
+                    }
+                    Action::UpstreamAnswer(w) => {
+                        self.send_upstream(w, Class::Answer).await;
                     }
                     Action::UpstreamRequest(w, key) => {
                         if !self.router.is_pending(&key) {
@@ -573,7 +576,7 @@ impl Core {
                             self.status.requests_withdrawn += 1;
                             continue;
                         }
-                        if !self.send_upstream(w, Some(key.clone())).await {
+                        if !self.send_upstream(w, Class::Request(key.clone())).await {
                             // Neither sent nor held: answer it rather
                             // than lose it.
                             self.router.fail_request(
@@ -584,13 +587,8 @@ impl Core {
                         }
                     }
                     Action::Instance(id, w) => self.send_instance(id, w, actions).await,
-                    Action::CloseInstance(id, cond) => {
-                        let why = match cond {
-                            "invalid-from" => "sent a 'from' that is not an address in the domain",
-                            "improper-addressing" => "sent a stanza without 'from'",
-                            _ => "broke the stream rules",
-                        };
-                        self.close_instance(id, cond, why, actions)
+                    Action::CloseInstance(id, reason) => {
+                        self.close_instance(id, reason.condition(), reason.why(), actions)
                     }
                 }
             }
@@ -702,9 +700,10 @@ impl Core {
         }
     }
 
-    /// Sends or holds; false if the output had to be dropped. `request`
-    /// is the key of an instance's iq request.
-    async fn send_upstream(&mut self, w: Wire, request: Option<Key>) -> bool {
+    /// Sends or holds; false if the output had to be dropped. `class`,
+    /// which the router gave with the action, says how it is held while
+    /// upstream is away.
+    async fn send_upstream(&mut self, w: Wire, class: Class) -> bool {
         if let Some(tx) = &self.upstream {
             let len = w.len();
             match tx.send(Out::Wire(w)).await {
@@ -715,13 +714,13 @@ impl Core {
                 Err(mpsc::error::SendError(out)) => {
                     self.upstream = None;
                     return match out {
-                        Out::Wire(w) => self.hold(w, request),
+                        Out::Wire(w) => self.hold(w, class),
                         Out::Close(_) => false,
                     };
                 }
             }
         }
-        self.hold(w, request)
+        self.hold(w, class)
     }
 
     /// Keeps output for upstream until it is back; false if it had to be
@@ -729,12 +728,7 @@ impl Core {
     /// would leave a request without its one answer, and their number is
     /// bounded by the pending table, not by this. Everything else is kept
     /// up to `limits.upstream_buffer` items.
-    fn hold(&mut self, wire: Wire, request: Option<Key>) -> bool {
-        let class = match request {
-            Some(key) => Class::Request(key),
-            None if inspect::is_iq_response(wire.chunks()) => Class::Answer,
-            None => Class::Other,
-        };
+    fn hold(&mut self, wire: Wire, class: Class) -> bool {
         if class == Class::Answer {
             self.backlog.push_back(Held { wire, class });
             true
