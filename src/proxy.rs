@@ -15,7 +15,7 @@
 //! others up for at most that long. A full queue alone says nothing: a
 //! burst fills the queue of an instance that reads as fast as it can.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,10 +29,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backlog::{Backlog, Class};
 use crate::config::Config;
 use crate::conn::Out;
 use crate::handshake;
-use crate::jat::Key;
 use crate::metrics::{Counters, Direction, Observation};
 use crate::pool::{InstanceId, Member};
 use crate::reload::{Plan, ReloadError};
@@ -107,8 +107,9 @@ pub struct Status {
     pub pending: usize,
     /// Stanzas waiting for upstream to come back.
     pub backlog: usize,
-    /// Stanzas dropped because the backlog was full. Never iq responses:
-    /// those are held whatever the bound (see [`Core::hold`]).
+    /// Stanzas dropped because the backlog was full. Never answers to requests:
+    /// those are held whatever the bound (see
+    /// [`crate::backlog::Backlog::hold`]).
     pub backlog_dropped: u64,
     /// Requests from instances that were answered (timed out) while they
     /// waited for upstream, and so were not sent after all.
@@ -339,36 +340,12 @@ async fn supervise_core(
     }
 }
 
-/// Output held for upstream while it is away.
-#[derive(Debug)]
-struct Held {
-    wire: Wire,
-    class: Class,
-}
-
-#[derive(Debug, PartialEq)]
-enum Class {
-    /// An iq response: the answer to a request, which must not be lost.
-    /// There are at most as many as requests were pending when upstream
-    /// went away (each answer ends one), plus those to requests the dying
-    /// session still delivered, so they are held past the bound.
-    Answer,
-    /// An instance's iq request; sent only if it still waits for its
-    /// answer when upstream is back.
-    Request(Key),
-    /// Messages, presence and the rest: held up to the bound, then
-    /// dropped and counted.
-    Other,
-}
-
 struct Core {
     router: Router,
     rng: StdRng,
     upstream: Option<mpsc::Sender<Out>>,
-    backlog: VecDeque<Held>,
-    /// Held items that count against `backlog_cap` (all but answers).
-    backlog_bounded: usize,
-    backlog_cap: usize,
+    /// Output kept for upstream while it is away.
+    backlog: Backlog,
     instances: HashMap<InstanceId, InstanceLink>,
     status: Status,
     status_tx: watch::Sender<Status>,
@@ -386,9 +363,7 @@ impl Core {
             router: Router::new(RouterConfig::from_config(cfg)),
             rng: StdRng::from_os_rng(),
             upstream: None,
-            backlog: VecDeque::new(),
-            backlog_bounded: 0,
-            backlog_cap: cfg.limits.upstream_buffer,
+            backlog: Backlog::new(cfg.limits.upstream_buffer),
             instances: HashMap::new(),
             status: Status::default(),
             status_tx,
@@ -517,11 +492,10 @@ impl Core {
                 // Held output goes after the subscription refresh. A held
                 // request is checked again when it is sent, and answered
                 // if it has to be held again and cannot be.
-                self.backlog_bounded = 0;
-                actions.extend(self.backlog.drain(..).map(|h| match h.class {
-                    Class::Request(key) => Action::UpstreamRequest(h.wire, key),
-                    Class::Answer => Action::UpstreamAnswer(h.wire),
-                    Class::Other => Action::Upstream(h.wire),
+                actions.extend(self.backlog.drain().map(|(wire, class)| match class {
+                    Class::Request(key) => Action::UpstreamRequest(wire, key),
+                    Class::Answer => Action::UpstreamAnswer(wire),
+                    Class::Other => Action::Upstream(wire),
                 }));
             }
             Event::UpstreamDown => {
@@ -546,7 +520,7 @@ impl Core {
             } => {
                 self.router
                     .reload(router, self.upstream.is_some(), now, actions);
-                self.backlog_cap = upstream_buffer;
+                self.backlog.set_cap(upstream_buffer);
                 self.status.counters.reloads_applied += 1;
                 let _ = done.send(());
             }
@@ -723,30 +697,21 @@ impl Core {
         self.hold(w, class)
     }
 
-    /// Keeps output for upstream until it is back; false if it had to be
-    /// dropped. Answers to iq requests are always kept: dropping one
-    /// would leave a request without its one answer, and their number is
-    /// bounded by the pending table, not by this. Everything else is kept
-    /// up to `limits.upstream_buffer` items.
+    /// Keeps output for upstream until it is back (see
+    /// [`Backlog::hold`]); false if it had to be dropped.
     fn hold(&mut self, wire: Wire, class: Class) -> bool {
-        if class == Class::Answer {
-            self.backlog.push_back(Held { wire, class });
-            true
-        } else if self.backlog_bounded < self.backlog_cap {
-            self.backlog_bounded += 1;
-            self.backlog.push_back(Held { wire, class });
-            true
-        } else {
-            self.status.backlog_dropped += 1;
-            if self.status.backlog_dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.status.backlog_dropped,
-                    bound = self.backlog_cap,
-                    "upstream is down and its buffer is full: dropping output"
-                );
-            }
-            false
+        if self.backlog.hold(wire, class) {
+            return true;
         }
+        self.status.backlog_dropped = self.backlog.dropped();
+        if self.status.backlog_dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped = self.status.backlog_dropped,
+                bound = self.backlog.cap(),
+                "upstream is down and its buffer is full: dropping output"
+            );
+        }
+        false
     }
 
     fn publish(&mut self) {
