@@ -447,34 +447,7 @@ impl Core {
                     .stanza(Direction::UpstreamIn, st.bytes.len());
                 self.router.from_upstream(&st, now, &mut self.rng, actions)
             }
-            Event::SkippedFromUpstream(sk) => {
-                let key = sk.limit.key();
-                let what = match sk.limit {
-                    Limit::Size => format!("stanza larger than {} bytes", sk.max),
-                    Limit::Depth => format!("elements nested deeper than {}", sk.max),
-                    Limit::Token => {
-                        format!("attribute value or name longer than {} bytes", sk.max)
-                    }
-                };
-                let text = format!("{what} (limits.upstream_{key}): not delivered");
-                if let Some(quiet) = self.skip_log.admit(sk.limit, now) {
-                    let head = sk.head.as_ref();
-                    tracing::warn!(
-                        limit = %format_args!("limits.upstream_{key}"),
-                        max = sk.max,
-                        bytes = sk.len,
-                        sender = head.and_then(|h| h.from()).unwrap_or("(unknown)"),
-                        to = head.and_then(|h| h.to()).unwrap_or("(unknown)"),
-                        element = head.map_or("(unknown)", |h| &*h.name),
-                        skipped_unlogged = quiet,
-                        "skipped a stanza from the server over limits.upstream_{key} = {} \
-                         (one line per limit per minute)",
-                        sk.max
-                    );
-                }
-                self.router
-                    .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
-            }
+            Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
             Event::FromInstance { id, stanza } => {
                 self.status
                     .counters
@@ -525,6 +498,38 @@ impl Core {
                 let _ = done.send(());
             }
         }
+    }
+
+    /// A stanza from the server skipped over a per-stanza limit: logged
+    /// (rate-limited) and handed to the router, which answers its sender
+    /// where it may.
+    fn skipped_from_upstream(&mut self, sk: Skipped, now: Instant, actions: &mut Vec<Action>) {
+        let key = sk.limit.key();
+        let what = match sk.limit {
+            Limit::Size => format!("stanza larger than {} bytes", sk.max),
+            Limit::Depth => format!("elements nested deeper than {}", sk.max),
+            Limit::Token => {
+                format!("attribute value or name longer than {} bytes", sk.max)
+            }
+        };
+        let text = format!("{what} (limits.upstream_{key}): not delivered");
+        if let Some(quiet) = self.skip_log.admit(sk.limit, now) {
+            let head = sk.head.as_ref();
+            tracing::warn!(
+                limit = %format_args!("limits.upstream_{key}"),
+                max = sk.max,
+                bytes = sk.len,
+                sender = head.and_then(|h| h.from()).unwrap_or("(unknown)"),
+                to = head.and_then(|h| h.to()).unwrap_or("(unknown)"),
+                element = head.map_or("(unknown)", |h| &*h.name),
+                skipped_unlogged = quiet,
+                "skipped a stanza from the server over limits.upstream_{key} = {} \
+                 (one line per limit per minute)",
+                sk.max
+            );
+        }
+        self.router
+            .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
     }
 
     async fn execute(&mut self, actions: &mut Vec<Action>) {

@@ -953,23 +953,7 @@ impl Router {
         // forwarded as the instance wrote it (the server prepares it), but
         // a request's reply is matched on the prepared form.
         let Some(peer) = jid::validate(to) else {
-            if st.is_error() {
-                self.stats.dropped_unaddressed += 1;
-            } else {
-                self.stats.count(StanzaError::JidMalformed);
-                let text = format!("The destination address is invalid: {to}");
-                out.push(Action::Instance(
-                    instance,
-                    Wire::One(stanza::error_reply(
-                        &st.name,
-                        st.id(),
-                        to,
-                        from,
-                        StanzaError::JidMalformed,
-                        Some(&text),
-                    )),
-                ));
-            }
+            self.refuse_invalid_to(instance, st, from, to, out);
             return;
         };
         if st.is_iq_request() {
@@ -991,6 +975,36 @@ impl Router {
             return;
         }
         out.push(Action::Upstream(rewrite(st, None, new_from)));
+    }
+
+    /// An instance's stanza whose `to` is no JID: `jid-malformed` back to
+    /// the instance (an error is only counted). See
+    /// [`Router::from_instance`] for why not to the server.
+    fn refuse_invalid_to(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        from: &str,
+        to: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if st.is_error() {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        }
+        self.stats.count(StanzaError::JidMalformed);
+        let text = format!("The destination address is invalid: {to}");
+        out.push(Action::Instance(
+            instance,
+            Wire::One(stanza::error_reply(
+                &st.name,
+                st.id(),
+                to,
+                from,
+                StanzaError::JidMalformed,
+                Some(&text),
+            )),
+        ));
     }
 
     /// An instance's iq result/error: delivered only as the answer to a
