@@ -532,6 +532,15 @@ impl Core {
             .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
     }
 
+    /// Carries out the router's actions, in order. What the router could
+    /// not know beforehand still goes back to it here, and is why this
+    /// loops until no action is left: an instance found gone or stalled
+    /// (`Router::instance_down`, whose answers join the next round), a
+    /// request neither sent nor held (`Router::fail_request`), and whether
+    /// a request is still pending when it is sent (`Router::is_pending`):
+    /// it may have been answered after it was queued — held while upstream
+    /// was away, given up for room in the same batch, or its instance cut
+    /// earlier in this very batch.
     async fn execute(&mut self, actions: &mut Vec<Action>) {
         // The batch being executed lives in `spare` between calls, so that
         // neither vector gives its allocation back: a fresh one per batch
