@@ -30,6 +30,8 @@
 //! - [`jat`]: address translation and the pending-request table.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
 //! - [`skip_log`]: one log line per per-stanza limit per minute.
+//! - [`backlog`]: what is kept for the XMPP server while it is away, and
+//!   what is dropped.
 //! - [`jid`]: address splitting and validation.
 //! - [`liveness`]: when to ping the server, and when its silence means
 //!   the link is dead.
@@ -47,6 +49,7 @@
 //! - [`reload`]: what a configuration reload changes, and how (pure).
 #![forbid(unsafe_code)]
 
+pub mod backlog;
 pub mod config;
 pub mod conn;
 pub mod handshake;

@@ -15,7 +15,7 @@
 //! others up for at most that long. A full queue alone says nothing: a
 //! burst fills the queue of an instance that reads as fast as it can.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,10 +29,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backlog::{Backlog, Class};
 use crate::config::Config;
 use crate::conn::Out;
 use crate::handshake;
-use crate::jat::Key;
 use crate::metrics::{Counters, Direction, Observation};
 use crate::pool::{InstanceId, Member};
 use crate::reload::{Plan, ReloadError};
@@ -41,7 +41,6 @@ use crate::router::{Action, Router, RouterConfig, Stats};
 use crate::skip_log::SkipLog;
 use crate::stanza::StanzaError;
 use crate::xml::frame::{Limit, Skipped, Stanza};
-use crate::xml::inspect;
 
 /// What connection tasks tell the core.
 #[derive(Debug)]
@@ -108,8 +107,9 @@ pub struct Status {
     pub pending: usize,
     /// Stanzas waiting for upstream to come back.
     pub backlog: usize,
-    /// Stanzas dropped because the backlog was full. Never iq responses:
-    /// those are held whatever the bound (see [`Core::hold`]).
+    /// Stanzas dropped because the backlog was full. Never answers to requests:
+    /// those are held whatever the bound (see
+    /// [`crate::backlog::Backlog::hold`]).
     pub backlog_dropped: u64,
     /// Requests from instances that were answered (timed out) while they
     /// waited for upstream, and so were not sent after all.
@@ -340,36 +340,12 @@ async fn supervise_core(
     }
 }
 
-/// Output held for upstream while it is away.
-#[derive(Debug)]
-struct Held {
-    wire: Wire,
-    class: Class,
-}
-
-#[derive(Debug, PartialEq)]
-enum Class {
-    /// An iq response: the answer to a request, which must not be lost.
-    /// There are at most as many as requests were pending when upstream
-    /// went away (each answer ends one), plus those to requests the dying
-    /// session still delivered, so they are held past the bound.
-    Answer,
-    /// An instance's iq request; sent only if it still waits for its
-    /// answer when upstream is back.
-    Request(Key),
-    /// Messages, presence and the rest: held up to the bound, then
-    /// dropped and counted.
-    Other,
-}
-
 struct Core {
     router: Router,
     rng: StdRng,
     upstream: Option<mpsc::Sender<Out>>,
-    backlog: VecDeque<Held>,
-    /// Held items that count against `backlog_cap` (all but answers).
-    backlog_bounded: usize,
-    backlog_cap: usize,
+    /// Output kept for upstream while it is away.
+    backlog: Backlog,
     instances: HashMap<InstanceId, InstanceLink>,
     status: Status,
     status_tx: watch::Sender<Status>,
@@ -387,9 +363,7 @@ impl Core {
             router: Router::new(RouterConfig::from_config(cfg)),
             rng: StdRng::from_os_rng(),
             upstream: None,
-            backlog: VecDeque::new(),
-            backlog_bounded: 0,
-            backlog_cap: cfg.limits.upstream_buffer,
+            backlog: Backlog::new(cfg.limits.upstream_buffer),
             instances: HashMap::new(),
             status: Status::default(),
             status_tx,
@@ -473,34 +447,7 @@ impl Core {
                     .stanza(Direction::UpstreamIn, st.bytes.len());
                 self.router.from_upstream(&st, now, &mut self.rng, actions)
             }
-            Event::SkippedFromUpstream(sk) => {
-                let key = sk.limit.key();
-                let what = match sk.limit {
-                    Limit::Size => format!("stanza larger than {} bytes", sk.max),
-                    Limit::Depth => format!("elements nested deeper than {}", sk.max),
-                    Limit::Token => {
-                        format!("attribute value or name longer than {} bytes", sk.max)
-                    }
-                };
-                let text = format!("{what} (limits.upstream_{key}): not delivered");
-                if let Some(quiet) = self.skip_log.admit(sk.limit, now) {
-                    let head = sk.head.as_ref();
-                    tracing::warn!(
-                        limit = %format_args!("limits.upstream_{key}"),
-                        max = sk.max,
-                        bytes = sk.len,
-                        sender = head.and_then(|h| h.from()).unwrap_or("(unknown)"),
-                        to = head.and_then(|h| h.to()).unwrap_or("(unknown)"),
-                        element = head.map_or("(unknown)", |h| &*h.name),
-                        skipped_unlogged = quiet,
-                        "skipped a stanza from the server over limits.upstream_{key} = {} \
-                         (one line per limit per minute)",
-                        sk.max
-                    );
-                }
-                self.router
-                    .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
-            }
+            Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
             Event::FromInstance { id, stanza } => {
                 self.status
                     .counters
@@ -518,10 +465,10 @@ impl Core {
                 // Held output goes after the subscription refresh. A held
                 // request is checked again when it is sent, and answered
                 // if it has to be held again and cannot be.
-                self.backlog_bounded = 0;
-                actions.extend(self.backlog.drain(..).map(|h| match h.class {
-                    Class::Request(key) => Action::UpstreamRequest(h.wire, key),
-                    Class::Answer | Class::Other => Action::Upstream(h.wire),
+                actions.extend(self.backlog.drain().map(|(wire, class)| match class {
+                    Class::Request(key) => Action::UpstreamRequest(wire, key),
+                    Class::Answer => Action::UpstreamAnswer(wire),
+                    Class::Other => Action::Upstream(wire),
                 }));
             }
             Event::UpstreamDown => {
@@ -546,13 +493,54 @@ impl Core {
             } => {
                 self.router
                     .reload(router, self.upstream.is_some(), now, actions);
-                self.backlog_cap = upstream_buffer;
+                self.backlog.set_cap(upstream_buffer);
                 self.status.counters.reloads_applied += 1;
                 let _ = done.send(());
             }
         }
     }
 
+    /// A stanza from the server skipped over a per-stanza limit: logged
+    /// (rate-limited) and handed to the router, which answers its sender
+    /// where it may.
+    fn skipped_from_upstream(&mut self, sk: Skipped, now: Instant, actions: &mut Vec<Action>) {
+        let key = sk.limit.key();
+        let what = match sk.limit {
+            Limit::Size => format!("stanza larger than {} bytes", sk.max),
+            Limit::Depth => format!("elements nested deeper than {}", sk.max),
+            Limit::Token => {
+                format!("attribute value or name longer than {} bytes", sk.max)
+            }
+        };
+        let text = format!("{what} (limits.upstream_{key}): not delivered");
+        if let Some(quiet) = self.skip_log.admit(sk.limit, now) {
+            let head = sk.head.as_ref();
+            tracing::warn!(
+                limit = %format_args!("limits.upstream_{key}"),
+                max = sk.max,
+                bytes = sk.len,
+                sender = head.and_then(|h| h.from()).unwrap_or("(unknown)"),
+                to = head.and_then(|h| h.to()).unwrap_or("(unknown)"),
+                element = head.map_or("(unknown)", |h| &*h.name),
+                skipped_unlogged = quiet,
+                "skipped a stanza from the server over limits.upstream_{key} = {} \
+                 (one line per limit per minute)",
+                sk.max
+            );
+        }
+        self.router
+            .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
+    }
+
+    /// Carries out the router's actions, in order. What the router could
+    /// not know beforehand still goes back to it here, and is why this
+    /// loops until no action is left: an instance found gone or stalled
+    /// (`Router::instance_down`, whose answers join the next round), a
+    /// request neither sent nor held (`Router::fail_request`), and whether
+    /// a request is still pending when it is sent (`Router::is_pending`):
+    /// it may have been answered after it was queued — held while upstream
+    /// was away, given up for room in the same batch, or its instance cut
+    /// earlier in this very batch.
     async fn execute(&mut self, actions: &mut Vec<Action>) {
         // The batch being executed lives in `spare` between calls, so that
         // neither vector gives its allocation back: a fresh one per batch
@@ -563,7 +551,10 @@ impl Core {
             for a in batch.drain(..) {
                 match a {
                     Action::Upstream(w) => {
-                        self.send_upstream(w, None).await;
+                        self.send_upstream(w, Class::Other).await;
+                    }
+                    Action::UpstreamAnswer(w) => {
+                        self.send_upstream(w, Class::Answer).await;
                     }
                     Action::UpstreamRequest(w, key) => {
                         if !self.router.is_pending(&key) {
@@ -573,7 +564,7 @@ impl Core {
                             self.status.requests_withdrawn += 1;
                             continue;
                         }
-                        if !self.send_upstream(w, Some(key.clone())).await {
+                        if !self.send_upstream(w, Class::Request(key.clone())).await {
                             // Neither sent nor held: answer it rather
                             // than lose it.
                             self.router.fail_request(
@@ -584,13 +575,8 @@ impl Core {
                         }
                     }
                     Action::Instance(id, w) => self.send_instance(id, w, actions).await,
-                    Action::CloseInstance(id, cond) => {
-                        let why = match cond {
-                            "invalid-from" => "sent a 'from' that is not an address in the domain",
-                            "improper-addressing" => "sent a stanza without 'from'",
-                            _ => "broke the stream rules",
-                        };
-                        self.close_instance(id, cond, why, actions)
+                    Action::CloseInstance(id, reason) => {
+                        self.close_instance(id, reason.condition(), reason.why(), actions)
                     }
                 }
             }
@@ -702,9 +688,10 @@ impl Core {
         }
     }
 
-    /// Sends or holds; false if the output had to be dropped. `request`
-    /// is the key of an instance's iq request.
-    async fn send_upstream(&mut self, w: Wire, request: Option<Key>) -> bool {
+    /// Sends or holds; false if the output had to be dropped. `class`,
+    /// which the router gave with the action, says how it is held while
+    /// upstream is away.
+    async fn send_upstream(&mut self, w: Wire, class: Class) -> bool {
         if let Some(tx) = &self.upstream {
             let len = w.len();
             match tx.send(Out::Wire(w)).await {
@@ -715,44 +702,30 @@ impl Core {
                 Err(mpsc::error::SendError(out)) => {
                     self.upstream = None;
                     return match out {
-                        Out::Wire(w) => self.hold(w, request),
+                        Out::Wire(w) => self.hold(w, class),
                         Out::Close(_) => false,
                     };
                 }
             }
         }
-        self.hold(w, request)
+        self.hold(w, class)
     }
 
-    /// Keeps output for upstream until it is back; false if it had to be
-    /// dropped. Answers to iq requests are always kept: dropping one
-    /// would leave a request without its one answer, and their number is
-    /// bounded by the pending table, not by this. Everything else is kept
-    /// up to `limits.upstream_buffer` items.
-    fn hold(&mut self, wire: Wire, request: Option<Key>) -> bool {
-        let class = match request {
-            Some(key) => Class::Request(key),
-            None if inspect::is_iq_response(wire.chunks()) => Class::Answer,
-            None => Class::Other,
-        };
-        if class == Class::Answer {
-            self.backlog.push_back(Held { wire, class });
-            true
-        } else if self.backlog_bounded < self.backlog_cap {
-            self.backlog_bounded += 1;
-            self.backlog.push_back(Held { wire, class });
-            true
-        } else {
-            self.status.backlog_dropped += 1;
-            if self.status.backlog_dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = self.status.backlog_dropped,
-                    bound = self.backlog_cap,
-                    "upstream is down and its buffer is full: dropping output"
-                );
-            }
-            false
+    /// Keeps output for upstream until it is back (see
+    /// [`Backlog::hold`]); false if it had to be dropped.
+    fn hold(&mut self, wire: Wire, class: Class) -> bool {
+        if self.backlog.hold(wire, class) {
+            return true;
         }
+        self.status.backlog_dropped = self.backlog.dropped();
+        if self.status.backlog_dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped = self.status.backlog_dropped,
+                bound = self.backlog.cap(),
+                "upstream is down and its buffer is full: dropping output"
+            );
+        }
+        false
     }
 
     fn publish(&mut self) {

@@ -88,14 +88,46 @@ impl RouterConfig {
 pub enum Action {
     /// Write to the XMPP server.
     Upstream(Wire),
+    /// Write to the XMPP server the answer to an iq request (a member's
+    /// reply, or an error jatproxy made). While the server is away it is
+    /// held whatever `limits.upstream_buffer` says: dropping it would leave
+    /// a request without its one answer, and the pending table bounds how
+    /// many there can be. The router says so because it knows; the core
+    /// does not look inside the bytes.
+    UpstreamAnswer(Wire),
     /// Write an iq request to the XMPP server; if it can be neither sent
     /// nor held (upstream away and its buffer full), call
     /// [`Router::fail_request`] with the key so it still gets its answer.
     UpstreamRequest(Wire, Key),
     /// Write to one instance.
     Instance(InstanceId, Wire),
-    /// Close an instance's stream with this stream error condition.
-    CloseInstance(InstanceId, &'static str),
+    /// Close an instance's stream, for this reason.
+    CloseInstance(InstanceId, CloseReason),
+}
+
+/// Why the router closes an instance's stream: the stream error it is
+/// closed with, and the rule named in the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It sent a `from` that is not an address in the domain.
+    InvalidFrom,
+}
+
+impl CloseReason {
+    /// The stream error condition (RFC 6120 §4.9.3).
+    pub fn condition(self) -> &'static str {
+        match self {
+            CloseReason::InvalidFrom => "invalid-from",
+        }
+    }
+
+    /// What the instance did, for the log line ("closing instance stream:
+    /// it ...").
+    pub fn why(self) -> &'static str {
+        match self {
+            CloseReason::InvalidFrom => "sent a 'from' that is not an address in the domain",
+        }
+    }
 }
 
 /// Counters, for logs and metrics.
@@ -383,14 +415,8 @@ impl Router {
         let me = st.to().unwrap_or(&self.cfg.domain);
         let err = StanzaError::PolicyViolation;
         self.stats.count(err);
-        out.push(up(stanza::error_reply(
-            &st.name,
-            st.id(),
-            me,
-            from,
-            err,
-            Some(text),
-        )));
+        let reply = stanza::error_reply(&st.name, st.id(), me, from, err, Some(text));
+        out.push(reply_up(st, reply));
     }
 
     /// A stanza from the XMPP server.
@@ -903,7 +929,7 @@ impl Router {
             || jid::validate(from)
                 .is_some_and(|valid| jid::bare_eq(jid::domain(&valid), &self.cfg.domain));
         if !from_domain_ok {
-            out.push(Action::CloseInstance(instance, "invalid-from"));
+            out.push(Action::CloseInstance(instance, CloseReason::InvalidFrom));
             return;
         }
         let new_from = stamp_from.then_some(domain.as_str());
@@ -927,23 +953,7 @@ impl Router {
         // forwarded as the instance wrote it (the server prepares it), but
         // a request's reply is matched on the prepared form.
         let Some(peer) = jid::validate(to) else {
-            if st.is_error() {
-                self.stats.dropped_unaddressed += 1;
-            } else {
-                self.stats.count(StanzaError::JidMalformed);
-                let text = format!("The destination address is invalid: {to}");
-                out.push(Action::Instance(
-                    instance,
-                    Wire::One(stanza::error_reply(
-                        &st.name,
-                        st.id(),
-                        to,
-                        from,
-                        StanzaError::JidMalformed,
-                        Some(&text),
-                    )),
-                ));
-            }
+            self.refuse_invalid_to(instance, st, from, to, out);
             return;
         };
         if st.is_iq_request() {
@@ -965,6 +975,36 @@ impl Router {
             return;
         }
         out.push(Action::Upstream(rewrite(st, None, new_from)));
+    }
+
+    /// An instance's stanza whose `to` is no JID: `jid-malformed` back to
+    /// the instance (an error is only counted). See
+    /// [`Router::from_instance`] for why not to the server.
+    fn refuse_invalid_to(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        from: &str,
+        to: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if st.is_error() {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        }
+        self.stats.count(StanzaError::JidMalformed);
+        let text = format!("The destination address is invalid: {to}");
+        out.push(Action::Instance(
+            instance,
+            Wire::One(stanza::error_reply(
+                &st.name,
+                st.id(),
+                to,
+                from,
+                StanzaError::JidMalformed,
+                Some(&text),
+            )),
+        ));
     }
 
     /// An instance's iq result/error: delivered only as the answer to a
@@ -1009,7 +1049,7 @@ impl Router {
             }
         }
         self.stats.replies_delivered += 1;
-        out.push(Action::Upstream(rewrite(st, None, new_from)));
+        out.push(answer_up(rewrite(st, None, new_from)));
     }
 
     // ----- helpers ---------------------------------------------------------
@@ -1049,7 +1089,7 @@ impl Router {
                 member,
             } => {
                 self.pool.dec_load(&member);
-                out.push(up(stanza::error_reply(
+                out.push(answer_up(stanza::error_reply(
                     "iq",
                     Some(id),
                     &orig_to,
@@ -1060,7 +1100,7 @@ impl Router {
             }
             Waiting::FromTarget {
                 resource, orig_to, ..
-            } => out.push(up(stanza::error_reply(
+            } => out.push(answer_up(stanza::error_reply(
                 "iq",
                 Some(id),
                 &orig_to,
@@ -1107,14 +1147,8 @@ impl Router {
         }
         let me = st.to().unwrap_or(&self.cfg.domain);
         self.stats.count(err);
-        out.push(up(stanza::error_reply(
-            &st.name,
-            st.id(),
-            me,
-            from,
-            err,
-            text,
-        )));
+        let reply = stanza::error_reply(&st.name, st.id(), me, from, err, text);
+        out.push(reply_up(st, reply));
     }
 
     /// The text of a `policy-violation` for a stanza of `len` bytes that
@@ -1139,13 +1173,13 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         if wire.len() <= self.cfg.max_write {
-            out.push(up(wire));
+            out.push(answer_up(wire));
             return;
         }
         let err = StanzaError::PolicyViolation;
         let text = self.too_large_text(wire.len());
         self.stats.count(err);
-        out.push(up(stanza::error_reply(
+        out.push(answer_up(stanza::error_reply(
             "iq",
             Some(id),
             orig_to,
@@ -1165,6 +1199,22 @@ impl Router {
 
 fn up(b: impl Into<Wire>) -> Action {
     Action::Upstream(b.into())
+}
+
+fn answer_up(b: impl Into<Wire>) -> Action {
+    Action::UpstreamAnswer(b.into())
+}
+
+/// An error reply made for `st`, a stanza from the server: the answer to
+/// a request when `st` is an iq (the router never answers an iq response,
+/// so an iq here is a request or one of no known type, and the reply is
+/// an iq error either way); for a message or presence, plain output.
+fn reply_up(st: &Stanza, reply: impl Into<Wire>) -> Action {
+    if st.kind == Kind::Iq {
+        answer_up(reply)
+    } else {
+        up(reply)
+    }
 }
 
 /// Whether a reply's `from` is the address a request went to: the same

@@ -32,7 +32,7 @@ fn skipped(r: &mut Router, limit: Limit, xml: Option<&str>) -> Vec<String> {
     r.skipped_from_upstream(limit, head.as_ref(), TEXT, &mut out);
     out.into_iter()
         .map(|a| match a {
-            Action::Upstream(w) | Action::UpstreamRequest(w, _) => {
+            Action::Upstream(w) | Action::UpstreamAnswer(w) | Action::UpstreamRequest(w, _) => {
                 format!("UP {}", String::from_utf8_lossy(&w.to_bytes()))
             }
             other => format!("{other:?}"),
@@ -131,7 +131,7 @@ fn up_text(r: &mut Router, xml: &str) -> Vec<String> {
     r.from_upstream(&st, Instant::now(), &mut rng, &mut out);
     out.into_iter()
         .map(|a| match a {
-            Action::Upstream(w) | Action::UpstreamRequest(w, _) => {
+            Action::Upstream(w) | Action::UpstreamAnswer(w) | Action::UpstreamRequest(w, _) => {
                 String::from_utf8_lossy(&w.to_bytes()).into_owned()
             }
             other => format!("{other:?}"),

@@ -75,11 +75,11 @@ fn render(actions: Vec<Action>) -> Vec<String> {
     actions
         .into_iter()
         .map(|a| match a {
-            Action::Upstream(w) | Action::UpstreamRequest(w, _) => {
+            Action::Upstream(w) | Action::UpstreamAnswer(w) | Action::UpstreamRequest(w, _) => {
                 format!("UP {}", String::from_utf8_lossy(&w.to_bytes()))
             }
             Action::Instance(i, w) => format!("I{i} {}", String::from_utf8_lossy(&w.to_bytes())),
-            Action::CloseInstance(i, c) => format!("CLOSE{i} {c}"),
+            Action::CloseInstance(i, r) => format!("CLOSE{i} {}", r.condition()),
         })
         .collect()
 }
@@ -2090,4 +2090,166 @@ fn absurd_timeouts_do_not_panic() {
     );
     assert!(out.is_empty());
     assert_eq!(h.advance(Duration::from_secs(1)).len(), 1);
+}
+
+// ----- what the core is told about each upstream write ----------------------
+
+/// How the core is to hold an action's output while upstream is away:
+/// `answer` (held past the bound), `request` (an instance's request),
+/// `other` (bounded), or `instance`/`close` for the rest. Every upstream
+/// write is also checked against the bytes: it is an answer exactly when
+/// it is an iq result or error, the rule the core used to re-derive by
+/// parsing them.
+fn classes(actions: &[Action]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .map(|a| {
+            let (class, wire) = match a {
+                Action::UpstreamAnswer(w) => ("answer", w),
+                Action::Upstream(w) => ("other", w),
+                Action::UpstreamRequest(_, _) => return "request",
+                Action::Instance(..) => return "instance",
+                Action::CloseInstance(..) => return "close",
+            };
+            let bytes = wire.to_bytes();
+            let st = parse_one(&bytes).expect("the router writes whole stanzas");
+            assert_eq!(
+                class == "answer",
+                st.is_iq_response(),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            class
+        })
+        .collect()
+}
+
+impl H {
+    fn up_actions(&mut self, xml: &str) -> Vec<Action> {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        self.r.from_upstream(&st, self.now, &mut self.rng, &mut out);
+        out
+    }
+
+    fn inst_actions(&mut self, id: InstanceId, xml: &str) -> Vec<Action> {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        self.r
+            .from_instance(id, &st, self.now, &mut self.rng, &mut out);
+        out
+    }
+}
+
+#[test]
+fn every_answer_to_a_request_upstream_is_marked_as_one() {
+    let mut h = H::new(cfg());
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(classes(&out), ["other"], "the subscription request");
+    h.online("a");
+    // Forwarding a request upstream (to a resource) is no answer.
+    let to_resource = h.up_actions(&format!("<iq type='get' id='r' to='{D}' from='{ALICE}'/>"));
+    assert_eq!(classes(&to_resource), ["other"]);
+    // A message with no instance to take it: an error that answers no
+    // request.
+    let msg = h.up_actions(&format!("<message id='m' to='{D}' from='{ALICE}'/>"));
+    assert_eq!(classes(&msg), ["other"]);
+    h.r.instance_up(1);
+    // Round-robin: one of the next two goes to the instance.
+    let mut to_instance = None;
+    for id in ["i", "j"] {
+        let out = h.up_actions(&format!(
+            "<iq type='get' id='{id}' to='{D}' from='{ALICE}'/>"
+        ));
+        match classes(&out)[..] {
+            ["instance"] => to_instance = Some(id),
+            ["other"] => {}
+            ref c => panic!("{c:?}"),
+        }
+    }
+    let to_instance = to_instance.expect("one request went to the instance");
+    // Member replies delivered: the resource's, the instance's.
+    let back = h.up_actions(&format!(
+        "<iq type='result' id='r' to='{D}/{ALICE}' from='{T}/a'/>"
+    ));
+    assert_eq!(classes(&back), ["answer"]);
+    let back = h.inst_actions(
+        1,
+        &format!("<iq type='error' id='{to_instance}' from='{D}' to='{ALICE}'/>"),
+    );
+    assert_eq!(classes(&back), ["answer"]);
+    // Errors the router makes for requests: malformed, no member able,
+    // timed out.
+    let bogus = h.up_actions(&format!(
+        "<iq type='bogus' id='b' to='{D}' from='{ALICE}'/>"
+    ));
+    assert_eq!(classes(&bogus), ["answer"]);
+    h.up_actions(&format!("<iq type='get' id='t' to='{D}' from='{ALICE}'/>"));
+    let mut timed_out = Vec::new();
+    h.now += Duration::from_secs(31);
+    h.r.expire(h.now, &mut timed_out);
+    // `t`, and the one of `i`/`j` that went to the resource.
+    assert_eq!(classes(&timed_out), ["answer", "answer"]);
+    // The instance's own traffic: a request (held by key), the rest.
+    let own = h.inst_actions(
+        1,
+        &format!("<iq type='get' id='o' from='{D}' to='peer@example.test'/>"),
+    );
+    assert_eq!(classes(&own), ["request"]);
+    let own = h.inst_actions(1, &format!("<message from='{D}' to='peer@example.test'/>"));
+    assert_eq!(classes(&own), ["other"]);
+    // Shutdown: a request refused with its answer.
+    let mut refused = Vec::new();
+    let late = parse_one(format!("<iq type='set' id='z' to='{D}' from='{ALICE}'/>").as_bytes())
+        .expect("frames");
+    h.r.refuse_closing(&late, &mut refused);
+    assert_eq!(classes(&refused), ["answer"]);
+}
+
+#[test]
+fn policy_violation_answers_are_marked_as_answers_only_for_requests() {
+    // A reply the server would refuse as too large: policy-violation in
+    // its place, still the request's answer.
+    let mut h = H::new(RouterConfig {
+        max_write: 300,
+        ..cfg()
+    });
+    h.online("a");
+    h.up_actions(&format!("<iq type='get' id='r' to='{D}' from='{ALICE}'/>"));
+    let big = "x".repeat(400);
+    let back = h.up_actions(&format!(
+        "<iq type='result' id='r' to='{D}/{ALICE}' from='{T}/a'><q>{big}</q></iq>"
+    ));
+    assert_eq!(classes(&back), ["answer"]);
+    assert!(render(back)[0].contains("<policy-violation "));
+    // Skipped over a limit: a request's answer, a message's plain error.
+    let skipped = |r: &mut Router, xml: &str| {
+        let head = parse_one(xml.as_bytes()).expect("frames");
+        let mut out = Vec::new();
+        r.skipped_from_upstream(Limit::Size, Some(&head), "too large", &mut out);
+        out
+    };
+    let iq = skipped(
+        &mut h.r,
+        &format!("<iq type='get' id='s' to='{D}' from='{ALICE}'/>"),
+    );
+    assert_eq!(classes(&iq), ["answer"]);
+    let msg = skipped(
+        &mut h.r,
+        &format!("<message id='s' to='{D}' from='{ALICE}'/>"),
+    );
+    assert_eq!(classes(&msg), ["other"]);
+}
+
+#[test]
+fn a_from_outside_the_domain_closes_the_instance_as_invalid_from() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let out = h.inst_actions(
+        1,
+        "<message from='someone@elsewhere.test' to='peer@example.test'/>",
+    );
+    assert_eq!(out, [Action::CloseInstance(1, CloseReason::InvalidFrom)]);
+    assert_eq!(CloseReason::InvalidFrom.condition(), "invalid-from");
 }
