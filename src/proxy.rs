@@ -41,6 +41,7 @@ use crate::router::{Action, Router, RouterConfig, Stats};
 use crate::skip_log::SkipLog;
 use crate::stanza::StanzaError;
 use crate::xml::frame::{Limit, Skipped, Stanza};
+use crate::xml::StreamCondition;
 
 /// What connection tasks tell the core.
 #[derive(Debug)]
@@ -635,7 +636,7 @@ impl Core {
             Waited::Gone => self.instance_gone(id, actions),
             Waited::Stalled => self.close_instance(
                 id,
-                "policy-violation",
+                StreamCondition::PolicyViolation,
                 &format!(
                     "accepted no bytes for {} (instances.stall_timeout) while its write \
                      queue (instances.queue) was full: not reading; out of rotation",
@@ -668,13 +669,13 @@ impl Core {
     fn close_instance(
         &mut self,
         id: InstanceId,
-        cond: &'static str,
+        cond: StreamCondition,
         why: &str,
         actions: &mut Vec<Action>,
     ) {
         if let Some(link) = self.instances.remove(&id) {
-            tracing::warn!(member = id, peer.addr = %link.peer, condition = cond, "closing instance stream: it {why}");
-            let error = handshake::stream_error(crate::xml::StreamCondition::from_name(cond), None);
+            tracing::warn!(member = id, peer.addr = %link.peer, condition = %cond, "closing instance stream: it {why}");
+            let error = handshake::stream_error(cond, None);
             if let Err(mpsc::error::TrySendError::Full(_)) =
                 link.tx.try_send(Out::Close(error.clone()))
             {

@@ -24,6 +24,7 @@ use crate::pool::{InstanceId, Member, Pool};
 use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
 use crate::xml::frame::{Kind, Limit, Stanza};
+use crate::xml::StreamCondition;
 
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
@@ -115,9 +116,9 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The stream error condition (RFC 6120 §4.9.3).
-    pub fn condition(self) -> &'static str {
+    pub fn condition(self) -> StreamCondition {
         match self {
-            CloseReason::InvalidFrom => "invalid-from",
+            CloseReason::InvalidFrom => StreamCondition::InvalidFrom,
         }
     }
 
