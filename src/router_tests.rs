@@ -2251,5 +2251,8 @@ fn a_from_outside_the_domain_closes_the_instance_as_invalid_from() {
         "<message from='someone@elsewhere.test' to='peer@example.test'/>",
     );
     assert_eq!(out, [Action::CloseInstance(1, CloseReason::InvalidFrom)]);
-    assert_eq!(CloseReason::InvalidFrom.condition().as_str(), "invalid-from");
+    assert_eq!(
+        CloseReason::InvalidFrom.condition().as_str(),
+        "invalid-from"
+    );
 }

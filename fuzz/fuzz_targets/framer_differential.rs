@@ -19,8 +19,8 @@
 //!   while fewer than four are pending) `std::str::from_utf8` decides.
 #![no_main]
 
-use jatproxy::xml::{Frame, FrameError, FramerLimits};
 use jatproxy::xml::Tokenizer;
+use jatproxy::xml::{Frame, FrameError, FramerLimits};
 use jatproxy_fuzz::{parse_element, run_chunked_with, rxml_error, HEADER};
 use libfuzzer_sys::fuzz_target;
 

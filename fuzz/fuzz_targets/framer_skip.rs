@@ -246,7 +246,10 @@ fuzz_target!(|data: &[u8]| {
                     Frame::Stanza(s) => Want::Stanza(s.bytes.to_vec()),
                     Frame::Whitespace(b) => Want::Space(b.to_vec()),
                     Frame::Skipped(s) => {
-                        let head = s.head.as_ref().unwrap_or_else(|| panic!("{t}: no head {s:?}"));
+                        let head = s
+                            .head
+                            .as_ref()
+                            .unwrap_or_else(|| panic!("{t}: no head {s:?}"));
                         Want::Skip {
                             limit: s.limit,
                             len: s.len,
@@ -256,8 +259,15 @@ fuzz_target!(|data: &[u8]| {
                     }
                 });
             }
-            assert_eq!(consumed, input.len() as u64, "{t} {sizes:?}: bytes consumed");
-            assert!(matches!(frames.last(), Some(Frame::End(_))), "{t} {sizes:?}");
+            assert_eq!(
+                consumed,
+                input.len() as u64,
+                "{t} {sizes:?}: bytes consumed"
+            );
+            assert!(
+                matches!(frames.last(), Some(Frame::End(_))),
+                "{t} {sizes:?}"
+            );
             // Keepalives next to each other were merged by the framer too.
             let want = merged_want(&want);
             assert_eq!(got, want, "{t} {sizes:?}");

@@ -84,10 +84,7 @@ fuzz_target!(|data: &[u8]| {
                     "digest shown: {shown}"
                 );
             }
-            assert!(
-                !e.to_string().contains(['\n', '\r']),
-                "line break in {e}"
-            );
+            assert!(!e.to_string().contains(['\n', '\r']), "line break in {e}");
             let answered = matches!(
                 e,
                 HandshakeError::Rejected { .. }
@@ -98,13 +95,19 @@ fuzz_target!(|data: &[u8]| {
                 assert!(out.starts_with(&header), "stream error without our header");
                 assert!(out.ends_with(handshake::STREAM_END), "no stream end");
                 assert!(
-                    frames.iter().any(|f| matches!(f, Frame::Stanza(s) if s.name == "error")),
+                    frames
+                        .iter()
+                        .any(|f| matches!(f, Frame::Stanza(s) if s.name == "error")),
                     "no stream error in {:?}",
                     String::from_utf8_lossy(&out)
                 );
             } else {
                 // Closed or I/O: nothing but (maybe) our header.
-                assert!(out.is_empty() || out == header.to_vec(), "{:?}", String::from_utf8_lossy(&out));
+                assert!(
+                    out.is_empty() || out == header.to_vec(),
+                    "{:?}",
+                    String::from_utf8_lossy(&out)
+                );
             }
         }
     }
@@ -125,7 +128,11 @@ fn frame_all(out: &[u8]) -> Vec<Frame> {
             ),
         }
     }
-    assert!(buf.is_empty(), "unframed output: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty(),
+        "unframed output: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     frames
 }
 
@@ -145,5 +152,6 @@ fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
