@@ -40,18 +40,28 @@
 //! I/O:
 //! - [`handshake`]: XEP-0114 on both sides (connecting upstream, accepting
 //!   instances), and the header, handshake and stream-error bytes they share.
-//! - [`proxy`]: the core task that owns the router, and [`proxy::Proxy`],
-//!   the handle that starts and stops everything.
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
 //! - [`listener`]: the listener for component instances.
 //! - [`conn`]: the batched writer every connection uses.
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus endpoint (rendering and its HTTP server).
 //! - [`reload`]: what a configuration reload changes, and how (pure).
+//!
+//! The running proxy, imports pointing one way (app → core, upstream,
+//! listener, metrics → event, status → the logic above):
+//! - [`event`] and [`status`]: what connection tasks send the core, and
+//!   the snapshot and counters the core publishes; leaves every task shares.
+//! - [`core`]: the actor that owns the router and moves bytes.
+//! - [`app`]: [`app::Proxy`], the handle that binds, spawns, reloads and
+//!   stops everything; the only module that spawns the proxy's tasks.
+//! - [`proxy`]: the old paths (`proxy::Proxy`, `proxy::Status`), re-exported.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod backlog;
 pub mod config;
 pub mod conn;
+pub mod core;
+pub mod event;
 pub mod handshake;
 pub mod jat;
 pub mod jid;
@@ -65,5 +75,6 @@ pub mod rewrite;
 pub mod router;
 pub mod skip_log;
 pub mod stanza;
+pub mod status;
 pub mod upstream;
 pub mod xml;

@@ -31,10 +31,10 @@ use tracing::Instrument;
 
 use crate::config::{Config, Secret};
 use crate::conn::{self, Out};
+use crate::event::{Event, InstanceLink};
 use crate::handshake;
-use crate::metrics::{Observation, Side};
 use crate::pool::InstanceId;
-use crate::proxy::{Event, InstanceLink};
+use crate::status::{Observation, Side};
 use crate::xml::frame::Frame;
 use crate::xml::{CodecError, Framer, StreamCondition};
 

@@ -1,7 +1,7 @@
 //! Live reload: which settings can change in a running proxy, and how.
 //!
 //! Pure: [`plan`] compares the running configuration with a new one and
-//! sorts every changed key into one of four classes. [`crate::proxy::Proxy::reload`]
+//! sorts every changed key into one of four classes. [`crate::app::Proxy::reload`]
 //! carries the plan out; `main` calls it on SIGHUP.
 //!
 //! | class | keys | effect |

@@ -17,11 +17,11 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::conn::{self, Out};
+use crate::event::Event;
 use crate::handshake::{self, HandshakeError};
 use crate::liveness::{Check, Liveness};
-use crate::metrics::{Observation, Side};
-use crate::proxy::Event;
 use crate::stanza::{self, StanzaError};
+use crate::status::{Observation, Side};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
 use crate::xml::{CodecError, FrameError, Framer, Stanza, StreamCondition, StreamError};
 
@@ -222,7 +222,7 @@ async fn run_sessions<S, F>(
     }
 }
 
-/// Resolves when the configuration changes; never if the [`crate::proxy::Proxy`]
+/// Resolves when the configuration changes; never if the [`crate::app::Proxy`]
 /// handle (the sender) is gone, as then it cannot change any more.
 async fn changed(config: &mut watch::Receiver<Arc<Config>>) {
     if config.changed().await.is_err() {

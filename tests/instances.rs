@@ -1136,7 +1136,7 @@ async fn a_burst_of_a_hundred_queues_reaches_a_slow_reader_whole_and_in_order() 
 /// request gets its one answer, the server's stream is closed, and the
 /// stalled connection is cut within the grace (after half of it without
 /// progress). The core's own part, ending the wait at once, is
-/// `proxy::tests::shutdown_ends_a_wait_for_a_stalled_instance`.
+/// `core::tests::shutdown_ends_a_wait_for_a_stalled_instance`.
 #[tokio::test]
 async fn shutdown_completes_while_waiting_for_a_stalled_instance() {
     let server = FakeServer::bind().await;

@@ -1,0 +1,73 @@
+//! What connection tasks tell the core: [`Event`], and the
+//! [`InstanceLink`] through which the core reaches an instance.
+//!
+//! A leaf shared by the listener, the upstream task, the app and the
+//! core, so that none of them has to import another to talk: it may not
+//! import the core, the app or any connection task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::Out;
+use crate::pool::InstanceId;
+use crate::router::RouterConfig;
+use crate::status::Observation;
+use crate::xml::frame::{Skipped, Stanza};
+
+/// What connection tasks tell the core.
+#[derive(Debug)]
+pub enum Event {
+    /// A new upstream session is up; its writer queue.
+    UpstreamUp(mpsc::Sender<Out>),
+    /// The upstream session ended.
+    UpstreamDown,
+    FromUpstream(Stanza),
+    /// A stanza from the server broke a per-stanza limit and was skipped.
+    SkippedFromUpstream(Skipped),
+    /// An instance finished its handshake; how to reach it.
+    InstanceUp {
+        id: InstanceId,
+        link: InstanceLink,
+    },
+    InstanceDown {
+        id: InstanceId,
+    },
+    FromInstance {
+        id: InstanceId,
+        stanza: Stanza,
+    },
+    /// Something only metrics count.
+    Observed(Observation),
+    /// A reload's part that the core applies; `done` once it has.
+    Reload {
+        router: RouterConfig,
+        upstream_buffer: usize,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the core holds for one connected instance.
+#[derive(Debug)]
+pub struct InstanceLink {
+    /// Its writer's queue (`instances.queue`).
+    pub tx: mpsc::Sender<Out>,
+    /// Cancelled when the core closes the stream: the connection stops
+    /// reading, lets the writer finish, and frees its slot.
+    pub closing: CancellationToken,
+    /// The close for when the queue is full (the core closes an instance
+    /// that is behind, or cuts one that stopped reading): the writer drops
+    /// what is queued and writes this stream error instead, right after
+    /// the stanza it is writing.
+    pub urgent: oneshot::Sender<bytes::Bytes>,
+    /// For the log line when the core closes it.
+    pub peer: SocketAddr,
+    /// When its socket last accepted bytes, recorded by its writer.
+    pub progress: Arc<crate::conn::Progress>,
+    /// How long the core waits for room in a full queue while the socket
+    /// accepts nothing (`instances.stall_timeout` when it connected).
+    pub stall_timeout: Duration,
+}
