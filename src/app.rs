@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,7 +55,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the core, the upstream link and (if configured) the
-    /// instance listener, on the current tokio runtime.
+    /// instance listener and metrics endpoint, on the current tokio
+    /// runtime. Every socket is bound before any task starts: on an error
+    /// nothing is left running.
     pub async fn start(cfg: Config) -> Result<Proxy, StartError> {
         let cfg = Arc::new(cfg);
         let shutdown = CancellationToken::new();
@@ -63,42 +66,52 @@ impl Proxy {
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (config_tx, config_rx) = watch::channel(cfg.clone());
 
-        let metrics_addr = match cfg.metrics.listen {
+        // Bind everything before starting anything, so that a failed bind
+        // leaves nothing running behind the error.
+        let metrics = match cfg.metrics.listen {
             Some(addr) => {
-                let listener = crate::metrics::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Metrics { addr, source })?;
-                let local = listener.local_addr().unwrap_or(addr);
-                tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
-                tasks.spawn(crate::metrics::serve(
-                    listener,
-                    status_rx.clone(),
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
-                Some(local)
+                let bound = TcpListener::bind(addr).await;
+                Some((
+                    addr,
+                    bound.map_err(|source| StartError::Metrics { addr, source })?,
+                ))
+            }
+            None => None,
+        };
+        let instances = match cfg.instances.listen {
+            Some(addr) => {
+                let bound = TcpListener::bind(addr).await;
+                Some((
+                    addr,
+                    bound.map_err(|source| StartError::Listen { addr, source })?,
+                ))
             }
             None => None,
         };
 
-        let listen_addr = match cfg.instances.listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Listen { addr, source })?;
-                let local = listener.local_addr().unwrap_or(addr);
-                tracing::info!(addr = %local, "listening for component instances");
-                tasks.spawn(crate::listener::run(
-                    listener,
-                    config_rx.clone(),
-                    events_tx.clone(),
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
-                Some(local)
-            }
-            None => None,
-        };
+        let metrics_addr = metrics.map(|(addr, listener)| {
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
+            tasks.spawn(crate::metrics::serve(
+                listener,
+                status_rx.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+            local
+        });
+        let listen_addr = instances.map(|(addr, listener)| {
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %local, "listening for component instances");
+            tasks.spawn(crate::listener::run(
+                listener,
+                config_rx.clone(),
+                events_tx.clone(),
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+            local
+        });
 
         let core = Core::new(&cfg, status_tx);
         let core_failed = CancellationToken::new();
@@ -246,6 +259,34 @@ async fn supervise_core(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bind that fails leaves nothing running: the metrics endpoint,
+    /// bound first, is not served once the instance listener's bind fails.
+    #[tokio::test]
+    async fn a_failed_bind_starts_nothing() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let taken_addr = taken.local_addr().expect("addr");
+        // A free port for metrics: bound, then released for the proxy.
+        let free = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics_addr = free.local_addr().expect("addr");
+        drop(free);
+        let cfg = crate::config::from_toml_str(&format!(
+            "[upstream]\nserver = \"127.0.0.1:1\"\ndomain = \"proxy.example.test\"\n\
+             secret = \"s\"\n[instances]\nlisten = \"{taken_addr}\"\nsecret = \"i\"\n\
+             [metrics]\nlisten = \"{metrics_addr}\"\n"
+        ))
+        .expect("test config is valid");
+        match Proxy::start(cfg).await {
+            Err(StartError::Listen { addr, .. }) => assert_eq!(addr, taken_addr),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("started on a taken port"),
+        }
+        // Nothing holds the metrics port: it can be bound again.
+        TcpListener::bind(metrics_addr)
+            .await
+            .expect("the metrics port was released");
+        drop(taken);
+    }
 
     /// A panic in the core stops the proxy and is reported, so the
     /// process can exit with a failure.

@@ -52,7 +52,9 @@
 //!   the snapshot and counters the core publishes; leaves every task shares.
 //! - [`core`]: the actor that owns the router and moves bytes.
 //! - [`app`]: [`app::Proxy`], the handle that binds, spawns, reloads and
-//!   stops everything; the only module that spawns the proxy's tasks.
+//!   stops everything; the only module that binds the proxy's sockets and
+//!   starts its long-running tasks (connection tasks spawn only their own
+//!   per-connection helpers).
 //! - [`proxy`]: the old paths (`proxy::Proxy`, `proxy::Status`), re-exported.
 #![forbid(unsafe_code)]
 

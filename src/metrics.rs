@@ -15,7 +15,6 @@
 //! number of concurrent scrapes, `Connection: close`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -455,11 +454,6 @@ pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     }
     io.write_all(out.as_bytes()).await?;
     io.shutdown().await
-}
-
-/// Binds the endpoint; [`serve`] runs it.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves `GET /metrics` on `listener` from the latest `status` until
