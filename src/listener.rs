@@ -13,6 +13,9 @@
 //! the instance keeps taking bytes, and is cut once it has taken none for
 //! `instances.stall_timeout` or half the shutdown grace, whichever is
 //! shorter.
+//!
+//! It talks to the core only through [`crate::event::Event`] and may not
+//! import the core or the app, which bind its socket and start it.
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;

@@ -1,6 +1,9 @@
 //! The link to the XMPP server: connect, XEP-0114 handshake as a
 //! component, relay, and on any loss reconnect with exponential backoff
 //! and jitter, forever, logging each attempt once.
+//!
+//! It talks to the core only through [`crate::event::Event`] and may not
+//! import the core or the app, which start it.
 
 use std::sync::Arc;
 use std::time::Duration;
