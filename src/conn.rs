@@ -1,5 +1,11 @@
-//! What every connection does the same way: write queued output in
-//! batches, and read frames into the core.
+//! The write side every connection shares: [`write_loop`] writes queued
+//! output in batches (with a whitespace keepalive and an urgent close),
+//! [`Tracked`]/[`Progress`] record when the socket last took bytes, and
+//! [`panic_message`] names a task's panic for its one log line.
+//!
+//! There is no read side here: the listener, the upstream session and the
+//! handshake each build their own `FramedRead` and map its frames and
+//! errors themselves.
 
 use std::any::Any;
 use std::io::IoSlice;

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
 
 use crate::config::Secret;
+use crate::time::{ERROR_WRITE_GRACE, REFUSAL_GRACE};
 use crate::xml::frame::{NS_COMPONENT, NS_STREAMS, NS_STREAM_ERRORS};
 use crate::xml::{
     escape, inspect, CodecError, Frame, FrameError, Framer, Stanza, StreamCondition, StreamError,
@@ -48,17 +49,6 @@ pub const STREAM_END: &[u8] = b"</stream:stream>";
 /// Bytes of randomness in a stream id: 128 bits, so ids never repeat and a
 /// recorded handshake can never be replayed against a later stream.
 const STREAM_ID_BYTES: usize = 16;
-
-/// How long the component side waits, after a server header it cannot use,
-/// for the stream error that usually follows. Prosody refuses an unknown
-/// domain by opening its stream *without an id* and then sending
-/// `<host-unknown/>`; reporting "no id" instead would hide the real cause.
-const REFUSAL_GRACE: Duration = Duration::from_secs(2);
-
-/// Upper bound on writing a stream error to an instance we are refusing: a
-/// peer that does not read must not hold the listener's task beyond the
-/// handshake timeout for long.
-const ERROR_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// The characters XML counts as whitespace; a digest padded with them (a
 /// pretty-printing component library) is still the same digest.

@@ -35,6 +35,8 @@
 //! - [`jid`]: address splitting and validation.
 //! - [`liveness`]: when to ping the server, and when its silence means
 //!   the link is dead.
+//! - [`time`]: fixed durations with their reasons, and overflow-safe
+//!   deadlines.
 //! - [`config`]: settings from `config.toml` and flags, validated.
 //!
 //! I/O:
@@ -78,5 +80,6 @@ pub mod router;
 pub mod skip_log;
 pub mod stanza;
 pub mod status;
+pub mod time;
 pub mod upstream;
 pub mod xml;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::time::later;
 use crate::xml::escape;
 
 /// The namespace of XEP-0199 pings.
@@ -109,19 +110,6 @@ impl Liveness {
             }
         }
     }
-}
-
-/// `at + d` without the panic `Instant + Duration` has on overflow.
-/// Configuration caps every duration (`config::MAX_DURATION`); this is
-/// defence in depth, so an absurd interval means "not for a century",
-/// never a panic in the upstream task.
-fn later(at: Instant, d: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    // The last fallback cannot happen on a real clock (a century fits);
-    // it only keeps this function total.
-    at.checked_add(d)
-        .or_else(|| at.checked_add(CENTURY))
-        .unwrap_or(at)
 }
 
 /// Ids of our pings. An answer is recognised by it and by coming from

@@ -4,7 +4,11 @@
 //! replaced (escaped for that attribute's own quote character), or the
 //! attribute inserted at the end of the start tag when it was missing.
 //! It is returned as slices of the original [`Bytes`] plus the small new
-//! pieces, ready for a vectored write: the payload is never copied.
+//! pieces, so rewriting itself never copies the payload. The copy happens
+//! later, once: [`crate::conn::write_loop`] writes each piece through its
+//! `BufWriter` so a burst becomes few syscalls (a piece at least as large
+//! as that buffer goes to the socket directly). [`Wire::to_bytes`] also
+//! copies; only tests use it.
 
 use bytes::{Bytes, BytesMut};
 

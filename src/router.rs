@@ -23,6 +23,7 @@ use crate::jid;
 use crate::pool::{InstanceId, Member, Pool};
 use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
+use crate::time::later;
 use crate::xml::frame::{Kind, Limit, Stanza};
 use crate::xml::StreamCondition;
 
@@ -1223,19 +1224,6 @@ fn reply_up(st: &Stanza, reply: impl Into<Wire>) -> Action {
 /// the same once prepared. `expected` is stored prepared.
 fn same_address(expected: &str, from: &str) -> bool {
     expected == from || jid::validate(from).is_some_and(|f| f == expected)
-}
-
-/// `now + d` without the panic `Instant + Duration` has on overflow.
-/// Configuration caps every duration (see `config::MAX_DURATION`), so this
-/// is defence in depth: an absurd timeout becomes "about a century", not
-/// a crash of the core that holds every pending request.
-fn later(now: Instant, d: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    // The last fallback cannot happen on a real clock (a century fits);
-    // it only keeps this function total.
-    now.checked_add(d)
-        .or_else(|| now.checked_add(CENTURY))
-        .unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What the fuzz targets share: driving the framer over a stream cut into
-//! pieces, and `rxml::Parser` (namespace-resolving, well-formedness
+//! pieces (the main crate's `xml::chunked`, which the unit tests use too),
+//! and `rxml::Parser` (namespace-resolving, well-formedness
 //! checking) as the oracle the framer's output is held against.
 //!
 //! rxml is stricter than XML 1.0 about a lone CR in an attribute value
@@ -20,9 +21,9 @@
 
 use std::ops::Range;
 
-use bytes::BytesMut;
+pub use jatproxy::xml::chunked::{drive, merged, Run};
 pub use jatproxy::xml::differential::xml_eol;
-use jatproxy::xml::{Frame, FrameError, Framer, FramerLimits, Tokenizer};
+use jatproxy::xml::{Framer, FramerLimits, Tokenizer};
 use rxml::error::EndOrError;
 use rxml::{AttrMap, Event, Options, Parse, Parser, RawEvent, RawParser, WithOptions};
 
@@ -93,29 +94,8 @@ pub const HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
 /// What closes the document [`HEADER`] opens.
 pub const FOOTER: &[u8] = b"</stream:stream>";
 
-/// The framer's output for one input.
-#[derive(Debug)]
-pub struct Run {
-    pub frames: Vec<Frame>,
-    pub error: Option<FrameError>,
-    /// How many input bytes had been handed to the framer when it first
-    /// reported the error (the input length when there was none).
-    pub fed: usize,
-}
-
-impl Run {
-    /// The frames' bytes, concatenated: what the framer consumed.
-    pub fn consumed(&self) -> Vec<u8> {
-        self.frames
-            .iter()
-            .flat_map(|f| f.bytes().to_vec())
-            .collect()
-    }
-}
-
-/// Feeds `input` to a fresh framer in pieces of `sizes` (cycled; a size of
-/// 0 counts as 1), draining frames after each piece, then signals the end
-/// of input. Also checks that an error, once reported, stays reported.
+/// Feeds `input` to a fresh framer with the default tokenizer in pieces of
+/// `sizes` through the driver the unit tests use ([`drive`]).
 pub fn run_chunked(input: &[u8], sizes: &[usize], limits: FramerLimits) -> Run {
     run_chunked_with(input, sizes, limits, Tokenizer::default())
 }
@@ -127,75 +107,7 @@ pub fn run_chunked_with(
     limits: FramerLimits,
     tokenizer: Tokenizer,
 ) -> Run {
-    let mut framer = Framer::with_tokenizer(limits, tokenizer);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut at = 0;
-    let mut i = 0;
-    loop {
-        loop {
-            match framer.next_frame(&mut buf) {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(e) => return failed(&mut framer, &mut buf, frames, e, at),
-            }
-        }
-        if at >= input.len() {
-            break;
-        }
-        let size = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1);
-        let n = size.max(1).min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        at += n;
-        i += 1;
-    }
-    loop {
-        match framer.next_frame_eof(&mut buf) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => break,
-            Err(e) => return failed(&mut framer, &mut buf, frames, e, at),
-        }
-    }
-    Run {
-        frames,
-        error: None,
-        fed: at,
-    }
-}
-
-fn failed(
-    framer: &mut Framer,
-    buf: &mut BytesMut,
-    frames: Vec<Frame>,
-    e: FrameError,
-    fed: usize,
-) -> Run {
-    assert_eq!(
-        framer.next_frame(buf),
-        Err(e.clone()),
-        "an error must repeat"
-    );
-    Run {
-        frames,
-        error: Some(e),
-        fed,
-    }
-}
-
-/// Adjacent whitespace frames merged into one: how a keepalive run is cut
-/// depends on how it arrived, and that is allowed to differ.
-pub fn merged(frames: &[Frame]) -> Vec<Frame> {
-    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
-    for f in frames {
-        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), f) {
-            let mut joined = prev.to_vec();
-            joined.extend_from_slice(b);
-            *prev = joined.into();
-            continue;
-        }
-        out.push(f.clone());
-    }
-    out
+    drive(&mut Framer::with_tokenizer(limits, tokenizer), input, sizes)
 }
 
 /// The framer's own token limit for these limits (see `Framer::new`): the

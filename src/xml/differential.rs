@@ -14,57 +14,15 @@
 //!   by XML 1.0 [66]): rxml refuses it (`UndeclaredEntity`) and the rxml
 //!   framer with it, the fast one accepts it (see [`long_char_ref`]).
 
-use bytes::BytesMut;
-
+use super::chunked::{drive, merged, Run};
 use super::frame::Frame;
 use super::framer::{FrameError, FramerLimits};
 use super::tokenizer::{Framer, Tokenizer};
 
-/// Feeds `input` in pieces of `sizes` (cycled), draining frames after
-/// each, then signals the end of input.
-pub fn drive(f: &mut Framer, input: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) {
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let (mut at, mut i) = (0, 0);
-    loop {
-        loop {
-            match f.next_frame(&mut buf) {
-                Ok(Some(fr)) => frames.push(fr),
-                Ok(None) => break,
-                Err(e) => return (frames, Some(e)),
-            }
-        }
-        if at >= input.len() {
-            break;
-        }
-        let size = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1);
-        let n = size.max(1).min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        at += n;
-        i += 1;
-    }
-    loop {
-        match f.next_frame_eof(&mut buf) {
-            Ok(Some(fr)) => frames.push(fr),
-            Ok(None) => return (frames, None),
-            Err(e) => return (frames, Some(e)),
-        }
-    }
-}
-
 /// Adjacent keepalives merged, and on error a trailing one dropped: how a
 /// whitespace run is cut depends on when rxml flushes it.
 fn normal(frames: Vec<Frame>, failed: bool) -> Vec<Frame> {
-    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
-    for f in frames {
-        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), &f) {
-            let mut joined = prev.to_vec();
-            joined.extend_from_slice(b);
-            *prev = joined.into();
-            continue;
-        }
-        out.push(f);
-    }
+    let mut out = merged(&frames);
     if failed && matches!(out.last(), Some(Frame::Whitespace(_))) {
         out.pop();
     }
@@ -190,12 +148,20 @@ pub fn long_char_ref(input: &[u8]) -> bool {
 /// Checks one input and chunking; returns a description of the first
 /// difference.
 pub fn differ(input: &[u8], sizes: &[usize], limits: FramerLimits) -> Option<String> {
-    let (ff, fe) = drive(
+    let Run {
+        frames: ff,
+        error: fe,
+        ..
+    } = drive(
         &mut Framer::with_tokenizer(limits, Tokenizer::Fast),
         input,
         sizes,
     );
-    let (rf, re) = drive(
+    let Run {
+        frames: rf,
+        error: re,
+        ..
+    } = drive(
         &mut Framer::with_tokenizer(limits, Tokenizer::Rxml),
         input,
         sizes,

@@ -190,14 +190,17 @@ fn mutated_streams_frame_the_same() {
 /// after. No server writes such a reference (they serialise characters).
 #[test]
 fn long_character_references_fast_accepts_rxml_refuses() {
-    use crate::xml::differential::{drive, long_char_ref};
+    use crate::xml::chunked::{drive, Run};
+    use crate::xml::differential::long_char_ref;
     use crate::xml::{FrameError, Framer, Tokenizer};
     let input = format!(
         "{HEADER}<iq to='p' id='ok'/><iq to='p' id='&#0000000065;&#x000000001F600;'><b>&#00000000000000000000000000000010;</b></iq></stream:stream>"
     );
     assert!(long_char_ref(input.as_bytes()));
     for sizes in [&[input.len()][..], &[1], &[7]] {
-        let (frames, err) = drive(
+        let Run {
+            frames, error: err, ..
+        } = drive(
             &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Fast),
             input.as_bytes(),
             sizes,
@@ -211,7 +214,9 @@ fn long_character_references_fast_accepts_rxml_refuses() {
             })
             .collect();
         assert_eq!(ids, ["ok", "A\u{1F600}"], "sizes {sizes:?}");
-        let (frames, err) = drive(
+        let Run {
+            frames, error: err, ..
+        } = drive(
             &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Rxml),
             input.as_bytes(),
             sizes,
@@ -230,11 +235,12 @@ fn long_character_references_fast_accepts_rxml_refuses() {
         "&#x0000000110000;".to_owned(),
     ] {
         let input = format!("{HEADER}<iq id='{r}'/>");
-        let (_, err) = drive(
+        let err = drive(
             &mut Framer::with_tokenizer(FramerLimits::default(), Tokenizer::Fast),
             input.as_bytes(),
             &[5],
-        );
+        )
+        .error;
         assert!(
             matches!(err, Some(FrameError::NotWellFormed(_))),
             "{r}: {err:?}"
@@ -248,7 +254,8 @@ fn long_character_references_fast_accepts_rxml_refuses() {
 mod props {
     use proptest::prelude::*;
 
-    use crate::xml::differential::{differ, drive};
+    use crate::xml::chunked::drive;
+    use crate::xml::differential::differ;
     use crate::xml::framer::FramerLimits;
     use crate::xml::{Framer, Tokenizer};
 
@@ -433,7 +440,7 @@ mod props {
         ) {
             let limits = FramerLimits::default();
             // Well-formed: the fast tokenizer accepts it…
-            let (_, err) = drive(&mut Framer::with_tokenizer(limits, Tokenizer::Fast), input.as_bytes(), &[input.len()]);
+            let err = drive(&mut Framer::with_tokenizer(limits, Tokenizer::Fast), input.as_bytes(), &[input.len()]).error;
             prop_assert_eq!(err, None, "{}", input);
             // …and frames it as rxml does, whole and in pieces.
             for sizes in [&[input.len()][..], &sizes] {

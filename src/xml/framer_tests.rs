@@ -4,40 +4,15 @@ use crate::xml::frame::Frame;
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' from='proxy.example.test' id='s1d' xml:lang='en'>";
 
-/// Feeds `input` in pieces of the given sizes (cycled), collecting frames
-/// until the input ends or an error.
+/// Feeds `input` in pieces of the given sizes (cycled) through the shared
+/// driver, collecting frames until the input ends or an error.
 fn run_chunked(
     input: &[u8],
     sizes: &[usize],
     limits: FramerLimits,
 ) -> (Vec<Frame>, Option<FrameError>) {
-    let mut f = Framer::new(limits);
-    let mut buf = BytesMut::new();
-    let mut frames = Vec::new();
-    let mut at = 0;
-    let mut i = 0;
-    loop {
-        loop {
-            match f.next_frame(&mut buf) {
-                Ok(Some(fr)) => frames.push(fr),
-                Ok(None) => break,
-                Err(e) => return (frames, Some(e)),
-            }
-        }
-        if at >= input.len() {
-            break;
-        }
-        let n = sizes[i % sizes.len()].max(1).min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        at += n;
-        i += 1;
-    }
-    match f.next_frame_eof(&mut buf) {
-        Ok(Some(fr)) => frames.push(fr),
-        Ok(None) => {}
-        Err(e) => return (frames, Some(e)),
-    }
-    (frames, None)
+    let run = crate::xml::chunked::drive(&mut Framer::new(limits), input, sizes);
+    (run.frames, run.error)
 }
 
 fn run(input: &[u8]) -> (Vec<Frame>, Option<FrameError>) {
@@ -57,17 +32,7 @@ fn stanzas(frames: &[Frame]) -> Vec<&Stanza> {
 /// Whitespace runs may be split differently by different chunkings (a
 /// keepalive is framed as soon as it arrives); merge adjacent ones.
 fn merged(frames: Vec<Frame>) -> Vec<Frame> {
-    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
-    for f in frames {
-        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), &f) {
-            let mut joined = prev.to_vec();
-            joined.extend_from_slice(b);
-            *prev = bytes::Bytes::from(joined);
-            continue;
-        }
-        out.push(f);
-    }
-    out
+    crate::xml::chunked::merged(&frames)
 }
 
 /// Compares frame lists, reporting only the first difference (a frame can

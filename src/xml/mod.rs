@@ -2,7 +2,13 @@
 //! the few read-only looks into a stanza that control traffic needs, and
 //! the stream error conditions with the one reader of a `<stream:error>`.
 
+// The chunk-feeding driver unit tests and the fuzz targets share.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod chunked;
 pub mod codec;
+// A test oracle (the fast tokenizer held against rxml), for unit tests and
+// the fuzz targets only: not part of the proxy's API.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod differential;
 pub mod escape;
 pub mod fast;

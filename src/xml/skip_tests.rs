@@ -2,9 +2,8 @@
 //! the frames around it come out as if it had not been there, on both
 //! tokenizers, at every split point.
 
-use bytes::BytesMut;
-
 use super::*;
+use crate::xml::chunked::{drive, merged};
 use crate::xml::frame::{Frame, Kind, Limit, Skipped};
 use crate::xml::framer::FramerLimits;
 use crate::xml::tokenizer::{Framer, Tokenizer};
@@ -33,85 +32,35 @@ fn limits() -> FramerLimits {
 
 const TOKENIZERS: [Tokenizer; 2] = [Tokenizer::Fast, Tokenizer::Rxml];
 
-/// What a run produced, and the most bytes the caller's buffer held
-/// after any call (what the framer made it keep).
+/// What a run produced, and how many bytes it took out of the buffer.
 struct Run {
     frames: Vec<Frame>,
     error: Option<FrameError>,
     /// Bytes taken out of the buffer: frames' bytes, skipped lengths.
     consumed: u64,
-    peak_buf: usize,
 }
 
+/// The shared driver on a framer with `t`, counting a skipped stanza's
+/// length as consumed (its bytes are gone from the buffer, not framed).
 fn run_chunked(input: &[u8], sizes: &[usize], limits: FramerLimits, t: Tokenizer) -> Run {
-    let mut f = Framer::with_tokenizer(limits, t);
-    let mut buf = BytesMut::new();
-    let mut run = Run {
-        frames: Vec::new(),
-        error: None,
-        consumed: 0,
-        peak_buf: 0,
-    };
-    let (mut at, mut i) = (0, 0);
-    let push = |run: &mut Run, fr: Frame| {
-        run.consumed += match &fr {
+    let run = drive(&mut Framer::with_tokenizer(limits, t), input, sizes);
+    let consumed = run
+        .frames
+        .iter()
+        .map(|fr| match fr {
             Frame::Skipped(s) => s.len,
             other => other.bytes().len() as u64,
-        };
-        run.frames.push(fr);
-    };
-    loop {
-        loop {
-            let r = f.next_frame(&mut buf);
-            run.peak_buf = run.peak_buf.max(buf.len());
-            match r {
-                Ok(Some(fr)) => push(&mut run, fr),
-                Ok(None) => break,
-                Err(e) => {
-                    assert_eq!(f.next_frame(&mut buf), Err(e.clone()), "error repeats");
-                    run.error = Some(e);
-                    return run;
-                }
-            }
-        }
-        if at >= input.len() {
-            break;
-        }
-        let n = sizes[i % sizes.len()].max(1).min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        at += n;
-        i += 1;
+        })
+        .sum();
+    Run {
+        frames: run.frames,
+        error: run.error,
+        consumed,
     }
-    loop {
-        match f.next_frame_eof(&mut buf) {
-            Ok(Some(fr)) => push(&mut run, fr),
-            Ok(None) => break,
-            Err(e) => {
-                run.error = Some(e);
-                break;
-            }
-        }
-    }
-    run
 }
 
 fn whole(input: &[u8], limits: FramerLimits, t: Tokenizer) -> Run {
     run_chunked(input, &[input.len().max(1)], limits, t)
-}
-
-/// Adjacent keepalives merged: how whitespace is cut depends on arrival.
-fn merged(frames: &[Frame]) -> Vec<Frame> {
-    let mut out: Vec<Frame> = Vec::new();
-    for f in frames {
-        if let (Some(Frame::Whitespace(prev)), Frame::Whitespace(b)) = (out.last_mut(), f) {
-            let mut joined = prev.to_vec();
-            joined.extend_from_slice(b);
-            *prev = joined.into();
-            continue;
-        }
-        out.push(f.clone());
-    }
-    out
 }
 
 fn stream(skipped: &str) -> String {
