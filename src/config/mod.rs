@@ -3005,7 +3005,7 @@ mod tests {
     /// values it is meant to set.
     #[test]
     fn example_config_parses_and_documents_the_real_defaults() {
-        let example = include_str!("../config.toml");
+        let example = include_str!("../../config.toml");
         let env = env_of(&[(UPSTREAM_SECRET_VAR, "demo")]);
         let c = from_toml_str_with_env(example, &env)
             .unwrap_or_else(|e| panic!("config.toml does not parse: {e}"));
