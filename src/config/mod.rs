@@ -19,6 +19,11 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, ValueEnum};
 use serde::Deserialize;
 
+mod metrics;
+
+use metrics::RawMetrics;
+pub use metrics::{MetricsArgs, MetricsConfig};
+
 /// Process exit status for an unusable configuration (`EX_USAGE` from
 /// sysexits.h), so supervisors can tell "fix the config" from a crash.
 pub const EXIT_CONFIG: i32 = 64;
@@ -300,14 +305,6 @@ impl Default for ServiceConfig {
             worker_threads: None,
         }
     }
-}
-
-/// The Prometheus endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// Where to serve `GET /metrics`; unset means no endpoint (off by
-    /// default: it tells anyone who can reach it the pool's members).
-    pub listen: Option<SocketAddr>,
 }
 
 /// How the requester's address is carried in `from='D/ENC'`.
@@ -725,14 +722,6 @@ pub struct ServiceArgs {
     pub worker_threads: Option<usize>,
 }
 
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Logging and service")]
-pub struct MetricsArgs {
-    /// Serve Prometheus metrics at http://IP:PORT/metrics [metrics.listen, default off]
-    #[arg(long = "metrics-listen", id = "metrics_listen", value_name = "IP:PORT")]
-    pub listen: Option<SocketAddr>,
-}
-
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -873,12 +862,6 @@ struct RawService {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     worker_threads: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawMetrics {
-    listen: Option<String>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -1025,9 +1008,7 @@ impl RawConfig {
             &mut self.service.worker_threads,
             &cli.service.worker_threads,
         );
-        if let Some(addr) = cli.metrics.listen {
-            self.metrics.listen = Some(addr.to_string());
-        }
+        self.metrics.apply_cli(&cli.metrics);
     }
 }
 
@@ -1449,20 +1430,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         },
     };
 
-    let metrics = MetricsConfig {
-        listen: metrics
-            .listen
-            .as_deref()
-            .map(|s| {
-                s.trim().parse::<SocketAddr>().map_err(|_| {
-                    ConfigError::invalid(
-                        "metrics.listen",
-                        format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:9348)"),
-                    )
-                })
-            })
-            .transpose()?,
-    };
+    let metrics = metrics.resolve()?;
 
     Ok(Config {
         upstream,
@@ -1802,12 +1770,7 @@ impl Config {
                 .worker_threads
                 .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
         );
-        match self.metrics.listen {
-            Some(addr) => {
-                let _ = write!(s, " metrics.listen={addr}");
-            }
-            None => s.push_str(" metrics.listen=none"),
-        }
+        self.metrics.write_summary(&mut s);
         s
     }
 }

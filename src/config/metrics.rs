@@ -1,0 +1,70 @@
+//! `[metrics]`: the Prometheus endpoint. Its flag, file form, resolved
+//! form, validation and summary piece, so adding a key touches this file
+//! and `config.toml` only.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::ConfigError;
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://IP:PORT/metrics [metrics.listen, default off]
+    #[arg(long = "metrics-listen", id = "metrics_listen", value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawMetrics {
+    listen: Option<String>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`; unset means no endpoint (off by
+    /// default: it tells anyone who can reach it the pool's members).
+    pub listen: Option<SocketAddr>,
+}
+
+impl RawMetrics {
+    pub(super) fn apply_cli(&mut self, a: &MetricsArgs) {
+        if let Some(addr) = a.listen {
+            self.listen = Some(addr.to_string());
+        }
+    }
+
+    pub(super) fn resolve(self) -> Result<MetricsConfig, ConfigError> {
+        Ok(MetricsConfig {
+            listen: self
+                .listen
+                .as_deref()
+                .map(|s| {
+                    s.trim().parse::<SocketAddr>().map_err(|_| {
+                        ConfigError::invalid(
+                            "metrics.listen",
+                            format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:9348)"),
+                        )
+                    })
+                })
+                .transpose()?,
+        })
+    }
+}
+
+impl MetricsConfig {
+    /// This section's part of [`super::Config::summary`].
+    pub(super) fn write_summary(&self, s: &mut String) {
+        match self.listen {
+            Some(addr) => {
+                let _ = write!(s, " metrics.listen={addr}");
+            }
+            None => s.push_str(" metrics.listen=none"),
+        }
+    }
+}
