@@ -15,14 +15,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser};
 use serde::Deserialize;
 
+mod client_proxy;
+mod log;
 mod metrics;
+mod routing;
+mod service;
 
+use client_proxy::RawClientProxy;
+pub use client_proxy::{ClientProxyArgs, ClientProxyConfig, JatMode};
+use log::RawLog;
+pub use log::{LogArgs, LogConfig, LogFormat};
 use metrics::RawMetrics;
 pub use metrics::{MetricsArgs, MetricsConfig};
+use routing::RawRouting;
+pub use routing::{Balancing, RoutingArgs, RoutingConfig};
+use service::RawService;
+pub use service::{ServiceArgs, ServiceConfig};
 
 /// Process exit status for an unusable configuration (`EX_USAGE` from
 /// sysexits.h), so supervisors can tell "fix the config" from a crash.
@@ -125,50 +136,6 @@ pub struct UpstreamConfig {
     pub ping_timeout: Duration,
 }
 
-/// The pool made of one account's online resources (as mod_client_proxy).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientProxyConfig {
-    /// `None` means no client pool: only instances serve the domain.
-    pub target_address: Option<jid::BareJid>,
-    pub jat: JatMode,
-    pub client_requests: bool,
-    /// Ask the target for a presence subscription after each handshake.
-    /// Off, the subscription is provisioned out of band and only a `probe`
-    /// is sent. The target's own `subscribe` is answered either way.
-    pub subscribe: bool,
-}
-
-impl Default for ClientProxyConfig {
-    fn default() -> Self {
-        Self {
-            target_address: None,
-            jat: JatMode::default(),
-            client_requests: defaults::CLIENT_REQUESTS,
-            subscribe: defaults::SUBSCRIBE,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoutingConfig {
-    pub balancing: Balancing,
-    pub iq_timeout: Duration,
-    /// Bounds memory: when this many requests are outstanding, a new one
-    /// takes the place of the oldest, which is answered with
-    /// `resource-constraint` (type `wait`), instead of growing the table.
-    pub pending_capacity: usize,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        Self {
-            balancing: Balancing::default(),
-            iq_timeout: defaults::IQ_TIMEOUT,
-            pending_capacity: defaults::PENDING_CAPACITY,
-        }
-    }
-}
-
 /// The proxy's own XEP-0114 listener for component instances.
 #[derive(Clone, Debug)]
 pub struct InstancesConfig {
@@ -266,129 +233,6 @@ impl Default for LimitsConfig {
             upstream_buffer: defaults::UPSTREAM_BUFFER,
             tokenizer: defaults::TOKENIZER,
         }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogConfig {
-    /// A `tracing_subscriber::EnvFilter` directive string, checked by
-    /// parsing it as one, so `--check-config` and a reload refuse a filter
-    /// that would only fail when logging starts.
-    pub level: String,
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: defaults::LOG_LEVEL.to_owned(),
-            format: LogFormat::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceConfig {
-    /// How long in-flight requests get to finish after SIGTERM; zero is
-    /// allowed and means stop at once.
-    pub shutdown_grace: Duration,
-    /// Runtime worker threads; `None` is one per CPU (tokio's default).
-    /// Settable so an operator can cap the proxy's share of a machine it
-    /// shares with the XMPP server, and so benchmarks can compare 1 and 2.
-    pub worker_threads: Option<usize>,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            shutdown_grace: defaults::SHUTDOWN_GRACE,
-            worker_threads: None,
-        }
-    }
-}
-
-/// How the requester's address is carried in `from='D/ENC'`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum JatMode {
-    /// ENC is the requester's full JID: what clients written for Prosody's
-    /// mod_client_proxy expect.
-    #[default]
-    Inline,
-    /// ENC is a random token: hides requesters from the implementing entity.
-    Opaque,
-}
-
-impl JatMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inline => "inline",
-            Self::Opaque => "opaque",
-        }
-    }
-}
-
-impl fmt::Display for JatMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which pool member gets the next request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balancing {
-    /// Uniformly random member, as mod_client_proxy does.
-    #[default]
-    Random,
-    /// Members in turn.
-    RoundRobin,
-    /// Member with the fewest outstanding requests.
-    LeastPending,
-    /// Rendezvous hash of the requester's bare JID, so one requester keeps
-    /// hitting the same member while the pool is stable.
-    Sticky,
-}
-
-impl Balancing {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Random => "random",
-            Self::RoundRobin => "round-robin",
-            Self::LeastPending => "least-pending",
-            Self::Sticky => "sticky",
-        }
-    }
-}
-
-impl fmt::Display for Balancing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-impl LogFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        }
-    }
-}
-
-impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -591,39 +435,6 @@ pub struct UpstreamArgs {
 }
 
 #[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Client pool (resources of one account)")]
-pub struct ClientProxyArgs {
-    /// Account whose online resources serve the domain [client_proxy.target_address]
-    #[arg(long, value_name = "JID")]
-    pub target_address: Option<String>,
-    /// Address translation mode [client_proxy.jat, default inline]
-    #[arg(long, value_name = "MODE")]
-    pub jat: Option<JatMode>,
-    /// Route iq requests from the implementing client to requesters
-    /// [client_proxy.client_requests, default true]
-    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
-    pub client_requests: Option<bool>,
-    /// Ask the target for a presence subscription after each handshake; false: it is
-    /// provisioned, only probe [client_proxy.subscribe, default true]
-    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
-    pub subscribe: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Routing")]
-pub struct RoutingArgs {
-    /// Pool member selection [routing.balancing, default random]
-    #[arg(long, value_name = "POLICY")]
-    pub balancing: Option<Balancing>,
-    /// Time a member gets to answer an iq [routing.iq_timeout, default 30s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub iq_timeout: Option<Duration>,
-    /// Maximum outstanding iq requests [routing.pending_capacity, default 65536]
-    #[arg(long, value_name = "N")]
-    pub pending_capacity: Option<usize>,
-}
-
-#[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Instance listener (XEP-0114 for component instances)")]
 pub struct InstancesArgs {
     /// Listen address for component instances, IP:PORT [instances.listen]
@@ -698,28 +509,6 @@ pub struct LimitsArgs {
     /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default fast]
     #[arg(long, value_name = "NAME")]
     pub tokenizer: Option<crate::xml::Tokenizer>,
-}
-
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Logging and service")]
-pub struct LogArgs {
-    /// tracing filter, e.g. "info" or "jatproxy=debug,info" [log.level, default info]
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// Log line format [log.format, default text]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-}
-
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Logging and service")]
-pub struct ServiceArgs {
-    /// Longest wait for streams to close after SIGTERM/SIGINT [service.shutdown_grace, default 5s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub shutdown_grace: Option<Duration>,
-    /// Runtime worker threads [service.worker_threads, default: one per CPU]
-    #[arg(long, value_name = "N")]
-    pub worker_threads: Option<usize>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -799,24 +588,6 @@ struct RawUpstream {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
-struct RawClientProxy {
-    target_address: Option<String>,
-    jat: Option<JatMode>,
-    client_requests: Option<bool>,
-    subscribe: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawRouting {
-    balancing: Option<Balancing>,
-    #[serde(default, deserialize_with = "de_duration")]
-    iq_timeout: Option<Duration>,
-    pending_capacity: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
 struct RawInstances {
     listen: Option<String>,
     secret: Option<String>,
@@ -846,22 +617,6 @@ struct RawLimits {
     write_queue: Option<usize>,
     upstream_buffer: Option<usize>,
     tokenizer: Option<crate::xml::Tokenizer>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawLog {
-    level: Option<String>,
-    format: Option<LogFormat>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawService {
-    #[serde(default, deserialize_with = "de_duration")]
-    shutdown_grace: Option<Duration>,
-    #[serde(default)]
-    worker_threads: Option<usize>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -930,12 +685,6 @@ impl RawConfig {
     }
 
     fn apply_cli(&mut self, cli: &Cli) {
-        fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
-            if let Some(v) = src {
-                *dst = Some(v.clone());
-            }
-        }
-
         let (u, a) = (&mut self.upstream, &cli.upstream);
         over(&mut u.server, &a.server);
         over(&mut u.domain, &a.domain);
@@ -954,17 +703,6 @@ impl RawConfig {
         over(&mut u.keepalive_interval, &a.keepalive_interval);
         over(&mut u.ping_interval, &a.ping_interval);
         over(&mut u.ping_timeout, &a.ping_timeout);
-
-        let (c, a) = (&mut self.client_proxy, &cli.client_proxy);
-        over(&mut c.target_address, &a.target_address);
-        over(&mut c.jat, &a.jat);
-        over(&mut c.client_requests, &a.client_requests);
-        over(&mut c.subscribe, &a.subscribe);
-
-        let (r, a) = (&mut self.routing, &cli.routing);
-        over(&mut r.balancing, &a.balancing);
-        over(&mut r.iq_timeout, &a.iq_timeout);
-        over(&mut r.pending_capacity, &a.pending_capacity);
 
         let (i, a) = (&mut self.instances, &cli.instances);
         if let Some(addr) = a.listen {
@@ -997,17 +735,10 @@ impl RawConfig {
         over(&mut l.upstream_buffer, &a.upstream_buffer);
         over(&mut l.tokenizer, &a.tokenizer);
 
-        over(&mut self.log.level, &cli.log.log_level);
-        over(&mut self.log.format, &cli.log.log_format);
-
-        over(
-            &mut self.service.shutdown_grace,
-            &cli.service.shutdown_grace,
-        );
-        over(
-            &mut self.service.worker_threads,
-            &cli.service.worker_threads,
-        );
+        self.client_proxy.apply_cli(&cli.client_proxy);
+        self.routing.apply_cli(&cli.routing);
+        self.log.apply_cli(&cli.log);
+        self.service.apply_cli(&cli.service);
         self.metrics.apply_cli(&cli.metrics);
     }
 }
@@ -1015,6 +746,13 @@ impl RawConfig {
 // ---------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------
+
+/// A flag that is given replaces the file's value.
+fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+    if let Some(v) = src {
+        *dst = Some(v.clone());
+    }
+}
 
 /// Environment lookup, injectable so tests need not mutate the process
 /// environment (which races between test threads).
@@ -1242,29 +980,9 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         secret,
     };
 
-    let target_address = c
-        .target_address
-        .as_deref()
-        .map(|t| validate_target(t, &upstream.domain))
-        .transpose()?;
-    let client_proxy = ClientProxyConfig {
-        target_address,
-        jat: c.jat.unwrap_or_default(),
-        client_requests: c.client_requests.unwrap_or(defaults::CLIENT_REQUESTS),
-        subscribe: c.subscribe.unwrap_or(defaults::SUBSCRIBE),
-    };
+    let routing = r.resolve()?;
 
-    let routing = RoutingConfig {
-        balancing: r.balancing.unwrap_or_default(),
-        iq_timeout: positive(
-            "routing.iq_timeout",
-            r.iq_timeout.unwrap_or(defaults::IQ_TIMEOUT),
-        )?,
-        pending_capacity: nonzero(
-            "routing.pending_capacity",
-            r.pending_capacity.unwrap_or(defaults::PENDING_CAPACITY),
-        )?,
-    };
+    let client_proxy = c.resolve(&upstream.domain)?;
 
     let listen = i
         .listen
@@ -1388,48 +1106,8 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         tokenizer: l.tokenizer.unwrap_or(defaults::TOKENIZER),
     };
 
-    let level = log
-        .level
-        .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned())
-        .trim()
-        .to_owned();
-    if level.is_empty() {
-        return Err(ConfigError::invalid(
-            "log.level",
-            "is empty (use e.g. \"info\" or \"jatproxy=debug,info\")",
-        ));
-    }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-        let why = e.to_string().replace(['\n', '\r'], " ");
-        return Err(ConfigError::invalid(
-            "log.level",
-            format!(
-                "{level:?} is not a tracing filter: {why} \
-                 (use e.g. \"info\" or \"jatproxy=debug,info\")"
-            ),
-        ));
-    }
-    let log = LogConfig {
-        level,
-        format: log.format.unwrap_or_default(),
-    };
-
-    let service = ServiceConfig {
-        shutdown_grace: at_most_a_day(
-            "service.shutdown_grace",
-            service.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
-        )?,
-        worker_threads: match service.worker_threads {
-            Some(0) => {
-                return Err(ConfigError::invalid(
-                    "service.worker_threads",
-                    "must be at least 1 (leave it out for one per CPU)",
-                ))
-            }
-            n => n,
-        },
-    };
-
+    let log = log.resolve()?;
+    let service = service.resolve()?;
     let metrics = metrics.resolve()?;
 
     Ok(Config {
@@ -1699,25 +1377,8 @@ impl Config {
             d(u.ping_interval),
             d(u.ping_timeout),
         );
-        let c = &self.client_proxy;
-        let target = c
-            .target_address
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), ToString::to_string);
-        let _ = write!(
-            s,
-            " client_proxy.target_address={target} client_proxy.jat={} \
-             client_proxy.client_requests={} client_proxy.subscribe={}",
-            c.jat, c.client_requests, c.subscribe,
-        );
-        let r = &self.routing;
-        let _ = write!(
-            s,
-            " routing.balancing={} routing.iq_timeout={} routing.pending_capacity={}",
-            r.balancing,
-            d(r.iq_timeout),
-            r.pending_capacity,
-        );
+        self.client_proxy.write_summary(&mut s);
+        self.routing.write_summary(&mut s);
         let i = &self.instances;
         match (&i.listen, &i.secret) {
             (Some(addr), Some(secret)) => {
@@ -1760,16 +1421,8 @@ impl Config {
             l.upstream_buffer,
             l.tokenizer,
         );
-        let _ = write!(
-            s,
-            " log.level={:?} log.format={} service.shutdown_grace={} service.worker_threads={}",
-            self.log.level,
-            self.log.format,
-            d(self.service.shutdown_grace),
-            self.service
-                .worker_threads
-                .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
-        );
+        self.log.write_summary(&mut s);
+        self.service.write_summary(&mut s);
         self.metrics.write_summary(&mut s);
         s
     }

@@ -1,0 +1,112 @@
+//! `[log]`: the tracing filter and line format. Flags, file form,
+//! resolved form, validation and summary piece together.
+
+use std::fmt::{self, Write as _};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use super::{defaults, over, ConfigError};
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Logging and service")]
+pub struct LogArgs {
+    /// tracing filter, e.g. "info" or "jatproxy=debug,info" [log.level, default info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format [log.format, default text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive string, checked by
+    /// parsing it as one, so `--check-config` and a reload refuse a filter
+    /// that would only fail when logging starts.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: defaults::LOG_LEVEL.to_owned(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl RawLog {
+    pub(super) fn apply_cli(&mut self, a: &LogArgs) {
+        over(&mut self.level, &a.log_level);
+        over(&mut self.format, &a.log_format);
+    }
+
+    pub(super) fn resolve(self) -> Result<LogConfig, ConfigError> {
+        let level = self
+            .level
+            .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned())
+            .trim()
+            .to_owned();
+        if level.is_empty() {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "is empty (use e.g. \"info\" or \"jatproxy=debug,info\")",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            let why = e.to_string().replace(['\n', '\r'], " ");
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "{level:?} is not a tracing filter: {why} \
+                     (use e.g. \"info\" or \"jatproxy=debug,info\")"
+                ),
+            ));
+        }
+        Ok(LogConfig {
+            level,
+            format: self.format.unwrap_or_default(),
+        })
+    }
+}
+
+impl LogConfig {
+    /// This section's part of [`super::Config::summary`].
+    pub(super) fn write_summary(&self, s: &mut String) {
+        let _ = write!(s, " log.level={:?} log.format={}", self.level, self.format);
+    }
+}

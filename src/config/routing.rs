@@ -1,0 +1,124 @@
+//! `[routing]`: how requests are spread over the pool and how long they
+//! may stay outstanding. Flags, file form, resolved form, validation and
+//! summary piece together.
+
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use super::{
+    de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive, ConfigError,
+};
+
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Routing")]
+pub struct RoutingArgs {
+    /// Pool member selection [routing.balancing, default random]
+    #[arg(long, value_name = "POLICY")]
+    pub balancing: Option<Balancing>,
+    /// Time a member gets to answer an iq [routing.iq_timeout, default 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub iq_timeout: Option<Duration>,
+    /// Maximum outstanding iq requests [routing.pending_capacity, default 65536]
+    #[arg(long, value_name = "N")]
+    pub pending_capacity: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawRouting {
+    balancing: Option<Balancing>,
+    #[serde(default, deserialize_with = "de_duration")]
+    iq_timeout: Option<Duration>,
+    pending_capacity: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub balancing: Balancing,
+    pub iq_timeout: Duration,
+    /// Bounds memory: when this many requests are outstanding, a new one
+    /// takes the place of the oldest, which is answered with
+    /// `resource-constraint` (type `wait`), instead of growing the table.
+    pub pending_capacity: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            balancing: Balancing::default(),
+            iq_timeout: defaults::IQ_TIMEOUT,
+            pending_capacity: defaults::PENDING_CAPACITY,
+        }
+    }
+}
+
+/// Which pool member gets the next request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balancing {
+    /// Uniformly random member, as mod_client_proxy does.
+    #[default]
+    Random,
+    /// Members in turn.
+    RoundRobin,
+    /// Member with the fewest outstanding requests.
+    LeastPending,
+    /// Rendezvous hash of the requester's bare JID, so one requester keeps
+    /// hitting the same member while the pool is stable.
+    Sticky,
+}
+
+impl Balancing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::RoundRobin => "round-robin",
+            Self::LeastPending => "least-pending",
+            Self::Sticky => "sticky",
+        }
+    }
+}
+
+impl fmt::Display for Balancing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl RawRouting {
+    pub(super) fn apply_cli(&mut self, a: &RoutingArgs) {
+        over(&mut self.balancing, &a.balancing);
+        over(&mut self.iq_timeout, &a.iq_timeout);
+        over(&mut self.pending_capacity, &a.pending_capacity);
+    }
+
+    pub(super) fn resolve(self) -> Result<RoutingConfig, ConfigError> {
+        Ok(RoutingConfig {
+            balancing: self.balancing.unwrap_or_default(),
+            iq_timeout: positive(
+                "routing.iq_timeout",
+                self.iq_timeout.unwrap_or(defaults::IQ_TIMEOUT),
+            )?,
+            pending_capacity: nonzero(
+                "routing.pending_capacity",
+                self.pending_capacity.unwrap_or(defaults::PENDING_CAPACITY),
+            )?,
+        })
+    }
+}
+
+impl RoutingConfig {
+    /// This section's part of [`super::Config::summary`].
+    pub(super) fn write_summary(&self, s: &mut String) {
+        let _ = write!(
+            s,
+            " routing.balancing={} routing.iq_timeout={} routing.pending_capacity={}",
+            self.balancing,
+            fmt_duration(self.iq_timeout),
+            self.pending_capacity,
+        );
+    }
+}
