@@ -19,6 +19,7 @@ use clap::{Args, Parser};
 use serde::Deserialize;
 
 mod client_proxy;
+mod limits;
 mod log;
 mod metrics;
 mod routing;
@@ -26,6 +27,8 @@ mod service;
 
 use client_proxy::RawClientProxy;
 pub use client_proxy::{ClientProxyArgs, ClientProxyConfig, JatMode};
+use limits::RawLimits;
+pub use limits::{LimitsArgs, LimitsConfig};
 use log::RawLog;
 pub use log::{LogArgs, LogConfig, LogFormat};
 use metrics::RawMetrics;
@@ -47,10 +50,6 @@ pub const INSTANCE_SECRET_VAR: &str = "JATPROXY_INSTANCE_SECRET";
 
 /// Label used for errors in TOML that did not come from a named file.
 const INLINE_LABEL: &str = "config.toml";
-
-/// XEP-0114 servers routinely send stanzas of several KiB (vCards, disco);
-/// below this the proxy would reject ordinary traffic.
-const MIN_STANZA_BYTES: usize = 4096;
 
 /// The longest duration any setting accepts. Every timeout and interval
 /// is added to a clock reading somewhere (a deadline, a timer, a backoff
@@ -166,72 +165,6 @@ impl Default for InstancesConfig {
             max_unauthenticated: defaults::MAX_UNAUTHENTICATED,
             queue: defaults::INSTANCE_QUEUE,
             stall_timeout: defaults::STALL_TIMEOUT,
-        }
-    }
-}
-
-/// Protections against peers that are slow, hostile or broken.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Instance links: a stanza over a limit closes that instance's stream
-    /// (XEP-0114 practice).
-    pub max_stanza_bytes: usize,
-    pub max_depth: usize,
-    pub max_token_bytes: usize,
-    /// The upstream link: a stanza over a limit is skipped and answered,
-    /// and the session goes on (every stanza there was written by some
-    /// user; one of them must not cut the link for everybody).
-    pub upstream_max_stanza_bytes: usize,
-    pub upstream_max_depth: usize,
-    pub upstream_max_token_bytes: usize,
-    /// The largest stanza written to the server: over the server's own
-    /// limit for components, it would close the link.
-    pub upstream_max_write_bytes: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_queue: usize,
-    pub upstream_buffer: usize,
-    /// Which XML tokenizer frames streams (see `xml::tokenizer`).
-    pub tokenizer: crate::xml::Tokenizer,
-}
-
-impl LimitsConfig {
-    /// The framer limits for an instance link: fatal to that stream.
-    pub fn instance_framer(&self) -> crate::xml::FramerLimits {
-        crate::xml::FramerLimits {
-            max_stanza_bytes: self.max_stanza_bytes,
-            max_depth: self.max_depth,
-            max_token_bytes: self.max_token_bytes,
-            per_stanza: false,
-        }
-    }
-
-    /// The framer limits for the upstream link: per stanza, skipped.
-    pub fn upstream_framer(&self) -> crate::xml::FramerLimits {
-        crate::xml::FramerLimits {
-            max_stanza_bytes: self.upstream_max_stanza_bytes,
-            max_depth: self.upstream_max_depth,
-            max_token_bytes: self.upstream_max_token_bytes,
-            per_stanza: true,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_stanza_bytes: defaults::MAX_STANZA_BYTES,
-            max_depth: defaults::MAX_DEPTH,
-            max_token_bytes: defaults::MAX_TOKEN_BYTES,
-            upstream_max_stanza_bytes: defaults::UPSTREAM_MAX_STANZA_BYTES,
-            upstream_max_depth: defaults::UPSTREAM_MAX_DEPTH,
-            upstream_max_token_bytes: defaults::UPSTREAM_MAX_TOKEN_BYTES,
-            upstream_max_write_bytes: defaults::UPSTREAM_MAX_WRITE_BYTES,
-            header_timeout: defaults::HEADER_TIMEOUT,
-            idle_timeout: defaults::IDLE_TIMEOUT,
-            write_queue: defaults::WRITE_QUEUE,
-            upstream_buffer: defaults::UPSTREAM_BUFFER,
-            tokenizer: defaults::TOKENIZER,
         }
     }
 }
@@ -470,47 +403,6 @@ pub struct InstancesArgs {
     pub stall_timeout: Option<Duration>,
 }
 
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Limits")]
-pub struct LimitsArgs {
-    /// Largest stanza from an instance in bytes [limits.max_stanza_bytes, default 524288]
-    #[arg(long, value_name = "BYTES")]
-    pub max_stanza_bytes: Option<usize>,
-    /// Deepest element nesting from an instance [limits.max_depth, default 64]
-    #[arg(long, value_name = "N")]
-    pub max_depth: Option<usize>,
-    /// Longest attribute value or name from an instance [limits.max_token_bytes, default 32768]
-    #[arg(long, value_name = "BYTES")]
-    pub max_token_bytes: Option<usize>,
-    /// Largest stanza from the server; larger ones are skipped and answered [limits.upstream_max_stanza_bytes, default 2097152]
-    #[arg(long, value_name = "BYTES")]
-    pub upstream_max_stanza_bytes: Option<usize>,
-    /// Deepest element nesting from the server; deeper stanzas are skipped [limits.upstream_max_depth, default 65536]
-    #[arg(long, value_name = "N")]
-    pub upstream_max_depth: Option<usize>,
-    /// Longest attribute value or name from the server; stanzas with longer ones are skipped [limits.upstream_max_token_bytes, default 2097152]
-    #[arg(long, value_name = "BYTES")]
-    pub upstream_max_token_bytes: Option<usize>,
-    /// Largest stanza written to the server (its limit for components); larger answers become policy-violation [limits.upstream_max_write_bytes, default 524288]
-    #[arg(long, value_name = "BYTES")]
-    pub upstream_max_write_bytes: Option<usize>,
-    /// Time a peer gets to send its stream header [limits.header_timeout, default 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub header_timeout: Option<Duration>,
-    /// Close an instance connection silent for this long [limits.idle_timeout, default 600s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub idle_timeout: Option<Duration>,
-    /// Outgoing stanza queue per connection [limits.write_queue, default 4096]
-    #[arg(long, value_name = "N")]
-    pub write_queue: Option<usize>,
-    /// Stanzas from instances held while upstream is down [limits.upstream_buffer, default 4096]
-    #[arg(long, value_name = "N")]
-    pub upstream_buffer: Option<usize>,
-    /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default fast]
-    #[arg(long, value_name = "NAME")]
-    pub tokenizer: Option<crate::xml::Tokenizer>,
-}
-
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -598,25 +490,6 @@ struct RawInstances {
     queue: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     stall_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawLimits {
-    max_stanza_bytes: Option<usize>,
-    max_depth: Option<usize>,
-    max_token_bytes: Option<usize>,
-    upstream_max_stanza_bytes: Option<usize>,
-    upstream_max_depth: Option<usize>,
-    upstream_max_token_bytes: Option<usize>,
-    upstream_max_write_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    header_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    idle_timeout: Option<Duration>,
-    write_queue: Option<usize>,
-    upstream_buffer: Option<usize>,
-    tokenizer: Option<crate::xml::Tokenizer>,
 }
 
 /// Durations are strings in the file; a bare number is rejected rather than
@@ -718,25 +591,9 @@ impl RawConfig {
         over(&mut i.queue, &a.queue);
         over(&mut i.stall_timeout, &a.stall_timeout);
 
-        let (l, a) = (&mut self.limits, &cli.limits);
-        over(&mut l.max_stanza_bytes, &a.max_stanza_bytes);
-        over(&mut l.max_depth, &a.max_depth);
-        over(&mut l.max_token_bytes, &a.max_token_bytes);
-        over(
-            &mut l.upstream_max_stanza_bytes,
-            &a.upstream_max_stanza_bytes,
-        );
-        over(&mut l.upstream_max_depth, &a.upstream_max_depth);
-        over(&mut l.upstream_max_token_bytes, &a.upstream_max_token_bytes);
-        over(&mut l.upstream_max_write_bytes, &a.upstream_max_write_bytes);
-        over(&mut l.header_timeout, &a.header_timeout);
-        over(&mut l.idle_timeout, &a.idle_timeout);
-        over(&mut l.write_queue, &a.write_queue);
-        over(&mut l.upstream_buffer, &a.upstream_buffer);
-        over(&mut l.tokenizer, &a.tokenizer);
-
         self.client_proxy.apply_cli(&cli.client_proxy);
         self.routing.apply_cli(&cli.routing);
+        self.limits.apply_cli(&cli.limits);
         self.log.apply_cli(&cli.log);
         self.service.apply_cli(&cli.service);
         self.metrics.apply_cli(&cli.metrics);
@@ -1044,68 +901,7 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         ));
     }
 
-    let stanza_bytes = |key: &'static str, v: Option<usize>, default: usize| {
-        let v = v.unwrap_or(default);
-        if v < MIN_STANZA_BYTES {
-            return Err(ConfigError::invalid(
-                key,
-                format!("{v} is too small (minimum {MIN_STANZA_BYTES})"),
-            ));
-        }
-        Ok(v)
-    };
-    let limits = LimitsConfig {
-        max_stanza_bytes: stanza_bytes(
-            "limits.max_stanza_bytes",
-            l.max_stanza_bytes,
-            defaults::MAX_STANZA_BYTES,
-        )?,
-        max_depth: nonzero(
-            "limits.max_depth",
-            l.max_depth.unwrap_or(defaults::MAX_DEPTH),
-        )?,
-        max_token_bytes: token_bytes(
-            "limits.max_token_bytes",
-            l.max_token_bytes.unwrap_or(defaults::MAX_TOKEN_BYTES),
-        )?,
-        upstream_max_stanza_bytes: stanza_bytes(
-            "limits.upstream_max_stanza_bytes",
-            l.upstream_max_stanza_bytes,
-            defaults::UPSTREAM_MAX_STANZA_BYTES,
-        )?,
-        upstream_max_depth: nonzero(
-            "limits.upstream_max_depth",
-            l.upstream_max_depth.unwrap_or(defaults::UPSTREAM_MAX_DEPTH),
-        )?,
-        upstream_max_token_bytes: token_bytes(
-            "limits.upstream_max_token_bytes",
-            l.upstream_max_token_bytes
-                .unwrap_or(defaults::UPSTREAM_MAX_TOKEN_BYTES),
-        )?,
-        upstream_max_write_bytes: stanza_bytes(
-            "limits.upstream_max_write_bytes",
-            l.upstream_max_write_bytes,
-            defaults::UPSTREAM_MAX_WRITE_BYTES,
-        )?,
-        header_timeout: positive(
-            "limits.header_timeout",
-            l.header_timeout.unwrap_or(defaults::HEADER_TIMEOUT),
-        )?,
-        idle_timeout: positive(
-            "limits.idle_timeout",
-            l.idle_timeout.unwrap_or(defaults::IDLE_TIMEOUT),
-        )?,
-        write_queue: nonzero(
-            "limits.write_queue",
-            l.write_queue.unwrap_or(defaults::WRITE_QUEUE),
-        )?,
-        upstream_buffer: nonzero(
-            "limits.upstream_buffer",
-            l.upstream_buffer.unwrap_or(defaults::UPSTREAM_BUFFER),
-        )?,
-        tokenizer: l.tokenizer.unwrap_or(defaults::TOKENIZER),
-    };
-
+    let limits = l.resolve()?;
     let log = log.resolve()?;
     let service = service.resolve()?;
     let metrics = metrics.resolve()?;
@@ -1399,28 +1195,7 @@ impl Config {
             i.queue,
             d(i.stall_timeout),
         );
-        let l = &self.limits;
-        let _ = write!(
-            s,
-            " limits.max_stanza_bytes={} limits.max_depth={} limits.max_token_bytes={} \
-             limits.upstream_max_stanza_bytes={} limits.upstream_max_depth={} \
-             limits.upstream_max_token_bytes={} limits.upstream_max_write_bytes={} \
-             limits.header_timeout={} \
-             limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={} \
-             limits.tokenizer={}",
-            l.max_stanza_bytes,
-            l.max_depth,
-            l.max_token_bytes,
-            l.upstream_max_stanza_bytes,
-            l.upstream_max_depth,
-            l.upstream_max_token_bytes,
-            l.upstream_max_write_bytes,
-            d(l.header_timeout),
-            d(l.idle_timeout),
-            l.write_queue,
-            l.upstream_buffer,
-            l.tokenizer,
-        );
+        self.limits.write_summary(&mut s);
         self.log.write_summary(&mut s);
         self.service.write_summary(&mut s);
         self.metrics.write_summary(&mut s);
