@@ -10,23 +10,26 @@
 //! variable holding one.
 
 use std::ffi::OsString;
-use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::Parser;
 use serde::Deserialize;
 
 mod client_proxy;
+mod instances;
 mod limits;
 mod log;
 mod metrics;
 mod routing;
 mod service;
+mod upstream;
 
 use client_proxy::RawClientProxy;
 pub use client_proxy::{ClientProxyArgs, ClientProxyConfig, JatMode};
+use instances::RawInstances;
+pub use instances::{InstancesArgs, InstancesConfig};
 use limits::RawLimits;
 pub use limits::{LimitsArgs, LimitsConfig};
 use log::RawLog;
@@ -37,6 +40,8 @@ use routing::RawRouting;
 pub use routing::{Balancing, RoutingArgs, RoutingConfig};
 use service::RawService;
 pub use service::{ServiceArgs, ServiceConfig};
+use upstream::RawUpstream;
+pub use upstream::{UpstreamArgs, UpstreamConfig};
 
 /// Process exit status for an unusable configuration (`EX_USAGE` from
 /// sysexits.h), so supervisors can tell "fix the config" from a crash.
@@ -109,64 +114,6 @@ pub struct Config {
     pub log: LogConfig,
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
-}
-
-/// The XEP-0114 connection to the XMPP server.
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    /// Kept as text (not resolved) so DNS is looked up at each connect and
-    /// follows address changes across reconnects.
-    pub server: String,
-    /// Normalised (lowercase, no trailing dot) so it can be compared with
-    /// normalised JIDs from the wire.
-    pub domain: String,
-    pub secret: Secret,
-    pub connect_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    pub keepalive_interval: Duration,
-    /// After this long without a byte from the server, ping it: a link
-    /// that died without a FIN or RST is otherwise noticed only when a
-    /// write fails, which can take the kernel many minutes.
-    pub ping_interval: Duration,
-    /// No byte from the server this long after a ping: the link is dead,
-    /// reconnect.
-    pub ping_timeout: Duration,
-}
-
-/// The proxy's own XEP-0114 listener for component instances.
-#[derive(Clone, Debug)]
-pub struct InstancesConfig {
-    /// `None` means no listener.
-    pub listen: Option<SocketAddr>,
-    /// Always `Some` when `listen` is; separate from the upstream secret so
-    /// instances never learn the credential for the real server.
-    pub secret: Option<Secret>,
-    pub max_connections: usize,
-    /// Caps connections that have not finished the handshake, so a port scan
-    /// or slowloris cannot crowd out real instances.
-    pub max_unauthenticated: usize,
-    pub queue: usize,
-    /// How long an instance whose queue is full may accept no bytes at
-    /// all before it is cut. While its queue is full the core waits for
-    /// room (backpressure, as a relay), so a burst never cuts an instance
-    /// that reads; this bounds how long one that stopped reading holds
-    /// everyone else up.
-    pub stall_timeout: Duration,
-}
-
-impl Default for InstancesConfig {
-    fn default() -> Self {
-        Self {
-            listen: None,
-            secret: None,
-            max_connections: defaults::MAX_CONNECTIONS,
-            max_unauthenticated: defaults::MAX_UNAUTHENTICATED,
-            queue: defaults::INSTANCE_QUEUE,
-            stall_timeout: defaults::STALL_TIMEOUT,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -321,88 +268,6 @@ pub struct Cli {
     pub metrics: MetricsArgs,
 }
 
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Upstream (component connection to the XMPP server)")]
-pub struct UpstreamArgs {
-    /// XMPP server component port, HOST:PORT [upstream.server]
-    #[arg(long = "upstream-server", value_name = "HOST:PORT")]
-    pub server: Option<String>,
-    /// Component domain to register as [upstream.domain]
-    #[arg(long, visible_alias = "upstream-domain", value_name = "DOMAIN")]
-    pub domain: Option<String>,
-    /// File holding the component secret [upstream.secret_file]
-    #[arg(
-        long = "upstream-secret-file",
-        id = "upstream_secret_file",
-        value_name = "PATH"
-    )]
-    pub secret_file: Option<PathBuf>,
-    /// Environment variable holding the component secret [upstream.secret_env]
-    #[arg(
-        long = "upstream-secret-env",
-        id = "upstream_secret_env",
-        value_name = "VAR"
-    )]
-    pub secret_env: Option<String>,
-    /// TCP connect timeout [upstream.connect_timeout, default 10s]
-    #[arg(long = "upstream-connect-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub connect_timeout: Option<Duration>,
-    /// Stream header + handshake timeout [upstream.handshake_timeout, default 10s]
-    #[arg(long = "upstream-handshake-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub handshake_timeout: Option<Duration>,
-    /// First reconnect delay [upstream.reconnect_min, default 500ms]
-    #[arg(long = "upstream-reconnect-min", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub reconnect_min: Option<Duration>,
-    /// Reconnect delay cap [upstream.reconnect_max, default 30s]
-    #[arg(long = "upstream-reconnect-max", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub reconnect_max: Option<Duration>,
-    /// Keepalive interval [upstream.keepalive_interval, default 60s]
-    #[arg(long = "upstream-keepalive-interval", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub keepalive_interval: Option<Duration>,
-    /// Ping the server after this long without input [upstream.ping_interval, default 120s]
-    #[arg(long = "upstream-ping-interval", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub ping_interval: Option<Duration>,
-    /// Reconnect when a ping gets no input for this long [upstream.ping_timeout, default 30s]
-    #[arg(long = "upstream-ping-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub ping_timeout: Option<Duration>,
-}
-
-#[derive(Clone, Debug, Default, Args)]
-#[command(next_help_heading = "Instance listener (XEP-0114 for component instances)")]
-pub struct InstancesArgs {
-    /// Listen address for component instances, IP:PORT [instances.listen]
-    #[arg(long = "instances-listen", value_name = "IP:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// File holding the instances' secret [instances.secret_file]
-    #[arg(
-        long = "instance-secret-file",
-        id = "instance_secret_file",
-        visible_alias = "instances-secret-file",
-        value_name = "PATH"
-    )]
-    pub secret_file: Option<PathBuf>,
-    /// Environment variable holding the instances' secret [instances.secret_env]
-    #[arg(
-        long = "instance-secret-env",
-        id = "instance_secret_env",
-        visible_alias = "instances-secret-env",
-        value_name = "VAR"
-    )]
-    pub secret_env: Option<String>,
-    /// Maximum instance connections [instances.max_connections, default 64]
-    #[arg(long = "instances-max-connections", value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Maximum connections still in handshake [instances.max_unauthenticated, default 16]
-    #[arg(long = "instances-max-unauthenticated", value_name = "N")]
-    pub max_unauthenticated: Option<usize>,
-    /// Outgoing stanza queue per instance [instances.queue, default 1024]
-    #[arg(long = "instances-queue", value_name = "N")]
-    pub queue: Option<usize>,
-    /// Cut an instance taking no bytes this long while its queue is full [instances.stall_timeout, default 5s]
-    #[arg(long = "instances-stall-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
-    pub stall_timeout: Option<Duration>,
-}
-
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -454,44 +319,6 @@ struct RawSecretSources {
     secret_env: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawUpstream {
-    server: Option<String>,
-    domain: Option<String>,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-    secret_env: Option<String>,
-    #[serde(default, deserialize_with = "de_duration")]
-    connect_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    handshake_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    reconnect_min: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    reconnect_max: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    keepalive_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    ping_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    ping_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table")]
-struct RawInstances {
-    listen: Option<String>,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-    secret_env: Option<String>,
-    max_connections: Option<usize>,
-    max_unauthenticated: Option<usize>,
-    queue: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    stall_timeout: Option<Duration>,
-}
-
 /// Durations are strings in the file; a bare number is rejected rather than
 /// guessed at (seconds? milliseconds?).
 fn de_duration<'de, D>(de: D) -> Result<Option<Duration>, D::Error>
@@ -519,26 +346,6 @@ impl RawSecretSources {
     }
 }
 
-impl RawUpstream {
-    fn secret_sources(&mut self) -> RawSecretSources {
-        RawSecretSources {
-            secret: self.secret.take(),
-            secret_file: self.secret_file.take(),
-            secret_env: self.secret_env.take(),
-        }
-    }
-}
-
-impl RawInstances {
-    fn secret_sources(&mut self) -> RawSecretSources {
-        RawSecretSources {
-            secret: self.secret.take(),
-            secret_file: self.secret_file.take(),
-            secret_env: self.secret_env.take(),
-        }
-    }
-}
-
 impl RawConfig {
     /// A relative `secret_file` in a config file means "next to the config
     /// file": services often run with `/` as working directory, where a
@@ -558,41 +365,10 @@ impl RawConfig {
     }
 
     fn apply_cli(&mut self, cli: &Cli) {
-        let (u, a) = (&mut self.upstream, &cli.upstream);
-        over(&mut u.server, &a.server);
-        over(&mut u.domain, &a.domain);
-        // A secret source on the command line replaces the file's source
-        // rather than conflicting with it, so an operator can point one run
-        // at a different secret without editing the file.
-        if a.secret_file.is_some() || a.secret_env.is_some() {
-            u.secret = None;
-            u.secret_file = a.secret_file.clone();
-            u.secret_env = a.secret_env.clone();
-        }
-        over(&mut u.connect_timeout, &a.connect_timeout);
-        over(&mut u.handshake_timeout, &a.handshake_timeout);
-        over(&mut u.reconnect_min, &a.reconnect_min);
-        over(&mut u.reconnect_max, &a.reconnect_max);
-        over(&mut u.keepalive_interval, &a.keepalive_interval);
-        over(&mut u.ping_interval, &a.ping_interval);
-        over(&mut u.ping_timeout, &a.ping_timeout);
-
-        let (i, a) = (&mut self.instances, &cli.instances);
-        if let Some(addr) = a.listen {
-            i.listen = Some(addr.to_string());
-        }
-        if a.secret_file.is_some() || a.secret_env.is_some() {
-            i.secret = None;
-            i.secret_file = a.secret_file.clone();
-            i.secret_env = a.secret_env.clone();
-        }
-        over(&mut i.max_connections, &a.max_connections);
-        over(&mut i.max_unauthenticated, &a.max_unauthenticated);
-        over(&mut i.queue, &a.queue);
-        over(&mut i.stall_timeout, &a.stall_timeout);
-
+        self.upstream.apply_cli(&cli.upstream);
         self.client_proxy.apply_cli(&cli.client_proxy);
         self.routing.apply_cli(&cli.routing);
+        self.instances.apply_cli(&cli.instances);
         self.limits.apply_cli(&cli.limits);
         self.log.apply_cli(&cli.log);
         self.service.apply_cli(&cli.service);
@@ -759,9 +535,7 @@ fn key_at(text: &str, pos: usize) -> Option<(Vec<String>, bool)> {
 // Validation
 // ---------------------------------------------------------------------------
 
-fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
-    let upstream_sources = raw.upstream.secret_sources();
-    let instance_sources = raw.instances.secret_sources();
+fn resolve(raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
     let RawConfig {
         upstream: u,
         client_proxy: c,
@@ -773,126 +547,12 @@ fn resolve(mut raw: RawConfig, env: Env<'_>) -> Result<Config, ConfigError> {
         metrics,
     } = raw;
 
-    let server = u.server.ok_or_else(|| {
-        ConfigError::invalid(
-            "upstream.server",
-            "none given (set it or --upstream-server)",
-        )
-    })?;
-    validate_server(&server)?;
-    let domain = u.domain.ok_or_else(|| {
-        ConfigError::invalid("upstream.domain", "none given (set it or --domain)")
-    })?;
-    let domain = validate_domain(&domain)?;
-    let secret = resolve_secret("upstream", upstream_sources, UPSTREAM_SECRET_VAR, env)?
-        .ok_or_else(|| {
-            ConfigError::invalid(
-                "upstream.secret",
-                format!("none given (set secret_file, secret_env, or {UPSTREAM_SECRET_VAR})"),
-            )
-        })?;
-    let reconnect_min = positive(
-        "upstream.reconnect_min",
-        u.reconnect_min.unwrap_or(defaults::RECONNECT_MIN),
-    )?;
-    let reconnect_max = positive(
-        "upstream.reconnect_max",
-        u.reconnect_max.unwrap_or(defaults::RECONNECT_MAX),
-    )?;
-    if reconnect_min > reconnect_max {
-        return Err(ConfigError::invalid(
-            "upstream.reconnect_min",
-            format!(
-                "{} is greater than upstream.reconnect_max ({})",
-                fmt_duration(reconnect_min),
-                fmt_duration(reconnect_max)
-            ),
-        ));
-    }
-    let upstream = UpstreamConfig {
-        connect_timeout: positive(
-            "upstream.connect_timeout",
-            u.connect_timeout.unwrap_or(defaults::CONNECT_TIMEOUT),
-        )?,
-        handshake_timeout: positive(
-            "upstream.handshake_timeout",
-            u.handshake_timeout.unwrap_or(defaults::HANDSHAKE_TIMEOUT),
-        )?,
-        keepalive_interval: positive(
-            "upstream.keepalive_interval",
-            u.keepalive_interval.unwrap_or(defaults::KEEPALIVE_INTERVAL),
-        )?,
-        ping_interval: positive(
-            "upstream.ping_interval",
-            u.ping_interval.unwrap_or(defaults::PING_INTERVAL),
-        )?,
-        ping_timeout: positive(
-            "upstream.ping_timeout",
-            u.ping_timeout.unwrap_or(defaults::PING_TIMEOUT),
-        )?,
-        reconnect_min,
-        reconnect_max,
-        server,
-        domain,
-        secret,
-    };
-
     let routing = r.resolve()?;
 
+    let upstream = u.resolve(env)?;
     let client_proxy = c.resolve(&upstream.domain)?;
 
-    let listen = i
-        .listen
-        .as_deref()
-        .map(|s| {
-            s.trim().parse::<SocketAddr>().map_err(|_| {
-                ConfigError::invalid(
-                    "instances.listen",
-                    format!("{s:?} is not an IP:PORT socket address (e.g. 127.0.0.1:5348)"),
-                )
-            })
-        })
-        .transpose()?;
-    // Without a listener the instance secret is not read at all, so turning
-    // the listener off by commenting out `listen` cannot fail on a secret
-    // file that is not there.
-    let instance_secret = match listen {
-        None => None,
-        Some(_) => Some(
-            resolve_secret("instances", instance_sources, INSTANCE_SECRET_VAR, env)?.ok_or_else(
-                || {
-                    ConfigError::invalid(
-                        "instances.secret",
-                        format!(
-                            "none given but instances.listen is set \
-                             (set secret_file, secret_env, or {INSTANCE_SECRET_VAR})"
-                        ),
-                    )
-                },
-            )?,
-        ),
-    };
-    let instances = InstancesConfig {
-        listen,
-        secret: instance_secret,
-        max_connections: nonzero(
-            "instances.max_connections",
-            i.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
-        )?,
-        max_unauthenticated: nonzero(
-            "instances.max_unauthenticated",
-            i.max_unauthenticated
-                .unwrap_or(defaults::MAX_UNAUTHENTICATED),
-        )?,
-        queue: nonzero(
-            "instances.queue",
-            i.queue.unwrap_or(defaults::INSTANCE_QUEUE),
-        )?,
-        stall_timeout: positive(
-            "instances.stall_timeout",
-            i.stall_timeout.unwrap_or(defaults::STALL_TIMEOUT),
-        )?,
-    };
+    let instances = i.resolve(env)?;
 
     if client_proxy.target_address.is_none() && instances.listen.is_none() {
         return Err(ConfigError::invalid(
@@ -1153,48 +813,10 @@ impl Config {
     /// as `[redacted]` plus where they came from.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let d = fmt_duration;
-        let u = &self.upstream;
-        let _ = write!(
-            s,
-            "upstream.server={} upstream.domain={} upstream.secret={} upstream.secret_source={} \
-             upstream.connect_timeout={} upstream.handshake_timeout={} \
-             upstream.reconnect_min={} upstream.reconnect_max={} upstream.keepalive_interval={} \
-             upstream.ping_interval={} upstream.ping_timeout={}",
-            u.server,
-            u.domain,
-            u.secret,
-            u.secret.source(),
-            d(u.connect_timeout),
-            d(u.handshake_timeout),
-            d(u.reconnect_min),
-            d(u.reconnect_max),
-            d(u.keepalive_interval),
-            d(u.ping_interval),
-            d(u.ping_timeout),
-        );
+        self.upstream.write_summary(&mut s);
         self.client_proxy.write_summary(&mut s);
         self.routing.write_summary(&mut s);
-        let i = &self.instances;
-        match (&i.listen, &i.secret) {
-            (Some(addr), Some(secret)) => {
-                let _ = write!(
-                    s,
-                    " instances.listen={addr} instances.secret={secret} instances.secret_source={}",
-                    secret.source()
-                );
-            }
-            _ => s.push_str(" instances.listen=none"),
-        }
-        let _ = write!(
-            s,
-            " instances.max_connections={} instances.max_unauthenticated={} instances.queue={} \
-             instances.stall_timeout={}",
-            i.max_connections,
-            i.max_unauthenticated,
-            i.queue,
-            d(i.stall_timeout),
-        );
+        self.instances.write_summary(&mut s);
         self.limits.write_summary(&mut s);
         self.log.write_summary(&mut s);
         self.service.write_summary(&mut s);
