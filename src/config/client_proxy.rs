@@ -7,7 +7,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{defaults, over, validate_target, ConfigError};
+use super::{defaults, over, validate_target, ConfigError, ReloadClass};
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Client pool (resources of one account)")]
@@ -125,6 +125,47 @@ impl ClientProxyConfig {
             " client_proxy.target_address={target} client_proxy.jat={} \
              client_proxy.client_requests={} client_proxy.subscribe={}",
             self.jat, self.client_requests, self.subscribe,
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            target_address: _,
+            jat: _,
+            client_requests: _,
+            subscribe: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(
+            self.target_address != new.target_address,
+            "client_proxy.target_address",
+            Live,
+        );
+        check(self.jat != new.jat, "client_proxy.jat", Restart);
+        check(
+            self.client_requests != new.client_requests,
+            "client_proxy.client_requests",
+            Live,
+        );
+        check(
+            self.subscribe != new.subscribe,
+            "client_proxy.subscribe",
+            Live,
         );
     }
 }

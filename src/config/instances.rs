@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{
     de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive,
-    resolve_secret, ConfigError, Env, RawSecretSources, Secret, INSTANCE_SECRET_VAR,
+    resolve_secret, ConfigError, Env, RawSecretSources, ReloadClass, Secret, INSTANCE_SECRET_VAR,
 };
 
 #[derive(Clone, Debug, Default, Args)]
@@ -202,6 +202,57 @@ impl InstancesConfig {
             i.max_unauthenticated,
             i.queue,
             d(i.stall_timeout),
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            listen: _,
+            secret: _,
+            max_connections: _,
+            max_unauthenticated: _,
+            queue: _,
+            stall_timeout: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(self.listen != new.listen, "instances.listen", Restart);
+        check(
+            self.secret.as_ref().map(|s| s.expose()) != new.secret.as_ref().map(|s| s.expose()),
+            "instances.secret",
+            NextConnection,
+        );
+        check(
+            self.max_connections != new.max_connections,
+            "instances.max_connections",
+            Restart,
+        );
+        check(
+            self.max_unauthenticated != new.max_unauthenticated,
+            "instances.max_unauthenticated",
+            Restart,
+        );
+        check(self.queue != new.queue, "instances.queue", NextConnection);
+        // Each connection's link to the core carries the value it was
+        // accepted with, as its queue carries its bound.
+        check(
+            self.stall_timeout != new.stall_timeout,
+            "instances.stall_timeout",
+            NextConnection,
         );
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive, token_bytes,
-    ConfigError,
+    ConfigError, ReloadClass,
 };
 
 /// XEP-0114 servers routinely send stanzas of several KiB (vCards, disco);
@@ -256,6 +256,100 @@ impl LimitsConfig {
             l.write_queue,
             l.upstream_buffer,
             l.tokenizer,
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            max_stanza_bytes: _,
+            max_depth: _,
+            max_token_bytes: _,
+            upstream_max_stanza_bytes: _,
+            upstream_max_depth: _,
+            upstream_max_token_bytes: _,
+            upstream_max_write_bytes: _,
+            header_timeout: _,
+            idle_timeout: _,
+            write_queue: _,
+            upstream_buffer: _,
+            tokenizer: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(
+            self.max_stanza_bytes != new.max_stanza_bytes,
+            "limits.max_stanza_bytes",
+            NextConnection,
+        );
+        check(
+            self.max_depth != new.max_depth,
+            "limits.max_depth",
+            NextConnection,
+        );
+        check(
+            self.max_token_bytes != new.max_token_bytes,
+            "limits.max_token_bytes",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_stanza_bytes != new.upstream_max_stanza_bytes,
+            "limits.upstream_max_stanza_bytes",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_depth != new.upstream_max_depth,
+            "limits.upstream_max_depth",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_token_bytes != new.upstream_max_token_bytes,
+            "limits.upstream_max_token_bytes",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_write_bytes != new.upstream_max_write_bytes,
+            "limits.upstream_max_write_bytes",
+            Live,
+        );
+        check(
+            self.header_timeout != new.header_timeout,
+            "limits.header_timeout",
+            NextConnection,
+        );
+        check(
+            self.idle_timeout != new.idle_timeout,
+            "limits.idle_timeout",
+            NextConnection,
+        );
+        check(
+            self.write_queue != new.write_queue,
+            "limits.write_queue",
+            NextConnection,
+        );
+        check(
+            self.upstream_buffer != new.upstream_buffer,
+            "limits.upstream_buffer",
+            Live,
+        );
+        // Read when each connection's framer is made (listener, upstream).
+        check(
+            self.tokenizer != new.tokenizer,
+            "limits.tokenizer",
+            NextConnection,
         );
     }
 }

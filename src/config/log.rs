@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{defaults, over, ConfigError};
+use super::{defaults, over, ConfigError, ReloadClass};
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]
@@ -108,5 +108,30 @@ impl LogConfig {
     /// This section's part of [`super::Config::summary`].
     pub(super) fn write_summary(&self, s: &mut String) {
         let _ = write!(s, " log.level={:?} log.format={}", self.level, self.format);
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            level: _,
+            format: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(self.level != new.level, "log.level", Live);
+        check(self.format != new.format, "log.format", Restart);
     }
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::ReloadClass;
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]
@@ -66,5 +67,26 @@ impl MetricsConfig {
             }
             None => s.push_str(" metrics.listen=none"),
         }
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self { listen: _ } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(self.listen != new.listen, "metrics.listen", Restart);
     }
 }

@@ -116,6 +116,20 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+/// How a reload applies a changed key; each section says it for its own
+/// keys (`reload_classes`), and [`crate::reload::plan`] collects them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadClass {
+    /// At once, nothing dropped.
+    Live,
+    /// To connections made from now on; established ones keep theirs.
+    NextConnection,
+    /// By making a new upstream session now.
+    Reconnect,
+    /// Not at all: the whole reload is refused.
+    Restart,
+}
+
 // ---------------------------------------------------------------------------
 // Secrets
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{
     de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive, ConfigError,
+    ReloadClass,
 };
 
 #[derive(Clone, Debug, Default, Args)]
@@ -119,6 +120,41 @@ impl RoutingConfig {
             self.balancing,
             fmt_duration(self.iq_timeout),
             self.pending_capacity,
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            balancing: _,
+            iq_timeout: _,
+            pending_capacity: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(self.balancing != new.balancing, "routing.balancing", Live);
+        check(
+            self.iq_timeout != new.iq_timeout,
+            "routing.iq_timeout",
+            Live,
+        );
+        check(
+            self.pending_capacity != new.pending_capacity,
+            "routing.pending_capacity",
+            Restart,
         );
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{
     at_most_a_day, de_duration, defaults, fmt_duration, over, parse_duration_arg, ConfigError,
+    ReloadClass,
 };
 
 #[derive(Clone, Debug, Default, Args)]
@@ -85,6 +86,41 @@ impl ServiceConfig {
             fmt_duration(self.shutdown_grace),
             self.worker_threads
                 .map_or_else(|| "auto".to_owned(), |n| n.to_string()),
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            shutdown_grace: _,
+            worker_threads: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(
+            self.shutdown_grace != new.shutdown_grace,
+            "service.shutdown_grace",
+            Live,
+        );
+        // The runtime is built once, before the proxy starts: accepting a
+        // new count would report a change that never happens.
+        check(
+            self.worker_threads != new.worker_threads,
+            "service.worker_threads",
+            Restart,
         );
     }
 }

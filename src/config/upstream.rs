@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     de_duration, defaults, fmt_duration, over, parse_duration_arg, positive, resolve_secret,
-    validate_domain, validate_server, ConfigError, Env, RawSecretSources, Secret,
+    validate_domain, validate_server, ConfigError, Env, RawSecretSources, ReloadClass, Secret,
     UPSTREAM_SECRET_VAR,
 };
 
@@ -228,6 +228,79 @@ impl UpstreamConfig {
             d(u.keepalive_interval),
             d(u.ping_interval),
             d(u.ping_timeout),
+        );
+    }
+
+    /// How a reload treats each key of this section that differs in
+    /// `new` (see [`crate::reload`]), in the order the keys are logged.
+    /// The pattern names every field, without `..`: a key added here and
+    /// not classified fails to compile, rather than reloading silently as
+    /// "nothing changed" (as `limits.tokenizer` and
+    /// `service.worker_threads` once did).
+    pub(crate) fn reload_classes(
+        &self,
+        new: &Self,
+        out: &mut dyn FnMut(&'static str, ReloadClass),
+    ) {
+        let Self {
+            server: _,
+            domain: _,
+            secret: _,
+            connect_timeout: _,
+            handshake_timeout: _,
+            reconnect_min: _,
+            reconnect_max: _,
+            keepalive_interval: _,
+            ping_interval: _,
+            ping_timeout: _,
+        } = self;
+        let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
+            if changed {
+                out(key, class);
+            }
+        };
+        use ReloadClass::*;
+        check(self.server != new.server, "upstream.server", Reconnect);
+        check(self.domain != new.domain, "upstream.domain", Restart);
+        check(
+            self.secret.expose() != new.secret.expose(),
+            "upstream.secret",
+            Reconnect,
+        );
+        check(
+            self.connect_timeout != new.connect_timeout,
+            "upstream.connect_timeout",
+            NextConnection,
+        );
+        check(
+            self.handshake_timeout != new.handshake_timeout,
+            "upstream.handshake_timeout",
+            NextConnection,
+        );
+        check(
+            self.reconnect_min != new.reconnect_min,
+            "upstream.reconnect_min",
+            NextConnection,
+        );
+        check(
+            self.reconnect_max != new.reconnect_max,
+            "upstream.reconnect_max",
+            NextConnection,
+        );
+        check(
+            self.keepalive_interval != new.keepalive_interval,
+            "upstream.keepalive_interval",
+            NextConnection,
+        );
+        check(
+            self.ping_interval != new.ping_interval,
+            "upstream.ping_interval",
+            NextConnection,
+        );
+        check(
+            self.ping_timeout != new.ping_timeout,
+            "upstream.ping_timeout",
+            NextConnection,
         );
     }
 }
