@@ -290,36 +290,7 @@ impl LimitsConfig {
             }
         };
         use ReloadClass::*;
-        check(
-            self.max_stanza_bytes != new.max_stanza_bytes,
-            "limits.max_stanza_bytes",
-            NextConnection,
-        );
-        check(
-            self.max_depth != new.max_depth,
-            "limits.max_depth",
-            NextConnection,
-        );
-        check(
-            self.max_token_bytes != new.max_token_bytes,
-            "limits.max_token_bytes",
-            NextConnection,
-        );
-        check(
-            self.upstream_max_stanza_bytes != new.upstream_max_stanza_bytes,
-            "limits.upstream_max_stanza_bytes",
-            NextConnection,
-        );
-        check(
-            self.upstream_max_depth != new.upstream_max_depth,
-            "limits.upstream_max_depth",
-            NextConnection,
-        );
-        check(
-            self.upstream_max_token_bytes != new.upstream_max_token_bytes,
-            "limits.upstream_max_token_bytes",
-            NextConnection,
-        );
+        self.framer_reload_classes(new, &mut check);
         check(
             self.upstream_max_write_bytes != new.upstream_max_write_bytes,
             "limits.upstream_max_write_bytes",
@@ -349,6 +320,45 @@ impl LimitsConfig {
         check(
             self.tokenizer != new.tokenizer,
             "limits.tokenizer",
+            NextConnection,
+        );
+    }
+    /// The six framer limits of [`Self::reload_classes`]: each
+    /// connection's framer is made with them, so new connections get them.
+    fn framer_reload_classes(
+        &self,
+        new: &Self,
+        check: &mut impl FnMut(bool, &'static str, ReloadClass),
+    ) {
+        use ReloadClass::NextConnection;
+        check(
+            self.max_stanza_bytes != new.max_stanza_bytes,
+            "limits.max_stanza_bytes",
+            NextConnection,
+        );
+        check(
+            self.max_depth != new.max_depth,
+            "limits.max_depth",
+            NextConnection,
+        );
+        check(
+            self.max_token_bytes != new.max_token_bytes,
+            "limits.max_token_bytes",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_stanza_bytes != new.upstream_max_stanza_bytes,
+            "limits.upstream_max_stanza_bytes",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_depth != new.upstream_max_depth,
+            "limits.upstream_max_depth",
+            NextConnection,
+        );
+        check(
+            self.upstream_max_token_bytes != new.upstream_max_token_bytes,
+            "limits.upstream_max_token_bytes",
             NextConnection,
         );
     }
