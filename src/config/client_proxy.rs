@@ -7,7 +7,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{defaults, over, validate_target, ConfigError, ReloadClass};
+use super::{defaults, over, ConfigError, ReloadClass};
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Client pool (resources of one account)")]
@@ -111,6 +111,39 @@ impl RawClientProxy {
             subscribe: self.subscribe.unwrap_or(defaults::SUBSCRIBE),
         })
     }
+}
+
+/// The target must be an account on the XMPP server, outside the component
+/// domain: requests are routed to its resources.
+fn validate_target(raw: &str, component_domain: &str) -> Result<jid::BareJid, ConfigError> {
+    const KEY: &str = "client_proxy.target_address";
+    let t = raw.trim();
+    // jid strips a trailing root dot only from domain-only JIDs; do it here so
+    // `impl@example.test.` means the same account as `impl@example.test`.
+    let t = t.strip_suffix('.').unwrap_or(t);
+    let jid = jid::BareJid::new(t).map_err(|e| {
+        let why = match e {
+            jid::Error::ResourceInBareJid => "must be a bare JID (no /resource)".to_owned(),
+            other => format!("is not a valid JID ({other})"),
+        };
+        ConfigError::invalid(KEY, format!("{raw:?} {why}"))
+    })?;
+    if jid.node().is_none() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("{raw:?} must be an account with a node part, like impl@example.test"),
+        ));
+    }
+    if jid.domain().as_str() == component_domain {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!(
+                "{raw:?} is inside the component domain {component_domain}; \
+                 it must be an account on the XMPP server"
+            ),
+        ));
+    }
+    Ok(jid)
 }
 
 impl ClientProxyConfig {

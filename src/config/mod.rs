@@ -8,6 +8,17 @@
 //! Secrets never come from argv (it is world-readable through `/proc` and ends
 //! up in shell history): the CLI can only name a file or an environment
 //! variable holding one.
+//!
+//! One file per section (`upstream`, `client_proxy`, `routing`, `instances`,
+//! `limits`, `log`, `service`, `metrics`) holds everything about its keys:
+//! the clap flags, the serde file form, the resolved struct and its
+//! `Default`, `apply_cli`, `resolve` (validation), its piece of
+//! [`Config::summary`] and its reload classes ([`ReloadClass`]). Adding a
+//! key touches that file and `config.toml`. This file keeps what sections
+//! share: [`Config`] and [`Cli`], file loading and TOML error wording,
+//! durations, secrets, [`ConfigError`], the shared validators, and the
+//! resolve driver that runs the sections in a fixed order (so the first
+//! error reported does not depend on how the code is split).
 
 use std::ffi::OsString;
 use std::fmt;
@@ -640,84 +651,6 @@ fn nonzero(key: &str, n: usize) -> Result<usize, ConfigError> {
     } else {
         Ok(n)
     }
-}
-
-/// Checks HOST:PORT shape without resolving, so `--check-config` works
-/// offline and DNS stays a connect-time concern.
-fn validate_server(s: &str) -> Result<(), ConfigError> {
-    const KEY: &str = "upstream.server";
-    let bad = |why: &str| ConfigError::invalid(KEY, format!("{s:?} {why}"));
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, rest) = rest
-            .split_once(']')
-            .ok_or_else(|| bad("has an unclosed '['"))?;
-        let port = rest
-            .strip_prefix(':')
-            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
-        (host, port)
-    } else {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
-        if host.contains(':') {
-            return Err(bad("has an IPv6 address without brackets (use [::1]:5347)"));
-        }
-        (host, port)
-    };
-    if host.is_empty() || host.chars().any(char::is_whitespace) {
-        return Err(bad("has an empty or malformed host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(()),
-        _ => Err(bad("has an invalid port (1-65535)")),
-    }
-}
-
-/// Returns the domain in the normalised form JIDs on the wire will have.
-fn validate_domain(raw: &str) -> Result<String, ConfigError> {
-    const KEY: &str = "upstream.domain";
-    let d = raw.trim();
-    let d = d.strip_suffix('.').unwrap_or(d);
-    let jid = jid::BareJid::new(d)
-        .map_err(|_| ConfigError::invalid(KEY, format!("{raw:?} is not a valid domain")))?;
-    if jid.node().is_some() {
-        return Err(ConfigError::invalid(
-            KEY,
-            format!("{raw:?} is not a valid domain (it has a node@ part; give only the domain)"),
-        ));
-    }
-    Ok(jid.domain().as_str().to_owned())
-}
-
-fn validate_target(raw: &str, component_domain: &str) -> Result<jid::BareJid, ConfigError> {
-    const KEY: &str = "client_proxy.target_address";
-    let t = raw.trim();
-    // jid strips a trailing root dot only from domain-only JIDs; do it here so
-    // `impl@example.test.` means the same account as `impl@example.test`.
-    let t = t.strip_suffix('.').unwrap_or(t);
-    let jid = jid::BareJid::new(t).map_err(|e| {
-        let why = match e {
-            jid::Error::ResourceInBareJid => "must be a bare JID (no /resource)".to_owned(),
-            other => format!("is not a valid JID ({other})"),
-        };
-        ConfigError::invalid(KEY, format!("{raw:?} {why}"))
-    })?;
-    if jid.node().is_none() {
-        return Err(ConfigError::invalid(
-            KEY,
-            format!("{raw:?} must be an account with a node part, like impl@example.test"),
-        ));
-    }
-    if jid.domain().as_str() == component_domain {
-        return Err(ConfigError::invalid(
-            KEY,
-            format!(
-                "{raw:?} is inside the component domain {component_domain}; \
-                 it must be an account on the XMPP server"
-            ),
-        ));
-    }
-    Ok(jid)
 }
 
 /// Exactly one source, or the fallback variable if none; `Ok(None)` lets the

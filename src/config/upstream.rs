@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 use super::{
     de_duration, defaults, fmt_duration, over, parse_duration_arg, positive, resolve_secret,
-    validate_domain, validate_server, ConfigError, Env, RawSecretSources, ReloadClass, Secret,
-    UPSTREAM_SECRET_VAR,
+    ConfigError, Env, RawSecretSources, ReloadClass, Secret, UPSTREAM_SECRET_VAR,
 };
 
 #[derive(Clone, Debug, Default, Args)]
@@ -205,6 +204,53 @@ impl RawUpstream {
             secret,
         })
     }
+}
+
+/// Checks HOST:PORT shape without resolving, so `--check-config` works
+/// offline and DNS stays a connect-time concern.
+fn validate_server(s: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "upstream.server";
+    let bad = |why: &str| ConfigError::invalid(KEY, format!("{s:?} {why}"));
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, rest) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed '['"))?;
+        let port = rest
+            .strip_prefix(':')
+            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
+        (host, port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| bad("is not HOST:PORT (e.g. 127.0.0.1:5347)"))?;
+        if host.contains(':') {
+            return Err(bad("has an IPv6 address without brackets (use [::1]:5347)"));
+        }
+        (host, port)
+    };
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(bad("has an empty or malformed host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(bad("has an invalid port (1-65535)")),
+    }
+}
+
+/// Returns the domain in the normalised form JIDs on the wire will have.
+fn validate_domain(raw: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "upstream.domain";
+    let d = raw.trim();
+    let d = d.strip_suffix('.').unwrap_or(d);
+    let jid = jid::BareJid::new(d)
+        .map_err(|_| ConfigError::invalid(KEY, format!("{raw:?} is not a valid domain")))?;
+    if jid.node().is_some() {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("{raw:?} is not a valid domain (it has a node@ part; give only the domain)"),
+        ));
+    }
+    Ok(jid.domain().as_str().to_owned())
 }
 
 impl UpstreamConfig {
