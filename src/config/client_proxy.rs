@@ -7,7 +7,13 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{defaults, over, ConfigError, ReloadClass};
+use super::{over, ConfigError, ReloadClass};
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    pub const CLIENT_REQUESTS: bool = true;
+    pub const SUBSCRIBE: bool = true;
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Client pool (resources of one account)")]

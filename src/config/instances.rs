@@ -11,9 +11,19 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive,
-    resolve_secret, ConfigError, Env, RawSecretSources, ReloadClass, Secret, INSTANCE_SECRET_VAR,
+    de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive, resolve_secret,
+    ConfigError, Env, RawSecretSources, ReloadClass, Secret, INSTANCE_SECRET_VAR,
 };
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MAX_CONNECTIONS: usize = 64;
+    pub const MAX_UNAUTHENTICATED: usize = 16;
+    pub const INSTANCE_QUEUE: usize = 1024;
+    pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Instance listener (XEP-0114 for component instances)")]

@@ -9,13 +9,31 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive, token_bytes,
+    de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive, token_bytes,
     ConfigError, ReloadClass,
 };
 
 /// XEP-0114 servers routinely send stanzas of several KiB (vCards, disco);
 /// below this the proxy would reject ordinary traffic.
 const MIN_STANZA_BYTES: usize = 4096;
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MAX_STANZA_BYTES: usize = 524_288;
+    pub const MAX_DEPTH: usize = 64;
+    pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
+    pub const UPSTREAM_MAX_STANZA_BYTES: usize = 2 * 1024 * 1024;
+    pub const UPSTREAM_MAX_DEPTH: usize = 65_536;
+    pub const UPSTREAM_MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
+    pub const UPSTREAM_MAX_WRITE_BYTES: usize = 512 * 1024;
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const WRITE_QUEUE: usize = 4096;
+    pub const UPSTREAM_BUFFER: usize = 4096;
+    pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Fast;
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Limits")]

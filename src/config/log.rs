@@ -6,7 +6,12 @@ use std::fmt::{self, Write as _};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{defaults, over, ConfigError, ReloadClass};
+use super::{over, ConfigError, ReloadClass};
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    pub const LOG_LEVEL: &str = "info";
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]

@@ -74,40 +74,17 @@ const INLINE_LABEL: &str = "config.toml";
 /// timeout or interval of a proxy needs more than a day.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Built-in defaults, in one place so the docs in `config.toml` and the tests
-/// have a single thing to agree with.
+/// Built-in defaults, one name space for all of them so the docs in
+/// `config.toml` and the tests have a single thing to agree with; each is
+/// defined in its section's file.
 pub mod defaults {
-    use std::time::Duration;
-
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
-    pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
-    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-    pub const PING_INTERVAL: Duration = Duration::from_secs(120);
-    pub const PING_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const CLIENT_REQUESTS: bool = true;
-    pub const SUBSCRIBE: bool = true;
-    pub const IQ_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const PENDING_CAPACITY: usize = 65536;
-    pub const MAX_CONNECTIONS: usize = 64;
-    pub const MAX_UNAUTHENTICATED: usize = 16;
-    pub const INSTANCE_QUEUE: usize = 1024;
-    pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
-    pub const MAX_STANZA_BYTES: usize = 524_288;
-    pub const MAX_DEPTH: usize = 64;
-    pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
-    pub const UPSTREAM_MAX_STANZA_BYTES: usize = 2 * 1024 * 1024;
-    pub const UPSTREAM_MAX_DEPTH: usize = 65_536;
-    pub const UPSTREAM_MAX_TOKEN_BYTES: usize = 2 * 1024 * 1024;
-    pub const UPSTREAM_MAX_WRITE_BYTES: usize = 512 * 1024;
-    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-    pub const WRITE_QUEUE: usize = 4096;
-    pub const UPSTREAM_BUFFER: usize = 4096;
-    pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Fast;
-    pub const LOG_LEVEL: &str = "info";
-    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    pub use super::client_proxy::defaults::*;
+    pub use super::instances::defaults::*;
+    pub use super::limits::defaults::*;
+    pub use super::log::defaults::*;
+    pub use super::routing::defaults::*;
+    pub use super::service::defaults::*;
+    pub use super::upstream::defaults::*;
 }
 
 // ---------------------------------------------------------------------------

@@ -9,9 +9,17 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use super::{
-    de_duration, defaults, fmt_duration, nonzero, over, parse_duration_arg, positive, ConfigError,
+    de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive, ConfigError,
     ReloadClass,
 };
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const IQ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const PENDING_CAPACITY: usize = 65536;
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Routing")]

@@ -8,9 +8,15 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    at_most_a_day, de_duration, defaults, fmt_duration, over, parse_duration_arg, ConfigError,
-    ReloadClass,
+    at_most_a_day, de_duration, fmt_duration, over, parse_duration_arg, ConfigError, ReloadClass,
 };
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]

@@ -9,9 +9,22 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{
-    de_duration, defaults, fmt_duration, over, parse_duration_arg, positive, resolve_secret,
-    ConfigError, Env, RawSecretSources, ReloadClass, Secret, UPSTREAM_SECRET_VAR,
+    de_duration, fmt_duration, over, parse_duration_arg, positive, resolve_secret, ConfigError,
+    Env, RawSecretSources, ReloadClass, Secret, UPSTREAM_SECRET_VAR,
 };
+
+/// Built-in defaults for this section (also [`super::defaults`]).
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const RECONNECT_MIN: Duration = Duration::from_millis(500);
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const PING_INTERVAL: Duration = Duration::from_secs(120);
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(30);
+}
 
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Upstream (component connection to the XMPP server)")]
