@@ -1,5 +1,9 @@
 //! `[client_proxy]`: the pool made of one account's online resources.
-//! Flags, file form, resolved form, validation and summary piece together.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::{self, Write as _};
 
@@ -34,6 +38,8 @@ pub struct ClientProxyArgs {
     pub subscribe: Option<bool>,
 }
 
+/// `[client_proxy]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawClientProxy {

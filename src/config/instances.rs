@@ -1,6 +1,10 @@
 //! `[instances]`: the proxy's own XEP-0114 listener for component
-//! instances. Flags, file form, resolved form, validation and summary
-//! piece together.
+//! instances.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -61,6 +65,8 @@ pub struct InstancesArgs {
     pub stall_timeout: Option<Duration>,
 }
 
+/// `[instances]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawInstances {

@@ -1,6 +1,10 @@
 //! `[limits]`: protections against peers that are slow, hostile or
-//! broken. Flags, file form, resolved form, validation and summary piece
-//! together.
+//! broken.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -76,6 +80,8 @@ pub struct LimitsArgs {
     pub tokenizer: Option<crate::xml::Tokenizer>,
 }
 
+/// `[limits]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawLimits {

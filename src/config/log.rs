@@ -1,5 +1,9 @@
-//! `[log]`: the tracing filter and line format. Flags, file form,
-//! resolved form, validation and summary piece together.
+//! `[log]`: the tracing filter and line format.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::{self, Write as _};
 
@@ -24,6 +28,8 @@ pub struct LogArgs {
     pub log_format: Option<LogFormat>,
 }
 
+/// `[log]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawLog {

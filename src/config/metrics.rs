@@ -1,6 +1,9 @@
-//! `[metrics]`: the Prometheus endpoint. Its flag, file form, resolved
-//! form, validation and summary piece, so adding a key touches this file
-//! and `config.toml` only.
+//! `[metrics]`: the Prometheus endpoint.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -19,6 +22,8 @@ pub struct MetricsArgs {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[metrics]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawMetrics {

@@ -1,6 +1,10 @@
 //! `[routing]`: how requests are spread over the pool and how long they
-//! may stay outstanding. Flags, file form, resolved form, validation and
-//! summary piece together.
+//! may stay outstanding.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::{self, Write as _};
 use std::time::Duration;
@@ -35,6 +39,8 @@ pub struct RoutingArgs {
     pub pending_capacity: Option<usize>,
 }
 
+/// `[routing]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawRouting {

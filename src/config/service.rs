@@ -1,5 +1,9 @@
 //! `[service]`: process-wide settings (shutdown grace, worker threads).
-//! Flags, file form, resolved form, validation and summary piece together.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -29,6 +33,8 @@ pub struct ServiceArgs {
     pub worker_threads: Option<usize>,
 }
 
+/// `[service]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawService {

@@ -1,5 +1,9 @@
-//! `[upstream]`: the XEP-0114 connection to the XMPP server. Flags, file
-//! form, resolved form, validation and summary piece together.
+//! `[upstream]`: the XEP-0114 connection to the XMPP server.
+//!
+//! Everything about this section's keys in one place: defaults, flags, file
+//! form, resolved form, validation, summary piece and reload classes. It
+//! uses only the shared helpers in `config/mod.rs`, which alone parses and
+//! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -72,6 +76,8 @@ pub struct UpstreamArgs {
     pub ping_timeout: Option<Duration>,
 }
 
+/// `[upstream]` as written in the file: every key optional, so "not in the
+/// file" is told apart from "set to the default" when flags are layered on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(super) struct RawUpstream {
