@@ -14,10 +14,7 @@
 //! A reload is applied whole or not at all, so the running settings are
 //! always one configuration that passed validation.
 
-use crate::config::{
-    ClientProxyConfig, Config, InstancesConfig, LimitsConfig, LogConfig, MetricsConfig,
-    RoutingConfig, ServiceConfig, UpstreamConfig,
-};
+use crate::config::{Config, ReloadClass};
 
 /// What a reload changes, by class; each list holds dotted keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,198 +50,26 @@ pub enum ReloadError {
     Stopped,
 }
 
-/// Sorts what differs between `old` and `new`.
+/// Sorts what differs between `old` and `new`. Each section classifies
+/// its own keys, next to their definition (`config/<section>.rs`).
 pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
-    every_key_is_sorted(new);
     let mut p = Plan::default();
     let mut restart = Vec::new();
-    let (ou, nu) = (&old.upstream, &new.upstream);
-    let (oc, nc) = (&old.client_proxy, &new.client_proxy);
-    let (or, nr) = (&old.routing, &new.routing);
-    let (oi, ni) = (&old.instances, &new.instances);
-    let (ol, nl) = (&old.limits, &new.limits);
-
-    let mut check = |changed: bool, key: &'static str, class: Class| {
-        if changed {
-            match class {
-                Class::Live => p.live.push(key),
-                Class::NextConnection => p.next_connection.push(key),
-                Class::Reconnect => p.reconnect.push(key),
-                Class::Restart => restart.push(key),
-            }
-        }
+    let mut sort = |key: &'static str, class: ReloadClass| match class {
+        ReloadClass::Live => p.live.push(key),
+        ReloadClass::NextConnection => p.next_connection.push(key),
+        ReloadClass::Reconnect => p.reconnect.push(key),
+        ReloadClass::Restart => restart.push(key),
     };
-    use Class::*;
-    check(ou.server != nu.server, "upstream.server", Reconnect);
-    check(ou.domain != nu.domain, "upstream.domain", Restart);
-    check(
-        ou.secret.expose() != nu.secret.expose(),
-        "upstream.secret",
-        Reconnect,
-    );
-    check(
-        ou.connect_timeout != nu.connect_timeout,
-        "upstream.connect_timeout",
-        NextConnection,
-    );
-    check(
-        ou.handshake_timeout != nu.handshake_timeout,
-        "upstream.handshake_timeout",
-        NextConnection,
-    );
-    check(
-        ou.reconnect_min != nu.reconnect_min,
-        "upstream.reconnect_min",
-        NextConnection,
-    );
-    check(
-        ou.reconnect_max != nu.reconnect_max,
-        "upstream.reconnect_max",
-        NextConnection,
-    );
-    check(
-        ou.keepalive_interval != nu.keepalive_interval,
-        "upstream.keepalive_interval",
-        NextConnection,
-    );
-    check(
-        ou.ping_interval != nu.ping_interval,
-        "upstream.ping_interval",
-        NextConnection,
-    );
-    check(
-        ou.ping_timeout != nu.ping_timeout,
-        "upstream.ping_timeout",
-        NextConnection,
-    );
-
-    check(
-        oc.target_address != nc.target_address,
-        "client_proxy.target_address",
-        Live,
-    );
-    check(oc.jat != nc.jat, "client_proxy.jat", Restart);
-    check(
-        oc.client_requests != nc.client_requests,
-        "client_proxy.client_requests",
-        Live,
-    );
-    check(oc.subscribe != nc.subscribe, "client_proxy.subscribe", Live);
-
-    check(or.balancing != nr.balancing, "routing.balancing", Live);
-    check(or.iq_timeout != nr.iq_timeout, "routing.iq_timeout", Live);
-    check(
-        or.pending_capacity != nr.pending_capacity,
-        "routing.pending_capacity",
-        Restart,
-    );
-
-    check(oi.listen != ni.listen, "instances.listen", Restart);
-    check(
-        oi.secret.as_ref().map(|s| s.expose()) != ni.secret.as_ref().map(|s| s.expose()),
-        "instances.secret",
-        NextConnection,
-    );
-    check(
-        oi.max_connections != ni.max_connections,
-        "instances.max_connections",
-        Restart,
-    );
-    check(
-        oi.max_unauthenticated != ni.max_unauthenticated,
-        "instances.max_unauthenticated",
-        Restart,
-    );
-    check(oi.queue != ni.queue, "instances.queue", NextConnection);
-    // Each connection's link to the core carries the value it was
-    // accepted with, as its queue carries its bound.
-    check(
-        oi.stall_timeout != ni.stall_timeout,
-        "instances.stall_timeout",
-        NextConnection,
-    );
-
-    check(
-        ol.max_stanza_bytes != nl.max_stanza_bytes,
-        "limits.max_stanza_bytes",
-        NextConnection,
-    );
-    check(
-        ol.max_depth != nl.max_depth,
-        "limits.max_depth",
-        NextConnection,
-    );
-    check(
-        ol.max_token_bytes != nl.max_token_bytes,
-        "limits.max_token_bytes",
-        NextConnection,
-    );
-    check(
-        ol.upstream_max_stanza_bytes != nl.upstream_max_stanza_bytes,
-        "limits.upstream_max_stanza_bytes",
-        NextConnection,
-    );
-    check(
-        ol.upstream_max_depth != nl.upstream_max_depth,
-        "limits.upstream_max_depth",
-        NextConnection,
-    );
-    check(
-        ol.upstream_max_token_bytes != nl.upstream_max_token_bytes,
-        "limits.upstream_max_token_bytes",
-        NextConnection,
-    );
-    check(
-        ol.upstream_max_write_bytes != nl.upstream_max_write_bytes,
-        "limits.upstream_max_write_bytes",
-        Live,
-    );
-    check(
-        ol.header_timeout != nl.header_timeout,
-        "limits.header_timeout",
-        NextConnection,
-    );
-    check(
-        ol.idle_timeout != nl.idle_timeout,
-        "limits.idle_timeout",
-        NextConnection,
-    );
-    check(
-        ol.write_queue != nl.write_queue,
-        "limits.write_queue",
-        NextConnection,
-    );
-    check(
-        ol.upstream_buffer != nl.upstream_buffer,
-        "limits.upstream_buffer",
-        Live,
-    );
-    // Read when each connection's framer is made (listener, upstream).
-    check(
-        ol.tokenizer != nl.tokenizer,
-        "limits.tokenizer",
-        NextConnection,
-    );
-
-    check(old.log.level != new.log.level, "log.level", Live);
-    check(old.log.format != new.log.format, "log.format", Restart);
-    check(
-        old.service.shutdown_grace != new.service.shutdown_grace,
-        "service.shutdown_grace",
-        Live,
-    );
-    // The runtime is built once, before the proxy starts: accepting a
-    // new count would report a change that never happens.
-    check(
-        old.service.worker_threads != new.service.worker_threads,
-        "service.worker_threads",
-        Restart,
-    );
-    check(
-        old.metrics.listen != new.metrics.listen,
-        "metrics.listen",
-        Restart,
-    );
+    old.upstream.reload_classes(&new.upstream, &mut sort);
+    old.client_proxy
+        .reload_classes(&new.client_proxy, &mut sort);
+    old.routing.reload_classes(&new.routing, &mut sort);
+    old.instances.reload_classes(&new.instances, &mut sort);
+    old.limits.reload_classes(&new.limits, &mut sort);
+    old.log.reload_classes(&new.log, &mut sort);
+    old.service.reload_classes(&new.service, &mut sort);
+    old.metrics.reload_classes(&new.metrics, &mut sort);
 
     if restart.is_empty() {
         Ok(p)
@@ -253,90 +78,11 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, ReloadError> {
     }
 }
 
-/// Names every field of every section, without `..`: a setting added to
-/// [`Config`] and not sorted by [`plan`] fails to compile here, rather
-/// than reloading silently as "nothing changed" (as `limits.tokenizer`
-/// and `service.worker_threads` once did). Add the new field here and a
-/// `check` for it in [`plan`].
-fn every_key_is_sorted(c: &Config) {
-    let Config {
-        upstream,
-        client_proxy,
-        routing,
-        instances,
-        limits,
-        log,
-        service,
-        metrics,
-    } = c;
-    let UpstreamConfig {
-        server: _,
-        domain: _,
-        secret: _,
-        connect_timeout: _,
-        handshake_timeout: _,
-        reconnect_min: _,
-        reconnect_max: _,
-        keepalive_interval: _,
-        ping_interval: _,
-        ping_timeout: _,
-    } = upstream;
-    let ClientProxyConfig {
-        target_address: _,
-        jat: _,
-        client_requests: _,
-        subscribe: _,
-    } = client_proxy;
-    let RoutingConfig {
-        balancing: _,
-        iq_timeout: _,
-        pending_capacity: _,
-    } = routing;
-    let InstancesConfig {
-        listen: _,
-        secret: _,
-        max_connections: _,
-        max_unauthenticated: _,
-        queue: _,
-        stall_timeout: _,
-    } = instances;
-    let LimitsConfig {
-        max_stanza_bytes: _,
-        max_depth: _,
-        max_token_bytes: _,
-        upstream_max_stanza_bytes: _,
-        upstream_max_depth: _,
-        upstream_max_token_bytes: _,
-        upstream_max_write_bytes: _,
-        header_timeout: _,
-        idle_timeout: _,
-        write_queue: _,
-        upstream_buffer: _,
-        tokenizer: _,
-    } = limits;
-    let LogConfig {
-        level: _,
-        format: _,
-    } = log;
-    let ServiceConfig {
-        shutdown_grace: _,
-        worker_threads: _,
-    } = service;
-    let MetricsConfig { listen: _ } = metrics;
-}
-
 /// True when a running upstream session no longer matches `new`.
 pub fn upstream_needs_reconnect(session: &Config, new: &Config) -> bool {
     session.upstream.server != new.upstream.server
         || session.upstream.secret.expose() != new.upstream.secret.expose()
         || session.upstream.domain != new.upstream.domain
-}
-
-enum Class {
-    Live,
-    NextConnection,
-    Reconnect,
-    Restart,
 }
 
 #[cfg(test)]
