@@ -400,9 +400,7 @@ impl Router {
         text: &str,
         out: &mut Vec<Action>,
     ) {
-        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
-            self.stats.skipped[i] += 1;
-        }
+        self.stats.skipped[limit.index()] += 1;
         let Some(st) = head else {
             return;
         };
@@ -414,11 +412,7 @@ impl Router {
         let Some(from) = st.from().filter(|_| answerable) else {
             return;
         };
-        let me = st.to().unwrap_or(&self.cfg.domain);
-        let err = StanzaError::PolicyViolation;
-        self.stats.count(err);
-        let reply = stanza::error_reply(&st.name, st.id(), me, from, err, Some(text));
-        out.push(reply_up(st, reply));
+        self.error_reply_text(st, from, StanzaError::PolicyViolation, Some(text), out);
     }
 
     /// A stanza from the XMPP server.

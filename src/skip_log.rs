@@ -20,8 +20,7 @@ impl SkipLog {
 
     /// Whether to log this one now; if so, how many went unlogged before.
     pub fn admit(&mut self, limit: Limit, now: Instant) -> Option<u64> {
-        let i = Limit::ALL.iter().position(|l| *l == limit)?;
-        match &mut self.last[i] {
+        match &mut self.last[limit.index()] {
             Some((at, quiet)) if now.duration_since(*at) < Self::EVERY => {
                 *quiet += 1;
                 None

@@ -130,6 +130,11 @@ impl Limit {
     /// Every limit, in the order counters are kept.
     pub const ALL: [Limit; 3] = [Limit::Size, Limit::Depth, Limit::Token];
 
+    /// Its place in [`Limit::ALL`], for arrays of counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
