@@ -53,10 +53,9 @@ use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{answered_by, error_of};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::scrape::scrape;
 use support::xmpp::{self, Element, RawComponent, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -207,23 +206,6 @@ listen = "127.0.0.1:0"
         s.log_tail(30)
     );
     proxy
-}
-
-/// The body of one `GET /metrics`.
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: jatproxy\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("metrics answer in time")
-        .expect("read");
-    let raw = String::from_utf8(raw).expect("utf-8");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    body.to_owned()
 }
 
 /// The value of one series (`name{labels}` exactly as exposed); 0 when it

@@ -5,12 +5,14 @@
 
 #[path = "support/fake.rs"]
 mod fake;
+#[path = "support/scrape.rs"]
+mod scrape;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use fake::{error_condition, start, FakeInstance, FakeServer, D, WAIT};
 use jatproxy::proxy::Proxy;
+use scrape::scrape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,27 +29,6 @@ iq_timeout = "60s"
 [metrics]
 listen = "127.0.0.1:0"
 "#;
-
-/// One scrape: the body of `GET /metrics`, after checking the status line.
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: jatproxy\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("metrics answer in time")
-        .expect("read");
-    let raw = String::from_utf8(raw).expect("utf-8");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(
-        head.contains("Content-Type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_owned()
-}
 
 /// The value of one series (`name{labels}` exactly as exposed); `None`
 /// if there is no such series.

@@ -9,6 +9,7 @@ pub mod ejabberd;
 pub mod flows;
 pub mod prosody;
 pub mod relay;
+pub mod scrape;
 pub mod xmpp;
 
 use std::time::Duration;
