@@ -211,6 +211,40 @@ enum To<'a> {
     Resource(&'a str),
 }
 
+/// A stanza from the server to an address the router serves, with what
+/// every rule for it reads: who sent it, where to, and whether the sender
+/// is the target account.
+struct Addressed<'a> {
+    st: &'a Stanza,
+    from: &'a str,
+    /// `to` as the server wrote it.
+    to_attr: &'a str,
+    to: To<'a>,
+    /// The sender is the target account (any of its resources).
+    from_target: bool,
+}
+
+/// An iq get/set from the server that is to be routed: its sender gets
+/// the one answer, from the address the request was sent to.
+struct Request<'a> {
+    st: &'a Stanza,
+    /// The requester, as the server stamped it.
+    from: &'a str,
+    /// The address it was sent to: the `from` of its answer.
+    to: &'a str,
+    id: &'a str,
+}
+
+/// Which members may serve an inbound request.
+#[derive(Clone, Copy)]
+enum Serving {
+    /// Any member of the pool (a request to `D` or `D/res`).
+    Pool,
+    /// Instances only: the nodes of the domain (`room@D`) belong to them
+    /// when an instance listener is configured.
+    Instances,
+}
+
 #[derive(Debug)]
 pub struct Router {
     cfg: RouterConfig,
@@ -456,10 +490,17 @@ impl Router {
             .target
             .as_deref()
             .is_some_and(|t| jid::bare_eq(jid::bare(from), t));
+        let a = Addressed {
+            st,
+            from,
+            to_attr,
+            to,
+            from_target,
+        };
         match st.kind {
-            Kind::Presence => self.presence_from_upstream(st, from, from_target, &to, out),
-            Kind::Message => self.message_from_upstream(st, from, from_target, &to, out),
-            Kind::Iq => self.iq_from_upstream(st, from, to_attr, from_target, &to, now, rng, out),
+            Kind::Presence => self.presence_from_upstream(&a, out),
+            Kind::Message => self.message_from_upstream(&a, out),
+            Kind::Iq => self.iq_from_upstream(&a, now, rng, out),
             Kind::Other => {}
         }
     }
@@ -482,7 +523,15 @@ impl Router {
     ) {
         match st.kind {
             Kind::Iq if st.is_iq_request() => match st.id() {
-                Some(id) => self.inbound_request(st, from, to_attr, id, true, now, rng, out),
+                Some(id) => {
+                    let req = Request {
+                        st,
+                        from,
+                        to: to_attr,
+                        id,
+                    };
+                    self.inbound_request(&req, Serving::Instances, now, rng, out)
+                }
                 None => self.error_reply(st, from, StanzaError::BadRequest, out),
             },
             Kind::Iq if st.is_iq_response() => self.stats.replies_unmatched += 1,
@@ -509,14 +558,8 @@ impl Router {
     /// `D` (the server delivers it to the bare address subscribed to).
     /// The module drops every presence to `D/x` too, but takes available,
     /// unavailable and error presence to `node@D` for pool presence.
-    fn presence_from_upstream(
-        &mut self,
-        st: &Stanza,
-        from: &str,
-        from_target: bool,
-        to: &To,
-        out: &mut Vec<Action>,
-    ) {
+    fn presence_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
+        let (st, from, from_target, to) = (a.st, a.from, a.from_target, &a.to);
         let d = self.cfg.domain.clone();
         if from_target {
             let resource = Member::Resource(from.to_owned());
@@ -591,14 +634,8 @@ impl Router {
         self.error_reply(st, from, StanzaError::BadRequest, out);
     }
 
-    fn message_from_upstream(
-        &mut self,
-        st: &Stanza,
-        from: &str,
-        from_target: bool,
-        to: &To,
-        out: &mut Vec<Action>,
-    ) {
+    fn message_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
+        let (st, from, from_target, to) = (a.st, a.from, a.from_target, &a.to);
         if let Some(id) = self.pool.sticky_instance(jid::bare(from)) {
             out.push(Action::Instance(id, Wire::One(st.bytes.clone())));
             return;
@@ -615,20 +652,16 @@ impl Router {
         self.error_reply(st, from, err, out);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn iq_from_upstream(
         &mut self,
-        st: &Stanza,
-        from: &str,
-        to_attr: &str,
-        from_target: bool,
-        to: &To,
+        a: &Addressed,
         now: Instant,
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
     ) {
+        let (st, from) = (a.st, a.from);
         if st.is_iq_response() {
-            self.reply_from_upstream(st, from, to, out);
+            self.reply_from_upstream(st, from, &a.to, out);
             return;
         }
         if !st.is_iq_request() {
@@ -640,35 +673,37 @@ impl Router {
             self.error_reply(st, from, StanzaError::BadRequest, out);
             return;
         };
-        match (from_target, to) {
+        let req = Request {
+            st,
+            from,
+            to: a.to_attr,
+            id,
+        };
+        match (a.from_target, &a.to) {
             (true, To::Bare | To::Node) => self.error_reply(st, from, StanzaError::BadRequest, out),
             (true, To::Resource(enc)) if self.cfg.client_requests => {
-                self.request_from_target(st, from, to_attr, enc, id, now, out)
+                self.request_from_target(&req, enc, now, out)
             }
             (true, To::Resource(_)) => {
                 self.error_reply(st, from, StanzaError::FeatureNotImplemented, out)
             }
-            (false, _) => self.inbound_request(st, from, to_attr, id, false, now, rng, out),
+            (false, _) => self.inbound_request(&req, Serving::Pool, now, rng, out),
         }
     }
 
-    /// An outside requester's iq get/set: to one member.
-    #[allow(clippy::too_many_arguments)]
+    /// An outside requester's iq get/set: to one member of `serving`.
     fn inbound_request(
         &mut self,
-        st: &Stanza,
-        requester: &str,
-        orig_to: &str,
-        id: &str,
-        instances_only: bool,
+        req: &Request,
+        serving: Serving,
         now: Instant,
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
     ) {
-        let picked = if instances_only {
-            self.pool.pick_instance(jid::bare(requester), rng)
-        } else {
-            self.pool.pick(jid::bare(requester), rng)
+        let (st, requester, orig_to, id) = (req.st, req.from, req.to, req.id);
+        let picked = match serving {
+            Serving::Instances => self.pool.pick_instance(jid::bare(requester), rng),
+            Serving::Pool => self.pool.pick(jid::bare(requester), rng),
         };
         let Some(member) = picked else {
             self.error_reply(st, requester, StanzaError::ServiceUnavailable, out);
@@ -726,17 +761,14 @@ impl Router {
     /// A target resource's iq get/set to `domain/ENC`: on to the decoded
     /// address with `from` = the domain. (The module answers these with
     /// feature-not-implemented.)
-    #[allow(clippy::too_many_arguments)]
     fn request_from_target(
         &mut self,
-        st: &Stanza,
-        resource: &str,
-        orig_to: &str,
+        req: &Request,
         enc: &str,
-        id: &str,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        let (st, resource, orig_to, id) = (req.st, req.from, req.to, req.id);
         // An unknown or expired token (or, with opaque JAT, anything but
         // a token) names no one: `item-not-found`. An inline ENC that is
         // no JID says what is wrong with it: `jid-malformed`.
