@@ -559,67 +559,17 @@ impl Router {
     /// The module drops every presence to `D/x` too, but takes available,
     /// unavailable and error presence to `node@D` for pool presence.
     fn presence_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
-        let (st, from, from_target, to) = (a.st, a.from, a.from_target, &a.to);
-        let d = self.cfg.domain.clone();
-        if from_target {
-            let resource = Member::Resource(from.to_owned());
-            let has_resource = jid::split(from).1.is_some();
-            if !matches!(to, To::Bare) {
+        let (st, from) = (a.st, a.from);
+        if a.from_target {
+            if matches!(a.to, To::Bare) {
+                self.presence_from_target(st, from, out);
+            } else {
                 tracing::debug!(
                     member = from,
-                    to = st.to().unwrap_or_default(),
+                    to = a.to_attr,
                     "directed presence from the target: the pool is unchanged"
                 );
                 self.stats.dropped_other += 1;
-                return;
-            }
-            match st.stanza_type() {
-                None if has_resource => {
-                    if self.pool.add(resource) {
-                        tracing::info!(member = from, "resource joined the pool");
-                    }
-                }
-                Some("unavailable") => {
-                    if self.pool.remove(&resource) {
-                        tracing::info!(member = from, "resource left the pool");
-                    }
-                    self.fail_member(&resource, out);
-                }
-                Some("error") => {
-                    // As the module: an error from the target drops all.
-                    for m in self.pool.clear_resources() {
-                        self.fail_member(&m, out);
-                    }
-                }
-                Some("subscribe") => {
-                    out.push(up(stanza::presence(
-                        &d,
-                        jid::bare(from),
-                        Some("subscribed"),
-                    )));
-                }
-                Some("probe") => out.push(up(stanza::presence(&d, from, None))),
-                Some("unsubscribed") => {
-                    // The server sends no more presence of the target: its
-                    // resources would stay in the pool, unseen when they
-                    // leave. Out now; requests on them get their answer.
-                    let gone = self.pool.clear_resources();
-                    tracing::warn!(
-                        target_address = jid::bare(from),
-                        resources_removed = gone.len(),
-                        "the target revoked the proxy's presence subscription: \
-                         its resources left the pool, and none will join it \
-                         until the subscription is granted again"
-                    );
-                    for m in gone {
-                        self.fail_member(&m, out);
-                    }
-                }
-                Some("subscribed") => {
-                    tracing::info!(target_address = jid::bare(from), "subscription granted");
-                    out.push(up(stanza::presence(&d, jid::bare(from), Some("probe"))));
-                }
-                _ => self.stats.dropped_other += 1,
             }
             return;
         }
@@ -632,6 +582,63 @@ impl Router {
             return;
         }
         self.error_reply(st, from, StanzaError::BadRequest, out);
+    }
+
+    /// The target's presence to the bare domain: which of its resources
+    /// are in the pool, and the subscription through which the server
+    /// tells the proxy.
+    fn presence_from_target(&mut self, st: &Stanza, from: &str, out: &mut Vec<Action>) {
+        let d = self.cfg.domain.clone();
+        let resource = Member::Resource(from.to_owned());
+        let has_resource = jid::split(from).1.is_some();
+        match st.stanza_type() {
+            None if has_resource => {
+                if self.pool.add(resource) {
+                    tracing::info!(member = from, "resource joined the pool");
+                }
+            }
+            Some("unavailable") => {
+                if self.pool.remove(&resource) {
+                    tracing::info!(member = from, "resource left the pool");
+                }
+                self.fail_member(&resource, out);
+            }
+            Some("error") => {
+                // As the module: an error from the target drops all.
+                for m in self.pool.clear_resources() {
+                    self.fail_member(&m, out);
+                }
+            }
+            Some("subscribe") => {
+                out.push(up(stanza::presence(
+                    &d,
+                    jid::bare(from),
+                    Some("subscribed"),
+                )));
+            }
+            Some("probe") => out.push(up(stanza::presence(&d, from, None))),
+            Some("unsubscribed") => {
+                // The server sends no more presence of the target: its
+                // resources would stay in the pool, unseen when they
+                // leave. Out now; requests on them get their answer.
+                let gone = self.pool.clear_resources();
+                tracing::warn!(
+                    target_address = jid::bare(from),
+                    resources_removed = gone.len(),
+                    "the target revoked the proxy's presence subscription: \
+                     its resources left the pool, and none will join it \
+                     until the subscription is granted again"
+                );
+                for m in gone {
+                    self.fail_member(&m, out);
+                }
+            }
+            Some("subscribed") => {
+                tracing::info!(target_address = jid::bare(from), "subscription granted");
+                out.push(up(stanza::presence(&d, jid::bare(from), Some("probe"))));
+            }
+            _ => self.stats.dropped_other += 1,
+        }
     }
 
     fn message_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
@@ -812,55 +819,13 @@ impl Router {
 
     /// An iq result/error from upstream: a member's reply, or a peer's
     /// reply to a request a target resource or an instance started.
+    /// Delivered only if it answers a request in flight, and only if it
+    /// comes from the one asked.
     fn reply_from_upstream(&mut self, st: &Stanza, from: &str, to: &To, out: &mut Vec<Action>) {
-        let id = st.id().unwrap_or_default().to_owned();
-        let key = match to {
-            To::Resource(res) => {
-                // ENC as the member wrote it back; the server stamped the
-                // requester prepared and the member nearly always copies
-                // it, so the exact form nearly always hits. A member that
-                // writes it another way (`ALICE@EXAMPLE.TEST/phone`,
-                // `alice@example.test./phone`) still finds it through the
-                // prepared form, as the module `jid_prep`s what it
-                // decodes. Tokens are matched exactly.
-                let exact = Key::ToResource {
-                    res: (*res).to_owned(),
-                    id,
-                };
-                if self.pending.contains(&exact) {
-                    exact
-                } else if let Some(prepared) = self.jat.prepared(res) {
-                    Key::ToResource {
-                        res: prepared,
-                        id: st.id().unwrap_or_default().to_owned(),
-                    }
-                } else {
-                    exact
-                }
-            }
-            To::Node => {
-                // Requests the target starts go out from the bare
-                // domain; nothing waits for a reply to `node@D`.
-                self.stats.replies_unmatched += 1;
-                return;
-            }
-            To::Bare => {
-                // Keyed by the normalised peer (see `request_from_target`).
-                // The server stamps `from` prepared, so the exact form
-                // nearly always hits and nothing is parsed.
-                let exact = Key::PeerReply {
-                    peer: from.to_owned(),
-                    id: id.clone(),
-                };
-                if self.pending.contains(&exact) {
-                    exact
-                } else {
-                    Key::PeerReply {
-                        peer: jid::validate(from).unwrap_or_else(|| from.to_owned()),
-                        id,
-                    }
-                }
-            }
+        let id = st.id().unwrap_or_default();
+        let Some(key) = self.answered_by_upstream(from, to, id) else {
+            self.stats.replies_unmatched += 1;
+            return;
         };
         let Some(entry) = self.pending.get(&key) else {
             self.stats.replies_unmatched += 1;
@@ -883,7 +848,65 @@ impl Router {
             return;
         };
         self.stats.replies_delivered += 1;
-        match entry.waiting {
+        self.deliver_upstream_reply(st, entry.waiting, out);
+    }
+
+    /// Which request in flight a reply from the server to `to` answers,
+    /// by its key; `None` when its address cannot name one. The key may
+    /// name nothing pending (late, duplicated or spoofed).
+    fn answered_by_upstream(&self, from: &str, to: &To, id: &str) -> Option<Key> {
+        let key = match to {
+            To::Resource(res) => {
+                // ENC as the member wrote it back; the server stamped the
+                // requester prepared and the member nearly always copies
+                // it, so the exact form nearly always hits. A member that
+                // writes it another way (`ALICE@EXAMPLE.TEST/phone`,
+                // `alice@example.test./phone`) still finds it through the
+                // prepared form, as the module `jid_prep`s what it
+                // decodes. Tokens are matched exactly.
+                let exact = Key::ToResource {
+                    res: (*res).to_owned(),
+                    id: id.to_owned(),
+                };
+                if self.pending.contains(&exact) {
+                    exact
+                } else if let Some(prepared) = self.jat.prepared(res) {
+                    Key::ToResource {
+                        res: prepared,
+                        id: id.to_owned(),
+                    }
+                } else {
+                    exact
+                }
+            }
+            // Requests the target starts go out from the bare domain;
+            // nothing waits for a reply to `node@D`.
+            To::Node => return None,
+            To::Bare => {
+                // Keyed by the normalised peer (see `request_from_target`).
+                // The server stamps `from` prepared, so the exact form
+                // nearly always hits and nothing is parsed.
+                let exact = Key::PeerReply {
+                    peer: from.to_owned(),
+                    id: id.to_owned(),
+                };
+                if self.pending.contains(&exact) {
+                    exact
+                } else {
+                    Key::PeerReply {
+                        peer: jid::validate(from).unwrap_or_else(|| from.to_owned()),
+                        id: id.to_owned(),
+                    }
+                }
+            }
+        };
+        Some(key)
+    }
+
+    /// Sends a reply from the server on to whoever waited for it, with
+    /// the addresses they used.
+    fn deliver_upstream_reply(&mut self, st: &Stanza, waiting: Waiting, out: &mut Vec<Action>) {
+        match waiting {
             Waiting::Inbound {
                 requester,
                 orig_to,
