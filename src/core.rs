@@ -233,15 +233,36 @@ impl Core {
             .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
     }
 
-    /// Carries out the router's actions, in order. What the router could
-    /// not know beforehand still goes back to it here, and is why this
-    /// loops until no action is left: an instance found gone or stalled
-    /// (`Router::instance_down`, whose answers join the next round), a
-    /// request neither sent nor held (`Router::fail_request`), and whether
-    /// a request is still pending when it is sent (`Router::is_pending`):
-    /// it may have been answered after it was queued — held while upstream
-    /// was away, given up for room in the same batch, or its instance cut
-    /// earlier in this very batch.
+    /// Carries out the router's actions, in order, and loops until none is
+    /// left, because three things are learnt only here, after the router
+    /// spoke, and each needs routing state to act on:
+    ///
+    /// - An instance found gone (its writer ended) or stalled (no progress
+    ///   for its stall timeout while its queue was full), or closed on the
+    ///   router's word. Only I/O tells the first two. Its requests must be
+    ///   answered (`Router::instance_down`), and those answers are new
+    ///   actions: the next round.
+    /// - A request that can be neither sent nor held: the upstream writer
+    ///   ended before `Event::UpstreamDown` arrived, and the backlog's bound
+    ///   is reached. It still gets its one answer (`Router::fail_request`),
+    ///   again a new action.
+    /// - Whether an instance's request still waits for its answer when it
+    ///   is finally sent (`Router::is_pending`): it may have been answered
+    ///   after the router emitted it — timed out while held for upstream,
+    ///   given up for room by a later event of the same batch, or its
+    ///   instance cut earlier in this very execution.
+    ///
+    /// Moving the backlog into the router (it would hold output while
+    /// upstream is away, answer a request that does not fit, and withdraw
+    /// held or not-yet-executed requests when it answers them) would
+    /// remove the last two callbacks, but not the loop: a writer found
+    /// ended, upstream or instance, is learnt in the middle of a batch, and
+    /// the router has to hear it before the rest of the batch runs (to
+    /// hold rather than send, and to withdraw that instance's requests), so
+    /// execution would still stop, tell the router and resume. It would
+    /// also turn the router's output from a list it only appends to into
+    /// a plan it edits after the fact (taking back a request it emitted
+    /// earlier in the batch).
     async fn execute(&mut self, actions: &mut Vec<Action>) {
         // The batch being executed lives in `spare` between calls, so that
         // neither vector gives its allocation back: a fresh one per batch
