@@ -1,8 +1,9 @@
 //! What jatproxy keeps for the XMPP server while the upstream session is
 //! away, and what it drops: the policy alone, synchronous and without
-//! I/O, so that it is unit-tested here. The core owns one [`Backlog`],
+//! I/O, so that it is unit-tested here. The router owns one [`Backlog`],
 //! fills it when upstream is away and empties it, in order, when a new
-//! session is up. It may not touch sockets, the router or the clock.
+//! session is up, so that the actions it gives the core are final. It
+//! may not touch sockets, the router's tables or the clock.
 
 use std::collections::VecDeque;
 

@@ -27,7 +27,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backlog::{Backlog, Class};
 use crate::config::Config;
 use crate::conn::Out;
 use crate::event::{Event, InstanceLink};
@@ -36,7 +35,6 @@ use crate::pool::InstanceId;
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig};
 use crate::skip_log::SkipLog;
-use crate::stanza::StanzaError;
 use crate::status::{Direction, Status};
 use crate::xml::frame::{Limit, Skipped};
 use crate::xml::StreamCondition;
@@ -45,8 +43,6 @@ pub(crate) struct Core {
     router: Router,
     rng: StdRng,
     upstream: Option<mpsc::Sender<Out>>,
-    /// Output kept for upstream while it is away.
-    backlog: Backlog,
     instances: HashMap<InstanceId, InstanceLink>,
     status: Status,
     status_tx: watch::Sender<Status>,
@@ -61,10 +57,9 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(cfg: &Config, status_tx: watch::Sender<Status>) -> Self {
         Core {
-            router: Router::new(RouterConfig::from_config(cfg)),
+            router: Router::new(RouterConfig::from_config(cfg), cfg.limits.upstream_buffer),
             rng: StdRng::from_os_rng(),
             upstream: None,
-            backlog: Backlog::new(cfg.limits.upstream_buffer),
             instances: HashMap::new(),
             status: Status::default(),
             status_tx,
@@ -162,15 +157,8 @@ impl Core {
                 self.upstream = Some(tx);
                 self.status.upstream_online = true;
                 self.status.upstream_sessions += 1;
+                // The subscription refresh, then what the router held.
                 self.router.upstream_online(actions);
-                // Held output goes after the subscription refresh. A held
-                // request is checked again when it is sent, and answered
-                // if it has to be held again and cannot be.
-                actions.extend(self.backlog.drain().map(|(wire, class)| match class {
-                    Class::Request(key) => Action::UpstreamRequest(wire, key),
-                    Class::Answer => Action::UpstreamAnswer(wire),
-                    Class::Other => Action::Upstream(wire),
-                }));
             }
             Event::UpstreamDown => {
                 self.upstream = None;
@@ -192,9 +180,8 @@ impl Core {
                 upstream_buffer,
                 done,
             } => {
-                self.router
-                    .reload(router, self.upstream.is_some(), now, actions);
-                self.backlog.set_cap(upstream_buffer);
+                self.router.reload(router, now, actions);
+                self.router.set_upstream_buffer(upstream_buffer);
                 self.status.counters.reloads_applied += 1;
                 let _ = done.send(());
             }
@@ -233,36 +220,15 @@ impl Core {
             .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
     }
 
-    /// Carries out the router's actions, in order, and loops until none is
-    /// left, because three things are learnt only here, after the router
-    /// spoke, and each needs routing state to act on:
-    ///
-    /// - An instance found gone (its writer ended) or stalled (no progress
-    ///   for its stall timeout while its queue was full), or closed on the
-    ///   router's word. Only I/O tells the first two. Its requests must be
-    ///   answered (`Router::instance_down`), and those answers are new
-    ///   actions: the next round.
-    /// - A request that can be neither sent nor held: the upstream writer
-    ///   ended before `Event::UpstreamDown` arrived, and the backlog's bound
-    ///   is reached. It still gets its one answer (`Router::fail_request`),
-    ///   again a new action.
-    /// - Whether an instance's request still waits for its answer when it
-    ///   is finally sent (`Router::is_pending`): it may have been answered
-    ///   after the router emitted it — timed out while held for upstream,
-    ///   given up for room by a later event of the same batch, or its
-    ///   instance cut earlier in this very execution.
-    ///
-    /// Moving the backlog into the router (it would hold output while
-    /// upstream is away, answer a request that does not fit, and withdraw
-    /// held or not-yet-executed requests when it answers them) would
-    /// remove the last two callbacks, but not the loop: a writer found
-    /// ended, upstream or instance, is learnt in the middle of a batch, and
-    /// the router has to hear it before the rest of the batch runs (to
-    /// hold rather than send, and to withdraw that instance's requests), so
-    /// execution would still stop, tell the router and resume. It would
-    /// also turn the router's output from a list it only appends to into
-    /// a plan it edits after the fact (taking back a request it emitted
-    /// earlier in the batch).
+    /// Carries out the router's actions, in order. They are final (the
+    /// router holds output for an absent server and takes back requests it
+    /// answered), so this only writes. Writing can find a writer ended,
+    /// upstream or an instance, or an instance closed or cut; the router
+    /// hears it at once, as an input, with the rest of the batch in front
+    /// of it, so that it holds rather than sends, takes back that
+    /// instance's requests, and appends the answers that follow; then
+    /// this goes on with what the router left. (That is the one loop that
+    /// remains: only writing can tell that a writer ended.)
     async fn execute(&mut self, actions: &mut Vec<Action>) {
         // The batch being executed lives in `spare` between calls, so that
         // neither vector gives its allocation back: a fresh one per batch
@@ -270,40 +236,64 @@ impl Core {
         let mut batch = std::mem::take(&mut self.spare);
         while !actions.is_empty() {
             std::mem::swap(actions, &mut batch);
-            for a in batch.drain(..) {
-                match a {
-                    Action::Upstream(w) => {
-                        self.send_upstream(w, Class::Other).await;
-                    }
-                    Action::UpstreamAnswer(w) => {
-                        self.send_upstream(w, Class::Answer).await;
-                    }
-                    Action::UpstreamRequest(w, key) => {
-                        if !self.router.is_pending(&key) {
-                            // Answered already (it timed out while held,
-                            // or was given up for room): the instance was
-                            // told it failed, so it must not run.
-                            self.status.requests_withdrawn += 1;
-                            continue;
-                        }
-                        if !self.send_upstream(w, Class::Request(key.clone())).await {
-                            // Neither sent nor held: answer it rather
-                            // than lose it.
-                            self.router.fail_request(
-                                &key,
-                                StanzaError::ResourceConstraint,
-                                actions,
-                            );
-                        }
-                    }
-                    Action::Instance(id, w) => self.send_instance(id, w, actions).await,
-                    Action::CloseInstance(id, reason) => {
-                        self.close_instance(id, reason.condition(), reason.why(), actions)
-                    }
+            let mut rest = batch.drain(..);
+            while let Some(a) = rest.next() {
+                let Some(found) = self.carry_out(a).await else {
+                    continue;
+                };
+                actions.extend(rest);
+                match found {
+                    Found::InstanceDown(id) => self.router.instance_down(id, actions),
+                    Found::UpstreamUnsent(a) => self.router.upstream_unsent(a, actions),
                 }
+                break;
             }
         }
         self.spare = batch;
+    }
+
+    /// Carries out one action; what it found that the router must hear
+    /// before anything else is done.
+    async fn carry_out(&mut self, a: Action) -> Option<Found> {
+        match a {
+            Action::Upstream(w) => self.send_upstream(w, Action::Upstream).await,
+            Action::UpstreamAnswer(w) => self.send_upstream(w, Action::UpstreamAnswer).await,
+            Action::UpstreamRequest(w, key) => {
+                self.send_upstream(w, |w| Action::UpstreamRequest(w, key))
+                    .await
+            }
+            Action::Instance(id, w) => self.send_instance(id, w).await,
+            Action::CloseInstance(id, reason) => {
+                self.close_instance(id, reason.condition(), reason.why())
+            }
+        }
+    }
+
+    /// Writes `w` to the server, waiting for room as long as it takes
+    /// (everything depends on that link). If its writer has ended, `w`
+    /// goes back to the router as the action `unsent` makes of it.
+    async fn send_upstream(
+        &mut self,
+        w: Wire,
+        unsent: impl FnOnce(Wire) -> Action,
+    ) -> Option<Found> {
+        let Some(tx) = &self.upstream else {
+            return Some(Found::UpstreamUnsent(unsent(w)));
+        };
+        let len = w.len();
+        match tx.send(Out::Wire(w)).await {
+            Ok(()) => {
+                self.status.counters.stanza(Direction::UpstreamOut, len);
+                None
+            }
+            Err(mpsc::error::SendError(out)) => {
+                self.upstream = None;
+                match out {
+                    Out::Wire(w) => Some(Found::UpstreamUnsent(unsent(w))),
+                    Out::Close(_) => None,
+                }
+            }
+        }
     }
 
     /// Queues `w` for instance `id`. A full queue is waited on, as long
@@ -314,18 +304,16 @@ impl Core {
     /// the link's stall timeout, the instance is cut and its requests are
     /// answered as for any lost member. Shutdown ends the wait at once,
     /// dropping the stanza: the instance is being closed anyway.
-    async fn send_instance(&mut self, id: InstanceId, w: Wire, actions: &mut Vec<Action>) {
-        let Some(link) = self.instances.get(&id) else {
-            return;
-        };
+    async fn send_instance(&mut self, id: InstanceId, w: Wire) -> Option<Found> {
+        let link = self.instances.get(&id)?;
         let len = w.len();
         let out = match link.tx.try_send(Out::Wire(w)) {
             Ok(()) => {
                 self.status.counters.stanza(Direction::InstancesOut, len);
-                return;
+                return None;
             }
             Err(mpsc::error::TrySendError::Full(out)) => out,
-            Err(mpsc::error::TrySendError::Closed(_)) => return self.instance_gone(id, actions),
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.instance_gone(id),
         };
         let tx = link.tx.clone();
         let progress = link.progress.clone();
@@ -353,8 +341,11 @@ impl Core {
             }
         };
         match waited {
-            Waited::Queued => self.status.counters.stanza(Direction::InstancesOut, len),
-            Waited::Gone => self.instance_gone(id, actions),
+            Waited::Queued => {
+                self.status.counters.stanza(Direction::InstancesOut, len);
+                None
+            }
+            Waited::Gone => self.instance_gone(id),
             Waited::Stalled => self.close_instance(
                 id,
                 StreamCondition::PolicyViolation,
@@ -363,13 +354,13 @@ impl Core {
                      queue (instances.queue) was full: not reading; out of rotation",
                     humantime::format_duration(stall)
                 ),
-                actions,
             ),
             Waited::Shutdown => {
                 tracing::debug!(
                     member = id,
                     "shutting down: a stanza for a slow instance dropped"
                 );
+                None
             }
         }
     }
@@ -377,12 +368,11 @@ impl Core {
     /// The instance's writer ended (its connection failed): out of the
     /// pool now, its requests answered, rather than when its connection
     /// task reports it.
-    fn instance_gone(&mut self, id: InstanceId, actions: &mut Vec<Action>) {
-        if let Some(link) = self.instances.remove(&id) {
-            tracing::debug!(member = id, peer.addr = %link.peer, "instance connection gone");
-            link.closing.cancel();
-            self.router.instance_down(id, actions);
-        }
+    fn instance_gone(&mut self, id: InstanceId) -> Option<Found> {
+        let link = self.instances.remove(&id)?;
+        tracing::debug!(member = id, peer.addr = %link.peer, "instance connection gone");
+        link.closing.cancel();
+        Some(Found::InstanceDown(id))
     }
 
     /// Closes an instance's stream with `cond`, logging one line with the
@@ -392,68 +382,27 @@ impl Core {
         id: InstanceId,
         cond: StreamCondition,
         why: &str,
-        actions: &mut Vec<Action>,
-    ) {
-        if let Some(link) = self.instances.remove(&id) {
-            tracing::warn!(member = id, peer.addr = %link.peer, condition = %cond, "closing instance stream: it {why}");
-            let error = handshake::stream_error(cond, None);
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                link.tx.try_send(Out::Close(error.clone()))
-            {
-                // Its queue is full: what is queued is dropped (its
-                // requests are answered below) and the error goes out
-                // after the stanza being written.
-                let _ = link.urgent.send(error);
-            }
-            link.closing.cancel();
-            self.router.instance_down(id, actions);
+    ) -> Option<Found> {
+        let link = self.instances.remove(&id)?;
+        tracing::warn!(member = id, peer.addr = %link.peer, condition = %cond, "closing instance stream: it {why}");
+        let error = handshake::stream_error(cond, None);
+        if let Err(mpsc::error::TrySendError::Full(_)) = link.tx.try_send(Out::Close(error.clone()))
+        {
+            // Its queue is full: what is queued is dropped (its requests
+            // are answered by the router) and the error goes out after the
+            // stanza being written.
+            let _ = link.urgent.send(error);
         }
-    }
-
-    /// Sends or holds; false if the output had to be dropped. `class`,
-    /// which the router gave with the action, says how it is held while
-    /// upstream is away.
-    async fn send_upstream(&mut self, w: Wire, class: Class) -> bool {
-        if let Some(tx) = &self.upstream {
-            let len = w.len();
-            match tx.send(Out::Wire(w)).await {
-                Ok(()) => {
-                    self.status.counters.stanza(Direction::UpstreamOut, len);
-                    return true;
-                }
-                Err(mpsc::error::SendError(out)) => {
-                    self.upstream = None;
-                    return match out {
-                        Out::Wire(w) => self.hold(w, class),
-                        Out::Close(_) => false,
-                    };
-                }
-            }
-        }
-        self.hold(w, class)
-    }
-
-    /// Keeps output for upstream until it is back (see
-    /// [`Backlog::hold`]); false if it had to be dropped.
-    fn hold(&mut self, wire: Wire, class: Class) -> bool {
-        if self.backlog.hold(wire, class) {
-            return true;
-        }
-        self.status.backlog_dropped = self.backlog.dropped();
-        if self.status.backlog_dropped.is_power_of_two() {
-            tracing::warn!(
-                dropped = self.status.backlog_dropped,
-                bound = self.backlog.cap(),
-                "upstream is down and its buffer is full: dropping output"
-            );
-        }
-        false
+        link.closing.cancel();
+        Some(Found::InstanceDown(id))
     }
 
     fn publish(&mut self) {
         self.status.pool = self.router.pool().members().to_vec();
         self.status.pending = self.router.pending_len();
-        self.status.backlog = self.backlog.len();
+        self.status.backlog = self.router.backlog().len();
+        self.status.backlog_dropped = self.router.backlog().dropped();
+        self.status.requests_withdrawn = self.router.requests_withdrawn();
         self.status.stats = self.router.stats().clone();
         let snapshot = &self.status;
         self.status_tx.send_if_modified(|s| {
@@ -465,6 +414,17 @@ impl Core {
             }
         });
     }
+}
+
+/// What carrying out an action found that the router must hear before
+/// the rest of the batch is carried out.
+enum Found {
+    /// An instance's stream ended: its writer gone, or closed by the core
+    /// (on the router's word, or cut for not reading).
+    InstanceDown(InstanceId),
+    /// The upstream writer ended before `Event::UpstreamDown` arrived:
+    /// this action was not written.
+    UpstreamUnsent(Action),
 }
 
 /// How a wait for room in an instance's queue ended.
@@ -495,6 +455,7 @@ mod tests {
 
     use super::*;
     use crate::pool::Member;
+    use crate::stanza::StanzaError;
     use crate::xml::frame::Stanza;
     use crate::xml::parse_one;
     use std::sync::Arc;

@@ -3,7 +3,10 @@
 //! Pure: no sockets, no clock, no randomness of its own (`now` and the RNG
 //! are passed in), so every row of the routing table in DESIGN.md is a
 //! unit test. The connection tasks feed it frames and carry out the
-//! actions it returns.
+//! actions it returns. Those are final: output for the server while it
+//! is away is held here (a [`Backlog`]), and a request answered before
+//! it was carried out is taken back here, so the executor only writes;
+//! what writing finds out (a writer that ended) comes back as an input.
 //!
 //! The one rule above all: every iq request the router accepts gets
 //! exactly one answer — the member's reply, or an error it makes itself
@@ -17,6 +20,7 @@ use std::time::Duration;
 use rand::RngCore;
 use tokio::time::Instant;
 
+use crate::backlog::{Backlog, Class};
 use crate::config::{Balancing, Config, JatMode};
 use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
 use crate::jid;
@@ -85,7 +89,9 @@ impl RouterConfig {
     }
 }
 
-/// Something for the connection tasks to do.
+/// Something for the connection tasks to do; final when emitted (see the
+/// module doc). What carrying it out finds comes back through
+/// [`Router::instance_down`] and [`Router::upstream_unsent`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write to the XMPP server.
@@ -94,12 +100,10 @@ pub enum Action {
     /// reply, or an error jatproxy made). While the server is away it is
     /// held whatever `limits.upstream_buffer` says: dropping it would leave
     /// a request without its one answer, and the pending table bounds how
-    /// many there can be. The router says so because it knows; the core
-    /// does not look inside the bytes.
+    /// many there can be.
     UpstreamAnswer(Wire),
-    /// Write an iq request to the XMPP server; if it can be neither sent
-    /// nor held (upstream away and its buffer full), call
-    /// [`Router::fail_request`] with the key so it still gets its answer.
+    /// Write an instance's iq request to the XMPP server. The key is the
+    /// router's, for when it comes back unsent.
     UpstreamRequest(Wire, Key),
     /// Write to one instance.
     Instance(InstanceId, Wire),
@@ -252,17 +256,47 @@ pub struct Router {
     pending: Pending,
     jat: Jat,
     stats: Stats,
+    /// Whether output for the server is written (a session is up) or
+    /// held in `backlog`.
+    online: bool,
+    /// Output kept for the server while it is away.
+    backlog: Backlog,
+    /// Instance requests answered before they were sent, and so never
+    /// sent.
+    withdrawn: u64,
 }
 
 impl Router {
-    pub fn new(cfg: RouterConfig) -> Self {
+    /// A router for a server not yet connected: output for it is held,
+    /// up to `upstream_buffer` items besides answers (see [`Backlog`]),
+    /// until [`Router::upstream_online`].
+    pub fn new(cfg: RouterConfig, upstream_buffer: usize) -> Self {
         Router {
             pool: Pool::new(cfg.balancing),
             pending: Pending::new(cfg.pending_capacity),
             jat: Jat::new(cfg.jat, cfg.pending_capacity),
             stats: Stats::default(),
+            online: false,
+            backlog: Backlog::new(upstream_buffer),
+            withdrawn: 0,
             cfg,
         }
+    }
+
+    /// What is held for the server now.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    /// A reload's `limits.upstream_buffer`: applies to what is held next.
+    pub fn set_upstream_buffer(&mut self, cap: usize) {
+        self.backlog.set_cap(cap);
+    }
+
+    /// Instance requests answered (timed out, given up for room, their
+    /// instance gone) before they could be sent, and so never sent.
+    pub fn requests_withdrawn(&self) -> u64 {
+        self.withdrawn
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -299,11 +333,12 @@ impl Router {
     /// JAT mode and the pending capacity (which the caller refuses to
     /// change, see `reload::plan`). A longer timeout applies to new
     /// requests; a shorter one also to requests in flight, counted from
-    /// `now` (none waits longer than the new setting). A new target address takes the old one's resources out
-    /// of the pool (their pending requests are answered
-    /// `recipient-unavailable`) and, when `online`, asks the new one for
-    /// its presence as a fresh upstream session would.
-    pub fn reload(&mut self, new: RouterConfig, online: bool, now: Instant, out: &mut Vec<Action>) {
+    /// `now` (none waits longer than the new setting). A new target
+    /// address takes the old one's resources out of the pool (their
+    /// pending requests are answered `recipient-unavailable`) and, when a
+    /// session is up, asks the new one for its presence as a fresh
+    /// upstream session would.
+    pub fn reload(&mut self, new: RouterConfig, now: Instant, out: &mut Vec<Action>) {
         if new.iq_timeout < self.cfg.iq_timeout {
             self.pending.clamp_deadlines(later(now, new.iq_timeout));
         }
@@ -316,7 +351,7 @@ impl Router {
                 self.fail_member(&m, out);
             }
             self.cfg.target = new.target;
-            if online {
+            if self.online {
                 self.upstream_online(out);
             }
         }
@@ -338,25 +373,71 @@ impl Router {
     /// there is no request to lose: the `probe` goes out at once, or the
     /// resources already online would stay unknown until their presence
     /// next changes.
+    ///
+    /// What was held while the server was away goes after that, in
+    /// order, except an instance's request answered meanwhile.
     pub fn upstream_online(&mut self, out: &mut Vec<Action>) {
-        let Some(target) = &self.cfg.target else {
-            return;
-        };
-        let ptype = if self.cfg.subscribe {
-            "subscribe"
-        } else {
-            "probe"
-        };
-        out.push(up(stanza::presence(&self.cfg.domain, target, Some(ptype))));
+        self.online = true;
+        if let Some(target) = &self.cfg.target {
+            let ptype = if self.cfg.subscribe {
+                "subscribe"
+            } else {
+                "probe"
+            };
+            self.for_server(
+                up(stanza::presence(&self.cfg.domain, target, Some(ptype))),
+                out,
+            );
+        }
+        for (wire, class) in self.backlog.drain() {
+            out.push(match class {
+                Class::Request(key) if !self.pending.contains(&key) => {
+                    // Answered (timed out, given up for room, its instance
+                    // gone): the instance was told it failed.
+                    self.withdrawn += 1;
+                    continue;
+                }
+                Class::Request(key) => Action::UpstreamRequest(wire, key),
+                Class::Answer => Action::UpstreamAnswer(wire),
+                Class::Other => Action::Upstream(wire),
+            });
+        }
     }
 
     /// The upstream session is gone. Presence will be learnt anew after
     /// reconnecting, so client resources leave the pool now; requests
-    /// pending on them will get no reply and are answered with an error
-    /// (queued by the caller until upstream is back).
+    /// pending on them will get no reply and are answered with an error,
+    /// held until upstream is back, as is everything for the server in
+    /// `out` not yet written.
     pub fn upstream_lost(&mut self, out: &mut Vec<Action>) {
+        self.hold_unwritten(out);
         for m in self.pool.clear_resources() {
             self.fail_member(&m, out);
+        }
+    }
+
+    /// The upstream writer ended before the session's end was reported:
+    /// `unsent` could not be written. It is held, and so is everything
+    /// for the server still in `out`, in order; the pool stays as it is
+    /// until [`Router::upstream_lost`].
+    pub fn upstream_unsent(&mut self, unsent: Action, out: &mut Vec<Action>) {
+        self.online = false;
+        self.hold(unsent, out);
+        self.hold_unwritten(out);
+    }
+
+    /// Stops writing to the server: what `out` has for it is held
+    /// instead, in order.
+    fn hold_unwritten(&mut self, out: &mut Vec<Action>) {
+        self.online = false;
+        if !out.iter().any(is_for_upstream) {
+            return;
+        }
+        let (upstream, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(out).into_iter().partition(is_for_upstream);
+        *out = rest;
+        for a in upstream {
+            self.hold(a, out);
         }
     }
 
@@ -370,10 +451,14 @@ impl Router {
         let m = Member::Instance(id);
         self.pool.remove(&m);
         self.fail_member(&m, out);
-        // Requests the instance started can no longer be delivered.
-        self.pending.drain_where(
+        // Requests the instance started can no longer be delivered, nor
+        // need to be sent.
+        let started = self.pending.drain_where(
             |w| matches!(w, Waiting::FromInstance { instance, .. } if *instance == id),
         );
+        for (key, _) in started {
+            self.withdraw(&key, out);
+        }
     }
 
     /// Answers every request whose deadline has passed.
@@ -385,7 +470,7 @@ impl Router {
 
     /// A request that could not be sent gets its one answer now (if it
     /// is still pending: a timeout may have answered it already).
-    pub fn fail_request(&mut self, key: &Key, err: StanzaError, out: &mut Vec<Action>) {
+    fn fail_request(&mut self, key: &Key, err: StanzaError, out: &mut Vec<Action>) {
         if let Some(entry) = self.pending.remove(key) {
             self.answer(key.clone(), entry.waiting, err, out);
         }
@@ -610,13 +695,12 @@ impl Router {
                 }
             }
             Some("subscribe") => {
-                out.push(up(stanza::presence(
-                    &d,
-                    jid::bare(from),
-                    Some("subscribed"),
-                )));
+                self.for_server(
+                    up(stanza::presence(&d, jid::bare(from), Some("subscribed"))),
+                    out,
+                );
             }
-            Some("probe") => out.push(up(stanza::presence(&d, from, None))),
+            Some("probe") => self.for_server(up(stanza::presence(&d, from, None)), out),
             Some("unsubscribed") => {
                 // The server sends no more presence of the target: its
                 // resources would stay in the pool, unseen when they
@@ -635,7 +719,10 @@ impl Router {
             }
             Some("subscribed") => {
                 tracing::info!(target_address = jid::bare(from), "subscription granted");
-                out.push(up(stanza::presence(&d, jid::bare(from), Some("probe"))));
+                self.for_server(
+                    up(stanza::presence(&d, jid::bare(from), Some("probe"))),
+                    out,
+                );
             }
             _ => self.stats.dropped_other += 1,
         }
@@ -759,10 +846,13 @@ impl Router {
         };
         self.track(key, waiting, now, out);
         self.stats.requests_routed += 1;
-        out.push(match member {
-            Member::Resource(_) => Action::Upstream(wire),
-            Member::Instance(i) => Action::Instance(i, wire),
-        });
+        self.for_server(
+            match member {
+                Member::Resource(_) => Action::Upstream(wire),
+                Member::Instance(i) => Action::Instance(i, wire),
+            },
+            out,
+        );
     }
 
     /// A target resource's iq get/set to `domain/ENC`: on to the decoded
@@ -814,7 +904,7 @@ impl Router {
         };
         self.track(key, waiting, now, out);
         self.stats.requests_outbound += 1;
-        out.push(Action::Upstream(wire));
+        self.for_server(Action::Upstream(wire), out);
     }
 
     /// An iq result/error from upstream: a member's reply, or a peer's
@@ -1019,13 +1109,13 @@ impl Router {
             let key = Key::ToResource { res: token, id };
             self.track(key.clone(), waiting, now, out);
             self.stats.requests_outbound += 1;
-            out.push(Action::UpstreamRequest(
-                rewrite(st, None, Some(&new_from)),
-                key,
-            ));
+            self.for_server(
+                Action::UpstreamRequest(rewrite(st, None, Some(&new_from)), key),
+                out,
+            );
             return;
         }
-        out.push(Action::Upstream(rewrite(st, None, new_from)));
+        self.for_server(Action::Upstream(rewrite(st, None, new_from)), out);
     }
 
     /// An instance's stanza whose `to` is no JID: `jid-malformed` back to
@@ -1100,7 +1190,7 @@ impl Router {
             }
         }
         self.stats.replies_delivered += 1;
-        out.push(answer_up(rewrite(st, None, new_from)));
+        self.for_server(answer_up(rewrite(st, None, new_from)), out);
     }
 
     // ----- helpers ---------------------------------------------------------
@@ -1140,40 +1230,89 @@ impl Router {
                 member,
             } => {
                 self.pool.dec_load(&member);
-                out.push(answer_up(stanza::error_reply(
-                    "iq",
-                    Some(id),
-                    &orig_to,
-                    &requester,
-                    err,
-                    None,
-                )));
+                self.for_server(
+                    answer_up(stanza::error_reply(
+                        "iq",
+                        Some(id),
+                        &orig_to,
+                        &requester,
+                        err,
+                        None,
+                    )),
+                    out,
+                );
             }
             Waiting::FromTarget {
                 resource, orig_to, ..
-            } => out.push(answer_up(stanza::error_reply(
-                "iq",
-                Some(id),
-                &orig_to,
-                &resource,
-                err,
-                None,
-            ))),
+            } => self.for_server(
+                answer_up(stanza::error_reply(
+                    "iq",
+                    Some(id),
+                    &orig_to,
+                    &resource,
+                    err,
+                    None,
+                )),
+                out,
+            ),
             Waiting::FromInstance {
                 instance,
                 orig_from,
                 peer,
-            } => out.push(Action::Instance(
-                instance,
-                Wire::One(stanza::error_reply(
-                    "iq",
-                    Some(id),
-                    &peer,
-                    &orig_from,
-                    err,
-                    None,
-                )),
-            )),
+            } => {
+                let reply = stanza::error_reply("iq", Some(id), &peer, &orig_from, err, None);
+                self.withdraw(&key, out);
+                out.push(Action::Instance(instance, Wire::One(reply)));
+            }
+        }
+    }
+
+    /// Takes back an instance's request not yet carried out: it has its
+    /// answer, so it must not run. (One held for the server is dropped
+    /// when the server is back, in [`Router::upstream_online`].)
+    fn withdraw(&mut self, key: &Key, out: &mut Vec<Action>) {
+        let before = out.len();
+        out.retain(|a| !matches!(a, Action::UpstreamRequest(_, k) if k == key));
+        self.withdrawn += (before - out.len()) as u64;
+    }
+
+    /// Output for the server: written while a session is up, else held.
+    fn for_server(&mut self, a: Action, out: &mut Vec<Action>) {
+        if self.online {
+            out.push(a);
+        } else {
+            self.hold(a, out);
+        }
+    }
+
+    /// Output for the server while it is away: kept until it is back (see
+    /// [`Backlog::hold`]). An instance's request that does not fit gets
+    /// its one answer now; other output that does not fit is dropped and
+    /// counted. Not output for the server: pushed as it is.
+    fn hold(&mut self, a: Action, out: &mut Vec<Action>) {
+        let (wire, class) = match a {
+            Action::Upstream(w) => (w, Class::Other),
+            Action::UpstreamAnswer(w) => (w, Class::Answer),
+            Action::UpstreamRequest(w, key) => (w, Class::Request(key)),
+            other => return out.push(other),
+        };
+        let request = match &class {
+            Class::Request(key) => Some(key.clone()),
+            _ => None,
+        };
+        if self.backlog.hold(wire, class) {
+            return;
+        }
+        let dropped = self.backlog.dropped();
+        if dropped.is_power_of_two() {
+            tracing::warn!(
+                dropped,
+                bound = self.backlog.cap(),
+                "upstream is down and its buffer is full: dropping output"
+            );
+        }
+        if let Some(key) = request {
+            self.fail_request(&key, StanzaError::ResourceConstraint, out);
         }
     }
 
@@ -1199,7 +1338,7 @@ impl Router {
         let me = st.to().unwrap_or(&self.cfg.domain);
         self.stats.count(err);
         let reply = stanza::error_reply(&st.name, st.id(), me, from, err, text);
-        out.push(reply_up(st, reply));
+        self.for_server(reply_up(st, reply), out);
     }
 
     /// The text of a `policy-violation` for a stanza of `len` bytes that
@@ -1224,27 +1363,23 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         if wire.len() <= self.cfg.max_write {
-            out.push(answer_up(wire));
+            self.for_server(answer_up(wire), out);
             return;
         }
         let err = StanzaError::PolicyViolation;
         let text = self.too_large_text(wire.len());
         self.stats.count(err);
-        out.push(answer_up(stanza::error_reply(
-            "iq",
-            Some(id),
-            orig_to,
-            requester,
-            err,
-            Some(&text),
-        )));
-    }
-
-    /// Whether the request with this key still waits for its answer: a
-    /// request held for upstream and answered meanwhile (timed out) must
-    /// not be sent after all.
-    pub fn is_pending(&self, key: &Key) -> bool {
-        self.pending.contains(key)
+        self.for_server(
+            answer_up(stanza::error_reply(
+                "iq",
+                Some(id),
+                orig_to,
+                requester,
+                err,
+                Some(&text),
+            )),
+            out,
+        );
     }
 }
 
@@ -1273,6 +1408,14 @@ fn reply_up(st: &Stanza, reply: impl Into<Wire>) -> Action {
 /// the same once prepared. `expected` is stored prepared.
 fn same_address(expected: &str, from: &str) -> bool {
     expected == from || jid::validate(from).is_some_and(|f| f == expected)
+}
+
+/// Whether an action writes to the server.
+fn is_for_upstream(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::Upstream(_) | Action::UpstreamAnswer(_) | Action::UpstreamRequest(..)
+    )
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@ const ALICE: &str = "alice@example.test/phone";
 const TEXT: &str =
     "stanza larger than 4096 bytes (limits.upstream_max_stanza_bytes): not delivered";
 
+/// A router whose server session is up.
 fn router() -> Router {
-    Router::new(RouterConfig {
+    online(RouterConfig {
         domain: D.into(),
         target: Some("impl@example.test".into()),
         jat: JatMode::Inline,
@@ -23,6 +24,12 @@ fn router() -> Router {
         max_write: 512 * 1024,
         instances: false,
     })
+}
+
+fn online(cfg: RouterConfig) -> Router {
+    let mut r = Router::new(cfg, 64);
+    r.upstream_online(&mut Vec::new());
+    r
 }
 
 /// What the router writes for a skipped stanza whose head is `xml`.
@@ -115,7 +122,7 @@ fn small_writes(max: usize) -> Router {
     let mut r = router();
     let mut cfg = r.config().clone();
     cfg.max_write = max;
-    r = Router::new(cfg);
+    r = online(cfg);
     let mut out = Vec::new();
     let st = parse_one(format!("<presence from='impl@example.test/a' to='{D}'/>").as_bytes())
         .expect("presence frames");

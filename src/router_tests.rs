@@ -34,9 +34,13 @@ struct H {
 }
 
 impl H {
+    /// A router whose server session is up: what it writes upstream is
+    /// written, not held.
     fn new(cfg: RouterConfig) -> Self {
+        let mut r = Router::new(cfg, 64);
+        r.upstream_online(&mut Vec::new());
         H {
-            r: Router::new(cfg),
+            r,
             rng: StdRng::seed_from_u64(42),
             now: Instant::now(),
         }
@@ -563,11 +567,18 @@ fn upstream_loss_fails_resource_requests() {
     h.up(&format!("<iq type='get' id='u' to='{D}' from='{ALICE}'/>"));
     let mut out = Vec::new();
     h.r.upstream_lost(&mut out);
+    assert!(out.is_empty(), "held while the server is away: {out:?}");
+    assert!(h.r.pool().is_empty());
+    assert_eq!(h.r.backlog().len(), 1);
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
     assert_eq!(
         render(out),
-        [err("iq", "u", D, ALICE, "wait", "recipient-unavailable")]
+        [
+            format!("UP <presence type='subscribe' from='{D}' to='{T}'/>"),
+            err("iq", "u", D, ALICE, "wait", "recipient-unavailable")
+        ]
     );
-    assert!(h.r.pool().is_empty());
 }
 
 #[test]
@@ -1187,26 +1198,87 @@ fn every_request_gets_exactly_one_answer() {
 
 #[test]
 fn instance_request_that_cannot_be_sent_is_answered() {
+    // The server away and its buffer full: the request can be neither
+    // sent nor held.
     let mut h = H::new(cfg());
+    h.r.set_upstream_buffer(0);
+    h.r.upstream_lost(&mut Vec::new());
     h.r.instance_up(1);
-    let st = parse_one(format!("<iq type='get' id='lost' from='{D}' to='{ALICE}'/>").as_bytes())
-        .expect("frames");
-    let mut out = Vec::new();
-    h.r.from_instance(1, &st, h.now, &mut h.rng, &mut out);
-    let Some(Action::UpstreamRequest(_, key)) = out.pop() else {
-        panic!("an instance's request is an UpstreamRequest");
-    };
-    let mut out = Vec::new();
-    h.r.fail_request(&key, StanzaError::ResourceConstraint, &mut out);
+    let out = h.inst(
+        1,
+        &format!("<iq type='get' id='lost' from='{D}' to='{ALICE}'/>"),
+    );
     assert_eq!(
-        render(out),
+        out,
         [format!("I1 <iq type='error' id='lost' from='{ALICE}' to='{D}'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
     );
-    // Once answered, never again: not by a second failure, not by timeout.
-    let mut out = Vec::new();
-    h.r.fail_request(&key, StanzaError::ResourceConstraint, &mut out);
-    assert!(out.is_empty());
+    assert_eq!((h.r.backlog().len(), h.r.backlog().dropped()), (0, 1));
+    // Once answered, never again: not by timeout, and nothing is sent
+    // when the server is back.
     assert!(h.advance(Duration::from_secs(60)).is_empty());
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(classes(&out), ["other"], "the subscription request only");
+}
+
+/// An instance's request answered before it was carried out is taken
+/// back, whether it was held for the server (timed out meanwhile) or is
+/// still in the batch (its instance went down): the instance was told it
+/// failed, so it must not run.
+#[test]
+fn an_instance_request_answered_before_it_runs_is_withdrawn() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    h.r.instance_up(2);
+    let req = |id: &str| format!("<iq type='get' id='{id}' from='{D}' to='{ALICE}'/>");
+    // Held, then timed out.
+    h.r.upstream_lost(&mut Vec::new());
+    assert!(h.inst(1, &req("held")).is_empty());
+    let answer = h.advance(Duration::from_secs(31));
+    assert_eq!(answer.len(), 1);
+    assert!(answer[0].starts_with("I1 ") && answer[0].contains("<remote-server-timeout "));
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(classes(&out), ["other"], "the subscription request only");
+    // In the batch, then its instance down; the other's request stays.
+    let mut out = h.inst_actions(1, &req("gone"));
+    out.extend(h.inst_actions(2, &req("kept")));
+    h.r.instance_down(1, &mut out);
+    let out = render(out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("UP ") && out[0].contains("id='kept'"),
+        "{out:?}"
+    );
+    assert_eq!(h.r.requests_withdrawn(), 2);
+}
+
+/// The upstream writer ended before its end was reported: the action it
+/// could not write is held first, then everything for the server still
+/// in the batch, in order; the rest of the batch is untouched.
+#[test]
+fn unsent_output_is_held_in_order_with_the_rest_of_the_batch() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1);
+    let msg = |id: &str| format!("<message id='{id}' from='{D}' to='bob@example.test'/>");
+    let mut unsent = h.inst_actions(1, &msg("m1"));
+    let mut out = h.inst_actions(1, &msg("m2"));
+    out.push(Action::Instance(
+        1,
+        Wire::One(bytes::Bytes::from_static(b"<x/>")),
+    ));
+    out.extend(h.inst_actions(1, &msg("m3")));
+    h.r.upstream_unsent(unsent.remove(0), &mut out);
+    assert_eq!(render(out), ["I1 <x/>"]);
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    let out = render(out);
+    let ids: Vec<_> = out
+        .iter()
+        .skip(1)
+        .map(|o| o.split("id='").nth(1).and_then(|r| r.split('\'').next()))
+        .collect();
+    assert_eq!(ids, [Some("m1"), Some("m2"), Some("m3")], "{out:?}");
 }
 
 #[test]
@@ -1362,7 +1434,6 @@ fn reload_changes_balancing_and_timeout_for_new_requests() {
             iq_timeout: Duration::from_secs(1),
             ..cfg()
         },
-        true,
         h.now,
         &mut out,
     );
@@ -1385,7 +1456,7 @@ fn reload_changes_balancing_and_timeout_for_new_requests() {
     assert_eq!(h.r.pending_len(), 0);
     // A longer one applies to new requests only.
     let mut out = Vec::new();
-    h.r.reload(cfg(), true, h.now, &mut out);
+    h.r.reload(cfg(), h.now, &mut out);
     h.up(&format!(
         "<iq type='get' id='late' to='{D}' from='{ALICE}'/>"
     ));
@@ -1404,7 +1475,6 @@ fn reload_with_a_new_target_swaps_the_pool_and_subscribes() {
             target: Some("other@example.test".into()),
             ..cfg()
         },
-        true,
         h.now,
         &mut out,
     );
@@ -2071,7 +2141,6 @@ fn absurd_timeouts_do_not_panic() {
             iq_timeout: Duration::from_secs(1),
             ..cfg()
         },
-        true,
         h.now,
         &mut out,
     );
@@ -2084,7 +2153,6 @@ fn absurd_timeouts_do_not_panic() {
             iq_timeout: Duration::MAX,
             ..cfg()
         },
-        true,
         h.now,
         &mut out,
     );
@@ -2092,9 +2160,9 @@ fn absurd_timeouts_do_not_panic() {
     assert_eq!(h.advance(Duration::from_secs(1)).len(), 1);
 }
 
-// ----- what the core is told about each upstream write ----------------------
+// ----- how each upstream write is held while the server is away ------------
 
-/// How the core is to hold an action's output while upstream is away:
+/// How an action's output is held while upstream is away:
 /// `answer` (held past the bound), `request` (an instance's request),
 /// `other` (bounded), or `instance`/`close` for the rest. Every upstream
 /// write is also checked against the bytes: it is an answer exactly when
