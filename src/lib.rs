@@ -27,6 +27,9 @@
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
 //! - [`router`]: the routing table: one stanza in, actions out.
 //! - [`pool`]: members, presence tracking, balancing.
+//! - [`qualify`]: which client resources may join the pool: the name
+//!   rule, the disco#info question and its answer, XEP-0115 caps and
+//!   their cache, and each resource's qualification state.
 //! - [`jat`]: address translation and the pending-request table.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
 //! - [`skip_log`]: one log line per per-stanza limit per minute.
@@ -74,6 +77,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod qualify;
 pub mod reload;
 pub mod rewrite;
 pub mod router;

@@ -21,10 +21,11 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use crate::backlog::{Backlog, Class};
-use crate::config::{Balancing, Config, JatMode};
+use crate::config::{Balancing, Config, Continuity, JatMode};
 use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
 use crate::jid;
 use crate::pool::{InstanceId, Member, Pool};
+use crate::qualify::Admission;
 use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
 use crate::time::later;
@@ -65,6 +66,11 @@ pub struct RouterConfig {
     /// can make a user's stanza six times larger than the user sent it:
     /// forwarded back as it came, one user's request would cut the link.
     pub max_write: usize,
+    /// Which client resources join the pool (`client_proxy.resources`,
+    /// `require_feature`, `qualify_timeout`); instances are not qualified.
+    pub admission: Admission,
+    /// Hold, re-dispatch, retry and quarantine (`routing.*`, issue 13).
+    pub continuity: Continuity,
 }
 
 impl RouterConfig {
@@ -85,6 +91,8 @@ impl RouterConfig {
             iq_timeout: c.routing.iq_timeout,
             pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
                 .unwrap_or(NonZeroUsize::MIN),
+            admission: c.client_proxy.admission(),
+            continuity: c.routing.continuity(),
         }
     }
 }

@@ -23,6 +23,8 @@ fn router() -> Router {
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
         max_write: 512 * 1024,
         instances: false,
+        admission: Admission::default(),
+        continuity: Continuity::off(),
     })
 }
 

@@ -24,6 +24,8 @@ fn cfg() -> RouterConfig {
         iq_timeout: Duration::from_secs(30),
         pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
         max_write: 512 * 1024,
+        admission: Admission::default(),
+        continuity: Continuity::off(),
     }
 }
 

@@ -82,6 +82,107 @@ impl StanzaError {
     }
 }
 
+/// A defined stanza error condition (RFC 6120 §8.3.3), every one of them:
+/// [`StanzaError`] is only the few jatproxy writes itself, while
+/// `routing.retry_on` names conditions members answer with, and a
+/// member's reply is read into one of these ([`StanzaCondition::from_name`])
+/// so a peer cannot mint new names for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StanzaCondition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl StanzaCondition {
+    /// Every defined condition, in the RFC's order.
+    pub const ALL: [StanzaCondition; 22] = [
+        StanzaCondition::BadRequest,
+        StanzaCondition::Conflict,
+        StanzaCondition::FeatureNotImplemented,
+        StanzaCondition::Forbidden,
+        StanzaCondition::Gone,
+        StanzaCondition::InternalServerError,
+        StanzaCondition::ItemNotFound,
+        StanzaCondition::JidMalformed,
+        StanzaCondition::NotAcceptable,
+        StanzaCondition::NotAllowed,
+        StanzaCondition::NotAuthorized,
+        StanzaCondition::PolicyViolation,
+        StanzaCondition::RecipientUnavailable,
+        StanzaCondition::Redirect,
+        StanzaCondition::RegistrationRequired,
+        StanzaCondition::RemoteServerNotFound,
+        StanzaCondition::RemoteServerTimeout,
+        StanzaCondition::ResourceConstraint,
+        StanzaCondition::ServiceUnavailable,
+        StanzaCondition::SubscriptionRequired,
+        StanzaCondition::UndefinedCondition,
+        StanzaCondition::UnexpectedRequest,
+    ];
+
+    /// The condition's element name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StanzaCondition::BadRequest => "bad-request",
+            StanzaCondition::Conflict => "conflict",
+            StanzaCondition::FeatureNotImplemented => "feature-not-implemented",
+            StanzaCondition::Forbidden => "forbidden",
+            StanzaCondition::Gone => "gone",
+            StanzaCondition::InternalServerError => "internal-server-error",
+            StanzaCondition::ItemNotFound => "item-not-found",
+            StanzaCondition::JidMalformed => "jid-malformed",
+            StanzaCondition::NotAcceptable => "not-acceptable",
+            StanzaCondition::NotAllowed => "not-allowed",
+            StanzaCondition::NotAuthorized => "not-authorized",
+            StanzaCondition::PolicyViolation => "policy-violation",
+            StanzaCondition::RecipientUnavailable => "recipient-unavailable",
+            StanzaCondition::Redirect => "redirect",
+            StanzaCondition::RegistrationRequired => "registration-required",
+            StanzaCondition::RemoteServerNotFound => "remote-server-not-found",
+            StanzaCondition::RemoteServerTimeout => "remote-server-timeout",
+            StanzaCondition::ResourceConstraint => "resource-constraint",
+            StanzaCondition::ServiceUnavailable => "service-unavailable",
+            StanzaCondition::SubscriptionRequired => "subscription-required",
+            StanzaCondition::UndefinedCondition => "undefined-condition",
+            StanzaCondition::UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// The condition an element name stands for, if the RFC defines one.
+    pub fn from_name(name: &str) -> Option<StanzaCondition> {
+        StanzaCondition::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for StanzaCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error reply: `<NAME type='error' id=… from=… to=…><error …/></NAME>`.
 pub fn error_reply(
     name: &str,
@@ -238,6 +339,24 @@ mod tests {
         );
         let s = std::str::from_utf8(&b).expect("utf8");
         assert!(s.contains("<error type='modify'><jid-malformed "), "{s}");
+    }
+
+    /// Every error jatproxy writes is a defined condition, and names
+    /// round-trip; anything else is no condition.
+    #[test]
+    fn stanza_conditions() {
+        for e in StanzaError::ALL {
+            assert_eq!(
+                StanzaCondition::from_name(e.condition()).map(StanzaCondition::as_str),
+                Some(e.condition())
+            );
+        }
+        for c in StanzaCondition::ALL {
+            assert_eq!(StanzaCondition::from_name(c.as_str()), Some(c));
+        }
+        for bad in ["", "text", "Service-Unavailable", "service_unavailable"] {
+            assert_eq!(StanzaCondition::from_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -140,6 +140,85 @@ fn check_config_refuses_a_bad_log_level() {
     assert!(line.starts_with("jatproxy: log.level: "), "{line}");
 }
 
+/// The continuity and qualification keys that `--check-config` must
+/// refuse: one line naming the key and what is wrong, exit 64, whether
+/// the value comes from the file or a flag.
+#[test]
+fn check_config_refuses_bad_continuity_settings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows: &[(&str, &str)] = &[
+        (
+            "[client_proxy]\nresources = \"re:focus-(\"",
+            "jatproxy: client_proxy.resources: \"focus-(\" is not a valid regex: ",
+        ),
+        (
+            "[routing]\nretry_on = [\"feature-not-implemented\", \"busy\"]",
+            "jatproxy: routing.retry_on: \"busy\" is not a stanza error condition (RFC 6120 8.3.3: ",
+        ),
+        (
+            "[routing]\nretry_on = [\"service-unavailable\"]\nretry_limit = 0",
+            "jatproxy: routing.retry_limit: is 0 while routing.retry_on is set",
+        ),
+    ];
+    for (extra, starts) in rows {
+        // [client_proxy] is already in the base text: put the key there.
+        let text = match extra.strip_prefix("[client_proxy]\n") {
+            Some(key) => config_text("127.0.0.1:5347", "").replace(
+                "[client_proxy]\n",
+                &format!("[client_proxy]\n{key}\n"),
+            ),
+            None => config_text("127.0.0.1:5347", extra),
+        };
+        let path = write_config(dir.path(), &text);
+        let path = path.to_str().expect("utf-8 path");
+        let line = one_line_refusal(&run(&["--config", path, "--check-config"]));
+        assert!(line.starts_with(starts), "{extra}: {line}");
+    }
+    // The same from flags.
+    let good = write_config(dir.path(), &config_text("127.0.0.1:5347", ""));
+    let good = good.to_str().expect("utf-8 path");
+    for (flags, starts) in [
+        (
+            &["--resources", "re:[z-a]"][..],
+            "jatproxy: client_proxy.resources: \"[z-a]\" is not a valid regex: ",
+        ),
+        (
+            &["--retry-on", "conflict,nope"][..],
+            "jatproxy: routing.retry_on: \"nope\" is not a stanza error condition",
+        ),
+        (
+            &["--retry-on", "conflict", "--retry-limit", "0"][..],
+            "jatproxy: routing.retry_limit: is 0 while routing.retry_on is set",
+        ),
+    ] {
+        let mut args = vec!["--config", good];
+        args.extend_from_slice(flags);
+        args.push("--check-config");
+        let line = one_line_refusal(&run(&args));
+        assert!(line.starts_with(starts), "{flags:?}: {line}");
+    }
+    // And the good forms pass, shown in the effective settings.
+    let o = run(&[
+        "--config",
+        good,
+        "--resources",
+        "re:focus-[0-9]+",
+        "--retry-on",
+        "feature-not-implemented,service-unavailable",
+        "--check-config",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "stderr: {:?}", stderr_lines(&o));
+    assert!(
+        stdout.contains("client_proxy.resources=\"re:focus-[0-9]+\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("routing.retry_on=feature-not-implemented,service-unavailable"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_config_passes_a_good_config() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -6,17 +6,25 @@
 //! resolves it; `reload` reads its `reload_classes`.
 
 use std::fmt::{self, Write as _};
+use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::{over, ConfigError, ReloadClass};
+use super::{
+    de_duration, fmt_duration, over, parse_duration_arg, positive, ConfigError, ReloadClass,
+};
+use crate::qualify::{Admission, ResourceFilter};
 
 /// Built-in defaults for this section (also [`super::defaults`]).
 pub mod defaults {
+    use std::time::Duration;
+
     pub const CLIENT_REQUESTS: bool = true;
     pub const SUBSCRIBE: bool = true;
+    /// See [`crate::qualify::DEFAULT_QUALIFY_TIMEOUT`] for why.
+    pub const QUALIFY_TIMEOUT: Duration = crate::qualify::DEFAULT_QUALIFY_TIMEOUT;
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -36,6 +44,18 @@ pub struct ClientProxyArgs {
     /// provisioned, only probe [client_proxy.subscribe, default true]
     #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
     pub subscribe: Option<bool>,
+    /// Only resources whose name matches join the pool: a glob (`*`, `?`)
+    /// or `re:REGEX` matching the whole name [client_proxy.resources, default any]
+    #[arg(long, value_name = "PATTERN")]
+    pub resources: Option<String>,
+    /// Only resources whose disco#info lists this feature join the pool
+    /// [client_proxy.require_feature, default none]
+    #[arg(long, value_name = "VAR")]
+    pub require_feature: Option<String>,
+    /// Time a resource gets to answer that disco#info
+    /// [client_proxy.qualify_timeout, default 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub qualify_timeout: Option<Duration>,
 }
 
 /// `[client_proxy]` as written in the file: every key optional, so "not in the
@@ -47,6 +67,10 @@ pub(super) struct RawClientProxy {
     jat: Option<JatMode>,
     client_requests: Option<bool>,
     subscribe: Option<bool>,
+    resources: Option<String>,
+    require_feature: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    qualify_timeout: Option<Duration>,
 }
 
 /// The pool made of one account's online resources (as mod_client_proxy).
@@ -60,6 +84,16 @@ pub struct ClientProxyConfig {
     /// Off, the subscription is provisioned out of band and only a `probe`
     /// is sent. The target's own `subscribe` is answered either way.
     pub subscribe: bool,
+    /// Only resources whose name matches join the pool; `None` admits
+    /// any (as the module does). Another process logged into the target
+    /// account (a videobridge sharing `focus@auth`) is kept out this way.
+    pub resources: Option<ResourceFilter>,
+    /// Only resources whose disco#info lists this feature var join the
+    /// pool; `None` asks nothing.
+    pub require_feature: Option<String>,
+    /// How long a resource gets to answer the disco#info; until then it
+    /// is not in the pool.
+    pub qualify_timeout: Duration,
 }
 
 impl Default for ClientProxyConfig {
@@ -69,6 +103,9 @@ impl Default for ClientProxyConfig {
             jat: JatMode::default(),
             client_requests: defaults::CLIENT_REQUESTS,
             subscribe: defaults::SUBSCRIBE,
+            resources: None,
+            require_feature: None,
+            qualify_timeout: defaults::QUALIFY_TIMEOUT,
         }
     }
 }
@@ -106,6 +143,9 @@ impl RawClientProxy {
         over(&mut self.jat, &a.jat);
         over(&mut self.client_requests, &a.client_requests);
         over(&mut self.subscribe, &a.subscribe);
+        over(&mut self.resources, &a.resources);
+        over(&mut self.require_feature, &a.require_feature);
+        over(&mut self.qualify_timeout, &a.qualify_timeout);
     }
 
     /// `component_domain` is the resolved `upstream.domain`: the target
@@ -116,13 +156,64 @@ impl RawClientProxy {
             .as_deref()
             .map(|t| validate_target(t, component_domain))
             .transpose()?;
+        let resources = self.resources.as_deref().map(validate_resources).transpose()?;
+        let require_feature = self
+            .require_feature
+            .map(validate_feature)
+            .transpose()?;
+        if target_address.is_none() {
+            for (set, key) in [
+                (resources.is_some(), "client_proxy.resources"),
+                (require_feature.is_some(), "client_proxy.require_feature"),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "qualifies client resources, but there is no client pool \
+                         (set client_proxy.target_address; instances are not qualified)",
+                    ));
+                }
+            }
+        }
         Ok(ClientProxyConfig {
             target_address,
             jat: self.jat.unwrap_or_default(),
             client_requests: self.client_requests.unwrap_or(defaults::CLIENT_REQUESTS),
             subscribe: self.subscribe.unwrap_or(defaults::SUBSCRIBE),
+            resources,
+            require_feature,
+            qualify_timeout: positive(
+                "client_proxy.qualify_timeout",
+                self.qualify_timeout.unwrap_or(defaults::QUALIFY_TIMEOUT),
+            )?,
         })
     }
+}
+
+/// A glob, or `re:` and a regex; checked here so that a bad pattern stops
+/// `--check-config`, not the first presence.
+fn validate_resources(raw: &str) -> Result<ResourceFilter, ConfigError> {
+    ResourceFilter::parse(raw).map_err(|e| ConfigError::invalid("client_proxy.resources", e.to_string()))
+}
+
+/// A disco feature var is compared byte for byte with what resources
+/// list; one with whitespace or control characters is a typo that would
+/// keep every resource out.
+fn validate_feature(raw: String) -> Result<String, ConfigError> {
+    const KEY: &str = "client_proxy.require_feature";
+    if raw.is_empty() {
+        return Err(ConfigError::invalid(
+            KEY,
+            "is empty (give a feature var such as \"urn:xmpp:ping\", or leave it unset)",
+        ));
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(
+            KEY,
+            format!("{raw:?} contains whitespace or control characters; a feature var has none"),
+        ));
+    }
+    Ok(raw)
 }
 
 /// The target must be an account on the XMPP server, outside the component
@@ -165,12 +256,29 @@ impl ClientProxyConfig {
             .target_address
             .as_ref()
             .map_or_else(|| "none".to_owned(), ToString::to_string);
+        let quoted = |v: Option<&str>| v.map_or_else(|| "none".to_owned(), |v| format!("{v:?}"));
         let _ = write!(
             s,
             " client_proxy.target_address={target} client_proxy.jat={} \
-             client_proxy.client_requests={} client_proxy.subscribe={}",
-            self.jat, self.client_requests, self.subscribe,
+             client_proxy.client_requests={} client_proxy.subscribe={} \
+             client_proxy.resources={} client_proxy.require_feature={} \
+             client_proxy.qualify_timeout={}",
+            self.jat,
+            self.client_requests,
+            self.subscribe,
+            quoted(self.resources.as_ref().map(ResourceFilter::as_str)),
+            quoted(self.require_feature.as_deref()),
+            fmt_duration(self.qualify_timeout),
         );
+    }
+
+    /// What the router needs to decide which resources join the pool.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            resources: self.resources.clone(),
+            require_feature: self.require_feature.clone(),
+            qualify_timeout: self.qualify_timeout,
+        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -189,6 +297,9 @@ impl ClientProxyConfig {
             jat: _,
             client_requests: _,
             subscribe: _,
+            resources: _,
+            require_feature: _,
+            qualify_timeout: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
@@ -210,6 +321,26 @@ impl ClientProxyConfig {
         check(
             self.subscribe != new.subscribe,
             "client_proxy.subscribe",
+            Live,
+        );
+        // Who is in the pool was decided under the old rule, and resources
+        // refused by it are not tracked: a new upstream session learns
+        // every resource's presence again and qualifies it under the new
+        // one (requests in flight to resources follow the loss rules).
+        check(
+            self.resources != new.resources,
+            "client_proxy.resources",
+            Reconnect,
+        );
+        check(
+            self.require_feature != new.require_feature,
+            "client_proxy.require_feature",
+            Reconnect,
+        );
+        // Applies to the next disco#info asked.
+        check(
+            self.qualify_timeout != new.qualify_timeout,
+            "client_proxy.qualify_timeout",
             Live,
         );
     }

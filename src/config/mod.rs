@@ -48,7 +48,7 @@ pub use log::{LogArgs, LogConfig, LogFormat};
 use metrics::RawMetrics;
 pub use metrics::{MetricsArgs, MetricsConfig};
 use routing::RawRouting;
-pub use routing::{Balancing, RoutingArgs, RoutingConfig};
+pub use routing::{Balancing, Continuity, Redispatch, RoutingArgs, RoutingConfig};
 use service::RawService;
 pub use service::{ServiceArgs, ServiceConfig};
 use upstream::RawUpstream;

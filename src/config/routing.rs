@@ -13,9 +13,10 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use super::{
-    de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive, ConfigError,
-    ReloadClass,
+    at_most_a_day, de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive,
+    ConfigError, ReloadClass,
 };
+use crate::stanza::StanzaCondition;
 
 /// Built-in defaults for this section (also [`super::defaults`]).
 pub mod defaults {
@@ -23,6 +24,14 @@ pub mod defaults {
 
     pub const IQ_TIMEOUT: Duration = Duration::from_secs(30);
     pub const PENDING_CAPACITY: usize = 65536;
+    /// Longer than a backend restart (jicofo, a component) takes on a
+    /// small host, so the requests that meet it wait for the new member
+    /// instead of failing a user's action; short enough that a pool that
+    /// is really gone still answers well within a client's patience.
+    pub const HOLD_WHEN_EMPTY: Duration = Duration::from_secs(10);
+    pub const RETRY_LIMIT: u32 = 2;
+    pub const QUARANTINE_AFTER: u32 = 3;
+    pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -37,6 +46,30 @@ pub struct RoutingArgs {
     /// Maximum outstanding iq requests [routing.pending_capacity, default 65536]
     #[arg(long, value_name = "N")]
     pub pending_capacity: Option<usize>,
+    /// How long a request waits for a member when there is none; 0: it is
+    /// answered service-unavailable at once [routing.hold_when_empty, default 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub hold_when_empty: Option<Duration>,
+    /// Which requests in flight to a member that leaves go to another
+    /// [routing.redispatch, default get]
+    #[arg(long, value_name = "WHICH")]
+    pub redispatch: Option<Redispatch>,
+    /// Stanza error conditions that send a request on to another member,
+    /// comma-separated; "" for none [routing.retry_on, default none]
+    #[arg(long, value_name = "CONDITIONS", value_delimiter = ',')]
+    pub retry_on: Option<Vec<String>>,
+    /// At most this many other members are tried after a refusal
+    /// [routing.retry_limit, default 2]
+    #[arg(long, value_name = "N")]
+    pub retry_limit: Option<u32>,
+    /// Refusals in a row that take a member out of the rotation; 0: never
+    /// [routing.quarantine_after, default 3]
+    #[arg(long, value_name = "N")]
+    pub quarantine_after: Option<u32>,
+    /// How long a member stays out of the rotation
+    /// [routing.quarantine_for, default 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub quarantine_for: Option<Duration>,
 }
 
 /// `[routing]` as written in the file: every key optional, so "not in the
@@ -48,6 +81,14 @@ pub(super) struct RawRouting {
     #[serde(default, deserialize_with = "de_duration")]
     iq_timeout: Option<Duration>,
     pending_capacity: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    hold_when_empty: Option<Duration>,
+    redispatch: Option<Redispatch>,
+    retry_on: Option<Vec<String>>,
+    retry_limit: Option<u32>,
+    quarantine_after: Option<u32>,
+    #[serde(default, deserialize_with = "de_duration")]
+    quarantine_for: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +99,21 @@ pub struct RoutingConfig {
     /// takes the place of the oldest, which is answered with
     /// `resource-constraint` (type `wait`), instead of growing the table.
     pub pending_capacity: usize,
+    /// How long a request that finds no eligible member waits for one;
+    /// zero answers it `service-unavailable` at once, as the module does.
+    pub hold_when_empty: Duration,
+    pub redispatch: Redispatch,
+    /// A member's error with one of these conditions sends the request to
+    /// another member; empty, the error is the answer. In the order
+    /// written, without repeats.
+    pub retry_on: Vec<StanzaCondition>,
+    /// Other members tried after a refusal, at most; at least 1 when
+    /// `retry_on` is set.
+    pub retry_limit: u32,
+    /// Refusals (`retry_on`) in a row that take a member out of the
+    /// rotation; zero never does.
+    pub quarantine_after: u32,
+    pub quarantine_for: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -66,7 +122,75 @@ impl Default for RoutingConfig {
             balancing: Balancing::default(),
             iq_timeout: defaults::IQ_TIMEOUT,
             pending_capacity: defaults::PENDING_CAPACITY,
+            hold_when_empty: defaults::HOLD_WHEN_EMPTY,
+            redispatch: Redispatch::default(),
+            retry_on: Vec::new(),
+            retry_limit: defaults::RETRY_LIMIT,
+            quarantine_after: defaults::QUARANTINE_AFTER,
+            quarantine_for: defaults::QUARANTINE_FOR,
         }
+    }
+}
+
+/// What keeps requests alive through member changes: the routing keys
+/// of issue 13 together, as the router reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Continuity {
+    pub hold_when_empty: Duration,
+    pub redispatch: Redispatch,
+    pub retry_on: Vec<StanzaCondition>,
+    pub retry_limit: u32,
+    pub quarantine_after: u32,
+    pub quarantine_for: Duration,
+}
+
+impl Continuity {
+    /// mod_client_proxy's behaviour, reachable by configuration
+    /// (`hold_when_empty = "0s"`, `redispatch = "none"`, no `retry_on`):
+    /// an empty pool and a lost member are answered at once, a refusal is
+    /// the answer.
+    pub fn off() -> Self {
+        Continuity {
+            hold_when_empty: Duration::ZERO,
+            redispatch: Redispatch::Off,
+            retry_on: Vec::new(),
+            retry_limit: defaults::RETRY_LIMIT,
+            quarantine_after: defaults::QUARANTINE_AFTER,
+            quarantine_for: defaults::QUARANTINE_FOR,
+        }
+    }
+}
+
+/// Which requests in flight to a member that leaves are sent to another
+/// member; the rest are answered `recipient-unavailable`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Redispatch {
+    /// None: every one is answered, as the module does.
+    #[serde(rename = "none")]
+    #[value(name = "none")]
+    Off,
+    /// `get` only: a get has no effect, while a `set` may already have
+    /// been applied by the member that left, and must not be applied twice.
+    #[default]
+    Get,
+    /// `get` and `set`: for services whose sets are idempotent.
+    All,
+}
+
+impl Redispatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "none",
+            Self::Get => "get",
+            Self::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for Redispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -108,10 +232,40 @@ impl RawRouting {
         over(&mut self.balancing, &a.balancing);
         over(&mut self.iq_timeout, &a.iq_timeout);
         over(&mut self.pending_capacity, &a.pending_capacity);
+        over(&mut self.hold_when_empty, &a.hold_when_empty);
+        over(&mut self.redispatch, &a.redispatch);
+        // `--retry-on ""` clears a list the file set.
+        if let Some(names) = &a.retry_on {
+            self.retry_on = Some(names.iter().filter(|n| !n.is_empty()).cloned().collect());
+        }
+        over(&mut self.retry_limit, &a.retry_limit);
+        over(&mut self.quarantine_after, &a.quarantine_after);
+        over(&mut self.quarantine_for, &a.quarantine_for);
     }
 
     pub(super) fn resolve(self) -> Result<RoutingConfig, ConfigError> {
+        let retry_on = conditions(self.retry_on.unwrap_or_default())?;
+        let retry_limit = self.retry_limit.unwrap_or(defaults::RETRY_LIMIT);
+        if retry_limit == 0 && !retry_on.is_empty() {
+            return Err(ConfigError::invalid(
+                "routing.retry_limit",
+                "is 0 while routing.retry_on is set: no refusal could be retried \
+                 (set retry_limit to 1 or more, or remove retry_on)",
+            ));
+        }
         Ok(RoutingConfig {
+            hold_when_empty: at_most_a_day(
+                "routing.hold_when_empty",
+                self.hold_when_empty.unwrap_or(defaults::HOLD_WHEN_EMPTY),
+            )?,
+            redispatch: self.redispatch.unwrap_or_default(),
+            retry_on,
+            retry_limit,
+            quarantine_after: self.quarantine_after.unwrap_or(defaults::QUARANTINE_AFTER),
+            quarantine_for: positive(
+                "routing.quarantine_for",
+                self.quarantine_for.unwrap_or(defaults::QUARANTINE_FOR),
+            )?,
             balancing: self.balancing.unwrap_or_default(),
             iq_timeout: positive(
                 "routing.iq_timeout",
@@ -125,16 +279,62 @@ impl RawRouting {
     }
 }
 
+/// `routing.retry_on` names: each an RFC 6120 defined condition, kept
+/// once, in the order written.
+fn conditions(names: Vec<String>) -> Result<Vec<StanzaCondition>, ConfigError> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let c = StanzaCondition::from_name(name.trim()).ok_or_else(|| {
+            ConfigError::invalid(
+                "routing.retry_on",
+                format!(
+                    "{name:?} is not a stanza error condition (RFC 6120 8.3.3: {})",
+                    StanzaCondition::ALL.map(StanzaCondition::as_str).join(", ")
+                ),
+            )
+        })?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 impl RoutingConfig {
     /// This section's part of [`super::Config::summary`].
     pub(super) fn write_summary(&self, s: &mut String) {
+        let retry_on = if self.retry_on.is_empty() {
+            "none".to_owned()
+        } else {
+            let names: Vec<&str> = self.retry_on.iter().map(|c| c.as_str()).collect();
+            names.join(",")
+        };
         let _ = write!(
             s,
-            " routing.balancing={} routing.iq_timeout={} routing.pending_capacity={}",
+            " routing.balancing={} routing.iq_timeout={} routing.pending_capacity={} \
+             routing.hold_when_empty={} routing.redispatch={} routing.retry_on={retry_on} \
+             routing.retry_limit={} routing.quarantine_after={} routing.quarantine_for={}",
             self.balancing,
             fmt_duration(self.iq_timeout),
             self.pending_capacity,
+            fmt_duration(self.hold_when_empty),
+            self.redispatch,
+            self.retry_limit,
+            self.quarantine_after,
+            fmt_duration(self.quarantine_for),
         );
+    }
+
+    /// The keys that keep requests alive, as the router reads them.
+    pub fn continuity(&self) -> Continuity {
+        Continuity {
+            hold_when_empty: self.hold_when_empty,
+            redispatch: self.redispatch,
+            retry_on: self.retry_on.clone(),
+            retry_limit: self.retry_limit,
+            quarantine_after: self.quarantine_after,
+            quarantine_for: self.quarantine_for,
+        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -152,6 +352,12 @@ impl RoutingConfig {
             balancing: _,
             iq_timeout: _,
             pending_capacity: _,
+            hold_when_empty: _,
+            redispatch: _,
+            retry_on: _,
+            retry_limit: _,
+            quarantine_after: _,
+            quarantine_for: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
@@ -169,6 +375,36 @@ impl RoutingConfig {
             self.pending_capacity != new.pending_capacity,
             "routing.pending_capacity",
             Restart,
+        );
+        // The router reads each of these when it next decides: a request
+        // entering the hold, a loss, a refusal, a quarantine starting.
+        // Requests already held or members already quarantined keep the
+        // deadline they were given.
+        check(
+            self.hold_when_empty != new.hold_when_empty,
+            "routing.hold_when_empty",
+            Live,
+        );
+        check(
+            self.redispatch != new.redispatch,
+            "routing.redispatch",
+            Live,
+        );
+        check(self.retry_on != new.retry_on, "routing.retry_on", Live);
+        check(
+            self.retry_limit != new.retry_limit,
+            "routing.retry_limit",
+            Live,
+        );
+        check(
+            self.quarantine_after != new.quarantine_after,
+            "routing.quarantine_after",
+            Live,
+        );
+        check(
+            self.quarantine_for != new.quarantine_for,
+            "routing.quarantine_for",
+            Live,
         );
     }
 }

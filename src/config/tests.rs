@@ -2,6 +2,7 @@
 //! wording, secrets, the summary line and the shipped example.
 
 use super::*;
+use crate::stanza::StanzaCondition;
 use std::collections::HashMap;
 use std::io::Write as _;
 
@@ -103,11 +104,21 @@ fn defaults() {
     assert_eq!(c.client_proxy.jat, JatMode::Inline);
     assert!(c.client_proxy.client_requests);
     assert!(c.client_proxy.subscribe);
+    assert_eq!(c.client_proxy.resources, None);
+    assert_eq!(c.client_proxy.require_feature, None);
+    assert_eq!(c.client_proxy.qualify_timeout, Duration::from_secs(5));
+    assert_eq!(c.client_proxy.admission(), crate::qualify::Admission::default());
 
     assert_eq!(c.routing, RoutingConfig::default());
     assert_eq!(c.routing.balancing, Balancing::Random);
     assert_eq!(c.routing.iq_timeout, Duration::from_secs(30));
     assert_eq!(c.routing.pending_capacity, 65536);
+    assert_eq!(c.routing.hold_when_empty, Duration::from_secs(10));
+    assert_eq!(c.routing.redispatch, Redispatch::Get);
+    assert!(c.routing.retry_on.is_empty());
+    assert_eq!(c.routing.retry_limit, 2);
+    assert_eq!(c.routing.quarantine_after, 3);
+    assert_eq!(c.routing.quarantine_for, Duration::from_secs(60));
 
     assert_eq!(c.instances.listen, None);
     assert!(c.instances.secret.is_none());
@@ -160,11 +171,20 @@ fn file_values_override_defaults() {
         jat = "opaque"
         client_requests = false
         subscribe = false
+        resources = "focus*"
+        require_feature = "urn:example:conference"
+        qualify_timeout = "2s"
 
         [routing]
         balancing = "least-pending"
         iq_timeout = "1m 30s"
         pending_capacity = 10
+        hold_when_empty = "0s"
+        redispatch = "all"
+        retry_on = ["feature-not-implemented", "service-unavailable", "feature-not-implemented"]
+        retry_limit = 5
+        quarantine_after = 0
+        quarantine_for = "5m"
 
         [instances]
         listen = "[::1]:5348"
@@ -204,9 +224,31 @@ fn file_values_override_defaults() {
     assert_eq!(c.client_proxy.jat, JatMode::Opaque);
     assert!(!c.client_proxy.client_requests);
     assert!(!c.client_proxy.subscribe);
+    assert_eq!(
+        c.client_proxy.resources.as_ref().map(|f| f.as_str()),
+        Some("focus*")
+    );
+    assert_eq!(
+        c.client_proxy.require_feature.as_deref(),
+        Some("urn:example:conference")
+    );
+    assert_eq!(c.client_proxy.qualify_timeout, Duration::from_secs(2));
     assert_eq!(c.routing.balancing, Balancing::LeastPending);
     assert_eq!(c.routing.iq_timeout, Duration::from_secs(90));
     assert_eq!(c.routing.pending_capacity, 10);
+    assert_eq!(c.routing.hold_when_empty, Duration::ZERO);
+    assert_eq!(c.routing.redispatch, Redispatch::All);
+    // Repeats are kept once, in the order written.
+    assert_eq!(
+        c.routing.retry_on,
+        [
+            StanzaCondition::FeatureNotImplemented,
+            StanzaCondition::ServiceUnavailable
+        ]
+    );
+    assert_eq!(c.routing.retry_limit, 5);
+    assert_eq!(c.routing.quarantine_after, 0);
+    assert_eq!(c.routing.quarantine_for, Duration::from_secs(300));
     assert_eq!(c.instances.listen, "[::1]:5348".parse().ok());
     assert_eq!(
         c.instances.secret.as_ref().map(Secret::expose),
@@ -267,10 +309,19 @@ fn every_flag_overrides_the_file() {
         jat = "inline"
         client_requests = true
         subscribe = true
+        resources = "file*"
+        require_feature = "urn:file"
+        qualify_timeout = "1s"
         [routing]
         balancing = "random"
         iq_timeout = "1s"
         pending_capacity = 1
+        hold_when_empty = "1s"
+        redispatch = "none"
+        retry_on = ["conflict"]
+        retry_limit = 1
+        quarantine_after = 1
+        quarantine_for = "1s"
         [instances]
         listen = "127.0.0.1:1"
         secret_env = "FILE_INSTANCE_SECRET"
@@ -322,12 +373,30 @@ fn every_flag_overrides_the_file() {
         "false",
         "--subscribe",
         "no",
+        "--resources",
+        "re:cli-[0-9]+",
+        "--require-feature",
+        "urn:cli",
+        "--qualify-timeout",
+        "20s",
         "--balancing",
         "sticky",
         "--iq-timeout",
         "7s",
         "--pending-capacity",
         "8",
+        "--hold-when-empty",
+        "21s",
+        "--redispatch",
+        "all",
+        "--retry-on",
+        "feature-not-implemented,service-unavailable",
+        "--retry-limit",
+        "22",
+        "--quarantine-after",
+        "23",
+        "--quarantine-for",
+        "24s",
         "--instances-listen",
         "127.0.0.1:9",
         "--instance-secret-env",
@@ -391,9 +460,27 @@ fn every_flag_overrides_the_file() {
     assert_eq!(c.client_proxy.jat, JatMode::Opaque);
     assert!(!c.client_proxy.client_requests);
     assert!(!c.client_proxy.subscribe);
+    assert_eq!(
+        c.client_proxy.resources.as_ref().map(|f| f.as_str()),
+        Some("re:cli-[0-9]+")
+    );
+    assert_eq!(c.client_proxy.require_feature.as_deref(), Some("urn:cli"));
+    assert_eq!(c.client_proxy.qualify_timeout, s(20));
     assert_eq!(c.routing.balancing, Balancing::Sticky);
     assert_eq!(c.routing.iq_timeout, s(7));
     assert_eq!(c.routing.pending_capacity, 8);
+    assert_eq!(c.routing.hold_when_empty, s(21));
+    assert_eq!(c.routing.redispatch, Redispatch::All);
+    assert_eq!(
+        c.routing.retry_on,
+        [
+            StanzaCondition::FeatureNotImplemented,
+            StanzaCondition::ServiceUnavailable
+        ]
+    );
+    assert_eq!(c.routing.retry_limit, 22);
+    assert_eq!(c.routing.quarantine_after, 23);
+    assert_eq!(c.routing.quarantine_for, s(24));
     assert_eq!(c.instances.listen, "127.0.0.1:9".parse().ok());
     assert_eq!(
         c.instances.secret.as_ref().map(Secret::expose),
@@ -653,7 +740,7 @@ fn durations() {
 /// is refused at load, from the file or a flag.
 #[test]
 fn durations_are_capped_at_a_day() {
-    const KEYS: [(&str, &str); 11] = [
+    const KEYS: [(&str, &str); 14] = [
         ("upstream", "connect_timeout"),
         ("upstream", "handshake_timeout"),
         ("upstream", "reconnect_min"),
@@ -662,6 +749,9 @@ fn durations_are_capped_at_a_day() {
         ("upstream", "ping_interval"),
         ("upstream", "ping_timeout"),
         ("routing", "iq_timeout"),
+        ("routing", "hold_when_empty"),
+        ("routing", "quarantine_for"),
+        ("client_proxy", "qualify_timeout"),
         ("limits", "header_timeout"),
         ("limits", "idle_timeout"),
         ("service", "shutdown_grace"),
@@ -852,6 +942,62 @@ fn validation_errors_name_their_key() {
             with("routing", "pending_capacity = 0"),
             "routing.pending_capacity",
             "at least 1",
+        ),
+        (
+            with("client_proxy", "resources = \"re:focus(\""),
+            "client_proxy.resources",
+            "\"focus(\" is not a valid regex: ",
+        ),
+        (
+            with("client_proxy", "resources = \"\""),
+            "client_proxy.resources",
+            "matches no resource (empty pattern)",
+        ),
+        (
+            with("client_proxy", "require_feature = \"\""),
+            "client_proxy.require_feature",
+            "is empty",
+        ),
+        (
+            with("client_proxy", "require_feature = \"urn:a urn:b\""),
+            "client_proxy.require_feature",
+            "contains whitespace",
+        ),
+        (
+            MINIMAL.replace(
+                "target_address = \"impl@example.test\"",
+                "resources = \"focus*\"\n[instances]\nlisten = \"127.0.0.1:5348\"\nsecret = \"x\"",
+            ),
+            "client_proxy.resources",
+            "no client pool",
+        ),
+        (
+            MINIMAL.replace(
+                "target_address = \"impl@example.test\"",
+                "require_feature = \"urn:x\"\n[instances]\nlisten = \"127.0.0.1:5348\"\nsecret = \"x\"",
+            ),
+            "client_proxy.require_feature",
+            "no client pool",
+        ),
+        (
+            with("client_proxy", "qualify_timeout = \"0s\""),
+            "client_proxy.qualify_timeout",
+            "greater than zero",
+        ),
+        (
+            with("routing", "retry_on = [\"feature-not-implemented\", \"busy\"]"),
+            "routing.retry_on",
+            "\"busy\" is not a stanza error condition (RFC 6120 8.3.3: bad-request, conflict, ",
+        ),
+        (
+            with("routing", "retry_on = [\"conflict\"]\nretry_limit = 0"),
+            "routing.retry_limit",
+            "is 0 while routing.retry_on is set",
+        ),
+        (
+            with("routing", "quarantine_for = \"0s\""),
+            "routing.quarantine_for",
+            "greater than zero",
         ),
         (
             with("instances", "listen = \"localhost:5348\"\nsecret = \"x\""),
@@ -1167,6 +1313,10 @@ fn summary_is_one_line_with_every_section() {
         "client_proxy.jat=inline",
         "routing.balancing=random",
         "routing.iq_timeout=30s",
+        "routing.hold_when_empty=10s routing.redispatch=get routing.retry_on=none \
+         routing.retry_limit=2 routing.quarantine_after=3 routing.quarantine_for=1m",
+        "client_proxy.resources=none client_proxy.require_feature=none \
+         client_proxy.qualify_timeout=5s",
         "instances.listen=none",
         "limits.max_stanza_bytes=524288",
         "limits.idle_timeout=10m",
@@ -1213,4 +1363,107 @@ fn example_config_parses_and_documents_the_real_defaults() {
     "#;
     let d = from_toml_str_with_env(minimal, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.summary(), d.summary());
+}
+
+#[test]
+fn redispatch_spellings() {
+    for (s, r) in [
+        ("none", Redispatch::Off),
+        ("get", Redispatch::Get),
+        ("all", Redispatch::All),
+    ] {
+        let c = parse_ok(&with("routing", &format!("redispatch = {s:?}")));
+        assert_eq!(c.routing.redispatch, r);
+        assert_eq!(r.to_string(), s);
+        assert_eq!(cli(&["--redispatch", s]).routing.redispatch, Some(r));
+    }
+    let e = parse_err(&with("routing", "redispatch = \"off\""));
+    assert_eq!(e.key(), Some("routing.redispatch"), "{e}");
+}
+
+/// A retry limit of 0 is fine on its own (nothing to retry), and
+/// `--retry-on ""` clears the file's list, so the two can be turned off
+/// together from the command line.
+#[test]
+fn retry_on_and_its_limit() {
+    let c = parse_ok(&with("routing", "retry_limit = 0"));
+    assert_eq!(c.routing.retry_limit, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_file(
+        dir.path(),
+        "config.toml",
+        &with("routing", "retry_on = [\"conflict\"]"),
+    );
+    let file = file.display().to_string();
+    let c = load_with_env(
+        &cli(&["--config", &file, "--retry-on", "", "--retry-limit", "0"]),
+        &no_env,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.routing.retry_on.is_empty());
+    let e = load_with_env(&cli(&["--config", &file, "--retry-limit", "0"]), &no_env)
+        .expect_err("retry_on from the file, limit 0 from the flag");
+    assert_eq!(e.key(), Some("routing.retry_limit"), "{e}");
+    let e = load_with_env(
+        &cli(&["--config", &file, "--retry-on", "conflict,nope"]),
+        &no_env,
+    )
+    .expect_err("unknown name from the flag");
+    assert_eq!(e.key(), Some("routing.retry_on"), "{e}");
+    assert!(!e.to_string().contains('\n'), "{e}");
+}
+
+#[test]
+fn continuity_and_admission_as_the_router_reads_them() {
+    let c = parse_ok(&format!(
+        "{}\n[routing]\nretry_on = [\"gone\"]\nhold_when_empty = \"3s\"",
+        MINIMAL.replace(
+            "[client_proxy]",
+            "[client_proxy]\nresources = \"re:focus|jicofo\"\nrequire_feature = \"urn:x\""
+        )
+    ));
+    let k = c.routing.continuity();
+    assert_eq!(k.hold_when_empty, Duration::from_secs(3));
+    assert_eq!(k.redispatch, Redispatch::Get);
+    assert_eq!(k.retry_on, [StanzaCondition::Gone]);
+    assert_eq!(
+        (k.retry_limit, k.quarantine_after, k.quarantine_for),
+        (2, 3, Duration::from_secs(60))
+    );
+    let a = c.client_proxy.admission();
+    let filter = a.resources.as_ref().expect("set");
+    assert!(filter.matches("jicofo") && !filter.matches("jicofo2"));
+    assert_eq!(a.require_feature.as_deref(), Some("urn:x"));
+    assert_eq!(a.qualify_timeout, Duration::from_secs(5));
+    // The module's behaviour is one setting away.
+    let off = parse_ok(&with(
+        "routing",
+        "hold_when_empty = \"0s\"\nredispatch = \"none\"",
+    ));
+    assert_eq!(off.routing.continuity(), Continuity::off());
+}
+
+/// How a reload applies each new key (see `reload`).
+#[test]
+fn reload_classes_of_the_continuity_keys() {
+    let old = parse_ok(MINIMAL);
+    let rows: &[(&str, &str, &str, ReloadClass)] = &[
+        ("client_proxy", "resources = \"focus*\"", "client_proxy.resources", ReloadClass::Reconnect),
+        ("client_proxy", "require_feature = \"urn:x\"", "client_proxy.require_feature", ReloadClass::Reconnect),
+        ("client_proxy", "qualify_timeout = \"1s\"", "client_proxy.qualify_timeout", ReloadClass::Live),
+        ("routing", "hold_when_empty = \"1s\"", "routing.hold_when_empty", ReloadClass::Live),
+        ("routing", "redispatch = \"all\"", "routing.redispatch", ReloadClass::Live),
+        ("routing", "retry_on = [\"gone\"]", "routing.retry_on", ReloadClass::Live),
+        ("routing", "retry_limit = 1", "routing.retry_limit", ReloadClass::Live),
+        ("routing", "quarantine_after = 1", "routing.quarantine_after", ReloadClass::Live),
+        ("routing", "quarantine_for = \"1s\"", "routing.quarantine_for", ReloadClass::Live),
+    ];
+    for (section, line, key, class) in rows {
+        let new = parse_ok(&with(section, line));
+        let mut seen = Vec::new();
+        let mut out = |k: &'static str, c: ReloadClass| seen.push((k, c));
+        old.client_proxy.reload_classes(&new.client_proxy, &mut out);
+        old.routing.reload_classes(&new.routing, &mut out);
+        assert_eq!(seen, [(*key, *class)], "{line}");
+    }
 }
