@@ -324,7 +324,7 @@ async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Prox
     let (p, proxy) = start(&s).await;
     // The wrong one logs in first, as the videobridge did.
     let jvb = resource_member(&p, "jvb", &[OTHER_FEATURE], Answer::Refuse(REFUSAL)).await;
-    let good = [
+    let _good = [
         resource_member(
             &p,
             "focus-a",
@@ -352,7 +352,6 @@ async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Prox
         metrics(&proxy).await
     );
     assert_nothing_late(&mut alice).await;
-    drop(good);
     (tally, asked_jvb, proxy)
 }
 
@@ -453,7 +452,7 @@ async fn wrong_instance_is_retried_around_and_quarantined() {
     };
     let (p, proxy) = start(&s).await;
     let mut bad = instance(&proxy, "bad", &["--refuse", REFUSAL]).await;
-    let good = [
+    let _good = [
         instance(&proxy, "one", &[]).await,
         instance(&proxy, "two", &[]).await,
     ];
@@ -475,7 +474,6 @@ async fn wrong_instance_is_retried_around_and_quarantined() {
     tally.assert_clean("retry_on, instances", N_WRONG);
     assert_quarantined(&proxy, asked_bad, "retry_on, instances").await;
     assert_nothing_late(&mut alice).await;
-    drop(good);
     assert!(proxy.shutdown(WAIT).await);
 }
 
@@ -547,6 +545,10 @@ fn assert_restart_survived(
         during.len()
     );
     assert_eq!(run.sent.len(), PACE_N, "{what}: every request was sent");
+    assert!(
+        !held_at_kill.is_empty(),
+        "{what}: the member held requests at the kill"
+    );
     tally.assert_clean(what, PACE_N);
     assert!(
         !during.is_empty(),
@@ -596,7 +598,7 @@ async fn only_resource_killed_and_back_loses_no_request() {
     let killed = Instant::now();
     // Pacing the fault: the restart comes DOWN_FOR after the kill.
     tokio::time::sleep(DOWN_FOR).await;
-    let second = resource_member(&p, "focus", &[], Answer::Echo("focus#2".into())).await;
+    let _second = resource_member(&p, "focus", &[], Answer::Echo("focus#2".into())).await;
     let back = Instant::now();
     let run = load.await.expect("paced load");
     println!("metrics: {:?}", metrics(&proxy).await);
@@ -609,7 +611,6 @@ async fn only_resource_killed_and_back_loses_no_request() {
     );
     let mut alice = run.client;
     assert_nothing_late(&mut alice).await;
-    drop(second);
     assert!(proxy.shutdown(WAIT).await);
 }
 
@@ -635,15 +636,10 @@ async fn only_instance_killed_and_back_loses_no_request() {
     first.kill();
     let killed = Instant::now();
     tokio::time::sleep(DOWN_FOR).await;
-    let second = instance(&proxy, "one-again", &[]).await;
+    let _second = instance(&proxy, "one-again", &[]).await;
     let back = Instant::now();
     let run = load.await.expect("paced load");
     println!("metrics: {:?}", metrics(&proxy).await);
-    assert!(
-        !held_at_kill.is_empty(),
-        "the instance held requests at the kill; its output:\n{}",
-        first.output()
-    );
     assert_restart_survived(
         "instance killed and back",
         &run,
@@ -653,7 +649,6 @@ async fn only_instance_killed_and_back_loses_no_request() {
     );
     let mut alice = run.client;
     assert_nothing_late(&mut alice).await;
-    drop(second);
     assert!(proxy.shutdown(WAIT).await);
 }
 

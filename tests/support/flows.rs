@@ -1,6 +1,9 @@
 //! Request flows shared by the end-to-end suites: an implementing
 //! resource that answers echo requests, and a requester that keeps a
-//! window of requests in flight and records every answer it gets.
+//! window of requests in flight and records every answer it gets. For
+//! issue 13's suite also: a [`member`] that echoes, refuses or holds and
+//! logs what it was asked, a [`paced`] requester sending at a fixed rate,
+//! and [`collect`] / [`late_answers`] for counting answers per id.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
