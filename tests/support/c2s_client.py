@@ -26,7 +26,10 @@ stdin, to this program:
 The client does nothing on its own: no roster fetch, no presence, no
 automatic subscription handling (auto_authorize None), no answers to
 requests (a catch-all handler takes every stanza, so slixmpp never replies
-feature-not-implemented). After a disconnect it reconnects, as a real
+feature-not-implemented). One exception, asked for with
+--disco-feature VAR (repeatable): slixmpp's disco plugin answers
+disco#info gets itself, listing each VAR, and those gets are not passed
+on (so a member can qualify by feature, as jicofo does). After a disconnect it reconnects, as a real
 client would, and says "online" again. Logging goes to stderr.
 
 Needs slixmpp (scripts/setup.sh installs slixmpp==1.17.0).
@@ -44,13 +47,16 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
 def emit(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
 class TestClient(ClientXMPP):
-    def __init__(self, jid, password, host, port):
+    def __init__(self, jid, password, host, port, disco_features=()):
         # Loopback without TLS: SCRAM is fine, and the only option here.
         super().__init__(
             jid,
@@ -84,6 +90,11 @@ class TestClient(ClientXMPP):
             )
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.answers_disco = bool(disco_features)
+        if self.answers_disco:
+            self.register_plugin("xep_0030")
+            for var in disco_features:
+                self["xep_0030"].add_feature(var)
 
     def on_connection_failed(self, _error):
         # slixmpp doubles its retry delay after every refused connect
@@ -103,6 +114,13 @@ class TestClient(ClientXMPP):
     def forward(self, stanza):
         if not self.in_session:
             return
+        if (
+            self.answers_disco
+            and stanza.name == "iq"
+            and stanza["type"] == "get"
+            and stanza.xml.find("{%s}query" % NS_DISCO_INFO) is not None
+        ):
+            return  # the disco plugin answers it
         emit({"ev": "stanza", "xml": str(stanza)})
         if (
             self.auto_accept
@@ -146,6 +164,7 @@ def main():
     ap.add_argument("--jid", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("--auto-accept", action="store_true")
+    ap.add_argument("--disco-feature", action="append", default=[])
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(
@@ -156,7 +175,9 @@ def main():
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    xmpp = TestClient(args.jid, args.password, args.host, args.port)
+    xmpp = TestClient(
+        args.jid, args.password, args.host, args.port, args.disco_feature
+    )
     xmpp.auto_accept = args.auto_accept
 
     fd = sys.stdin.fileno()

@@ -55,11 +55,26 @@ impl EchoComponent {
         name: &str,
         wait: Duration,
     ) -> Result<EchoComponent, String> {
+        Self::start_with(listener, domain, secret, name, &[], wait).await
+    }
+
+    /// [`EchoComponent::start`] with extra arguments for the program:
+    /// `--refuse CONDITION` (every echo request answered with that error)
+    /// or `--silent` (never answered).
+    pub async fn start_with(
+        listener: SocketAddr,
+        domain: &str,
+        secret: &str,
+        name: &str,
+        extra: &[&str],
+        wait: Duration,
+    ) -> Result<EchoComponent, String> {
         let mut child = Command::new(python())
             .arg(SCRIPT)
             .args(["--host", &listener.ip().to_string()])
             .args(["--port", &listener.port().to_string()])
             .args(["--domain", domain, "--secret", secret, "--name", name])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -10,6 +10,9 @@ It does two things:
   instance; an optional delay-ms='N' attribute on the request delays the
   answer by N milliseconds (so a test can have requests in flight on an
   instance when it kills it);
+* with --refuse CONDITION it answers every such request with that stanza
+  error (type cancel) instead, printing "REF ID"; with --silent it never
+  answers (requests stay in flight on it until it is killed);
 * on a message whose body is "ping JID", sends a XEP-0199 ping to JID from
   the component's domain and reports the outcome to the message's sender
   as a chat message: "pong NAME from=JID to=ADDRESS" (the reply came back to
@@ -44,9 +47,11 @@ def say(line):
 
 
 class EchoComponent(ComponentXMPP):
-    def __init__(self, domain, secret, host, port, name):
+    def __init__(self, domain, secret, host, port, name, refuse=None, silent=False):
         super().__init__(domain, secret, host, port)
         self.name = name
+        self.refuse = refuse
+        self.silent = silent
         # Only the addresses given: no DNS, no IPv6, no TLS attempts.
         self.use_ipv6 = False
         self.enable_direct_tls = False
@@ -75,6 +80,16 @@ class EchoComponent(ComponentXMPP):
         if iq["type"] not in ("get", "set"):
             return
         say("REQ %s" % iq["id"])
+        if self.silent:
+            return
+        if self.refuse:
+            err = iq.reply(clear=True)
+            err["type"] = "error"
+            err["error"]["type"] = "cancel"
+            err["error"]["condition"] = self.refuse
+            err.send()
+            say("REF %s" % iq["id"])
+            return
         echo = iq.xml.find("{%s}echo" % NS_ECHO)
         text = echo.text or ""
         try:
@@ -122,6 +137,8 @@ def main():
     ap.add_argument("--domain", required=True)
     ap.add_argument("--secret", required=True)
     ap.add_argument("--name", required=True)
+    ap.add_argument("--refuse", metavar="CONDITION")
+    ap.add_argument("--silent", action="store_true")
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(
@@ -129,7 +146,15 @@ def main():
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    xmpp = EchoComponent(args.domain, args.secret, args.host, args.port, args.name)
+    xmpp = EchoComponent(
+        args.domain,
+        args.secret,
+        args.host,
+        args.port,
+        args.name,
+        refuse=args.refuse,
+        silent=args.silent,
+    )
     xmpp.connect(args.host, args.port)
     xmpp.loop.run_forever()
 

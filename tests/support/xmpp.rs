@@ -139,14 +139,26 @@ pub async fn connect_with(
     wait: Duration,
     auto_accept: bool,
 ) -> Result<TestClient, String> {
+    let extra: &[&str] = if auto_accept { &["--auto-accept"] } else { &[] };
+    connect_args(jid, password, server, wait, extra).await
+}
+
+/// [`connect`] with extra arguments for `c2s_client.py`, e.g.
+/// `["--disco-feature", VAR]`: the client's disco plugin answers
+/// `disco#info` listing VAR (those requests are not passed to the test).
+pub async fn connect_args(
+    jid: &str,
+    password: &str,
+    server: SocketAddr,
+    wait: Duration,
+    extra: &[&str],
+) -> Result<TestClient, String> {
     let mut cmd = Command::new(python());
     cmd.arg(SCRIPT)
         .args(["--host", &server.ip().to_string()])
         .args(["--port", &server.port().to_string()])
-        .args(["--jid", jid, "--password", password]);
-    if auto_accept {
-        cmd.arg("--auto-accept");
-    }
+        .args(["--jid", jid, "--password", password])
+        .args(extra);
     // slixmpp's debug log (every byte on the wire) in failure messages.
     if std::env::var_os("C2S_CLIENT_DEBUG").is_some() {
         cmd.arg("--debug");
