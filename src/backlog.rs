@@ -19,8 +19,9 @@ pub enum Class {
     /// answer ends one), plus those to requests the dying session still
     /// delivered, so they are held past the bound.
     Answer,
-    /// An instance's iq request; sent only if it still waits for its
-    /// answer when upstream is back.
+    /// An iq request (an instance's, or one for a client resource); sent
+    /// only if it still waits for its answer under this key when upstream
+    /// is back (not answered, not moved to another member meanwhile).
     Request(Key),
     /// Messages, presence and the rest: held up to the bound, then
     /// dropped and counted.

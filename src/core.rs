@@ -163,15 +163,15 @@ impl Core {
             Event::UpstreamDown => {
                 self.upstream = None;
                 self.status.upstream_online = false;
-                self.router.upstream_lost(actions);
+                self.router.upstream_lost(now, &mut self.rng, actions);
             }
             Event::InstanceUp { id, link } => {
                 self.instances.insert(id, link);
-                self.router.instance_up(id);
+                self.router.instance_up(id, now, actions);
             }
             Event::InstanceDown { id } => {
                 if self.instances.remove(&id).is_some() {
-                    self.router.instance_down(id, actions);
+                    self.router.instance_down(id, now, &mut self.rng, actions);
                 }
             }
             Event::Observed(o) => self.status.counters.observe(o),
@@ -180,7 +180,7 @@ impl Core {
                 upstream_buffer,
                 done,
             } => {
-                self.router.reload(router, now, actions);
+                self.router.reload(router, now, &mut self.rng, actions);
                 self.router.set_upstream_buffer(upstream_buffer);
                 self.status.counters.reloads_applied += 1;
                 let _ = done.send(());
@@ -243,7 +243,10 @@ impl Core {
                 };
                 actions.extend(rest);
                 match found {
-                    Found::InstanceDown(id) => self.router.instance_down(id, actions),
+                    Found::InstanceDown(id) => {
+                        let now = Instant::now();
+                        self.router.instance_down(id, now, &mut self.rng, actions)
+                    }
                     Found::UpstreamUnsent(a) => self.router.upstream_unsent(a, actions),
                 }
                 break;
@@ -467,6 +470,11 @@ mod tests {
     const T: &str = "impl@example.test";
     const ALICE: &str = "alice@example.test/phone";
 
+    /// `[routing]` keys for the module's answer to a lost member (at
+    /// once, `recipient-unavailable`), which these tests are about; the
+    /// default re-dispatches and holds (issue 13, `router_tests`).
+    const MODULE_LOSS: &str = "redispatch = \"none\"\nhold_when_empty = \"0s\"";
+
     fn config(extra: &str) -> Config {
         crate::config::from_toml_str(&format!(
             "[upstream]\nserver = \"127.0.0.1:1\"\ndomain = \"{D}\"\nsecret = \"s\"\n\
@@ -633,7 +641,7 @@ mod tests {
     async fn held_answers_are_never_dropped_other_output_is_bounded() {
         let cfg = config(&format!(
             "[client_proxy]\ntarget_address = \"{T}\"\n[limits]\nupstream_buffer = 2\n\
-             [routing]\nbalancing = \"round-robin\""
+             [routing]\nbalancing = \"round-robin\"\n{MODULE_LOSS}"
         ));
         let mut h = start(&cfg, 1024);
         let mut up = h.upstream_up().await;
@@ -841,7 +849,7 @@ mod tests {
     /// stream closed past the queue, its pending request answered.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn an_instance_that_takes_nothing_is_cut_after_the_stall_timeout() {
-        let cfg = config("");
+        let cfg = config(&format!("[routing]\n{MODULE_LOSS}"));
         let mut h = start(&cfg, 16);
         let mut up = h.upstream_up().await;
         let stall = Duration::from_secs(3);

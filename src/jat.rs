@@ -9,7 +9,7 @@
 //! can resolve. A requester address too long for a resourcepart gets a
 //! token in either mode.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::config::JatMode;
+use crate::hold::Trip;
 use crate::jid;
 use crate::pool::{InstanceId, Member};
 
@@ -127,6 +128,8 @@ pub enum Waiting {
         /// The `to` the requester used: the reply comes `from` it.
         orig_to: String,
         member: Member,
+        /// Where it has been, and what it needs to go elsewhere.
+        trip: Trip,
     },
     /// A request a target resource sent to `domain/ENC`, forwarded to `peer`.
     FromTarget {
@@ -163,18 +166,24 @@ pub struct Entry {
 /// Requests in flight. Bounded: inserting into a full table gives up the
 /// oldest request, which the caller answers with an error.
 ///
-/// Entries are never promoted, so the LRU order is the insertion order:
-/// the least recent entry is also the one whose deadline comes first
-/// (with one timeout for all), and expiry only looks at that end.
+/// Entries are never promoted, so the LRU order is the insertion order
+/// and the entry given up for room is the one inserted first. Deadlines
+/// are not in that order (a request sent to another member keeps the
+/// time it had left), so they have their own index.
 #[derive(Debug)]
 pub struct Pending {
-    table: LruCache<Key, Entry>,
+    table: LruCache<Key, (Entry, u64)>,
+    /// (deadline, insertion number) → key, earliest first.
+    deadlines: BTreeMap<(Instant, u64), Key>,
+    inserted: u64,
 }
 
 impl Pending {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Pending {
             table: LruCache::new(capacity),
+            deadlines: BTreeMap::new(),
+            inserted: 0,
         }
     }
 
@@ -191,60 +200,82 @@ impl Pending {
     }
 
     pub fn get(&self, key: &Key) -> Option<&Entry> {
-        self.table.peek(key)
+        self.table.peek(key).map(|(e, _)| e)
     }
 
     /// Inserts; returns the entry given up to make room, if any. The key
     /// must not be present (callers check for duplicates first).
     pub fn insert(&mut self, key: Key, entry: Entry) -> Option<(Key, Entry)> {
-        self.table.push(key, entry)
+        self.inserted += 1;
+        let n = self.inserted;
+        self.deadlines.insert((entry.deadline, n), key.clone());
+        let same = key.clone();
+        let (old_key, (old, old_n)) = self.table.push(key, (entry, n))?;
+        self.deadlines.remove(&(old.deadline, old_n));
+        // `push` also returns the entry it replaced under the same key
+        // (which callers rule out): that one was not given up for room.
+        (old_key != same).then_some((old_key, old))
     }
 
     pub fn remove(&mut self, key: &Key) -> Option<Entry> {
-        self.table.pop(key)
+        let (e, n) = self.table.pop(key)?;
+        self.deadlines.remove(&(e.deadline, n));
+        Some(e)
     }
 
-    /// Removes and returns the oldest entry if its deadline has passed.
+    /// Removes and returns the entry inserted first (to make room).
+    pub fn pop_oldest(&mut self) -> Option<(Key, Entry)> {
+        let (k, (e, n)) = self.table.pop_lru()?;
+        self.deadlines.remove(&(e.deadline, n));
+        Some((k, e))
+    }
+
+    /// Removes and returns the entry whose deadline is earliest, if it
+    /// has passed.
     pub fn pop_expired(&mut self, now: Instant) -> Option<(Key, Entry)> {
-        match self.table.peek_lru() {
-            Some((_, e)) if e.deadline <= now => self.table.pop_lru(),
-            _ => None,
+        let (&(deadline, _), key) = self.deadlines.first_key_value()?;
+        if deadline > now {
+            return None;
         }
+        let key = key.clone();
+        let e = self.remove(&key)?;
+        Some((key, e))
     }
 
     /// Brings every deadline later than `latest` forward to it (a reload
-    /// shortened the timeout). Expiry pops from the oldest entry only, so
-    /// deadlines must stay in insertion order: clamping keeps that order,
-    /// where new entries with a shorter timeout behind old ones with a
-    /// longer one would wait for them.
+    /// shortened the timeout): none waits longer than the new setting.
     pub fn clamp_deadlines(&mut self, latest: Instant) {
-        for (_, e) in self.table.iter_mut() {
+        self.deadlines.clear();
+        for (k, (e, n)) in self.table.iter_mut() {
             e.deadline = e.deadline.min(latest);
+            self.deadlines.insert((e.deadline, *n), k.clone());
         }
     }
 
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.table.peek_lru().map(|(_, e)| e.deadline)
+        self.deadlines.first_key_value().map(|(&(d, _), _)| d)
     }
 
-    /// Removes and returns every entry matching `pred` (a member went away).
+    /// Removes and returns every entry matching `pred` (a member went
+    /// away), oldest first.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&Waiting) -> bool) -> Vec<(Key, Entry)> {
-        let keys: Vec<Key> = self
+        let mut keys: Vec<(u64, Key)> = self
             .table
             .iter()
-            .filter(|(_, e)| pred(&e.waiting))
-            .map(|(k, _)| k.clone())
+            .filter(|(_, (e, _))| pred(&e.waiting))
+            .map(|(k, (_, n))| (*n, k.clone()))
             .collect();
+        keys.sort_unstable_by_key(|(n, _)| *n);
         keys.into_iter()
-            .filter_map(|k| self.table.pop(&k).map(|e| (k, e)))
+            .filter_map(|(_, k)| self.remove(&k).map(|e| (k, e)))
             .collect()
     }
 
     /// Removes and returns everything (shutdown).
     pub fn drain_all(&mut self) -> Vec<(Key, Entry)> {
         let mut out = Vec::with_capacity(self.table.len());
-        while let Some(kv) = self.table.pop_lru() {
+        while let Some(kv) = self.pop_oldest() {
             out.push(kv);
         }
         out
@@ -342,6 +373,7 @@ mod tests {
                 requester: "a@x/1".into(),
                 orig_to: "d".into(),
                 member: Member::Instance(1),
+                trip: Trip::default(),
             },
             deadline,
         }
@@ -375,6 +407,23 @@ mod tests {
             Some(key("2"))
         );
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn pending_expires_by_deadline_not_insertion() {
+        let t0 = Instant::now();
+        let mut p = Pending::new(cap(4));
+        p.insert(key("1"), entry(t0 + Duration::from_secs(30)));
+        // Sent to another member with the time it had left.
+        p.insert(key("2"), entry(t0 + Duration::from_secs(5)));
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            p.pop_expired(t0 + Duration::from_secs(5)).map(|kv| kv.0),
+            Some(key("2"))
+        );
+        assert!(p.pop_expired(t0 + Duration::from_secs(29)).is_none());
+        assert_eq!(p.pop_oldest().map(|kv| kv.0), Some(key("1")));
+        assert!(p.is_empty() && p.next_deadline().is_none());
     }
 
     #[test]

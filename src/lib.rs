@@ -31,6 +31,9 @@
 //!   rule, the disco#info question and its answer, XEP-0115 caps and
 //!   their cache, and each resource's qualification state.
 //! - [`jat`]: address translation and the pending-request table.
+//! - [`hold`]: where an inbound request has been (members tried, lost,
+//!   refusals), and the queue of requests waiting for an eligible member.
+//! - [`refusal`]: the condition of a member's error, for `retry_on`.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
 //! - [`skip_log`]: one log line per per-stanza limit per minute.
 //! - [`backlog`]: what is kept for the XMPP server while it is away, and
@@ -70,6 +73,7 @@ pub mod conn;
 pub mod core;
 pub mod event;
 pub mod handshake;
+pub mod hold;
 pub mod jat;
 pub mod jid;
 pub mod listener;
@@ -78,6 +82,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod qualify;
+pub mod refusal;
 pub mod reload;
 pub mod rewrite;
 pub mod router;

@@ -7,13 +7,22 @@
 //! unavailable presence made it drop requests.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
 use crate::config::Balancing;
+use crate::time::later;
 
 /// A connection to our listener, numbered by the listener.
 pub type InstanceId = u64;
+
+/// One stay of a member in the pool, numbered by the pool. A resource
+/// that goes unavailable and comes back, or an instance that reconnects,
+/// is a new session: it may take requests the old one had, and starts
+/// with no refusals held against it.
+pub type Session = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Member {
@@ -38,6 +47,22 @@ pub struct Pool {
     members: Vec<Member>,
     load: HashMap<Member, usize>,
     next: usize,
+    /// Each member's session, from its `add`.
+    sessions: HashMap<Member, Session>,
+    last_session: Session,
+    /// Refusals (`routing.retry_on`) in a row, per member.
+    refusals: HashMap<Member, u32>,
+    /// Members out of the rotation, until when.
+    quarantined: HashMap<Member, Instant>,
+}
+
+/// Which members may take a request: what [`Pool::pick_eligible`] skips.
+pub struct Eligible<'a> {
+    /// Instances only (the nodes of the domain belong to them).
+    pub instances_only: bool,
+    /// Sessions that already had the request.
+    pub tried: &'a [Session],
+    pub now: Instant,
 }
 
 impl Pool {
@@ -47,6 +72,10 @@ impl Pool {
             members: Vec::new(),
             load: HashMap::new(),
             next: 0,
+            sessions: HashMap::new(),
+            last_session: 0,
+            refusals: HashMap::new(),
+            quarantined: HashMap::new(),
         }
     }
 
@@ -76,21 +105,97 @@ impl Pool {
             .any(|m| matches!(m, Member::Instance(_)))
     }
 
-    /// Adds a member; false if it was already there.
+    /// Adds a member as a new session; false if it was already there.
     pub fn add(&mut self, m: Member) -> bool {
         if self.members.contains(&m) {
             return false;
         }
+        self.last_session += 1;
+        self.sessions.insert(m.clone(), self.last_session);
         self.members.push(m);
         true
     }
 
-    /// Removes a member; false if it was not there.
+    /// Removes a member; false if it was not there. Its session ends, and
+    /// its refusals and quarantine with it.
     pub fn remove(&mut self, m: &Member) -> bool {
         let before = self.members.len();
         self.members.retain(|x| x != m);
-        self.load.remove(m);
+        self.forget(m);
         before != self.members.len()
+    }
+
+    fn forget(&mut self, m: &Member) {
+        self.load.remove(m);
+        self.sessions.remove(m);
+        self.refusals.remove(m);
+        self.quarantined.remove(m);
+    }
+
+    /// The session of a member in the pool.
+    pub fn session(&self, m: &Member) -> Option<Session> {
+        self.sessions.get(m).copied()
+    }
+
+    /// A member refused a request (`routing.retry_on`). After `after`
+    /// refusals in a row (never when zero) it leaves the rotation until
+    /// `now + for_`; true when that starts now.
+    pub fn refused(&mut self, m: &Member, now: Instant, after: u32, for_: Duration) -> bool {
+        if !self.members.contains(m) {
+            return false;
+        }
+        let n = self.refusals.entry(m.clone()).or_insert(0);
+        *n += 1;
+        if after == 0 || *n < after || self.quarantined.contains_key(m) {
+            return false;
+        }
+        *n = 0;
+        self.quarantined.insert(m.clone(), later(now, for_));
+        true
+    }
+
+    /// A member answered a request other than with a refusal: its
+    /// refusals are no longer in a row.
+    pub fn served(&mut self, m: &Member) {
+        self.refusals.remove(m);
+    }
+
+    /// Whether a member is out of the rotation at `now`.
+    pub fn is_quarantined(&self, m: &Member, now: Instant) -> bool {
+        self.quarantined.get(m).is_some_and(|until| *until > now)
+    }
+
+    /// Members out of the rotation now.
+    pub fn quarantined_len(&self) -> usize {
+        self.quarantined.len()
+    }
+
+    /// Ends the quarantines that are over at `now`; the members back in
+    /// the rotation, in pool order.
+    pub fn lift_quarantines(&mut self, now: Instant) -> Vec<Member> {
+        let over: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| self.quarantined.get(*m).is_some_and(|u| *u <= now))
+            .cloned()
+            .collect();
+        for m in &over {
+            self.quarantined.remove(m);
+        }
+        over
+    }
+
+    /// When the next quarantine ends.
+    pub fn next_quarantine_end(&self) -> Option<Instant> {
+        self.quarantined.values().min().copied()
+    }
+
+    /// Whether `m` may take a request: in the pool, of the right kind,
+    /// not quarantined, and not a session that had it.
+    pub fn is_eligible(&self, m: &Member, e: &Eligible) -> bool {
+        (!e.instances_only || matches!(m, Member::Instance(_)))
+            && !self.is_quarantined(m, e.now)
+            && self.session(m).is_some_and(|s| !e.tried.contains(&s))
     }
 
     /// Removes every client resource (presence error, upstream loss).
@@ -100,7 +205,7 @@ impl Pool {
             .partition(|m| matches!(m, Member::Resource(_)));
         self.members = kept;
         for m in &gone {
-            self.load.remove(m);
+            self.forget(m);
         }
         gone
     }
@@ -124,7 +229,7 @@ impl Pool {
 
     /// Picks a member for a request from `requester_bare`.
     pub fn pick<R: Rng + ?Sized>(&mut self, requester_bare: &str, rng: &mut R) -> Option<Member> {
-        self.pick_where(requester_bare, rng, |_| true)
+        self.pick_where(requester_bare, rng, |_, _| true)
     }
 
     /// Picks an instance (for addresses only a component can serve, such
@@ -134,17 +239,36 @@ impl Pool {
         requester_bare: &str,
         rng: &mut R,
     ) -> Option<Member> {
-        self.pick_where(requester_bare, rng, |m| matches!(m, Member::Instance(_)))
+        self.pick_where(requester_bare, rng, |_, m| {
+            matches!(m, Member::Instance(_))
+        })
+    }
+
+    /// Picks an eligible member (see [`Eligible`]). With nothing to skip
+    /// it picks as [`Pool::pick`] and [`Pool::pick_instance`] do, drawing
+    /// the same numbers from `rng`.
+    pub fn pick_eligible<R: Rng + ?Sized>(
+        &mut self,
+        requester_bare: &str,
+        rng: &mut R,
+        e: &Eligible,
+    ) -> Option<Member> {
+        let ok: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| self.is_eligible(m, e))
+            .collect();
+        self.pick_where(requester_bare, rng, |i, _| ok.get(i).copied().unwrap_or(false))
     }
 
     fn pick_where<R: Rng + ?Sized>(
         &mut self,
         requester_bare: &str,
         rng: &mut R,
-        eligible: impl Fn(&Member) -> bool,
+        eligible: impl Fn(usize, &Member) -> bool,
     ) -> Option<Member> {
         let candidates: Vec<usize> = (0..self.members.len())
-            .filter(|&i| eligible(&self.members[i]))
+            .filter(|&i| eligible(i, &self.members[i]))
             .collect();
         if candidates.is_empty() {
             return None;

@@ -17,15 +17,18 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::RngCore;
 use tokio::time::Instant;
 
 use crate::backlog::{Backlog, Class};
-use crate::config::{Balancing, Config, Continuity, JatMode};
+use crate::config::{Balancing, Config, Continuity, JatMode, Redispatch};
+use crate::hold::{own, Ask, Held, Hold, Trip};
 use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
 use crate::jid;
-use crate::pool::{InstanceId, Member, Pool};
+use crate::pool::{Eligible, InstanceId, Member, Pool};
 use crate::qualify::Admission;
+use crate::refusal;
 use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
 use crate::time::later;
@@ -174,6 +177,26 @@ pub struct Stats {
     pub members: BTreeMap<Member, MemberStats>,
     /// What members beyond [`MAX_MEMBER_SERIES`] did, summed.
     pub members_other: MemberStats,
+    /// Requests that found no eligible member and waited for one
+    /// (`routing.hold_when_empty`), new, re-dispatched or retried.
+    pub requests_held: u64,
+    /// Held requests sent to a member that joined or came back.
+    pub requests_released: u64,
+    /// Held requests answered because their hold ended.
+    pub hold_expired: u64,
+    /// Requests in flight to a member that left, sent on to another (or
+    /// held for one): `routing.redispatch`.
+    pub requests_redispatched: u64,
+    /// Requests a member refused (`routing.retry_on`), sent on to another
+    /// (or held for one).
+    pub requests_retried: u64,
+    /// Replies and bounces from a member that was lost while its request
+    /// went on elsewhere: dropped, never delivered.
+    pub replies_late: u64,
+    /// Times a member was taken out of the rotation for refusing.
+    pub quarantines: u64,
+    /// Members out of the rotation now (a gauge).
+    pub members_quarantined: u64,
 }
 
 /// Per-member entries kept at most; a pool larger than this is summed
@@ -247,6 +270,41 @@ struct Request<'a> {
     id: &'a str,
 }
 
+/// Where a request to send comes from: the stanza just read, or the copy
+/// a request keeps while it may be sent again.
+enum Req<'a> {
+    Fresh(&'a Stanza),
+    Kept(Box<Stanza>),
+}
+
+impl Req<'_> {
+    fn stanza(&self) -> &Stanza {
+        match self {
+            Req::Fresh(st) => st,
+            Req::Kept(st) => st,
+        }
+    }
+
+    /// A copy to keep: the one already kept, or a copy of the stanza read.
+    fn into_kept(self) -> Box<Stanza> {
+        match self {
+            Req::Fresh(st) => own(st),
+            Req::Kept(st) => st,
+        }
+    }
+}
+
+/// What became of a request the router routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A member has it.
+    Sent,
+    /// It waits for an eligible member.
+    Held,
+    /// It got its answer (an error) now.
+    Answered,
+}
+
 /// Which members may serve an inbound request.
 #[derive(Clone, Copy)]
 enum Serving {
@@ -269,9 +327,11 @@ pub struct Router {
     online: bool,
     /// Output kept for the server while it is away.
     backlog: Backlog,
-    /// Instance requests answered before they were sent, and so never
-    /// sent.
+    /// Requests answered (or moved to another member) before they were
+    /// sent, and so never sent.
     withdrawn: u64,
+    /// Requests waiting for an eligible member.
+    hold: Hold,
 }
 
 impl Router {
@@ -287,6 +347,7 @@ impl Router {
             online: false,
             backlog: Backlog::new(upstream_buffer),
             withdrawn: 0,
+            hold: Hold::default(),
             cfg,
         }
     }
@@ -301,8 +362,9 @@ impl Router {
         self.backlog.set_cap(cap);
     }
 
-    /// Instance requests answered (timed out, given up for room, their
-    /// instance gone) before they could be sent, and so never sent.
+    /// Requests answered (timed out, given up for room, their instance
+    /// gone) or moved to another member before they could be sent, and
+    /// so never sent.
     pub fn requests_withdrawn(&self) -> u64 {
         self.withdrawn
     }
@@ -323,9 +385,22 @@ impl Router {
         self.pending.len()
     }
 
-    /// The next time [`Router::expire`] has work to do.
+    /// Requests waiting for an eligible member now.
+    pub fn held_len(&self) -> usize {
+        self.hold.len()
+    }
+
+    /// The next time [`Router::expire`] has work to do: a request's
+    /// deadline, a hold's end, a quarantine's end.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.next_deadline()
+        [
+            self.pending.next_deadline(),
+            self.hold.next_deadline(),
+            self.pool.next_quarantine_end(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Applies new settings that do not need a new connection: balancing
@@ -346,7 +421,13 @@ impl Router {
     /// pending requests are answered `recipient-unavailable`) and, when a
     /// session is up, asks the new one for its presence as a fresh
     /// upstream session would.
-    pub fn reload(&mut self, new: RouterConfig, now: Instant, out: &mut Vec<Action>) {
+    pub fn reload(
+        &mut self,
+        new: RouterConfig,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         if new.iq_timeout < self.cfg.iq_timeout {
             self.pending.clamp_deadlines(later(now, new.iq_timeout));
         }
@@ -354,9 +435,10 @@ impl Router {
         self.cfg.client_requests = new.client_requests;
         self.cfg.subscribe = new.subscribe;
         self.cfg.max_write = new.max_write;
+        self.cfg.continuity = new.continuity;
         if self.cfg.target != new.target {
             for m in self.pool.clear_resources() {
-                self.fail_member(&m, out);
+                self.fail_member(&m, now, rng, out);
             }
             self.cfg.target = new.target;
             if self.online {
@@ -413,14 +495,16 @@ impl Router {
     }
 
     /// The upstream session is gone. Presence will be learnt anew after
-    /// reconnecting, so client resources leave the pool now; requests
-    /// pending on them will get no reply and are answered with an error,
-    /// held until upstream is back, as is everything for the server in
-    /// `out` not yet written.
-    pub fn upstream_lost(&mut self, out: &mut Vec<Action>) {
+    /// reconnecting, so client resources leave the pool now: requests
+    /// pending on them are lost with them and follow the re-dispatch
+    /// rules (another member, the hold, or an error answer). Output for
+    /// the server, and everything for it in `out` not yet written, is
+    /// held until upstream is back; held requests keep waiting, their
+    /// clocks running.
+    pub fn upstream_lost(&mut self, now: Instant, rng: &mut dyn RngCore, out: &mut Vec<Action>) {
         self.hold_unwritten(out);
         for m in self.pool.clear_resources() {
-            self.fail_member(&m, out);
+            self.fail_member(&m, now, rng, out);
         }
     }
 
@@ -449,16 +533,67 @@ impl Router {
         }
     }
 
-    pub fn instance_up(&mut self, id: InstanceId) {
-        self.pool.add(Member::Instance(id));
+    /// An instance connected: a member (see [`Router::member_joined`]).
+    pub fn instance_up(&mut self, id: InstanceId, now: Instant, out: &mut Vec<Action>) {
+        self.member_joined(Member::Instance(id), now, out);
+    }
+
+    /// A member joins the pool as a new session. Every pool join goes
+    /// through here: an instance on connect, a client resource on its
+    /// available presence (once qualified, where qualification is
+    /// configured). Requests held for want of an eligible member are sent
+    /// to it, in arrival order. False when it was in the pool already.
+    pub fn member_joined(&mut self, m: Member, now: Instant, out: &mut Vec<Action>) -> bool {
+        if !self.pool.add(m.clone()) {
+            return false;
+        }
+        self.release_to(&m, now, out);
+        true
+    }
+
+    /// Sends `m` every held request it may take, in arrival order.
+    fn release_to(&mut self, m: &Member, now: Instant, out: &mut Vec<Action>) {
+        if self.hold.is_empty() {
+            return;
+        }
+        let pool = &self.pool;
+        let ready = self.hold.take_where(|h| {
+            let e = Eligible {
+                instances_only: h.ask.trip.instances_only,
+                tried: &h.ask.trip.tried,
+                now,
+            };
+            pool.is_eligible(m, &e)
+        });
+        if ready.is_empty() {
+            return;
+        }
+        let released = ready.len();
+        for Held { mut ask, .. } in ready {
+            self.stats.requests_released += 1;
+            match ask.trip.request.take() {
+                Some(st) => {
+                    self.send_to(ask, Req::Kept(st), m.clone(), now, out);
+                }
+                None => self.answer_unserved(ask, out),
+            }
+        }
+        tracing::info!(member = %m, released, "held requests sent to a member");
     }
 
     /// An instance disconnected or stopped reading: out of rotation at
-    /// once, its pending requests answered with `recipient-unavailable`.
-    pub fn instance_down(&mut self, id: InstanceId, out: &mut Vec<Action>) {
+    /// once; its pending requests follow the re-dispatch rules.
+    pub fn instance_down(
+        &mut self,
+        id: InstanceId,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         let m = Member::Instance(id);
         self.pool.remove(&m);
-        self.fail_member(&m, out);
+        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+        self.fail_member(&m, now, rng, out);
         // Requests the instance started can no longer be delivered, nor
         // need to be sent.
         let started = self.pending.drain_where(
@@ -469,11 +604,22 @@ impl Router {
         }
     }
 
-    /// Answers every request whose deadline has passed.
+    /// Answers every request whose deadline has passed and every held
+    /// request whose hold ended; members whose quarantine is over are
+    /// back in the rotation, and take the held requests they may.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
         while let Some((key, entry)) = self.pending.pop_expired(now) {
             self.answer(key, entry.waiting, StanzaError::RemoteServerTimeout, out);
         }
+        for h in self.hold.take_expired(now) {
+            self.stats.hold_expired += 1;
+            self.answer_unserved(h.ask, out);
+        }
+        for m in self.pool.lift_quarantines(now) {
+            tracing::info!(member = %m, "quarantine over: back in the rotation");
+            self.release_to(&m, now, out);
+        }
+        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
     }
 
     /// A request that could not be sent gets its one answer now (if it
@@ -484,10 +630,13 @@ impl Router {
         }
     }
 
-    /// Shutdown: answers everything still pending.
+    /// Shutdown: answers everything still pending or held.
     pub fn drain(&mut self, out: &mut Vec<Action>) {
         for (key, entry) in self.pending.drain_all() {
             self.answer(key, entry.waiting, StanzaError::RecipientUnavailable, out);
+        }
+        for h in self.hold.drain_all() {
+            self.answer_ask(&h.ask, StanzaError::RecipientUnavailable, out);
         }
     }
 
@@ -591,7 +740,7 @@ impl Router {
             from_target,
         };
         match st.kind {
-            Kind::Presence => self.presence_from_upstream(&a, out),
+            Kind::Presence => self.presence_from_upstream(&a, now, rng, out),
             Kind::Message => self.message_from_upstream(&a, out),
             Kind::Iq => self.iq_from_upstream(&a, now, rng, out),
             Kind::Other => {}
@@ -651,11 +800,17 @@ impl Router {
     /// `D` (the server delivers it to the bare address subscribed to).
     /// The module drops every presence to `D/x` too, but takes available,
     /// unavailable and error presence to `node@D` for pool presence.
-    fn presence_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
+    fn presence_from_upstream(
+        &mut self,
+        a: &Addressed,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         let (st, from) = (a.st, a.from);
         if a.from_target {
             if matches!(a.to, To::Bare) {
-                self.presence_from_target(st, from, out);
+                self.presence_from_target(st, from, now, rng, out);
             } else {
                 tracing::debug!(
                     member = from,
@@ -680,13 +835,20 @@ impl Router {
     /// The target's presence to the bare domain: which of its resources
     /// are in the pool, and the subscription through which the server
     /// tells the proxy.
-    fn presence_from_target(&mut self, st: &Stanza, from: &str, out: &mut Vec<Action>) {
+    fn presence_from_target(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         let d = self.cfg.domain.clone();
         let resource = Member::Resource(from.to_owned());
         let has_resource = jid::split(from).1.is_some();
         match st.stanza_type() {
             None if has_resource => {
-                if self.pool.add(resource) {
+                if self.member_joined(resource, now, out) {
                     tracing::info!(member = from, "resource joined the pool");
                 }
             }
@@ -694,12 +856,13 @@ impl Router {
                 if self.pool.remove(&resource) {
                     tracing::info!(member = from, "resource left the pool");
                 }
-                self.fail_member(&resource, out);
+                self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+                self.fail_member(&resource, now, rng, out);
             }
             Some("error") => {
                 // As the module: an error from the target drops all.
                 for m in self.pool.clear_resources() {
-                    self.fail_member(&m, out);
+                    self.fail_member(&m, now, rng, out);
                 }
             }
             Some("subscribe") => {
@@ -722,7 +885,7 @@ impl Router {
                      until the subscription is granted again"
                 );
                 for m in gone {
-                    self.fail_member(&m, out);
+                    self.fail_member(&m, now, rng, out);
                 }
             }
             Some("subscribed") => {
@@ -763,7 +926,7 @@ impl Router {
     ) {
         let (st, from) = (a.st, a.from);
         if st.is_iq_response() {
-            self.reply_from_upstream(st, from, &a.to, out);
+            self.reply_from_upstream(st, from, &a.to, now, rng, out);
             return;
         }
         if !st.is_iq_request() {
@@ -793,7 +956,8 @@ impl Router {
         }
     }
 
-    /// An outside requester's iq get/set: to one member of `serving`.
+    /// An outside requester's iq get/set: to one member of `serving`,
+    /// or the hold when none is eligible.
     fn inbound_request(
         &mut self,
         req: &Request,
@@ -802,65 +966,23 @@ impl Router {
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
     ) {
-        let (st, requester, orig_to, id) = (req.st, req.from, req.to, req.id);
-        let picked = match serving {
-            Serving::Instances => self.pool.pick_instance(jid::bare(requester), rng),
-            Serving::Pool => self.pool.pick(jid::bare(requester), rng),
-        };
-        let Some(member) = picked else {
-            self.error_reply(st, requester, StanzaError::ServiceUnavailable, out);
-            return;
-        };
-        let (key, wire) = match &member {
-            Member::Resource(r) => {
-                let enc = self.jat.encode(requester, rng);
-                let from = format!("{}/{}", self.cfg.domain, enc);
-                let key = Key::ToResource {
-                    res: enc,
-                    id: id.to_owned(),
-                };
-                let wire = rewrite(st, Some(r), Some(&from));
-                if wire.len() > self.cfg.max_write {
-                    let text = self.too_large_text(wire.len());
-                    self.error_reply_text(
-                        st,
-                        requester,
-                        StanzaError::PolicyViolation,
-                        Some(&text),
-                        out,
-                    );
-                    return;
-                }
-                (key, wire)
-            }
-            Member::Instance(_) => (
-                Key::InstanceReply {
-                    requester: requester.to_owned(),
-                    id: id.to_owned(),
-                },
-                Wire::One(st.bytes.clone()),
-            ),
-        };
-        if self.pending.contains(&key) {
+        let (st, requester) = (req.st, req.from);
+        if self.hold.contains(requester, req.id) {
             self.error_reply(st, requester, StanzaError::Conflict, out);
             return;
         }
-        self.pool.inc_load(&member);
-        self.stats.member(&member).routed += 1;
-        let waiting = Waiting::Inbound {
+        let ask = Ask {
             requester: requester.to_owned(),
-            orig_to: orig_to.to_owned(),
-            member: member.clone(),
-        };
-        self.track(key, waiting, now, out);
-        self.stats.requests_routed += 1;
-        self.for_server(
-            match member {
-                Member::Resource(_) => Action::Upstream(wire),
-                Member::Instance(i) => Action::Instance(i, wire),
+            orig_to: req.to.to_owned(),
+            id: req.id.to_owned(),
+            deadline: None,
+            trip: Trip {
+                get: st.stanza_type() == Some("get"),
+                instances_only: matches!(serving, Serving::Instances),
+                ..Trip::default()
             },
-            out,
-        );
+        };
+        self.route(ask, Req::Fresh(st), now, rng, out);
     }
 
     /// A target resource's iq get/set to `domain/ENC`: on to the decoded
@@ -919,7 +1041,15 @@ impl Router {
     /// reply to a request a target resource or an instance started.
     /// Delivered only if it answers a request in flight, and only if it
     /// comes from the one asked.
-    fn reply_from_upstream(&mut self, st: &Stanza, from: &str, to: &To, out: &mut Vec<Action>) {
+    fn reply_from_upstream(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        to: &To,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         let id = st.id().unwrap_or_default();
         let Some(key) = self.answered_by_upstream(from, to, id) else {
             self.stats.replies_unmatched += 1;
@@ -939,12 +1069,28 @@ impl Router {
             Waiting::Inbound { .. } => "",
         };
         if !same_address(expected, from) {
-            self.stats.replies_spoofed += 1;
+            if was_lost(&entry.waiting, from) {
+                self.stats.replies_late += 1;
+            } else {
+                self.stats.replies_spoofed += 1;
+            }
             return;
         }
         let Some(entry) = self.pending.remove(&key) else {
             return;
         };
+        if let Waiting::Inbound {
+            requester,
+            orig_to,
+            ..
+        } = &entry.waiting
+        {
+            if self.is_refusal(st) {
+                let refusal = rewrite(st, Some(requester), Some(orig_to));
+                self.refused(key, entry, refusal, now, rng, out);
+                return;
+            }
+        }
         self.stats.replies_delivered += 1;
         self.deliver_upstream_reply(st, entry.waiting, out);
     }
@@ -1009,8 +1155,10 @@ impl Router {
                 requester,
                 orig_to,
                 member,
+                ..
             } => {
                 self.pool.dec_load(&member);
+                self.pool.served(&member);
                 self.stats.member(&member).answered += 1;
                 let wire = rewrite(st, Some(&requester), Some(&orig_to));
                 self.answer_upstream(wire, st.id().unwrap_or_default(), &orig_to, &requester, out);
@@ -1095,7 +1243,9 @@ impl Router {
             return;
         };
         if st.is_iq_response() {
-            self.reply_from_instance(instance, st, to, new_from, out);
+            if let Some((key, entry, refusal)) = self.reply_from_instance(instance, st, to, new_from, out) {
+                self.refused(key, entry, refusal, now, rng, out);
+            }
             return;
         }
         // Requests, messages, presence: the address must be one. It is
@@ -1106,7 +1256,23 @@ impl Router {
             return;
         };
         if st.is_iq_request() {
-            let id = st.id().unwrap_or_default().to_owned();
+            let Some(id) = st.id().map(str::to_owned) else {
+                // RFC 6120 §8.1.3: a request without an id cannot be
+                // answered, nor told from another one.
+                self.stats.count(StanzaError::BadRequest);
+                out.push(Action::Instance(
+                    instance,
+                    Wire::One(stanza::error_reply(
+                        &st.name,
+                        None,
+                        to,
+                        from,
+                        StanzaError::BadRequest,
+                        Some("an iq request needs an id"),
+                    )),
+                ));
+                return;
+            };
             let token = jat::new_token(rng);
             let new_from = format!("{}/{}", self.cfg.domain, token);
             let waiting = Waiting::FromInstance {
@@ -1160,6 +1326,8 @@ impl Router {
     /// request this instance was given. The requester is keyed as the
     /// server stamped it; an instance that writes it another way
     /// (`Alice@Example.test/x`) still finds it through the prepared form.
+    /// A refusal (`routing.retry_on`) is not delivered but returned, with
+    /// the request it refuses, for [`Router::refused`].
     fn reply_from_instance(
         &mut self,
         instance: InstanceId,
@@ -1167,7 +1335,7 @@ impl Router {
         to: &str,
         new_from: Option<&str>,
         out: &mut Vec<Action>,
-    ) {
+    ) -> Option<(Key, Entry, Wire)> {
         let id = st.id().unwrap_or_default();
         let asked = |pending: &Pending, key: &Key| {
             matches!(
@@ -1189,53 +1357,368 @@ impl Router {
         }
         if !asked(&self.pending, &key) {
             self.stats.replies_unmatched += 1;
-            return;
+            return None;
         }
-        if let Some(e) = self.pending.remove(&key) {
-            if let Some(m) = e.waiting.member() {
-                self.pool.dec_load(m);
-                self.stats.member(m).answered += 1;
-            }
+        let e = self.pending.remove(&key)?;
+        if self.is_refusal(st) {
+            return Some((key, e, rewrite(st, None, new_from)));
+        }
+        if let Some(m) = e.waiting.member() {
+            self.pool.dec_load(m);
+            self.pool.served(m);
+            self.stats.member(m).answered += 1;
         }
         self.stats.replies_delivered += 1;
         self.for_server(answer_up(rewrite(st, None, new_from)), out);
+        None
     }
 
     // ----- helpers ---------------------------------------------------------
 
-    /// Records a request in flight; a request given up to make room is
-    /// answered now.
+    /// Records a request in flight for `iq_timeout`.
     fn track(&mut self, key: Key, waiting: Waiting, now: Instant, out: &mut Vec<Action>) {
-        let entry = Entry {
-            waiting,
-            deadline: later(now, self.cfg.iq_timeout),
-        };
-        if let Some((old_key, old)) = self.pending.insert(key, entry) {
+        self.track_until(key, waiting, later(now, self.cfg.iq_timeout), out);
+    }
+
+    /// Records a request in flight until `deadline`; a request given up
+    /// to make room is answered now.
+    fn track_until(&mut self, key: Key, waiting: Waiting, deadline: Instant, out: &mut Vec<Action>) {
+        self.make_room(out);
+        if let Some((old_key, old)) = self.pending.insert(key, Entry { waiting, deadline }) {
             self.answer(old_key, old.waiting, StanzaError::ResourceConstraint, out);
         }
     }
 
-    /// Answers every request pending on a member that went away.
-    fn fail_member(&mut self, m: &Member, out: &mut Vec<Action>) {
-        self.stats.members.remove(m);
-        for (key, entry) in self.pending.drain_where(|w| w.member() == Some(m)) {
-            self.answer(key, entry.waiting, StanzaError::RecipientUnavailable, out);
+    /// Held and pending requests together stay within `pending_capacity`:
+    /// before one more, the one that has waited longest gives up its
+    /// place and is answered `resource-constraint` — a held one first
+    /// (it has no member yet), else the oldest in flight.
+    fn make_room(&mut self, out: &mut Vec<Action>) {
+        while self.pending.len() + self.hold.len() >= self.cfg.pending_capacity.get() {
+            if let Some(h) = self.hold.pop_oldest() {
+                self.answer_ask(&h.ask, StanzaError::ResourceConstraint, out);
+            } else if let Some((key, e)) = self.pending.pop_oldest() {
+                self.answer(key, e.waiting, StanzaError::ResourceConstraint, out);
+            } else {
+                break;
+            }
         }
+    }
+
+    /// A member went away: every request pending on it follows the
+    /// re-dispatch rules — to another member, or the hold, when its type
+    /// may be sent again (`routing.redispatch`); else it is answered
+    /// `recipient-unavailable`. One log line says what became of them.
+    fn fail_member(
+        &mut self,
+        m: &Member,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.members.remove(m);
+        let lost = self.pending.drain_where(|w| w.member() == Some(m));
+        if lost.is_empty() {
+            return;
+        }
+        let (mut moved, mut held, mut answered) = (0usize, 0usize, 0usize);
+        for (key, entry) in lost {
+            let outcome = match entry.waiting {
+                Waiting::Inbound {
+                    requester,
+                    orig_to,
+                    member,
+                    mut trip,
+                } if trip.request.is_some() && self.redispatches(trip.get) => {
+                    self.stats.requests_redispatched += 1;
+                    trip.lost.push(member);
+                    let st = trip.request.take();
+                    let ask = Ask {
+                        requester,
+                        orig_to,
+                        id: key_id(&key).to_owned(),
+                        deadline: Some(entry.deadline),
+                        trip,
+                    };
+                    match st {
+                        Some(st) => self.route(ask, Req::Kept(st), now, rng, out),
+                        None => {
+                            self.answer_unserved(ask, out);
+                            Outcome::Answered
+                        }
+                    }
+                }
+                waiting => {
+                    self.answer(key, waiting, StanzaError::RecipientUnavailable, out);
+                    Outcome::Answered
+                }
+            };
+            match outcome {
+                Outcome::Sent => moved += 1,
+                Outcome::Held => held += 1,
+                Outcome::Answered => answered += 1,
+            }
+        }
+        tracing::info!(
+            member = %m,
+            redispatched = moved,
+            held,
+            answered,
+            "member lost with requests in flight"
+        );
+    }
+
+    /// Whether a request of this type, in flight to a member that left,
+    /// goes to another (`routing.redispatch`).
+    fn redispatches(&self, get: bool) -> bool {
+        match self.cfg.continuity.redispatch {
+            Redispatch::Off => false,
+            Redispatch::Get => get,
+            Redispatch::All => true,
+        }
+    }
+
+    /// Whether a request sent to a member keeps its bytes, to be sent
+    /// again after a loss or a refusal.
+    fn keeps(&self, get: bool) -> bool {
+        self.redispatches(get) || !self.cfg.continuity.retry_on.is_empty()
+    }
+
+    /// Whether a member's reply refuses the request (`routing.retry_on`).
+    fn is_refusal(&self, st: &Stanza) -> bool {
+        let retry_on = &self.cfg.continuity.retry_on;
+        !retry_on.is_empty()
+            && st.is_error()
+            && refusal::condition(st).is_some_and(|c| retry_on.contains(&c))
+    }
+
+    /// An inbound request goes to an eligible member, or waits for one.
+    fn route(
+        &mut self,
+        mut ask: Ask,
+        req: Req,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) -> Outcome {
+        let e = Eligible {
+            instances_only: ask.trip.instances_only,
+            tried: &ask.trip.tried,
+            now,
+        };
+        let Some(member) = self.pool.pick_eligible(jid::bare(&ask.requester), rng, &e) else {
+            return self.hold_or_answer(ask, req, now, rng, out);
+        };
+        if matches!(member, Member::Resource(_)) && ask.trip.enc.is_none() {
+            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng));
+        }
+        self.send_to(ask, req, member, now, out)
+    }
+
+    /// No eligible member: the request waits for one (`hold_when_empty`),
+    /// no longer than the time it has left; without a hold it is answered.
+    fn hold_or_answer(
+        &mut self,
+        mut ask: Ask,
+        req: Req,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) -> Outcome {
+        let hold = self.cfg.continuity.hold_when_empty;
+        if hold.is_zero() || ask.deadline.is_some_and(|d| d <= now) {
+            self.answer_unserved(ask, out);
+            return Outcome::Answered;
+        }
+        // Released without an RNG at hand: the ENC is made now.
+        if !ask.trip.instances_only && self.cfg.target.is_some() && ask.trip.enc.is_none() {
+            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng));
+        }
+        ask.trip.request = Some(req.into_kept());
+        let until = later(now, hold);
+        let until = ask.deadline.map_or(until, |d| d.min(until));
+        self.make_room(out);
+        self.hold.push(Held { ask, until });
+        self.stats.requests_held += 1;
+        Outcome::Held
+    }
+
+    /// Sends a request to `member`, which may take it, and tracks it.
+    fn send_to(
+        &mut self,
+        mut ask: Ask,
+        req: Req,
+        member: Member,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Outcome {
+        let st = req.stanza();
+        let (key, wire) = match &member {
+            Member::Resource(r) => {
+                let Some(enc) = ask.trip.enc.clone() else {
+                    // Not reached: `route` and the hold make the ENC.
+                    self.answer_unserved(ask, out);
+                    return Outcome::Answered;
+                };
+                let from = format!("{}/{}", self.cfg.domain, enc);
+                let wire = rewrite(st, Some(r), Some(&from));
+                if wire.len() > self.cfg.max_write {
+                    let text = self.too_large_text(wire.len());
+                    self.answer_ask_text(&ask, StanzaError::PolicyViolation, Some(&text), out);
+                    return Outcome::Answered;
+                }
+                let key = Key::ToResource {
+                    res: enc,
+                    id: ask.id.clone(),
+                };
+                (key, wire)
+            }
+            Member::Instance(_) => (
+                Key::InstanceReply {
+                    requester: ask.requester.clone(),
+                    id: ask.id.clone(),
+                },
+                Wire::One(st.bytes.clone()),
+            ),
+        };
+        if self.pending.contains(&key) {
+            self.answer_ask(&ask, StanzaError::Conflict, out);
+            return Outcome::Answered;
+        }
+        if self.keeps(ask.trip.get) {
+            ask.trip.request = Some(req.into_kept());
+        }
+        if let Some(session) = self.pool.session(&member) {
+            ask.trip.tried.push(session);
+        }
+        self.pool.inc_load(&member);
+        self.stats.member(&member).routed += 1;
+        let deadline = ask
+            .deadline
+            .unwrap_or_else(|| later(now, self.cfg.iq_timeout));
+        let waiting = Waiting::Inbound {
+            requester: ask.requester,
+            orig_to: ask.orig_to,
+            member: member.clone(),
+            trip: ask.trip,
+        };
+        self.track_until(key.clone(), waiting, deadline, out);
+        self.stats.requests_routed += 1;
+        let action = match member {
+            Member::Resource(_) => Action::UpstreamRequest(wire, key),
+            Member::Instance(i) => Action::Instance(i, wire),
+        };
+        self.for_server(action, out);
+        Outcome::Sent
+    }
+
+    /// A member refused a request (`routing.retry_on`): the refusal
+    /// counts against it (quarantine), and the request goes to another
+    /// member that has not had it, at most `retry_limit` times; when none
+    /// is left, the requester gets `refusal`.
+    fn refused(
+        &mut self,
+        key: Key,
+        entry: Entry,
+        refusal: Wire,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
+        let Waiting::Inbound {
+            requester,
+            orig_to,
+            member,
+            mut trip,
+        } = entry.waiting
+        else {
+            return;
+        };
+        self.pool.dec_load(&member);
+        let c = &self.cfg.continuity;
+        let (after, for_, limit) = (c.quarantine_after, c.quarantine_for, c.retry_limit);
+        if self.pool.refused(&member, now, after, for_) {
+            self.stats.quarantines += 1;
+            self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+            tracing::warn!(
+                member = %member,
+                refusals = after,
+                quarantine_for = ?for_,
+                "member refused requests in a row (routing.retry_on): out of the rotation"
+            );
+        }
+        tracing::debug!(member = %member, iq.id = key_id(&key), "member refused a request");
+        // Its own buffer: the refusal may wait in the hold.
+        trip.refusal = Some(Wire::One(Bytes::copy_from_slice(&refusal.to_bytes())));
+        let st = trip.request.take();
+        let mut ask = Ask {
+            requester,
+            orig_to,
+            id: key_id(&key).to_owned(),
+            deadline: Some(entry.deadline),
+            trip,
+        };
+        match st {
+            Some(st) if ask.trip.retries < limit => {
+                ask.trip.retries += 1;
+                self.stats.requests_retried += 1;
+                self.route(ask, Req::Kept(st), now, rng, out);
+            }
+            _ => self.answer_unserved(ask, out),
+        }
+    }
+
+    /// The one answer to a request no member will answer: the last
+    /// refusal if it was refused, else `recipient-unavailable` if a
+    /// member had it, else `service-unavailable`.
+    fn answer_unserved(&mut self, ask: Ask, out: &mut Vec<Action>) {
+        if let Some(refusal) = ask.trip.refusal {
+            self.stats.replies_delivered += 1;
+            self.answer_upstream(refusal, &ask.id, &ask.orig_to, &ask.requester, out);
+            return;
+        }
+        let err = if ask.trip.reached() {
+            StanzaError::RecipientUnavailable
+        } else {
+            StanzaError::ServiceUnavailable
+        };
+        self.answer_ask(&ask, err, out);
+    }
+
+    /// An error answer to a request not with a member.
+    fn answer_ask(&mut self, ask: &Ask, err: StanzaError, out: &mut Vec<Action>) {
+        self.answer_ask_text(ask, err, None, out);
+    }
+
+    fn answer_ask_text(
+        &mut self,
+        ask: &Ask,
+        err: StanzaError,
+        text: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.count(err);
+        let reply = stanza::error_reply(
+            "iq",
+            Some(&ask.id),
+            &ask.orig_to,
+            &ask.requester,
+            err,
+            text,
+        );
+        self.for_server(answer_up(reply), out);
     }
 
     /// The one error answer for a request that will get no reply.
     fn answer(&mut self, key: Key, waiting: Waiting, err: StanzaError, out: &mut Vec<Action>) {
-        let id = match &key {
-            Key::ToResource { id, .. }
-            | Key::InstanceReply { id, .. }
-            | Key::PeerReply { id, .. } => id.as_str(),
-        };
+        let id = key_id(&key);
         self.stats.count(err);
         match waiting {
             Waiting::Inbound {
                 requester,
                 orig_to,
                 member,
+                ..
             } => {
                 self.pool.dec_load(&member);
                 self.for_server(
@@ -1416,6 +1899,26 @@ fn reply_up(st: &Stanza, reply: impl Into<Wire>) -> Action {
 /// the same once prepared. `expected` is stored prepared.
 fn same_address(expected: &str, from: &str) -> bool {
     expected == from || jid::validate(from).is_some_and(|f| f == expected)
+}
+
+/// The iq id a key was made with.
+fn key_id(key: &Key) -> &str {
+    match key {
+        Key::ToResource { id, .. } | Key::InstanceReply { id, .. } | Key::PeerReply { id, .. } => {
+            id
+        }
+    }
+}
+
+/// Whether `from` is a member that had this request and was lost: its
+/// late answer (or the server's bounce from its address) is dropped.
+fn was_lost(waiting: &Waiting, from: &str) -> bool {
+    let Waiting::Inbound { trip, .. } = waiting else {
+        return false;
+    };
+    trip.lost
+        .iter()
+        .any(|m| matches!(m, Member::Resource(r) if same_address(r, from)))
 }
 
 /// Whether an action writes to the server.

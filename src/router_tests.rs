@@ -419,7 +419,7 @@ fn unsubscribed_takes_the_targets_resources_out_and_answers_their_requests() {
     let mut h = H::new(cfg());
     h.online("a");
     h.online("b");
-    h.r.instance_up(7);
+    h.r.instance_up(7, h.now, &mut Vec::new());
     // Round robin: one request each on b, the instance, a.
     for i in 0..3 {
         assert_eq!(
@@ -568,7 +568,7 @@ fn upstream_loss_fails_resource_requests() {
     h.online("a");
     h.up(&format!("<iq type='get' id='u' to='{D}' from='{ALICE}'/>"));
     let mut out = Vec::new();
-    h.r.upstream_lost(&mut out);
+    h.r.upstream_lost(h.now, &mut h.rng, &mut out);
     assert!(out.is_empty(), "held while the server is away: {out:?}");
     assert!(h.r.pool().is_empty());
     assert_eq!(h.r.backlog().len(), 1);
@@ -587,7 +587,7 @@ fn upstream_loss_fails_resource_requests() {
 fn drain_answers_everything() {
     let mut h = H::new(cfg());
     h.online("a");
-    h.r.instance_up(7);
+    h.r.instance_up(7, h.now, &mut Vec::new());
     for i in 0..3 {
         h.up(&format!(
             "<iq type='get' id='d{i}' to='{D}' from='{ALICE}'/>"
@@ -785,7 +785,7 @@ fn target_request_times_out_to_the_resource() {
 #[test]
 fn request_to_instance_is_forwarded_unchanged_and_answer_matched() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let req = format!("<iq type='get' id='i1' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>");
     assert_eq!(h.up(&req), [format!("I1 {req}")]);
     let reply = format!("<iq type='result' id='i1' from='{D}' to='{ALICE}'/>");
@@ -798,8 +798,8 @@ fn request_to_instance_is_forwarded_unchanged_and_answer_matched() {
 #[test]
 fn another_instances_answer_is_dropped() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
-    h.r.instance_up(2);
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    h.r.instance_up(2, h.now, &mut Vec::new());
     let out = h.up(&format!("<iq type='get' id='x' to='{D}' from='{ALICE}'/>"));
     let asked: InstanceId = if out[0].starts_with("I1") { 1 } else { 2 };
     let other = 3 - asked;
@@ -811,15 +811,15 @@ fn another_instances_answer_is_dropped() {
 #[test]
 fn instance_loss_fails_its_requests_and_others_take_over() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
-    h.r.instance_up(2);
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    h.r.instance_up(2, h.now, &mut Vec::new());
     for i in 0..4 {
         h.up(&format!(
             "<iq type='get' id='f{i}' to='{D}' from='{ALICE}'/>"
         ));
     }
     let mut out = Vec::new();
-    h.r.instance_down(1, &mut out);
+    h.r.instance_down(1, h.now, &mut h.rng, &mut out);
     let out = render(out);
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|o| o.contains("recipient-unavailable")));
@@ -830,7 +830,7 @@ fn instance_loss_fails_its_requests_and_others_take_over() {
         assert!(o[0].starts_with("I2 "), "{o:?}");
     }
     let mut out = Vec::new();
-    h.r.instance_down(2, &mut out);
+    h.r.instance_down(2, h.now, &mut h.rng, &mut out);
     let o = h.up(&format!(
         "<iq type='get' id='none' to='{D}' from='{ALICE}'/>"
     ));
@@ -843,8 +843,8 @@ fn instance_loss_fails_its_requests_and_others_take_over() {
 #[test]
 fn instance_requests_get_a_token_and_the_reply_comes_back_to_them() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
-    h.r.instance_up(2);
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    h.r.instance_up(2, h.now, &mut Vec::new());
     let a = h.inst(
         1,
         &format!(
@@ -891,7 +891,7 @@ fn instance_requests_get_a_token_and_the_reply_comes_back_to_them() {
 #[test]
 fn instance_request_times_out_to_the_instance() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     h.inst(
         1,
         &format!("<iq type='get' id='slow' from='{D}' to='{ALICE}'/>"),
@@ -906,7 +906,7 @@ fn instance_request_times_out_to_the_instance() {
 #[test]
 fn instance_traffic_goes_upstream_verbatim() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     for s in [
         format!("<message from='{D}' to='{ALICE}'><body>hi</body></message>"),
         format!("<presence from='{D}/x' to='{ALICE}'/>"),
@@ -918,7 +918,7 @@ fn instance_traffic_goes_upstream_verbatim() {
 #[test]
 fn instance_from_outside_domain_is_closed() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     assert_eq!(
         h.inst(
             1,
@@ -932,7 +932,7 @@ fn instance_from_outside_domain_is_closed() {
         format!("evil.{D}"),
         format!("{D}@evil.example.test"),
     ] {
-        h.r.instance_up(2);
+        h.r.instance_up(2, h.now, &mut Vec::new());
         assert_eq!(
             h.inst(2, &format!("<message from='{from}' to='{ALICE}'/>")),
             ["CLOSE2 invalid-from"],
@@ -958,7 +958,7 @@ fn instance_from_that_is_no_address_is_closed() {
     .enumerate()
     {
         let id = n as u64 + 1;
-        h.r.instance_up(id);
+        h.r.instance_up(id, h.now, &mut Vec::new());
         assert_eq!(
             h.inst(id, &format!("<message from='{from}' to='{ALICE}'/>")),
             [format!("CLOSE{id} invalid-from")],
@@ -970,7 +970,7 @@ fn instance_from_that_is_no_address_is_closed() {
 #[test]
 fn instance_from_with_a_trailing_dot_is_its_domain() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     for s in [
         format!("<message from='{D}.' to='{ALICE}'/>"),
         format!("<message from='room@{D}./nick' to='{ALICE}'/>"),
@@ -985,7 +985,7 @@ fn instance_may_send_from_nodes_of_its_domain() {
     // A MUC or a gateway behind the proxy speaks for node@D; Prosody's
     // component port allows it, so the proxy must too.
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     for s in [
         format!("<message from='room@{D}/nick' to='{ALICE}'><body>hi</body></message>"),
         format!("<presence from='Room@{D}' to='{ALICE}'/>"),
@@ -1026,7 +1026,7 @@ fn instance_may_send_from_nodes_of_its_domain() {
 fn messages_and_presence_stick_to_one_instance() {
     let mut h = H::new(cfg());
     for i in 1..=3 {
-        h.r.instance_up(i);
+        h.r.instance_up(i, h.now, &mut Vec::new());
     }
     let first = h.up(&format!(
         "<message to='{D}' from='{ALICE}'><body>1</body></message>"
@@ -1124,11 +1124,11 @@ fn every_request_gets_exactly_one_answer() {
                 2 => {
                     let i = rng.random_range(1..3);
                     if rng.random_bool(0.5) {
-                        h.r.instance_up(i);
+                        h.r.instance_up(i, h.now, &mut Vec::new());
                         vec![]
                     } else {
                         let mut o = Vec::new();
-                        h.r.instance_down(i, &mut o);
+                        h.r.instance_down(i, h.now, &mut h.rng, &mut o);
                         render(o)
                     }
                 }
@@ -1204,8 +1204,8 @@ fn instance_request_that_cannot_be_sent_is_answered() {
     // sent nor held.
     let mut h = H::new(cfg());
     h.r.set_upstream_buffer(0);
-    h.r.upstream_lost(&mut Vec::new());
-    h.r.instance_up(1);
+    h.r.upstream_lost(h.now, &mut h.rng, &mut Vec::new());
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let out = h.inst(
         1,
         &format!("<iq type='get' id='lost' from='{D}' to='{ALICE}'/>"),
@@ -1230,11 +1230,11 @@ fn instance_request_that_cannot_be_sent_is_answered() {
 #[test]
 fn an_instance_request_answered_before_it_runs_is_withdrawn() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
-    h.r.instance_up(2);
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    h.r.instance_up(2, h.now, &mut Vec::new());
     let req = |id: &str| format!("<iq type='get' id='{id}' from='{D}' to='{ALICE}'/>");
     // Held, then timed out.
-    h.r.upstream_lost(&mut Vec::new());
+    h.r.upstream_lost(h.now, &mut h.rng, &mut Vec::new());
     assert!(h.inst(1, &req("held")).is_empty());
     let answer = h.advance(Duration::from_secs(31));
     assert_eq!(answer.len(), 1);
@@ -1245,7 +1245,7 @@ fn an_instance_request_answered_before_it_runs_is_withdrawn() {
     // In the batch, then its instance down; the other's request stays.
     let mut out = h.inst_actions(1, &req("gone"));
     out.extend(h.inst_actions(2, &req("kept")));
-    h.r.instance_down(1, &mut out);
+    h.r.instance_down(1, h.now, &mut h.rng, &mut out);
     let out = render(out);
     assert_eq!(out.len(), 1, "{out:?}");
     assert!(
@@ -1261,7 +1261,7 @@ fn an_instance_request_answered_before_it_runs_is_withdrawn() {
 #[test]
 fn unsent_output_is_held_in_order_with_the_rest_of_the_batch() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let msg = |id: &str| format!("<message id='{id}' from='{D}' to='bob@example.test'/>");
     let mut unsent = h.inst_actions(1, &msg("m1"));
     let mut out = h.inst_actions(1, &msg("m2"));
@@ -1318,7 +1318,7 @@ fn stanzas_for_nodes_of_the_domain_go_to_instances_only() {
         .up(&format!("<presence to='room@{D}/nick' from='{ALICE}'/>"))
         .is_empty());
 
-    h.r.instance_up(4);
+    h.r.instance_up(4, h.now, &mut Vec::new());
     // A request to a node goes to the instance unchanged, never to the
     // client resource, and its answer is matched.
     for i in 0..5 {
@@ -1350,7 +1350,7 @@ fn stanzas_for_nodes_of_the_domain_go_to_instances_only() {
 fn per_member_counters_follow_the_pool() {
     let mut h = H::new(cfg());
     h.online("a");
-    h.r.instance_up(7);
+    h.r.instance_up(7, h.now, &mut Vec::new());
     let mut to_resource = Vec::new();
     let mut to_instance = Vec::new();
     for i in 0..4 {
@@ -1398,7 +1398,7 @@ fn per_member_counters_follow_the_pool() {
         "<presence type='unavailable' from='{T}/a' to='{D}'/>"
     ));
     let mut out = Vec::new();
-    h.r.instance_down(7, &mut out);
+    h.r.instance_down(7, h.now, &mut h.rng, &mut out);
     assert!(h.r.stats().members.is_empty(), "{:?}", h.r.stats().members);
 }
 
@@ -1409,7 +1409,7 @@ fn member_series_are_capped() {
         ..cfg()
     });
     for i in 0..(MAX_MEMBER_SERIES as u64 + 10) {
-        h.r.instance_up(i);
+        h.r.instance_up(i, h.now, &mut Vec::new());
     }
     for i in 0..(MAX_MEMBER_SERIES + 10) {
         h.up(&format!(
@@ -1424,8 +1424,8 @@ fn member_series_are_capped() {
 #[test]
 fn reload_changes_balancing_and_timeout_for_new_requests() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
-    h.r.instance_up(2);
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    h.r.instance_up(2, h.now, &mut Vec::new());
     h.up(&format!(
         "<iq type='get' id='old' to='{D}' from='{ALICE}'/>"
     ));
@@ -1437,6 +1437,7 @@ fn reload_changes_balancing_and_timeout_for_new_requests() {
             ..cfg()
         },
         h.now,
+        &mut h.rng,
         &mut out,
     );
     assert!(out.is_empty(), "nothing to say: {out:?}");
@@ -1458,7 +1459,7 @@ fn reload_changes_balancing_and_timeout_for_new_requests() {
     assert_eq!(h.r.pending_len(), 0);
     // A longer one applies to new requests only.
     let mut out = Vec::new();
-    h.r.reload(cfg(), h.now, &mut out);
+    h.r.reload(cfg(), h.now, &mut h.rng, &mut out);
     h.up(&format!(
         "<iq type='get' id='late' to='{D}' from='{ALICE}'/>"
     ));
@@ -1478,6 +1479,7 @@ fn reload_with_a_new_target_swaps_the_pool_and_subscribes() {
             ..cfg()
         },
         h.now,
+        &mut h.rng,
         &mut out,
     );
     let out = render(out);
@@ -1527,7 +1529,7 @@ fn instance_request_reply_is_matched_on_the_prepared_to() {
         "ALICE@EXAMPLE.TEST./phone",
     ] {
         let mut h = H::new(cfg());
-        h.r.instance_up(1);
+        h.r.instance_up(1, h.now, &mut Vec::new());
         let out = h.inst(
             1,
             &format!("<iq type='get' id='q' from='{D}/bot' to='{to}'/>"),
@@ -1559,7 +1561,7 @@ fn instance_request_reply_is_matched_on_the_prepared_to() {
 #[test]
 fn instance_request_to_no_jid_gets_jid_malformed() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     for (n, to) in [
         "a b@example.test".to_owned(),
         format!("{}@example.test", "n".repeat(1024)),
@@ -1589,7 +1591,7 @@ fn instance_request_to_no_jid_gets_jid_malformed() {
 #[test]
 fn instance_message_or_presence_to_no_jid_gets_jid_malformed_errors_are_dropped() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let out = h.inst(
         1,
         &format!(
@@ -1628,7 +1630,7 @@ fn instance_message_or_presence_to_no_jid_gets_jid_malformed_errors_are_dropped(
 #[test]
 fn instance_reply_to_the_requester_written_differently_is_delivered() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let req = format!("<iq type='get' id='w' to='{D}' from='{ALICE}'/>");
     assert_eq!(h.up(&req), [format!("I1 {req}")]);
     let reply = format!("<iq type='result' id='w' from='{D}' to='Alice@EXAMPLE.test/phone'/>");
@@ -1667,7 +1669,7 @@ fn target_request_reply_from_an_unprepared_peer_is_matched() {
 #[test]
 fn instance_stanza_without_to_gets_bad_request_like_prosody() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     assert_eq!(
         h.inst(1, &format!("<iq type='get' id='nt' from='{D}/bot'><ping xmlns='urn:xmpp:ping'/></iq>")),
         [format!(
@@ -1702,7 +1704,7 @@ fn instance_stanza_without_from_is_from_the_domain() {
     // Prosody 0.12 stamps the component's domain on a stanza without
     // `from` ("COMPAT"); the proxy writes it in before going upstream.
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     assert_eq!(
         h.inst(
             1,
@@ -1903,7 +1905,7 @@ fn with_both_pools_nodes_stay_with_the_instances() {
         )]
     );
     // The bare domain is served by both.
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let req = format!("<iq type='get' id='b2' to='{D}' from='{ALICE}'/>");
     let first = h.up(&req);
     let second = h.up(&req.replace("b2", "b3"));
@@ -2042,7 +2044,7 @@ fn directed_presence_from_the_target_leaves_the_pool_alone() {
         if instances {
             // A node is an instance's: the target's presence to it goes
             // there like anyone's.
-            h.r.instance_up(1);
+            h.r.instance_up(1, h.now, &mut Vec::new());
             let p = format!("<presence type='unavailable' from='{T}/b' to='room@{D}'/>");
             assert_eq!(h.up(&p), [format!("I1 {p}")]);
             assert!(h.r.pool().contains(&Member::Resource(format!("{T}/b"))));
@@ -2119,7 +2121,7 @@ fn absurd_timeouts_do_not_panic() {
         ..cfg()
     });
     h.online("a");
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     assert_eq!(
         h.up(&format!("<iq type='get' id='x' to='{D}' from='{ALICE}'/>"))
             .len(),
@@ -2144,6 +2146,7 @@ fn absurd_timeouts_do_not_panic() {
             ..cfg()
         },
         h.now,
+        &mut h.rng,
         &mut out,
     );
     assert_eq!(h.advance(Duration::from_secs(1)).len(), 2);
@@ -2156,6 +2159,7 @@ fn absurd_timeouts_do_not_panic() {
             ..cfg()
         },
         h.now,
+        &mut h.rng,
         &mut out,
     );
     assert!(out.is_empty());
@@ -2218,14 +2222,16 @@ fn every_answer_to_a_request_upstream_is_marked_as_one() {
     h.r.upstream_online(&mut out);
     assert_eq!(classes(&out), ["other"], "the subscription request");
     h.online("a");
-    // Forwarding a request upstream (to a resource) is no answer.
+    // Forwarding a request upstream (to a resource) is no answer: it is
+    // a request, which is not sent if it is answered or moved to another
+    // member before the server is back.
     let to_resource = h.up_actions(&format!("<iq type='get' id='r' to='{D}' from='{ALICE}'/>"));
-    assert_eq!(classes(&to_resource), ["other"]);
+    assert_eq!(classes(&to_resource), ["request"]);
     // A message with no instance to take it: an error that answers no
     // request.
     let msg = h.up_actions(&format!("<message id='m' to='{D}' from='{ALICE}'/>"));
     assert_eq!(classes(&msg), ["other"]);
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     // Round-robin: one of the next two goes to the instance.
     let mut to_instance = None;
     for id in ["i", "j"] {
@@ -2234,7 +2240,7 @@ fn every_answer_to_a_request_upstream_is_marked_as_one() {
         ));
         match classes(&out)[..] {
             ["instance"] => to_instance = Some(id),
-            ["other"] => {}
+            ["request"] => {}
             ref c => panic!("{c:?}"),
         }
     }
@@ -2315,7 +2321,7 @@ fn policy_violation_answers_are_marked_as_answers_only_for_requests() {
 #[test]
 fn a_from_outside_the_domain_closes_the_instance_as_invalid_from() {
     let mut h = H::new(cfg());
-    h.r.instance_up(1);
+    h.r.instance_up(1, h.now, &mut Vec::new());
     let out = h.inst_actions(
         1,
         "<message from='someone@elsewhere.test' to='peer@example.test'/>",
