@@ -84,6 +84,56 @@ fn counters<L: prometheus_client::encoding::EncodeLabelSet>(
     Ok(())
 }
 
+/// What keeps requests alive through member changes (issue 13): the
+/// hold, re-dispatch, retries and quarantine.
+fn continuity(e: &mut Enc<'_>, st: &crate::router::Stats) -> Result<(), std::fmt::Error> {
+    for (name, help, v) in [
+        (
+            "jatproxy_requests_held",
+            "Requests that found no eligible member and waited for one (routing.hold_when_empty).",
+            st.requests_held,
+        ),
+        (
+            "jatproxy_requests_released",
+            "Held requests sent to a member that joined or came back.",
+            st.requests_released,
+        ),
+        (
+            "jatproxy_requests_hold_expired",
+            "Held requests answered because their hold ended.",
+            st.hold_expired,
+        ),
+        (
+            "jatproxy_requests_redispatched",
+            "Requests in flight to a member that left, sent on to another (routing.redispatch).",
+            st.requests_redispatched,
+        ),
+        (
+            "jatproxy_requests_retried",
+            "Requests a member refused (routing.retry_on), sent on to another.",
+            st.requests_retried,
+        ),
+        (
+            "jatproxy_replies_late",
+            "Replies and bounces from a lost member whose request went on elsewhere: dropped.",
+            st.replies_late,
+        ),
+        (
+            "jatproxy_quarantines",
+            "Times a member was taken out of the rotation for refusing in a row.",
+            st.quarantines,
+        ),
+    ] {
+        counter(e, name, help, v)?;
+    }
+    gauge(
+        e,
+        "jatproxy_members_quarantined",
+        "Members out of the rotation now for refusing (routing.quarantine_after).",
+        i64::try_from(st.members_quarantined).unwrap_or(i64::MAX),
+    )
+}
+
 fn member_labels(m: &Member) -> [(&'static str, String); 2] {
     match m {
         Member::Resource(jid) => [("kind", "resource".into()), ("member", jid.clone())],
@@ -310,6 +360,7 @@ impl Collector for Snapshot {
                 ([("result", "refused")], c.reloads_refused),
             ],
         )?;
+        continuity(e, st)?;
         let mut d = e.encode_descriptor(
             "jatproxy_build",
             "The running version.",
@@ -614,6 +665,14 @@ mod tests {
         s.stats.requests_routed = 11;
         s.stats.replies_unmatched = 12;
         s.stats.replies_spoofed = 13;
+        s.stats.requests_held = 21;
+        s.stats.requests_released = 22;
+        s.stats.hold_expired = 23;
+        s.stats.requests_redispatched = 24;
+        s.stats.requests_retried = 25;
+        s.stats.replies_late = 26;
+        s.stats.quarantines = 27;
+        s.stats.members_quarantined = 28;
         s.stats.errors_generated[1] = 14; // remote-server-timeout
         s.stats.members.insert(
             Member::Instance(4),
@@ -666,6 +725,14 @@ mod tests {
                 0,
             ),
             ("jatproxy_timeouts_total", 14),
+            ("jatproxy_requests_held_total", 21),
+            ("jatproxy_requests_released_total", 22),
+            ("jatproxy_requests_hold_expired_total", 23),
+            ("jatproxy_requests_redispatched_total", 24),
+            ("jatproxy_requests_retried_total", 25),
+            ("jatproxy_replies_late_total", 26),
+            ("jatproxy_quarantines_total", 27),
+            ("jatproxy_members_quarantined", 28),
             (
                 "jatproxy_member_requests_routed_total{kind=\"instance\",member=\"4\"}",
                 15,
