@@ -2332,3 +2332,360 @@ fn a_from_outside_the_domain_closes_the_instance_as_invalid_from() {
         "invalid-from"
     );
 }
+
+// ----- issue 13: requests that survive ----------------------------------------
+
+/// Every continuity rule on: hold 10 s, gets re-dispatched, refusals
+/// retried on two more members, quarantine after 3 for 60 s.
+fn cont() -> RouterConfig {
+    RouterConfig {
+        continuity: Continuity {
+            hold_when_empty: Duration::from_secs(10),
+            redispatch: Redispatch::Get,
+            retry_on: vec![
+                crate::stanza::StanzaCondition::FeatureNotImplemented,
+                crate::stanza::StanzaCondition::ServiceUnavailable,
+            ],
+            retry_limit: 2,
+            quarantine_after: 3,
+            quarantine_for: Duration::from_secs(60),
+        },
+        ..cfg()
+    }
+}
+
+const REFUSE: &str = "<error type='cancel'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
+
+impl H {
+    fn join(&mut self, id: InstanceId) -> Vec<String> {
+        let mut out = Vec::new();
+        self.r.instance_up(id, self.now, &mut out);
+        render(out)
+    }
+
+    fn lose(&mut self, id: InstanceId) -> Vec<String> {
+        let mut out = Vec::new();
+        self.r.instance_down(id, self.now, &mut self.rng, &mut out);
+        render(out)
+    }
+
+    fn offline(&mut self, res: &str) -> Vec<String> {
+        self.up(&format!(
+            "<presence type='unavailable' from='{T}/{res}' to='{D}'/>"
+        ))
+    }
+
+    fn get(&mut self, id: &str) -> Vec<String> {
+        self.up(&get_xml(id))
+    }
+
+    /// An instance refuses request `id` of ALICE.
+    fn refuse(&mut self, inst: InstanceId, id: &str) -> Vec<String> {
+        self.inst(inst, &refusal_xml(id))
+    }
+}
+
+fn get_xml(id: &str) -> String {
+    format!("<iq type='get' id='{id}' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>")
+}
+
+fn refusal_xml(id: &str) -> String {
+    format!("<iq type='error' id='{id}' from='{D}' to='{ALICE}'>{REFUSE}</iq>")
+}
+
+/// The request as a client resource gets it.
+fn to_resource(res: &str, id: &str) -> String {
+    format!("UP <iq type='get' id='{id}' to='{T}/{res}' from='{D}/{ALICE}'><q xmlns='urn:x'/></iq>")
+}
+
+#[test]
+fn without_a_member_a_request_is_held_and_sent_when_one_joins() {
+    let mut h = H::new(cont());
+    assert!(h.get("h1").is_empty(), "held, not answered");
+    assert!(h.get("h2").is_empty());
+    assert_eq!(h.r.held_len(), 2);
+    assert_eq!(h.r.stats().requests_held, 2);
+    // A second request with the same id while the first waits: conflict.
+    assert_eq!(
+        h.get("h1"),
+        [err("iq", "h1", D, ALICE, "cancel", "conflict")]
+    );
+    h.advance(Duration::from_secs(9));
+    // Released in arrival order, as they came.
+    assert_eq!(
+        h.join(1),
+        [format!("I1 {}", get_xml("h1")), format!("I1 {}", get_xml("h2"))]
+    );
+    assert_eq!(h.r.held_len(), 0);
+    assert_eq!(h.r.stats().requests_released, 2);
+    assert_eq!(
+        h.inst(1, &format!("<iq type='result' id='h1' from='{D}' to='{ALICE}'/>")),
+        [format!("UP <iq type='result' id='h1' from='{D}' to='{ALICE}'/>")]
+    );
+    // The member gets the time iq_timeout gives from when it was sent.
+    assert!(h.advance(Duration::from_secs(29)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        [err("iq", "h2", D, ALICE, "wait", "remote-server-timeout")]
+    );
+}
+
+#[test]
+fn a_resource_that_joins_takes_the_held_requests() {
+    let mut h = H::new(cont());
+    assert!(h.get("h1").is_empty());
+    assert!(h.up(&format!("<presence from='{T}/a' to='{D}'/>")) == [to_resource("a", "h1")]);
+}
+
+#[test]
+fn a_hold_that_ends_is_answered_service_unavailable() {
+    let mut h = H::new(cont());
+    assert!(h.get("h1").is_empty());
+    assert!(h.advance(Duration::from_millis(9999)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_millis(1)),
+        [err("iq", "h1", D, ALICE, "cancel", "service-unavailable")]
+    );
+    assert_eq!(h.r.stats().hold_expired, 1);
+    assert!(h.join(1).is_empty(), "nothing left to send");
+}
+
+#[test]
+fn without_a_hold_an_empty_pool_answers_at_once() {
+    let mut h = H::new(cfg());
+    assert_eq!(
+        h.get("h1"),
+        [err("iq", "h1", D, ALICE, "cancel", "service-unavailable")]
+    );
+}
+
+#[test]
+fn held_requests_count_against_the_pending_capacity() {
+    let mut c = cont();
+    c.pending_capacity = NonZeroUsize::new(2).expect("nonzero");
+    let mut h = H::new(c);
+    assert!(h.get("h1").is_empty());
+    assert!(h.get("h2").is_empty());
+    assert_eq!(
+        h.get("h3"),
+        [err("iq", "h1", D, ALICE, "wait", "resource-constraint")]
+    );
+    h.join(1);
+    // One in flight, one held: full again.
+    h.lose(1);
+    assert_eq!(h.r.held_len() + h.r.pending_len(), 2);
+}
+
+#[test]
+fn a_get_in_flight_to_a_lost_resource_goes_to_another() {
+    let mut h = H::new(cont());
+    h.online("a");
+    h.online("b");
+    let first = h.get("g1");
+    let (went, other) = if first == [to_resource("a", "g1")] {
+        ("a", "b")
+    } else {
+        assert_eq!(first, [to_resource("b", "g1")]);
+        ("b", "a")
+    };
+    assert_eq!(h.offline(went), [to_resource(other, "g1")]);
+    assert_eq!(h.r.stats().requests_redispatched, 1);
+    // The lost one's late answer, or the server's bounce from its
+    // address, is dropped: not delivered, not a refusal.
+    assert!(h
+        .up(&format!(
+            "<iq type='error' id='g1' to='{D}/{ALICE}' from='{T}/{went}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().replies_late, 1);
+    assert_eq!(h.r.stats().requests_retried, 0);
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='g1' to='{D}/{ALICE}' from='{T}/{other}'/>"
+        )),
+        [format!("UP <iq type='result' id='g1' to='{ALICE}' from='{D}'/>")]
+    );
+}
+
+#[test]
+fn a_set_in_flight_to_a_lost_member_is_answered_unless_redispatch_is_all() {
+    for (redispatch, moved) in [(Redispatch::Get, false), (Redispatch::All, true)] {
+        let mut c = cont();
+        c.continuity.redispatch = redispatch;
+        let mut h = H::new(c);
+        h.join(1);
+        h.join(2);
+        let set = format!("<iq type='set' id='s1' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>");
+        let first = h.up(&set);
+        let went: InstanceId = if first[0].starts_with("I1") { 1 } else { 2 };
+        let other = 3 - went;
+        let out = h.lose(went);
+        if moved {
+            assert_eq!(out, [format!("I{other} {set}")], "{redispatch:?}");
+        } else {
+            assert_eq!(
+                out,
+                [err("iq", "s1", D, ALICE, "wait", "recipient-unavailable")],
+                "{redispatch:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_lost_request_with_no_member_left_waits_and_is_answered_recipient_unavailable() {
+    let mut h = H::new(cont());
+    h.join(1);
+    assert_eq!(h.get("g1"), [format!("I1 {}", get_xml("g1"))]);
+    h.advance(Duration::from_secs(25));
+    assert!(h.lose(1).is_empty(), "held");
+    // Its hold ends with the time it had left (5 s), not 10 s.
+    assert!(h.advance(Duration::from_millis(4999)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_millis(1)),
+        [err("iq", "g1", D, ALICE, "wait", "recipient-unavailable")]
+    );
+}
+
+#[test]
+fn a_request_is_never_sent_twice_to_one_session_but_may_go_to_a_new_one() {
+    let mut h = H::new(cont());
+    h.online("a");
+    assert_eq!(h.get("g1"), [to_resource("a", "g1")]);
+    assert!(h.offline("a").is_empty(), "held");
+    // a comes back: a new session, which may take it.
+    assert_eq!(
+        h.up(&format!("<presence from='{T}/a' to='{D}'/>")),
+        [to_resource("a", "g1")]
+    );
+    // An available presence of a session in the pool is no new session.
+    assert!(h.up(&format!("<presence from='{T}/a' to='{D}'/>")).is_empty());
+}
+
+#[test]
+fn the_hold_survives_the_upstream_link() {
+    let mut h = H::new(cont());
+    h.online("a");
+    assert_eq!(h.get("g1"), [to_resource("a", "g1")]);
+    let mut out = Vec::new();
+    h.r.upstream_lost(h.now, &mut h.rng, &mut out);
+    assert!(out.is_empty(), "{:?}", render(out));
+    assert_eq!(h.r.held_len(), 1);
+    h.advance(Duration::from_secs(3));
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(render(out).len(), 1, "the subscription request only");
+    assert_eq!(
+        h.up(&format!("<presence from='{T}/a' to='{D}'/>")),
+        [to_resource("a", "g1")]
+    );
+}
+
+#[test]
+fn a_refused_request_goes_to_another_member_and_the_last_refusal_is_the_answer() {
+    let mut h = H::new(cont());
+    for i in 1..=3 {
+        h.join(i);
+    }
+    let mut had = Vec::new();
+    let mut out = h.get("r1");
+    for round in 0..3 {
+        assert_eq!(out.len(), 1, "round {round}: {out:?}");
+        let inst: InstanceId = out[0][1..2].parse().expect("I<n>");
+        assert_eq!(out[0], format!("I{inst} {}", get_xml("r1")));
+        assert!(!had.contains(&inst), "never twice to one member");
+        had.push(inst);
+        out = h.refuse(inst, "r1");
+    }
+    // Three members, two retries: the third refusal is the answer.
+    assert_eq!(out, [format!("UP {}", refusal_xml("r1"))]);
+    assert_eq!(h.r.stats().requests_retried, 2);
+    assert_eq!(h.r.pending_len(), 0);
+}
+
+#[test]
+fn an_error_not_in_retry_on_is_the_answer() {
+    let mut h = H::new(cont());
+    h.join(1);
+    h.join(2);
+    let out = h.get("r1");
+    let inst: InstanceId = out[0][1..2].parse().expect("I<n>");
+    let e = format!("<iq type='error' id='r1' from='{D}' to='{ALICE}'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>");
+    assert_eq!(h.inst(inst, &e), [format!("UP {e}")]);
+}
+
+#[test]
+fn a_refused_request_with_no_member_left_waits_then_gets_the_refusal() {
+    let mut h = H::new(cont());
+    h.join(1);
+    h.get("r1");
+    assert!(h.refuse(1, "r1").is_empty(), "held for another member");
+    assert_eq!(h.r.held_len(), 1);
+    assert_eq!(
+        h.advance(Duration::from_secs(10)),
+        [format!("UP {}", refusal_xml("r1"))]
+    );
+}
+
+#[test]
+fn a_member_that_refuses_in_a_row_is_quarantined_then_back() {
+    let mut c = cont();
+    c.continuity.hold_when_empty = Duration::ZERO;
+    let mut h = H::new(c);
+    h.join(1);
+    h.join(2);
+    // Requests to 1 are refused; 2 answers.
+    let mut n = 0;
+    while h.r.stats().quarantines == 0 {
+        n += 1;
+        assert!(n < 20, "quarantined after 3 refusals");
+        let id = format!("q{n}");
+        let out = h.get(&id);
+        if out[0].starts_with("I1") {
+            assert_eq!(h.refuse(1, &id), [format!("I2 {}", get_xml(&id))]);
+        }
+        h.inst(2, &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"));
+    }
+    assert_eq!(h.r.stats().members_quarantined, 1);
+    for k in 0..10 {
+        assert!(h.get(&format!("z{k}"))[0].starts_with("I2"), "out of rotation");
+    }
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.r.stats().members_quarantined, 0);
+    let back = (0..10).any(|k| h.get(&format!("y{k}"))[0].starts_with("I1"));
+    assert!(back, "back in the rotation");
+}
+
+#[test]
+fn an_answer_between_refusals_resets_the_count() {
+    let mut c = cont();
+    c.continuity.quarantine_after = 2;
+    c.continuity.retry_on = vec![crate::stanza::StanzaCondition::FeatureNotImplemented];
+    let mut h = H::new(c);
+    h.join(1);
+    for k in 0..4 {
+        let id = format!("a{k}");
+        h.get(&id);
+        if k % 2 == 0 {
+            h.refuse(1, &id);
+        } else {
+            h.inst(1, &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"));
+        }
+    }
+    assert_eq!(h.r.stats().quarantines, 0);
+}
+
+#[test]
+fn an_instance_request_without_an_id_is_bad_request() {
+    let mut h = H::new(cfg());
+    h.join(1);
+    assert_eq!(
+        h.inst(1, &format!("<iq type='get' from='{D}' to='{ALICE}'/>")),
+        [format!("I1 <iq type='error' from='{ALICE}' to='{D}'><error type='cancel'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>an iq request needs an id</text></error></iq>")]
+    );
+    assert_eq!(h.r.pending_len(), 0);
+    assert_eq!(
+        h.up(&format!("<iq type='get' to='{D}' from='{ALICE}'/>")),
+        [format!("UP <iq type='error' from='{D}' to='{ALICE}'><error type='cancel'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
+    );
+}
