@@ -2689,3 +2689,195 @@ fn an_instance_request_without_an_id_is_bad_request() {
         [format!("UP <iq type='error' from='{D}' to='{ALICE}'><error type='cancel'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
     );
 }
+
+/// What the randomised continuity test knows of the members, to check
+/// that no request goes twice to one session.
+#[derive(Default)]
+struct Sessions {
+    /// Member tag (`I1`, `impl@example.test/a`) → its current session,
+    /// counted by the test each time it joins anew.
+    current: std::collections::HashMap<String, u32>,
+    /// (request id, member tag, session) already sent.
+    sent: std::collections::HashSet<(String, String, u32)>,
+    /// Answers per request id.
+    answers: std::collections::HashMap<String, u32>,
+    /// Requests a member has now: (id, member tag).
+    outstanding: Vec<(String, String)>,
+}
+
+impl Sessions {
+    fn joined(&mut self, tag: String) {
+        *self.current.entry(tag).or_default() += 1;
+    }
+
+    fn count(&mut self, out: &[String], seed: u64) {
+        for o in out {
+            let Some((tag, xml)) = o.split_once(' ') else {
+                continue;
+            };
+            let Ok(st) = parse_one(xml.as_bytes()) else {
+                continue;
+            };
+            let id = st.id().unwrap_or_default().to_owned();
+            if !id.starts_with('q') {
+                continue;
+            }
+            if tag == "UP" && st.is_iq_response() {
+                *self.answers.entry(id).or_default() += 1;
+            } else if st.is_iq_request() {
+                let member = if tag == "UP" {
+                    st.to().unwrap_or_default().to_owned()
+                } else {
+                    tag.to_owned()
+                };
+                let session = self.current.get(&member).copied().unwrap_or(0);
+                assert!(
+                    self.sent.insert((id.clone(), member.clone(), session)),
+                    "seed {seed}: {id} sent twice to {member} session {session}"
+                );
+                self.outstanding.push((id, member));
+            }
+        }
+    }
+}
+
+/// Joins, losses, refusals, late answers, timeouts, hold ends, table
+/// eviction, quarantine and upstream loss, at random, with every
+/// continuity rule on: every accepted request is answered exactly once
+/// and never sent twice to one member session.
+#[test]
+fn with_continuity_every_request_gets_exactly_one_answer() {
+    let mut exercised = Stats::default();
+    for seed in 0..200u64 {
+        let mut c = cont();
+        c.pending_capacity = NonZeroUsize::new(6).expect("nonzero");
+        c.continuity.redispatch = [Redispatch::Get, Redispatch::All, Redispatch::Off][seed as usize % 3];
+        c.continuity.quarantine_after = 2;
+        c.continuity.quarantine_for = Duration::from_secs(15);
+        c.balancing = [Balancing::Random, Balancing::RoundRobin, Balancing::LeastPending, Balancing::Sticky]
+            [(seed / 3) as usize % 4];
+        let mut h = H::new(c);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut s = Sessions::default();
+        let mut online = true;
+        let mut sent = 0u32;
+        for step in 0..300 {
+            let out = match rng.random_range(0..12) {
+                0 | 1 if online => {
+                    let r = ["a", "b"][rng.random_range(0..2)];
+                    let tag = format!("{T}/{r}");
+                    if rng.random_bool(0.5) {
+                        if !h.r.pool().contains(&Member::Resource(tag.clone())) {
+                            s.joined(tag);
+                        }
+                        h.up(&format!("<presence from='{T}/{r}' to='{D}'/>"))
+                    } else {
+                        h.offline(r)
+                    }
+                }
+                2 => {
+                    let i: InstanceId = rng.random_range(1..3);
+                    if rng.random_bool(0.5) {
+                        if !h.r.pool().contains(&Member::Instance(i)) {
+                            s.joined(format!("I{i}"));
+                        }
+                        h.join(i)
+                    } else {
+                        h.lose(i)
+                    }
+                }
+                3 => h.advance(Duration::from_secs(rng.random_range(0..12))),
+                4 => {
+                    let mut out = Vec::new();
+                    if online {
+                        h.r.upstream_lost(h.now, &mut h.rng, &mut out);
+                    } else {
+                        h.r.upstream_online(&mut out);
+                    }
+                    online = !online;
+                    render(out)
+                }
+                5..=7 if online => {
+                    sent += 1;
+                    let typ = ["get", "set"][rng.random_range(0..2)];
+                    let to = [D, D, "room@proxy.example.test"][rng.random_range(0..3)];
+                    let u = rng.random_range(0..3);
+                    h.up(&format!(
+                        "<iq type='{typ}' id='q{step}' to='{to}' from='user{u}@example.test/r'/>"
+                    ))
+                }
+                _ if s.outstanding.is_empty() || !online => continue,
+                _ => {
+                    let k = rng.random_range(0..s.outstanding.len());
+                    let (id, member) = s.outstanding.swap_remove(k);
+                    let body = match rng.random_range(0..3) {
+                        0 => REFUSE,
+                        _ => "",
+                    };
+                    let typ = if body.is_empty() { "result" } else { "error" };
+                    if let Some(i) = member.strip_prefix('I') {
+                        let i: InstanceId = i.parse().unwrap_or(0);
+                        // The instance answers the requester it was given.
+                        let who = (0..3)
+                            .map(|u| format!("user{u}@example.test/r"))
+                            .collect::<Vec<_>>();
+                        let mut out = Vec::new();
+                        for w in who {
+                            out.extend(h.inst(
+                                i,
+                                &format!("<iq type='{typ}' id='{id}' from='{D}' to='{w}'>{body}</iq>"),
+                            ));
+                        }
+                        out
+                    } else {
+                        let mut out = Vec::new();
+                        for u in 0..3 {
+                            out.extend(h.up(&format!(
+                                "<iq type='{typ}' id='{id}' from='{member}' to='{D}/user{u}@example.test/r'>{body}</iq>"
+                            )));
+                        }
+                        out
+                    }
+                }
+                _ => continue,
+            };
+            s.count(&out, seed);
+        }
+        let mut out = Vec::new();
+        if !online {
+            h.r.upstream_online(&mut out);
+        }
+        h.r.drain(&mut out);
+        s.count(&render(out), seed);
+        assert_eq!(s.answers.len() as u32, sent, "seed {seed}: every request answered");
+        assert!(
+            s.answers.values().all(|&n| n == 1),
+            "seed {seed}: none answered twice: {:?}",
+            s.answers
+        );
+        let st = h.r.stats();
+        exercised.requests_held += st.requests_held;
+        exercised.requests_released += st.requests_released;
+        exercised.hold_expired += st.hold_expired;
+        exercised.requests_redispatched += st.requests_redispatched;
+        exercised.requests_retried += st.requests_retried;
+        exercised.replies_late += st.replies_late;
+        exercised.quarantines += st.quarantines;
+        exercised.errors_generated[StanzaError::ALL
+            .iter()
+            .position(|e| *e == StanzaError::ResourceConstraint)
+            .unwrap_or(0)] += st.generated(StanzaError::ResourceConstraint);
+    }
+    let e = &exercised;
+    for (what, n) in [
+        ("held", e.requests_held),
+        ("released", e.requests_released),
+        ("hold expired", e.hold_expired),
+        ("redispatched", e.requests_redispatched),
+        ("retried", e.requests_retried),
+        ("quarantines", e.quarantines),
+        ("evicted", e.generated(StanzaError::ResourceConstraint)),
+    ] {
+        assert!(n > 0, "{what} was exercised: {e:?}");
+    }
+}
