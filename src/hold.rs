@@ -97,13 +97,11 @@ impl Hold {
 
     /// Whether a request of `requester` with `id` waits here.
     pub fn contains(&self, requester: &str, id: &str) -> bool {
-        self.ids
-            .contains(&(requester.to_owned(), id.to_owned()))
+        self.ids.contains(&(requester.to_owned(), id.to_owned()))
     }
 
     pub fn push(&mut self, h: Held) {
-        self.ids
-            .insert((h.ask.requester.clone(), h.ask.id.clone()));
+        self.ids.insert((h.ask.requester.clone(), h.ask.id.clone()));
         self.queue.push_back(h);
     }
 
@@ -115,13 +113,15 @@ impl Hold {
     }
 
     fn forget(&mut self, h: &Held) {
-        self.ids.remove(&(h.ask.requester.clone(), h.ask.id.clone()));
+        self.ids
+            .remove(&(h.ask.requester.clone(), h.ask.id.clone()));
     }
 
     /// Takes out, in order, every request `pred` accepts.
     pub fn take_where(&mut self, mut pred: impl FnMut(&Held) -> bool) -> Vec<Held> {
-        let (taken, kept): (VecDeque<Held>, VecDeque<Held>) =
-            std::mem::take(&mut self.queue).into_iter().partition(|h| pred(h));
+        let (taken, kept): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|h| pred(h));
         self.queue = kept;
         for h in &taken {
             self.forget(h);
@@ -186,8 +186,8 @@ mod tests {
 
     #[test]
     fn own_copies_into_a_buffer_of_its_own() {
-        let st = crate::xml::parse_one(b"<iq type='get' id='1' to='d' from='a@x/1'/>")
-            .expect("frames");
+        let st =
+            crate::xml::parse_one(b"<iq type='get' id='1' to='d' from='a@x/1'/>").expect("frames");
         let copy = own(&st);
         assert_eq!(copy.bytes, st.bytes);
         assert_ne!(copy.bytes.as_ptr(), st.bytes.as_ptr());

@@ -239,9 +239,7 @@ impl Pool {
         requester_bare: &str,
         rng: &mut R,
     ) -> Option<Member> {
-        self.pick_where(requester_bare, rng, |_, m| {
-            matches!(m, Member::Instance(_))
-        })
+        self.pick_where(requester_bare, rng, |_, m| matches!(m, Member::Instance(_)))
     }
 
     /// Picks an eligible member (see [`Eligible`]). With nothing to skip
@@ -258,7 +256,9 @@ impl Pool {
             .iter()
             .map(|m| self.is_eligible(m, e))
             .collect();
-        self.pick_where(requester_bare, rng, |i, _| ok.get(i).copied().unwrap_or(false))
+        self.pick_where(requester_bare, rng, |i, _| {
+            ok.get(i).copied().unwrap_or(false)
+        })
     }
 
     fn pick_where<R: Rng + ?Sized>(

@@ -1080,9 +1080,7 @@ impl Router {
             return;
         };
         if let Waiting::Inbound {
-            requester,
-            orig_to,
-            ..
+            requester, orig_to, ..
         } = &entry.waiting
         {
             if self.is_refusal(st) {
@@ -1231,19 +1229,13 @@ impl Router {
         }
         let new_from = stamp_from.then_some(domain.as_str());
         let Some(to) = st.to() else {
-            if st.is_error() || st.is_iq_response() {
-                self.stats.dropped_unaddressed += 1;
-            } else {
-                self.stats.count(StanzaError::BadRequest);
-                out.push(Action::Instance(
-                    instance,
-                    Wire::One(stanza::missing_to_reply(&st.name, st.id(), from)),
-                ));
-            }
+            self.refuse_without_to(instance, st, from, out);
             return;
         };
         if st.is_iq_response() {
-            if let Some((key, entry, refusal)) = self.reply_from_instance(instance, st, to, new_from, out) {
+            if let Some((key, entry, refusal)) =
+                self.reply_from_instance(instance, st, to, new_from, out)
+            {
                 self.refused(key, entry, refusal, now, rng, out);
             }
             return;
@@ -1257,20 +1249,7 @@ impl Router {
         };
         if st.is_iq_request() {
             let Some(id) = st.id().map(str::to_owned) else {
-                // RFC 6120 §8.1.3: a request without an id cannot be
-                // answered, nor told from another one.
-                self.stats.count(StanzaError::BadRequest);
-                out.push(Action::Instance(
-                    instance,
-                    Wire::One(stanza::error_reply(
-                        &st.name,
-                        None,
-                        to,
-                        from,
-                        StanzaError::BadRequest,
-                        Some("an iq request needs an id"),
-                    )),
-                ));
+                self.refuse_without_id(instance, st, from, to, out);
                 return;
             };
             let token = jat::new_token(rng);
@@ -1290,6 +1269,49 @@ impl Router {
             return;
         }
         self.for_server(Action::Upstream(rewrite(st, None, new_from)), out);
+    }
+
+    /// An instance's stanza without a `to`: `bad-request` back to the
+    /// instance; results and errors are only counted.
+    fn refuse_without_to(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        from: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if st.is_error() || st.is_iq_response() {
+            self.stats.dropped_unaddressed += 1;
+            return;
+        }
+        self.stats.count(StanzaError::BadRequest);
+        out.push(Action::Instance(
+            instance,
+            Wire::One(stanza::missing_to_reply(&st.name, st.id(), from)),
+        ));
+    }
+
+    /// An instance's iq request without an id: `bad-request` back to it.
+    /// RFC 6120 §8.1.3 requires one: without it the answer could not be
+    /// matched, and two such requests would be tracked under one key.
+    fn refuse_without_id(
+        &mut self,
+        instance: InstanceId,
+        st: &Stanza,
+        from: &str,
+        to: &str,
+        out: &mut Vec<Action>,
+    ) {
+        self.stats.count(StanzaError::BadRequest);
+        let reply = stanza::error_reply(
+            &st.name,
+            None,
+            to,
+            from,
+            StanzaError::BadRequest,
+            Some("an iq request needs an id"),
+        );
+        out.push(Action::Instance(instance, Wire::One(reply)));
     }
 
     /// An instance's stanza whose `to` is no JID: `jid-malformed` back to
@@ -1382,7 +1404,13 @@ impl Router {
 
     /// Records a request in flight until `deadline`; a request given up
     /// to make room is answered now.
-    fn track_until(&mut self, key: Key, waiting: Waiting, deadline: Instant, out: &mut Vec<Action>) {
+    fn track_until(
+        &mut self,
+        key: Key,
+        waiting: Waiting,
+        deadline: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.make_room(out);
         if let Some((old_key, old)) = self.pending.insert(key, Entry { waiting, deadline }) {
             self.answer(old_key, old.waiting, StanzaError::ResourceConstraint, out);
@@ -1698,14 +1726,8 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         self.stats.count(err);
-        let reply = stanza::error_reply(
-            "iq",
-            Some(&ask.id),
-            &ask.orig_to,
-            &ask.requester,
-            err,
-            text,
-        );
+        let reply =
+            stanza::error_reply("iq", Some(&ask.id), &ask.orig_to, &ask.requester, err, text);
         self.for_server(answer_up(reply), out);
     }
 

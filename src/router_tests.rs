@@ -2414,13 +2414,21 @@ fn without_a_member_a_request_is_held_and_sent_when_one_joins() {
     // Released in arrival order, as they came.
     assert_eq!(
         h.join(1),
-        [format!("I1 {}", get_xml("h1")), format!("I1 {}", get_xml("h2"))]
+        [
+            format!("I1 {}", get_xml("h1")),
+            format!("I1 {}", get_xml("h2"))
+        ]
     );
     assert_eq!(h.r.held_len(), 0);
     assert_eq!(h.r.stats().requests_released, 2);
     assert_eq!(
-        h.inst(1, &format!("<iq type='result' id='h1' from='{D}' to='{ALICE}'/>")),
-        [format!("UP <iq type='result' id='h1' from='{D}' to='{ALICE}'/>")]
+        h.inst(
+            1,
+            &format!("<iq type='result' id='h1' from='{D}' to='{ALICE}'/>")
+        ),
+        [format!(
+            "UP <iq type='result' id='h1' from='{D}' to='{ALICE}'/>"
+        )]
     );
     // The member gets the time iq_timeout gives from when it was sent.
     assert!(h.advance(Duration::from_secs(29)).is_empty());
@@ -2503,7 +2511,9 @@ fn a_get_in_flight_to_a_lost_resource_goes_to_another() {
         h.up(&format!(
             "<iq type='result' id='g1' to='{D}/{ALICE}' from='{T}/{other}'/>"
         )),
-        [format!("UP <iq type='result' id='g1' to='{ALICE}' from='{D}'/>")]
+        [format!(
+            "UP <iq type='result' id='g1' to='{ALICE}' from='{D}'/>"
+        )]
     );
 }
 
@@ -2559,7 +2569,9 @@ fn a_request_is_never_sent_twice_to_one_session_but_may_go_to_a_new_one() {
         [to_resource("a", "g1")]
     );
     // An available presence of a session in the pool is no new session.
-    assert!(h.up(&format!("<presence from='{T}/a' to='{D}'/>")).is_empty());
+    assert!(h
+        .up(&format!("<presence from='{T}/a' to='{D}'/>"))
+        .is_empty());
 }
 
 #[test]
@@ -2644,11 +2656,17 @@ fn a_member_that_refuses_in_a_row_is_quarantined_then_back() {
         if out[0].starts_with("I1") {
             assert_eq!(h.refuse(1, &id), [format!("I2 {}", get_xml(&id))]);
         }
-        h.inst(2, &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"));
+        h.inst(
+            2,
+            &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"),
+        );
     }
     assert_eq!(h.r.stats().members_quarantined, 1);
     for k in 0..10 {
-        assert!(h.get(&format!("z{k}"))[0].starts_with("I2"), "out of rotation");
+        assert!(
+            h.get(&format!("z{k}"))[0].starts_with("I2"),
+            "out of rotation"
+        );
     }
     h.advance(Duration::from_secs(60));
     assert_eq!(h.r.stats().members_quarantined, 0);
@@ -2669,7 +2687,10 @@ fn an_answer_between_refusals_resets_the_count() {
         if k % 2 == 0 {
             h.refuse(1, &id);
         } else {
-            h.inst(1, &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"));
+            h.inst(
+                1,
+                &format!("<iq type='result' id='{id}' from='{D}' to='{ALICE}'/>"),
+            );
         }
     }
     assert_eq!(h.r.stats().quarantines, 0);
@@ -2751,11 +2772,16 @@ fn with_continuity_every_request_gets_exactly_one_answer() {
     for seed in 0..200u64 {
         let mut c = cont();
         c.pending_capacity = NonZeroUsize::new(6).expect("nonzero");
-        c.continuity.redispatch = [Redispatch::Get, Redispatch::All, Redispatch::Off][seed as usize % 3];
+        c.continuity.redispatch =
+            [Redispatch::Get, Redispatch::All, Redispatch::Off][seed as usize % 3];
         c.continuity.quarantine_after = 2;
         c.continuity.quarantine_for = Duration::from_secs(15);
-        c.balancing = [Balancing::Random, Balancing::RoundRobin, Balancing::LeastPending, Balancing::Sticky]
-            [(seed / 3) as usize % 4];
+        c.balancing = [
+            Balancing::Random,
+            Balancing::RoundRobin,
+            Balancing::LeastPending,
+            Balancing::Sticky,
+        ][(seed / 3) as usize % 4];
         let mut h = H::new(c);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut s = Sessions::default();
@@ -2825,7 +2851,9 @@ fn with_continuity_every_request_gets_exactly_one_answer() {
                         for w in who {
                             out.extend(h.inst(
                                 i,
-                                &format!("<iq type='{typ}' id='{id}' from='{D}' to='{w}'>{body}</iq>"),
+                                &format!(
+                                    "<iq type='{typ}' id='{id}' from='{D}' to='{w}'>{body}</iq>"
+                                ),
                             ));
                         }
                         out
@@ -2839,7 +2867,6 @@ fn with_continuity_every_request_gets_exactly_one_answer() {
                         out
                     }
                 }
-                _ => continue,
             };
             s.count(&out, seed);
         }
@@ -2849,7 +2876,11 @@ fn with_continuity_every_request_gets_exactly_one_answer() {
         }
         h.r.drain(&mut out);
         s.count(&render(out), seed);
-        assert_eq!(s.answers.len() as u32, sent, "seed {seed}: every request answered");
+        assert_eq!(
+            s.answers.len() as u32,
+            sent,
+            "seed {seed}: every request answered"
+        );
         assert!(
             s.answers.values().all(|&n| n == 1),
             "seed {seed}: none answered twice: {:?}",

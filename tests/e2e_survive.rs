@@ -319,8 +319,12 @@ async fn assert_nothing_late(alice: &mut TestClient) {
 /// Two good resources (`focus-a`, `focus-b`, listing [`FOCUS_FEATURE`])
 /// and a wrong one (`jvb`, listing another feature, answering everything
 /// with [`REFUSAL`]) on the target account; [`N_WRONG`] requests.
-/// Returns the tally and how many requests `jvb` was given.
-async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Proxy) {
+/// Returns the tally, how many requests `jvb` was given, and the server
+/// and members, which the caller keeps until it is done with the proxy:
+/// a member that goes offline (or whose server is gone) leaves the pool,
+/// and its quarantine with it (a member is a session), so the quarantine
+/// gauge must be read while they are on.
+async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Proxy, Online) {
     let (p, proxy) = start(&s).await;
     // The wrong one logs in first, as the videobridge did.
     let jvb = resource_member(&p, "jvb", &[OTHER_FEATURE], Answer::Refuse(REFUSAL)).await;
@@ -352,8 +356,11 @@ async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Prox
         metrics(&proxy).await
     );
     assert_nothing_late(&mut alice).await;
-    (tally, asked_jvb, proxy)
+    (tally, asked_jvb, proxy, (p, jvb, _good))
 }
+
+/// The server and the members of [`wrong_resource_in_the_pool`], kept.
+type Online = (Prosody, Member, [Member; 2]);
 
 /// Purpose: `client_proxy.resources = "focus*"` keeps a resource with
 /// another name out of the pool, so a videobridge logged into jicofo's
@@ -366,7 +373,8 @@ async fn wrong_resource_is_kept_out_by_name() {
         client_proxy: r#"resources = "focus*""#,
         routing: "",
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "resources = focus*").await;
+    let (tally, asked_jvb, proxy, _members) =
+        wrong_resource_in_the_pool(s, "resources = focus*").await;
     tally.assert_clean("resources = focus*", N_WRONG);
     assert_eq!(asked_jvb, 0, "jvb is not a member");
     assert_eq!(proxy.status().pool.len(), 2, "{:?}", proxy.status().pool);
@@ -388,7 +396,8 @@ async fn wrong_resource_is_kept_out_by_feature() {
         ),
         routing: "",
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "require_feature").await;
+    let (tally, asked_jvb, proxy, _members) =
+        wrong_resource_in_the_pool(s, "require_feature").await;
     tally.assert_clean("require_feature", N_WRONG);
     assert_eq!(asked_jvb, 0, "jvb is not a member");
     assert_eq!(proxy.status().pool.len(), 2, "{:?}", proxy.status().pool);
@@ -433,7 +442,7 @@ async fn wrong_resource_is_retried_around_and_quarantined() {
         client_proxy: "",
         routing: RETRY_ROUTING,
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "retry_on").await;
+    let (tally, asked_jvb, proxy, _members) = wrong_resource_in_the_pool(s, "retry_on").await;
     tally.assert_clean("retry_on", N_WRONG);
     assert_quarantined(&proxy, asked_jvb, "retry_on, resources").await;
     assert!(proxy.shutdown(WAIT).await);
