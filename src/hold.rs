@@ -5,7 +5,7 @@
 //! Pure bookkeeping, no policy: the router decides what enters, leaves
 //! and is answered; this module keeps arrival order and deadlines.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -84,6 +84,10 @@ pub struct Hold {
     /// (requester, id) of every request here: a second request with the
     /// same pair would be answered under the same key.
     ids: HashSet<(String, String)>,
+    /// Hold ends → how many end then: the core looks at the earliest after
+    /// every batch, and making room pops one at a time, so neither may
+    /// walk the queue.
+    ends: BTreeMap<Instant, usize>,
 }
 
 impl Hold {
@@ -102,6 +106,7 @@ impl Hold {
 
     pub fn push(&mut self, h: Held) {
         self.ids.insert((h.ask.requester.clone(), h.ask.id.clone()));
+        *self.ends.entry(h.until).or_default() += 1;
         self.queue.push_back(h);
     }
 
@@ -113,6 +118,12 @@ impl Hold {
     }
 
     fn forget(&mut self, h: &Held) {
+        if let Some(n) = self.ends.get_mut(&h.until) {
+            *n -= 1;
+            if *n == 0 {
+                self.ends.remove(&h.until);
+            }
+        }
         self.ids
             .remove(&(h.ask.requester.clone(), h.ask.id.clone()));
     }
@@ -139,12 +150,13 @@ impl Hold {
 
     /// When the next hold ends.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue.iter().map(|h| h.until).min()
+        self.ends.keys().next().copied()
     }
 
     /// Takes out everything (shutdown).
     pub fn drain_all(&mut self) -> Vec<Held> {
         self.ids.clear();
+        self.ends.clear();
         std::mem::take(&mut self.queue).into()
     }
 }

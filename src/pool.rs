@@ -173,6 +173,9 @@ impl Pool {
     /// Ends the quarantines that are over at `now`; the members back in
     /// the rotation, in pool order.
     pub fn lift_quarantines(&mut self, now: Instant) -> Vec<Member> {
+        if self.quarantined.is_empty() {
+            return Vec::new();
+        }
         let over: Vec<Member> = self
             .members
             .iter()

@@ -592,7 +592,6 @@ impl Router {
     ) {
         let m = Member::Instance(id);
         self.pool.remove(&m);
-        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
         self.fail_member(&m, now, rng, out);
         // Requests the instance started can no longer be delivered, nor
         // need to be sent.
@@ -856,7 +855,6 @@ impl Router {
                 if self.pool.remove(&resource) {
                     tracing::info!(member = from, "resource left the pool");
                 }
-                self.stats.members_quarantined = self.pool.quarantined_len() as u64;
                 self.fail_member(&resource, now, rng, out);
             }
             Some("error") => {
@@ -1433,7 +1431,8 @@ impl Router {
         }
     }
 
-    /// A member went away: every request pending on it follows the
+    /// A member went away (out of the pool already): every request
+    /// pending on it follows the
     /// re-dispatch rules — to another member, or the hold, when its type
     /// may be sent again (`routing.redispatch`); else it is answered
     /// `recipient-unavailable`. One log line says what became of them.
@@ -1445,6 +1444,8 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         self.stats.members.remove(m);
+        // Its quarantine, if any, ended with it.
+        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
         let lost = self.pending.drain_where(|w| w.member() == Some(m));
         if lost.is_empty() {
             return;
