@@ -289,7 +289,10 @@ async fn thousand_requests_spread_over_both_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_going_offline_mid_load_loses_nothing() {
     let p = prosody(true).await;
-    let proxy = proxy(&p, "").await;
+    // The module's answer to a lost member, which this test checks:
+    // `recipient-unavailable` at once. Re-dispatch (the default) sends
+    // the gets to b instead: tests/e2e_survive.rs.
+    let proxy = proxy(&p, "redispatch = \"none\"\nhold_when_empty = \"0s\"").await;
     // Resource a takes requests and never answers, then drops its
     // connection without a goodbye; b answers everything.
     let a = client(&p, &format!("{T}/a")).await;

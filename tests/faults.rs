@@ -439,6 +439,10 @@ secret = "{INSTANCE_SECRET}"
 balancing = "round-robin"
 iq_timeout = "{}ms"
 pending_capacity = {PENDING_CAPACITY}
+# The module's answers to a lost member and an empty pool, which this
+# table is about; re-dispatch and the hold are tests/e2e_survive.rs's.
+redispatch = "none"
+hold_when_empty = "0s"
 "#,
             relay.addr,
             IQ_TIMEOUT.as_millis()
