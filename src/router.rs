@@ -12,6 +12,14 @@
 //! exactly one answer — the member's reply, or an error it makes itself
 //! (no member, timeout, member lost, table full). Replies that match
 //! nothing in flight (late, duplicated, spoofed) are dropped and counted.
+//!
+//! Before it errs, the router tries to get the right answer (issue 13,
+//! `routing.*`): a request with no eligible member waits in the hold
+//! ([`crate::hold`]); one in flight to a member that leaves goes to
+//! another (`redispatch`); one a member refuses (`retry_on`) goes to
+//! another, and a member that keeps refusing leaves the rotation for a
+//! while. A member is a session, and no session gets a request twice.
+//! Every pool join goes through [`Router::member_joined`].
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
