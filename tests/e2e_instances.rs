@@ -51,6 +51,10 @@ secret = "{INSTANCE_SECRET}"
 
 [routing]
 iq_timeout = "10s"
+# The module's answer to a lost member, which these tests read;
+# re-dispatch and the hold are tests/e2e_survive.rs's.
+redispatch = "none"
+hold_when_empty = "0s"
 "#,
         p.component_addr()
     );

@@ -25,6 +25,9 @@ target_address = "impl@example.test"
 [routing]
 balancing = "round-robin"
 iq_timeout = "60s"
+# The module's answer to a lost member, which phase 3 counts.
+redispatch = "none"
+hold_when_empty = "0s"
 
 [metrics]
 listen = "127.0.0.1:0"
