@@ -105,9 +105,7 @@ fn the_question_is_a_plain_disco_info_get() {
 }
 
 fn result(children: &str) -> String {
-    format!(
-        "<iq type='result' id='q1' from='focus@auth.example.test/a' to='{D}'>{children}</iq>"
-    )
+    format!("<iq type='result' id='q1' from='focus@auth.example.test/a' to='{D}'>{children}</iq>")
 }
 
 #[test]
@@ -184,7 +182,8 @@ fn reading_the_answer() {
 #[test]
 fn reading_an_error_condition() {
     use StanzaCondition::*;
-    let e = |inner: &str| format!("<iq type='error' id='r1'><error type='cancel'>{inner}</error></iq>");
+    let e =
+        |inner: &str| format!("<iq type='error' id='r1'><error type='cancel'>{inner}</error></iq>");
     let rows: Vec<(String, Option<StanzaCondition>)> = vec![
         (
             e(&format!("<feature-not-implemented xmlns='{SE}'/>")),
@@ -231,7 +230,9 @@ fn reading_an_error_condition() {
 #[test]
 fn reading_caps_from_a_presence() {
     let c = |attrs: &str| {
-        format!("<presence from='focus@auth.example.test/a'><c xmlns='{NS_CAPS}' {attrs}/></presence>")
+        format!(
+            "<presence from='focus@auth.example.test/a'><c xmlns='{NS_CAPS}' {attrs}/></presence>"
+        )
     };
     let caps = |node: Option<&str>, hash: Option<&str>, ver: &str| Caps {
         node: node.map(str::to_owned),
@@ -335,7 +336,11 @@ fn the_cache_is_bounded_and_about_one_feature() {
 fn refusals_say_why_in_one_line() {
     use Refusal::*;
     let rows = [
-        (Name, "its name does not match client_proxy.resources", false),
+        (
+            Name,
+            "its name does not match client_proxy.resources",
+            false,
+        ),
         (
             FeatureMissing,
             "its disco#info does not list client_proxy.require_feature",
@@ -410,12 +415,7 @@ impl Answer {
 /// Runs `script` for one resource named `name` through `q`, ids `q1`,
 /// `q2`… in order, time starting at `t0`; returns each step and whether
 /// the resource was in the pool after it.
-fn run(
-    q: &mut Qualifier,
-    t0: Instant,
-    name: &str,
-    script: &[In<'_>],
-) -> Vec<(Step, bool)> {
+fn run(q: &mut Qualifier, t0: Instant, name: &str, script: &[In<'_>]) -> Vec<(Step, bool)> {
     let mut state = Qualification::default();
     let mut asked = 0;
     let mut now = t0;
@@ -458,13 +458,7 @@ fn state_machine_rows() {
     use In::*;
     use Step::{Admit, Nothing, Refuse};
     let ask = |id: &str| Step::Ask(id.to_owned());
-    type Row<'a> = (
-        &'a str,
-        Admission,
-        &'a str,
-        Vec<In<'a>>,
-        Vec<(Step, bool)>,
-    );
+    type Row<'a> = (&'a str, Admission, &'a str, Vec<In<'a>>, Vec<(Step, bool)>);
     let rows: Vec<Row<'_>> = vec![
         (
             "no rules: admitted at once, as the module",
@@ -484,7 +478,12 @@ fn state_machine_rows() {
             "a name that does not: refused once, never asked, whatever follows",
             rules(Some("focus*"), Some(FEATURE)),
             "jvb",
-            vec![Presence(None), Presence(Some("v")), Presence(None), Clock(60)],
+            vec![
+                Presence(None),
+                Presence(Some("v")),
+                Presence(None),
+                Clock(60),
+            ],
             vec![
                 (Refuse(Refusal::Name), false),
                 (Nothing, false),
@@ -653,10 +652,25 @@ fn a_new_session_with_a_known_ver_is_not_asked() {
     use In::*;
     let t0 = Instant::now();
     let mut q = Qualifier::new(rules(None, Some(FEATURE)));
-    run(&mut q, t0, "a", &[Presence(Some("good")), Reply("q1", Lists)]);
-    run(&mut q, t0, "b", &[Presence(Some("bad")), Reply("q1", Lacks)]);
+    run(
+        &mut q,
+        t0,
+        "a",
+        &[Presence(Some("good")), Reply("q1", Lists)],
+    );
+    run(
+        &mut q,
+        t0,
+        "b",
+        &[Presence(Some("bad")), Reply("q1", Lacks)],
+    );
     // Errors and silences are not remembered.
-    run(&mut q, t0, "c", &[Presence(Some("err")), Reply("q1", Error)]);
+    run(
+        &mut q,
+        t0,
+        "c",
+        &[Presence(Some("err")), Reply("q1", Error)],
+    );
     run(&mut q, t0, "d", &[Presence(Some("slow")), Clock(5)]);
     assert_eq!(q.cache().len(), 2);
 

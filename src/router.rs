@@ -91,8 +91,8 @@ impl RouterConfig {
             iq_timeout: c.routing.iq_timeout,
             pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
                 .unwrap_or(NonZeroUsize::MIN),
-            admission: c.client_proxy.admission(),
-            continuity: c.routing.continuity(),
+            admission: c.client_proxy.admission.clone(),
+            continuity: c.routing.continuity.clone(),
         }
     }
 }
