@@ -32,6 +32,11 @@ use crate::time::later;
 use crate::xml::frame::{Kind, Limit, Stanza};
 use crate::xml::StreamCondition;
 
+#[path = "router_admission.rs"]
+mod admission;
+use admission::Admissions;
+pub use admission::{AdmissionStats, QUESTION_ID_PREFIX};
+
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
 #[derive(Debug, Clone)]
@@ -174,6 +179,8 @@ pub struct Stats {
     pub members: BTreeMap<Member, MemberStats>,
     /// What members beyond [`MAX_MEMBER_SERIES`] did, summed.
     pub members_other: MemberStats,
+    /// Resources refused and being qualified.
+    pub admission: AdmissionStats,
 }
 
 /// Per-member entries kept at most; a pool larger than this is summed
@@ -272,6 +279,8 @@ pub struct Router {
     /// Instance requests answered before they were sent, and so never
     /// sent.
     withdrawn: u64,
+    /// Which target resources qualify for the pool.
+    admission: Admissions,
 }
 
 impl Router {
@@ -287,6 +296,7 @@ impl Router {
             online: false,
             backlog: Backlog::new(upstream_buffer),
             withdrawn: 0,
+            admission: Admissions::new(cfg.admission.clone()),
             cfg,
         }
     }
@@ -325,7 +335,11 @@ impl Router {
 
     /// The next time [`Router::expire`] has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.next_deadline()
+        let questions = self.admission.next_deadline();
+        match (self.pending.next_deadline(), questions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies new settings that do not need a new connection: balancing
@@ -354,8 +368,9 @@ impl Router {
         self.cfg.client_requests = new.client_requests;
         self.cfg.subscribe = new.subscribe;
         self.cfg.max_write = new.max_write;
+        self.set_admission(new.admission);
         if self.cfg.target != new.target {
-            for m in self.pool.clear_resources() {
+            for m in self.clear_resources() {
                 self.fail_member(&m, out);
             }
             self.cfg.target = new.target;
@@ -419,7 +434,7 @@ impl Router {
     /// `out` not yet written.
     pub fn upstream_lost(&mut self, out: &mut Vec<Action>) {
         self.hold_unwritten(out);
-        for m in self.pool.clear_resources() {
+        for m in self.clear_resources() {
             self.fail_member(&m, out);
         }
     }
@@ -449,8 +464,18 @@ impl Router {
         }
     }
 
+    /// An instance finished its handshake: a member at once (instances
+    /// are not qualified).
     pub fn instance_up(&mut self, id: InstanceId) {
-        self.pool.add(Member::Instance(id));
+        // Nothing joining can write yet; `out` goes to the caller once
+        // joining can release what waits for a member.
+        self.member_joined(Member::Instance(id), &mut Vec::new());
+    }
+
+    /// Every pool join goes through here: an instance that connected, a
+    /// resource that qualified.
+    pub(crate) fn member_joined(&mut self, member: Member, _out: &mut Vec<Action>) {
+        self.pool.add(member);
     }
 
     /// An instance disconnected or stopped reading: out of rotation at
@@ -469,8 +494,10 @@ impl Router {
         }
     }
 
-    /// Answers every request whose deadline has passed.
+    /// Answers every request whose deadline has passed, and refuses
+    /// every resource that did not answer its disco#info in time.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.expire_questions(now, out);
         while let Some((key, entry)) = self.pending.pop_expired(now) {
             self.answer(key, entry.waiting, StanzaError::RemoteServerTimeout, out);
         }
@@ -591,7 +618,7 @@ impl Router {
             from_target,
         };
         match st.kind {
-            Kind::Presence => self.presence_from_upstream(&a, out),
+            Kind::Presence => self.presence_from_upstream(&a, now, out),
             Kind::Message => self.message_from_upstream(&a, out),
             Kind::Iq => self.iq_from_upstream(&a, now, rng, out),
             Kind::Other => {}
@@ -651,11 +678,11 @@ impl Router {
     /// `D` (the server delivers it to the bare address subscribed to).
     /// The module drops every presence to `D/x` too, but takes available,
     /// unavailable and error presence to `node@D` for pool presence.
-    fn presence_from_upstream(&mut self, a: &Addressed, out: &mut Vec<Action>) {
+    fn presence_from_upstream(&mut self, a: &Addressed, now: Instant, out: &mut Vec<Action>) {
         let (st, from) = (a.st, a.from);
         if a.from_target {
             if matches!(a.to, To::Bare) {
-                self.presence_from_target(st, from, out);
+                self.presence_from_target(st, from, now, out);
             } else {
                 tracing::debug!(
                     member = from,
@@ -679,18 +706,22 @@ impl Router {
 
     /// The target's presence to the bare domain: which of its resources
     /// are in the pool, and the subscription through which the server
-    /// tells the proxy.
-    fn presence_from_target(&mut self, st: &Stanza, from: &str, out: &mut Vec<Action>) {
+    /// tells the proxy. A resource joins only if it qualifies (see
+    /// `router_admission.rs`).
+    fn presence_from_target(
+        &mut self,
+        st: &Stanza,
+        from: &str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let d = self.cfg.domain.clone();
         let resource = Member::Resource(from.to_owned());
         let has_resource = jid::split(from).1.is_some();
         match st.stanza_type() {
-            None if has_resource => {
-                if self.pool.add(resource) {
-                    tracing::info!(member = from, "resource joined the pool");
-                }
-            }
+            None if has_resource => self.resource_available(st, from, now, out),
             Some("unavailable") => {
+                self.resource_gone(from);
                 if self.pool.remove(&resource) {
                     tracing::info!(member = from, "resource left the pool");
                 }
@@ -698,7 +729,7 @@ impl Router {
             }
             Some("error") => {
                 // As the module: an error from the target drops all.
-                for m in self.pool.clear_resources() {
+                for m in self.clear_resources() {
                     self.fail_member(&m, out);
                 }
             }
@@ -713,7 +744,7 @@ impl Router {
                 // The server sends no more presence of the target: its
                 // resources would stay in the pool, unseen when they
                 // leave. Out now; requests on them get their answer.
-                let gone = self.pool.clear_resources();
+                let gone = self.clear_resources();
                 tracing::warn!(
                     target_address = jid::bare(from),
                     resources_removed = gone.len(),
@@ -763,7 +794,10 @@ impl Router {
     ) {
         let (st, from) = (a.st, a.from);
         if st.is_iq_response() {
-            self.reply_from_upstream(st, from, &a.to, out);
+            let bare = matches!(a.to, To::Bare);
+            if !(a.from_target && bare && self.qualification_reply(st, from, out)) {
+                self.reply_from_upstream(st, from, &a.to, out);
+            }
             return;
         }
         if !st.is_iq_request() {
@@ -895,7 +929,7 @@ impl Router {
             peer: peer.clone(),
             id: id.to_owned(),
         };
-        if self.pending.contains(&key) {
+        if self.pending.contains(&key) || self.reserved_for_questions(&peer, id) {
             self.error_reply(st, resource, StanzaError::Conflict, out);
             return;
         }
@@ -1433,3 +1467,7 @@ mod tests;
 #[cfg(test)]
 #[path = "router_skipped_tests.rs"]
 mod skipped_tests;
+
+#[cfg(test)]
+#[path = "router_admission_tests.rs"]
+mod admission_tests;

@@ -1,0 +1,383 @@
+//! Which target resources join the pool (issue 13, qualification): one
+//! test per path, byte-exact where the router writes something, with
+//! the clock passed in.
+
+use super::*;
+use crate::qualify::ResourceFilter;
+use crate::xml::parse_one;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+const D: &str = "proxy.example.test";
+const T: &str = "focus@example.test";
+const ALICE: &str = "alice@example.test/phone";
+const FEATURE: &str = "http://jitsi.org/protocol/focus";
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn rules(resources: Option<&str>, feature: Option<&str>) -> RouterConfig {
+    RouterConfig {
+        domain: D.into(),
+        target: Some(T.into()),
+        jat: JatMode::Inline,
+        client_requests: true,
+        subscribe: true,
+        instances: false,
+        balancing: Balancing::RoundRobin,
+        iq_timeout: Duration::from_secs(30),
+        pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
+        max_write: 512 * 1024,
+        admission: Admission {
+            resources: resources.map(|r| ResourceFilter::parse(r).expect("test pattern")),
+            require_feature: feature.map(str::to_owned),
+            qualify_timeout: TIMEOUT,
+        },
+        continuity: Continuity::off(),
+    }
+}
+
+struct H {
+    r: Router,
+    rng: StdRng,
+    now: Instant,
+}
+
+impl H {
+    fn new(cfg: RouterConfig) -> Self {
+        let mut r = Router::new(cfg, 64);
+        r.upstream_online(&mut Vec::new());
+        H {
+            r,
+            rng: StdRng::seed_from_u64(7),
+            now: Instant::now(),
+        }
+    }
+
+    fn up(&mut self, xml: &str) -> Vec<String> {
+        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
+        let mut out = Vec::new();
+        self.r.from_upstream(&st, self.now, &mut self.rng, &mut out);
+        out.into_iter()
+            .map(|a| match a {
+                Action::Upstream(w) | Action::UpstreamAnswer(w) | Action::UpstreamRequest(w, _) => {
+                    format!("UP {}", String::from_utf8_lossy(&w.to_bytes()))
+                }
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<String> {
+        self.now += d;
+        let mut out = Vec::new();
+        self.r.expire(self.now, &mut out);
+        out.into_iter().map(|a| format!("{a:?}")).collect()
+    }
+
+    fn in_pool(&self, res: &str) -> bool {
+        self.r
+            .pool()
+            .contains(&Member::Resource(format!("{T}/{res}")))
+    }
+
+    fn refused(&self) -> u64 {
+        self.r.stats().admission.refused
+    }
+
+    fn qualifying(&self) -> u64 {
+        self.r.stats().admission.qualifying
+    }
+
+    /// A request from alice; returns what the router wrote.
+    fn request(&mut self, id: &str) -> Vec<String> {
+        self.up(&format!(
+            "<iq type='get' id='{id}' to='{D}' from='{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+    }
+}
+
+fn presence(res: &str) -> String {
+    format!("<presence from='{T}/{res}' to='{D}'/>")
+}
+
+fn presence_caps(res: &str, ver: &str) -> String {
+    format!(
+        "<presence from='{T}/{res}' to='{D}'><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:x' ver='{ver}'/></presence>"
+    )
+}
+
+fn unavailable(res: &str) -> String {
+    format!("<presence type='unavailable' from='{T}/{res}' to='{D}'/>")
+}
+
+/// The disco#info jatproxy asks resource `res`, byte for byte.
+fn question(res: &str, n: u64) -> String {
+    format!(
+        "UP <iq type='get' id='{QUESTION_ID_PREFIX}{n}' from='{D}' to='{T}/{res}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    )
+}
+
+/// A disco#info result from `res` for question `n`, listing `features`.
+fn answer(res: &str, n: u64, features: &[&str]) -> String {
+    let listed: String = features
+        .iter()
+        .map(|f| format!("<feature var='{f}'/>"))
+        .collect();
+    format!(
+        "<iq type='result' id='{QUESTION_ID_PREFIX}{n}' from='{T}/{res}' to='{D}'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc'/>{listed}</query></iq>"
+    )
+}
+
+fn forwarded(id: &str, res: &str) -> String {
+    format!(
+        "UP <iq type='get' id='{id}' to='{T}/{res}' from='{D}/{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    )
+}
+
+fn unavailable_reply(id: &str) -> String {
+    format!(
+        "UP <iq type='error' id='{id}' from='{D}' to='{ALICE}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+}
+
+#[test]
+fn without_rules_every_resource_joins_at_once() {
+    let mut h = H::new(rules(None, None));
+    assert!(h.up(&presence("jvb")).is_empty());
+    assert!(h.in_pool("jvb"));
+    assert_eq!((h.refused(), h.qualifying()), (0, 0));
+}
+
+#[test]
+fn name_rule_refuses_once_and_admits_the_rest() {
+    let mut h = H::new(rules(Some("focus*"), None));
+    assert!(h.up(&presence("jvb")).is_empty());
+    assert!(!h.in_pool("jvb"));
+    assert_eq!(h.refused(), 1);
+    // Its next presence changes nothing, and is not refused (logged) again.
+    assert!(h.up(&presence_caps("jvb", "v1")).is_empty());
+    assert_eq!(h.refused(), 1);
+    assert!(h.up(&presence("focus-a")).is_empty());
+    assert!(h.in_pool("focus-a"));
+    for i in 0..4 {
+        let id = format!("r{i}");
+        assert_eq!(h.request(&id), [forwarded(&id, "focus-a")]);
+    }
+}
+
+#[test]
+fn name_rule_comes_before_the_question() {
+    let mut h = H::new(rules(Some("focus*"), Some(FEATURE)));
+    assert!(h.up(&presence("jvb")).is_empty(), "no disco#info for jvb");
+    assert_eq!(h.refused(), 1);
+    assert_eq!(h.up(&presence("focus-a")), [question("focus-a", 1)]);
+}
+
+#[test]
+fn feature_present_admits_after_the_answer_only() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    assert!(!h.in_pool("a"));
+    assert_eq!(h.qualifying(), 1);
+    // Not in the pool while asked.
+    assert_eq!(h.request("early"), [unavailable_reply("early")]);
+    // Another presence while asked asks nothing more.
+    assert!(h.up(&presence("a")).is_empty());
+    assert!(h.up(&answer("a", 1, &["urn:other", FEATURE])).is_empty());
+    assert!(h.in_pool("a"));
+    assert_eq!((h.refused(), h.qualifying()), (0, 0));
+    assert_eq!(h.request("r1"), [forwarded("r1", "a")]);
+}
+
+#[test]
+fn feature_absent_refuses() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("jvb")), [question("jvb", 1)]);
+    assert!(h
+        .up(&answer("jvb", 1, &["urn:example:videobridge"]))
+        .is_empty());
+    assert!(!h.in_pool("jvb"));
+    assert_eq!((h.refused(), h.qualifying()), (1, 0));
+    // A presence without new caps asks nothing: the answer was definite.
+    assert!(h.up(&presence("jvb")).is_empty());
+    assert_eq!(h.refused(), 1);
+    assert_eq!(h.request("r1"), [unavailable_reply("r1")]);
+}
+
+#[test]
+fn error_answer_refuses_and_next_presence_asks_again() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    let error = format!(
+        "<iq type='error' id='{QUESTION_ID_PREFIX}1' from='{T}/a' to='{D}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    );
+    assert!(h.up(&error).is_empty());
+    assert!(!h.in_pool("a"));
+    assert_eq!((h.refused(), h.qualifying()), (1, 0));
+    assert_eq!(h.up(&presence("a")), [question("a", 2)]);
+    assert!(h.up(&answer("a", 2, &[FEATURE])).is_empty());
+    assert!(h.in_pool("a"));
+}
+
+#[test]
+fn timeout_refuses_until_the_next_presence() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    let asked_at = h.now;
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    assert_eq!(h.r.next_deadline(), Some(asked_at + TIMEOUT));
+    assert!(h.advance(TIMEOUT - Duration::from_millis(1)).is_empty());
+    assert_eq!(h.qualifying(), 1);
+    assert!(h.advance(Duration::from_millis(1)).is_empty());
+    assert!(!h.in_pool("a"));
+    assert_eq!((h.refused(), h.qualifying()), (1, 0));
+    assert_eq!(h.r.next_deadline(), None);
+    // The late answer to the question that timed out admits nothing.
+    let unmatched = h.r.stats().replies_unmatched;
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    assert!(!h.in_pool("a"));
+    assert_eq!(h.r.stats().replies_unmatched, unmatched + 1);
+    // Asked again on its next presence, with a new id.
+    assert_eq!(h.up(&presence("a")), [question("a", 2)]);
+    assert!(h.up(&answer("a", 2, &[FEATURE])).is_empty());
+    assert!(h.in_pool("a"));
+}
+
+#[test]
+fn known_caps_admit_or_refuse_without_asking() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence_caps("a", "good")), [question("a", 1)]);
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    assert_eq!(h.up(&presence_caps("jvb", "bad")), [question("jvb", 2)]);
+    assert!(h.up(&answer("jvb", 2, &[])).is_empty());
+    assert_eq!(h.refused(), 1);
+    // Both come back as new sessions, and a new resource shares a ver.
+    assert!(h.up(&unavailable("a")).is_empty());
+    assert!(h.up(&unavailable("jvb")).is_empty());
+    assert!(h.up(&presence_caps("a", "good")).is_empty());
+    assert!(h.up(&presence_caps("b", "good")).is_empty());
+    assert!(h.up(&presence_caps("jvb", "bad")).is_empty());
+    assert!(h.in_pool("a") && h.in_pool("b") && !h.in_pool("jvb"));
+    assert_eq!((h.refused(), h.qualifying()), (2, 0));
+}
+
+#[test]
+fn new_ver_asks_again_while_staying_in_the_pool() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence_caps("a", "v1")), [question("a", 1)]);
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    // Same ver: nothing asked.
+    assert!(h.up(&presence_caps("a", "v1")).is_empty());
+    assert_eq!(h.up(&presence_caps("a", "v2")), [question("a", 2)]);
+    assert!(h.in_pool("a"), "qualified before: serves while asked");
+    assert_eq!(h.qualifying(), 0, "in the pool, so not counted qualifying");
+    assert_eq!(h.request("r1"), [forwarded("r1", "a")]);
+    // v2 lacks the feature: out, its request answered.
+    let out = h.up(&answer("a", 2, &["urn:other"]));
+    assert_eq!(
+        out,
+        [format!(
+            "UP <iq type='error' id='r1' from='{D}' to='{ALICE}'><error type='wait'><recipient-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )]
+    );
+    assert!(!h.in_pool("a"));
+    assert_eq!(h.refused(), 1);
+}
+
+#[test]
+fn unavailable_while_asked_is_forgotten() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    assert!(h.up(&unavailable("a")).is_empty());
+    assert_eq!((h.refused(), h.qualifying()), (0, 0));
+    assert_eq!(h.r.next_deadline(), None);
+    // Its answer, or the server's bounce, finds nothing and admits nothing.
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    assert!(!h.in_pool("a"));
+    assert!(h.advance(TIMEOUT * 2).is_empty());
+    assert_eq!(h.refused(), 0, "a session that left is not refused");
+    // Back: a new session, asked anew.
+    assert_eq!(h.up(&presence("a")), [question("a", 2)]);
+}
+
+#[test]
+fn answers_never_reach_a_requester() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    // The same answer again, and a made-up one, are dropped.
+    assert!(h.up(&answer("a", 1, &[FEATURE])).is_empty());
+    assert!(h.up(&answer("a", 99, &[FEATURE])).is_empty());
+    assert_eq!(h.r.stats().replies_delivered, 0);
+    assert_eq!(h.r.stats().replies_unmatched, 2);
+    // Resource b asks a, through jatproxy, with an id of the questions'
+    // form: refused, so a's reply could never be taken for an answer.
+    let enc = format!("{T}/a");
+    let out = h.up(&format!(
+        "<iq type='get' id='{QUESTION_ID_PREFIX}7' to='{D}/{enc}' from='{T}/b'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ));
+    assert_eq!(
+        out,
+        [format!(
+            "UP <iq type='error' id='{QUESTION_ID_PREFIX}7' from='{D}/{enc}' to='{T}/b'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )]
+    );
+    // An ordinary id goes through, and its reply is delivered, not taken.
+    let out = h.up(&format!(
+        "<iq type='get' id='x1' to='{D}/{enc}' from='{T}/b'/>"
+    ));
+    assert_eq!(
+        out,
+        [format!("UP <iq type='get' id='x1' to='{T}/a' from='{D}'/>")]
+    );
+    let out = h.up(&format!(
+        "<iq type='result' id='x1' from='{T}/a' to='{D}'/>"
+    ));
+    assert_eq!(
+        out,
+        [format!(
+            "UP <iq type='result' id='x1' from='{D}/{enc}' to='{T}/b'/>"
+        )]
+    );
+}
+
+#[test]
+fn upstream_loss_forgets_every_session() {
+    let mut h = H::new(rules(None, Some(FEATURE)));
+    assert_eq!(h.up(&presence("a")), [question("a", 1)]);
+    h.r.upstream_lost(&mut Vec::new());
+    assert_eq!((h.qualifying(), h.r.next_deadline()), (0, None));
+    h.r.upstream_online(&mut Vec::new());
+    assert_eq!(h.up(&presence("a")), [question("a", 2)]);
+    // The presence subscription revoked: forgotten too.
+    assert!(h
+        .up(&format!(
+            "<presence type='unsubscribed' from='{T}' to='{D}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.qualifying(), 0);
+}
+
+#[test]
+fn instances_are_not_qualified() {
+    let mut cfg = rules(Some("focus*"), Some(FEATURE));
+    cfg.instances = true;
+    let mut h = H::new(cfg);
+    h.r.instance_up(3);
+    assert!(h.r.pool().contains(&Member::Instance(3)));
+    assert_eq!((h.refused(), h.qualifying()), (0, 0));
+}
+
+#[test]
+fn reloaded_rules_apply_to_new_sessions() {
+    let mut h = H::new(rules(None, None));
+    assert!(h.up(&presence("jvb")).is_empty());
+    let mut out = Vec::new();
+    h.r.reload(rules(Some("focus*"), None), h.now, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // Already admitted: stays.
+    assert!(h.up(&presence("jvb")).is_empty());
+    assert!(h.in_pool("jvb"));
+    // A new session is held to the new rule.
+    assert!(h.up(&presence("jvb2")).is_empty());
+    assert!(!h.in_pool("jvb2"));
+    assert_eq!(h.refused(), 1);
+}
