@@ -68,14 +68,23 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 const N_IN_FLIGHT: usize = 50;
 
 /// The metrics issue 13 adds, in one place: rename here if the features
-/// land under other names. Only `QUARANTINED` is asserted on; the others
-/// are printed with each test's figures.
+/// land under other names. Only `QUARANTINED` and `REFUSED` are asserted
+/// on; the others are printed with each test's figures.
 mod metric {
     pub const HELD: &str = "jatproxy_requests_held_total";
     pub const REDISPATCHED: &str = "jatproxy_requests_redispatched_total";
     pub const RETRIED: &str = "jatproxy_requests_retried_total";
     pub const QUARANTINED: &str = "jatproxy_members_quarantined";
-    pub const ALL: [&str; 4] = [HELD, REDISPATCHED, RETRIED, QUARANTINED];
+    pub const REFUSED: &str = "jatproxy_members_refused_total";
+    pub const QUALIFYING: &str = "jatproxy_members_qualifying";
+    pub const ALL: [&str; 6] = [
+        HELD,
+        REDISPATCHED,
+        RETRIED,
+        QUARANTINED,
+        REFUSED,
+        QUALIFYING,
+    ];
 }
 
 // ---------------------------------------------------------------------------
@@ -319,8 +328,13 @@ async fn assert_nothing_late(alice: &mut TestClient) {
 /// Two good resources (`focus-a`, `focus-b`, listing [`FOCUS_FEATURE`])
 /// and a wrong one (`jvb`, listing another feature, answering everything
 /// with [`REFUSAL`]) on the target account; [`N_WRONG`] requests.
-/// Returns the tally and how many requests `jvb` was given.
-async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Proxy) {
+/// Returns the tally, how many requests `jvb` was given, and the pool
+/// after the load, seen while Prosody and the members are still up (they
+/// end with this function, and the pool with them).
+async fn wrong_resource_in_the_pool(
+    s: Setup,
+    what: &str,
+) -> (Tally, usize, Vec<PoolMember>, Proxy) {
     let (p, proxy) = start(&s).await;
     // The wrong one logs in first, as the videobridge did.
     let jvb = resource_member(&p, "jvb", &[OTHER_FEATURE], Answer::Refuse(REFUSAL)).await;
@@ -345,6 +359,7 @@ async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Prox
     let answers = load(&mut alice, D, N_WRONG, WINDOW, "w-").await;
     let tally = Tally::of(&ids("w-", N_WRONG), &answers);
     let asked_jvb = jvb.log.borrow().asked.len();
+    let pool = proxy.status().pool;
     println!(
         "{what}: {N_WRONG} requests: results {:?}, errors {:?}; jvb was given {asked_jvb}; metrics {:?}",
         tally.results,
@@ -352,7 +367,24 @@ async fn wrong_resource_in_the_pool(s: Setup, what: &str) -> (Tally, usize, Prox
         metrics(&proxy).await
     );
     assert_nothing_late(&mut alice).await;
-    (tally, asked_jvb, proxy)
+    (tally, asked_jvb, pool, proxy)
+}
+
+/// Checks `jvb` was refused admission (counted; a presence with new caps
+/// may refuse it again) and the pool held the two good resources only.
+async fn assert_kept_out(proxy: &Proxy, pool: &[PoolMember], what: &str) {
+    assert_eq!(pool.len(), 2, "{what}: {pool:?}");
+    assert!(
+        pool.iter().all(|m| !format!("{m:?}").contains("/jvb")),
+        "{what}: {pool:?}"
+    );
+    let text = scrape(proxy.metrics_addr().expect("metrics endpoint")).await;
+    let refused = metric_sum(&text, metric::REFUSED);
+    assert!(
+        refused.is_some_and(|v| v >= 1.0),
+        "{what}: {} = {refused:?}, expected >= 1",
+        metric::REFUSED
+    );
 }
 
 /// Purpose: `client_proxy.resources = "focus*"` keeps a resource with
@@ -366,10 +398,10 @@ async fn wrong_resource_is_kept_out_by_name() {
         client_proxy: r#"resources = "focus*""#,
         routing: "",
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "resources = focus*").await;
+    let (tally, asked_jvb, pool, proxy) = wrong_resource_in_the_pool(s, "resources = focus*").await;
     tally.assert_clean("resources = focus*", N_WRONG);
     assert_eq!(asked_jvb, 0, "jvb is not a member");
-    assert_eq!(proxy.status().pool.len(), 2, "{:?}", proxy.status().pool);
+    assert_kept_out(&proxy, &pool, "resources = focus*").await;
     assert!(proxy.shutdown(WAIT).await);
 }
 
@@ -388,10 +420,10 @@ async fn wrong_resource_is_kept_out_by_feature() {
         ),
         routing: "",
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "require_feature").await;
+    let (tally, asked_jvb, pool, proxy) = wrong_resource_in_the_pool(s, "require_feature").await;
     tally.assert_clean("require_feature", N_WRONG);
     assert_eq!(asked_jvb, 0, "jvb is not a member");
-    assert_eq!(proxy.status().pool.len(), 2, "{:?}", proxy.status().pool);
+    assert_kept_out(&proxy, &pool, "require_feature").await;
     assert!(proxy.shutdown(WAIT).await);
 }
 
@@ -433,7 +465,7 @@ async fn wrong_resource_is_retried_around_and_quarantined() {
         client_proxy: "",
         routing: RETRY_ROUTING,
     };
-    let (tally, asked_jvb, proxy) = wrong_resource_in_the_pool(s, "retry_on").await;
+    let (tally, asked_jvb, _, proxy) = wrong_resource_in_the_pool(s, "retry_on").await;
     tally.assert_clean("retry_on", N_WRONG);
     assert_quarantined(&proxy, asked_jvb, "retry_on, resources").await;
     assert!(proxy.shutdown(WAIT).await);
