@@ -2,11 +2,9 @@
 //! test per path, byte-exact where the router writes something, with
 //! the clock passed in.
 
+use super::tests::{cfg, H};
 use super::*;
 use crate::qualify::ResourceFilter;
-use crate::xml::parse_one;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 const D: &str = "proxy.example.test";
 const T: &str = "focus@example.test";
@@ -14,65 +12,22 @@ const ALICE: &str = "alice@example.test/phone";
 const FEATURE: &str = "http://jitsi.org/protocol/focus";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The router of the routing tests, with admission rules and the client
+/// pool serving the domain (no instance listener).
 fn rules(resources: Option<&str>, feature: Option<&str>) -> RouterConfig {
     RouterConfig {
-        domain: D.into(),
         target: Some(T.into()),
-        jat: JatMode::Inline,
-        client_requests: true,
-        subscribe: true,
         instances: false,
-        balancing: Balancing::RoundRobin,
-        iq_timeout: Duration::from_secs(30),
-        pending_capacity: NonZeroUsize::new(16).expect("nonzero"),
-        max_write: 512 * 1024,
         admission: Admission {
             resources: resources.map(|r| ResourceFilter::parse(r).expect("test pattern")),
             require_feature: feature.map(str::to_owned),
             qualify_timeout: TIMEOUT,
         },
-        continuity: Continuity::off(),
+        ..cfg()
     }
-}
-
-struct H {
-    r: Router,
-    rng: StdRng,
-    now: Instant,
 }
 
 impl H {
-    fn new(cfg: RouterConfig) -> Self {
-        let mut r = Router::new(cfg, 64);
-        r.upstream_online(&mut Vec::new());
-        H {
-            r,
-            rng: StdRng::seed_from_u64(7),
-            now: Instant::now(),
-        }
-    }
-
-    fn up(&mut self, xml: &str) -> Vec<String> {
-        let st = parse_one(xml.as_bytes()).expect("test stanza frames");
-        let mut out = Vec::new();
-        self.r.from_upstream(&st, self.now, &mut self.rng, &mut out);
-        out.into_iter()
-            .map(|a| match a {
-                Action::Upstream(w) | Action::UpstreamAnswer(w) | Action::UpstreamRequest(w, _) => {
-                    format!("UP {}", String::from_utf8_lossy(&w.to_bytes()))
-                }
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    fn advance(&mut self, d: Duration) -> Vec<String> {
-        self.now += d;
-        let mut out = Vec::new();
-        self.r.expire(self.now, &mut out);
-        out.into_iter().map(|a| format!("{a:?}")).collect()
-    }
-
     fn in_pool(&self, res: &str) -> bool {
         self.r
             .pool()
