@@ -336,3 +336,143 @@ fn reloaded_rules_apply_to_new_sessions() {
     assert!(!h.in_pool("jvb2"));
     assert_eq!(h.refused(), 1);
 }
+
+/// The value of attribute `name` in the first tag of `stanza` (the test
+/// stanzas quote with `'`).
+fn attr<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
+    let head = &stanza[..stanza.find('>')?];
+    let start = head.find(&format!(" {name}='"))? + name.len() + 3;
+    let len = head[start..].find('\'')?;
+    Some(&head[start..start + len])
+}
+
+/// What the randomised test saw the router write.
+#[derive(Default)]
+struct Seen {
+    /// Questions out, by id: the resource asked.
+    questions: BTreeMap<String, String>,
+    /// Requests forwarded and not answered by their member yet: (id, member).
+    forwarded: Vec<(String, String)>,
+    /// Answers alice got, by request id.
+    answers: BTreeMap<String, u32>,
+}
+
+impl Seen {
+    fn take(&mut self, out: Vec<String>) {
+        for s in out {
+            let (id, to) = (attr(&s, "id").unwrap_or(""), attr(&s, "to").unwrap_or(""));
+            if to == ALICE {
+                assert!(!id.starts_with(QUESTION_ID_PREFIX), "answer leaked: {s}");
+                *self.answers.entry(id.to_owned()).or_default() += 1;
+            } else if id.starts_with(QUESTION_ID_PREFIX) {
+                self.questions.insert(id.to_owned(), to.to_owned());
+            } else if s.starts_with("UP <iq type='get' id='r") {
+                assert!(
+                    to.starts_with(&format!("{T}/good")),
+                    "a wrong one served: {s}"
+                );
+                self.forwarded.push((id.to_owned(), to.to_owned()));
+            }
+        }
+    }
+}
+
+/// Purpose: whatever the interleaving of presences (with and without
+/// caps), answers (with the feature, without it, errors, late ones),
+/// timeouts, unavailability, upstream loss and requests, a resource
+/// without the feature is never given a request, no answer to a question
+/// reaches alice, and every request gets exactly one answer.
+#[test]
+fn interleavings_admit_only_the_qualified_and_answer_every_request_once() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    const RESOURCES: [&str; 4] = ["good-a", "good-b", "bad-a", "bad-b"];
+    // Over all seeds: requests served by a member, resources refused.
+    let (mut served, mut refused) = (0u64, 0u64);
+    for seed in 0..30u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut h = H::new(rules(None, Some(FEATURE)));
+        let mut seen = Seen::default();
+        let mut sent = 0u32;
+        for _ in 0..300 {
+            let res = RESOURCES[rng.random_range(0..RESOURCES.len())];
+            let good = res.starts_with("good");
+            let out = match rng.random_range(0..9) {
+                0 => h.up(&presence(res)),
+                1 => {
+                    let ver = if good { ["g1", "g2"] } else { ["b1", "b2"] };
+                    h.up(&presence_caps(res, ver[rng.random_range(0..2)]))
+                }
+                2 => h.up(&unavailable(res)),
+                3 | 4 => {
+                    // Answer some question out (maybe stale, maybe twice).
+                    let Some((id, to)) = seen
+                        .questions
+                        .iter()
+                        .nth(rng.random_range(0..seen.questions.len().max(1)))
+                    else {
+                        continue;
+                    };
+                    let (id, to) = (id.clone(), to.clone());
+                    let listed: &[&str] = if to.contains("/good") {
+                        &[FEATURE]
+                    } else {
+                        &[]
+                    };
+                    let stanza = if rng.random_bool(0.2) {
+                        format!(
+                            "<iq type='error' id='{id}' from='{to}' to='{D}'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+                        )
+                    } else {
+                        let n = id.trim_start_matches(QUESTION_ID_PREFIX);
+                        let res = to.rsplit('/').next().unwrap_or_default();
+                        answer(res, n.parse().unwrap_or(0), listed)
+                    };
+                    h.up(&stanza)
+                }
+                5 => h.advance(Duration::from_millis(rng.random_range(0..3000))),
+                6 => {
+                    sent += 1;
+                    h.request(&format!("r{sent}"))
+                }
+                7 if !seen.forwarded.is_empty() => {
+                    let (id, member) = seen
+                        .forwarded
+                        .swap_remove(rng.random_range(0..seen.forwarded.len()));
+                    h.up(&format!(
+                        "<iq type='result' id='{id}' to='{D}/{ALICE}' from='{member}'/>"
+                    ))
+                }
+                8 if rng.random_bool(0.1) => {
+                    let mut out = Vec::new();
+                    h.r.upstream_lost(&mut out);
+                    h.r.upstream_online(&mut out);
+                    super::tests::render(out)
+                }
+                _ => continue,
+            };
+            seen.take(out);
+        }
+        served += h.r.stats().requests_routed;
+        refused += h.r.stats().admission.refused;
+        let mut out = Vec::new();
+        h.r.drain(&mut out);
+        seen.take(super::tests::render(out));
+        for i in 1..=sent {
+            let n = seen.answers.get(&format!("r{i}")).copied().unwrap_or(0);
+            assert_eq!(n, 1, "seed {seed}: request r{i} answered {n} times");
+        }
+        assert!(
+            h.r.pool()
+                .members()
+                .iter()
+                .all(|m| format!("{m:?}").contains("/good")),
+            "seed {seed}: {:?}",
+            h.r.pool().members()
+        );
+    }
+    assert!(
+        served > 100 && refused > 100,
+        "served {served}, refused {refused}"
+    );
+}

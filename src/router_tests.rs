@@ -77,7 +77,7 @@ impl H {
 }
 
 /// Actions as text: `UP <bytes>`, `I3 <bytes>`, `CLOSE3 <condition>`.
-fn render(actions: Vec<Action>) -> Vec<String> {
+pub(super) fn render(actions: Vec<Action>) -> Vec<String> {
     actions
         .into_iter()
         .map(|a| match a {
