@@ -467,13 +467,15 @@ impl Router {
     /// An instance finished its handshake: a member at once (instances
     /// are not qualified).
     pub fn instance_up(&mut self, id: InstanceId) {
-        // Nothing joining can write yet; `out` goes to the caller once
-        // joining can release what waits for a member.
+        // The core calls this without an `out`: joining writes nothing
+        // yet. Once a join can release requests waiting for a member
+        // (routing.hold_when_empty), this takes the core's `out`.
         self.member_joined(Member::Instance(id), &mut Vec::new());
     }
 
     /// Every pool join goes through here: an instance that connected, a
-    /// resource that qualified.
+    /// resource that qualified (see `router_admission.rs`), so whatever a
+    /// new member changes is done in one place.
     pub(crate) fn member_joined(&mut self, member: Member, _out: &mut Vec<Action>) {
         self.pool.add(member);
     }
