@@ -99,7 +99,8 @@ impl Core {
             // select prefers input, so under continuous input the sleep
             // would never be chosen and requests would outlive
             // iq_timeout. Nothing due costs one look at the oldest entry.
-            self.router.expire(Instant::now(), &mut actions);
+            self.router
+                .expire(Instant::now(), &mut self.rng, &mut actions);
             self.execute(&mut actions).await;
             self.publish();
         }

@@ -25,7 +25,8 @@
 //!   conditions ([`xml::StreamCondition`]) with the one reader of a
 //!   received `<stream:error>`.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
-//! - [`router`]: the routing table: one stanza in, actions out.
+//! - [`router`]: the routing table: one stanza in, actions out; which
+//!   client resources it admits to the pool is in `router_admission.rs`.
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`qualify`]: which client resources may join the pool: the name
 //!   rule, the disco#info question and its answer, XEP-0115 caps and

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::pool::Member;
+use crate::router::AdmissionStats;
 use crate::stanza::StanzaError;
 use crate::status::Status;
 // Where they were before `status` existed; tests still name them here.
@@ -141,6 +142,24 @@ fn member_labels(m: &Member) -> [(&'static str, String); 2] {
     }
 }
 
+/// Client resources kept out of the pool (`client_proxy.resources`,
+/// `require_feature`), and those not in it yet while asked.
+fn admission(e: &mut Enc<'_>, a: &AdmissionStats) -> Result<(), std::fmt::Error> {
+    counter(
+        e,
+        "jatproxy_members_refused",
+        "Client resources refused admission to the pool (by name, by disco#info feature, \
+         or for not answering it in time); one per refusal.",
+        a.refused,
+    )?;
+    gauge(
+        e,
+        "jatproxy_members_qualifying",
+        "Client resources asked their disco#info and not in the pool until they answer.",
+        i64::try_from(a.qualifying).unwrap_or(i64::MAX),
+    )
+}
+
 fn gauge_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -217,6 +236,7 @@ impl Collector for Snapshot {
                 ConstGauge::new(gauge_i64(n)).encode(d.encode_family(&[("kind", kind)])?)?;
             }
         }
+        admission(e, &st.admission)?;
         gauge(
             e,
             "jatproxy_pending_requests",
@@ -787,5 +807,18 @@ mod tests {
             text: None,
         };
         assert_eq!(handshake_reason(&e), ("refused", "conflict"));
+    }
+
+    #[test]
+    fn admission_renders_refusals_and_qualifying() {
+        let mut s = Status::default();
+        let t = render(&s);
+        assert_eq!(value(&t, "jatproxy_members_refused_total"), Some(0), "{t}");
+        assert_eq!(value(&t, "jatproxy_members_qualifying"), Some(0), "{t}");
+        s.stats.admission.refused = 3;
+        s.stats.admission.qualifying = 2;
+        let t = render(&s);
+        assert_eq!(value(&t, "jatproxy_members_refused_total"), Some(3), "{t}");
+        assert_eq!(value(&t, "jatproxy_members_qualifying"), Some(2), "{t}");
     }
 }

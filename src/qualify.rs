@@ -390,17 +390,12 @@ impl Caps {
                 return;
             };
             if depth == 2 && ns == NS_CAPS && local == "c" && found.is_none() {
-                let short = |v: Option<String>| v.filter(|v| v.len() <= MAX_CAPS_BYTES);
-                let ver = attr("ver").filter(|v| !v.is_empty() && v.len() <= MAX_CAPS_BYTES);
-                let (node, hash) = (attr("node"), attr("hash"));
-                let fits = [&node, &hash]
+                let (node, hash, ver) = (attr("node"), attr("hash"), attr("ver"));
+                let fits = [&node, &hash, &ver]
                     .iter()
                     .all(|v| v.as_ref().is_none_or(|v| v.len() <= MAX_CAPS_BYTES));
-                found = Some(ver.filter(|_| fits).map(|ver| Caps {
-                    node: short(node),
-                    hash: short(hash),
-                    ver,
-                }));
+                let ver = ver.filter(|v| fits && !v.is_empty());
+                found = Some(ver.map(|ver| Caps { node, hash, ver }));
             }
         });
         found.flatten()

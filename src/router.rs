@@ -43,6 +43,11 @@ use crate::time::later;
 use crate::xml::frame::{Kind, Limit, Stanza};
 use crate::xml::StreamCondition;
 
+#[path = "router_admission.rs"]
+mod admission;
+use admission::Admissions;
+pub use admission::{AdmissionStats, QUESTION_ID_PREFIX};
+
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
 #[derive(Debug, Clone)]
@@ -102,8 +107,8 @@ impl RouterConfig {
             iq_timeout: c.routing.iq_timeout,
             pending_capacity: NonZeroUsize::new(c.routing.pending_capacity)
                 .unwrap_or(NonZeroUsize::MIN),
-            admission: c.client_proxy.admission(),
-            continuity: c.routing.continuity(),
+            admission: c.client_proxy.admission.clone(),
+            continuity: c.routing.continuity.clone(),
         }
     }
 }
@@ -205,6 +210,8 @@ pub struct Stats {
     pub quarantines: u64,
     /// Members out of the rotation now (a gauge).
     pub members_quarantined: u64,
+    /// Resources refused and being qualified.
+    pub admission: AdmissionStats,
 }
 
 /// Per-member entries kept at most; a pool larger than this is summed
@@ -340,6 +347,8 @@ pub struct Router {
     withdrawn: u64,
     /// Requests waiting for an eligible member.
     hold: Hold,
+    /// Which target resources qualify for the pool.
+    admission: Admissions,
 }
 
 impl Router {
@@ -356,6 +365,7 @@ impl Router {
             backlog: Backlog::new(upstream_buffer),
             withdrawn: 0,
             hold: Hold::default(),
+            admission: Admissions::new(cfg.admission.clone()),
             cfg,
         }
     }
@@ -405,6 +415,7 @@ impl Router {
             self.pending.next_deadline(),
             self.hold.next_deadline(),
             self.pool.next_quarantine_end(),
+            self.admission.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -444,8 +455,9 @@ impl Router {
         self.cfg.subscribe = new.subscribe;
         self.cfg.max_write = new.max_write;
         self.cfg.continuity = new.continuity;
+        self.set_admission(new.admission);
         if self.cfg.target != new.target {
-            for m in self.pool.clear_resources() {
+            for m in self.clear_resources() {
                 self.fail_member(&m, now, rng, out);
             }
             self.cfg.target = new.target;
@@ -511,7 +523,7 @@ impl Router {
     /// clocks running.
     pub fn upstream_lost(&mut self, now: Instant, rng: &mut dyn RngCore, out: &mut Vec<Action>) {
         self.hold_unwritten(out);
-        for m in self.pool.clear_resources() {
+        for m in self.clear_resources() {
             self.fail_member(&m, now, rng, out);
         }
     }
@@ -548,8 +560,7 @@ impl Router {
 
     /// A member joins the pool as a new session. Every pool join goes
     /// through here: an instance on connect, a client resource on its
-    /// available presence (once qualified, where qualification is
-    /// configured). Requests held for want of an eligible member are sent
+    /// available presence (once qualified, see `router_admission.rs`). Requests held for want of an eligible member are sent
     /// to it, in arrival order. False when it was in the pool already.
     pub fn member_joined(&mut self, m: Member, now: Instant, out: &mut Vec<Action>) -> bool {
         if !self.pool.add(m.clone()) {
@@ -612,9 +623,11 @@ impl Router {
     }
 
     /// Answers every request whose deadline has passed and every held
-    /// request whose hold ended; members whose quarantine is over are
+    /// request whose hold ended, and refuses every resource that did not
+    /// answer its disco#info in time; members whose quarantine is over are
     /// back in the rotation, and take the held requests they may.
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub fn expire(&mut self, now: Instant, rng: &mut dyn RngCore, out: &mut Vec<Action>) {
+        self.expire_questions(now, rng, out);
         while let Some((key, entry)) = self.pending.pop_expired(now) {
             self.answer(key, entry.waiting, StanzaError::RemoteServerTimeout, out);
         }
@@ -841,7 +854,8 @@ impl Router {
 
     /// The target's presence to the bare domain: which of its resources
     /// are in the pool, and the subscription through which the server
-    /// tells the proxy.
+    /// tells the proxy. A resource joins only if it qualifies (see
+    /// `router_admission.rs`).
     fn presence_from_target(
         &mut self,
         st: &Stanza,
@@ -854,12 +868,9 @@ impl Router {
         let resource = Member::Resource(from.to_owned());
         let has_resource = jid::split(from).1.is_some();
         match st.stanza_type() {
-            None if has_resource => {
-                if self.member_joined(resource, now, out) {
-                    tracing::info!(member = from, "resource joined the pool");
-                }
-            }
+            None if has_resource => self.resource_available(st, from, now, rng, out),
             Some("unavailable") => {
+                self.resource_gone(from);
                 if self.pool.remove(&resource) {
                     tracing::info!(member = from, "resource left the pool");
                 }
@@ -867,7 +878,7 @@ impl Router {
             }
             Some("error") => {
                 // As the module: an error from the target drops all.
-                for m in self.pool.clear_resources() {
+                for m in self.clear_resources() {
                     self.fail_member(&m, now, rng, out);
                 }
             }
@@ -882,7 +893,7 @@ impl Router {
                 // The server sends no more presence of the target: its
                 // resources would stay in the pool, unseen when they
                 // leave. Out now; requests on them get their answer.
-                let gone = self.pool.clear_resources();
+                let gone = self.clear_resources();
                 tracing::warn!(
                     target_address = jid::bare(from),
                     resources_removed = gone.len(),
@@ -932,7 +943,10 @@ impl Router {
     ) {
         let (st, from) = (a.st, a.from);
         if st.is_iq_response() {
-            self.reply_from_upstream(st, from, &a.to, now, rng, out);
+            let bare = matches!(a.to, To::Bare);
+            if !(a.from_target && bare && self.qualification_reply(st, from, now, rng, out)) {
+                self.reply_from_upstream(st, from, &a.to, now, rng, out);
+            }
             return;
         }
         if !st.is_iq_request() {
@@ -1023,7 +1037,7 @@ impl Router {
             peer: peer.clone(),
             id: id.to_owned(),
         };
-        if self.pending.contains(&key) {
+        if self.pending.contains(&key) || self.reserved_for_questions(&peer, id) {
             self.error_reply(st, resource, StanzaError::Conflict, out);
             return;
         }
@@ -1967,3 +1981,7 @@ mod tests;
 #[cfg(test)]
 #[path = "router_skipped_tests.rs"]
 mod skipped_tests;
+
+#[cfg(test)]
+#[path = "router_admission_tests.rs"]
+mod admission_tests;

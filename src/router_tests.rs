@@ -11,7 +11,7 @@ const D: &str = "proxy.example.test";
 const T: &str = "impl@example.test";
 const ALICE: &str = "alice@example.test/phone";
 
-fn cfg() -> RouterConfig {
+pub(super) fn cfg() -> RouterConfig {
     RouterConfig {
         domain: D.into(),
         target: Some(T.into()),
@@ -29,16 +29,16 @@ fn cfg() -> RouterConfig {
     }
 }
 
-struct H {
-    r: Router,
-    rng: StdRng,
-    now: Instant,
+pub(super) struct H {
+    pub(super) r: Router,
+    pub(super) rng: StdRng,
+    pub(super) now: Instant,
 }
 
 impl H {
     /// A router whose server session is up: what it writes upstream is
     /// written, not held.
-    fn new(cfg: RouterConfig) -> Self {
+    pub(super) fn new(cfg: RouterConfig) -> Self {
         let mut r = Router::new(cfg, 64);
         r.upstream_online(&mut Vec::new());
         H {
@@ -48,7 +48,7 @@ impl H {
         }
     }
 
-    fn up(&mut self, xml: &str) -> Vec<String> {
+    pub(super) fn up(&mut self, xml: &str) -> Vec<String> {
         let st = parse_one(xml.as_bytes()).expect("test stanza frames");
         let mut out = Vec::new();
         self.r.from_upstream(&st, self.now, &mut self.rng, &mut out);
@@ -68,16 +68,16 @@ impl H {
         assert!(out.is_empty(), "{out:?}");
     }
 
-    fn advance(&mut self, d: Duration) -> Vec<String> {
+    pub(super) fn advance(&mut self, d: Duration) -> Vec<String> {
         self.now += d;
         let mut out = Vec::new();
-        self.r.expire(self.now, &mut out);
+        self.r.expire(self.now, &mut self.rng, &mut out);
         render(out)
     }
 }
 
 /// Actions as text: `UP <bytes>`, `I3 <bytes>`, `CLOSE3 <condition>`.
-fn render(actions: Vec<Action>) -> Vec<String> {
+pub(super) fn render(actions: Vec<Action>) -> Vec<String> {
     actions
         .into_iter()
         .map(|a| match a {
@@ -2264,7 +2264,7 @@ fn every_answer_to_a_request_upstream_is_marked_as_one() {
     h.up_actions(&format!("<iq type='get' id='t' to='{D}' from='{ALICE}'/>"));
     let mut timed_out = Vec::new();
     h.now += Duration::from_secs(31);
-    h.r.expire(h.now, &mut timed_out);
+    h.r.expire(h.now, &mut h.rng, &mut timed_out);
     // `t`, and the one of `i`/`j` that went to the resource.
     assert_eq!(classes(&timed_out), ["answer", "answer"]);
     // The instance's own traffic: a request (held by key), the rest.

@@ -163,10 +163,8 @@ fn check_config_refuses_bad_continuity_settings() {
     for (extra, starts) in rows {
         // [client_proxy] is already in the base text: put the key there.
         let text = match extra.strip_prefix("[client_proxy]\n") {
-            Some(key) => config_text("127.0.0.1:5347", "").replace(
-                "[client_proxy]\n",
-                &format!("[client_proxy]\n{key}\n"),
-            ),
+            Some(key) => config_text("127.0.0.1:5347", "")
+                .replace("[client_proxy]\n", &format!("[client_proxy]\n{key}\n")),
             None => config_text("127.0.0.1:5347", extra),
         };
         let path = write_config(dir.path(), &text);

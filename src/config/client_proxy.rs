@@ -84,16 +84,11 @@ pub struct ClientProxyConfig {
     /// Off, the subscription is provisioned out of band and only a `probe`
     /// is sent. The target's own `subscribe` is answered either way.
     pub subscribe: bool,
-    /// Only resources whose name matches join the pool; `None` admits
-    /// any (as the module does). Another process logged into the target
-    /// account (a videobridge sharing `focus@auth`) is kept out this way.
-    pub resources: Option<ResourceFilter>,
-    /// Only resources whose disco#info lists this feature var join the
-    /// pool; `None` asks nothing.
-    pub require_feature: Option<String>,
-    /// How long a resource gets to answer the disco#info; until then it
-    /// is not in the pool.
-    pub qualify_timeout: Duration,
+    /// `resources`, `require_feature`, `qualify_timeout`: which resources
+    /// join the pool, as the router reads them. Another process logged
+    /// into the target account (a videobridge sharing `focus@auth`) is
+    /// kept out this way; the default admits any, as the module does.
+    pub admission: Admission,
 }
 
 impl Default for ClientProxyConfig {
@@ -103,9 +98,7 @@ impl Default for ClientProxyConfig {
             jat: JatMode::default(),
             client_requests: defaults::CLIENT_REQUESTS,
             subscribe: defaults::SUBSCRIBE,
-            resources: None,
-            require_feature: None,
-            qualify_timeout: defaults::QUALIFY_TIMEOUT,
+            admission: Admission::default(),
         }
     }
 }
@@ -156,11 +149,12 @@ impl RawClientProxy {
             .as_deref()
             .map(|t| validate_target(t, component_domain))
             .transpose()?;
-        let resources = self.resources.as_deref().map(validate_resources).transpose()?;
-        let require_feature = self
-            .require_feature
-            .map(validate_feature)
+        let resources = self
+            .resources
+            .as_deref()
+            .map(validate_resources)
             .transpose()?;
+        let require_feature = self.require_feature.map(validate_feature).transpose()?;
         if target_address.is_none() {
             for (set, key) in [
                 (resources.is_some(), "client_proxy.resources"),
@@ -180,12 +174,14 @@ impl RawClientProxy {
             jat: self.jat.unwrap_or_default(),
             client_requests: self.client_requests.unwrap_or(defaults::CLIENT_REQUESTS),
             subscribe: self.subscribe.unwrap_or(defaults::SUBSCRIBE),
-            resources,
-            require_feature,
-            qualify_timeout: positive(
-                "client_proxy.qualify_timeout",
-                self.qualify_timeout.unwrap_or(defaults::QUALIFY_TIMEOUT),
-            )?,
+            admission: Admission {
+                resources,
+                require_feature,
+                qualify_timeout: positive(
+                    "client_proxy.qualify_timeout",
+                    self.qualify_timeout.unwrap_or(defaults::QUALIFY_TIMEOUT),
+                )?,
+            },
         })
     }
 }
@@ -193,7 +189,8 @@ impl RawClientProxy {
 /// A glob, or `re:` and a regex; checked here so that a bad pattern stops
 /// `--check-config`, not the first presence.
 fn validate_resources(raw: &str) -> Result<ResourceFilter, ConfigError> {
-    ResourceFilter::parse(raw).map_err(|e| ConfigError::invalid("client_proxy.resources", e.to_string()))
+    ResourceFilter::parse(raw)
+        .map_err(|e| ConfigError::invalid("client_proxy.resources", e.to_string()))
 }
 
 /// A disco feature var is compared byte for byte with what resources
@@ -266,19 +263,15 @@ impl ClientProxyConfig {
             self.jat,
             self.client_requests,
             self.subscribe,
-            quoted(self.resources.as_ref().map(ResourceFilter::as_str)),
-            quoted(self.require_feature.as_deref()),
-            fmt_duration(self.qualify_timeout),
+            quoted(
+                self.admission
+                    .resources
+                    .as_ref()
+                    .map(ResourceFilter::as_str)
+            ),
+            quoted(self.admission.require_feature.as_deref()),
+            fmt_duration(self.admission.qualify_timeout),
         );
-    }
-
-    /// What the router needs to decide which resources join the pool.
-    pub fn admission(&self) -> Admission {
-        Admission {
-            resources: self.resources.clone(),
-            require_feature: self.require_feature.clone(),
-            qualify_timeout: self.qualify_timeout,
-        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -297,10 +290,14 @@ impl ClientProxyConfig {
             jat: _,
             client_requests: _,
             subscribe: _,
-            resources: _,
-            require_feature: _,
-            qualify_timeout: _,
+            admission:
+                Admission {
+                    resources: _,
+                    require_feature: _,
+                    qualify_timeout: _,
+                },
         } = self;
+        let (old, new_a) = (&self.admission, &new.admission);
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
                 out(key, class);
@@ -328,18 +325,18 @@ impl ClientProxyConfig {
         // every resource's presence again and qualifies it under the new
         // one (requests in flight to resources follow the loss rules).
         check(
-            self.resources != new.resources,
+            old.resources != new_a.resources,
             "client_proxy.resources",
             Reconnect,
         );
         check(
-            self.require_feature != new.require_feature,
+            old.require_feature != new_a.require_feature,
             "client_proxy.require_feature",
             Reconnect,
         );
         // Applies to the next disco#info asked.
         check(
-            self.qualify_timeout != new.qualify_timeout,
+            old.qualify_timeout != new_a.qualify_timeout,
             "client_proxy.qualify_timeout",
             Live,
         );

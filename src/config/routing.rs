@@ -99,6 +99,28 @@ pub struct RoutingConfig {
     /// takes the place of the oldest, which is answered with
     /// `resource-constraint` (type `wait`), instead of growing the table.
     pub pending_capacity: usize,
+    /// `hold_when_empty`, `redispatch`, `retry_on`, `retry_limit`,
+    /// `quarantine_after`, `quarantine_for`: one group, as the router
+    /// reads them.
+    pub continuity: Continuity,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            balancing: Balancing::default(),
+            iq_timeout: defaults::IQ_TIMEOUT,
+            pending_capacity: defaults::PENDING_CAPACITY,
+            continuity: Continuity::default(),
+        }
+    }
+}
+
+/// What keeps requests alive through member changes (issue 13): the
+/// routing keys that decide what happens to a request when members come
+/// and go, or refuse it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Continuity {
     /// How long a request that finds no eligible member waits for one;
     /// zero answers it `service-unavailable` at once, as the module does.
     pub hold_when_empty: Duration,
@@ -116,12 +138,10 @@ pub struct RoutingConfig {
     pub quarantine_for: Duration,
 }
 
-impl Default for RoutingConfig {
+/// The configuration defaults (see `config.toml`).
+impl Default for Continuity {
     fn default() -> Self {
-        Self {
-            balancing: Balancing::default(),
-            iq_timeout: defaults::IQ_TIMEOUT,
-            pending_capacity: defaults::PENDING_CAPACITY,
+        Continuity {
             hold_when_empty: defaults::HOLD_WHEN_EMPTY,
             redispatch: Redispatch::default(),
             retry_on: Vec::new(),
@@ -130,18 +150,6 @@ impl Default for RoutingConfig {
             quarantine_for: defaults::QUARANTINE_FOR,
         }
     }
-}
-
-/// What keeps requests alive through member changes: the routing keys
-/// of issue 13 together, as the router reads them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Continuity {
-    pub hold_when_empty: Duration,
-    pub redispatch: Redispatch,
-    pub retry_on: Vec<StanzaCondition>,
-    pub retry_limit: u32,
-    pub quarantine_after: u32,
-    pub quarantine_for: Duration,
 }
 
 impl Continuity {
@@ -154,9 +162,7 @@ impl Continuity {
             hold_when_empty: Duration::ZERO,
             redispatch: Redispatch::Off,
             retry_on: Vec::new(),
-            retry_limit: defaults::RETRY_LIMIT,
-            quarantine_after: defaults::QUARANTINE_AFTER,
-            quarantine_for: defaults::QUARANTINE_FOR,
+            ..Continuity::default()
         }
     }
 }
@@ -253,7 +259,7 @@ impl RawRouting {
                  (set retry_limit to 1 or more, or remove retry_on)",
             ));
         }
-        Ok(RoutingConfig {
+        let continuity = Continuity {
             hold_when_empty: at_most_a_day(
                 "routing.hold_when_empty",
                 self.hold_when_empty.unwrap_or(defaults::HOLD_WHEN_EMPTY),
@@ -266,6 +272,9 @@ impl RawRouting {
                 "routing.quarantine_for",
                 self.quarantine_for.unwrap_or(defaults::QUARANTINE_FOR),
             )?,
+        };
+        Ok(RoutingConfig {
+            continuity,
             balancing: self.balancing.unwrap_or_default(),
             iq_timeout: positive(
                 "routing.iq_timeout",
@@ -303,10 +312,11 @@ fn conditions(names: Vec<String>) -> Result<Vec<StanzaCondition>, ConfigError> {
 impl RoutingConfig {
     /// This section's part of [`super::Config::summary`].
     pub(super) fn write_summary(&self, s: &mut String) {
-        let retry_on = if self.retry_on.is_empty() {
+        let k = &self.continuity;
+        let retry_on = if k.retry_on.is_empty() {
             "none".to_owned()
         } else {
-            let names: Vec<&str> = self.retry_on.iter().map(|c| c.as_str()).collect();
+            let names: Vec<&str> = k.retry_on.iter().map(|c| c.as_str()).collect();
             names.join(",")
         };
         let _ = write!(
@@ -317,24 +327,12 @@ impl RoutingConfig {
             self.balancing,
             fmt_duration(self.iq_timeout),
             self.pending_capacity,
-            fmt_duration(self.hold_when_empty),
-            self.redispatch,
-            self.retry_limit,
-            self.quarantine_after,
-            fmt_duration(self.quarantine_for),
+            fmt_duration(k.hold_when_empty),
+            k.redispatch,
+            k.retry_limit,
+            k.quarantine_after,
+            fmt_duration(k.quarantine_for),
         );
-    }
-
-    /// The keys that keep requests alive, as the router reads them.
-    pub fn continuity(&self) -> Continuity {
-        Continuity {
-            hold_when_empty: self.hold_when_empty,
-            redispatch: self.redispatch,
-            retry_on: self.retry_on.clone(),
-            retry_limit: self.retry_limit,
-            quarantine_after: self.quarantine_after,
-            quarantine_for: self.quarantine_for,
-        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -352,13 +350,17 @@ impl RoutingConfig {
             balancing: _,
             iq_timeout: _,
             pending_capacity: _,
-            hold_when_empty: _,
-            redispatch: _,
-            retry_on: _,
-            retry_limit: _,
-            quarantine_after: _,
-            quarantine_for: _,
+            continuity:
+                Continuity {
+                    hold_when_empty: _,
+                    redispatch: _,
+                    retry_on: _,
+                    retry_limit: _,
+                    quarantine_after: _,
+                    quarantine_for: _,
+                },
         } = self;
+        let (old, new_k) = (&self.continuity, &new.continuity);
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
                 out(key, class);
@@ -381,28 +383,28 @@ impl RoutingConfig {
         // Requests already held or members already quarantined keep the
         // deadline they were given.
         check(
-            self.hold_when_empty != new.hold_when_empty,
+            old.hold_when_empty != new_k.hold_when_empty,
             "routing.hold_when_empty",
             Live,
         );
         check(
-            self.redispatch != new.redispatch,
+            old.redispatch != new_k.redispatch,
             "routing.redispatch",
             Live,
         );
-        check(self.retry_on != new.retry_on, "routing.retry_on", Live);
+        check(old.retry_on != new_k.retry_on, "routing.retry_on", Live);
         check(
-            self.retry_limit != new.retry_limit,
+            old.retry_limit != new_k.retry_limit,
             "routing.retry_limit",
             Live,
         );
         check(
-            self.quarantine_after != new.quarantine_after,
+            old.quarantine_after != new_k.quarantine_after,
             "routing.quarantine_after",
             Live,
         );
         check(
-            self.quarantine_for != new.quarantine_for,
+            old.quarantine_for != new_k.quarantine_for,
             "routing.quarantine_for",
             Live,
         );

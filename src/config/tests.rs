@@ -104,21 +104,30 @@ fn defaults() {
     assert_eq!(c.client_proxy.jat, JatMode::Inline);
     assert!(c.client_proxy.client_requests);
     assert!(c.client_proxy.subscribe);
-    assert_eq!(c.client_proxy.resources, None);
-    assert_eq!(c.client_proxy.require_feature, None);
-    assert_eq!(c.client_proxy.qualify_timeout, Duration::from_secs(5));
-    assert_eq!(c.client_proxy.admission(), crate::qualify::Admission::default());
+    assert_eq!(c.client_proxy.admission.resources, None);
+    assert_eq!(c.client_proxy.admission.require_feature, None);
+    assert_eq!(
+        c.client_proxy.admission.qualify_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        c.client_proxy.admission,
+        crate::qualify::Admission::default()
+    );
 
     assert_eq!(c.routing, RoutingConfig::default());
     assert_eq!(c.routing.balancing, Balancing::Random);
     assert_eq!(c.routing.iq_timeout, Duration::from_secs(30));
     assert_eq!(c.routing.pending_capacity, 65536);
-    assert_eq!(c.routing.hold_when_empty, Duration::from_secs(10));
-    assert_eq!(c.routing.redispatch, Redispatch::Get);
-    assert!(c.routing.retry_on.is_empty());
-    assert_eq!(c.routing.retry_limit, 2);
-    assert_eq!(c.routing.quarantine_after, 3);
-    assert_eq!(c.routing.quarantine_for, Duration::from_secs(60));
+    assert_eq!(
+        c.routing.continuity.hold_when_empty,
+        Duration::from_secs(10)
+    );
+    assert_eq!(c.routing.continuity.redispatch, Redispatch::Get);
+    assert!(c.routing.continuity.retry_on.is_empty());
+    assert_eq!(c.routing.continuity.retry_limit, 2);
+    assert_eq!(c.routing.continuity.quarantine_after, 3);
+    assert_eq!(c.routing.continuity.quarantine_for, Duration::from_secs(60));
 
     assert_eq!(c.instances.listen, None);
     assert!(c.instances.secret.is_none());
@@ -225,30 +234,40 @@ fn file_values_override_defaults() {
     assert!(!c.client_proxy.client_requests);
     assert!(!c.client_proxy.subscribe);
     assert_eq!(
-        c.client_proxy.resources.as_ref().map(|f| f.as_str()),
+        c.client_proxy
+            .admission
+            .resources
+            .as_ref()
+            .map(|f| f.as_str()),
         Some("focus*")
     );
     assert_eq!(
-        c.client_proxy.require_feature.as_deref(),
+        c.client_proxy.admission.require_feature.as_deref(),
         Some("urn:example:conference")
     );
-    assert_eq!(c.client_proxy.qualify_timeout, Duration::from_secs(2));
+    assert_eq!(
+        c.client_proxy.admission.qualify_timeout,
+        Duration::from_secs(2)
+    );
     assert_eq!(c.routing.balancing, Balancing::LeastPending);
     assert_eq!(c.routing.iq_timeout, Duration::from_secs(90));
     assert_eq!(c.routing.pending_capacity, 10);
-    assert_eq!(c.routing.hold_when_empty, Duration::ZERO);
-    assert_eq!(c.routing.redispatch, Redispatch::All);
+    assert_eq!(c.routing.continuity.hold_when_empty, Duration::ZERO);
+    assert_eq!(c.routing.continuity.redispatch, Redispatch::All);
     // Repeats are kept once, in the order written.
     assert_eq!(
-        c.routing.retry_on,
+        c.routing.continuity.retry_on,
         [
             StanzaCondition::FeatureNotImplemented,
             StanzaCondition::ServiceUnavailable
         ]
     );
-    assert_eq!(c.routing.retry_limit, 5);
-    assert_eq!(c.routing.quarantine_after, 0);
-    assert_eq!(c.routing.quarantine_for, Duration::from_secs(300));
+    assert_eq!(c.routing.continuity.retry_limit, 5);
+    assert_eq!(c.routing.continuity.quarantine_after, 0);
+    assert_eq!(
+        c.routing.continuity.quarantine_for,
+        Duration::from_secs(300)
+    );
     assert_eq!(c.instances.listen, "[::1]:5348".parse().ok());
     assert_eq!(
         c.instances.secret.as_ref().map(Secret::expose),
@@ -461,26 +480,33 @@ fn every_flag_overrides_the_file() {
     assert!(!c.client_proxy.client_requests);
     assert!(!c.client_proxy.subscribe);
     assert_eq!(
-        c.client_proxy.resources.as_ref().map(|f| f.as_str()),
+        c.client_proxy
+            .admission
+            .resources
+            .as_ref()
+            .map(|f| f.as_str()),
         Some("re:cli-[0-9]+")
     );
-    assert_eq!(c.client_proxy.require_feature.as_deref(), Some("urn:cli"));
-    assert_eq!(c.client_proxy.qualify_timeout, s(20));
+    assert_eq!(
+        c.client_proxy.admission.require_feature.as_deref(),
+        Some("urn:cli")
+    );
+    assert_eq!(c.client_proxy.admission.qualify_timeout, s(20));
     assert_eq!(c.routing.balancing, Balancing::Sticky);
     assert_eq!(c.routing.iq_timeout, s(7));
     assert_eq!(c.routing.pending_capacity, 8);
-    assert_eq!(c.routing.hold_when_empty, s(21));
-    assert_eq!(c.routing.redispatch, Redispatch::All);
+    assert_eq!(c.routing.continuity.hold_when_empty, s(21));
+    assert_eq!(c.routing.continuity.redispatch, Redispatch::All);
     assert_eq!(
-        c.routing.retry_on,
+        c.routing.continuity.retry_on,
         [
             StanzaCondition::FeatureNotImplemented,
             StanzaCondition::ServiceUnavailable
         ]
     );
-    assert_eq!(c.routing.retry_limit, 22);
-    assert_eq!(c.routing.quarantine_after, 23);
-    assert_eq!(c.routing.quarantine_for, s(24));
+    assert_eq!(c.routing.continuity.retry_limit, 22);
+    assert_eq!(c.routing.continuity.quarantine_after, 23);
+    assert_eq!(c.routing.continuity.quarantine_for, s(24));
     assert_eq!(c.instances.listen, "127.0.0.1:9".parse().ok());
     assert_eq!(
         c.instances.secret.as_ref().map(Secret::expose),
@@ -1373,7 +1399,7 @@ fn redispatch_spellings() {
         ("all", Redispatch::All),
     ] {
         let c = parse_ok(&with("routing", &format!("redispatch = {s:?}")));
-        assert_eq!(c.routing.redispatch, r);
+        assert_eq!(c.routing.continuity.redispatch, r);
         assert_eq!(r.to_string(), s);
         assert_eq!(cli(&["--redispatch", s]).routing.redispatch, Some(r));
     }
@@ -1387,7 +1413,7 @@ fn redispatch_spellings() {
 #[test]
 fn retry_on_and_its_limit() {
     let c = parse_ok(&with("routing", "retry_limit = 0"));
-    assert_eq!(c.routing.retry_limit, 0);
+    assert_eq!(c.routing.continuity.retry_limit, 0);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_file(
         dir.path(),
@@ -1400,7 +1426,7 @@ fn retry_on_and_its_limit() {
         &no_env,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(c.routing.retry_on.is_empty());
+    assert!(c.routing.continuity.retry_on.is_empty());
     let e = load_with_env(&cli(&["--config", &file, "--retry-limit", "0"]), &no_env)
         .expect_err("retry_on from the file, limit 0 from the flag");
     assert_eq!(e.key(), Some("routing.retry_limit"), "{e}");
@@ -1422,7 +1448,7 @@ fn continuity_and_admission_as_the_router_reads_them() {
             "[client_proxy]\nresources = \"re:focus|jicofo\"\nrequire_feature = \"urn:x\""
         )
     ));
-    let k = c.routing.continuity();
+    let k = &c.routing.continuity;
     assert_eq!(k.hold_when_empty, Duration::from_secs(3));
     assert_eq!(k.redispatch, Redispatch::Get);
     assert_eq!(k.retry_on, [StanzaCondition::Gone]);
@@ -1430,7 +1456,7 @@ fn continuity_and_admission_as_the_router_reads_them() {
         (k.retry_limit, k.quarantine_after, k.quarantine_for),
         (2, 3, Duration::from_secs(60))
     );
-    let a = c.client_proxy.admission();
+    let a = &c.client_proxy.admission;
     let filter = a.resources.as_ref().expect("set");
     assert!(filter.matches("jicofo") && !filter.matches("jicofo2"));
     assert_eq!(a.require_feature.as_deref(), Some("urn:x"));
@@ -1440,7 +1466,7 @@ fn continuity_and_admission_as_the_router_reads_them() {
         "routing",
         "hold_when_empty = \"0s\"\nredispatch = \"none\"",
     ));
-    assert_eq!(off.routing.continuity(), Continuity::off());
+    assert_eq!(off.routing.continuity, Continuity::off());
 }
 
 /// How a reload applies each new key (see `reload`).
@@ -1448,15 +1474,60 @@ fn continuity_and_admission_as_the_router_reads_them() {
 fn reload_classes_of_the_continuity_keys() {
     let old = parse_ok(MINIMAL);
     let rows: &[(&str, &str, &str, ReloadClass)] = &[
-        ("client_proxy", "resources = \"focus*\"", "client_proxy.resources", ReloadClass::Reconnect),
-        ("client_proxy", "require_feature = \"urn:x\"", "client_proxy.require_feature", ReloadClass::Reconnect),
-        ("client_proxy", "qualify_timeout = \"1s\"", "client_proxy.qualify_timeout", ReloadClass::Live),
-        ("routing", "hold_when_empty = \"1s\"", "routing.hold_when_empty", ReloadClass::Live),
-        ("routing", "redispatch = \"all\"", "routing.redispatch", ReloadClass::Live),
-        ("routing", "retry_on = [\"gone\"]", "routing.retry_on", ReloadClass::Live),
-        ("routing", "retry_limit = 1", "routing.retry_limit", ReloadClass::Live),
-        ("routing", "quarantine_after = 1", "routing.quarantine_after", ReloadClass::Live),
-        ("routing", "quarantine_for = \"1s\"", "routing.quarantine_for", ReloadClass::Live),
+        (
+            "client_proxy",
+            "resources = \"focus*\"",
+            "client_proxy.resources",
+            ReloadClass::Reconnect,
+        ),
+        (
+            "client_proxy",
+            "require_feature = \"urn:x\"",
+            "client_proxy.require_feature",
+            ReloadClass::Reconnect,
+        ),
+        (
+            "client_proxy",
+            "qualify_timeout = \"1s\"",
+            "client_proxy.qualify_timeout",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "hold_when_empty = \"1s\"",
+            "routing.hold_when_empty",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "redispatch = \"all\"",
+            "routing.redispatch",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "retry_on = [\"gone\"]",
+            "routing.retry_on",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "retry_limit = 1",
+            "routing.retry_limit",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "quarantine_after = 1",
+            "routing.quarantine_after",
+            ReloadClass::Live,
+        ),
+        (
+            "routing",
+            "quarantine_for = \"1s\"",
+            "routing.quarantine_for",
+            ReloadClass::Live,
+        ),
     ];
     for (section, line, key, class) in rows {
         let new = parse_ok(&with(section, line));
