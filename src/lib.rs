@@ -63,7 +63,7 @@
 pub mod app;
 pub mod backlog;
 pub mod config;
-pub mod conn;
+pub mod connection;
 pub mod core;
 pub mod event;
 pub mod handshake;
