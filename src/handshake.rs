@@ -47,7 +47,9 @@ use crate::xml::{
     StreamHeader,
 };
 
-/// Where they were first defined; [`Connection::close`] writes them now.
+/// The stream-error bytes live with the [`Connection`] that writes them
+/// ([`Connection::close`]); re-exported here, beside the other XEP-0114
+/// bytes, where the core, the tests and the fuzz targets use them.
 pub use crate::connection::{stream_error, STREAM_END};
 
 /// The server's answer to a correct handshake.

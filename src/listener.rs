@@ -3,7 +3,7 @@
 //! Instances connect here exactly as they would to the XMPP server's
 //! component port, unchanged. Connections are capped (all, and those
 //! still in the handshake); accept errors are logged and retried after a
-//! pause, never ending the listener.
+//! pause (which shutdown cuts short), never ending the listener.
 //!
 //! A stream that ends — closed by the proxy, by the instance, or by a
 //! failed write — is not read any further, and its connection is gone
@@ -13,6 +13,9 @@
 //! the instance keeps taking bytes, and is cut once it has taken none for
 //! `instances.stall_timeout` or half the shutdown grace, whichever is
 //! shorter.
+//!
+//! Each instance is a [`Connection`]: this module decides when to read,
+//! close and give up on it, not how bytes are framed or written.
 //!
 //! It talks to the core only through [`crate::event::Event`] and may not
 //! import the core or the app, which bind its socket and start it.
@@ -245,20 +248,13 @@ struct Accepted {
     slots: Slots,
 }
 
-async fn instance(accepted: Accepted, shared: Shared) {
-    let Accepted {
-        sock,
-        peer,
-        id,
-        cfg,
-        secret,
-        slots,
-    } = accepted;
+async fn instance(a: Accepted, shared: Shared) {
     // Held until the end of this function, which comes only once the
     // socket is closed.
-    let _all = slots.all;
-    let conn = Connection::new(sock, cfg.limits.instance_framer(), cfg.limits.tokenizer);
-    let Some(conn) = authenticate(conn, &cfg, &secret, slots.handshake, &shared).await else {
+    let _all = a.slots.all;
+    let (cfg, id, peer) = (a.cfg, a.id, a.peer);
+    let conn = Connection::new(a.sock, cfg.limits.instance_framer(), cfg.limits.tokenizer);
+    let Some(conn) = authenticate(conn, &cfg, &a.secret, a.slots.handshake, &shared).await else {
         return;
     };
     tracing::info!(peer.addr = %peer, "instance connected");
@@ -424,5 +420,67 @@ mod tests {
         // A connection that ends normally has said so itself.
         contain_panic(async {}, 8, events).await;
         assert!(rx.try_recv().is_err());
+    }
+
+    /// The pause after a failed accept (out of file descriptors, say)
+    /// ends when shutdown comes, not when the pause is over: the
+    /// listener holds up no shutdown. Virtual time: the pause would
+    /// otherwise pass unnoticed.
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_after_a_failed_accept_ends_at_shutdown() {
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            cancel.cancel();
+        });
+        let mut calls = 0;
+        let failing_once = || {
+            calls += 1;
+            let first = calls == 1;
+            async move {
+                if first {
+                    Err(std::io::Error::other("too many open files"))
+                } else {
+                    std::future::pending::<std::io::Result<()>>().await
+                }
+            }
+        };
+        let mut pause = MAX_PAUSE;
+        let t0 = tokio::time::Instant::now();
+        assert!(accept_next(failing_once, &mut pause, &shutdown)
+            .await
+            .is_none());
+        let waited = tokio::time::Instant::now() - t0;
+        assert!(
+            waited < MAX_PAUSE,
+            "shutdown waited {waited:?} for the pause"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_double_the_pause_up_to_the_cap_and_a_success_resets_it() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let fails_twice = || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n <= 2 {
+                    Err(std::io::Error::other("too many open files"))
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        let mut pause = MAX_PAUSE / 2 + Duration::from_millis(1);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            accept_next(fails_twice, &mut pause, &shutdown).await,
+            Some(3)
+        );
+        let waited = tokio::time::Instant::now() - t0;
+        assert_eq!(waited, MAX_PAUSE / 2 + Duration::from_millis(1) + MAX_PAUSE);
+        assert_eq!(pause, FIRST_PAUSE);
     }
 }
