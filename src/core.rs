@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::conn::Out;
+use crate::connection::Out;
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
@@ -535,11 +535,11 @@ mod tests {
         ) -> (
             mpsc::Receiver<Out>,
             oneshot::Receiver<bytes::Bytes>,
-            Arc<crate::conn::Progress>,
+            Arc<crate::connection::Progress>,
         ) {
             let (tx, rx) = mpsc::channel(queue);
             let (urgent, urgent_rx) = oneshot::channel();
-            let progress = Arc::new(crate::conn::Progress::new());
+            let progress = Arc::new(crate::connection::Progress::new());
             let link = InstanceLink {
                 tx,
                 closing: CancellationToken::new(),

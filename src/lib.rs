@@ -40,11 +40,15 @@
 //! - [`config`]: settings from `config.toml` and flags, validated.
 //!
 //! I/O:
-//! - [`handshake`]: XEP-0114 on both sides (connecting upstream, accepting
-//!   instances), and the header, handshake and stream-error bytes they share.
+//! - [`connection`]: one stream over one socket, as every connection task
+//!   holds it: [`connection::Connection`] (made from a socket and the
+//!   framer limits; `read_frame`, `send`, `close(condition)`), then its
+//!   reader and the handle on its batched writer task, which aborts the
+//!   task when dropped. Imports nothing that runs the proxy.
+//! - [`handshake`]: XEP-0114 on both sides (logging in upstream, admitting
+//!   instances) over a `Connection`, and the header and handshake bytes.
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
 //! - [`listener`]: the listener for component instances.
-//! - [`conn`]: the batched writer every connection uses.
 //! - [`metrics`]: the Prometheus endpoint (rendering and its HTTP server).
 //! - [`reload`]: what a configuration reload changes, and how (pure).
 //!
@@ -63,7 +67,7 @@
 pub mod app;
 pub mod backlog;
 pub mod config;
-pub mod conn;
+pub mod connection;
 pub mod core;
 pub mod event;
 pub mod handshake;
