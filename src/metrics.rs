@@ -175,15 +175,29 @@ impl Collector for Snapshot {
         )?;
         gauge(
             e,
+            "jatproxy_upstream_buffer",
+            "Stanzas held while the upstream session is down (bounded by limits.upstream_buffer).",
+            gauge_i64(s.upstream_buffer),
+        )?;
+        counter(
+            e,
+            "jatproxy_upstream_buffer_dropped",
+            "Stanzas dropped because limits.upstream_buffer was full (never iq responses).",
+            s.upstream_buffer_dropped,
+        )?;
+        // The old names of the two above, which dashboards use: kept for
+        // one release as aliases, removed in the next.
+        gauge(
+            e,
             "jatproxy_upstream_backlog",
-            "Stanzas held while the upstream session is down.",
-            gauge_i64(s.backlog),
+            "Deprecated alias of jatproxy_upstream_buffer, removed in the next release.",
+            gauge_i64(s.upstream_buffer),
         )?;
         counter(
             e,
             "jatproxy_upstream_backlog_dropped",
-            "Stanzas dropped because the upstream backlog was full (never iq responses).",
-            s.backlog_dropped,
+            "Deprecated alias of jatproxy_upstream_buffer_dropped_total, removed in the next release.",
+            s.upstream_buffer_dropped,
         )?;
         counter(
             e,
@@ -606,8 +620,8 @@ mod tests {
                 Member::Instance(4),
             ],
             pending: 5,
-            backlog: 6,
-            backlog_dropped: 7,
+            upstream_buffer: 6,
+            upstream_buffer_dropped: 7,
             requests_withdrawn: 8,
             ..Status::default()
         };
@@ -651,6 +665,9 @@ mod tests {
             ("jatproxy_pool_members{kind=\"resource\"}", 1),
             ("jatproxy_pool_members{kind=\"instance\"}", 1),
             ("jatproxy_pending_requests", 5),
+            ("jatproxy_upstream_buffer", 6),
+            ("jatproxy_upstream_buffer_dropped_total", 7),
+            // The deprecated aliases say the same.
             ("jatproxy_upstream_backlog", 6),
             ("jatproxy_upstream_backlog_dropped_total", 7),
             ("jatproxy_upstream_requests_withdrawn_total", 8),

@@ -115,7 +115,7 @@ async fn server_closing_mid_stanza_loses_no_request() {
     drop(s);
     assert!(
         proxy
-            .wait_for(WAIT, |st| !st.upstream_online && st.backlog == 5)
+            .wait_for(WAIT, |st| !st.upstream_online && st.upstream_buffer == 5)
             .await
     );
     // After reconnecting, the five requesters get their one answer each:
@@ -280,7 +280,11 @@ async fn answers_held_past_the_upstream_buffer_all_arrive() {
             .await
     );
     let held = proxy.status();
-    assert_eq!((held.backlog, held.backlog_dropped), (n, 0), "{held:?}");
+    assert_eq!(
+        (held.upstream_buffer, held.upstream_buffer_dropped),
+        (n, 0),
+        "{held:?}"
+    );
     let mut s = server.accept().await;
     assert_eq!(s.r.recv().await.stanza_type(), Some("subscribe"));
     let mut answered: std::collections::HashMap<String, u32> = Default::default();
