@@ -11,11 +11,11 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::differences::module_differences;
 use support::flows::{error_of, load, responder};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
 
@@ -39,32 +39,10 @@ async fn prosody(provisioned: bool) -> Prosody {
 
 async fn proxy(p: &Prosody, extra: &str) -> Proxy {
     let toml = format!(
-        r#"
-[upstream]
-server = "{}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "50ms"
-reconnect_max = "500ms"
-
-[client_proxy]
-target_address = "{T}"
-
-[routing]
-iq_timeout = "10s"
-{extra}
-"#,
-        p.component_addr()
+        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n\n[routing]\niq_timeout = \"10s\"\n{extra}\n",
+        upstream_toml(p.component_addr())
     );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; prosody log:\n{}",
-        p.log_tail(30)
-    );
-    proxy
+    start_registered(&toml, || p.log_tail(30)).await
 }
 
 async fn client(p: &Prosody, jid: &str) -> TestClient {

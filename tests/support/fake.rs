@@ -55,6 +55,29 @@ pub fn instances_config_with_upstream(
     instances: &str,
     rest: &str,
 ) -> config::Config {
+    config_for(
+        server,
+        upstream,
+        &format!(
+            "[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n{instances}\n\n{rest}"
+        ),
+    )
+}
+
+/// jatproxy as a client proxy for the account [`T`] (no instance pool),
+/// its upstream pointed at `server`; `extra` is appended after the
+/// `[client_proxy]` table (whole tables such as `[routing]`).
+pub fn client_proxy_config(server: &str, extra: &str) -> config::Config {
+    config_for(
+        server,
+        "",
+        &format!("[client_proxy]\ntarget_address = \"{T}\"\n{extra}"),
+    )
+}
+
+/// The settings every fake-server test shares, with `upstream` added to
+/// the `[upstream]` table and `pool` (whole tables) after them.
+fn config_for(server: &str, upstream: &str, pool: &str) -> config::Config {
     let toml = format!(
         r#"
 [upstream]
@@ -71,39 +94,7 @@ handshake_timeout = "5s"
 [service]
 shutdown_grace = "400ms"
 
-[instances]
-listen = "127.0.0.1:0"
-secret = "{INSTANCE_SECRET}"
-{instances}
-
-{rest}
-"#
-    );
-    config::from_toml_str(&toml).expect("test config is valid")
-}
-
-/// jatproxy as a client proxy for the account [`T`] (no instance pool),
-/// its upstream pointed at `server`; `extra` is appended after the
-/// `[client_proxy]` table (whole tables such as `[routing]`).
-pub fn client_proxy_config(server: &str, extra: &str) -> config::Config {
-    let toml = format!(
-        r#"
-[upstream]
-server = "{server}"
-domain = "{D}"
-secret = "{UPSTREAM_SECRET}"
-reconnect_min = "20ms"
-reconnect_max = "200ms"
-handshake_timeout = "5s"
-
-# The fake server does not answer our </stream:stream>: after shutdown
-# jatproxy waits half the grace for it (to answer late requests).
-[service]
-shutdown_grace = "400ms"
-
-[client_proxy]
-target_address = "{T}"
-{extra}
+{pool}
 "#
     );
     config::from_toml_str(&toml).expect("test config is valid")

@@ -10,6 +10,7 @@ pub mod flows;
 pub mod prosody;
 pub mod relay;
 pub mod scrape;
+pub mod setup;
 pub mod xmpp;
 
 use std::time::Duration;
