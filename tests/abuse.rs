@@ -1288,24 +1288,33 @@ async fn secrets_never_reach_the_logs_at_trace_level() {
 // Dead-link detection
 // ---------------------------------------------------------------------------
 
-/// A server that stops answering (no FIN, no RST: the fake just goes
-/// silent) is pinged after `ping_interval`, given up after
-/// `ping_timeout`, and replaced by a new session; the instance stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_upstream_link_is_pinged_and_replaced() {
+/// The binary with `upstream` in its `[upstream]` table, its session with
+/// the fake server, and an instance ("stays") serving requests.
+async fn pinging(upstream: &'static str) -> (FakeServer, Bin, Session, Echo) {
     let server = FakeServer::bind().await;
     let bin = Bin::start(
         &server,
         Settings {
-            upstream:
-                "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
+            upstream,
             ..Settings::default()
         },
         &[],
     );
     let mut up = server.accept().await;
     listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+    let echo = Echo::ready(bin.listen, &mut up, "stays").await;
+    (server, bin, up, echo)
+}
+
+/// A server that stops answering (no FIN, no RST: the fake just goes
+/// silent) is pinged after `ping_interval`, given up after
+/// `ping_timeout`, and replaced by a new session; the instance stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_link_is_pinged_and_replaced() {
+    let (server, bin, mut up, mut echo) = pinging(
+        "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
+    )
+    .await;
     echo.serve_one(&mut up, "before").await;
     let t0 = Instant::now();
     let ping = up.r.recv().await;
@@ -1337,18 +1346,8 @@ async fn dead_upstream_link_is_pinged_and_replaced() {
 /// (no error comes back for them), and requests flow in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_pings_keep_the_link() {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
-        Settings {
-            upstream: "ping_interval = \"200ms\"\nping_timeout = \"300ms\"",
-            ..Settings::default()
-        },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+    let (server, bin, mut up, mut echo) =
+        pinging("ping_interval = \"200ms\"\nping_timeout = \"300ms\"").await;
     let answer = |ping: &jatproxy::xml::Stanza| {
         assert!(text(ping).contains("urn:xmpp:ping"), "{}", text(ping));
         format!(
