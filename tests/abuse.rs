@@ -234,6 +234,20 @@ async fn read_to_close(s: &mut TcpStream, wait: Duration) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Sends `note` on `s`, which jatproxy must relay to the server as it is,
+/// then ends the stream, which jatproxy must close without a stream error.
+async fn relayed_then_closed(s: &mut TcpStream, up: &mut Session, note: &str) {
+    s.write_all(note.as_bytes()).await.expect("write");
+    let relayed = up.r.recv().await;
+    assert_eq!(text(&relayed), note);
+    s.write_all(handshake::STREAM_END).await.expect("end");
+    let got = read_to_close(s, WAIT).await;
+    assert!(
+        got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
+        "{got:?}"
+    );
+}
+
 /// The defined condition of the stream error in `text`, if any, and
 /// whether the stream was closed after it.
 fn stream_error(text: &str) -> Option<String> {
@@ -822,15 +836,7 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
         let note = format!(
             "<message from='{D}' to='alice@example.test'><body>still here</body></message>"
         );
-        s.write_all(note.as_bytes()).await.expect("write");
-        let relayed = up.r.recv().await;
-        assert_eq!(text(&relayed), note);
-        s.write_all(handshake::STREAM_END).await.expect("end");
-        let got = read_to_close(&mut s, WAIT).await;
-        assert!(
-            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
-            "{got:?}"
-        );
+        relayed_then_closed(&mut s, &mut up, &note).await;
         echo.serve_one(&mut up, "second handshake").await;
     }
 
@@ -841,15 +847,7 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
         let note = format!(
             "<message from='room@{D}./nick' to='alice@example.test'><body>dot</body></message>"
         );
-        s.write_all(note.as_bytes()).await.expect("write");
-        let relayed = up.r.recv().await;
-        assert_eq!(text(&relayed), note);
-        s.write_all(handshake::STREAM_END).await.expect("end");
-        let got = read_to_close(&mut s, WAIT).await;
-        assert!(
-            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
-            "{got:?}"
-        );
+        relayed_then_closed(&mut s, &mut up, &note).await;
         echo.serve_one(&mut up, "trailing dot").await;
     }
 

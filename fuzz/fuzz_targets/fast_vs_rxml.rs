@@ -16,17 +16,12 @@ use jatproxy_fuzz::{ChunkedInput, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(ChunkedInput {
-        control,
-        sizes,
-        limits,
-        payload,
-    }) = ChunkedInput::parse(data)
-    else {
+    let Some(c) = ChunkedInput::parse(data) else {
         return;
     };
+    let (sizes, limits, payload) = (c.sizes, c.limits, c.payload);
     let mut input = Vec::with_capacity(HEADER.len() + payload.len());
-    if control & 0x80 == 0 {
+    if c.control & 0x80 == 0 {
         input.extend_from_slice(HEADER);
     }
     input.extend_from_slice(payload);

@@ -18,17 +18,12 @@ use jatproxy_fuzz::{merged, run_chunked, stream_text, ChunkedInput, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(ChunkedInput {
-        sizes,
-        limits,
-        payload,
-        ..
-    }) = ChunkedInput::parse(data)
-    else {
+    let Some(c) = ChunkedInput::parse(data) else {
         return;
     };
+    let (sizes, limits) = (c.sizes, c.limits);
     let mut input = HEADER.to_vec();
-    input.extend_from_slice(payload);
+    input.extend_from_slice(c.payload);
 
     let whole = run_chunked(&input, &[input.len()], limits);
     let pieces = run_chunked(&input, &sizes, limits);
