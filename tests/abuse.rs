@@ -203,6 +203,17 @@ fn free_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A fake server, the binary started against it with `settings`, its
+/// upstream session, and an instance `name` serving requests.
+async fn with_echo(settings: Settings, name: &str) -> (FakeServer, Bin, Session, Echo) {
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(&server, settings, &[]);
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let echo = Echo::ready(bin.listen, &mut up, name).await;
+    (server, bin, up, echo)
+}
+
 /// Waits until the binary's listener accepts connections.
 async fn listener_up(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;
@@ -620,19 +631,15 @@ async fn unauthenticated(addr: SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_and_memory_stays_bounded() {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (server, bin, mut up, mut echo) = with_echo(
         Settings {
             instances: "max_unauthenticated = 4",
             extra: "[limits]\nheader_timeout = \"1s\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+        "good",
+    )
+    .await;
     echo.serve_one(&mut up, "start").await;
     let rss_start = bin.rss_kib();
 
@@ -1053,20 +1060,16 @@ fn format_table(outcomes: &[Outcome]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_stanza_after_the_handshake_meets_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(2);
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (_server, bin, mut up, mut echo) = with_echo(
         Settings {
             // A request stuck on the dribbling instance (it is in the
             // pool) makes it the busier one: the rest go to "good".
             extra: "[limits]\nidle_timeout = \"2s\"\n[routing]\nbalancing = \"least-pending\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+        "good",
+    )
+    .await;
     let stanza = format!(
         "<message from='{D}' to='alice@example.test'><body>slow, slow, slow</body></message>"
     );
@@ -1106,18 +1109,15 @@ async fn slowloris_stanza_after_the_handshake_meets_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_pending_closes_streams_and_exits_zero() {
-    let server = FakeServer::bind().await;
-    let mut bin = Bin::start(
-        &server,
+    let (_server, mut bin, mut up, echo) = with_echo(
         Settings {
             extra: "[service]\nshutdown_grace = \"3s\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut inst = Echo::ready(bin.listen, &mut up, "holder").await.inst;
+        "holder",
+    )
+    .await;
+    let mut inst = echo.inst;
     // Three requests the instance reads and never answers.
     for i in 0..3 {
         up.w.send(&format!(
@@ -1286,31 +1286,18 @@ async fn secrets_never_reach_the_logs_at_trace_level() {
 // Dead-link detection
 // ---------------------------------------------------------------------------
 
-/// The binary with `upstream` in its `[upstream]` table, its session with
-/// the fake server, and an instance ("stays") serving requests.
-async fn pinging(upstream: &'static str) -> (FakeServer, Bin, Session, Echo) {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
-        Settings {
-            upstream,
-            ..Settings::default()
-        },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let echo = Echo::ready(bin.listen, &mut up, "stays").await;
-    (server, bin, up, echo)
-}
-
 /// A server that stops answering (no FIN, no RST: the fake just goes
 /// silent) is pinged after `ping_interval`, given up after
 /// `ping_timeout`, and replaced by a new session; the instance stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_upstream_link_is_pinged_and_replaced() {
-    let (server, bin, mut up, mut echo) = pinging(
-        "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
+    let (server, bin, mut up, mut echo) = with_echo(
+        Settings {
+            upstream:
+                "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
+            ..Settings::default()
+        },
+        "stays",
     )
     .await;
     echo.serve_one(&mut up, "before").await;
@@ -1344,8 +1331,14 @@ async fn dead_upstream_link_is_pinged_and_replaced() {
 /// (no error comes back for them), and requests flow in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_pings_keep_the_link() {
-    let (server, bin, mut up, mut echo) =
-        pinging("ping_interval = \"200ms\"\nping_timeout = \"300ms\"").await;
+    let (server, bin, mut up, mut echo) = with_echo(
+        Settings {
+            upstream: "ping_interval = \"200ms\"\nping_timeout = \"300ms\"",
+            ..Settings::default()
+        },
+        "stays",
+    )
+    .await;
     let answer = |ping: &jatproxy::xml::Stanza| {
         assert!(text(ping).contains("urn:xmpp:ping"), "{}", text(ping));
         format!(
