@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use fake::{error_condition, text, FakeInstance, FakeServer, Session, D, INSTANCE_SECRET, WAIT};
 use jatproxy::handshake;
 use jatproxy::xml::StreamCondition;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Peak resident memory allowed for the whole abuse run. The largest
@@ -232,7 +232,7 @@ fn instance_header() -> String {
 }
 
 /// Reads until the peer closes (or `wait` passes) and returns everything.
-async fn read_to_close(s: &mut TcpStream, wait: Duration) -> String {
+async fn read_to_close(s: &mut (impl AsyncRead + Unpin), wait: Duration) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + wait;
@@ -331,18 +331,7 @@ async fn send_and_expect(bin: &Bin, case: &'static str, mut s: TcpStream, bytes:
         std::future::pending::<()>().await;
     };
     let text = tokio::select! {
-        t = async {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        } => t,
+        t = read_to_close(&mut r, WAIT) => t,
         _ = write => unreachable!(),
     };
     let took = t0.elapsed();
