@@ -548,20 +548,8 @@ async fn dribble(
             }
             std::future::pending::<()>().await;
         };
-        let read = async {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        };
         tokio::select! {
-            g = read => g,
+            g = read_to_close(&mut r, WAIT) => g,
             _ = write => unreachable!(),
         }
     };
