@@ -400,8 +400,8 @@ impl Core {
     fn publish(&mut self) {
         self.status.pool = self.router.pool().members().to_vec();
         self.status.pending = self.router.pending_len();
-        self.status.backlog = self.router.backlog().len();
-        self.status.backlog_dropped = self.router.backlog().dropped();
+        self.status.upstream_buffer = self.router.backlog().len();
+        self.status.upstream_buffer_dropped = self.router.backlog().dropped();
         self.status.requests_withdrawn = self.router.requests_withdrawn();
         self.status.stats = self.router.stats().clone();
         let snapshot = &self.status;
@@ -663,9 +663,9 @@ mod tests {
             .await;
         }
         let st = h
-            .wait_for(|s| !s.upstream_online && s.backlog_dropped == 2)
+            .wait_for(|s| !s.upstream_online && s.upstream_buffer_dropped == 2)
             .await;
-        assert_eq!(st.backlog, resource_requests as usize + 2, "{st:?}");
+        assert_eq!(st.upstream_buffer, resource_requests as usize + 2, "{st:?}");
         let mut up = h.upstream_up().await;
         assert!(next(&mut up).await.contains("type='subscribe'"));
         for _ in 0..resource_requests {
@@ -698,7 +698,8 @@ mod tests {
             &format!("<iq type='get' id='held' from='{D}' to='peer@example.test'/>"),
         )
         .await;
-        h.wait_for(|s| s.backlog == 1 && s.pending == 1).await;
+        h.wait_for(|s| s.upstream_buffer == 1 && s.pending == 1)
+            .await;
         tokio::time::advance(Duration::from_secs(2)).await;
         let answer = next(&mut inst).await;
         assert!(
@@ -715,7 +716,7 @@ mod tests {
             next(&mut up).await.contains("id='marker'"),
             "the request was sent"
         );
-        let st = h.wait_for(|s| s.backlog == 0).await;
+        let st = h.wait_for(|s| s.upstream_buffer == 0).await;
         assert_eq!((st.requests_withdrawn, st.pending), (1, 0));
         h.shutdown.cancel();
         h.core.await.expect("core ends");
@@ -736,7 +737,7 @@ mod tests {
             &format!("<iq type='get' id='r1' from='{D}' to='peer@example.test'/>"),
         )
         .await;
-        h.wait_for(|s| s.backlog == 1).await;
+        h.wait_for(|s| s.upstream_buffer == 1).await;
         // A session that is gone before the flush: the subscription
         // refresh is held first and takes the one place.
         let dead = h.upstream_up().await;
@@ -747,7 +748,11 @@ mod tests {
             "{answer}"
         );
         let st = h.wait_for(|s| s.pending == 0).await;
-        assert_eq!((st.backlog, st.backlog_dropped), (1, 1), "{st:?}");
+        assert_eq!(
+            (st.upstream_buffer, st.upstream_buffer_dropped),
+            (1, 1),
+            "{st:?}"
+        );
         h.shutdown.cancel();
         h.core.await.expect("core ends");
     }
