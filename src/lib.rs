@@ -25,7 +25,8 @@
 //!   conditions ([`xml::StreamCondition`]) with the one reader of a
 //!   received `<stream:error>`.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
-//! - [`router`]: the routing table: one stanza in, actions out.
+//! - [`router`]: the routing table: one stanza in, actions out; it also
+//!   decides what waits for the XMPP server while it is away ([`backlog`]).
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`jat`]: address translation and the pending-request table.
 //! - [`stanza`]: the error replies and presence the proxy writes itself.
@@ -56,7 +57,8 @@
 //! listener, metrics → event, status → the logic above):
 //! - [`event`] and [`status`]: what connection tasks send the core, and
 //!   the snapshot and counters the core publishes; leaves every task shares.
-//! - [`core`]: the actor that owns the router and moves bytes.
+//! - [`core`]: the actor that owns the router and moves bytes; what only
+//!   writing can tell (a writer gone) goes back to the router as an input.
 //! - [`app`]: [`app::Proxy`], the handle that binds, spawns, reloads and
 //!   stops everything; the only module that binds the proxy's sockets and
 //!   starts its long-running tasks (connection tasks spawn only their own
