@@ -249,7 +249,7 @@ async fn supervise_core(
     if let Err(panic) = AssertUnwindSafe(core).catch_unwind().await {
         tracing::error!(
             "the core task panicked: {}; nothing can be routed any more: stopping",
-            crate::conn::panic_message(&*panic)
+            crate::connection::panic_message(&*panic)
         );
         failed.cancel();
         shutdown.cancel();

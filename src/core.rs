@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::conn::Out;
+use crate::connection::Out;
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
@@ -404,8 +404,8 @@ impl Core {
     fn publish(&mut self) {
         self.status.pool = self.router.pool().members().to_vec();
         self.status.pending = self.router.pending_len();
-        self.status.backlog = self.router.backlog().len();
-        self.status.backlog_dropped = self.router.backlog().dropped();
+        self.status.upstream_buffer = self.router.backlog().len();
+        self.status.upstream_buffer_dropped = self.router.backlog().dropped();
         self.status.requests_withdrawn = self.router.requests_withdrawn();
         self.status.stats = self.router.stats().clone();
         let snapshot = &self.status;
@@ -544,11 +544,11 @@ mod tests {
         ) -> (
             mpsc::Receiver<Out>,
             oneshot::Receiver<bytes::Bytes>,
-            Arc<crate::conn::Progress>,
+            Arc<crate::connection::Progress>,
         ) {
             let (tx, rx) = mpsc::channel(queue);
             let (urgent, urgent_rx) = oneshot::channel();
-            let progress = Arc::new(crate::conn::Progress::new());
+            let progress = Arc::new(crate::connection::Progress::new());
             let link = InstanceLink {
                 tx,
                 closing: CancellationToken::new(),
@@ -672,9 +672,9 @@ mod tests {
             .await;
         }
         let st = h
-            .wait_for(|s| !s.upstream_online && s.backlog_dropped == 2)
+            .wait_for(|s| !s.upstream_online && s.upstream_buffer_dropped == 2)
             .await;
-        assert_eq!(st.backlog, resource_requests as usize + 2, "{st:?}");
+        assert_eq!(st.upstream_buffer, resource_requests as usize + 2, "{st:?}");
         let mut up = h.upstream_up().await;
         assert!(next(&mut up).await.contains("type='subscribe'"));
         for _ in 0..resource_requests {
@@ -707,7 +707,8 @@ mod tests {
             &format!("<iq type='get' id='held' from='{D}' to='peer@example.test'/>"),
         )
         .await;
-        h.wait_for(|s| s.backlog == 1 && s.pending == 1).await;
+        h.wait_for(|s| s.upstream_buffer == 1 && s.pending == 1)
+            .await;
         tokio::time::advance(Duration::from_secs(2)).await;
         let answer = next(&mut inst).await;
         assert!(
@@ -724,7 +725,7 @@ mod tests {
             next(&mut up).await.contains("id='marker'"),
             "the request was sent"
         );
-        let st = h.wait_for(|s| s.backlog == 0).await;
+        let st = h.wait_for(|s| s.upstream_buffer == 0).await;
         assert_eq!((st.requests_withdrawn, st.pending), (1, 0));
         h.shutdown.cancel();
         h.core.await.expect("core ends");
@@ -745,7 +746,7 @@ mod tests {
             &format!("<iq type='get' id='r1' from='{D}' to='peer@example.test'/>"),
         )
         .await;
-        h.wait_for(|s| s.backlog == 1).await;
+        h.wait_for(|s| s.upstream_buffer == 1).await;
         // A session that is gone before the flush: the subscription
         // refresh is held first and takes the one place.
         let dead = h.upstream_up().await;
@@ -756,7 +757,11 @@ mod tests {
             "{answer}"
         );
         let st = h.wait_for(|s| s.pending == 0).await;
-        assert_eq!((st.backlog, st.backlog_dropped), (1, 1), "{st:?}");
+        assert_eq!(
+            (st.upstream_buffer, st.upstream_buffer_dropped),
+            (1, 1),
+            "{st:?}"
+        );
         h.shutdown.cancel();
         h.core.await.expect("core ends");
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::Out;
+use crate::connection::Out;
 use crate::pool::InstanceId;
 use crate::router::RouterConfig;
 use crate::status::Observation;
@@ -66,7 +66,7 @@ pub struct InstanceLink {
     /// For the log line when the core closes it.
     pub peer: SocketAddr,
     /// When its socket last accepted bytes, recorded by its writer.
-    pub progress: Arc<crate::conn::Progress>,
+    pub progress: Arc<crate::connection::Progress>,
     /// How long the core waits for room in a full queue while the socket
     /// accepts nothing (`instances.stall_timeout` when it connected).
     pub stall_timeout: Duration,

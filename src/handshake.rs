@@ -1,9 +1,9 @@
 //! XEP-0114 stream negotiation, both sides.
 //!
-//! - [`connect`]: jatproxy as a component, authenticating to the XMPP
-//!   server (upstream).
-//! - [`accept`]: jatproxy as the server, authenticating a component
-//!   instance that connected to our listener.
+//! - [`login`] (and [`connect`]): jatproxy as a component, authenticating
+//!   to the XMPP server (upstream).
+//! - [`admit`] (and [`accept`]): jatproxy as the server, authenticating a
+//!   component instance that connected to our listener.
 //!
 //! The exchange (XEP-0114 §3) is short and fixed, so each side is a plain
 //! sequence of typed steps rather than a state machine: the component opens
@@ -12,9 +12,15 @@
 //! `<handshake>hex(SHA-1(id ‖ secret))</handshake>`, and the server answers
 //! `<handshake/>` or closes the stream with a stream error.
 //!
-//! Both sides read through the caller's `FramedRead<_, Framer>`, so bytes
-//! that arrive in the same read as the final `<handshake/>` (the first
-//! stanzas) stay buffered for the relay that takes over the reader.
+//! Both sides run over the caller's [`Connection`] ([`login`], [`admit`]),
+//! reading its frames and writing straight to its socket, so bytes that
+//! arrive in the same read as the final `<handshake/>` (the first stanzas)
+//! stay buffered for the relay that takes the connection over.
+//! [`connect`] and [`accept`] are the same over a frame reader and a
+//! writer held apart (the test fakes and the fuzz targets).
+//!
+//! It may use the connection and the XML layer, and nothing that runs the
+//! proxy (core, app, upstream, listener).
 //!
 //! **The secret never leaves this module** except as the digest on the
 //! wire: it is not logged, and no [`HandshakeError`] holds or prints it (or
@@ -24,27 +30,30 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::{FutureExt, StreamExt};
+use bytes::Bytes;
+use futures::FutureExt;
 use rand::RngCore;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::FramedRead;
 
 use crate::config::Secret;
+use crate::connection::{Connection, FrameSource};
 use crate::time::{ERROR_WRITE_GRACE, REFUSAL_GRACE};
-use crate::xml::frame::{NS_COMPONENT, NS_STREAMS, NS_STREAM_ERRORS};
+use crate::xml::frame::{NS_COMPONENT, NS_STREAMS};
 use crate::xml::{
     escape, inspect, CodecError, Frame, FrameError, Framer, Stanza, StreamCondition, StreamError,
     StreamHeader,
 };
 
+/// The stream-error bytes live with the [`Connection`] that writes them
+/// ([`Connection::close`]); re-exported here, beside the other XEP-0114
+/// bytes, where the core, the tests and the fuzz targets use them.
+pub use crate::connection::{stream_error, STREAM_END};
+
 /// The server's answer to a correct handshake.
 pub const HANDSHAKE_OK: &[u8] = b"<handshake/>";
-
-/// Closes our side of a stream.
-pub const STREAM_END: &[u8] = b"</stream:stream>";
 
 /// Bytes of randomness in a stream id: 128 bits, so ids never repeat and a
 /// recorded handshake can never be replayed against a later stream.
@@ -115,27 +124,6 @@ pub fn server_header(domain: &str, stream_id: &str) -> Bytes {
 /// The component's proof: `<handshake>DIGEST</handshake>`.
 pub fn handshake_element(digest: &str) -> Bytes {
     Bytes::from(format!("<handshake>{}</handshake>", escape::text(digest)))
-}
-
-/// A stream error followed by the end of the stream, the only way RFC 6120
-/// §4.9 lets a stream error be sent.
-///
-/// [`StreamCondition::Other`] names no condition: it is written as
-/// `undefined-condition`. `text` is escaped.
-pub fn stream_error(condition: StreamCondition, text: Option<&str>) -> Bytes {
-    let condition = match condition {
-        StreamCondition::Other => StreamCondition::UndefinedCondition,
-        defined => defined,
-    };
-    let mut out = format!("<stream:error><{condition} xmlns='{NS_STREAM_ERRORS}'/>");
-    if let Some(text) = text {
-        out.push_str(&format!(
-            "<text xmlns='{NS_STREAM_ERRORS}'>{}</text>",
-            escape::text(text)
-        ));
-    }
-    out.push_str("</stream:error></stream:stream>");
-    Bytes::from(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -306,12 +294,35 @@ fn refusal_message(domain: &str, condition: &StreamCondition, text: &Option<Stri
 // Component side (upstream)
 // ---------------------------------------------------------------------------
 
-/// Opens a component stream for `domain` and authenticates with `secret`.
+/// Opens a component stream for `domain` on `conn` and authenticates with
+/// `secret`.
 ///
 /// Returns the server's stream header (its `id` names the session in logs)
-/// once the server has answered `<handshake/>`; the reader then holds any
-/// stanzas that arrived behind it. The whole exchange runs under `timeout`.
-/// On error nothing more is written: drop the connection.
+/// once the server has answered `<handshake/>`; the connection then holds
+/// any stanzas that arrived behind it. The whole exchange runs under
+/// `timeout`. On error nothing more is written: drop the connection.
+pub async fn login<F, W>(
+    conn: &mut Connection<F, W>,
+    domain: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<StreamHeader, HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
+    let mut stage = Stage::OpeningStream;
+    let steps = connect_steps(conn, domain, secret, &mut stage);
+    match tokio::time::timeout(timeout, steps).await {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeError::Timeout {
+            stage,
+            after: timeout,
+        }),
+    }
+}
+
+/// [`login`] over a frame reader and a writer the caller keeps apart.
 pub async fn connect<R, W>(
     reader: &mut FramedRead<R, Framer>,
     writer: &mut W,
@@ -323,31 +334,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut stage = Stage::OpeningStream;
-    let steps = connect_steps(reader, writer, domain, secret, &mut stage);
-    match tokio::time::timeout(timeout, steps).await {
-        Ok(result) => result,
-        Err(_) => Err(HandshakeError::Timeout {
-            stage,
-            after: timeout,
-        }),
-    }
+    let mut conn = Connection::from_parts(reader, writer);
+    login(&mut conn, domain, secret, timeout).await
 }
 
-async fn connect_steps<R, W>(
-    reader: &mut FramedRead<R, Framer>,
-    writer: &mut W,
+async fn connect_steps<F, W>(
+    conn: &mut Connection<F, W>,
     domain: &str,
     secret: &Secret,
     stage: &mut Stage,
 ) -> Result<StreamHeader, HandshakeError>
 where
-    R: AsyncRead + Unpin,
+    F: FrameSource,
     W: AsyncWrite + Unpin,
 {
-    send(writer, &client_header(domain), *stage).await?;
+    send(conn, &client_header(domain), *stage).await?;
 
-    let header = match next_frame(reader, *stage).await? {
+    let header = match next_frame(conn, *stage).await? {
         Frame::Header(header) => header,
         // The framer's first frame is always the header: the root element
         // is the stream.
@@ -367,7 +370,7 @@ where
         Err(problem) => {
             // A server about to refuse often opens a bare stream first;
             // its stream error is the better explanation.
-            let next = tokio::time::timeout(REFUSAL_GRACE, next_frame(reader, *stage)).await;
+            let next = tokio::time::timeout(REFUSAL_GRACE, next_frame(conn, *stage)).await;
             return Err(match next {
                 Ok(Ok(Frame::Stanza(s))) if is_stream_error(&s) => refused(domain, &s),
                 _ => HandshakeError::BadHeader(problem),
@@ -377,13 +380,13 @@ where
 
     *stage = Stage::Authenticating;
     let proof = handshake_element(&digest(&stream_id, secret.expose()));
-    if let Err(e) = send(writer, &proof, *stage).await {
+    if let Err(e) = send(conn, &proof, *stage).await {
         // The server may have refused and closed before our handshake got
         // there; if its stream error is already readable, that is the cause.
-        return Err(buffered_refusal(reader, domain).unwrap_or(e));
+        return Err(buffered_refusal(conn, domain).unwrap_or(e));
     }
 
-    match next_frame(reader, *stage).await? {
+    match next_frame(conn, *stage).await? {
         Frame::Stanza(s) if s.name == "handshake" && s.ns == NS_COMPONENT => Ok(header),
         Frame::Stanza(s) if is_stream_error(&s) => Err(refused(domain, &s)),
         Frame::Stanza(s) => Err(HandshakeError::Unexpected {
@@ -416,17 +419,18 @@ fn usable_stream_id(header: &StreamHeader) -> Result<String, String> {
     }
 }
 
-/// A stream error the reader can produce without waiting.
-fn buffered_refusal<R: AsyncRead + Unpin>(
-    reader: &mut FramedRead<R, Framer>,
+/// A stream error the connection can produce without waiting.
+fn buffered_refusal<F: FrameSource, W>(
+    conn: &mut Connection<F, W>,
     domain: &str,
-) -> Option<HandshakeError> {
+) -> Option<HandshakeError>
+where
+    W: AsyncWrite + Unpin,
+{
     loop {
-        match reader.next().now_or_never() {
-            Some(Some(Ok(Frame::Whitespace(_)))) => continue,
-            Some(Some(Ok(Frame::Stanza(s)))) if is_stream_error(&s) => {
-                return Some(refused(domain, &s))
-            }
+        match conn.read_frame().now_or_never() {
+            Some(Ok(Frame::Whitespace(_))) => continue,
+            Some(Ok(Frame::Stanza(s))) if is_stream_error(&s) => return Some(refused(domain, &s)),
             _ => return None,
         }
     }
@@ -457,7 +461,7 @@ struct Progress {
 }
 
 /// Authenticates a component instance that connected to our listener for
-/// `domain` with `secret`.
+/// `domain` with `secret`, on `conn`.
 ///
 /// Returns the `to` the instance opened its stream with (as it wrote it;
 /// it matched `domain` ignoring ASCII case and one trailing dot). The whole
@@ -469,6 +473,22 @@ struct Progress {
 /// Not an `async fn`: the stream id is drawn from `rng` before the future
 /// is built, so the future does not borrow `rng` and stays `Send` even with
 /// a thread-local generator such as `rand::rng()`.
+pub fn admit<'a, F, W, G>(
+    conn: &'a mut Connection<F, W>,
+    domain: &'a str,
+    secret: &'a Secret,
+    rng: &mut G,
+    timeout: Duration,
+) -> impl Future<Output = Result<String, HandshakeError>> + 'a
+where
+    F: FrameSource + 'a,
+    W: AsyncWrite + Unpin + 'a,
+    G: RngCore + ?Sized,
+{
+    admit_as(conn, domain, secret, new_stream_id(rng), timeout)
+}
+
+/// [`admit`] over a frame reader and a writer the caller keeps apart.
 pub fn accept<'a, R, W, G>(
     reader: &'a mut FramedRead<R, Framer>,
     writer: &'a mut W,
@@ -484,48 +504,91 @@ where
 {
     let stream_id = new_stream_id(rng);
     async move {
-        let mut progress = Progress {
-            stage: Stage::OpeningStream,
-            header_sent: false,
-        };
-        let steps = accept_steps(reader, writer, domain, secret, &stream_id, &mut progress);
-        let result = match tokio::time::timeout(timeout, steps).await {
-            Ok(result) => result,
-            Err(_) => Err(HandshakeError::Timeout {
-                stage: progress.stage,
-                after: timeout,
-            }),
-        };
-        if let Err(e) = &result {
-            if let Some(condition) = e.condition_to_send() {
-                let mut out = BytesMut::new();
-                if !progress.header_sent {
-                    out.put(server_header(domain, &stream_id));
-                }
-                out.put(stream_error(condition, None));
-                // Best effort: the instance may be gone or not reading,
-                // and the error we return says what matters.
-                let write = send(writer, &out, progress.stage);
-                let _ = tokio::time::timeout(ERROR_WRITE_GRACE, write).await;
-            }
-        }
-        result
+        let mut conn = Connection::from_parts(reader, writer);
+        admit_as(&mut conn, domain, secret, stream_id, timeout).await
     }
 }
 
-async fn accept_steps<R, W>(
-    reader: &mut FramedRead<R, Framer>,
-    writer: &mut W,
+/// [`admit`] with the stream id already drawn.
+async fn admit_as<F, W>(
+    conn: &mut Connection<F, W>,
+    domain: &str,
+    secret: &Secret,
+    stream_id: String,
+    timeout: Duration,
+) -> Result<String, HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
+    let mut progress = Progress {
+        stage: Stage::OpeningStream,
+        header_sent: false,
+    };
+    let steps = accept_steps(conn, domain, secret, &stream_id, &mut progress);
+    let result = match tokio::time::timeout(timeout, steps).await {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeError::Timeout {
+            stage: progress.stage,
+            after: timeout,
+        }),
+    };
+    if let Some(condition) = result.as_ref().err().and_then(|e| e.condition_to_send()) {
+        // Best effort: the instance may be gone or not reading, and the
+        // error we return says what matters.
+        let write = async {
+            if !progress.header_sent {
+                conn.send(&server_header(domain, &stream_id)).await?;
+            }
+            conn.close(condition).await
+        };
+        let _ = tokio::time::timeout(ERROR_WRITE_GRACE, write).await;
+    }
+    result
+}
+
+async fn accept_steps<F, W>(
+    conn: &mut Connection<F, W>,
     domain: &str,
     secret: &Secret,
     stream_id: &str,
     progress: &mut Progress,
 ) -> Result<String, HandshakeError>
 where
-    R: AsyncRead + Unpin,
+    F: FrameSource,
     W: AsyncWrite + Unpin,
 {
-    let header = match next_frame(reader, progress.stage).await? {
+    let to = instance_header(conn, domain, progress.stage).await?;
+    // Counted as sent once attempted: after a partial write, a second
+    // header in front of a stream error would only garble it further.
+    progress.header_sent = true;
+    send(conn, &server_header(domain, stream_id), progress.stage).await?;
+
+    progress.stage = Stage::Authenticating;
+    let handshake = instance_handshake(conn, progress.stage).await?;
+    let presented = inspect::element_text(&handshake.bytes);
+    if !verify(stream_id, secret.expose(), &presented) {
+        return Err(reject(
+            StreamCondition::NotAuthorized,
+            "the instance's handshake does not match the instance secret".into(),
+        ));
+    }
+    send(conn, HANDSHAKE_OK, progress.stage).await?;
+    Ok(to)
+}
+
+/// The instance's stream header, checked: its `to` if it names `domain`
+/// in the component namespace.
+async fn instance_header<F, W>(
+    conn: &mut Connection<F, W>,
+    domain: &str,
+    stage: Stage,
+) -> Result<String, HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
+    let header = match next_frame(conn, stage).await? {
         Frame::Header(header) => header,
         // Unreachable with the framer (the root element is the header);
         // answered as the framer would answer a bad root.
@@ -537,9 +600,7 @@ where
         }
         // Whitespace and skips come only after a header.
         Frame::Whitespace(_) | Frame::End(_) | Frame::Skipped(_) => {
-            return Err(HandshakeError::Closed {
-                stage: progress.stage,
-            })
+            return Err(HandshakeError::Closed { stage })
         }
     };
     let Some(to) = header.to else {
@@ -563,49 +624,35 @@ where
             ),
         ));
     }
-
-    // Counted as sent once attempted: after a partial write, a second
-    // header in front of a stream error would only garble it further.
-    progress.header_sent = true;
-    send(writer, &server_header(domain, stream_id), progress.stage).await?;
-
-    progress.stage = Stage::Authenticating;
-    let handshake = match next_frame(reader, progress.stage).await? {
-        Frame::Stanza(s) if s.name == "handshake" && s.ns == NS_COMPONENT => s,
-        Frame::Stanza(s) => {
-            return Err(reject(
-                StreamCondition::NotAuthorized,
-                format!("the instance sent <{}> before <handshake>", s.name),
-            ))
-        }
-        Frame::Header(_) => {
-            return Err(reject(
-                StreamCondition::NotAuthorized,
-                "the instance sent a second stream header before <handshake>".into(),
-            ))
-        }
-        // Instance links have per-stanza limits off: unreachable.
-        Frame::Skipped(_) => {
-            return Err(reject(
-                StreamCondition::NotAuthorized,
-                "the instance sent an element over the limits before <handshake>".into(),
-            ))
-        }
-        Frame::Whitespace(_) | Frame::End(_) => {
-            return Err(HandshakeError::Closed {
-                stage: progress.stage,
-            })
-        }
-    };
-    let presented = inspect::element_text(&handshake.bytes);
-    if !verify(stream_id, secret.expose(), &presented) {
-        return Err(reject(
-            StreamCondition::NotAuthorized,
-            "the instance's handshake does not match the instance secret".into(),
-        ));
-    }
-    send(writer, HANDSHAKE_OK, progress.stage).await?;
     Ok(to)
+}
+
+/// The instance's `<handshake>` element, whatever it holds.
+async fn instance_handshake<F, W>(
+    conn: &mut Connection<F, W>,
+    stage: Stage,
+) -> Result<Stanza, HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
+    match next_frame(conn, stage).await? {
+        Frame::Stanza(s) if s.name == "handshake" && s.ns == NS_COMPONENT => Ok(s),
+        Frame::Stanza(s) => Err(reject(
+            StreamCondition::NotAuthorized,
+            format!("the instance sent <{}> before <handshake>", s.name),
+        )),
+        Frame::Header(_) => Err(reject(
+            StreamCondition::NotAuthorized,
+            "the instance sent a second stream header before <handshake>".into(),
+        )),
+        // Instance links have per-stanza limits off: unreachable.
+        Frame::Skipped(_) => Err(reject(
+            StreamCondition::NotAuthorized,
+            "the instance sent an element over the limits before <handshake>".into(),
+        )),
+        Frame::Whitespace(_) | Frame::End(_) => Err(HandshakeError::Closed { stage }),
+    }
 }
 
 fn reject(condition: StreamCondition, reason: String) -> HandshakeError {
@@ -629,35 +676,38 @@ fn same_domain(a: &str, b: &str) -> bool {
 /// The next frame that is not a keepalive. A closed connection (EOF, or
 /// EOF in the middle of an element) is [`HandshakeError::Closed`]; `End`
 /// is returned for the caller to treat as closed.
-async fn next_frame<R: AsyncRead + Unpin>(
-    reader: &mut FramedRead<R, Framer>,
+async fn next_frame<F, W>(
+    conn: &mut Connection<F, W>,
     stage: Stage,
-) -> Result<Frame, HandshakeError> {
+) -> Result<Frame, HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
     loop {
-        return match reader.next().await {
-            Some(Ok(Frame::Whitespace(_))) => continue,
-            Some(Ok(frame)) => Ok(frame),
-            None | Some(Err(CodecError::Frame(FrameError::Truncated))) => {
-                Err(HandshakeError::Closed { stage })
-            }
-            Some(Err(CodecError::Io(source))) => Err(HandshakeError::Io { stage, source }),
-            Some(Err(CodecError::Frame(source))) => Err(HandshakeError::Framing { stage, source }),
+        return match conn.read_frame().await {
+            Ok(Frame::Whitespace(_)) => continue,
+            Ok(frame) => Ok(frame),
+            Err(CodecError::Frame(FrameError::Truncated)) => Err(HandshakeError::Closed { stage }),
+            Err(CodecError::Io(source)) => Err(HandshakeError::Io { stage, source }),
+            Err(CodecError::Frame(source)) => Err(HandshakeError::Framing { stage, source }),
         };
     }
 }
 
-/// Writes and flushes, so a buffered writer cannot sit on a handshake
-/// step the peer is waiting for.
-async fn send<W: AsyncWrite + Unpin>(
-    writer: &mut W,
+/// Writes and flushes, so the peer is not left waiting for a step that
+/// sits in a buffer.
+async fn send<F, W>(
+    conn: &mut Connection<F, W>,
     bytes: &[u8],
     stage: Stage,
-) -> Result<(), HandshakeError> {
-    let io = async {
-        writer.write_all(bytes).await?;
-        writer.flush().await
-    };
-    io.await
+) -> Result<(), HandshakeError>
+where
+    F: FrameSource,
+    W: AsyncWrite + Unpin,
+{
+    conn.send(bytes)
+        .await
         .map_err(|source| HandshakeError::Io { stage, source })
 }
 
@@ -672,7 +722,12 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::time::Instant;
 
+    use bytes::BytesMut;
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+    use crate::xml::frame::NS_STREAM_ERRORS;
     use crate::xml::FramerLimits;
 
     const DOMAIN: &str = "x.example.test";

@@ -25,8 +25,9 @@
 //!   conditions ([`xml::StreamCondition`]) with the one reader of a
 //!   received `<stream:error>`.
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
-//! - [`router`]: the routing table: one stanza in, actions out; which
-//!   client resources it admits to the pool is in `router_admission.rs`.
+//! - [`router`]: the routing table: one stanza in, actions out; it also
+//!   decides what waits for the XMPP server while it is away ([`backlog`]);
+//!   which client resources it admits to the pool is in `router_admission.rs`.
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`qualify`]: which client resources may join the pool: the name
 //!   rule, the disco#info question and its answer, XEP-0115 caps and
@@ -47,11 +48,15 @@
 //! - [`config`]: settings from `config.toml` and flags, validated.
 //!
 //! I/O:
-//! - [`handshake`]: XEP-0114 on both sides (connecting upstream, accepting
-//!   instances), and the header, handshake and stream-error bytes they share.
+//! - [`connection`]: one stream over one socket, as every connection task
+//!   holds it: [`connection::Connection`] (made from a socket and the
+//!   framer limits; `read_frame`, `send`, `close(condition)`), then its
+//!   reader and the handle on its batched writer task, which aborts the
+//!   task when dropped. Imports nothing that runs the proxy.
+//! - [`handshake`]: XEP-0114 on both sides (logging in upstream, admitting
+//!   instances) over a `Connection`, and the header and handshake bytes.
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
 //! - [`listener`]: the listener for component instances.
-//! - [`conn`]: the batched writer every connection uses.
 //! - [`metrics`]: the Prometheus endpoint (rendering and its HTTP server).
 //! - [`reload`]: what a configuration reload changes, and how (pure).
 //!
@@ -59,7 +64,8 @@
 //! listener, metrics → event, status → the logic above):
 //! - [`event`] and [`status`]: what connection tasks send the core, and
 //!   the snapshot and counters the core publishes; leaves every task shares.
-//! - [`core`]: the actor that owns the router and moves bytes.
+//! - [`core`]: the actor that owns the router and moves bytes; what only
+//!   writing can tell (a writer gone) goes back to the router as an input.
 //! - [`app`]: [`app::Proxy`], the handle that binds, spawns, reloads and
 //!   stops everything; the only module that binds the proxy's sockets and
 //!   starts its long-running tasks (connection tasks spawn only their own
@@ -70,7 +76,7 @@
 pub mod app;
 pub mod backlog;
 pub mod config;
-pub mod conn;
+pub mod connection;
 pub mod core;
 pub mod event;
 pub mod handshake;

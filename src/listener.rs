@@ -3,7 +3,7 @@
 //! Instances connect here exactly as they would to the XMPP server's
 //! component port, unchanged. Connections are capped (all, and those
 //! still in the handshake); accept errors are logged and retried after a
-//! pause, never ending the listener.
+//! pause (which shutdown cuts short), never ending the listener.
 //!
 //! A stream that ends — closed by the proxy, by the instance, or by a
 //! failed write — is not read any further, and its connection is gone
@@ -14,32 +14,33 @@
 //! `instances.stall_timeout` or half the shutdown grace, whichever is
 //! shorter.
 //!
+//! Each instance is a [`Connection`]: this module decides when to read,
+//! close and give up on it, not how bytes are framed or written.
+//!
 //! It talks to the core only through [`crate::event::Event`] and may not
 //! import the core or the app, which bind its socket and start it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{Config, Secret};
-use crate::conn::{self, Out};
+use crate::config::{Config, InstancesConfig, Secret};
+use crate::connection::{self, Connection, Reader, Writer, WriterSettings};
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
 use crate::status::{Observation, Side};
-use crate::xml::frame::Frame;
-use crate::xml::{CodecError, Framer, StreamCondition};
+use crate::xml::{CodecError, Frame, StreamCondition};
 
 /// Accepts instances until `shutdown`. Each connection gets the
 /// configuration current when it is accepted (a reload's new secret and
@@ -52,84 +53,164 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let cfg = config.borrow().clone();
-    let Some(_) = cfg.instances.secret.as_ref() else {
-        tracing::error!("instances.listen is set but no instance secret: listener not started");
-        return;
+    let caps = {
+        let cfg = config.borrow();
+        if cfg.instances.secret.is_none() {
+            tracing::error!("instances.listen is set but no instance secret: listener not started");
+            return;
+        }
+        Caps::new(&cfg.instances)
     };
-    let all = Arc::new(Semaphore::new(cfg.instances.max_connections));
-    let unauthenticated = Arc::new(Semaphore::new(cfg.instances.max_unauthenticated));
+    let shared = Shared {
+        config,
+        events,
+        shutdown,
+        tasks,
+    };
+    let mut pause = FIRST_PAUSE;
     let mut next_id: InstanceId = 0;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        let cfg = config.borrow().clone();
+    while let Some((sock, peer)) =
+        accept_next(|| listener.accept(), &mut pause, &shared.shutdown).await
+    {
+        let cfg = shared.config.borrow().clone();
         let Some(secret) = cfg.instances.secret.clone() else {
             return;
         };
-        let (mut sock, peer) = match accepted {
-            Ok(x) => {
-                pause = Duration::from_millis(10);
-                x
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait, then retry.
-                tracing::warn!(
-                    "accepting an instance connection failed: {e}; retrying in {pause:?}"
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let permits = (
-            all.clone().try_acquire_owned(),
-            unauthenticated.clone().try_acquire_owned(),
-        );
-        let (Ok(conn_permit), Ok(hs_permit)) = permits else {
-            let limit = if permits.0.is_err() {
-                "instances.max_connections"
-            } else {
-                "instances.max_unauthenticated"
-            };
-            tracing::warn!(peer.addr = %peer, limit, "instance connection refused: connection limit reached");
-            // A stream error is only readable inside a stream (RFC 6120
-            // §4.9.1.1): our header first, as the handshake's refusals do.
-            // Without it the instance sees an undeclared `stream:` prefix,
-            // not the reason.
-            let mut refusal = handshake::server_header(
-                &cfg.upstream.domain,
-                &handshake::new_stream_id(&mut rand::rng()),
-            )
-            .to_vec();
-            refusal.extend_from_slice(&handshake::stream_error(
-                StreamCondition::PolicyViolation,
-                Some("too many connections"),
-            ));
-            let _ = sock.write_all(&refusal).await;
+        let Some(slots) = caps.take(peer) else {
+            refuse(sock, &cfg.upstream.domain).await;
             continue;
         };
         next_id += 1;
         let id = next_id;
         let span =
             tracing::info_span!("instance", peer.addr = %peer, role = "instance", member = id);
-        let conn = instance(
+        let accepted = Accepted {
             sock,
             peer,
             id,
             cfg,
-            config.clone(),
             secret,
-            events.clone(),
-            shutdown.clone(),
-            tasks.clone(),
-            (conn_permit, hs_permit),
-        );
-        tasks.spawn(contain_panic(conn, id, events.clone()).instrument(span));
+            slots,
+        };
+        let conn = instance(accepted, shared.clone());
+        let events = shared.events.clone();
+        shared
+            .tasks
+            .spawn(contain_panic(conn, id, events).instrument(span));
     }
+}
+
+/// The pause after the first failed accept; it doubles with each further
+/// failure up to [`MAX_PAUSE`], and is back here after a success.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// The next accepted connection, or None at shutdown. An accept error
+/// (out of file descriptors and the like) is logged and retried after
+/// `pause`, which shutdown cuts short: it never ends the listener, nor
+/// holds up the shutdown.
+async fn accept_next<T, A, F>(
+    mut accept: A,
+    pause: &mut Duration,
+    shutdown: &CancellationToken,
+) -> Option<T>
+where
+    A: FnMut() -> F,
+    F: Future<Output = std::io::Result<T>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = accept() => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        match accepted {
+            Ok(x) => {
+                *pause = FIRST_PAUSE;
+                return Some(x);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "accepting an instance connection failed: {e}; retrying in {:?}",
+                    *pause
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(*pause) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                *pause = (*pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+/// What every connection task of the listener is started with.
+#[derive(Clone)]
+struct Shared {
+    /// The configuration as it is now (a connection reads the shutdown
+    /// grace from it when the shutdown comes).
+    config: watch::Receiver<Arc<Config>>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    /// Where connection tasks and their writers are spawned, so that the
+    /// app's shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+/// The connection caps: all connections, and those still in the
+/// handshake (the ones a peer can open without the secret).
+struct Caps {
+    all: Arc<Semaphore>,
+    unauthenticated: Arc<Semaphore>,
+}
+
+/// The slots one connection holds.
+struct Slots {
+    /// Until its socket is closed, so the slot is free when the
+    /// connection is gone.
+    all: OwnedSemaphorePermit,
+    /// Until its handshake ends.
+    handshake: OwnedSemaphorePermit,
+}
+
+impl Caps {
+    fn new(cfg: &InstancesConfig) -> Self {
+        Caps {
+            all: Arc::new(Semaphore::new(cfg.max_connections)),
+            unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        }
+    }
+
+    /// A slot under both caps, or None (logged) if either is full.
+    fn take(&self, peer: SocketAddr) -> Option<Slots> {
+        let permits = (
+            self.all.clone().try_acquire_owned(),
+            self.unauthenticated.clone().try_acquire_owned(),
+        );
+        if let (Ok(all), Ok(handshake)) = permits {
+            return Some(Slots { all, handshake });
+        }
+        let limit = if permits.0.is_err() {
+            "instances.max_connections"
+        } else {
+            "instances.max_unauthenticated"
+        };
+        tracing::warn!(peer.addr = %peer, limit, "instance connection refused: connection limit reached");
+        None
+    }
+}
+
+/// Tells a connection over the caps why it is closed. A stream error is
+/// only readable inside a stream (RFC 6120 §4.9.1.1): our header first,
+/// as the handshake's refusals do. Without it the instance sees an
+/// undeclared `stream:` prefix, not the reason.
+async fn refuse(mut sock: TcpStream, domain: &str) {
+    let stream_id = handshake::new_stream_id(&mut rand::rng());
+    let mut refusal = handshake::server_header(domain, &stream_id).to_vec();
+    refusal.extend_from_slice(&connection::stream_error(
+        StreamCondition::PolicyViolation,
+        Some("too many connections"),
+    ));
+    let _ = sock.write_all(&refusal).await;
 }
 
 /// Runs one connection so that a bug its input triggers ends that
@@ -145,7 +226,7 @@ async fn contain_panic(
     if let Err(panic) = AssertUnwindSafe(conn).catch_unwind().await {
         tracing::error!(
             "instance connection task panicked: {}; connection closed",
-            conn::panic_message(&*panic)
+            connection::panic_message(&*panic)
         );
         let _ = events.send(Event::InstanceDown { id }).await;
     }
@@ -156,191 +237,172 @@ async fn contain_panic(
 /// not read even that is cut: it must not keep its connection slot.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Aborts the connection's writer when dropped, unless disarmed: a
-/// connection task that ends, even by panic, takes its socket with it.
-struct AbortOnDrop(Option<AbortHandle>);
-
-impl AbortOnDrop {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn instance(
+/// One accepted connection and what it was accepted under.
+struct Accepted {
     sock: TcpStream,
     peer: SocketAddr,
     id: InstanceId,
+    /// The configuration when it was accepted.
     cfg: Arc<Config>,
-    current: watch::Receiver<Arc<Config>>,
     secret: Secret,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-) {
+    slots: Slots,
+}
+
+async fn instance(a: Accepted, shared: Shared) {
     // Held until the end of this function, which comes only once the
-    // socket is closed: the slot is free when the connection is gone.
-    let (_conn_permit, hs_permit) = permits;
-    let _ = sock.set_nodelay(true);
-    let (r, mut w) = sock.into_split();
-    let limits = cfg.limits.instance_framer();
-    let mut frames = FramedRead::with_capacity(
-        r,
-        Framer::with_tokenizer(limits, cfg.limits.tokenizer),
-        64 * 1024,
-    );
-    let handshake = handshake::accept(
-        &mut frames,
-        &mut w,
-        &cfg.upstream.domain,
-        &secret,
-        &mut rand::rng(),
-        cfg.limits.header_timeout,
-    );
-    // A connection still negotiating has nothing to drain: shutdown need
-    // not wait up to header_timeout for it.
-    let accepted = tokio::select! {
-        r = handshake => r,
-        _ = shutdown.cancelled() => {
-            tracing::debug!("shutting down: instance handshake abandoned");
-            return;
-        }
-    };
-    drop(hs_permit);
-    if let Err(e) = accepted {
-        tracing::info!("instance handshake failed: {e}");
-        let seen = Observation::handshake_failed(Side::Instance, &e);
-        let _ = events.send(Event::Observed(seen)).await;
+    // socket is closed.
+    let _all = a.slots.all;
+    let (cfg, id, peer) = (a.cfg, a.id, a.peer);
+    let conn = Connection::new(a.sock, cfg.limits.instance_framer(), cfg.limits.tokenizer);
+    let Some(conn) = authenticate(conn, &cfg, &a.secret, a.slots.handshake, &shared).await else {
         return;
-    }
+    };
     tracing::info!(peer.addr = %peer, "instance connected");
-    let (tx, rx) = mpsc::channel(cfg.instances.queue);
     let (urgent, urgent_rx) = oneshot::channel();
-    let progress = Arc::new(conn::Progress::new());
-    let stall_timeout = cfg.instances.stall_timeout;
-    let w = conn::Tracked::new(w, progress.clone());
-    let keepalive = Some(cfg.upstream.keepalive_interval);
-    // Cancelled by the core when it closes this stream, and by the writer
-    // when it ends for any reason: either way there is no point in
-    // reading on (a peer could otherwise keep a closed stream half-open
-    // with whitespace, and its slot with it).
-    let closing = CancellationToken::new();
-    let writer_done = closing.clone().drop_guard();
-    let mut writer = tasks.spawn(
-        async move {
-            let _writer_done = writer_done;
-            if let Err(e) = conn::write_loop(w, rx, keepalive, Some(urgent_rx)).await {
-                tracing::debug!("instance writer ended: {e}");
-            }
-        }
-        .in_current_span(),
-    );
-    let mut abort_writer = AbortOnDrop(Some(writer.abort_handle()));
+    let settings = WriterSettings {
+        queue: cfg.instances.queue,
+        keepalive: Some(cfg.upstream.keepalive_interval),
+        urgent: Some(urgent_rx),
+    };
+    let (mut reader, writer) = conn.start_writer(&shared.tasks, settings);
     let link = InstanceLink {
-        tx: tx.clone(),
-        closing: closing.clone(),
+        tx: writer.queue(),
+        closing: writer.closing(),
         urgent,
         peer,
-        progress: progress.clone(),
-        stall_timeout,
+        progress: writer.progress(),
+        stall_timeout: cfg.instances.stall_timeout,
     };
-    if events.send(Event::InstanceUp { id, link }).await.is_err() {
+    if shared
+        .events
+        .send(Event::InstanceUp { id, link })
+        .await
+        .is_err()
+    {
         return;
     }
-    loop {
-        let next = tokio::select! {
-            f = tokio::time::timeout(cfg.limits.idle_timeout, frames.next()) => match f {
-                Ok(f) => f,
-                Err(_) => {
-                    tracing::info!(idle = ?cfg.limits.idle_timeout, "instance silent too long; closing");
-                    let _ = tx.try_send(Out::Close(handshake::stream_error(StreamCondition::ConnectionTimeout, None)));
-                    break;
-                }
-            },
-            _ = shutdown.cancelled() => {
-                // The core queues the stream's end; the writer writes it
-                // while the instance takes bytes. One that stopped
-                // reading is cut, after its stall timeout or half the
-                // grace (as the upstream side budgets it), whichever is
-                // shorter, rather than keep the whole shutdown waiting.
-                drop(frames);
-                drop(tx);
-                let grace = current.borrow().service.shutdown_grace;
-                let stall = stall_timeout.min(grace / 2);
-                if !finish_writer(&mut writer, &progress, stall).await {
-                    tracing::info!(stall = ?stall, "instance stopped reading during shutdown: connection cut");
-                }
-                abort_writer.disarm();
-                return;
-            }
-            _ = closing.cancelled() => break,
-        };
-        match next {
-            Some(Ok(Frame::Stanza(stanza))) => {
-                if events
-                    .send(Event::FromInstance { id, stanza })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            // (Skipped: never on an instance link, whose limits are fatal.)
-            Some(Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_))) => {}
-            None | Some(Ok(Frame::End(_))) => {
-                tracing::info!("instance closed its stream");
-                let _ = tx.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));
-                break;
-            }
-            Some(Err(CodecError::Io(e))) => {
-                tracing::info!("instance connection failed: {e}");
-                break;
-            }
-            Some(Err(CodecError::Frame(e))) => {
-                tracing::warn!("instance sent bad XML: {e}");
-                let _ = tx.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
-                break;
+    let ended = relay(&mut reader, &writer, id, cfg.limits.idle_timeout, &shared).await;
+    // Nothing more is read.
+    drop(reader);
+    match ended {
+        Ended::CoreGone => {}
+        Ended::Shutdown => {
+            // The core queues the stream's end; the writer writes it
+            // while the instance takes bytes. One that stopped reading is
+            // cut, after its stall timeout or half the grace (as the
+            // upstream side budgets it), whichever is shorter, rather
+            // than keep the whole shutdown waiting.
+            let grace = shared.config.borrow().service.shutdown_grace;
+            let stall = cfg.instances.stall_timeout.min(grace / 2);
+            if !writer.finish_while_progressing(stall).await {
+                tracing::info!(stall = ?stall, "instance stopped reading during shutdown: connection cut");
             }
         }
-    }
-    // Nothing more is read. Out of the pool first, so nothing more is
-    // queued; then the writer gets a bounded time to finish.
-    drop(frames);
-    let _ = events.send(Event::InstanceDown { id }).await;
-    drop(tx);
-    if tokio::time::timeout(CLOSE_WAIT, &mut writer).await.is_err() {
-        tracing::info!(wait = ?CLOSE_WAIT, "instance did not read the end of its stream in time: connection cut");
-        writer.abort();
+        Ended::Closed => {
+            // Out of the pool first, so nothing more is queued; then the
+            // writer gets a bounded time to finish.
+            let _ = shared.events.send(Event::InstanceDown { id }).await;
+            if !writer.finish_within(CLOSE_WAIT).await {
+                tracing::info!(wait = ?CLOSE_WAIT, "instance did not read the end of its stream in time: connection cut");
+            }
+        }
     }
 }
 
-/// Waits for `writer` to end while its socket keeps accepting bytes, and
-/// aborts it once the socket has accepted none for `stall` (counted from
-/// now at the earliest). True if it ended by itself.
-async fn finish_writer(
-    writer: &mut tokio::task::JoinHandle<()>,
-    progress: &conn::Progress,
-    stall: Duration,
-) -> bool {
-    let since = tokio::time::Instant::now();
+/// The handshake, with the handshake slot held until it ends; abandoned
+/// at shutdown (a connection still negotiating has nothing to drain:
+/// shutdown need not wait up to `header_timeout` for it). The connection
+/// if the instance is in.
+async fn authenticate(
+    mut conn: Connection,
+    cfg: &Config,
+    secret: &Secret,
+    handshake_slot: OwnedSemaphorePermit,
+    shared: &Shared,
+) -> Option<Connection> {
+    let handshake = handshake::admit(
+        &mut conn,
+        &cfg.upstream.domain,
+        secret,
+        &mut rand::rng(),
+        cfg.limits.header_timeout,
+    );
+    let accepted = tokio::select! {
+        r = handshake => r,
+        _ = shared.shutdown.cancelled() => {
+            tracing::debug!("shutting down: instance handshake abandoned");
+            return None;
+        }
+    };
+    drop(handshake_slot);
+    if let Err(e) = accepted {
+        tracing::info!("instance handshake failed: {e}");
+        let seen = Observation::handshake_failed(Side::Instance, &e);
+        let _ = shared.events.send(Event::Observed(seen)).await;
+        return None;
+    }
+    Some(conn)
+}
+
+/// How an instance's stream ended, as far as reading goes.
+enum Ended {
+    /// The proxy is shutting down: the core closes the stream.
+    Shutdown,
+    /// Closed by the instance, by the proxy or by a failed write; the end
+    /// the instance is owed (if any) is queued.
+    Closed,
+    /// The core has stopped: there is no one to tell.
+    CoreGone,
+}
+
+/// Hands the instance's stanzas to the core until its stream ends.
+///
+/// A stream that the core closes, or whose writer ends, is not read any
+/// further: a peer could otherwise keep a closed stream half-open with
+/// whitespace, and its slot with it.
+async fn relay(
+    reader: &mut Reader,
+    writer: &Writer,
+    id: InstanceId,
+    idle: Duration,
+    shared: &Shared,
+) -> Ended {
+    let closing = writer.closing();
     loop {
-        let deadline = progress.stalled_at(since, stall);
-        tokio::select! {
-            _ = &mut *writer => return true,
-            _ = tokio::time::sleep_until(deadline) => {
-                if progress.stalled_at(since, stall) <= tokio::time::Instant::now() {
-                    writer.abort();
-                    return false;
+        let next = tokio::select! {
+            f = tokio::time::timeout(idle, reader.read_frame()) => match f {
+                Ok(f) => f,
+                Err(_) => {
+                    tracing::info!(idle = ?idle, "instance silent too long; closing");
+                    writer.close(StreamCondition::ConnectionTimeout);
+                    return Ended::Closed;
                 }
+            },
+            _ = shared.shutdown.cancelled() => return Ended::Shutdown,
+            _ = closing.cancelled() => return Ended::Closed,
+        };
+        match next {
+            Ok(Frame::Stanza(stanza)) => {
+                let event = Event::FromInstance { id, stanza };
+                if shared.events.send(event).await.is_err() {
+                    return Ended::CoreGone;
+                }
+            }
+            // (Skipped: never on an instance link, whose limits are fatal.)
+            Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_)) => {}
+            Ok(Frame::End(_)) => {
+                tracing::info!("instance closed its stream");
+                writer.end_stream();
+                return Ended::Closed;
+            }
+            Err(CodecError::Io(e)) => {
+                tracing::info!("instance connection failed: {e}");
+                return Ended::Closed;
+            }
+            Err(CodecError::Frame(e)) => {
+                tracing::warn!("instance sent bad XML: {e}");
+                writer.close(e.condition());
+                return Ended::Closed;
             }
         }
     }
@@ -358,5 +420,67 @@ mod tests {
         // A connection that ends normally has said so itself.
         contain_panic(async {}, 8, events).await;
         assert!(rx.try_recv().is_err());
+    }
+
+    /// The pause after a failed accept (out of file descriptors, say)
+    /// ends when shutdown comes, not when the pause is over: the
+    /// listener holds up no shutdown. Virtual time: the pause would
+    /// otherwise pass unnoticed.
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_after_a_failed_accept_ends_at_shutdown() {
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            cancel.cancel();
+        });
+        let mut calls = 0;
+        let failing_once = || {
+            calls += 1;
+            let first = calls == 1;
+            async move {
+                if first {
+                    Err(std::io::Error::other("too many open files"))
+                } else {
+                    std::future::pending::<std::io::Result<()>>().await
+                }
+            }
+        };
+        let mut pause = MAX_PAUSE;
+        let t0 = tokio::time::Instant::now();
+        assert!(accept_next(failing_once, &mut pause, &shutdown)
+            .await
+            .is_none());
+        let waited = tokio::time::Instant::now() - t0;
+        assert!(
+            waited < MAX_PAUSE,
+            "shutdown waited {waited:?} for the pause"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_double_the_pause_up_to_the_cap_and_a_success_resets_it() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let fails_twice = || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n <= 2 {
+                    Err(std::io::Error::other("too many open files"))
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        let mut pause = MAX_PAUSE / 2 + Duration::from_millis(1);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(
+            accept_next(fails_twice, &mut pause, &shutdown).await,
+            Some(3)
+        );
+        let waited = tokio::time::Instant::now() - t0;
+        assert_eq!(waited, MAX_PAUSE / 2 + Duration::from_millis(1) + MAX_PAUSE);
+        assert_eq!(pause, FIRST_PAUSE);
     }
 }

@@ -5,7 +5,7 @@
 //! attribute inserted at the end of the start tag when it was missing.
 //! It is returned as slices of the original [`Bytes`] plus the small new
 //! pieces, so rewriting itself never copies the payload. The copy happens
-//! later, once: [`crate::conn::write_loop`] writes each piece through its
+//! later, once: [`crate::connection::write_loop`] writes each piece through its
 //! `BufWriter` so a burst becomes few syscalls (a piece at least as large
 //! as that buffer goes to the socket directly). [`Wire::to_bytes`] also
 //! copies; only tests use it.

@@ -22,12 +22,14 @@ pub struct Status {
     pub upstream_sessions: u64,
     pub pool: Vec<Member>,
     pub pending: usize,
-    /// Stanzas waiting for upstream to come back.
-    pub backlog: usize,
-    /// Stanzas dropped because the backlog was full. Never answers to requests:
-    /// those are held whatever the bound (see
+    /// Stanzas held for upstream until it comes back: what
+    /// `limits.upstream_buffer` bounds (the policy is
+    /// [`crate::backlog::Backlog`]).
+    pub upstream_buffer: usize,
+    /// Stanzas dropped because the upstream buffer was full. Never answers
+    /// to requests: those are held whatever the bound (see
     /// [`crate::backlog::Backlog::hold`]).
-    pub backlog_dropped: u64,
+    pub upstream_buffer_dropped: u64,
     /// Requests from instances that were answered (timed out) while they
     /// waited for upstream, and so were not sent after all.
     pub requests_withdrawn: u64,

@@ -2,31 +2,32 @@
 //! component, relay, and on any loss reconnect with exponential backoff
 //! and jitter, forever, logging each attempt once.
 //!
+//! Each connection is a [`Connection`]: this module decides what to do
+//! with the frames it reads and when to close it, not how bytes are
+//! framed or written.
+//!
 //! It talks to the core only through [`crate::event::Event`] and may not
 //! import the core or the app, which start it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::conn::{self, Out};
+use crate::connection::{self, Connection, Out, Reader, Writer, WriterSettings};
 use crate::event::Event;
 use crate::handshake::{self, HandshakeError};
 use crate::liveness::{Check, Liveness};
 use crate::stanza::{self, StanzaError};
 use crate::status::{Observation, Side};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
-use crate::xml::{CodecError, FrameError, Framer, Stanza, StreamCondition, StreamError};
+use crate::xml::{CodecError, FrameError, Stanza, StreamCondition, StreamError};
 
 /// Exponential backoff with jitter: each delay is drawn from the upper
 /// half of the current step, so many proxies restarted together do not
@@ -103,22 +104,15 @@ pub async fn run(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    run_sessions(config, events, shutdown, tasks, |s| async move {
-        let SessionArgs {
-            cfg,
-            mut config,
-            events,
-            shutdown,
-            tasks,
-        } = s;
-        session(&cfg, &mut config, &events, &shutdown, &tasks).await
-    })
-    .await
+    run_sessions(config, events, shutdown, tasks, session).await
 }
 
 /// What one session runs with, owned: each session is a task of its own.
 struct SessionArgs {
+    /// The configuration when the session started.
     cfg: Arc<Config>,
+    /// The configuration as it is now: a change of server or secret ends
+    /// the session.
     config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
@@ -161,30 +155,11 @@ async fn run_sessions<S, F>(
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
-        let (end, was_up) = match tasks.spawn(session(args).instrument(span)).await {
-            Ok(ended) => ended,
-            Err(e) => {
-                let why = match e.try_into_panic() {
-                    Ok(panic) => crate::conn::panic_message(&*panic).to_owned(),
-                    Err(_) => "cancelled".to_owned(),
-                };
-                // It may have told the core it was up; the core takes a
-                // second Down as a no-op.
-                let _ = events.send(Event::UpstreamDown).await;
-                (SessionEnd::Panicked(why), false)
-            }
-        };
+        let (end, was_up) = run_contained(&tasks, session(args).instrument(span), &events).await;
         if was_up {
             backoff.reset();
         }
-        let observed = match &end {
-            SessionEnd::Handshake(e) => Some(Observation::handshake_failed(Side::Upstream, e)),
-            SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => {
-                Some(Observation::UpstreamConnectFailed)
-            }
-            _ => None,
-        };
-        if let Some(o) = observed {
+        if let Some(o) = observation(&end) {
             let _ = events.send(Event::Observed(o)).await;
         }
         match &end {
@@ -193,32 +168,88 @@ async fn run_sessions<S, F>(
                 tracing::info!(server = %config.borrow().upstream.server, "reconnecting to upstream with the new settings");
                 continue;
             }
-            SessionEnd::Handshake(e) => tracing::error!(
-                server = %cfg.upstream.server, domain = %cfg.upstream.domain, attempt,
-                "upstream handshake failed: {e}"
-            ),
-            SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => tracing::warn!(
-                server = %cfg.upstream.server, attempt, "{end}"
-            ),
-            SessionEnd::Panicked(_) => tracing::error!(
-                server = %cfg.upstream.server, "upstream session ended: {end}; reconnecting"
-            ),
-            _ => tracing::warn!(server = %cfg.upstream.server, "upstream session ended: {end}"),
+            _ => log_end(&end, &cfg, attempt),
         }
         let delay = backoff.next_delay(&mut rand::rng());
         tracing::info!(delay = ?delay, "reconnecting to upstream");
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                _ = shutdown.cancelled() => return,
-                // New server or secret: try it now rather than after the
-                // backoff earned by the old ones.
-                _ = changed(&mut config) => {
-                    if crate::reload::upstream_needs_reconnect(&cfg, &config.borrow()) {
-                        break;
-                    }
+        if !pause(delay, &cfg, &mut config, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Runs one session in a task of its own; a panic there is a lost
+/// session (never up, as far as backoff goes).
+async fn run_contained<F>(
+    tasks: &TaskTracker,
+    session: F,
+    events: &mpsc::Sender<Event>,
+) -> (SessionEnd, bool)
+where
+    F: std::future::Future<Output = (SessionEnd, bool)> + Send + 'static,
+{
+    match tasks.spawn(session).await {
+        Ok(ended) => ended,
+        Err(e) => {
+            let why = match e.try_into_panic() {
+                Ok(panic) => connection::panic_message(&*panic).to_owned(),
+                Err(_) => "cancelled".to_owned(),
+            };
+            // It may have told the core it was up; the core takes a
+            // second Down as a no-op.
+            let _ = events.send(Event::UpstreamDown).await;
+            (SessionEnd::Panicked(why), false)
+        }
+    }
+}
+
+/// What metrics count of how a session ended.
+fn observation(end: &SessionEnd) -> Option<Observation> {
+    match end {
+        SessionEnd::Handshake(e) => Some(Observation::handshake_failed(Side::Upstream, e)),
+        SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => {
+            Some(Observation::UpstreamConnectFailed)
+        }
+        _ => None,
+    }
+}
+
+/// The one log line for a session that ended and is to be retried:
+/// loudest for what an operator must fix.
+fn log_end(end: &SessionEnd, cfg: &Config, attempt: u64) {
+    match end {
+        SessionEnd::Handshake(e) => tracing::error!(
+            server = %cfg.upstream.server, domain = %cfg.upstream.domain, attempt,
+            "upstream handshake failed: {e}"
+        ),
+        SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => tracing::warn!(
+            server = %cfg.upstream.server, attempt, "{end}"
+        ),
+        SessionEnd::Panicked(_) => tracing::error!(
+            server = %cfg.upstream.server, "upstream session ended: {end}; reconnecting"
+        ),
+        _ => tracing::warn!(server = %cfg.upstream.server, "upstream session ended: {end}"),
+    }
+}
+
+/// Waits `delay` before the next attempt; cut short by a new server or
+/// secret (try it now rather than after the backoff earned by the old
+/// ones). False at shutdown.
+async fn pause(
+    delay: Duration,
+    cfg: &Config,
+    config: &mut watch::Receiver<Arc<Config>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            _ = shutdown.cancelled() => return false,
+            _ = changed(config) => {
+                if crate::reload::upstream_needs_reconnect(cfg, &config.borrow()) {
+                    return true;
                 }
             }
         }
@@ -235,56 +266,27 @@ async fn changed(config: &mut watch::Receiver<Arc<Config>>) {
 
 /// One connection: returns how it ended and whether it got as far as an
 /// established session.
-async fn session(
-    cfg: &Config,
-    config: &mut watch::Receiver<Arc<Config>>,
-    events: &mpsc::Sender<Event>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> (SessionEnd, bool) {
-    let up = &cfg.upstream;
-    let connect = tokio::time::timeout(up.connect_timeout, TcpStream::connect(&up.server));
-    let stream = tokio::select! {
-        r = connect => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return (SessionEnd::Connect { server: up.server.clone(), source }, false),
-            Err(_) => return (SessionEnd::ConnectTimeout { server: up.server.clone() }, false),
-        },
-        _ = shutdown.cancelled() => return (SessionEnd::Shutdown, false),
+async fn session(mut s: SessionArgs) -> (SessionEnd, bool) {
+    let up = &s.cfg.upstream;
+    let conn = match open(&s.cfg, &s.shutdown).await {
+        Ok(conn) => conn,
+        Err(end) => return (end, false),
     };
-    let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
-    let limits = cfg.limits.upstream_framer();
-    let mut frames = FramedRead::with_capacity(
-        r,
-        Framer::with_tokenizer(limits, cfg.limits.tokenizer),
-        64 * 1024,
-    );
-    let hs = handshake::connect(
-        &mut frames,
-        &mut w,
-        &up.domain,
-        &up.secret,
-        up.handshake_timeout,
-    );
-    let result = tokio::select! {
-        r = hs => r,
-        _ = shutdown.cancelled() => return (SessionEnd::Shutdown, false),
-    };
-    if let Err(e) = result {
-        return (SessionEnd::Handshake(e), false);
-    }
     tracing::info!(server = %up.server, domain = %up.domain, "upstream session established");
-
-    let (tx, rx) = mpsc::channel(cfg.limits.write_queue);
-    let keepalive = Some(up.keepalive_interval);
-    tasks.spawn(async move {
-        if let Err(e) = conn::write_loop(w, rx, keepalive, None).await {
-            tracing::debug!("upstream writer ended: {e}");
-        }
-    });
-    let closer = tx.clone();
-    if events.send(Event::UpstreamUp(tx)).await.is_err() {
+    let settings = WriterSettings {
+        queue: s.cfg.limits.write_queue,
+        keepalive: Some(up.keepalive_interval),
+        urgent: None,
+    };
+    let (mut reader, mut writer) = conn.start_writer(&s.tasks, settings);
+    // The core holds the queue from now on and ends it (with the stream's
+    // end at shutdown): the writer outlives this task to write that.
+    writer.detach();
+    if s.events
+        .send(Event::UpstreamUp(writer.queue()))
+        .await
+        .is_err()
+    {
         return (SessionEnd::Shutdown, true);
     }
     let liveness = Liveness::new(
@@ -294,110 +296,121 @@ async fn session(
         tokio::time::Instant::now(),
     );
     let mut stragglers = Vec::new();
-    let end = read_loop(
-        &mut frames,
-        cfg,
-        config,
-        events,
-        shutdown,
-        &closer,
-        liveness,
-        &mut stragglers,
-    )
-    .await;
-    if matches!(end, SessionEnd::Shutdown) {
-        // The core answers what it has and closes our stream; the server
-        // may have routed more to us meanwhile. Read until it closes its
-        // side, then answer the requests among them over a fresh session.
-        drop(closer);
-        let wait = cfg.service.shutdown_grace / 2;
-        read_stragglers(&mut frames, wait, &mut stragglers).await;
-        answer_stragglers(cfg, stragglers).await;
-        return (end, true);
-    }
+    let end = s
+        .read_loop(&mut reader, &writer, liveness, &mut stragglers)
+        .await;
     match &end {
-        SessionEnd::Framing(e) => {
-            let _ = closer.try_send(Out::Close(handshake::stream_error(e.condition(), None)));
+        SessionEnd::Shutdown => {
+            // The core answers what it has and closes our stream; the
+            // server may have routed more to us meanwhile. Read until it
+            // closes its side, then answer the requests among them over a
+            // fresh session.
+            drop(writer);
+            let wait = s.cfg.service.shutdown_grace / 2;
+            read_stragglers(&mut reader, wait, &mut stragglers).await;
+            answer_stragglers(&s.cfg, stragglers).await;
+            return (end, true);
         }
-        SessionEnd::Reconfigured => {
-            let _ = closer.try_send(Out::Close(bytes::Bytes::from_static(handshake::STREAM_END)));
-        }
+        SessionEnd::Framing(e) => writer.close(e.condition()),
+        SessionEnd::Reconfigured => writer.end_stream(),
         _ => {}
     }
-    drop(closer);
-    if !matches!(end, SessionEnd::Shutdown) {
-        let _ = events.send(Event::UpstreamDown).await;
-    }
+    drop(writer);
+    let _ = s.events.send(Event::UpstreamDown).await;
     (end, true)
 }
 
-type Frames = FramedRead<tokio::net::tcp::OwnedReadHalf, Framer>;
+/// Connects and logs in as the component: the connection once the server
+/// has answered `<handshake/>`.
+async fn open(cfg: &Config, shutdown: &CancellationToken) -> Result<Connection, SessionEnd> {
+    let up = &cfg.upstream;
+    let connect = tokio::time::timeout(up.connect_timeout, TcpStream::connect(&up.server));
+    let stream = tokio::select! {
+        r = connect => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(SessionEnd::Connect { server: up.server.clone(), source }),
+            Err(_) => return Err(SessionEnd::ConnectTimeout { server: up.server.clone() }),
+        },
+        _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+    };
+    let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
+    let login = handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout);
+    tokio::select! {
+        r = login => r?,
+        _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+    };
+    Ok(conn)
+}
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    frames: &mut Frames,
-    cfg: &Config,
-    config: &mut watch::Receiver<Arc<Config>>,
-    events: &mpsc::Sender<Event>,
-    shutdown: &CancellationToken,
-    writer: &mpsc::Sender<Out>,
-    mut liveness: Liveness,
-    stragglers: &mut Vec<Stanza>,
-) -> SessionEnd {
-    loop {
-        let wake = match liveness.check(tokio::time::Instant::now()) {
-            Check::Wait(at) => at,
-            Check::Ping(ping) => {
-                tracing::debug!("upstream quiet: pinging the server");
-                // A full queue means output is already waiting on the
-                // link: the timeout below judges it either way.
-                let _ = writer.try_send(Out::Wire(ping.into()));
-                continue;
-            }
-            Check::Dead { silent_for } => return SessionEnd::Dead { silent_for },
-        };
-        let next = tokio::select! {
-            f = frames.next() => f,
-            _ = tokio::time::sleep_until(wake) => continue,
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            _ = changed(config) => {
-                if crate::reload::upstream_needs_reconnect(cfg, &config.borrow()) {
-                    return SessionEnd::Reconfigured;
-                }
-                continue;
-            }
-        };
-        liveness.input(tokio::time::Instant::now());
-        match next {
-            None | Some(Ok(Frame::End(_))) => return SessionEnd::Closed,
-            Some(Err(CodecError::Io(e))) => return SessionEnd::Io(e),
-            Some(Err(CodecError::Frame(e))) => return SessionEnd::Framing(e),
-            Some(Ok(Frame::Whitespace(_))) | Some(Ok(Frame::Header(_))) => {}
-            Some(Ok(Frame::Skipped(sk))) => {
-                // A user's stanza over a per-stanza limit: answered by the
-                // core; the session goes on.
-                if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
-                    events.send(Event::SkippedFromUpstream(sk)).await
-                {
-                    stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
-                    return SessionEnd::Shutdown;
-                }
-            }
-            Some(Ok(Frame::Stanza(st))) => {
-                if st.name == "error" && st.ns == NS_STREAMS {
-                    let StreamError { condition, text } = StreamError::parse(&st.bytes);
-                    return SessionEnd::StreamError { condition, text };
-                }
-                if st.is_iq_response() && liveness.is_answer(st.from(), st.id()) {
+impl SessionArgs {
+    /// Hands the server's stanzas to the core until the session ends, and
+    /// keeps the link alive: pings when it is quiet, ends it when the
+    /// server stays silent. `stragglers` gets the requests the core could
+    /// no longer take.
+    async fn read_loop(
+        &mut self,
+        reader: &mut Reader,
+        writer: &Writer,
+        mut liveness: Liveness,
+        stragglers: &mut Vec<Stanza>,
+    ) -> SessionEnd {
+        let ping_queue = writer.queue();
+        loop {
+            let wake = match liveness.check(tokio::time::Instant::now()) {
+                Check::Wait(at) => at,
+                Check::Ping(ping) => {
+                    tracing::debug!("upstream quiet: pinging the server");
+                    // A full queue means output is already waiting on the
+                    // link: the timeout below judges it either way.
+                    let _ = ping_queue.try_send(Out::Wire(ping.into()));
                     continue;
                 }
-                if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
-                    events.send(Event::FromUpstream(st)).await
-                {
-                    // The core has stopped: this one is answered at the end.
-                    stragglers.push(st);
-                    return SessionEnd::Shutdown;
+                Check::Dead { silent_for } => return SessionEnd::Dead { silent_for },
+            };
+            let next = tokio::select! {
+                f = reader.read_frame() => f,
+                _ = tokio::time::sleep_until(wake) => continue,
+                _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = changed(&mut self.config) => {
+                    if crate::reload::upstream_needs_reconnect(&self.cfg, &self.config.borrow()) {
+                        return SessionEnd::Reconfigured;
+                    }
+                    continue;
                 }
+            };
+            liveness.input(tokio::time::Instant::now());
+            let stanza = match next {
+                Ok(Frame::End(_)) => return SessionEnd::Closed,
+                Err(CodecError::Io(e)) => return SessionEnd::Io(e),
+                Err(CodecError::Frame(e)) => return SessionEnd::Framing(e),
+                Ok(Frame::Whitespace(_)) | Ok(Frame::Header(_)) => continue,
+                Ok(Frame::Skipped(sk)) => {
+                    // A user's stanza over a per-stanza limit: answered by
+                    // the core; the session goes on.
+                    if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
+                        self.events.send(Event::SkippedFromUpstream(sk)).await
+                    {
+                        stragglers
+                            .extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
+                        return SessionEnd::Shutdown;
+                    }
+                    continue;
+                }
+                Ok(Frame::Stanza(st)) => st,
+            };
+            if stanza.name == "error" && stanza.ns == NS_STREAMS {
+                let StreamError { condition, text } = StreamError::parse(&stanza.bytes);
+                return SessionEnd::StreamError { condition, text };
+            }
+            if stanza.is_iq_response() && liveness.is_answer(stanza.from(), stanza.id()) {
+                continue;
+            }
+            if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
+                self.events.send(Event::FromUpstream(stanza)).await
+            {
+                // The core has stopped: this one is answered at the end.
+                stragglers.push(st);
+                return SessionEnd::Shutdown;
             }
         }
     }
@@ -406,20 +419,20 @@ async fn read_loop(
 /// After shutdown: the iq requests the server still sends us until it
 /// closes its side (or `wait` runs out). Everything else is dropped: the
 /// requests those replies belonged to were answered by the core.
-async fn read_stragglers(frames: &mut Frames, wait: Duration, stragglers: &mut Vec<Stanza>) {
+async fn read_stragglers(reader: &mut Reader, wait: Duration, stragglers: &mut Vec<Stanza>) {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout_at(deadline, frames.next()).await {
-            Ok(Some(Ok(Frame::Stanza(st)))) => {
+        match tokio::time::timeout_at(deadline, reader.read_frame()).await {
+            Ok(Ok(Frame::Stanza(st))) => {
                 if st.kind == Kind::Iq && st.is_iq_request() {
                     stragglers.push(st);
                 }
             }
-            Ok(Some(Ok(Frame::Skipped(sk)))) => {
+            Ok(Ok(Frame::Skipped(sk))) => {
                 stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
             }
-            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
-            Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => return,
+            Ok(Ok(Frame::Whitespace(_) | Frame::Header(_))) => {}
+            Ok(Ok(Frame::End(_)) | Err(_)) => return,
             Err(_) => {
                 tracing::warn!(wait = ?wait, "upstream did not close its stream after ours");
                 return;
@@ -533,66 +546,45 @@ fn straggler_reply(cfg: &Config, st: &Stanza) -> Option<bytes::Bytes> {
     ))
 }
 
+/// Why an extra session at shutdown could not answer what it had.
+#[derive(Debug, thiserror::Error)]
+enum StragglerError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("writing the answers failed: {0}")]
+    Write(std::io::Error),
+}
+
+/// One extra session: log in, answer `waiting` and what arrives while it
+/// is open, end the stream, and keep what the server still sends.
 async fn straggler_round(
     cfg: &Config,
     waiting: &[Stanza],
     open_until: tokio::time::Instant,
-) -> std::io::Result<StragglerRound> {
+) -> Result<StragglerRound, StragglerError> {
     let up = &cfg.upstream;
-    let stream = TcpStream::connect(&up.server).await?;
-    let (r, mut w) = stream.into_split();
-    let limits = cfg.limits.upstream_framer();
-    let mut frames = FramedRead::new(r, Framer::with_tokenizer(limits, cfg.limits.tokenizer));
-    handshake::connect(
-        &mut frames,
-        &mut w,
-        &up.domain,
-        &up.secret,
-        up.handshake_timeout,
-    )
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut answered = 0;
-    for reply in waiting.iter().filter_map(|st| straggler_reply(cfg, st)) {
-        w.write_all(&reply).await?;
-        answered += 1;
-    }
-    w.flush().await?;
-    // Open: answer what this session draws, until it goes quiet.
-    let mut server_closed = false;
-    let linger_until = (tokio::time::Instant::now() + STRAGGLER_LINGER).min(open_until);
-    loop {
-        let quiet = (tokio::time::Instant::now() + STRAGGLER_QUIET).min(linger_until);
-        match tokio::time::timeout_at(quiet, frames.next()).await {
-            Ok(Some(Ok(Frame::Stanza(st)))) => {
-                if let Some(reply) = straggler_reply(cfg, &st) {
-                    w.write_all(&reply).await?;
-                    w.flush().await?;
-                    answered += 1;
-                }
-            }
-            Ok(Some(Ok(Frame::Skipped(sk)))) => {
-                if let Some(reply) = sk.head.and_then(|st| straggler_reply(cfg, &st)) {
-                    w.write_all(&reply).await?;
-                    w.flush().await?;
-                    answered += 1;
-                }
-            }
-            Ok(Some(Ok(Frame::Whitespace(_) | Frame::Header(_)))) => {}
-            Ok(Some(Ok(Frame::End(_))) | None | Some(Err(_))) => {
-                server_closed = true;
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    w.write_all(handshake::STREAM_END).await?;
-    w.flush().await?;
+    let stream = TcpStream::connect(&up.server)
+        .await
+        .map_err(StragglerError::Connect)?;
+    let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
+    handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout).await?;
+    let replies: Vec<bytes::Bytes> = waiting
+        .iter()
+        .filter_map(|st| straggler_reply(cfg, st))
+        .collect();
+    // One write for all of them.
+    conn.send(&replies.concat())
+        .await
+        .map_err(StragglerError::Write)?;
+    let (more, server_closed) = answer_while_open(&mut conn, cfg, open_until).await?;
+    conn.end_stream().await.map_err(StragglerError::Write)?;
     // Closing: what the server sends until it has read our end is for
     // the next round.
     let mut after_end = Vec::new();
     if !server_closed {
-        while let Some(Ok(f)) = frames.next().await {
+        while let Ok(f) = conn.read_frame().await {
             match f {
                 Frame::Stanza(st) if straggler_reply(cfg, &st).is_some() => after_end.push(st),
                 Frame::Skipped(sk) => {
@@ -604,9 +596,34 @@ async fn straggler_round(
         }
     }
     Ok(StragglerRound {
-        answered,
+        answered: replies.len() + more,
         after_end,
     })
+}
+
+/// Answers what an extra session draws until it goes quiet (or
+/// `open_until`): how many it answered, and whether the server closed.
+async fn answer_while_open(
+    conn: &mut Connection,
+    cfg: &Config,
+    open_until: tokio::time::Instant,
+) -> Result<(usize, bool), StragglerError> {
+    let mut answered = 0;
+    let linger_until = (tokio::time::Instant::now() + STRAGGLER_LINGER).min(open_until);
+    loop {
+        let quiet = (tokio::time::Instant::now() + STRAGGLER_QUIET).min(linger_until);
+        let reply = match tokio::time::timeout_at(quiet, conn.read_frame()).await {
+            Ok(Ok(Frame::Stanza(st))) => straggler_reply(cfg, &st),
+            Ok(Ok(Frame::Skipped(sk))) => sk.head.and_then(|st| straggler_reply(cfg, &st)),
+            Ok(Ok(Frame::Whitespace(_) | Frame::Header(_))) => None,
+            Ok(Ok(Frame::End(_)) | Err(_)) => return Ok((answered, true)),
+            Err(_) => return Ok((answered, false)),
+        };
+        if let Some(reply) = reply {
+            conn.send(&reply).await.map_err(StragglerError::Write)?;
+            answered += 1;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use fake::{error_condition, text, FakeInstance, FakeServer, Session, D, INSTANCE_SECRET, WAIT};
 use jatproxy::handshake;
 use jatproxy::xml::StreamCondition;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Peak resident memory allowed for the whole abuse run. The largest
@@ -203,6 +203,17 @@ fn free_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// A fake server, the binary started against it with `settings`, its
+/// upstream session, and an instance `name` serving requests.
+async fn with_echo(settings: Settings, name: &str) -> (FakeServer, Bin, Session, Echo) {
+    let server = FakeServer::bind().await;
+    let bin = Bin::start(&server, settings, &[]);
+    let mut up = server.accept().await;
+    listener_up(bin.listen).await;
+    let echo = Echo::ready(bin.listen, &mut up, name).await;
+    (server, bin, up, echo)
+}
+
 /// Waits until the binary's listener accepts connections.
 async fn listener_up(addr: SocketAddr) {
     let deadline = Instant::now() + WAIT;
@@ -221,7 +232,7 @@ fn instance_header() -> String {
 }
 
 /// Reads until the peer closes (or `wait` passes) and returns everything.
-async fn read_to_close(s: &mut TcpStream, wait: Duration) -> String {
+async fn read_to_close(s: &mut (impl AsyncRead + Unpin), wait: Duration) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + wait;
@@ -232,6 +243,20 @@ async fn read_to_close(s: &mut TcpStream, wait: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Sends `note` on `s`, which jatproxy must relay to the server as it is,
+/// then ends the stream, which jatproxy must close without a stream error.
+async fn relayed_then_closed(s: &mut TcpStream, up: &mut Session, note: &str) {
+    s.write_all(note.as_bytes()).await.expect("write");
+    let relayed = up.r.recv().await;
+    assert_eq!(text(&relayed), note);
+    s.write_all(handshake::STREAM_END).await.expect("end");
+    let got = read_to_close(s, WAIT).await;
+    assert!(
+        got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
+        "{got:?}"
+    );
 }
 
 /// The defined condition of the stream error in `text`, if any, and
@@ -306,18 +331,7 @@ async fn send_and_expect(bin: &Bin, case: &'static str, mut s: TcpStream, bytes:
         std::future::pending::<()>().await;
     };
     let text = tokio::select! {
-        t = async {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        } => t,
+        t = read_to_close(&mut r, WAIT) => t,
         _ = write => unreachable!(),
     };
     let took = t0.elapsed();
@@ -534,20 +548,8 @@ async fn dribble(
             }
             std::future::pending::<()>().await;
         };
-        let read = async {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        };
         tokio::select! {
-            g = read => g,
+            g = read_to_close(&mut r, WAIT) => g,
             _ = write => unreachable!(),
         }
     };
@@ -606,19 +608,15 @@ async fn unauthenticated(addr: SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_and_memory_stays_bounded() {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (server, bin, mut up, mut echo) = with_echo(
         Settings {
             instances: "max_unauthenticated = 4",
             extra: "[limits]\nheader_timeout = \"1s\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+        "good",
+    )
+    .await;
     echo.serve_one(&mut up, "start").await;
     let rss_start = bin.rss_kib();
 
@@ -822,15 +820,7 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
         let note = format!(
             "<message from='{D}' to='alice@example.test'><body>still here</body></message>"
         );
-        s.write_all(note.as_bytes()).await.expect("write");
-        let relayed = up.r.recv().await;
-        assert_eq!(text(&relayed), note);
-        s.write_all(handshake::STREAM_END).await.expect("end");
-        let got = read_to_close(&mut s, WAIT).await;
-        assert!(
-            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
-            "{got:?}"
-        );
+        relayed_then_closed(&mut s, &mut up, &note).await;
         echo.serve_one(&mut up, "second handshake").await;
     }
 
@@ -841,15 +831,7 @@ async fn bad_input_is_answered_and_memory_stays_bounded() {
         let note = format!(
             "<message from='room@{D}./nick' to='alice@example.test'><body>dot</body></message>"
         );
-        s.write_all(note.as_bytes()).await.expect("write");
-        let relayed = up.r.recv().await;
-        assert_eq!(text(&relayed), note);
-        s.write_all(handshake::STREAM_END).await.expect("end");
-        let got = read_to_close(&mut s, WAIT).await;
-        assert!(
-            got.ends_with("</stream:stream>") && !got.contains("<stream:error>"),
-            "{got:?}"
-        );
+        relayed_then_closed(&mut s, &mut up, &note).await;
         echo.serve_one(&mut up, "trailing dot").await;
     }
 
@@ -1055,20 +1037,16 @@ fn format_table(outcomes: &[Outcome]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_stanza_after_the_handshake_meets_idle_timeout() {
     const IDLE: Duration = Duration::from_secs(2);
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (_server, bin, mut up, mut echo) = with_echo(
         Settings {
             // A request stuck on the dribbling instance (it is in the
             // pool) makes it the busier one: the rest go to "good".
             extra: "[limits]\nidle_timeout = \"2s\"\n[routing]\nbalancing = \"least-pending\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "good").await;
+        "good",
+    )
+    .await;
     let stanza = format!(
         "<message from='{D}' to='alice@example.test'><body>slow, slow, slow</body></message>"
     );
@@ -1108,18 +1086,15 @@ async fn slowloris_stanza_after_the_handshake_meets_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_pending_closes_streams_and_exits_zero() {
-    let server = FakeServer::bind().await;
-    let mut bin = Bin::start(
-        &server,
+    let (_server, mut bin, mut up, echo) = with_echo(
         Settings {
             extra: "[service]\nshutdown_grace = \"3s\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut inst = Echo::ready(bin.listen, &mut up, "holder").await.inst;
+        "holder",
+    )
+    .await;
+    let mut inst = echo.inst;
     // Three requests the instance reads and never answers.
     for i in 0..3 {
         up.w.send(&format!(
@@ -1293,19 +1268,15 @@ async fn secrets_never_reach_the_logs_at_trace_level() {
 /// `ping_timeout`, and replaced by a new session; the instance stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_upstream_link_is_pinged_and_replaced() {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (server, bin, mut up, mut echo) = with_echo(
         Settings {
             upstream:
                 "ping_interval = \"300ms\"\nping_timeout = \"300ms\"\nkeepalive_interval = \"60s\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+        "stays",
+    )
+    .await;
     echo.serve_one(&mut up, "before").await;
     let t0 = Instant::now();
     let ping = up.r.recv().await;
@@ -1337,18 +1308,14 @@ async fn dead_upstream_link_is_pinged_and_replaced() {
 /// (no error comes back for them), and requests flow in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_pings_keep_the_link() {
-    let server = FakeServer::bind().await;
-    let bin = Bin::start(
-        &server,
+    let (server, bin, mut up, mut echo) = with_echo(
         Settings {
             upstream: "ping_interval = \"200ms\"\nping_timeout = \"300ms\"",
             ..Settings::default()
         },
-        &[],
-    );
-    let mut up = server.accept().await;
-    listener_up(bin.listen).await;
-    let mut echo = Echo::ready(bin.listen, &mut up, "stays").await;
+        "stays",
+    )
+    .await;
     let answer = |ping: &jatproxy::xml::Stanza| {
         assert!(text(ping).contains("urn:xmpp:ping"), "{}", text(ping));
         format!(

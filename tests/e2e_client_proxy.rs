@@ -11,11 +11,11 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::differences::module_differences;
-use support::flows::{error_of, load, responder};
+use support::flows::{error_of, load, responder, seed_request};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
 
@@ -39,32 +39,10 @@ async fn prosody(provisioned: bool) -> Prosody {
 
 async fn proxy(p: &Prosody, extra: &str) -> Proxy {
     let toml = format!(
-        r#"
-[upstream]
-server = "{}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "50ms"
-reconnect_max = "500ms"
-
-[client_proxy]
-target_address = "{T}"
-
-[routing]
-iq_timeout = "10s"
-{extra}
-"#,
-        p.component_addr()
+        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n\n[routing]\niq_timeout = \"10s\"\n{extra}\n",
+        upstream_toml(p.component_addr())
     );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; prosody log:\n{}",
-        p.log_tail(30)
-    );
-    proxy
+    start_registered(&toml, || p.log_tail(30)).await
 }
 
 async fn client(p: &Prosody, jid: &str) -> TestClient {
@@ -95,49 +73,7 @@ async fn seed_flow_matches_the_module_on_the_wire() {
     );
     let mut alice = client(&p, &format!("{ALICE}/phone")).await;
 
-    alice
-        .send_xml(&format!(
-            "<iq id='get-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>hello</echo></iq>"
-        ))
-        .await
-        .expect("send");
-    // Step 2: what the implementing client receives, exactly the module's.
-    let req = a
-        .recv_matching(WAIT, |e| e.name() == "iq")
-        .await
-        .expect("impl gets the iq");
-    assert_eq!(req.attr("type"), Some("get"));
-    assert_eq!(req.attr("id"), Some("get-1"));
-    assert_eq!(req.attr("to"), Some(format!("{T}/a").as_str()));
-    assert_eq!(
-        req.attr("from"),
-        Some(format!("{D}/{ALICE}/phone").as_str())
-    );
-    assert_eq!(
-        req.get_child("echo", NS_ECHO).map(|e| e.text()),
-        Some("hello".into())
-    );
-    // Step 3: the client answers the translated address.
-    a.send_xml(&format!(
-        "<iq type='result' to='{D}/{ALICE}/phone' id='get-1'><echo xmlns='{NS_ECHO}' from-resource='a'>hello</echo></iq>"
-    ))
-    .await
-    .expect("reply");
-    // Step 4: alice gets it from the bare proxy address.
-    let res = alice
-        .recv_iq_response("get-1", WAIT)
-        .await
-        .expect("alice gets the result");
-    assert_eq!(res.attr("type"), Some("result"));
-    assert_eq!(res.attr("from"), Some(D));
-    assert_eq!(res.attr("to"), Some(format!("{ALICE}/phone").as_str()));
-    let echo = res
-        .get_child("echo", NS_ECHO)
-        .expect("payload travels untouched");
-    assert_eq!(
-        (echo.attr("from-resource"), echo.text().as_str()),
-        (Some("a"), "hello")
-    );
+    seed_request(&mut a, &mut alice).await;
 
     // An error answered by the implementing client is passed back as is.
     alice

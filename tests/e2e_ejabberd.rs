@@ -20,12 +20,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
-use support::flows::{load, load_counting_lost, responder};
+use support::flows::{load, load_counting_lost, responder, seed_request};
 use support::relay::{Relay, Seen};
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -50,16 +50,22 @@ async fn ejabberd() -> Ejabberd {
     .unwrap_or_else(|e| panic!("ejabberd starts (is it installed? run scripts/setup.sh): {e}"))
 }
 
-fn upstream_toml(e: &Ejabberd) -> String {
-    upstream_toml_via(e.component_addr())
+/// jatproxy's settings for a component port at `server` (ejabberd's, or
+/// a relay before it): the shared `[upstream]` table and a 10 s iq timeout.
+fn base_toml(server: impl Display) -> String {
+    format!(
+        "{}\n[routing]\niq_timeout = \"10s\"\n",
+        upstream_toml(server)
+    )
 }
 
-/// [`upstream_toml`] with `upstream.server` at `server` (a relay).
-fn upstream_toml_via(server: impl Display) -> String {
-    format!(
-        "[upstream]\nserver = \"{server}\"\ndomain = \"{D}\"\nsecret = \"{SECRET}\"\n\
-         reconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n\n[routing]\niq_timeout = \"10s\"\n"
-    )
+/// jatproxy as the module, for impl's resources, registered at `e`.
+async fn client_proxy(e: &Ejabberd) -> Proxy {
+    let toml = format!(
+        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n",
+        base_toml(e.component_addr())
+    );
+    start_registered(&toml, || e.log_tail(30)).await
 }
 
 async fn client(e: &Ejabberd, jid: &str) -> TestClient {
@@ -73,18 +79,7 @@ async fn client(e: &Ejabberd, jid: &str) -> TestClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_flow_through_ejabberd() {
     let e = ejabberd().await;
-    let toml = format!(
-        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n",
-        upstream_toml(&e)
-    );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; ejabberd log:\n{}",
-        e.log_tail(30)
-    );
+    let proxy = client_proxy(&e).await;
     let mut a = client(&e, &format!("{T}/a")).await;
     assert!(
         proxy.wait_for(WAIT, |s| s.pool.len() == 1).await,
@@ -94,36 +89,9 @@ async fn seed_flow_through_ejabberd() {
     );
     let mut alice = client(&e, &format!("{ALICE}/phone")).await;
 
-    // One request step by step: translated in, translated back.
-    alice
-        .send_xml(&format!(
-            "<iq id='get-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>hello</echo></iq>"
-        ))
-        .await
-        .expect("send");
-    let req = a
-        .recv_matching(WAIT, |x| x.name() == "iq")
-        .await
-        .expect("impl gets the iq");
-    assert_eq!(req.attr("type"), Some("get"));
-    assert_eq!(req.attr("id"), Some("get-1"));
-    assert_eq!(req.attr("to"), Some(format!("{T}/a").as_str()));
-    assert_eq!(
-        req.attr("from"),
-        Some(format!("{D}/{ALICE}/phone").as_str())
-    );
-    a.send_xml(&format!(
-        "<iq type='result' id='get-1' to='{D}/{ALICE}/phone'><echo xmlns='{NS_ECHO}' from-resource='a'>hello</echo></iq>"
-    ))
-    .await
-    .expect("answer");
-    let res = alice
-        .recv_iq_response("get-1", WAIT)
-        .await
-        .expect("alice gets the result");
-    assert_eq!(res.attr("type"), Some("result"));
-    assert_eq!(res.attr("from"), Some(D));
-    assert_eq!(res.attr("to"), Some(format!("{ALICE}/phone").as_str()));
+    // One request step by step: translated in, translated back (and, as
+    // through Prosody, the payload untouched).
+    seed_request(&mut a, &mut alice).await;
 
     // Then load over two resources.
     let ra = responder(a);
@@ -151,16 +119,9 @@ async fn instance_pool_behind_ejabberd() {
     let e = ejabberd().await;
     let toml = format!(
         "{}\n[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n",
-        upstream_toml(&e)
+        base_toml(e.component_addr())
     );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "ejabberd log:\n{}",
-        e.log_tail(30)
-    );
+    let proxy = start_registered(&toml, || e.log_tail(30)).await;
     let listener = proxy.listen_addr().expect("listener");
     let mut instances = Vec::new();
     for name in ["one", "two"] {
@@ -351,7 +312,7 @@ async fn two_processes_serve_one_domain_and_one_can_stop() {
             &config,
             format!(
                 "{}\n[instances]\nlisten = \"{listen}\"\nsecret = \"{INSTANCE_SECRET}\"\n",
-                upstream_toml_via(relay.addr)
+                base_toml(relay.addr)
             ),
         )
         .expect("config");
@@ -574,18 +535,7 @@ fn attribution_tells_ejabberd_losses_from_jatproxy_losses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_prepared_replies_and_directed_presence_through_ejabberd() {
     let e = ejabberd().await;
-    let toml = format!(
-        "{}\n[client_proxy]\ntarget_address = \"{T}\"\n",
-        upstream_toml(&e)
-    );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; ejabberd log:\n{}",
-        e.log_tail(30)
-    );
+    let proxy = client_proxy(&e).await;
     let mut a = client(&e, &format!("{T}/a")).await;
     assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
     let mut alice = client(&e, &format!("{ALICE}/phone")).await;

@@ -13,12 +13,13 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
+use support::flows::error_of;
 use support::prosody::{Prosody, ProsodyConfig};
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
-use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
+use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
 
 const INSTANCE_SECRET: &str = "instance-secret";
 
@@ -36,36 +37,14 @@ async fn setup(names: &[&str]) -> (Prosody, Proxy, Vec<EchoComponent>) {
     let p = Prosody::start(ProsodyConfig::new().user("alice", PW).component(D, SECRET))
         .await
         .expect("prosody starts (is it installed? run scripts/setup.sh)");
+    // The module's answer to a lost member, which these tests read:
+    // re-dispatch and the hold are tests/e2e_survive.rs's.
     let toml = format!(
-        r#"
-[upstream]
-server = "{}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "50ms"
-reconnect_max = "500ms"
-
-[instances]
-listen = "127.0.0.1:0"
-secret = "{INSTANCE_SECRET}"
-
-[routing]
-iq_timeout = "10s"
-# The module's answer to a lost member, which these tests read;
-# re-dispatch and the hold are tests/e2e_survive.rs's.
-redispatch = "none"
-hold_when_empty = "0s"
-"#,
-        p.component_addr()
+        "{}\n[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n\n\
+         [routing]\niq_timeout = \"10s\"\nredispatch = \"none\"\nhold_when_empty = \"0s\"\n",
+        upstream_toml(p.component_addr())
     );
-    let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-        .await
-        .expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; prosody log:\n{}",
-        p.log_tail(30)
-    );
+    let proxy = start_registered(&toml, || p.log_tail(30)).await;
     let listener = proxy.listen_addr().expect("listener");
     let mut instances = Vec::new();
     for name in names {
@@ -89,17 +68,6 @@ async fn alice(p: &Prosody) -> TestClient {
         .expect("alice online");
     c.send_presence().await.expect("presence");
     c
-}
-
-fn error_of(e: &Element) -> Option<(String, String)> {
-    let err = e.children().find(|c| c.name() == "error")?;
-    let cond = err
-        .children()
-        .find(|c| c.ns() == NS_STANZAS && c.name() != "text")?;
-    Some((
-        err.attr("type").unwrap_or_default().to_owned(),
-        cond.name().to_owned(),
-    ))
 }
 
 /// How a request ended: `result:NAME` (the instance that answered, after

@@ -47,13 +47,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{answered_by, error_of};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::scrape::scrape;
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, RawComponent, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
 use tokio::sync::mpsc;
@@ -177,14 +177,7 @@ async fn start_proxy(s: &Server, limits: &str, members: Members) -> Proxy {
         }
     };
     let toml = format!(
-        r#"
-[upstream]
-server = "{}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "50ms"
-reconnect_max = "500ms"
-
+        r#"{}
 {pool}
 [routing]
 iq_timeout = "10s"
@@ -195,17 +188,9 @@ iq_timeout = "10s"
 [metrics]
 listen = "127.0.0.1:0"
 "#,
-        s.component_addr()
+        upstream_toml(s.component_addr())
     );
-    let cfg = config::from_toml_str(&toml)
-        .unwrap_or_else(|e| panic!("jatproxy refuses the config: {e}\n{toml}"));
-    let proxy = Proxy::start(cfg).await.expect("start");
-    assert!(
-        proxy.wait_for(WAIT, |s| s.upstream_online).await,
-        "jatproxy did not register as {D}; server log:\n{}",
-        s.log_tail(30)
-    );
-    proxy
+    start_registered(&toml, || s.log_tail(30)).await
 }
 
 /// The value of one series (`name{labels}` exactly as exposed); 0 when it
@@ -514,6 +499,23 @@ impl Run {
         self.rows.push(what.to_owned());
     }
 
+    /// [`Run::row`] for `payload` in an iq, a message and a presence to
+    /// `D`, in that order (ids `{tag}-iq`, `{tag}-msg`, `{tag}-pres`,
+    /// described as "iq {what}"…), each checked with its `expect`.
+    async fn each_kind(&mut self, what: &str, tag: &str, payload: &str, expect: [Expect<'_>; 3]) {
+        let kinds: [(&str, &str, Build); 3] = [
+            ("iq", "iq", iq),
+            ("message", "msg", message),
+            ("presence", "pres", presence),
+        ];
+        for ((kind, suffix, stanza), expect) in kinds.into_iter().zip(expect) {
+            let id = format!("{tag}-{suffix}");
+            let xml = stanza(&id, payload);
+            self.row(&format!("{kind} {what}"), kind, &id, &xml, expect)
+                .await;
+        }
+    }
+
     /// An ordinary request from alice, answered by impl/a; what alice
     /// received before its answer stays available to `drain`.
     async fn sync(&mut self, what: &str) {
@@ -576,6 +578,7 @@ impl Run {
 }
 
 /// What alice must get back for a row.
+#[derive(Clone, Copy)]
 enum Expect<'a> {
     /// An iq result from `from`, answered by impl/a.
     Result { from: &'a str },
@@ -642,9 +645,17 @@ const PRESENCE: Expect<'static> = Expect::Error {
     condition: "bad-request",
 };
 const RESULT: Expect<'static> = Expect::Result { from: D };
+/// What alice gets for an iq, a message and a presence to `D` that are
+/// within every limit: the iq answered by the member, the others refused
+/// as the module refuses them.
+const ANSWERED: [Expect<'static>; 3] = [RESULT, MESSAGE, PRESENCE];
 
 // ---------------------------------------------------------------------------
 // The rows
+
+/// Writes a stanza of one kind from its id and payload ([`iq`],
+/// [`message`], [`presence`]).
+type Build = fn(&str, &str) -> String;
 
 /// An iq get to `D`: `<echo>` saying `id`, with `payload` inside (an iq
 /// request has exactly one child).
@@ -707,30 +718,8 @@ const APOS: usize = 150_000;
 /// presence, with what alice gets back with jatproxy's default limits;
 /// `apos_iq` is what the iq of 150 KB of `'` must get.
 async fn table_rows_with_defaults(run: &mut Run, apos_iq: Expect<'_>) {
-    run.row(
-        "CR in an iq attribute",
-        "iq",
-        "cr-iq",
-        &iq("cr-iq", CR_ATTR),
-        RESULT,
-    )
-    .await;
-    run.row(
-        "CR in a message attribute",
-        "message",
-        "cr-msg",
-        &message("cr-msg", CR_ATTR),
-        MESSAGE,
-    )
-    .await;
-    run.row(
-        "CR in a presence attribute",
-        "presence",
-        "cr-pres",
-        &presence("cr-pres", CR_ATTR),
-        PRESENCE,
-    )
-    .await;
+    run.each_kind("with CR in an attribute", "cr", CR_ATTR, ANSWERED)
+        .await;
     // The member's reply holds `note='x&#13;y'`.
     run.row(
         "CR in a reply attribute",
@@ -740,79 +729,19 @@ async fn table_rows_with_defaults(run: &mut Run, apos_iq: Expect<'_>) {
         RESULT,
     )
     .await;
-
-    run.row(
-        "iq 65 deep",
-        "iq",
-        "deep-iq",
-        &iq("deep-iq", &deep(65)),
-        RESULT,
+    run.each_kind("65 deep", "deep", &deep(65), ANSWERED).await;
+    run.each_kind(
+        "with an attribute of 32769 bytes",
+        "attr",
+        &long_attr(32_769),
+        ANSWERED,
     )
     .await;
-    run.row(
-        "message 65 deep",
-        "message",
-        "deep-msg",
-        &message("deep-msg", &deep(65)),
-        MESSAGE,
-    )
-    .await;
-    run.row(
-        "presence 65 deep",
-        "presence",
-        "deep-pres",
-        &presence("deep-pres", &deep(65)),
-        PRESENCE,
-    )
-    .await;
-
-    run.row(
-        "iq attribute of 32769 bytes",
-        "iq",
-        "attr-iq",
-        &iq("attr-iq", &long_attr(32_769)),
-        RESULT,
-    )
-    .await;
-    run.row(
-        "message attribute of 32769 bytes",
-        "message",
-        "attr-msg",
-        &message("attr-msg", &long_attr(32_769)),
-        MESSAGE,
-    )
-    .await;
-    run.row(
-        "presence attribute of 32769 bytes",
-        "presence",
-        "attr-pres",
-        &presence("attr-pres", &long_attr(32_769)),
-        PRESENCE,
-    )
-    .await;
-
-    run.row(
-        "iq of 150 KB of '",
-        "iq",
-        "apos-iq",
-        &iq("apos-iq", &apostrophes(APOS)),
-        apos_iq,
-    )
-    .await;
-    run.row(
-        "message of 150 KB of '",
-        "message",
-        "apos-msg",
-        &message("apos-msg", &apostrophes(APOS)),
-        MESSAGE,
-    )
-    .await;
-    run.row(
-        "presence of 150 KB of '",
-        "presence",
-        "apos-pres",
-        &presence("apos-pres", &apostrophes(APOS)),
-        PRESENCE,
+    run.each_kind(
+        "of 150 KB of '",
+        "apos",
+        &apostrophes(APOS),
+        [apos_iq, MESSAGE, PRESENCE],
     )
     .await;
 }
@@ -901,26 +830,13 @@ async fn prosody_rows_over_lowered_limits_are_skipped_and_answered() {
     ];
     for (limit, tag, payload) in &cases {
         let before = value(&scrape(run.metrics).await, &skipped(limit));
-        let stanzas = [
-            ("iq", format!("{tag}-iq")),
-            ("message", format!("{tag}-msg")),
-            ("presence", format!("{tag}-pres")),
-        ];
-        for (kind, id) in &stanzas {
-            let xml = match *kind {
-                "iq" => iq(id, payload),
-                "message" => message(id, payload),
-                _ => presence(id, payload),
-            };
-            run.row(
-                &format!("{kind} over the {limit} limit"),
-                kind,
-                id,
-                &xml,
-                POLICY,
-            )
-            .await;
-        }
+        run.each_kind(
+            &format!("over the {limit} limit"),
+            tag,
+            payload,
+            [POLICY; 3],
+        )
+        .await;
         let after = value(&scrape(run.metrics).await, &skipped(limit));
         assert_eq!(
             after - before,

@@ -4,164 +4,18 @@
 //! answer, a full pending table. Every test counts that each request got
 //! exactly one answer.
 
-use std::time::Duration;
+#[path = "support/fake.rs"]
+mod fake;
 
-use futures::StreamExt;
-use jatproxy::config;
-use jatproxy::handshake;
+use fake::{
+    client_proxy_config, error_condition, text, FakeInstance, FakeServer, Session, D, T,
+    UPSTREAM_SECRET, WAIT,
+};
 use jatproxy::proxy::{Proxy, Status};
-use jatproxy::xml::{Frame, Framer, FramerLimits, Stanza};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpListener;
-use tokio_util::codec::FramedRead;
-
-const D: &str = "proxy.example.test";
-const T: &str = "impl@example.test";
-const SECRET: &str = "s3cret-for-tests";
-const WAIT: Duration = Duration::from_secs(10);
-
-struct FakeServer {
-    listener: TcpListener,
-}
-
-struct Session {
-    frames: FramedRead<OwnedReadHalf, Framer>,
-    w: OwnedWriteHalf,
-}
-
-impl FakeServer {
-    async fn bind() -> Self {
-        FakeServer {
-            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.listener.local_addr().expect("addr").to_string()
-    }
-
-    /// Accepts the proxy's connection and reads its stream header and
-    /// handshake; returns the session and whether the digest was right.
-    async fn accept_raw(&self, id: &str) -> (Session, bool) {
-        let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .expect("proxy connects in time")
-            .expect("accept");
-        let (r, w) = sock.into_split();
-        let mut s = Session {
-            frames: FramedRead::new(r, Framer::new(FramerLimits::default())),
-            w,
-        };
-        match s.next_frame().await {
-            Some(Frame::Header(h)) => assert_eq!(h.to.as_deref(), Some(D)),
-            other => panic!("expected a stream header, got {other:?}"),
-        }
-        s.send(&format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' from='{D}' id='{id}'>"
-        ))
-        .await;
-        let hs = s.recv().await;
-        assert_eq!(hs.name, "handshake");
-        let digest = jatproxy::xml::inspect::element_text(&hs.bytes);
-        let ok = digest == handshake::digest(id, SECRET);
-        (s, ok)
-    }
-
-    /// A session that completed the handshake.
-    async fn accept(&self) -> Session {
-        let (mut s, ok) = self.accept_raw("stream-1").await;
-        assert!(ok, "proxy sent the right digest");
-        s.send("<handshake/>").await;
-        s
-    }
-}
-
-impl Session {
-    async fn send(&mut self, xml: &str) {
-        self.w
-            .write_all(xml.as_bytes())
-            .await
-            .expect("write to proxy");
-    }
-
-    async fn next_frame(&mut self) -> Option<Frame> {
-        match tokio::time::timeout(WAIT, self.frames.next()).await {
-            Ok(Some(Ok(f))) => Some(f),
-            Ok(Some(Err(e))) => panic!("proxy sent bad XML: {e}"),
-            Ok(None) => None,
-            Err(_) => panic!("nothing from the proxy within {WAIT:?}"),
-        }
-    }
-
-    /// The next stanza, skipping keepalives.
-    async fn recv(&mut self) -> Stanza {
-        loop {
-            match self.next_frame().await {
-                Some(Frame::Stanza(s)) => return s,
-                Some(Frame::Whitespace(_)) => continue,
-                other => panic!("expected a stanza, got {other:?}"),
-            }
-        }
-    }
-
-    /// Checks that nothing more is on its way to the server (a late
-    /// duplicate answer, say): a marker request sent now must be the next
-    /// thing the proxy sends, forwarded to a member or refused.
-    async fn expect_nothing_more(&mut self, marker: &str) {
-        self.send(&format!(
-            "<iq type='get' id='{marker}' to='{D}' from='marker@example.test/m'/>"
-        ))
-        .await;
-        let next = self.recv().await;
-        assert_eq!(
-            next.id(),
-            Some(marker),
-            "something else came first: {}",
-            text(&next)
-        );
-    }
-
-    /// Consumes the subscribe the proxy sends after each handshake, grants
-    /// it as a server does, and consumes the probe that follows.
-    async fn expect_subscription(&mut self) {
-        let sub = self.recv().await;
-        assert_eq!((sub.stanza_type(), sub.to()), (Some("subscribe"), Some(T)));
-        self.send(&format!(
-            "<presence type='subscribed' from='{T}' to='{D}'/>"
-        ))
-        .await;
-        let probe = self.recv().await;
-        assert_eq!((probe.stanza_type(), probe.to()), (Some("probe"), Some(T)));
-    }
-}
-
-fn cfg(server: &str, extra: &str) -> config::Config {
-    let toml = format!(
-        r#"
-[upstream]
-server = "{server}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "20ms"
-reconnect_max = "200ms"
-handshake_timeout = "5s"
-
-# The fake server does not answer our </stream:stream>: after shutdown
-# jatproxy waits half the grace for it (to answer late requests).
-[service]
-shutdown_grace = "400ms"
-
-[client_proxy]
-target_address = "{T}"
-{extra}
-"#
-    );
-    config::from_toml_str(&toml).expect("test config is valid")
-}
+use jatproxy::xml::Frame;
 
 async fn start(server: &FakeServer, extra: &str) -> Proxy {
-    Proxy::start(cfg(&server.addr(), extra))
+    Proxy::start(client_proxy_config(&server.addr(), extra))
         .await
         .expect("proxy starts")
 }
@@ -181,47 +35,30 @@ async fn online_with(server: &FakeServer, extra: &str, resources: &[&str]) -> (P
         .iter()
         .map(|r| format!("<presence from='{T}/{r}' to='{D}'/>"))
         .collect();
-    s.send(&presences).await;
+    s.w.send(&presences).await;
     let n = resources.len();
     assert!(proxy.wait_for(WAIT, |st: &Status| st.pool.len() == n).await);
     (proxy, s)
-}
-
-fn text(s: &Stanza) -> String {
-    String::from_utf8_lossy(&s.bytes).into_owned()
-}
-
-fn error_condition(s: &Stanza) -> Option<String> {
-    let t = text(s);
-    [
-        "service-unavailable",
-        "remote-server-timeout",
-        "recipient-unavailable",
-        "resource-constraint",
-    ]
-    .into_iter()
-    .find(|c| t.contains(&format!("<{c} ")))
-    .map(str::to_owned)
 }
 
 #[tokio::test]
 async fn seed_flow_over_tcp() {
     let server = FakeServer::bind().await;
     let (proxy, mut s) = online_with(&server, "", &["a"]).await;
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='get' id='1234' to='{D}' from='alice@example.test/abc'><q xmlns='urn:x'>x</q></iq>"
     ))
     .await;
-    let fwd = s.recv().await;
+    let fwd = s.r.recv().await;
     assert_eq!(
         text(&fwd),
         format!("<iq type='get' id='1234' to='{T}/a' from='{D}/alice@example.test/abc'><q xmlns='urn:x'>x</q></iq>")
     );
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='result' id='1234' to='{D}/alice@example.test/abc' from='{T}/a'/>"
     ))
     .await;
-    let back = s.recv().await;
+    let back = s.r.recv().await;
     assert_eq!(
         text(&back),
         format!("<iq type='result' id='1234' to='alice@example.test/abc' from='{D}'/>")
@@ -234,9 +71,11 @@ async fn wrong_secret_is_refused_and_retried() {
     let server = FakeServer::bind().await;
     let proxy = start(&server, "").await;
     for attempt in 0..2 {
-        let (mut s, ok) = server.accept_raw(&format!("bad-{attempt}")).await;
+        let (mut s, ok) = server
+            .accept_raw(&format!("bad-{attempt}"), UPSTREAM_SECRET)
+            .await;
         assert!(ok, "the proxy's digest is right; the server refuses anyway");
-        s.send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+        s.w.send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
             .await;
     }
     // A third attempt comes, and this time the server accepts.
@@ -254,8 +93,8 @@ async fn wrong_secret_is_refused_and_retried() {
 async fn conflict_then_success() {
     let server = FakeServer::bind().await;
     let proxy = start(&server, "").await;
-    let (mut s, _) = server.accept_raw("c1").await;
-    s.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+    let (mut s, _) = server.accept_raw("c1", UPSTREAM_SECRET).await;
+    s.w.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
         .await;
     let mut s2 = server.accept().await;
     s2.expect_subscription().await;
@@ -269,30 +108,30 @@ async fn server_closing_mid_stanza_loses_no_request() {
     let routing = format!("[routing]\n{MODULE_LOSS}");
     let (proxy, mut s) = online_with(&server, &routing, &["a"]).await;
     for i in 0..5 {
-        s.send(&format!(
+        s.w.send(&format!(
             "<iq type='get' id='m{i}' to='{D}' from='alice@example.test/abc'/>"
         ))
         .await;
     }
     for _ in 0..5 {
-        assert_eq!(s.recv().await.stanza_type(), Some("get"));
+        assert_eq!(s.r.recv().await.stanza_type(), Some("get"));
     }
     // Cut the stream in the middle of a stanza.
-    s.send("<iq type='result' id='m0' to='proxy.exa").await;
+    s.w.send("<iq type='result' id='m0' to='proxy.exa").await;
     drop(s);
     assert!(
         proxy
-            .wait_for(WAIT, |st| !st.upstream_online && st.backlog == 5)
+            .wait_for(WAIT, |st| !st.upstream_online && st.upstream_buffer == 5)
             .await
     );
     // After reconnecting, the five requesters get their one answer each:
     // the held answers follow the subscription refresh.
     let mut s = server.accept().await;
-    let sub = s.recv().await;
+    let sub = s.r.recv().await;
     assert_eq!(sub.stanza_type(), Some("subscribe"));
     let mut answered = std::collections::HashSet::new();
     for _ in 0..5 {
-        let e = s.recv().await;
+        let e = s.r.recv().await;
         assert_eq!(e.to(), Some("alice@example.test/abc"));
         assert_eq!(
             error_condition(&e).as_deref(),
@@ -315,10 +154,11 @@ async fn timeouts_and_a_full_table_answer_once() {
     .await;
     let mut s = server.accept().await;
     s.expect_subscription().await;
-    s.send(&format!("<presence from='{T}/a' to='{D}'/>")).await;
+    s.w.send(&format!("<presence from='{T}/a' to='{D}'/>"))
+        .await;
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
     for i in 0..3 {
-        s.send(&format!(
+        s.w.send(&format!(
             "<iq type='get' id='t{i}' to='{D}' from='alice@example.test/abc'/>"
         ))
         .await;
@@ -328,7 +168,7 @@ async fn timeouts_and_a_full_table_answer_once() {
     let mut forwarded = 0;
     let mut received = 0;
     while received < 3 {
-        let st = s.recv().await;
+        let st = s.r.recv().await;
         if st.to() == Some("alice@example.test/abc") {
             received += 1;
             answers
@@ -346,7 +186,7 @@ async fn timeouts_and_a_full_table_answer_once() {
     assert!(proxy.wait_for(WAIT, |st| st.pending == 0).await);
     // Late replies are dropped: the next thing the server sees is the
     // forwarded marker, no second answer to t1.
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='result' id='t1' to='{D}/alice@example.test/abc' from='{T}/a'/>"
     ))
     .await;
@@ -376,12 +216,12 @@ async fn resource_vanishing_under_load_answers_everything_once() {
             i % 7
         ));
     }
-    s.send(&batch).await;
+    s.w.send(&batch).await;
     let mut answered: std::collections::HashMap<String, u32> = Default::default();
     let mut to_a = 0;
     let mut replies = String::new();
     for _ in 0..n {
-        let f = s.recv().await;
+        let f = s.r.recv().await;
         let to = f.to().unwrap_or_default().to_owned();
         if to == format!("{T}/b") {
             let enc = f.from().unwrap_or_default();
@@ -395,13 +235,13 @@ async fn resource_vanishing_under_load_answers_everything_once() {
     }
     assert!(to_a > 0);
     // b answers everything it got; a goes away without answering.
-    s.send(&replies).await;
-    s.send(&format!(
+    s.w.send(&replies).await;
+    s.w.send(&format!(
         "<presence type='unavailable' from='{T}/a' to='{D}'/>"
     ))
     .await;
     while answered.len() < n {
-        let f = s.recv().await;
+        let f = s.r.recv().await;
         assert!(
             f.to().is_some_and(|t| t.starts_with("user")),
             "{}",
@@ -439,9 +279,9 @@ async fn answers_held_past_the_upstream_buffer_all_arrive() {
             i % 3
         ));
     }
-    s.send(&batch).await;
+    s.w.send(&batch).await;
     for _ in 0..n {
-        assert_eq!(s.recv().await.stanza_type(), Some("get"));
+        assert_eq!(s.r.recv().await.stanza_type(), Some("get"));
     }
     assert!(proxy.wait_for(WAIT, |st| st.pending == n).await);
     drop(s);
@@ -451,12 +291,16 @@ async fn answers_held_past_the_upstream_buffer_all_arrive() {
             .await
     );
     let held = proxy.status();
-    assert_eq!((held.backlog, held.backlog_dropped), (n, 0), "{held:?}");
+    assert_eq!(
+        (held.upstream_buffer, held.upstream_buffer_dropped),
+        (n, 0),
+        "{held:?}"
+    );
     let mut s = server.accept().await;
-    assert_eq!(s.recv().await.stanza_type(), Some("subscribe"));
+    assert_eq!(s.r.recv().await.stanza_type(), Some("subscribe"));
     let mut answered: std::collections::HashMap<String, u32> = Default::default();
     for _ in 0..n {
-        let e = s.recv().await;
+        let e = s.r.recv().await;
         assert!(
             e.to().is_some_and(|t| t.starts_with("user")),
             "{}",
@@ -481,43 +325,19 @@ async fn answers_held_past_the_upstream_buffer_all_arrive() {
 async fn shutdown_answers_pending_and_closes_the_stream() {
     let server = FakeServer::bind().await;
     let (proxy, mut s) = online_with(&server, "", &["a"]).await;
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='set' id='sd' to='{D}' from='alice@example.test/abc'/>"
     ))
     .await;
-    assert_eq!(s.recv().await.id(), Some("sd"));
+    assert_eq!(s.r.recv().await.id(), Some("sd"));
     let stop = tokio::spawn(proxy.shutdown(WAIT));
-    let e = s.recv().await;
+    let e = s.r.recv().await;
     assert_eq!(
         error_condition(&e).as_deref(),
         Some("recipient-unavailable")
     );
-    assert!(matches!(s.next_frame().await, Some(Frame::End(_))));
+    assert!(matches!(s.r.next_frame().await, Some(Frame::End(_))));
     assert!(stop.await.expect("join"));
-}
-
-/// Connects a fake instance to the proxy's listener; returns its session
-/// and whether the proxy accepted the handshake.
-async fn instance_connect(addr: std::net::SocketAddr, secret: &str) -> (Session, bool) {
-    let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (r, w) = sock.into_split();
-    let mut s = Session {
-        frames: FramedRead::new(r, Framer::new(FramerLimits::default())),
-        w,
-    };
-    s.send(std::str::from_utf8(&handshake::client_header(D)).expect("utf8"))
-        .await;
-    let id = match s.next_frame().await {
-        Some(Frame::Header(h)) => h.id.unwrap_or_default(),
-        other => panic!("no header: {other:?}"),
-    };
-    s.send(&format!(
-        "<handshake>{}</handshake>",
-        handshake::digest(&id, secret)
-    ))
-    .await;
-    let ok = matches!(s.next_frame().await, Some(Frame::Stanza(st)) if st.name == "handshake");
-    (s, ok)
 }
 
 #[tokio::test]
@@ -530,11 +350,12 @@ async fn silent_instance_is_closed_after_the_idle_timeout() {
     .await;
     let mut up = server.accept().await;
     up.expect_subscription().await;
-    let (mut inst, ok) = instance_connect(proxy.listen_addr().expect("listener"), "i").await;
-    assert!(ok);
+    let mut inst = FakeInstance::connect_as(proxy.listen_addr().expect("listener"), D, "i", "i")
+        .await
+        .expect("the proxy accepts the instance's handshake");
     assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
     // Say nothing: the proxy closes the stream with connection-timeout.
-    let err = inst.recv().await;
+    let err = inst.r.recv().await;
     assert_eq!(err.name, "error");
     assert!(
         text(&err).contains("<connection-timeout "),
@@ -588,9 +409,9 @@ async fn secrets_never_reach_the_logs() {
         &format!("[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{instance_secret}\"\n"),
     )
     .await;
-    let (mut refused, _) = server.accept_raw("r1").await;
+    let (mut refused, _) = server.accept_raw("r1", UPSTREAM_SECRET).await;
     refused
-        .send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
+        .w.send("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>")
         .await;
     let mut s = server.accept().await;
     s.expect_subscription().await;
@@ -598,7 +419,7 @@ async fn secrets_never_reach_the_logs() {
     // An instance with a wrong secret, then one with the right one.
     let addr = proxy.listen_addr().expect("listener");
     for secret in ["wrong-secret", instance_secret] {
-        let (_, ok) = instance_connect(addr, secret).await;
+        let ok = FakeInstance::connect_as(addr, D, secret, "i").await.is_ok();
         assert_eq!(ok, secret == instance_secret);
     }
     assert!(proxy.shutdown(WAIT).await);
@@ -612,7 +433,7 @@ async fn secrets_never_reach_the_logs() {
         text.contains("instance handshake failed"),
         "the refusal was logged"
     );
-    for secret in [SECRET, instance_secret] {
+    for secret in [UPSTREAM_SECRET, instance_secret] {
         assert!(
             !text.contains(secret),
             "secret {secret:?} leaked into the logs:\n{text}"
@@ -650,7 +471,7 @@ async fn a_stream_error_after_the_handshake_keeps_its_condition_and_text() {
     for error in &errors {
         let mut s = server.accept().await;
         s.expect_subscription().await;
-        s.send(error).await;
+        s.w.send(error).await;
     }
     // The proxy logs each end before it reconnects: once it has come
     // back after the last one, both lines are written.
@@ -686,7 +507,7 @@ fn vm_hwm_kib() -> u64 {
 /// What the proxy answers a user's stanza over an upstream limit, as
 /// text, or panics.
 async fn expect_policy_violation(s: &mut Session, name: &str, id: &str, key: &str) {
-    let err = s.recv().await;
+    let err = s.r.recv().await;
     let t = text(&err);
     assert_eq!(err.name, name, "{t}");
     assert_eq!(err.stanza_type(), Some("error"), "{t}");
@@ -710,15 +531,15 @@ async fn oversize_stanzas_from_the_server_are_skipped_answered_and_the_session_s
     let alice = "alice@example.test/abc";
 
     // One ordinary request in flight across every skip.
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='get' id='before' to='{D}' from='{alice}'/>"
     ))
     .await;
-    assert_eq!(s.recv().await.id(), Some("before"));
+    assert_eq!(s.r.recv().await.id(), Some("before"));
 
     // Size: a 100 KB payload.
     let big = "x".repeat(100_000);
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='set' id='big' to='{D}' from='{alice}'><q xmlns='urn:x'>{big}</q></iq>"
     ))
     .await;
@@ -726,7 +547,7 @@ async fn oversize_stanzas_from_the_server_are_skipped_answered_and_the_session_s
 
     // Depth: 17 levels below the stanza.
     let deep = format!("{}{}", "<a>".repeat(17), "</a>".repeat(17));
-    s.send(&format!(
+    s.w.send(&format!(
         "<message type='chat' id='deep' to='{D}' from='{alice}'>{deep}</message>"
     ))
     .await;
@@ -735,14 +556,14 @@ async fn oversize_stanzas_from_the_server_are_skipped_answered_and_the_session_s
     // Token: one attribute value of 9000 bytes, in the stanza's own start
     // tag (the head is recovered all the same).
     let long = "v".repeat(9000);
-    s.send(&format!(
+    s.w.send(&format!(
         "<presence id='tok' to='{D}' from='{alice}' x='{long}'/>"
     ))
     .await;
     expect_policy_violation(&mut s, "presence", "tok", "max_token_bytes").await;
 
     // An oversize reply is dropped, never answered.
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='result' id='before' to='{D}/{alice}' from='{T}/a'><q xmlns='urn:x'>{big}</q></iq>"
     ))
     .await;
@@ -750,26 +571,26 @@ async fn oversize_stanzas_from_the_server_are_skipped_answered_and_the_session_s
 
     // 100 MB streamed in 64 KiB writes: skipped without being buffered.
     let hwm_before = vm_hwm_kib();
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='get' id='huge' to='{D}' from='{alice}'><q xmlns='urn:x'>"
     ))
     .await;
     let chunk = "y".repeat(64 * 1024);
     for _ in 0..(100 * 1024 * 1024 / chunk.len()) {
-        s.send(&chunk).await;
+        s.w.send(&chunk).await;
     }
-    s.send("</q></iq>").await;
+    s.w.send("</q></iq>").await;
     expect_policy_violation(&mut s, "iq", "huge", "max_stanza_bytes").await;
     let grew = vm_hwm_kib().saturating_sub(hwm_before);
     println!("peak RSS grew by {grew} KiB while skipping a 100 MB stanza");
     assert!(grew < 16 * 1024, "peak RSS grew by {grew} KiB");
 
     // The request in flight is answered normally, on the same session.
-    s.send(&format!(
+    s.w.send(&format!(
         "<iq type='result' id='before' to='{D}/{alice}' from='{T}/a'/>"
     ))
     .await;
-    let back = s.recv().await;
+    let back = s.r.recv().await;
     assert_eq!((back.id(), back.to()), (Some("before"), Some(alice)));
     s.expect_nothing_more("marker-2").await;
 

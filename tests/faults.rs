@@ -31,11 +31,11 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use jatproxy::config;
 use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::relay::{Relay, Seen};
+use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
 use support::{ALICE, D, NS_ECHO, NS_STANZAS, PW, SECRET, WAIT, WINDOW};
 use tokio::sync::watch;
@@ -420,14 +420,7 @@ impl World {
         .expect("prosody starts (is it installed? run scripts/setup.sh)");
         let relay = Relay::start(p.component_addr(), &[ALICE, BOB]).await;
         let toml = format!(
-            r#"
-[upstream]
-server = "{}"
-domain = "{D}"
-secret = "{SECRET}"
-reconnect_min = "50ms"
-reconnect_max = "500ms"
-
+            r#"{}
 [client_proxy]
 target_address = "{T}"
 
@@ -444,17 +437,10 @@ pending_capacity = {PENDING_CAPACITY}
 redispatch = "none"
 hold_when_empty = "0s"
 "#,
-            relay.addr,
+            upstream_toml(relay.addr),
             IQ_TIMEOUT.as_millis()
         );
-        let proxy = Proxy::start(config::from_toml_str(&toml).expect("config"))
-            .await
-            .expect("start");
-        assert!(
-            proxy.wait_for(WAIT, |s| s.upstream_online).await,
-            "jatproxy did not register; prosody log:\n{}",
-            p.log_tail(30)
-        );
+        let proxy = start_registered(&toml, || p.log_tail(30)).await;
         let mut w = World {
             p,
             relay,

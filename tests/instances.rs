@@ -858,7 +858,7 @@ async fn a_held_request_that_timed_out_is_not_sent_after_reconnecting() {
             "<iq type='get' id='held' from='{D}' to='peer@example.test'><q xmlns='urn:x'/></iq>"
         ))
         .await;
-    assert!(proxy.wait_for(WAIT, |st| st.backlog == 1).await);
+    assert!(proxy.wait_for(WAIT, |st| st.upstream_buffer == 1).await);
     let answer = inst.r.recv().await;
     assert_eq!(
         (answer.id(), error_condition(&answer).as_deref()),
@@ -879,7 +879,10 @@ async fn a_held_request_that_timed_out_is_not_sent_after_reconnecting() {
         text(&first)
     );
     let st = proxy.status();
-    assert_eq!((st.requests_withdrawn, st.backlog, st.pending), (1, 0, 0));
+    assert_eq!(
+        (st.requests_withdrawn, st.upstream_buffer, st.pending),
+        (1, 0, 0)
+    );
     assert!(proxy.shutdown(WAIT).await);
 }
 

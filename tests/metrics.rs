@@ -349,3 +349,65 @@ async fn upstream_failures_are_counted() {
     );
     assert!(proxy.shutdown(Duration::from_secs(5)).await);
 }
+
+/// `limits.upstream_buffer` is exposed as `jatproxy_upstream_buffer` and
+/// `jatproxy_upstream_buffer_dropped_total`, and for one release still
+/// under the old `backlog` names, with the same values and a HELP text
+/// that says they are deprecated aliases.
+#[tokio::test]
+async fn the_upstream_buffer_is_exposed_under_its_name_and_the_deprecated_one() {
+    let server = FakeServer::bind().await;
+    let settings = "[limits]\nupstream_buffer = 1\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let (proxy, up) = start(&server, "", settings).await;
+    let metrics = proxy.metrics_addr().expect("metrics endpoint is on");
+    let mut inst = FakeInstance::connect(proxy.listen_addr().expect("listener"), "a").await;
+    wait(&proxy, "the instance in the pool", |s| s.pool.len() == 1).await;
+    // Upstream goes away; the server does not answer the reconnect yet.
+    drop(up);
+    wait(&proxy, "upstream down", |s| !s.upstream_online).await;
+    for id in ["kept", "dropped"] {
+        inst.w
+            .send(&format!(
+                "<message from='{D}' to='bob@example.test' id='{id}'/>"
+            ))
+            .await;
+    }
+    wait(&proxy, "one held, one dropped", |s| {
+        s.upstream_buffer == 1 && s.upstream_buffer_dropped == 1
+    })
+    .await;
+    let away = scrape(metrics).await;
+    check(
+        &away,
+        &[
+            ("jatproxy_upstream_buffer", 1),
+            ("jatproxy_upstream_buffer_dropped_total", 1),
+            ("jatproxy_upstream_backlog", 1),
+            ("jatproxy_upstream_backlog_dropped_total", 1),
+        ],
+    );
+    for help in [
+        "# HELP jatproxy_upstream_backlog Deprecated alias of jatproxy_upstream_buffer,",
+        "# HELP jatproxy_upstream_backlog_dropped_total Deprecated alias of \
+         jatproxy_upstream_buffer_dropped_total,",
+    ] {
+        assert!(away.contains(help), "no {help:?} in\n{away}");
+    }
+
+    // Back: the held message goes out and the gauges say so; the counters
+    // keep what was dropped.
+    let mut up = server.accept().await;
+    assert_eq!(up.r.recv().await.id(), Some("kept"));
+    wait(&proxy, "the buffer emptied", |s| s.upstream_buffer == 0).await;
+    let back = scrape(metrics).await;
+    check(
+        &back,
+        &[
+            ("jatproxy_upstream_buffer", 0),
+            ("jatproxy_upstream_buffer_dropped_total", 1),
+            ("jatproxy_upstream_backlog", 0),
+            ("jatproxy_upstream_backlog_dropped_total", 1),
+        ],
+    );
+    assert!(proxy.shutdown(Duration::from_secs(5)).await);
+}

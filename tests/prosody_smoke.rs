@@ -22,6 +22,43 @@ fn show(what: &str, elements: &[String]) {
     }
 }
 
+/// Sends a probe from the component to impl's bare JID and returns the
+/// first stanza that comes back.
+async fn probe(comp: &mut RawComponent, id: &str) -> String {
+    comp.send_raw(&format!(
+        "<presence type='probe' from='{PROXY}' to='impl@example.test' id='{id}'/>"
+    ))
+    .await
+    .expect("send probe");
+    comp.read_stanza(TIMEOUT).await.expect("probe answered")
+}
+
+/// Prosody with impl (offline, no roster entry) and the component, which
+/// has asked impl for a subscription; returns what the component got up
+/// to Prosody's receipt (the `unavailable` of the offline target).
+async fn subscribe_while_offline() -> (Prosody, RawComponent, Vec<String>) {
+    let server = Prosody::start(
+        ProsodyConfig::new()
+            .user("impl", "implpw")
+            .component(PROXY, SECRET),
+    )
+    .await
+    .expect("prosody starts");
+    let mut comp = RawComponent::connect(server.component_addr(), PROXY, SECRET, TIMEOUT)
+        .await
+        .expect("component handshake");
+    comp.send_raw(&format!(
+        "<presence type='subscribe' from='{PROXY}' to='impl@example.test' id='sub1'/>"
+    ))
+    .await
+    .expect("send subscribe");
+    let got = comp
+        .read_until_contains("unavailable", TIMEOUT)
+        .await
+        .expect("receipt of the subscribe");
+    (server, comp, got)
+}
+
 fn is_presence_from(el: &xmpp::Element, from: &str) -> bool {
     el.name() == "presence" && el.attr("from") == Some(from)
 }
@@ -235,13 +272,7 @@ async fn component_handshake_and_target_presence() {
     let mut comp2 = RawComponent::connect(server.component_addr(), PROXY, SECRET, TIMEOUT)
         .await
         .expect("second component handshake");
-    comp2
-        .send_raw(&format!(
-            "<presence type='probe' from='{PROXY}' to='impl@example.test' id='probe1'/>"
-        ))
-        .await
-        .expect("send probe");
-    let first = comp2.read_stanza(TIMEOUT).await.expect("probe answered");
+    let first = probe(&mut comp2, "probe1").await;
     show("new component sends a probe", std::slice::from_ref(&first));
     assert!(
         first.contains("from='impl@example.test/b'") && first.contains("<delay"),
@@ -292,25 +323,7 @@ async fn component_handshake_and_target_presence() {
 #[tokio::test]
 async fn component_subscribe_to_offline_target_is_delivered_at_login() {
     // No roster provisioning: the component asks while the target is offline.
-    let server = Prosody::start(
-        ProsodyConfig::new()
-            .user("impl", "implpw")
-            .component(PROXY, SECRET),
-    )
-    .await
-    .expect("prosody starts");
-    let mut comp = RawComponent::connect(server.component_addr(), PROXY, SECRET, TIMEOUT)
-        .await
-        .expect("component handshake");
-    comp.send_raw(&format!(
-        "<presence type='subscribe' from='{PROXY}' to='impl@example.test' id='sub1'/>"
-    ))
-    .await
-    .expect("send subscribe");
-    let got = comp
-        .read_until_contains("unavailable", TIMEOUT)
-        .await
-        .expect("receipt of the subscribe");
+    let (server, mut comp, got) = subscribe_while_offline().await;
     show(
         "subscribe while the target is offline and not subscribed",
         &got,
@@ -342,12 +355,7 @@ async fn component_subscribe_to_offline_target_is_delivered_at_login() {
     show("target accepts the stored subscribe at login", &got);
     assert!(got[0].contains("type='subscribed'"), "{got:?}");
     // Now subscribed: a probe is answered with the online resource.
-    comp.send_raw(&format!(
-        "<presence type='probe' from='{PROXY}' to='impl@example.test' id='probe2'/>"
-    ))
-    .await
-    .expect("send probe");
-    let got = comp.read_stanza(TIMEOUT).await.expect("probe answered");
+    let got = probe(&mut comp, "probe2").await;
     show("probe once subscribed", std::slice::from_ref(&got));
     assert!(got.contains("from='impl@example.test/a'"), "{got}");
     // No resource online: a probe gets `unavailable` from the bare JID.
@@ -357,12 +365,7 @@ async fn component_subscribe_to_offline_target_is_delivered_at_login() {
         .await
         .expect("unavailable of impl/a");
     show("target logs out", &got);
-    comp.send_raw(&format!(
-        "<presence type='probe' from='{PROXY}' to='impl@example.test' id='probe3'/>"
-    ))
-    .await
-    .expect("send probe");
-    let got = comp.read_stanza(TIMEOUT).await.expect("probe answered");
+    let got = probe(&mut comp, "probe3").await;
     show("probe with no resource online", std::slice::from_ref(&got));
     comp.close().await;
 }
@@ -372,37 +375,15 @@ async fn component_subscribe_to_offline_target_is_delivered_at_login() {
 /// user's own cancellation: the stored subscription request is dropped.
 #[tokio::test]
 async fn prosody_probe_without_subscription_cancels_pending_subscribe() {
-    let server = Prosody::start(
-        ProsodyConfig::new()
-            .user("impl", "implpw")
-            .component(PROXY, SECRET),
-    )
-    .await
-    .expect("prosody starts");
+    let (server, mut comp, _) = subscribe_while_offline().await;
     let roster_file = server.data_path().join("example%2etest/roster/impl.dat");
-    let mut comp = RawComponent::connect(server.component_addr(), PROXY, SECRET, TIMEOUT)
-        .await
-        .expect("component handshake");
-    comp.send_raw(&format!(
-        "<presence type='subscribe' from='{PROXY}' to='impl@example.test' id='sub1'/>"
-    ))
-    .await
-    .expect("send subscribe");
-    comp.read_until_contains("unavailable", TIMEOUT)
-        .await
-        .expect("receipt of the subscribe");
     let stored = std::fs::read_to_string(&roster_file).expect("roster file");
     assert!(
         stored.contains("[\"proxy.example.test\"]"),
         "pending request stored: {stored}"
     );
 
-    comp.send_raw(&format!(
-        "<presence type='probe' from='{PROXY}' to='impl@example.test' id='probe1'/>"
-    ))
-    .await
-    .expect("send probe");
-    let got = comp.read_stanza(TIMEOUT).await.expect("probe answered");
+    let got = probe(&mut comp, "probe1").await;
     show("probe while not subscribed", std::slice::from_ref(&got));
     assert!(got.contains("type='unsubscribed'"), "{got}");
     let after = std::fs::read_to_string(&roster_file).expect("roster file");

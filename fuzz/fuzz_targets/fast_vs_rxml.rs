@@ -12,33 +12,16 @@
 #![no_main]
 
 use jatproxy::xml::differential::differ;
-use jatproxy::xml::FramerLimits;
-use jatproxy_fuzz::HEADER;
+use jatproxy_fuzz::{ChunkedInput, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&control, rest)) = data.split_first() else {
+    let Some(c) = ChunkedInput::parse(data) else {
         return;
     };
-    let n = usize::from(control & 7) + 1;
-    if rest.len() < n {
-        return;
-    }
-    let (size_bytes, payload) = rest.split_at(n);
-    let sizes: Vec<usize> = size_bytes
-        .iter()
-        .map(|&b| match b {
-            0xF0.. => usize::from(b - 0xEF) * 512,
-            _ => usize::from(b) + 1,
-        })
-        .collect();
-    let limits = FramerLimits {
-        max_stanza_bytes: [512 * 1024, 4096, 512, 200][usize::from(control >> 3 & 3)],
-        max_depth: [64, 1, 2, 4][usize::from(control >> 5 & 3)],
-        ..FramerLimits::default()
-    };
+    let (sizes, limits, payload) = (c.sizes, c.limits, c.payload);
     let mut input = Vec::with_capacity(HEADER.len() + payload.len());
-    if control & 0x80 == 0 {
+    if c.control & 0x80 == 0 {
         input.extend_from_slice(HEADER);
     }
     input.extend_from_slice(payload);

@@ -13,33 +13,17 @@
 //! The whole stream, header included, is cut into the pieces.
 #![no_main]
 
-use jatproxy::xml::{Frame, FrameError, FramerLimits};
-use jatproxy_fuzz::{merged, run_chunked, stream_text, HEADER};
+use jatproxy::xml::{Frame, FrameError};
+use jatproxy_fuzz::{merged, run_chunked, stream_text, ChunkedInput, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&control, rest)) = data.split_first() else {
+    let Some(c) = ChunkedInput::parse(data) else {
         return;
     };
-    let n = usize::from(control & 7) + 1;
-    if rest.len() < n {
-        return;
-    }
-    let (size_bytes, payload) = rest.split_at(n);
-    let sizes: Vec<usize> = size_bytes
-        .iter()
-        .map(|&b| match b {
-            0xF0.. => usize::from(b - 0xEF) * 512,
-            _ => usize::from(b) + 1,
-        })
-        .collect();
-    let limits = FramerLimits {
-        max_stanza_bytes: [512 * 1024, 4096, 512, 200][usize::from(control >> 3 & 3)],
-        max_depth: [64, 1, 2, 4][usize::from(control >> 5 & 3)],
-        ..FramerLimits::default()
-    };
+    let (sizes, limits) = (c.sizes, c.limits);
     let mut input = HEADER.to_vec();
-    input.extend_from_slice(payload);
+    input.extend_from_slice(c.payload);
 
     let whole = run_chunked(&input, &[input.len()], limits);
     let pieces = run_chunked(&input, &sizes, limits);

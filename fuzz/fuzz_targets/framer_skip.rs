@@ -22,7 +22,7 @@
 #![no_main]
 
 use jatproxy::xml::{Frame, FramerLimits, Kind, Limit, Tokenizer};
-use jatproxy_fuzz::{merged, run_chunked_with, HEADER};
+use jatproxy_fuzz::{chunk_sizes, merged, run_chunked_with, HEADER};
 use libfuzzer_sys::fuzz_target;
 
 /// Pieces placed directly inside an oversize stanza (depth 2 at most,
@@ -114,13 +114,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (size_bytes, recipe) = rest.split_at(n);
-    let sizes: Vec<usize> = size_bytes
-        .iter()
-        .map(|&b| match b {
-            0xF0.. => usize::from(b - 0xEF) * 512,
-            _ => usize::from(b) + 1,
-        })
-        .collect();
+    let sizes = chunk_sizes(size_bytes);
     let limits = FramerLimits {
         max_stanza_bytes: [2048, 4096, 8192, 2048][usize::from(control & 3)],
         max_depth: [2, 4, 16, 3][usize::from(control >> 2 & 3)],

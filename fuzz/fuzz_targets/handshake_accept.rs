@@ -21,6 +21,7 @@ use bytes::BytesMut;
 use jatproxy::config::Secret;
 use jatproxy::handshake::{self, HandshakeError};
 use jatproxy::xml::{Frame, Framer, FramerLimits};
+use jatproxy_fuzz::block_on;
 use libfuzzer_sys::fuzz_target;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -34,14 +35,8 @@ fuzz_target!(|data: &[u8]| {
     let stream_id = handshake::new_stream_id(&mut StdRng::seed_from_u64(SEED));
     let digest = handshake::digest(&stream_id, SECRET);
     let input = replace(data, b"@DIGEST@", digest.as_bytes());
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    else {
-        return;
-    };
     let mut out: Vec<u8> = Vec::new();
-    let result = rt.block_on(async {
+    let Some(result) = block_on(async {
         let mut reader = FramedRead::new(&input[..], Framer::new(FramerLimits::default()));
         let mut rng = StdRng::seed_from_u64(SEED);
         handshake::accept(
@@ -53,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
             Duration::from_secs(5),
         )
         .await
-    });
+    }) else {
+        return;
+    };
 
     let frames = frame_all(&out);
     let header = handshake::server_header(DOMAIN, &stream_id);

@@ -16,6 +16,7 @@ use std::time::Duration;
 use jatproxy::config::Secret;
 use jatproxy::handshake;
 use jatproxy::xml::{Framer, FramerLimits};
+use jatproxy_fuzz::block_on;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::FramedRead;
 
@@ -23,14 +24,8 @@ const DOMAIN: &str = "x.example.test";
 const SECRET: &str = "fuzz-secret-never-shown";
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-    else {
-        return;
-    };
     let mut out: Vec<u8> = Vec::new();
-    let result = rt.block_on(async {
+    let Some(result) = block_on(async {
         let mut reader = FramedRead::new(data, Framer::new(FramerLimits::default()));
         // Short: a server that stops short of an answer is a timeout after
         // the REFUSAL_GRACE wait at most, never a hang.
@@ -42,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
             Duration::from_secs(5),
         )
         .await
-    });
+    }) else {
+        return;
+    };
     let header = handshake::client_header(DOMAIN);
     assert!(out.starts_with(&header), "our header first");
     let rest = &out[header.len()..];

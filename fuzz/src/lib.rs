@@ -27,6 +27,67 @@ use jatproxy::xml::{Framer, FramerLimits, Tokenizer};
 use rxml::error::EndOrError;
 use rxml::{AttrMap, Event, Options, Parse, Parser, RawEvent, RawParser, WithOptions};
 
+/// Chunk sizes from fuzz bytes: a byte `b` is `b + 1` bytes, or
+/// `(b - 0xEF) * 512` from 0xF0 up, so that a few bytes reach both
+/// one-byte cuts and pieces larger than the framer's buffer.
+pub fn chunk_sizes(bytes: &[u8]) -> Vec<usize> {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0xF0.. => usize::from(b - 0xEF) * 512,
+            _ => usize::from(b) + 1,
+        })
+        .collect()
+}
+
+/// A chunked-framing input as `framer_chunks` and `fast_vs_rxml` read it:
+/// one control byte, then the chunk sizes, then the payload.
+pub struct ChunkedInput<'a> {
+    /// The control byte: bits 0–2 the number of size bytes minus one
+    /// (1–8); bits 3–4 `max_stanza_bytes` (512 KiB, 4096, 512, 200); bits
+    /// 5–6 `max_depth` (64, 1, 2, 4); bit 7 is the target's own.
+    pub control: u8,
+    /// The pieces to cut the stream into ([`chunk_sizes`]).
+    pub sizes: Vec<usize>,
+    pub limits: FramerLimits,
+    pub payload: &'a [u8],
+}
+
+impl<'a> ChunkedInput<'a> {
+    /// `None` when `data` is too short to hold the control byte and the
+    /// sizes it announces.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&control, rest) = data.split_first()?;
+        let n = usize::from(control & 7) + 1;
+        if rest.len() < n {
+            return None;
+        }
+        let (size_bytes, payload) = rest.split_at(n);
+        let limits = FramerLimits {
+            max_stanza_bytes: [512 * 1024, 4096, 512, 200][usize::from(control >> 3 & 3)],
+            max_depth: [64, 1, 2, 4][usize::from(control >> 5 & 3)],
+            ..FramerLimits::default()
+        };
+        Some(ChunkedInput {
+            control,
+            sizes: chunk_sizes(size_bytes),
+            limits,
+            payload,
+        })
+    }
+}
+
+/// Runs `f` to completion on a current-thread runtime with timers (the
+/// handshake targets drive async code over an in-memory stream); `None`
+/// if no runtime could be built.
+pub fn block_on<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok()?;
+    Some(rt.block_on(f))
+}
+
 /// Each character reference of more than 8 digits in `input`: the range
 /// of its digits.
 fn long_char_refs(input: &[u8]) -> Vec<Range<usize>> {

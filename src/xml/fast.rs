@@ -28,6 +28,7 @@
 //! start of a stanza is not rescanned once its start tag is complete.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 use bytes::BytesMut;
 use memchr::{memchr, memchr2, memchr3};
@@ -304,6 +305,21 @@ fn xml_char(c: u32) -> bool {
     matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
 }
 
+/// What the router sees a stanza as: its local name in the component
+/// namespace (anything else, or another namespace, is `Other`).
+#[inline]
+fn stanza_kind(local: &Text, ns: &Text) -> Kind {
+    if *ns != NS_COMPONENT {
+        return Kind::Other;
+    }
+    match local.as_ref() {
+        "iq" => Kind::Iq,
+        "message" => Kind::Message,
+        "presence" => Kind::Presence,
+        _ => Kind::Other,
+    }
+}
+
 /// Result of reading a reference at `&`.
 enum Ref {
     Need,
@@ -330,14 +346,25 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
             return Ok(Ref::Char(at + 1 + name.len(), c));
         }
     }
+    let Some((radix, start)) = ref_radix(data, at) else {
+        return Ok(Ref::Need);
+    };
+    let Some(end) = ref_body_end(data, start, radix)? else {
+        return Ok(Ref::Need);
+    };
+    let c = ref_char(&data[start..end], radix)?;
+    Ok(Ref::Char(end + 1, c))
+}
+
+/// The kind of reference at `at` (the `&`) and where its body starts:
+/// radix 0 for an entity name, 10 after `&#`, 16 after `&#x` (`#` and
+/// `x` are only special right at the start). None: the bytes end first.
+#[inline]
+fn ref_radix(data: &[u8], at: usize) -> Option<(u32, usize)> {
     let mut i = at + 1;
-    let mut radix = 0u32; // 0: entity name, 10, 16
-    let start;
-    // `#` and `x` are only special right at the start.
+    let mut radix = 0u32;
     loop {
-        let Some(&b) = data.get(i) else {
-            return Ok(Ref::Need);
-        };
+        let b = *data.get(i)?;
         if radix == 0 && b == b'#' {
             radix = 10;
             i += 1;
@@ -348,9 +375,16 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
             i += 1;
             continue;
         }
-        start = i;
-        break;
+        return Some((radix, i));
     }
+}
+
+/// The offset of the `;` ending the reference body that starts at
+/// `start`, refusing a byte the body may not hold or a body past its
+/// length limit (rxml's for names, [`MAX_CHAR_REF_DIGITS`] for numbers)
+/// at the byte where rxml would. Ok(None): the bytes end first.
+#[inline]
+fn ref_body_end(data: &[u8], start: usize, radix: u32) -> Result<Option<usize>, FrameError> {
     let accept = |b: u8| match radix {
         0 => name_byte(b),
         10 => b.is_ascii_digit(),
@@ -364,7 +398,7 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
     let mut end = start;
     loop {
         let Some(&b) = data.get(end) else {
-            return Ok(Ref::Need);
+            return Ok(None);
         };
         if accept(b) {
             if end - start >= max {
@@ -376,41 +410,44 @@ fn reference(data: &[u8], at: usize) -> Result<Ref, FrameError> {
         if b != b';' {
             return Err(nwf("unexpected byte in reference"));
         }
-        break;
+        return Ok(Some(end));
     }
-    let body = &data[start..end];
+}
+
+/// The character a complete reference body (between `&`/`&#`/`&#x` and
+/// `;`) stands for: one of the predefined entities, or a number naming a
+/// character XML allows.
+#[inline]
+fn ref_char(body: &[u8], radix: u32) -> Result<char, FrameError> {
     if body.is_empty() {
         return Err(nwf("empty reference"));
     }
-    let c = match radix {
-        0 => match body {
-            b"amp" => '&',
-            b"lt" => '<',
-            b"gt" => '>',
-            b"apos" => '\'',
-            b"quot" => '"',
-            _ => return Err(nwf("undeclared entity")),
-        },
-        r => {
-            // Leading zeros are legal in any number (XML 1.0 [66]); what
-            // is left must name a Char ([2]), so more than 8 significant
-            // digits is out of range whatever they are.
-            let digits = match body.iter().position(|&b| b != b'0') {
-                Some(i) => &body[i..],
-                None => &b"0"[..],
-            };
-            if digits.len() > 8 {
-                return Err(nwf("invalid character reference"));
-            }
-            let s = std::str::from_utf8(digits).map_err(|_| nwf("bad reference"))?;
-            let n = u32::from_str_radix(s, r).map_err(|_| nwf("bad reference"))?;
-            match char::from_u32(n) {
-                Some(c) if xml_char(n) => c,
-                _ => return Err(nwf("invalid character reference")),
-            }
-        }
+    if radix == 0 {
+        return match body {
+            b"amp" => Ok('&'),
+            b"lt" => Ok('<'),
+            b"gt" => Ok('>'),
+            b"apos" => Ok('\''),
+            b"quot" => Ok('"'),
+            _ => Err(nwf("undeclared entity")),
+        };
+    }
+    // Leading zeros are legal in any number (XML 1.0 [66]); what is left
+    // must name a Char ([2]), so more than 8 significant digits is out of
+    // range whatever they are.
+    let digits = match body.iter().position(|&b| b != b'0') {
+        Some(i) => &body[i..],
+        None => &b"0"[..],
     };
-    Ok(Ref::Char(end + 1, c))
+    if digits.len() > 8 {
+        return Err(nwf("invalid character reference"));
+    }
+    let s = std::str::from_utf8(digits).map_err(|_| nwf("bad reference"))?;
+    let n = u32::from_str_radix(s, radix).map_err(|_| nwf("bad reference"))?;
+    match char::from_u32(n) {
+        Some(c) if xml_char(n) => Ok(c),
+        _ => Err(nwf("invalid character reference")),
+    }
 }
 
 /// Where rxml stops reading a bad reference at `at`: the byte that ends
@@ -944,6 +981,27 @@ impl FastFramer {
         data: &[u8],
         i: usize,
     ) -> Result<Option<((usize, Option<usize>), (usize, usize))>, FrameError> {
+        let Some((e, colon, q)) = self.attribute_name_eq(data, i)? else {
+            return Ok(None);
+        };
+        let Some(ve) = self.attribute_value(data, q)? else {
+            return Ok(None);
+        };
+        Ok(Some(((e, colon.map(|c| i + c)), (q + 1, ve))))
+    }
+
+    /// The part of an attribute before its value: the name at `i`
+    /// (checked as a QName and against the token limit), `=`, and the
+    /// whitespace around it. Returns the name's end, its colon (relative
+    /// to `i`) and the offset of the opening quote; None when the bytes
+    /// end first.
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    fn attribute_name_eq(
+        &self,
+        data: &[u8],
+        i: usize,
+    ) -> Result<Option<(usize, Option<usize>, usize)>, FrameError> {
         let lim = self.clean;
         let mut e = i;
         while e < lim && name_byte(data[e]) {
@@ -977,7 +1035,18 @@ impl FastFramer {
         if q != b'\'' && q != b'"' {
             return Err(self.err_at(j, nwf("unquoted attribute value")));
         }
-        let vstart = j + 1;
+        Ok(Some((e, colon, j)))
+    }
+
+    /// The attribute value whose opening quote is at `open`: checks every
+    /// reference, refuses `<`, and judges the decoded length against the
+    /// token limit. Returns the offset of the closing quote; None when the
+    /// bytes end first.
+    #[inline(always)]
+    fn attribute_value(&self, data: &[u8], open: usize) -> Result<Option<usize>, FrameError> {
+        let lim = self.clean;
+        let q = data[open];
+        let vstart = open + 1;
         let mut k = vstart;
         let mut refs = false;
         loop {
@@ -1015,7 +1084,7 @@ impl FastFramer {
                     {
                         return Err(self.token_too_long());
                     }
-                    return Ok(Some(((e, colon.map(|c| i + c)), (vstart, at))));
+                    return Ok(Some(at));
                 }
             }
         }
@@ -1220,6 +1289,11 @@ impl FastFramer {
         }
     }
 
+    /// An attribute of the start tag being read, its value's raw range
+    /// `vs..ve`: a namespace declaration is queued for the element's
+    /// scope, a routing fact (`to`, `from`, `type`, `id`, the header's
+    /// `version` and `xml:lang`) is decoded and kept, any other attribute
+    /// only noted for the duplicate check.
     fn on_attribute(
         &mut self,
         data: &[u8],
@@ -1260,31 +1334,67 @@ impl FastFramer {
         }
         let value = self.decode(data, vs, ve)?;
         if is_decl {
-            let bad = if prefix.is_some() {
-                if local == b"xml" {
-                    value != NS_XML
-                } else {
-                    value == NS_XML || value.is_empty()
-                }
-            } else {
-                value == NS_XML
-            };
-            if bad {
-                return Err(self.err_at(ve, nwf("reserved or empty namespace")));
-            }
-            if prefix.is_none() && self.depth == 1 {
-                self.top.xmlns = Some(value.clone());
-            }
-            let p = prefix.map(|_| (name.colon.map_or(0, |c| c + 1), name.end));
-            self.head.decls.push((p, value));
-            return Ok(());
+            return self.declare_namespace(name, prefix.is_some(), local, value, ve);
         }
+        self.keep_routing_attr(data, prefix, local, value, vs..ve);
+        self.head.attrs.push(name);
+        Ok(())
+    }
+
+    /// `xmlns` (`prefixed` false) or `xmlns:local` with its decoded
+    /// value, whose closing quote is at `ve`: refuses what Namespaces in
+    /// XML reserves (`xml:` bound to another namespace, the `xml`
+    /// namespace bound to any other prefix or as the default, a prefix
+    /// undeclared with an empty value) and queues the declaration until
+    /// the start tag closes; the stream header's default namespace is
+    /// also kept for the header frame.
+    #[inline]
+    fn declare_namespace(
+        &mut self,
+        name: QName,
+        prefixed: bool,
+        local: &[u8],
+        value: String,
+        ve: usize,
+    ) -> Result<(), FrameError> {
+        let bad = if prefixed {
+            if local == b"xml" {
+                value != NS_XML
+            } else {
+                value == NS_XML || value.is_empty()
+            }
+        } else {
+            value == NS_XML
+        };
+        if bad {
+            return Err(self.err_at(ve, nwf("reserved or empty namespace")));
+        }
+        if !prefixed && self.depth == 1 {
+            self.top.xmlns = Some(value.clone());
+        }
+        let p = prefixed.then(|| (name.colon.map_or(0, |c| c + 1), name.end));
+        self.head.decls.push((p, value));
+        Ok(())
+    }
+
+    /// Keeps the decoded value of a routing attribute (`on_attribute`
+    /// chose which) for the frame; the first `to`/`from`/`type`/`id` wins,
+    /// as in the rxml framer. `span` is the raw value between its quotes.
+    #[inline]
+    fn keep_routing_attr(
+        &mut self,
+        data: &[u8],
+        prefix: Option<&[u8]>,
+        local: &[u8],
+        value: String,
+        span: std::ops::Range<usize>,
+    ) {
         match (prefix, local) {
             (None, b"to") | (None, b"from") => {
                 let attr = Attr {
                     value,
-                    span: vs..ve,
-                    quote: data[ve],
+                    quote: data[span.end],
+                    span,
                 };
                 if local == b"to" {
                     self.top.to.get_or_insert(attr);
@@ -1303,36 +1413,13 @@ impl FastFramer {
             (None, b"version") => self.top.version = Some(value),
             _ => self.top.lang = Some(value),
         }
-        self.head.attrs.push(name);
-        Ok(())
     }
 
     /// The start tag ends at `gt` (its `>`); `empty` for `/>`.
     fn head_close(&mut self, data: &[u8], gt: usize, empty: bool) -> Result<Step, FrameError> {
         let end = gt + 1;
         self.check_head(data).map_err(|e| self.err_at(gt, e))?;
-        // Enter the element's scope.
-        self.scope
-            .marks
-            .push((self.scope.decls.len(), self.scope.text.len()));
-        let mut decls = std::mem::take(&mut self.head.decls);
-        for (p, uri) in decls.drain(..) {
-            let prefix = match p {
-                Some((s, e)) => {
-                    let p = std::str::from_utf8(&data[s..e]).unwrap_or("");
-                    self.scope.push_str(p)
-                }
-                None => (0, 0),
-            };
-            let uri = self.scope.push_str(&uri);
-            self.scope.decls.push(NsDecl {
-                prefix,
-                default: p.is_none(),
-                uri,
-            });
-        }
-        // Keep the allocation for the next element.
-        self.head.decls = decls;
+        self.enter_scope(data);
         let name = self.head.name;
         // Below the stanza the namespace is only checked, not kept.
         let resolved = self.scope.resolve(name.prefix(data));
@@ -1354,35 +1441,10 @@ impl FastFramer {
             Text::Borrowed("")
         };
         match self.depth {
-            1 => {
-                if local != "stream" || elem_ns != NS_STREAMS {
-                    return Err(self.err_at(
-                        gt,
-                        // The peer's text, quoted and escaped as the
-                        // rxml framer does (no raw CR in a log line).
-                        FrameError::BadHeader(format!(
-                            "root element is <{local}> in namespace {elem_ns:?}, \
-                             not <stream> in {NS_STREAMS:?}"
-                        )),
-                    ));
-                }
-                if empty {
-                    self.state = State::RootEnd;
-                }
-                Ok(Step::Header(end))
-            }
+            1 => self.root_opened(local, elem_ns, gt, empty),
             2 => {
                 self.top.insert_at = name.end.max(self.head_insert_at(data, gt, empty));
-                self.top.kind = Some(if elem_ns == NS_COMPONENT {
-                    match local.as_ref() {
-                        "iq" => Kind::Iq,
-                        "message" => Kind::Message,
-                        "presence" => Kind::Presence,
-                        _ => Kind::Other,
-                    }
-                } else {
-                    Kind::Other
-                });
+                self.top.kind = Some(stanza_kind(&local, &elem_ns));
                 self.top.name = local;
                 self.top.ns = elem_ns;
                 if empty {
@@ -1400,6 +1462,59 @@ impl FastFramer {
                 Ok(Step::Go)
             }
         }
+    }
+
+    /// Enters the scope of the element whose start tag just closed: its
+    /// queued namespace declarations move into the scope's arenas.
+    #[inline]
+    fn enter_scope(&mut self, data: &[u8]) {
+        self.scope
+            .marks
+            .push((self.scope.decls.len(), self.scope.text.len()));
+        let mut decls = std::mem::take(&mut self.head.decls);
+        for (p, uri) in decls.drain(..) {
+            let prefix = match p {
+                Some((s, e)) => {
+                    let p = std::str::from_utf8(&data[s..e]).unwrap_or("");
+                    self.scope.push_str(p)
+                }
+                None => (0, 0),
+            };
+            let uri = self.scope.push_str(&uri);
+            self.scope.decls.push(NsDecl {
+                prefix,
+                default: p.is_none(),
+                uri,
+            });
+        }
+        // Keep the allocation for the next element.
+        self.head.decls = decls;
+    }
+
+    /// The root's start tag closed at `gt`: it must be `<stream>` in the
+    /// streams namespace; `<stream:stream/>` ends the stream at once.
+    fn root_opened(
+        &mut self,
+        local: Text,
+        elem_ns: Text,
+        gt: usize,
+        empty: bool,
+    ) -> Result<Step, FrameError> {
+        if local != "stream" || elem_ns != NS_STREAMS {
+            return Err(self.err_at(
+                gt,
+                // The peer's text, quoted and escaped as the
+                // rxml framer does (no raw CR in a log line).
+                FrameError::BadHeader(format!(
+                    "root element is <{local}> in namespace {elem_ns:?}, \
+                     not <stream> in {NS_STREAMS:?}"
+                )),
+            ));
+        }
+        if empty {
+            self.state = State::RootEnd;
+        }
+        Ok(Step::Header(gt + 1))
     }
 
     /// rxml's ElementHeadClose event starts after the last attribute's
@@ -1635,28 +1750,7 @@ impl FastFramer {
         let mut i = self.pos;
         loop {
             let Some(&b) = data.get(i).filter(|_| i < lim) else {
-                // End of what arrived: rxml flushes pending text here,
-                // unless it waits on a CR, `]` or partial reference.
-                if self.fault {
-                    // rxml flushes the valid start of the text before it
-                    // judges the bytes after it.
-                    if self.text_pending && !self.text_ws {
-                        return Err(self.text_at_stream_level(i));
-                    }
-                    return self.need(i, i);
-                }
-                // (At the end of input a CR is lone, XML 1.0 §2.11:
-                // whitespace like any other.)
-                let wait = match data[..i].last() {
-                    Some(b'\r') => !self.eof,
-                    Some(b']') => true,
-                    _ => false,
-                };
-                if wait {
-                    self.pos = i;
-                    return Ok(Step::Need);
-                }
-                return self.flush_text(i, i);
+                return self.stream_level_end(data, i);
             };
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {
@@ -1670,39 +1764,10 @@ impl FastFramer {
                     match data.get(i + 1) {
                         None => return self.need(i, i + 1),
                         Some(b'!') if data.get(i + 2) == Some(&b'[') => {
-                            match self.bang(data, i, Some(()))? {
-                                Step::Go => {}
-                                other => return Ok(other),
+                            match self.stream_level_cdata(data, i)? {
+                                ControlFlow::Continue(next) => i = next,
+                                ControlFlow::Break(step) => return Ok(step),
                             }
-                            // CDATA at stream level: its text counts.
-                            // rxml flushes it at its end and at any `]` that
-                            // does not end it.
-                            let s = self.pos;
-                            let r = memchr(b']', &data[s..lim]).map(|o| s + o);
-                            let off = match r {
-                                Some(r) if data[r..lim].starts_with(b"]]>") => r - s,
-                                Some(r) if b"]]>".starts_with(&data[r..lim]) => {
-                                    return self.need(i, lim);
-                                }
-                                Some(r) => {
-                                    return Err(self.err_at(r + 1, FrameError::TextAtStreamLevel));
-                                }
-                                None => return self.need(i, lim),
-                            };
-                            let content = &data[s..s + off];
-                            if !content.is_empty() {
-                                self.text_pending = true;
-                                if !content.iter().all(|&c| is_ws(c)) {
-                                    return Err(
-                                        self.err_at(s + off + 2, FrameError::TextAtStreamLevel)
-                                    );
-                                }
-                            }
-                            i = s + off + 3;
-                            if let Some(step) = self.flush_text_at(i)? {
-                                return Ok(step);
-                            }
-                            self.pos = i;
                         }
                         Some(_) => {
                             self.pos = i;
@@ -1741,6 +1806,72 @@ impl FastFramer {
                 }
             }
         }
+    }
+
+    /// Stream level at `i`, the end of what arrived: rxml flushes pending
+    /// text here, unless it waits on a CR, `]` or partial reference.
+    fn stream_level_end(&mut self, data: &[u8], i: usize) -> Result<Step, FrameError> {
+        if self.fault {
+            // rxml flushes the valid start of the text before it
+            // judges the bytes after it.
+            if self.text_pending && !self.text_ws {
+                return Err(self.text_at_stream_level(i));
+            }
+            return self.need(i, i);
+        }
+        // (At the end of input a CR is lone, XML 1.0 §2.11:
+        // whitespace like any other.)
+        let wait = match data[..i].last() {
+            Some(b'\r') => !self.eof,
+            Some(b']') => true,
+            _ => false,
+        };
+        if wait {
+            self.pos = i;
+            return Ok(Step::Need);
+        }
+        self.flush_text(i, i)
+    }
+
+    /// A CDATA section at stream level, its `<![` at `i`: its text counts
+    /// as stream-level text, which rxml flushes at its end and at any `]`
+    /// that does not end it. Continue(offset after `]]>`) to read on, or
+    /// Break with the step to return (a keepalive, or need more bytes).
+    fn stream_level_cdata(
+        &mut self,
+        data: &[u8],
+        i: usize,
+    ) -> Result<ControlFlow<Step, usize>, FrameError> {
+        let lim = self.clean;
+        match self.bang(data, i, Some(()))? {
+            Step::Go => {}
+            other => return Ok(ControlFlow::Break(other)),
+        }
+        let s = self.pos;
+        let r = memchr(b']', &data[s..lim]).map(|o| s + o);
+        let off = match r {
+            Some(r) if data[r..lim].starts_with(b"]]>") => r - s,
+            Some(r) if b"]]>".starts_with(&data[r..lim]) => {
+                return self.need(i, lim).map(ControlFlow::Break);
+            }
+            Some(r) => {
+                return Err(self.err_at(r + 1, FrameError::TextAtStreamLevel));
+            }
+            None => return self.need(i, lim).map(ControlFlow::Break),
+        };
+        let content = &data[s..s + off];
+        if !content.is_empty() {
+            self.text_pending = true;
+            if !content.iter().all(|&c| is_ws(c)) {
+                return Err(self.err_at(s + off + 2, FrameError::TextAtStreamLevel));
+            }
+        }
+        let next = s + off + 3;
+        if let Some(step) = self.flush_text_at(next)? {
+            return Ok(ControlFlow::Break(step));
+        }
+        self.pos = next;
+        Ok(ControlFlow::Continue(next))
     }
 
     /// rxml flushes pending text at `<` and `&`: whitespace becomes a

@@ -383,23 +383,7 @@ impl RxmlFramer {
         match ev {
             RawEvent::XmlDeclaration(..) => Ok(None),
             RawEvent::ElementHeadOpen(_, (prefix, local)) => {
-                // rxml has read the name and one byte after it. Resync the
-                // sum here: bytes that yield no event (an empty CDATA
-                // section before a stanza) would shift every span.
-                self.pos = self.fed.saturating_sub(1).max(self.base);
-                self.depth += 1;
-                if self.depth >= 2 && self.depth - 1 > self.limits.max_depth {
-                    return Err(FrameError::TooDeep {
-                        limit: self.limits.max_depth,
-                    });
-                }
-                if self.depth <= 2 {
-                    self.top = Top::default();
-                }
-                self.head.prefix = prefix;
-                self.head.local = Some(local);
-                self.head.attrs.clear();
-                self.head.decls.clear();
+                self.on_head_open(prefix, local)?;
                 Ok(None)
             }
             RawEvent::Attribute(_, (prefix, local), value) => {
@@ -407,59 +391,92 @@ impl RxmlFramer {
                 Ok(None)
             }
             RawEvent::ElementHeadClose(_) => self.on_head_close(ev_start, buf),
-            RawEvent::ElementFoot(_) => {
-                if let Some(mark) = self.ns_marks.pop() {
-                    self.ns.truncate(mark);
-                }
-                self.depth = self.depth.saturating_sub(1);
-                match self.depth {
-                    1 => {
-                        self.end_at_fed();
-                        Ok(Some(self.stanza_frame(buf)))
-                    }
-                    0 => {
-                        self.end_at_fed();
-                        self.ended = true;
-                        Ok(Some(Frame::End(self.cut(buf))))
-                    }
-                    _ => Ok(None),
-                }
-            }
-            RawEvent::Text(_, text) => {
-                if self.depth != 1 {
-                    return Ok(None);
-                }
-                if !text
-                    .bytes()
-                    .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-                {
-                    return Err(FrameError::TextAtStreamLevel);
-                }
-                // The running sum is no end here: bytes that yield no
-                // event (an empty CDATA section) are in no event's length.
-                // rxml flushes text where it stopped reading, just after
-                // the `<` or `&` that made it flush, if one did.
-                let fed = self.rel(self.fed);
-                let end = match fed.checked_sub(1).and_then(|i| buf.get(i)) {
-                    Some(b'<' | b'&') => fed - 1,
-                    _ => fed,
-                };
-                self.pos = self.base + end as u64;
-                // With text buffering off, rxml flushes the valid UTF-8
-                // prefix of what it has read, but the event's length also
-                // counts the bytes it keeps back: a bad sequence it has not
-                // rejected yet. Whitespace decodes from ASCII only, so a
-                // non-ASCII byte here is one of those; refuse now rather
-                // than forward it as a keepalive.
-                let raw = buf.get(..self.rel(self.pos)).unwrap_or(&[]);
-                if let Some(&b) = raw.iter().find(|b| !b.is_ascii()) {
-                    return Err(FrameError::NotWellFormed(
-                        rxml::Error::InvalidUtf8Byte(b).to_string(),
-                    ));
-                }
-                Ok(Some(Frame::Whitespace(self.cut(buf))))
-            }
+            RawEvent::ElementFoot(_) => Ok(self.on_foot(buf)),
+            RawEvent::Text(_, text) => self.on_text(&text, buf),
         }
+    }
+
+    /// A start tag opens: one level deeper (refused past the depth
+    /// limit), and a fresh head to collect its attributes into.
+    #[inline]
+    fn on_head_open(&mut self, prefix: Option<NcName>, local: NcName) -> Result<(), FrameError> {
+        // rxml has read the name and one byte after it. Resync the
+        // sum here: bytes that yield no event (an empty CDATA
+        // section before a stanza) would shift every span.
+        self.pos = self.fed.saturating_sub(1).max(self.base);
+        self.depth += 1;
+        if self.depth >= 2 && self.depth - 1 > self.limits.max_depth {
+            return Err(FrameError::TooDeep {
+                limit: self.limits.max_depth,
+            });
+        }
+        if self.depth <= 2 {
+            self.top = Top::default();
+        }
+        self.head.prefix = prefix;
+        self.head.local = Some(local);
+        self.head.attrs.clear();
+        self.head.decls.clear();
+        Ok(())
+    }
+
+    /// An end tag: the element's namespace scope closes; at depth 1 a
+    /// stanza is complete, at depth 0 the stream.
+    #[inline]
+    fn on_foot(&mut self, buf: &mut BytesMut) -> Option<Frame> {
+        if let Some(mark) = self.ns_marks.pop() {
+            self.ns.truncate(mark);
+        }
+        self.depth = self.depth.saturating_sub(1);
+        match self.depth {
+            1 => {
+                self.end_at_fed();
+                Some(self.stanza_frame(buf))
+            }
+            0 => {
+                self.end_at_fed();
+                self.ended = true;
+                Some(Frame::End(self.cut(buf)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Text: inside a stanza it is the stanza's; at stream level only
+    /// whitespace is allowed, and it becomes a keepalive frame.
+    fn on_text(&mut self, text: &str, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if self.depth != 1 {
+            return Ok(None);
+        }
+        if !text
+            .bytes()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            return Err(FrameError::TextAtStreamLevel);
+        }
+        // The running sum is no end here: bytes that yield no
+        // event (an empty CDATA section) are in no event's length.
+        // rxml flushes text where it stopped reading, just after
+        // the `<` or `&` that made it flush, if one did.
+        let fed = self.rel(self.fed);
+        let end = match fed.checked_sub(1).and_then(|i| buf.get(i)) {
+            Some(b'<' | b'&') => fed - 1,
+            _ => fed,
+        };
+        self.pos = self.base + end as u64;
+        // With text buffering off, rxml flushes the valid UTF-8
+        // prefix of what it has read, but the event's length also
+        // counts the bytes it keeps back: a bad sequence it has not
+        // rejected yet. Whitespace decodes from ASCII only, so a
+        // non-ASCII byte here is one of those; refuse now rather
+        // than forward it as a keepalive.
+        let raw = buf.get(..self.rel(self.pos)).unwrap_or(&[]);
+        if let Some(&b) = raw.iter().find(|b| !b.is_ascii()) {
+            return Err(FrameError::NotWellFormed(
+                rxml::Error::InvalidUtf8Byte(b).to_string(),
+            ));
+        }
+        Ok(Some(Frame::Whitespace(self.cut(buf))))
     }
 
     fn on_attribute(

@@ -154,6 +154,16 @@ fn name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'.' | b'_') || b >= 0x80
 }
 
+/// The end of the name starting at `i`: the first byte that is not a
+/// name byte, or the end of `data`.
+#[inline(always)]
+fn name_end(data: &[u8], i: usize) -> usize {
+    data[i..]
+        .iter()
+        .position(|&c| !name_byte(c))
+        .map_or(data.len(), |o| i + o)
+}
+
 fn nwf(what: &str) -> SkipError {
     SkipError::Frame(FrameError::NotWellFormed(what.to_owned()))
 }
@@ -265,186 +275,218 @@ impl Skipper {
 
     /// Scans `data`; returns the bytes consumed (all of them, unless the
     /// element ended first).
+    ///
+    /// One step per state: each returns the offset to go on from (the
+    /// same offset when the byte is to be read again in the new state).
     fn scan(&mut self, data: &[u8]) -> Result<usize, SkipError> {
-        let top = |s: &Self| s.depth == 0;
         let mut i = 0;
         while i < data.len() && !self.done {
             let b = data[i];
-            match self.st {
+            i = match self.st {
                 St::Lead => {
                     if b == b'<' {
                         self.st = St::Lt;
                     } else if !is_ws(b) {
                         return Err(SkipError::NoElement);
                     }
-                    i += 1;
+                    i + 1
                 }
-                St::Lt => {
-                    match b {
-                        b'/' if top(self) => return Err(SkipError::NoElement),
-                        b'/' => self.st = St::EndTag,
-                        b'!' => self.st = St::Bang(0),
-                        b'?' => {
-                            return Err(SkipError::Frame(FrameError::Restricted(
-                                "processing instructions",
-                            )))
-                        }
-                        b if name_byte(b) => {
-                            self.st = St::StartName;
-                            continue; // read as part of the name
-                        }
-                        _ => return Err(nwf("unexpected byte after <")),
-                    }
-                    i += 1;
-                }
-                St::Bang(n) => {
-                    const WANT: &[u8] = b"[CDATA[";
-                    match (n, b) {
-                        (0, b'-') => {
-                            return Err(SkipError::Frame(FrameError::Restricted("comments")))
-                        }
-                        (0, b'D') => {
-                            return Err(SkipError::Frame(FrameError::Restricted(
-                                "document type declarations",
-                            )))
-                        }
-                        _ if WANT.get(usize::from(n)) == Some(&b) => {
-                            self.st = if usize::from(n) + 1 == WANT.len() {
-                                St::Cdata(0)
-                            } else {
-                                St::Bang(n + 1)
-                            };
-                        }
-                        _ => return Err(nwf("malformed section start")),
-                    }
-                    i += 1;
-                }
-                St::Cdata(n) => {
-                    match b {
-                        b']' => self.st = St::Cdata(n.saturating_add(1).min(2)),
-                        b'>' if n >= 2 => self.st = if top(self) { St::Lead } else { St::Content },
-                        _ => {
-                            self.st = St::Cdata(0);
-                            // Jump to the next `]`.
-                            match memchr(b']', &data[i..]) {
-                                Some(o) => {
-                                    i += o;
-                                    continue;
-                                }
-                                None => {
-                                    i = data.len();
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    i += 1;
-                }
-                St::StartName => {
-                    let e = data[i..]
-                        .iter()
-                        .position(|&c| !name_byte(c))
-                        .map_or(data.len(), |o| i + o);
-                    if top(self) {
-                        self.cap.keep(Which::Name, &data[i..e], MAX_NAME);
-                    }
-                    i = e;
-                    if let Some(&d) = data.get(i) {
-                        match d {
-                            b'>' => self.opened(false),
-                            b'/' => self.st = St::Slash,
-                            d if is_ws(d) => self.st = St::Tag,
-                            _ => return Err(nwf("unexpected byte in start tag")),
-                        }
-                        i += 1;
-                    }
-                }
-                St::Tag => {
-                    match b {
-                        b'>' => self.opened(false),
-                        b'/' => self.st = St::Slash,
-                        b if is_ws(b) => {}
-                        b if name_byte(b) => {
-                            self.st = St::AttrName;
-                            self.cap.cur.clear();
-                            self.cap.cur_over = false;
-                            continue;
-                        }
-                        _ => return Err(nwf("unexpected byte in start tag")),
-                    }
-                    i += 1;
-                }
+                St::Lt => self.after_lt(b, i)?,
+                St::Bang(n) => self.section_start(n, b, i)?,
+                St::Cdata(n) => self.in_cdata(n, data, i),
+                St::StartName => self.start_name(data, i)?,
+                St::Tag => self.in_tag(b, i)?,
                 St::AttrName => {
-                    let e = data[i..]
-                        .iter()
-                        .position(|&c| !name_byte(c))
-                        .map_or(data.len(), |o| i + o);
-                    if top(self) {
+                    let e = name_end(data, i);
+                    if self.depth == 0 {
                         self.cap.keep(Which::Cur, &data[i..e], MAX_NAME);
                     }
-                    i = e;
-                    if i < data.len() {
+                    if e < data.len() {
                         self.st = St::Eq;
                     }
+                    e
                 }
-                St::Eq => {
-                    match b {
-                        b'=' => {}
-                        b if is_ws(b) => {}
-                        b'\'' | b'"' => {
-                            self.cap.want =
-                                top(self) && !self.cap.cur_over && wanted(&self.cap.cur);
-                            if self.cap.want {
-                                let name = std::mem::take(&mut self.cap.cur);
-                                self.cap.kept += name.len();
-                                self.cap.attrs.push((name, b, Vec::new()));
-                            }
-                            self.st = St::Value(b);
-                        }
-                        _ => return Err(nwf("unexpected byte in attribute")),
-                    }
-                    i += 1;
-                }
-                St::Value(q) => {
-                    let end = memchr(q, &data[i..]).map(|o| i + o);
-                    let stop = end.unwrap_or(data.len());
-                    if self.cap.want {
-                        self.cap.keep(Which::Value, &data[i..stop], MAX_VALUE);
-                    }
-                    i = stop;
-                    if end.is_some() {
-                        self.st = St::Tag;
-                        i += 1;
-                    }
-                }
+                St::Eq => self.before_value(b, i)?,
+                St::Value(q) => self.in_value(q, data, i),
                 St::Slash => {
                     if b != b'>' {
                         return Err(nwf("/ not followed by >"));
                     }
                     self.opened(true);
-                    i += 1;
+                    i + 1
                 }
-                St::EndTag => match memchr(b'>', &data[i..]) {
-                    Some(o) => {
-                        i += o + 1;
-                        self.depth -= 1;
-                        self.st = St::Content;
-                        if self.depth == 0 {
-                            self.done = true;
-                        }
-                    }
-                    None => i = data.len(),
-                },
+                St::EndTag => self.in_end_tag(data, i),
                 St::Content => match memchr(b'<', &data[i..]) {
                     Some(o) => {
-                        i += o + 1;
                         self.st = St::Lt;
+                        i + o + 1
                     }
-                    None => i = data.len(),
+                    None => data.len(),
                 },
-            }
+            };
         }
         Ok(i)
+    }
+
+    /// `b` at `i` follows a `<`: an end tag, a section, or a start tag's
+    /// name (read again in [`St::StartName`]). An end tag before the
+    /// element opened is the stream's: there is nothing to skip.
+    #[inline(always)]
+    fn after_lt(&mut self, b: u8, i: usize) -> Result<usize, SkipError> {
+        match b {
+            b'/' if self.depth == 0 => return Err(SkipError::NoElement),
+            b'/' => self.st = St::EndTag,
+            b'!' => self.st = St::Bang(0),
+            b'?' => {
+                return Err(SkipError::Frame(FrameError::Restricted(
+                    "processing instructions",
+                )))
+            }
+            b if name_byte(b) => {
+                self.st = St::StartName;
+                return Ok(i); // read as part of the name
+            }
+            _ => return Err(nwf("unexpected byte after <")),
+        }
+        Ok(i + 1)
+    }
+
+    /// `b` at `i` is byte `n` after `<!`: only `[CDATA[` may follow;
+    /// comments and DTDs are refused as outside a skipped stanza.
+    #[inline(always)]
+    fn section_start(&mut self, n: u8, b: u8, i: usize) -> Result<usize, SkipError> {
+        const WANT: &[u8] = b"[CDATA[";
+        match (n, b) {
+            (0, b'-') => return Err(SkipError::Frame(FrameError::Restricted("comments"))),
+            (0, b'D') => {
+                return Err(SkipError::Frame(FrameError::Restricted(
+                    "document type declarations",
+                )))
+            }
+            _ if WANT.get(usize::from(n)) == Some(&b) => {
+                self.st = if usize::from(n) + 1 == WANT.len() {
+                    St::Cdata(0)
+                } else {
+                    St::Bang(n + 1)
+                };
+            }
+            _ => return Err(nwf("malformed section start")),
+        }
+        Ok(i + 1)
+    }
+
+    /// In a CDATA section after `n` `]`: counts `]`s up to the `]]>` that
+    /// ends it and jumps over everything else (a `<` in one is text).
+    #[inline(always)]
+    fn in_cdata(&mut self, n: u8, data: &[u8], i: usize) -> usize {
+        match data[i] {
+            b']' => self.st = St::Cdata(n.saturating_add(1).min(2)),
+            b'>' if n >= 2 => {
+                self.st = if self.depth == 0 {
+                    St::Lead
+                } else {
+                    St::Content
+                }
+            }
+            _ => {
+                self.st = St::Cdata(0);
+                // Jump to the next `]`.
+                return memchr(b']', &data[i..]).map_or(data.len(), |o| i + o);
+            }
+        }
+        i + 1
+    }
+
+    /// In a start tag's name at `i`: the top-level name is kept for the
+    /// head; the byte after the name says what follows it.
+    #[inline(always)]
+    fn start_name(&mut self, data: &[u8], i: usize) -> Result<usize, SkipError> {
+        let e = name_end(data, i);
+        if self.depth == 0 {
+            self.cap.keep(Which::Name, &data[i..e], MAX_NAME);
+        }
+        let Some(&d) = data.get(e) else {
+            return Ok(e);
+        };
+        match d {
+            b'>' => self.opened(false),
+            b'/' => self.st = St::Slash,
+            d if is_ws(d) => self.st = St::Tag,
+            _ => return Err(nwf("unexpected byte in start tag")),
+        }
+        Ok(e + 1)
+    }
+
+    /// `b` at `i` lies in a start tag between attributes: its end, or an
+    /// attribute name (read again in [`St::AttrName`]).
+    #[inline(always)]
+    fn in_tag(&mut self, b: u8, i: usize) -> Result<usize, SkipError> {
+        match b {
+            b'>' => self.opened(false),
+            b'/' => self.st = St::Slash,
+            b if is_ws(b) => {}
+            b if name_byte(b) => {
+                self.st = St::AttrName;
+                self.cap.cur.clear();
+                self.cap.cur_over = false;
+                return Ok(i);
+            }
+            _ => return Err(nwf("unexpected byte in start tag")),
+        }
+        Ok(i + 1)
+    }
+
+    /// `b` at `i` lies between an attribute's name and its value: at the
+    /// opening quote, decides whether the head keeps the value.
+    #[inline(always)]
+    fn before_value(&mut self, b: u8, i: usize) -> Result<usize, SkipError> {
+        match b {
+            b'=' => {}
+            b if is_ws(b) => {}
+            b'\'' | b'"' => {
+                self.cap.want = self.depth == 0 && !self.cap.cur_over && wanted(&self.cap.cur);
+                if self.cap.want {
+                    let name = std::mem::take(&mut self.cap.cur);
+                    self.cap.kept += name.len();
+                    self.cap.attrs.push((name, b, Vec::new()));
+                }
+                self.st = St::Value(b);
+            }
+            _ => return Err(nwf("unexpected byte in attribute")),
+        }
+        Ok(i + 1)
+    }
+
+    /// In an attribute value delimited by `q`, at `i`: jumps to the
+    /// closing quote (a `>` inside is not the tag's end), keeping the
+    /// bytes when the head wants them.
+    #[inline(always)]
+    fn in_value(&mut self, q: u8, data: &[u8], i: usize) -> usize {
+        let end = memchr(q, &data[i..]).map(|o| i + o);
+        let stop = end.unwrap_or(data.len());
+        if self.cap.want {
+            self.cap.keep(Which::Value, &data[i..stop], MAX_VALUE);
+        }
+        if end.is_some() {
+            self.st = St::Tag;
+            return stop + 1;
+        }
+        stop
+    }
+
+    /// In an end tag at `i`: counted at its `>`, not matched against its
+    /// start tag (see the module docs); the last one ends the element.
+    #[inline(always)]
+    fn in_end_tag(&mut self, data: &[u8], i: usize) -> usize {
+        let Some(o) = memchr(b'>', &data[i..]) else {
+            return data.len();
+        };
+        self.depth -= 1;
+        self.st = St::Content;
+        if self.depth == 0 {
+            self.done = true;
+        }
+        i + o + 1
     }
 }
 

@@ -3,9 +3,11 @@
 //! instances connecting to jatproxy's listener ([`FakeInstance`]), both
 //! built on jatproxy's own framer and XEP-0114 handshake helpers.
 //!
-//! The same pattern as `tests/fake_server.rs`, without its client-proxy
-//! subscription dance: every wait is bounded by [`WAIT`], and a stream
-//! that ends or misbehaves panics with what was seen.
+//! Every wait is bounded by [`WAIT`], and a stream that ends or
+//! misbehaves panics with what was seen. The one harness for every test
+//! that puts a fake XMPP server before jatproxy: instance pools
+//! ([`instances_config`]) and client proxies ([`client_proxy_config`],
+//! [`Session::expect_subscription`]).
 //!
 //! Included with `#[path = "support/fake.rs"] mod fake;` so that test
 //! binaries that do not use it (the Prosody ones) do not compile it.
@@ -31,6 +33,8 @@ use tokio_util::codec::FramedRead;
 pub const D: &str = "proxy.example.test";
 /// What jatproxy presents to the (fake) server.
 pub const UPSTREAM_SECRET: &str = "s3cret-for-tests";
+/// The client proxy's target account ([`client_proxy_config`]).
+pub const T: &str = "impl@example.test";
 /// What instances present to jatproxy.
 pub const INSTANCE_SECRET: &str = "instance-s3cret";
 /// The bound on every wait.
@@ -51,6 +55,29 @@ pub fn instances_config_with_upstream(
     instances: &str,
     rest: &str,
 ) -> config::Config {
+    config_for(
+        server,
+        upstream,
+        &format!(
+            "[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n{instances}\n\n{rest}"
+        ),
+    )
+}
+
+/// jatproxy as a client proxy for the account [`T`] (no instance pool),
+/// its upstream pointed at `server`; `extra` is appended after the
+/// `[client_proxy]` table (whole tables such as `[routing]`).
+pub fn client_proxy_config(server: &str, extra: &str) -> config::Config {
+    config_for(
+        server,
+        "",
+        &format!("[client_proxy]\ntarget_address = \"{T}\"\n{extra}"),
+    )
+}
+
+/// The settings every fake-server test shares, with `upstream` added to
+/// the `[upstream]` table and `pool` (whole tables) after them.
+fn config_for(server: &str, upstream: &str, pool: &str) -> config::Config {
     let toml = format!(
         r#"
 [upstream]
@@ -67,12 +94,7 @@ handshake_timeout = "5s"
 [service]
 shutdown_grace = "400ms"
 
-[instances]
-listen = "127.0.0.1:0"
-secret = "{INSTANCE_SECRET}"
-{instances}
-
-{rest}
+{pool}
 "#
     );
     config::from_toml_str(&toml).expect("test config is valid")
@@ -130,19 +152,27 @@ impl FakeServer {
 
     /// [`FakeServer::accept`], for a proxy configured with `secret`.
     pub async fn accept_with_secret(&self, secret: &str) -> Session {
-        let mut s = self.accept_header().await;
+        let (mut s, ok) = self.accept_raw("stream-1", secret).await;
+        assert!(ok, "the proxy sent the digest of {secret:?}");
+        s.w.send("<handshake/>").await;
+        s
+    }
+
+    /// Accepts the proxy's connection, answers its header with stream id
+    /// `id` and reads its handshake, leaving the answer to the caller;
+    /// also returns whether the digest is the one of `id` and `secret`.
+    pub async fn accept_raw(&self, id: &str, secret: &str) -> (Session, bool) {
+        let mut s = self.accept_header(id).await;
         let hs = s.r.recv().await;
         assert_eq!(hs.name, "handshake");
         let digest = inspect::element_text(&hs.bytes);
-        assert_eq!(digest, handshake::digest("stream-1", secret));
-        s.w.send("<handshake/>").await;
-        s
+        (s, digest == handshake::digest(id, secret))
     }
 
     /// Accepts the proxy's connection and refuses its handshake with the
     /// stream error `condition`, as a server does for a wrong secret.
     pub async fn refuse_handshake(&self, condition: &str) {
-        let mut s = self.accept_header().await;
+        let mut s = self.accept_header("stream-1").await;
         let hs = s.r.recv().await;
         assert_eq!(hs.name, "handshake");
         s.w.send(&format!(
@@ -151,8 +181,8 @@ impl FakeServer {
         .await;
     }
 
-    /// Accepts a connection and exchanges stream headers (id `stream-1`).
-    async fn accept_header(&self) -> Session {
+    /// Accepts a connection and exchanges stream headers (stream id `id`).
+    async fn accept_header(&self, id: &str) -> Session {
         let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
             .await
             .expect("proxy connects in time")
@@ -167,11 +197,43 @@ impl FakeServer {
             Some(Frame::Header(h)) => assert_eq!(h.to.as_deref(), Some(D)),
             other => panic!("expected a stream header, got {other:?}"),
         }
-        s.w.send(&String::from_utf8_lossy(&handshake::server_header(
-            D, "stream-1",
-        )))
-        .await;
+        s.w.send(&String::from_utf8_lossy(&handshake::server_header(D, id)))
+            .await;
         s
+    }
+}
+
+impl Session {
+    /// Consumes the subscribe a client proxy sends after each handshake,
+    /// grants it as a server does, and consumes the probe that follows.
+    pub async fn expect_subscription(&mut self) {
+        let sub = self.r.recv().await;
+        assert_eq!((sub.stanza_type(), sub.to()), (Some("subscribe"), Some(T)));
+        self.w
+            .send(&format!(
+                "<presence type='subscribed' from='{T}' to='{D}'/>"
+            ))
+            .await;
+        let probe = self.r.recv().await;
+        assert_eq!((probe.stanza_type(), probe.to()), (Some("probe"), Some(T)));
+    }
+
+    /// Checks that nothing more is on its way to the server (a late
+    /// duplicate answer, say): a marker request sent now must be the next
+    /// thing the proxy sends, forwarded to a member or refused.
+    pub async fn expect_nothing_more(&mut self, marker: &str) {
+        self.w
+            .send(&format!(
+                "<iq type='get' id='{marker}' to='{D}' from='marker@example.test/m'/>"
+            ))
+            .await;
+        let next = self.r.recv().await;
+        assert_eq!(
+            next.id(),
+            Some(marker),
+            "something else came first: {}",
+            text(&next)
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::xmpp::{Element, TestClient};
-use super::{NS_ECHO, NS_STANZAS, WAIT};
+use super::{ALICE, D, NS_ECHO, NS_STANZAS, T, WAIT};
 
 /// An implementing client resource that answers every echo request with
 /// the text and its own resource, as the example implementing client does.
@@ -458,4 +458,54 @@ pub async fn late_answers(c: &mut TestClient, to: &str, prefix: &str) -> Vec<Str
         .filter(|e| e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix)))
         .map(String::from)
         .collect()
+}
+
+/// The seed flow's first request, step by step, as the module does it:
+/// alice (`ALICE/phone`) asks `D`; impl/a (`a`) gets it from the
+/// translated address `D/ALICE/phone` and answers it there; alice gets the
+/// result from the bare `D`, the payload untouched.
+pub async fn seed_request(a: &mut TestClient, alice: &mut TestClient) {
+    alice
+        .send_xml(&format!(
+            "<iq id='get-1' to='{D}' type='get'><echo xmlns='{NS_ECHO}'>hello</echo></iq>"
+        ))
+        .await
+        .expect("send");
+    // Step 2: what the implementing client receives, exactly the module's.
+    let req = a
+        .recv_matching(WAIT, |e| e.name() == "iq")
+        .await
+        .expect("impl gets the iq");
+    assert_eq!(req.attr("type"), Some("get"));
+    assert_eq!(req.attr("id"), Some("get-1"));
+    assert_eq!(req.attr("to"), Some(format!("{T}/a").as_str()));
+    assert_eq!(
+        req.attr("from"),
+        Some(format!("{D}/{ALICE}/phone").as_str())
+    );
+    assert_eq!(
+        req.get_child("echo", NS_ECHO).map(|e| e.text()),
+        Some("hello".into())
+    );
+    // Step 3: the client answers the translated address.
+    a.send_xml(&format!(
+        "<iq type='result' to='{D}/{ALICE}/phone' id='get-1'><echo xmlns='{NS_ECHO}' from-resource='a'>hello</echo></iq>"
+    ))
+    .await
+    .expect("reply");
+    // Step 4: alice gets it from the bare proxy address.
+    let res = alice
+        .recv_iq_response("get-1", WAIT)
+        .await
+        .expect("alice gets the result");
+    assert_eq!(res.attr("type"), Some("result"));
+    assert_eq!(res.attr("from"), Some(D));
+    assert_eq!(res.attr("to"), Some(format!("{ALICE}/phone").as_str()));
+    let echo = res
+        .get_child("echo", NS_ECHO)
+        .expect("payload travels untouched");
+    assert_eq!(
+        (echo.attr("from-resource"), echo.text().as_str()),
+        (Some("a"), "hello")
+    );
 }

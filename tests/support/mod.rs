@@ -10,12 +10,16 @@ pub mod flows;
 pub mod prosody;
 pub mod relay;
 pub mod scrape;
+pub mod setup;
 pub mod xmpp;
 
 use std::time::Duration;
 
 /// The component domain jatproxy registers as in the end-to-end tests.
 pub const D: &str = "proxy.example.test";
+/// The target account whose resources serve requests in the client-proxy
+/// tests.
+pub const T: &str = "impl@example.test";
 /// The requester.
 pub const ALICE: &str = "alice@example.test";
 /// The upstream component secret Prosody is configured with.

@@ -1,13 +1,9 @@
-//! The write side every connection shares: [`write_loop`] writes queued
-//! output in batches (with a whitespace keepalive and an urgent close),
-//! [`Tracked`]/[`Progress`] record when the socket last took bytes, and
-//! [`panic_message`] names a task's panic for its one log line.
+//! The writer task's loop: [`write_loop`] writes queued output in
+//! batches (with a whitespace keepalive and an urgent close), and
+//! [`Tracked`]/[`Progress`] record when the socket last took bytes.
 //!
-//! There is no read side here: the listener, the upstream session and the
-//! handshake each build their own `FramedRead` and map its frames and
-//! errors themselves.
+//! Only [`super::Writer`] starts it; everything else queues [`Out`].
 
-use std::any::Any;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,17 +237,6 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tracked<W> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The message a panic carried, for the one log line that reports it.
-pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "(a panic without a message)"
     }
 }
 
