@@ -130,8 +130,9 @@ fn continuity(e: &mut Enc<'_>, st: &Stats) -> Result<(), std::fmt::Error> {
     gauge(
         e,
         "jatproxy_members_quarantined",
-        "Members out of the rotation now for refusing (routing.quarantine_after).",
-        i64::try_from(st.members_quarantined).unwrap_or(i64::MAX),
+        "Members in the pool but out of the rotation now for refusing \
+         (routing.quarantine_after); not counted in jatproxy_pool_members.",
+        gauge_i64(st.quarantined.len()),
     )
 }
 
@@ -258,20 +259,19 @@ fn pool(e: &mut Enc<'_>, s: &Status) -> Result<(), std::fmt::Error> {
     gauge(
         e,
         "jatproxy_instances_connected",
-        "Component instances connected and in rotation.",
+        "Component instances connected, quarantined ones included.",
         gauge_i64(instances),
     )?;
     {
         let mut d = e.encode_descriptor(
             "jatproxy_pool_members",
-            "Members able to serve requests now, by kind.",
+            "Members able to take a request now, by kind: qualified and not quarantined \
+             (see jatproxy_members_qualifying and jatproxy_members_quarantined).",
             None,
             MetricType::Gauge,
         )?;
-        for (kind, n) in [
-            ("resource", s.pool.len() - instances),
-            ("instance", instances),
-        ] {
+        let n = s.eligible();
+        for (kind, n) in [("resource", n.resources), ("instance", n.instances)] {
             ConstGauge::new(gauge_i64(n)).encode(d.encode_family(&[("kind", kind)])?)?;
         }
     }
@@ -726,6 +726,8 @@ mod tests {
             pool: vec![
                 Member::Resource("impl@example.test/a\"b".into()),
                 Member::Instance(4),
+                // Connected, but quarantined: not able to serve now.
+                Member::Instance(9),
             ],
             pending: 5,
             upstream_buffer: 6,
@@ -743,7 +745,7 @@ mod tests {
         s.stats.requests_retried = 25;
         s.stats.replies_late = 26;
         s.stats.quarantines = 27;
-        s.stats.members_quarantined = 28;
+        s.stats.quarantined.insert(Member::Instance(9));
         s.stats.errors_generated[1] = 14; // remote-server-timeout
         s.stats.members.insert(
             Member::Instance(4),
@@ -777,7 +779,7 @@ mod tests {
                 "jatproxy_handshake_failures_total{side=\"instance\",reason=\"rejected\",condition=\"not-authorized\"}",
                 1,
             ),
-            ("jatproxy_instances_connected", 1),
+            ("jatproxy_instances_connected", 2),
             ("jatproxy_pool_members{kind=\"resource\"}", 1),
             ("jatproxy_pool_members{kind=\"instance\"}", 1),
             ("jatproxy_pending_requests", 5),
@@ -806,7 +808,7 @@ mod tests {
             ("jatproxy_requests_retried_total", 25),
             ("jatproxy_replies_late_total", 26),
             ("jatproxy_quarantines_total", 27),
-            ("jatproxy_members_quarantined", 28),
+            ("jatproxy_members_quarantined", 1),
             (
                 "jatproxy_member_requests_routed_total{kind=\"instance\",member=\"4\"}",
                 15,

@@ -165,9 +165,10 @@ impl Pool {
         self.quarantined.get(m).is_some_and(|until| *until > now)
     }
 
-    /// Members out of the rotation now.
-    pub fn quarantined_len(&self) -> usize {
-        self.quarantined.len()
+    /// Members out of the rotation now (until their quarantine is
+    /// lifted, see [`Pool::lift_quarantines`]).
+    pub fn quarantined(&self) -> impl Iterator<Item = &Member> {
+        self.quarantined.keys()
     }
 
     /// Ends the quarantines that are over at `now`; the members back in

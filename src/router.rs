@@ -21,7 +21,7 @@
 //! while. A member is a session, and no session gets a request twice.
 //! Every pool join goes through [`Router::member_joined`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
@@ -208,8 +208,9 @@ pub struct Stats {
     pub replies_late: u64,
     /// Times a member was taken out of the rotation for refusing.
     pub quarantines: u64,
-    /// Members out of the rotation now (a gauge).
-    pub members_quarantined: u64,
+    /// Members in the pool but out of the rotation now (a gauge): what
+    /// `jatproxy_pool_members` leaves out (see [`crate::status::Status::eligible`]).
+    pub quarantined: BTreeSet<Member>,
     /// Resources refused and being qualified.
     pub admission: AdmissionStats,
 }
@@ -639,7 +640,7 @@ impl Router {
             tracing::info!(member = %m, "quarantine over: back in the rotation");
             self.release_to(&m, now, out);
         }
-        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+        self.count_quarantined();
     }
 
     /// A request that could not be sent gets its one answer now (if it
@@ -1467,7 +1468,7 @@ impl Router {
     ) {
         self.stats.members.remove(m);
         // Its quarantine, if any, ended with it.
-        self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+        self.count_quarantined();
         let lost = self.pending.drain_where(|w| w.member() == Some(m));
         if lost.is_empty() {
             return;
@@ -1517,6 +1518,12 @@ impl Router {
             answered,
             "member lost with requests in flight"
         );
+    }
+
+    /// Publishes who is out of the rotation now, after a quarantine
+    /// began or ended or a member left.
+    fn count_quarantined(&mut self) {
+        self.stats.quarantined = self.pool.quarantined().cloned().collect();
     }
 
     /// Whether a request of this type, in flight to a member that left,
@@ -1690,7 +1697,7 @@ impl Router {
         let (after, for_, limit) = (c.quarantine_after, c.quarantine_for, c.retry_limit);
         if self.pool.refused(&member, now, after, for_) {
             self.stats.quarantines += 1;
-            self.stats.members_quarantined = self.pool.quarantined_len() as u64;
+            self.count_quarantined();
             tracing::warn!(
                 member = %member,
                 refusals = after,

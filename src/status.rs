@@ -20,6 +20,10 @@ pub struct Status {
     pub upstream_online: bool,
     /// Upstream sessions established so far.
     pub upstream_sessions: u64,
+    /// The members of the pool, in arrival order: qualified client
+    /// resources and connected instances, quarantined ones included
+    /// (resources still being qualified are not members yet). Those that
+    /// can take a request now are [`Status::eligible`].
     pub pool: Vec<Member>,
     pub pending: usize,
     /// Stanzas held for upstream until it comes back: what
@@ -36,6 +40,34 @@ pub struct Status {
     pub stats: Stats,
     /// What only metrics need (traffic, handshake failures, reloads).
     pub counters: Counters,
+}
+
+/// Pool members by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByKind {
+    pub resources: usize,
+    pub instances: usize,
+}
+
+impl Status {
+    /// The members that can take a request now, by kind: in the pool (so
+    /// qualified) and not quarantined. What `jatproxy_pool_members`
+    /// shows; an operator reads it as "how many can serve", so a member
+    /// that refuses everything and sits out its quarantine must not count.
+    pub fn eligible(&self) -> ByKind {
+        let mut n = ByKind::default();
+        let serving = self
+            .pool
+            .iter()
+            .filter(|m| !self.stats.quarantined.contains(m));
+        for m in serving {
+            match m {
+                Member::Resource(_) => n.resources += 1,
+                Member::Instance(_) => n.instances += 1,
+            }
+        }
+        n
+    }
 }
 
 /// Which link a stanza crossed, and which way.
@@ -188,5 +220,37 @@ impl Counters {
             .filter(|((s, _, _), _)| *s == side)
             .map(|(_, n)| n)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eligible_members_leave_out_the_quarantined() {
+        let r = |x: &str| Member::Resource(format!("focus@auth.example.test/{x}"));
+        let mut s = Status {
+            pool: vec![r("a"), r("b"), Member::Instance(1), Member::Instance(2)],
+            ..Status::default()
+        };
+        assert_eq!(
+            s.eligible(),
+            ByKind {
+                resources: 2,
+                instances: 2
+            }
+        );
+        s.stats.quarantined.insert(r("b"));
+        s.stats.quarantined.insert(Member::Instance(2));
+        assert_eq!(
+            s.eligible(),
+            ByKind {
+                resources: 1,
+                instances: 1
+            }
+        );
+        s.stats.quarantined.insert(r("a"));
+        assert_eq!(s.eligible().resources, 0);
     }
 }
