@@ -321,6 +321,43 @@ enum Outcome {
     Answered,
 }
 
+/// What became of the requests in flight to members that were lost:
+/// the counts the one log line per loss reports, never a line per
+/// request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Sent on to another member (`routing.redispatch`).
+    pub redispatched: usize,
+    /// Waiting in the hold for an eligible member.
+    pub held: usize,
+    /// Answered with an error now (`recipient-unavailable`, or the last
+    /// refusal of a request being retried).
+    pub answered: usize,
+}
+
+impl Lost {
+    fn count(&mut self, o: Outcome) {
+        match o {
+            Outcome::Sent => self.redispatched += 1,
+            Outcome::Held => self.held += 1,
+            Outcome::Answered => self.answered += 1,
+        }
+    }
+
+    /// Whether any request was in flight to the lost members.
+    pub fn any(&self) -> bool {
+        self.redispatched + self.held + self.answered > 0
+    }
+}
+
+impl std::ops::AddAssign for Lost {
+    fn add_assign(&mut self, o: Lost) {
+        self.redispatched += o.redispatched;
+        self.held += o.held;
+        self.answered += o.answered;
+    }
+}
+
 /// Which members may serve an inbound request.
 #[derive(Clone, Copy)]
 enum Serving {
@@ -458,8 +495,16 @@ impl Router {
         self.cfg.continuity = new.continuity;
         self.set_admission(new.admission);
         if self.cfg.target != new.target {
-            for m in self.clear_resources() {
-                self.fail_member(&m, now, rng, out);
+            let gone = self.clear_resources();
+            let lost = self.fail_members(&gone, now, rng, out);
+            if !gone.is_empty() {
+                tracing::info!(
+                    resources = gone.len(),
+                    redispatched = lost.redispatched,
+                    held = lost.held,
+                    answered = lost.answered,
+                    "client_proxy.target_address changed: the old target's resources left the pool"
+                );
             }
             self.cfg.target = new.target;
             if self.online {
@@ -524,8 +569,17 @@ impl Router {
     /// clocks running.
     pub fn upstream_lost(&mut self, now: Instant, rng: &mut dyn RngCore, out: &mut Vec<Action>) {
         self.hold_unwritten(out);
-        for m in self.clear_resources() {
-            self.fail_member(&m, now, rng, out);
+        let gone = self.clear_resources();
+        let lost = self.fail_members(&gone, now, rng, out);
+        if !gone.is_empty() {
+            tracing::info!(
+                resources = gone.len(),
+                redispatched = lost.redispatched,
+                held = lost.held,
+                answered = lost.answered,
+                "upstream lost: the target's resources left the pool until the server \
+                 sends their presence again"
+            );
         }
     }
 
@@ -612,7 +666,18 @@ impl Router {
     ) {
         let m = Member::Instance(id);
         self.pool.remove(&m);
-        self.fail_member(&m, now, rng, out);
+        let lost = self.fail_member(&m, now, rng, out);
+        // The connection task logged why the instance went; this says
+        // what became of its requests, once.
+        if lost.any() {
+            tracing::info!(
+                member = %m,
+                redispatched = lost.redispatched,
+                held = lost.held,
+                answered = lost.answered,
+                "instance left the pool with requests in flight"
+            );
+        }
         // Requests the instance started can no longer be delivered, nor
         // need to be sent.
         let started = self.pending.drain_where(
@@ -872,15 +937,31 @@ impl Router {
             None if has_resource => self.resource_available(st, from, now, rng, out),
             Some("unavailable") => {
                 self.resource_gone(from);
-                if self.pool.remove(&resource) {
-                    tracing::info!(member = from, "resource left the pool");
+                let was_member = self.pool.remove(&resource);
+                let lost = self.fail_member(&resource, now, rng, out);
+                if was_member || lost.any() {
+                    tracing::info!(
+                        member = from,
+                        redispatched = lost.redispatched,
+                        held = lost.held,
+                        answered = lost.answered,
+                        "resource left the pool"
+                    );
                 }
-                self.fail_member(&resource, now, rng, out);
             }
             Some("error") => {
                 // As the module: an error from the target drops all.
-                for m in self.clear_resources() {
-                    self.fail_member(&m, now, rng, out);
+                let gone = self.clear_resources();
+                let lost = self.fail_members(&gone, now, rng, out);
+                if !gone.is_empty() {
+                    tracing::warn!(
+                        target_address = jid::bare(from),
+                        resources = gone.len(),
+                        redispatched = lost.redispatched,
+                        held = lost.held,
+                        answered = lost.answered,
+                        "the target's presence is an error: its resources left the pool"
+                    );
                 }
             }
             Some("subscribe") => {
@@ -895,16 +976,17 @@ impl Router {
                 // resources would stay in the pool, unseen when they
                 // leave. Out now; requests on them get their answer.
                 let gone = self.clear_resources();
+                let lost = self.fail_members(&gone, now, rng, out);
                 tracing::warn!(
                     target_address = jid::bare(from),
-                    resources_removed = gone.len(),
+                    resources = gone.len(),
+                    redispatched = lost.redispatched,
+                    held = lost.held,
+                    answered = lost.answered,
                     "the target revoked the proxy's presence subscription: \
                      its resources left the pool, and none will join it \
                      until the subscription is granted again"
                 );
-                for m in gone {
-                    self.fail_member(&m, now, rng, out);
-                }
             }
             Some("subscribed") => {
                 tracing::info!(target_address = jid::bare(from), "subscription granted");
@@ -1454,27 +1536,40 @@ impl Router {
         }
     }
 
+    /// Members went away together (out of the pool already): each fails
+    /// as [`Router::fail_member`]; the counts summed, for one log line.
+    fn fail_members(
+        &mut self,
+        gone: &[Member],
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) -> Lost {
+        let mut lost = Lost::default();
+        for m in gone {
+            lost += self.fail_member(m, now, rng, out);
+        }
+        lost
+    }
+
     /// A member went away (out of the pool already): every request
-    /// pending on it follows the
-    /// re-dispatch rules — to another member, or the hold, when its type
-    /// may be sent again (`routing.redispatch`); else it is answered
-    /// `recipient-unavailable`. One log line says what became of them.
+    /// pending on it follows the re-dispatch rules — to another member,
+    /// or the hold, when its type may be sent again
+    /// (`routing.redispatch`); else it is answered `recipient-unavailable`.
+    /// Logs nothing: the caller knows why the member went, and says it in
+    /// one line with these counts.
     fn fail_member(
         &mut self,
         m: &Member,
         now: Instant,
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
-    ) {
+    ) -> Lost {
         self.stats.members.remove(m);
         // Its quarantine, if any, ended with it.
         self.count_quarantined();
-        let lost = self.pending.drain_where(|w| w.member() == Some(m));
-        if lost.is_empty() {
-            return;
-        }
-        let (mut moved, mut held, mut answered) = (0usize, 0usize, 0usize);
-        for (key, entry) in lost {
+        let mut lost = Lost::default();
+        for (key, entry) in self.pending.drain_where(|w| w.member() == Some(m)) {
             let outcome = match entry.waiting {
                 Waiting::Inbound {
                     requester,
@@ -1505,19 +1600,9 @@ impl Router {
                     Outcome::Answered
                 }
             };
-            match outcome {
-                Outcome::Sent => moved += 1,
-                Outcome::Held => held += 1,
-                Outcome::Answered => answered += 1,
-            }
+            lost.count(outcome);
         }
-        tracing::info!(
-            member = %m,
-            redispatched = moved,
-            held,
-            answered,
-            "member lost with requests in flight"
-        );
+        lost
     }
 
     /// Publishes who is out of the rotation now, after a quarantine

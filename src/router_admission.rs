@@ -256,13 +256,24 @@ impl Router {
             }
             Step::Refuse(reason) => {
                 self.stats.admission.refused += 1;
-                tracing::info!(
-                    member = from,
-                    reason = %reason,
-                    "resource refused: it does not join the pool"
-                );
                 if self.pool.remove(&m) {
-                    self.fail_member(&m, now, rng, out);
+                    // Asked again (its caps changed) and refused now: a
+                    // loss, in the same one line.
+                    let lost = self.fail_member(&m, now, rng, out);
+                    tracing::info!(
+                        member = from,
+                        reason = %reason,
+                        redispatched = lost.redispatched,
+                        held = lost.held,
+                        answered = lost.answered,
+                        "resource refused: it leaves the pool"
+                    );
+                } else {
+                    tracing::info!(
+                        member = from,
+                        reason = %reason,
+                        "resource refused: it does not join the pool"
+                    );
                 }
             }
         }

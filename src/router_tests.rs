@@ -2677,6 +2677,100 @@ fn a_member_that_refuses_in_a_row_is_quarantined_then_back() {
     assert!(back, "back in the rotation");
 }
 
+/// Lines logged at INFO and above while `f` runs, without colours.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().expect("log buffer")).into_owned();
+    (r, text.lines().map(str::to_owned).collect())
+}
+
+/// The instance `I<n> ...` an action went to.
+fn inst_of(out: &[String]) -> InstanceId {
+    assert_eq!(out.len(), 1, "{out:?}");
+    out[0][1..2].parse().expect("I<n>")
+}
+
+/// A loss is one log line with what became of the member's requests,
+/// whatever their number: here one re-dispatched, one held (the only
+/// other member refused it already) and one answered (a set).
+#[test]
+fn a_loss_is_one_log_line_with_its_three_counts() {
+    let mut h = H::new(cont());
+    h.join(1);
+    h.join(2);
+    // Refused by one, so it ends on the other (l), which k has tried.
+    let k = inst_of(&h.get("gh"));
+    let l = inst_of(&h.refuse(k, "gh"));
+    assert_ne!(k, l);
+    // A get and a set on l as well (round robin: l within two tries).
+    let set = |id: &str| {
+        format!("<iq type='set' id='{id}' to='{D}' from='{ALICE}'><q xmlns='urn:x'/></iq>")
+    };
+    for (kind, xml) in [("g", get_xml as fn(&str) -> String), ("s", set)] {
+        let on_l = (0..2).any(|n| {
+            let out = h.up(&xml(&format!("{kind}{n}")));
+            inst_of(&out) == l
+        });
+        assert!(on_l, "a {kind} went to {l}");
+    }
+    let pending_on_k = h.r.pending_len() - 3;
+    let (out, lines) = logged(|| h.lose(l));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("INFO"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("redispatched=1 held=1 answered=1"),
+        "{}",
+        lines[0]
+    );
+    // The get went to k, the set was answered; gh waits.
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out
+        .iter()
+        .any(|a| a.starts_with(&format!("I{k} <iq type='get'"))));
+    assert!(out.iter().any(|a| a.contains("recipient-unavailable")));
+    assert_eq!(h.r.held_len(), 1);
+    assert_eq!(h.r.pending_len(), pending_on_k + 1);
+}
+
+/// Losing every resource at once (the upstream link) is one line too,
+/// not one per resource or per request.
+#[test]
+fn losing_the_upstream_link_is_one_log_line_for_all_resources() {
+    let mut h = H::new(cont());
+    for res in ["a", "b", "c"] {
+        h.online(res);
+    }
+    for n in 0..6 {
+        h.get(&format!("g{n}"));
+    }
+    let mut out = Vec::new();
+    let ((), lines) = logged(|| h.r.upstream_lost(h.now, &mut h.rng, &mut out));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("resources=3 redispatched=0 held=6 answered=0"),
+        "{}",
+        lines[0]
+    );
+}
+
 #[test]
 fn an_answer_between_refusals_resets_the_count() {
     let mut c = cont();
