@@ -317,6 +317,13 @@ fn upstream_buffer(e: &mut Enc<'_>, s: &Status) -> Result<(), std::fmt::Error> {
         "jatproxy_upstream_requests_withdrawn",
         "Instance iq requests held while upstream was down and answered (timed out) before it came back, so not sent.",
         s.requests_withdrawn,
+    )?;
+    counter(
+        e,
+        "jatproxy_upstream_answers_after_reconnect",
+        "Answers made while upstream was down, written once it was back. Requesters whose \
+         sessions ended meanwhile (a server restart) do not get them: the server drops them unseen.",
+        s.stats.answers_after_reconnect,
     )
 }
 
@@ -746,6 +753,7 @@ mod tests {
         s.stats.replies_late = 26;
         s.stats.quarantines = 27;
         s.stats.quarantined.insert(Member::Instance(9));
+        s.stats.answers_after_reconnect = 29;
         s.stats.errors_generated[1] = 14; // remote-server-timeout
         s.stats.members.insert(
             Member::Instance(4),
@@ -789,6 +797,7 @@ mod tests {
             ("jatproxy_upstream_backlog", 6),
             ("jatproxy_upstream_backlog_dropped_total", 7),
             ("jatproxy_upstream_requests_withdrawn_total", 8),
+            ("jatproxy_upstream_answers_after_reconnect_total", 29),
             ("jatproxy_requests_routed_total", 11),
             ("jatproxy_replies_dropped_total{reason=\"unmatched\"}", 12),
             ("jatproxy_replies_dropped_total{reason=\"spoofed\"}", 13),
@@ -892,6 +901,7 @@ mod tests {
                 "jatproxy_upstream_backlog gauge",
                 "jatproxy_upstream_backlog_dropped_total counter",
                 "jatproxy_upstream_requests_withdrawn_total counter",
+                "jatproxy_upstream_answers_after_reconnect_total counter",
                 "jatproxy_requests_routed_total counter",
                 "jatproxy_requests_outbound_total counter",
                 "jatproxy_replies_delivered_total counter",

@@ -213,6 +213,12 @@ pub struct Stats {
     pub quarantined: BTreeSet<Member>,
     /// Resources refused and being qualified.
     pub admission: AdmissionStats,
+    /// Answers made while the server was away, written once it was back.
+    /// A requester whose own session ended meanwhile (a server restart
+    /// ends them all) never gets one: the server drops an iq answer to a
+    /// gone session without a word (Prosody and ejabberd both, as RFC 6121
+    /// §8.5.3.1 says), so jatproxy counts what it sent, not what arrived.
+    pub answers_after_reconnect: u64,
 }
 
 /// Per-member entries kept at most; a pool larger than this is summed
@@ -545,6 +551,7 @@ impl Router {
                 out,
             );
         }
+        let mut answers = 0u64;
         for (wire, class) in self.backlog.drain() {
             out.push(match class {
                 Class::Request(key) if !self.pending.contains(&key) => {
@@ -554,9 +561,20 @@ impl Router {
                     continue;
                 }
                 Class::Request(key) => Action::UpstreamRequest(wire, key),
-                Class::Answer => Action::UpstreamAnswer(wire),
+                Class::Answer => {
+                    answers += 1;
+                    Action::UpstreamAnswer(wire)
+                }
                 Class::Other => Action::Upstream(wire),
             });
+        }
+        if answers > 0 {
+            self.stats.answers_after_reconnect += answers;
+            tracing::info!(
+                answers,
+                "answers made while the server was away sent now; requesters whose \
+                 sessions ended meanwhile will not get them (the server drops them unseen)"
+            );
         }
     }
 

@@ -1223,6 +1223,34 @@ fn instance_request_that_cannot_be_sent_is_answered() {
     assert_eq!(classes(&out), ["other"], "the subscription request only");
 }
 
+/// Answers made while the server is away (a member's reply, a timeout)
+/// are written once it is back, and counted: the server drops those whose
+/// requester's session ended meanwhile, so the count is what an operator
+/// has to go on.
+#[test]
+fn answers_made_while_the_server_is_away_are_sent_and_counted_on_its_return() {
+    let mut h = H::new(cfg());
+    h.r.instance_up(1, h.now, &mut Vec::new());
+    for id in ["r", "t"] {
+        let out = h.up(&format!(
+            "<iq type='get' id='{id}' to='{D}' from='{ALICE}'/>"
+        ));
+        assert_eq!(out.len(), 1, "{out:?}");
+    }
+    h.r.upstream_lost(h.now, &mut h.rng, &mut Vec::new());
+    let reply = format!("<iq type='result' id='r' from='{D}' to='{ALICE}'/>");
+    assert!(h.inst(1, &reply).is_empty(), "held for the server");
+    assert!(
+        h.advance(Duration::from_secs(31)).is_empty(),
+        "the timeout too"
+    );
+    assert_eq!(h.r.stats().answers_after_reconnect, 0);
+    let mut out = Vec::new();
+    h.r.upstream_online(&mut out);
+    assert_eq!(classes(&out), ["other", "answer", "answer"]);
+    assert_eq!(h.r.stats().answers_after_reconnect, 2);
+}
+
 /// An instance's request answered before it was carried out is taken
 /// back, whether it was held for the server (timed out meanwhile) or is
 /// still in the batch (its instance went down): the instance was told it
