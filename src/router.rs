@@ -216,8 +216,9 @@ pub struct Stats {
     /// Answers made while the server was away, written once it was back.
     /// A requester whose own session ended meanwhile (a server restart
     /// ends them all) never gets one: the server drops an iq answer to a
-    /// gone session without a word (Prosody and ejabberd both, as RFC 6121
-    /// §8.5.3.1 says), so jatproxy counts what it sent, not what arrived.
+    /// gone session without a word (Prosody's `mod_iq` bounces only a get
+    /// or set to a full JID with no session), so jatproxy counts what it
+    /// sent, not what arrived.
     pub answers_after_reconnect: u64,
 }
 
