@@ -2,7 +2,7 @@
 //! test per path, byte-exact where the router writes something, with
 //! the clock passed in.
 
-use super::tests::{cfg, H};
+use super::tests::{cfg, logged, H};
 use super::*;
 use crate::qualify::ResourceFilter;
 
@@ -476,5 +476,33 @@ fn interleavings_admit_only_the_qualified_and_answer_every_request_once() {
     assert!(
         served > 100 && refused > 100,
         "served {served}, refused {refused}"
+    );
+}
+
+/// A refusal is one line naming the resource and the reason, as the
+/// README's Jitsi section quotes it; the next presence of the same
+/// session logs nothing more.
+#[test]
+fn a_refusal_is_one_log_line_with_the_member_and_the_reason() {
+    let mut h = H::new(rules(Some("focus*"), None));
+    let (out, lines) = logged(|| h.up(&presence("jvb")));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(&format!(
+            "resource refused: it does not join the pool member=\"{T}/jvb\" \
+             reason=its name does not match client_proxy.resources"
+        )),
+        "{}",
+        lines[0]
+    );
+    let (_, lines) = logged(|| h.up(&presence("jvb")));
+    assert!(lines.is_empty(), "{lines:#?}");
+    let (_, lines) = logged(|| h.up(&presence("focus-1")));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(&format!("resource joined the pool member=\"{T}/focus-1\"")),
+        "{}",
+        lines[0]
     );
 }

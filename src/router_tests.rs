@@ -2706,7 +2706,7 @@ fn a_member_that_refuses_in_a_row_is_quarantined_then_back() {
 }
 
 /// Lines logged at INFO and above while `f` runs, without colours.
-fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+pub(super) fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     #[derive(Clone, Default)]
     struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
     impl std::io::Write for Buf {
