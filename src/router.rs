@@ -502,17 +502,13 @@ impl Router {
         self.cfg.continuity = new.continuity;
         self.set_admission(new.admission);
         if self.cfg.target != new.target {
-            let gone = self.clear_resources();
-            let lost = self.fail_members(&gone, now, rng, out);
-            if !gone.is_empty() {
-                tracing::info!(
-                    resources = gone.len(),
-                    redispatched = lost.redispatched,
-                    held = lost.held,
-                    answered = lost.answered,
-                    "client_proxy.target_address changed: the old target's resources left the pool"
-                );
-            }
+            self.lose_resources(
+                "client_proxy.target_address changed: the old target's resources left the pool",
+                None,
+                now,
+                rng,
+                out,
+            );
             self.cfg.target = new.target;
             if self.online {
                 self.upstream_online(out);
@@ -588,17 +584,50 @@ impl Router {
     /// clocks running.
     pub fn upstream_lost(&mut self, now: Instant, rng: &mut dyn RngCore, out: &mut Vec<Action>) {
         self.hold_unwritten(out);
+        self.lose_resources(
+            "upstream lost: the target's resources left the pool until the server \
+             sends their presence again",
+            None,
+            now,
+            rng,
+            out,
+        );
+    }
+
+    /// Every client resource leaves the pool at once: their requests
+    /// fail as in [`Router::fail_member`], and one line says why (`why`)
+    /// and what became of them. When the target itself (`from`) said so
+    /// (a presence error, a revoked subscription) it is a `WARN`, always:
+    /// the pool stays empty until the target changes its mind. Otherwise
+    /// (the link lost, a new target) an `INFO`, if any was in the pool.
+    fn lose_resources(
+        &mut self,
+        why: &str,
+        from_target: Option<&str>,
+        now: Instant,
+        rng: &mut dyn RngCore,
+        out: &mut Vec<Action>,
+    ) {
         let gone = self.clear_resources();
         let lost = self.fail_members(&gone, now, rng, out);
-        if !gone.is_empty() {
-            tracing::info!(
-                resources = gone.len(),
-                redispatched = lost.redispatched,
-                held = lost.held,
-                answered = lost.answered,
-                "upstream lost: the target's resources left the pool until the server \
-                 sends their presence again"
-            );
+        let (n, r, h, a) = (gone.len(), lost.redispatched, lost.held, lost.answered);
+        match from_target {
+            Some(from) => tracing::warn!(
+                target_address = jid::bare(from),
+                resources = n,
+                redispatched = r,
+                held = h,
+                answered = a,
+                "{why}"
+            ),
+            None if n > 0 => tracing::info!(
+                resources = n,
+                redispatched = r,
+                held = h,
+                answered = a,
+                "{why}"
+            ),
+            None => {}
         }
     }
 
@@ -970,18 +999,8 @@ impl Router {
             }
             Some("error") => {
                 // As the module: an error from the target drops all.
-                let gone = self.clear_resources();
-                let lost = self.fail_members(&gone, now, rng, out);
-                if !gone.is_empty() {
-                    tracing::warn!(
-                        target_address = jid::bare(from),
-                        resources = gone.len(),
-                        redispatched = lost.redispatched,
-                        held = lost.held,
-                        answered = lost.answered,
-                        "the target's presence is an error: its resources left the pool"
-                    );
-                }
+                let why = "the target's presence is an error: its resources left the pool";
+                self.lose_resources(why, Some(from), now, rng, out);
             }
             Some("subscribe") => {
                 self.for_server(
@@ -994,18 +1013,10 @@ impl Router {
                 // The server sends no more presence of the target: its
                 // resources would stay in the pool, unseen when they
                 // leave. Out now; requests on them get their answer.
-                let gone = self.clear_resources();
-                let lost = self.fail_members(&gone, now, rng, out);
-                tracing::warn!(
-                    target_address = jid::bare(from),
-                    resources = gone.len(),
-                    redispatched = lost.redispatched,
-                    held = lost.held,
-                    answered = lost.answered,
-                    "the target revoked the proxy's presence subscription: \
-                     its resources left the pool, and none will join it \
-                     until the subscription is granted again"
-                );
+                let why = "the target revoked the proxy's presence subscription: \
+                           its resources left the pool, and none will join it \
+                           until the subscription is granted again";
+                self.lose_resources(why, Some(from), now, rng, out);
             }
             Some("subscribed") => {
                 tracing::info!(target_address = jid::bare(from), "subscription granted");
