@@ -173,7 +173,7 @@ impl Proxy {
         let (done, applied) = oneshot::channel();
         let ev = Event::Reload {
             router: RouterConfig::from_config(&new),
-            upstream_buffer: new.limits.upstream_buffer,
+            upstream_buffer: new.limits.upstream_buffer_bound(),
             done,
         };
         if self.events.send(ev).await.is_err() || applied.await.is_err() {

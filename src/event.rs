@@ -45,7 +45,7 @@ pub enum Event {
     /// A reload's part that the core applies; `done` once it has.
     Reload {
         router: RouterConfig,
-        upstream_buffer: usize,
+        upstream_buffer: crate::backlog::Bound,
         done: oneshot::Sender<()>,
     },
 }
@@ -70,4 +70,7 @@ pub struct InstanceLink {
     /// How long the core waits for room in a full queue while the socket
     /// accepts nothing (`instances.stall_timeout` when it connected).
     pub stall_timeout: Duration,
+    /// Its queue's bound in bytes (`instances.queue_bytes`), taken from
+    /// before each stanza is queued; `None`: bounded in stanzas only.
+    pub bytes: Option<Arc<crate::connection::QueueBytes>>,
 }

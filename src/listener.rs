@@ -261,6 +261,7 @@ async fn instance(a: Accepted, shared: Shared) {
     let (urgent, urgent_rx) = oneshot::channel();
     let settings = WriterSettings {
         queue: cfg.instances.queue,
+        queue_bytes: Some(cfg.instances.queue_bytes),
         keepalive: Some(cfg.upstream.keepalive_interval),
         urgent: Some(urgent_rx),
     };
@@ -272,6 +273,7 @@ async fn instance(a: Accepted, shared: Shared) {
         peer,
         progress: writer.progress(),
         stall_timeout: cfg.instances.stall_timeout,
+        bytes: writer.bytes(),
     };
     if shared
         .events

@@ -275,6 +275,7 @@ async fn session(mut s: SessionArgs) -> (SessionEnd, bool) {
     tracing::info!(server = %up.server, domain = %up.domain, "upstream session established");
     let settings = WriterSettings {
         queue: s.cfg.limits.write_queue,
+        queue_bytes: None,
         keepalive: Some(up.keepalive_interval),
         urgent: None,
     };
