@@ -20,6 +20,7 @@
 //! it through [`crate::event::Event`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connection::Out;
+use crate::connection::{Out, QueueBytes};
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
@@ -52,10 +53,17 @@ pub(crate) struct Core {
     skip_log: SkipLog,
     /// The proxy's shutdown: ends a wait for a slow instance at once.
     shutdown: CancellationToken,
+    /// The bytes of stanzas waiting for the core, given back as each is
+    /// handled (see [`crate::event::send_stanza`]).
+    input: Arc<QueueBytes>,
 }
 
 impl Core {
-    pub(crate) fn new(cfg: &Config, status_tx: watch::Sender<Status>) -> Self {
+    pub(crate) fn new(
+        cfg: &Config,
+        status_tx: watch::Sender<Status>,
+        input: Arc<QueueBytes>,
+    ) -> Self {
         Core {
             router: Router::new(
                 RouterConfig::from_config(cfg),
@@ -69,6 +77,7 @@ impl Core {
             spare: Vec::new(),
             skip_log: SkipLog::default(),
             shutdown: CancellationToken::new(),
+            input,
         }
     }
 
@@ -142,6 +151,7 @@ impl Core {
         let now = Instant::now();
         match ev {
             Event::FromUpstream(st) => {
+                self.input.give_back(st.bytes.len());
                 self.status
                     .counters
                     .stanza(Direction::UpstreamIn, st.bytes.len());
@@ -149,6 +159,7 @@ impl Core {
             }
             Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
             Event::FromInstance { id, stanza } => {
+                self.input.give_back(stanza.bytes.len());
                 self.status
                     .counters
                     .stanza(Direction::InstancesIn, stanza.bytes.len());
@@ -548,7 +559,10 @@ mod tests {
         let (status_tx, status) = watch::channel(Status::default());
         let (events, rx) = mpsc::channel(queue);
         let shutdown = CancellationToken::new();
-        let core = tokio::spawn(Core::new(cfg, status_tx).run(rx, shutdown.clone()));
+        let core = tokio::spawn(
+            Core::new(cfg, status_tx, Arc::new(QueueBytes::new(usize::MAX)))
+                .run(rx, shutdown.clone()),
+        );
         Harness {
             events,
             status,

@@ -50,6 +50,34 @@ pub enum Event {
     },
 }
 
+/// The way into the core for the tasks that read peers: the events
+/// channel (bounded in events) and the bound of the stanza bytes waiting
+/// in it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub events: mpsc::Sender<Event>,
+    pub input: Arc<crate::connection::QueueBytes>,
+}
+
+/// Sends `ev`, a stanza of `len` bytes read from a peer, to the core once
+/// those bytes fit in `input`, the bound of what waits for the core in
+/// bytes (the channel bounds it in events). While the core waits for a
+/// slow instance, stanzas pile up here: 1024 events of the largest
+/// stanzas would be gigabytes. Fails, giving `ev` back, when the core is
+/// gone; the core gives the bytes back when it takes the event.
+pub async fn send_stanza(
+    events: &mpsc::Sender<Event>,
+    input: &crate::connection::QueueBytes,
+    len: usize,
+    ev: Event,
+) -> Result<(), mpsc::error::SendError<Event>> {
+    tokio::select! {
+        _ = input.take(len) => {}
+        _ = events.closed() => return Err(mpsc::error::SendError(ev)),
+    }
+    events.send(ev).await
+}
+
 /// What the core holds for one connected instance.
 #[derive(Debug)]
 pub struct InstanceLink {
