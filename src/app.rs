@@ -17,19 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::connection::QueueBytes;
 use crate::core::Core;
 use crate::event::{Event, Inbound};
 use crate::reload::{Plan, ReloadError};
 use crate::router::RouterConfig;
 use crate::status::{Observation, Status};
-
-/// The bound, in bytes, of the stanzas read from peers that wait for the
-/// core (the channel bounds them at 1024 events). The core waits for a
-/// slow instance up to `instances.stall_timeout`; meanwhile the readers
-/// fill this and then stop reading, and TCP holds the rest. 8 MiB is
-/// thousands of ordinary stanzas and several of the largest.
-const INPUT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +63,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (events_tx, events_rx) = mpsc::channel(1024);
-        let input = Arc::new(QueueBytes::new(INPUT_BYTES));
-        let inbound = Inbound {
-            events: events_tx.clone(),
-            input: input.clone(),
-        };
+        let inbound = Inbound::new(events_tx.clone());
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (config_tx, config_rx) = watch::channel(cfg.clone());
 
@@ -126,7 +114,7 @@ impl Proxy {
             local
         });
 
-        let core = Core::new(&cfg, status_tx, input);
+        let core = Core::new(&cfg, status_tx, inbound.input.clone());
         let core_failed = CancellationToken::new();
         tasks.spawn(supervise_core(
             core.run(events_rx, shutdown.clone()),
@@ -186,7 +174,7 @@ impl Proxy {
         let (done, applied) = oneshot::channel();
         let ev = Event::Reload {
             router: RouterConfig::from_config(&new),
-            upstream_buffer: new.limits.upstream_buffer_bound(),
+            upstream_buffer: crate::backlog::Bound::of(&new.limits),
             done,
         };
         if self.events.send(ev).await.is_err() || applied.await.is_err() {

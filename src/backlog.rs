@@ -40,6 +40,14 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// `limits.upstream_buffer` and `limits.upstream_buffer_bytes`.
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        Bound {
+            items: limits.upstream_buffer,
+            bytes: limits.upstream_buffer_bytes,
+        }
+    }
+
     /// A bound in items only (for tests that count stanzas).
     pub fn items(items: usize) -> Self {
         Bound {

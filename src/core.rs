@@ -67,7 +67,7 @@ impl Core {
         Core {
             router: Router::new(
                 RouterConfig::from_config(cfg),
-                cfg.limits.upstream_buffer_bound(),
+                crate::backlog::Bound::of(&cfg.limits),
             ),
             rng: StdRng::from_os_rng(),
             upstream: None,

@@ -59,6 +59,23 @@ pub struct Inbound {
     pub input: Arc<crate::connection::QueueBytes>,
 }
 
+/// The bound, in bytes, of the stanzas read from peers that wait for the
+/// core (the channel bounds them in events). The core waits for a slow
+/// instance up to `instances.stall_timeout`; meanwhile the readers fill
+/// this and then stop reading, and TCP holds the rest. 8 MiB is
+/// thousands of ordinary stanzas and several of the largest.
+pub const INPUT_BYTES: usize = 8 * 1024 * 1024;
+
+impl Inbound {
+    /// The way into the core through `events`, bounded by [`INPUT_BYTES`].
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        Inbound {
+            events,
+            input: Arc::new(crate::connection::QueueBytes::new(INPUT_BYTES)),
+        }
+    }
+}
+
 /// Sends `ev`, a stanza of `len` bytes read from a peer, to the core once
 /// those bytes fit in `input`, the bound of what waits for the core in
 /// bytes (the channel bounds it in events). While the core waits for a

@@ -139,14 +139,6 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
-    /// The bound of what is held for the server while it is away.
-    pub fn upstream_buffer_bound(&self) -> crate::backlog::Bound {
-        crate::backlog::Bound {
-            items: self.upstream_buffer,
-            bytes: self.upstream_buffer_bytes,
-        }
-    }
-
     /// The framer limits for an instance link: fatal to that stream.
     pub fn instance_framer(&self) -> crate::xml::FramerLimits {
         crate::xml::FramerLimits {
