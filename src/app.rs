@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::Core;
-use crate::event::Event;
+use crate::event::{Event, Inbound};
 use crate::reload::{Plan, ReloadError};
 use crate::router::RouterConfig;
 use crate::status::{Observation, Status};
@@ -63,6 +63,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let inbound = Inbound::new(events_tx.clone());
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (config_tx, config_rx) = watch::channel(cfg.clone());
 
@@ -106,14 +107,14 @@ impl Proxy {
             tasks.spawn(crate::listener::run(
                 listener,
                 config_rx.clone(),
-                events_tx.clone(),
+                inbound.clone(),
                 shutdown.clone(),
                 tasks.clone(),
             ));
             local
         });
 
-        let core = Core::new(&cfg, status_tx);
+        let core = Core::new(&cfg, status_tx, inbound.input.clone());
         let core_failed = CancellationToken::new();
         tasks.spawn(supervise_core(
             core.run(events_rx, shutdown.clone()),
@@ -122,7 +123,7 @@ impl Proxy {
         ));
         tasks.spawn(crate::upstream::run(
             config_rx,
-            events_tx.clone(),
+            inbound,
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -173,7 +174,7 @@ impl Proxy {
         let (done, applied) = oneshot::channel();
         let ev = Event::Reload {
             router: RouterConfig::from_config(&new),
-            upstream_buffer: new.limits.upstream_buffer,
+            upstream_buffer: crate::backlog::Bound::of(&new.limits),
             done,
         };
         if self.events.send(ev).await.is_err() || applied.await.is_err() {

@@ -28,35 +28,83 @@ pub enum Class {
     Other,
 }
 
+/// How much the backlog holds besides answers: whichever bound is
+/// reached first. Counting items alone would let 4096 of the largest
+/// stanzas pin gigabytes during an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// `limits.upstream_buffer`.
+    pub items: usize,
+    /// `limits.upstream_buffer_bytes`.
+    pub bytes: usize,
+}
+
+impl Bound {
+    /// `limits.upstream_buffer` and `limits.upstream_buffer_bytes`.
+    pub fn of(limits: &crate::config::LimitsConfig) -> Self {
+        Bound {
+            items: limits.upstream_buffer,
+            bytes: limits.upstream_buffer_bytes,
+        }
+    }
+
+    /// A bound in items only (for tests that count stanzas).
+    pub fn items(items: usize) -> Self {
+        Bound {
+            items,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound::items(0)
+    }
+}
+
 /// Output held for upstream, in the order it was written.
 #[derive(Debug, Default)]
 pub struct Backlog {
     items: VecDeque<(Wire, Class)>,
-    /// Held items that count against `cap` (all but answers).
+    /// Held items that count against the bound (all but answers).
     bounded: usize,
-    /// `limits.upstream_buffer`.
-    cap: usize,
+    /// Their bytes.
+    bounded_bytes: usize,
+    bound: Bound,
     /// Items dropped because the bound was reached, ever.
     dropped: u64,
 }
 
 impl Backlog {
-    /// An empty backlog holding at most `cap` items besides answers.
-    pub fn new(cap: usize) -> Self {
+    /// An empty backlog holding, besides answers, at most `bound.items`
+    /// items and `bound.bytes` bytes.
+    pub fn new(bound: Bound) -> Self {
         Backlog {
-            cap,
+            bound,
             ..Backlog::default()
         }
     }
 
     /// A reload's new bound. Items already held stay; the new bound
     /// applies to what is held next.
-    pub fn set_cap(&mut self, cap: usize) {
-        self.cap = cap;
+    pub fn set_bound(&mut self, bound: Bound) {
+        self.bound = bound;
     }
 
+    /// The bound in items.
     pub fn cap(&self) -> usize {
-        self.cap
+        self.bound.items
+    }
+
+    /// The bound in bytes.
+    pub fn byte_cap(&self) -> usize {
+        self.bound.bytes
+    }
+
+    /// Bytes held now that count against the bound (answers aside).
+    pub fn bounded_bytes(&self) -> usize {
+        self.bounded_bytes
     }
 
     /// Items held now.
@@ -77,14 +125,16 @@ impl Backlog {
     /// counted) instead. Answers are always kept: dropping one would leave
     /// a request without its one answer, and their number is bounded by
     /// the pending table, not by this. Everything else is kept up to the
-    /// bound.
+    /// bound, in items and in bytes.
     pub fn hold(&mut self, wire: Wire, class: Class) -> bool {
         if class != Class::Answer {
-            if self.bounded >= self.cap {
+            let bytes = self.bounded_bytes.saturating_add(wire.len());
+            if self.bounded >= self.bound.items || bytes > self.bound.bytes {
                 self.dropped += 1;
                 return false;
             }
             self.bounded += 1;
+            self.bounded_bytes = bytes;
         }
         self.items.push_back((wire, class));
         true
@@ -94,6 +144,7 @@ impl Backlog {
     /// backlog is empty (and the bound free) afterwards.
     pub fn drain(&mut self) -> impl Iterator<Item = (Wire, Class)> + '_ {
         self.bounded = 0;
+        self.bounded_bytes = 0;
         self.items.drain(..)
     }
 }
@@ -115,7 +166,7 @@ mod tests {
 
     #[test]
     fn answers_are_held_past_the_bound_the_rest_up_to_it() {
-        let mut b = Backlog::new(2);
+        let mut b = Backlog::new(Bound::items(2));
         assert!(b.hold(wire("m1"), Class::Other));
         assert!(b.hold(wire("a1"), Class::Answer));
         assert!(b.hold(wire("r1"), request("1")));
@@ -129,7 +180,7 @@ mod tests {
 
     #[test]
     fn drain_gives_everything_in_order_and_frees_the_bound() {
-        let mut b = Backlog::new(1);
+        let mut b = Backlog::new(Bound::items(1));
         b.hold(wire("m1"), Class::Other);
         b.hold(wire("a1"), Class::Answer);
         b.hold(wire("m2"), Class::Other);
@@ -145,15 +196,43 @@ mod tests {
 
     #[test]
     fn a_new_bound_applies_to_what_is_held_next() {
-        let mut b = Backlog::new(1);
+        let mut b = Backlog::new(Bound::items(1));
         assert!(b.hold(wire("m1"), Class::Other));
-        b.set_cap(3);
+        b.set_bound(Bound::items(3));
         assert!(b.hold(wire("m2"), Class::Other));
         assert!(b.hold(wire("m3"), Class::Other));
         assert!(!b.hold(wire("m4"), Class::Other));
-        b.set_cap(0);
+        b.set_bound(Bound::items(0));
         assert!(!b.hold(wire("m5"), Class::Other));
         assert!(b.hold(wire("a"), Class::Answer));
         assert_eq!((b.len(), b.dropped()), (4, 2));
+    }
+
+    /// Bytes bound the backlog as items do: many small stanzas fit where
+    /// a few large ones do not, and answers are held past it.
+    #[test]
+    fn the_byte_bound_is_reached_before_the_count() {
+        let mut b = Backlog::new(Bound {
+            items: 100,
+            bytes: 10,
+        });
+        assert!(b.hold(wire("0123"), Class::Other));
+        assert!(b.hold(wire("456789"), request("1")), "exactly at the bound");
+        assert!(!b.hold(wire("x"), Class::Other), "one byte over");
+        assert!(b.hold(wire("a large answer, past the bound"), Class::Answer));
+        assert_eq!((b.len(), b.dropped(), b.bounded_bytes()), (3, 1, 10));
+        let _ = b.drain().count();
+        assert_eq!(b.bounded_bytes(), 0, "drained, the bytes are free");
+        assert!(
+            !b.hold(wire("eleven byte"), Class::Other),
+            "larger than the bound"
+        );
+        assert!(b.hold(wire("ten bytes!"), Class::Other));
+        b.set_bound(Bound {
+            items: 100,
+            bytes: 20,
+        });
+        assert!(b.hold(wire("ten more.."), Class::Other), "a reload's room");
+        assert_eq!(b.dropped(), 2);
     }
 }

@@ -22,6 +22,7 @@
 //! router, the core, the app or any connection task, and it reads no
 //! configuration (callers pass the limits and queue sizes).
 
+mod budget;
 mod write;
 mod writer;
 
@@ -38,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use crate::xml::frame::NS_STREAM_ERRORS;
 use crate::xml::{escape, CodecError, Frame, Framer, FramerLimits, StreamCondition, Tokenizer};
 
+pub use budget::QueueBytes;
 pub use write::{write_loop, Out, Progress, Tracked};
 pub use writer::{Writer, WriterSettings};
 
@@ -255,6 +257,7 @@ mod tests {
         let tasks = TaskTracker::new();
         let settings = WriterSettings {
             queue: 4,
+            queue_bytes: None,
             keepalive: None,
             urgent: None,
         };

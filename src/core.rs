@@ -20,6 +20,7 @@
 //! it through [`crate::event::Event`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connection::Out;
+use crate::connection::{Out, QueueBytes};
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
@@ -52,12 +53,22 @@ pub(crate) struct Core {
     skip_log: SkipLog,
     /// The proxy's shutdown: ends a wait for a slow instance at once.
     shutdown: CancellationToken,
+    /// The bytes of stanzas waiting for the core, given back as each is
+    /// handled (see [`crate::event::send_stanza`]).
+    input: Arc<QueueBytes>,
 }
 
 impl Core {
-    pub(crate) fn new(cfg: &Config, status_tx: watch::Sender<Status>) -> Self {
+    pub(crate) fn new(
+        cfg: &Config,
+        status_tx: watch::Sender<Status>,
+        input: Arc<QueueBytes>,
+    ) -> Self {
         Core {
-            router: Router::new(RouterConfig::from_config(cfg), cfg.limits.upstream_buffer),
+            router: Router::new(
+                RouterConfig::from_config(cfg),
+                crate::backlog::Bound::of(&cfg.limits),
+            ),
             rng: StdRng::from_os_rng(),
             upstream: None,
             instances: HashMap::new(),
@@ -66,6 +77,7 @@ impl Core {
             spare: Vec::new(),
             skip_log: SkipLog::default(),
             shutdown: CancellationToken::new(),
+            input,
         }
     }
 
@@ -139,6 +151,7 @@ impl Core {
         let now = Instant::now();
         match ev {
             Event::FromUpstream(st) => {
+                self.input.give_back(st.bytes.len());
                 self.status
                     .counters
                     .stanza(Direction::UpstreamIn, st.bytes.len());
@@ -146,6 +159,7 @@ impl Core {
             }
             Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
             Event::FromInstance { id, stanza } => {
+                self.input.give_back(stanza.bytes.len());
                 self.status
                     .counters
                     .stanza(Direction::InstancesIn, stanza.bytes.len());
@@ -300,51 +314,40 @@ impl Core {
         }
     }
 
-    /// Queues `w` for instance `id`. A full queue is waited on, as long
-    /// as the instance's socket keeps accepting bytes: a burst faster than
-    /// it reads is slowed down, not cut. Everything else waits meanwhile,
-    /// which is the point (the upstream reader stops, and the server with
-    /// it), and also the cost: so once the socket has accepted nothing for
-    /// the link's stall timeout, the instance is cut and its requests are
-    /// answered as for any lost member. Shutdown ends the wait at once,
-    /// dropping the stanza: the instance is being closed anyway.
+    /// Queues `w` for instance `id`. A full queue (at its bound in
+    /// stanzas or in bytes) is waited on, as long as the instance's socket
+    /// keeps accepting bytes: a burst faster than it reads is slowed down,
+    /// not cut. Everything else waits meanwhile, which is the point (the
+    /// upstream reader stops, and the server with it), and also the cost:
+    /// so once the socket has accepted nothing for the link's stall
+    /// timeout, the instance is cut with `policy-violation` and lost like
+    /// any member (its requests re-dispatched by the router's
+    /// `instance_down`). Shutdown ends the wait at once, dropping the
+    /// stanza: the instance is being closed anyway.
     async fn send_instance(&mut self, id: InstanceId, w: Wire) -> Option<Found> {
         let link = self.instances.get(&id)?;
         let len = w.len();
-        let out = match link.tx.try_send(Out::Wire(w)) {
-            Ok(()) => {
-                self.status.counters.stanza(Direction::InstancesOut, len);
-                return None;
-            }
-            Err(mpsc::error::TrySendError::Full(out)) => out,
-            Err(mpsc::error::TrySendError::Closed(_)) => return self.instance_gone(id),
-        };
-        let tx = link.tx.clone();
-        let progress = link.progress.clone();
-        let stall = link.stall_timeout;
-        let since = Instant::now();
-        let waited = loop {
-            let deadline = progress.stalled_at(since, stall);
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break Waited::Shutdown,
-                permit = tx.reserve() => break match permit {
-                    Ok(permit) => {
-                        permit.send(out);
-                        Waited::Queued
-                    }
-                    Err(_) => Waited::Gone,
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    // The writer may have made progress since the
-                    // deadline was computed: look again.
-                    if progress.stalled_at(since, stall) <= Instant::now() {
-                        break Waited::Stalled;
-                    }
+        let bytes = link.bytes.clone();
+        let taken = bytes.as_ref().is_none_or(|b| b.try_take(len));
+        let out = if taken {
+            match link.tx.try_send(Out::Wire(w)) {
+                Ok(()) => {
+                    self.status.counters.stanza(Direction::InstancesOut, len);
+                    return None;
                 }
+                Err(mpsc::error::TrySendError::Full(out)) => out,
+                Err(mpsc::error::TrySendError::Closed(_)) => return self.instance_gone(id),
             }
+        } else {
+            Out::Wire(w)
         };
-        match waited {
+        let room = Room {
+            tx: link.tx.clone(),
+            bytes: if taken { None } else { bytes },
+            len,
+        };
+        let (progress, stall) = (link.progress.clone(), link.stall_timeout);
+        match self.wait_for_room(room, out, &progress, stall).await {
             Waited::Queued => {
                 self.status.counters.stanza(Direction::InstancesOut, len);
                 None
@@ -355,7 +358,8 @@ impl Core {
                 StreamCondition::PolicyViolation,
                 &format!(
                     "accepted no bytes for {} (instances.stall_timeout) while its write \
-                     queue (instances.queue) was full: not reading; out of rotation",
+                     queue was at its bound (instances.queue or instances.queue_bytes): \
+                     not reading; lost",
                     humantime::format_duration(stall)
                 ),
             ),
@@ -365,6 +369,52 @@ impl Core {
                     "shutting down: a stanza for a slow instance dropped"
                 );
                 None
+            }
+        }
+    }
+
+    /// Waits for `room` in a full instance queue and queues `out` there,
+    /// while the socket makes `progress`; stalled once it has taken no
+    /// bytes for `stall` (counted from now at the earliest).
+    async fn wait_for_room(
+        &self,
+        room: Room,
+        out: Out,
+        progress: &crate::connection::Progress,
+        stall: std::time::Duration,
+    ) -> Waited {
+        let Room { tx, bytes, len } = room;
+        let closed = tx.clone();
+        // One future for both bounds, kept across the deadline checks so
+        // that bytes taken are not taken twice.
+        let queued = async move {
+            if let Some(b) = &bytes {
+                b.take(len).await;
+            }
+            match tx.reserve_owned().await {
+                Ok(permit) => {
+                    permit.send(out);
+                    Waited::Queued
+                }
+                Err(_) => Waited::Gone,
+            }
+        };
+        tokio::pin!(queued);
+        let since = Instant::now();
+        loop {
+            let deadline = progress.stalled_at(since, stall);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Waited::Shutdown,
+                done = &mut queued => return done,
+                _ = closed.closed() => return Waited::Gone,
+                _ = tokio::time::sleep_until(deadline) => {
+                    // The writer may have made progress since the
+                    // deadline was computed: look again.
+                    if progress.stalled_at(since, stall) <= Instant::now() {
+                        return Waited::Stalled;
+                    }
+                }
             }
         }
     }
@@ -390,11 +440,16 @@ impl Core {
         let link = self.instances.remove(&id)?;
         tracing::warn!(member = id, peer.addr = %link.peer, condition = %cond, "closing instance stream: it {why}");
         let error = handshake::stream_error(cond, None);
-        if let Err(mpsc::error::TrySendError::Full(_)) = link.tx.try_send(Out::Close(error.clone()))
+        let bytes_full = link.bytes.as_ref().is_some_and(|b| !b.fits(error.len()));
+        if bytes_full {
+            // Its queue is at its byte bound: what is queued is dropped
+            // (its requests are the router's to answer or move) and the
+            // error goes out after the stanza being written.
+            let _ = link.urgent.send(error);
+        } else if let Err(mpsc::error::TrySendError::Full(_)) =
+            link.tx.try_send(Out::Close(error.clone()))
         {
-            // Its queue is full: what is queued is dropped (its requests
-            // are answered by the router) and the error goes out after the
-            // stanza being written.
+            // The same, at its bound in stanzas.
             let _ = link.urgent.send(error);
         }
         link.closing.cancel();
@@ -431,6 +486,14 @@ enum Found {
     UpstreamUnsent(Action),
 }
 
+/// What a stanza for a full instance queue waits for: a slot in `tx`,
+/// and `len` bytes of `bytes` unless they are taken already.
+struct Room {
+    tx: mpsc::Sender<Out>,
+    bytes: Option<std::sync::Arc<crate::connection::QueueBytes>>,
+    len: usize,
+}
+
 /// How a wait for room in an instance's queue ended.
 enum Waited {
     Queued,
@@ -458,6 +521,7 @@ mod tests {
     //! for upstream.
 
     use super::*;
+    use crate::connection::QueueBytes;
     use crate::pool::Member;
     use crate::stanza::StanzaError;
     use crate::xml::frame::Stanza;
@@ -495,7 +559,10 @@ mod tests {
         let (status_tx, status) = watch::channel(Status::default());
         let (events, rx) = mpsc::channel(queue);
         let shutdown = CancellationToken::new();
-        let core = tokio::spawn(Core::new(cfg, status_tx).run(rx, shutdown.clone()));
+        let core = tokio::spawn(
+            Core::new(cfg, status_tx, Arc::new(QueueBytes::new(usize::MAX)))
+                .run(rx, shutdown.clone()),
+        );
         Harness {
             events,
             status,
@@ -546,6 +613,23 @@ mod tests {
             oneshot::Receiver<bytes::Bytes>,
             Arc<crate::connection::Progress>,
         ) {
+            self.instance_bounded(id, queue, None, stall_timeout).await
+        }
+
+        /// [`Self::instance_with`], its queue bounded in bytes too if
+        /// `bytes` is given (the reader must give them back, as the
+        /// writer does).
+        async fn instance_bounded(
+            &self,
+            id: InstanceId,
+            queue: usize,
+            bytes: Option<Arc<QueueBytes>>,
+            stall_timeout: Duration,
+        ) -> (
+            mpsc::Receiver<Out>,
+            oneshot::Receiver<bytes::Bytes>,
+            Arc<crate::connection::Progress>,
+        ) {
             let (tx, rx) = mpsc::channel(queue);
             let (urgent, urgent_rx) = oneshot::channel();
             let progress = Arc::new(crate::connection::Progress::new());
@@ -556,6 +640,7 @@ mod tests {
                 peer: "127.0.0.1:9".parse().expect("addr"),
                 progress: progress.clone(),
                 stall_timeout,
+                bytes,
             };
             self.send(Event::InstanceUp { id, link }).await;
             (rx, urgent_rx, progress)
@@ -846,6 +931,99 @@ mod tests {
             .wait_for(|s| s.counters.stanzas(Direction::InstancesOut) == n as u64)
             .await;
         assert_eq!(st.pool, [Member::Instance(1)], "still in rotation");
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// The byte bound is backpressure too: a queue roomy in stanzas but
+    /// full in bytes is waited for while the instance reads, never past
+    /// its bound, and nothing is cut.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_queue_at_its_byte_bound_is_waited_for_while_the_instance_reads() {
+        let cfg = config("");
+        let mut h = start(&cfg, 16);
+        let _up = h.upstream_up().await;
+        let cap = 3 * message("m00").len();
+        let bytes = Arc::new(QueueBytes::new(cap));
+        let stall = Duration::from_secs(1);
+        let (mut inst, mut urgent, progress) = h
+            .instance_bounded(1, 1000, Some(bytes.clone()), stall)
+            .await;
+        let n = 20;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut most = 0;
+            while got.len() < n {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                most = most.max(bytes.queued());
+                let out = next(&mut inst).await;
+                bytes.give_back(out.len());
+                progress.touch();
+                got.push(out);
+            }
+            (got, most)
+        });
+        let started = Instant::now();
+        for i in 0..n {
+            h.server_sends(&message(&format!("m{i:02}"))).await;
+        }
+        let (got, most) = reader.await.expect("reader");
+        assert!(started.elapsed() >= Duration::from_secs(5), "it did wait");
+        assert!(most <= cap && most > 0, "queued {most} of {cap}");
+        for (i, out) in got.iter().enumerate() {
+            assert!(out.contains(&format!("id='m{i:02}'")), "{i}: {out}");
+        }
+        assert!(urgent.try_recv().is_err(), "no close");
+        let st = h
+            .wait_for(|s| s.counters.stanzas(Direction::InstancesOut) == n as u64)
+            .await;
+        assert_eq!(st.pool, [Member::Instance(1)], "still in rotation");
+        h.shutdown.cancel();
+        h.core.await.expect("core ends");
+    }
+
+    /// An instance at its byte bound (its stanza count far from full)
+    /// that takes nothing for its stall timeout is cut with
+    /// policy-violation and lost: its get goes to the next instance, which
+    /// answers it, and no error reaches the requester.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_instance_stalled_at_its_byte_bound_is_lost_and_its_get_redispatched() {
+        let cfg = config(
+            "[routing]
+redispatch = \"get\"\nhold_when_empty = \"10s\"",
+        );
+        let mut h = start(&cfg, 16);
+        let mut up = h.upstream_up().await;
+        let stall = Duration::from_secs(3);
+        let bytes = Arc::new(QueueBytes::new(200));
+        let (_inst, mut urgent, _progress) = h
+            .instance_bounded(1, 1000, Some(bytes.clone()), stall)
+            .await;
+        h.server_sends(&request("q", ALICE)).await;
+        h.wait_for(|s| s.pending == 1).await;
+        let started = Instant::now();
+        for i in 0..4 {
+            h.server_sends(&message(&format!("m{i}"))).await;
+        }
+        // Queued behind the wait: joins once the first is cut.
+        let (mut second, _) = h.instance_up(2).await;
+        let moved = next(&mut second).await;
+        let waited = started.elapsed();
+        assert!(moved.contains("id='q'"), "{moved}");
+        assert!(
+            waited >= stall && waited < stall + Duration::from_secs(1),
+            "cut after {waited:?}"
+        );
+        assert!(bytes.queued() <= 200, "{}", bytes.queued());
+        let close = urgent.try_recv().expect("the urgent close");
+        assert!(
+            String::from_utf8_lossy(&close).contains("<policy-violation "),
+            "{close:?}"
+        );
+        assert!(
+            up.try_recv().is_err(),
+            "no answer yet: the get is in flight again"
+        );
         h.shutdown.cancel();
         h.core.await.expect("core ends");
     }

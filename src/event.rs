@@ -45,9 +45,54 @@ pub enum Event {
     /// A reload's part that the core applies; `done` once it has.
     Reload {
         router: RouterConfig,
-        upstream_buffer: usize,
+        upstream_buffer: crate::backlog::Bound,
         done: oneshot::Sender<()>,
     },
+}
+
+/// The way into the core for the tasks that read peers: the events
+/// channel (bounded in events) and the bound of the stanza bytes waiting
+/// in it.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub events: mpsc::Sender<Event>,
+    pub input: Arc<crate::connection::QueueBytes>,
+}
+
+/// The bound, in bytes, of the stanzas read from peers that wait for the
+/// core (the channel bounds them in events). The core waits for a slow
+/// instance up to `instances.stall_timeout`; meanwhile the readers fill
+/// this and then stop reading, and TCP holds the rest. 8 MiB is
+/// thousands of ordinary stanzas and several of the largest.
+pub const INPUT_BYTES: usize = 8 * 1024 * 1024;
+
+impl Inbound {
+    /// The way into the core through `events`, bounded by [`INPUT_BYTES`].
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        Inbound {
+            events,
+            input: Arc::new(crate::connection::QueueBytes::new(INPUT_BYTES)),
+        }
+    }
+}
+
+/// Sends `ev`, a stanza of `len` bytes read from a peer, to the core once
+/// those bytes fit in `input`, the bound of what waits for the core in
+/// bytes (the channel bounds it in events). While the core waits for a
+/// slow instance, stanzas pile up here: 1024 events of the largest
+/// stanzas would be gigabytes. Fails, giving `ev` back, when the core is
+/// gone; the core gives the bytes back when it takes the event.
+pub async fn send_stanza(
+    events: &mpsc::Sender<Event>,
+    input: &crate::connection::QueueBytes,
+    len: usize,
+    ev: Event,
+) -> Result<(), mpsc::error::SendError<Event>> {
+    tokio::select! {
+        _ = input.take(len) => {}
+        _ = events.closed() => return Err(mpsc::error::SendError(ev)),
+    }
+    events.send(ev).await
 }
 
 /// What the core holds for one connected instance.
@@ -70,4 +115,7 @@ pub struct InstanceLink {
     /// How long the core waits for room in a full queue while the socket
     /// accepts nothing (`instances.stall_timeout` when it connected).
     pub stall_timeout: Duration,
+    /// Its queue's bound in bytes (`instances.queue_bytes`), taken from
+    /// before each stanza is queued; `None`: bounded in stanzas only.
+    pub bytes: Option<Arc<crate::connection::QueueBytes>>,
 }

@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, InstancesConfig, Secret};
 use crate::connection::{self, Connection, Reader, Writer, WriterSettings};
-use crate::event::{Event, InstanceLink};
+use crate::event::{send_stanza, Event, Inbound, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
 use crate::status::{Observation, Side};
@@ -49,7 +49,7 @@ use crate::xml::{CodecError, Frame, StreamCondition};
 pub async fn run(
     listener: TcpListener,
     config: watch::Receiver<Arc<Config>>,
-    events: mpsc::Sender<Event>,
+    Inbound { events, input }: Inbound,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -64,6 +64,7 @@ pub async fn run(
     let shared = Shared {
         config,
         events,
+        input,
         shutdown,
         tasks,
     };
@@ -150,6 +151,8 @@ struct Shared {
     /// grace from it when the shutdown comes).
     config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
+    /// The core's input bound in bytes (see [`crate::event::send_stanza`]).
+    input: Arc<crate::connection::QueueBytes>,
     shutdown: CancellationToken,
     /// Where connection tasks and their writers are spawned, so that the
     /// app's shutdown waits for them.
@@ -261,6 +264,7 @@ async fn instance(a: Accepted, shared: Shared) {
     let (urgent, urgent_rx) = oneshot::channel();
     let settings = WriterSettings {
         queue: cfg.instances.queue,
+        queue_bytes: Some(cfg.instances.queue_bytes),
         keepalive: Some(cfg.upstream.keepalive_interval),
         urgent: Some(urgent_rx),
     };
@@ -272,6 +276,7 @@ async fn instance(a: Accepted, shared: Shared) {
         peer,
         progress: writer.progress(),
         stall_timeout: cfg.instances.stall_timeout,
+        bytes: writer.bytes(),
     };
     if shared
         .events
@@ -383,8 +388,12 @@ async fn relay(
         };
         match next {
             Ok(Frame::Stanza(stanza)) => {
+                let len = stanza.bytes.len();
                 let event = Event::FromInstance { id, stanza };
-                if shared.events.send(event).await.is_err() {
+                if send_stanza(&shared.events, &shared.input, len, event)
+                    .await
+                    .is_err()
+                {
                     return Ended::CoreGone;
                 }
             }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use rand::RngCore;
 use tokio::time::Instant;
 
-use crate::backlog::{Backlog, Class};
+use crate::backlog::{Backlog, Bound, Class};
 use crate::config::{Balancing, Config, Continuity, JatMode, Redispatch};
 use crate::hold::{own, Ask, Held, Hold, Trip};
 use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
@@ -398,9 +398,9 @@ pub struct Router {
 
 impl Router {
     /// A router for a server not yet connected: output for it is held,
-    /// up to `upstream_buffer` items besides answers (see [`Backlog`]),
-    /// until [`Router::upstream_online`].
-    pub fn new(cfg: RouterConfig, upstream_buffer: usize) -> Self {
+    /// up to `upstream_buffer` (items and bytes) besides answers (see
+    /// [`Backlog`]), until [`Router::upstream_online`].
+    pub fn new(cfg: RouterConfig, upstream_buffer: Bound) -> Self {
         Router {
             pool: Pool::new(cfg.balancing),
             pending: Pending::new(cfg.pending_capacity),
@@ -420,9 +420,10 @@ impl Router {
         &self.backlog
     }
 
-    /// A reload's `limits.upstream_buffer`: applies to what is held next.
-    pub fn set_upstream_buffer(&mut self, cap: usize) {
-        self.backlog.set_cap(cap);
+    /// A reload's `limits.upstream_buffer` and `upstream_buffer_bytes`:
+    /// applies to what is held next.
+    pub fn set_upstream_buffer(&mut self, bound: Bound) {
+        self.backlog.set_bound(bound);
     }
 
     /// Requests answered (timed out, given up for room, their instance
@@ -1966,6 +1967,7 @@ impl Router {
             tracing::warn!(
                 dropped,
                 bound = self.backlog.cap(),
+                bound.bytes = self.backlog.byte_cap(),
                 "upstream is down and its buffer is full: dropping output"
             );
         }

@@ -29,7 +29,7 @@ fn router() -> Router {
 }
 
 fn online(cfg: RouterConfig) -> Router {
-    let mut r = Router::new(cfg, 64);
+    let mut r = Router::new(cfg, crate::backlog::Bound::items(64));
     r.upstream_online(&mut Vec::new());
     r
 }

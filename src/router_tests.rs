@@ -39,7 +39,7 @@ impl H {
     /// A router whose server session is up: what it writes upstream is
     /// written, not held.
     pub(super) fn new(cfg: RouterConfig) -> Self {
-        let mut r = Router::new(cfg, 64);
+        let mut r = Router::new(cfg, crate::backlog::Bound::items(64));
         r.upstream_online(&mut Vec::new());
         H {
             r,
@@ -1203,7 +1203,7 @@ fn instance_request_that_cannot_be_sent_is_answered() {
     // The server away and its buffer full: the request can be neither
     // sent nor held.
     let mut h = H::new(cfg());
-    h.r.set_upstream_buffer(0);
+    h.r.set_upstream_buffer(crate::backlog::Bound::items(0));
     h.r.upstream_lost(h.now, &mut h.rng, &mut Vec::new());
     h.r.instance_up(1, h.now, &mut Vec::new());
     let out = h.inst(

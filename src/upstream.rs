@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::connection::{self, Connection, Out, Reader, Writer, WriterSettings};
-use crate::event::Event;
+use crate::connection::{self, Connection, Out, QueueBytes, Reader, Writer, WriterSettings};
+use crate::event::{send_stanza, Event, Inbound};
 use crate::handshake::{self, HandshakeError};
 use crate::liveness::{Check, Liveness};
 use crate::stanza::{self, StanzaError};
@@ -100,7 +100,7 @@ enum SessionEnd {
 /// server or the secret ends the session so the next one uses them.
 pub async fn run(
     config: watch::Receiver<Arc<Config>>,
-    events: mpsc::Sender<Event>,
+    events: Inbound,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -115,6 +115,8 @@ struct SessionArgs {
     /// the session.
     config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
+    /// The core's input bound in bytes (see [`crate::event::send_stanza`]).
+    input: Arc<QueueBytes>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -126,7 +128,7 @@ struct SessionArgs {
 /// usual backoff and reconnect, instead of the end of the link.
 async fn run_sessions<S, F>(
     mut config: watch::Receiver<Arc<Config>>,
-    events: mpsc::Sender<Event>,
+    Inbound { events, input }: Inbound,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     session: S,
@@ -152,6 +154,7 @@ async fn run_sessions<S, F>(
             cfg: cfg.clone(),
             config: config.clone(),
             events: events.clone(),
+            input: input.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -275,6 +278,7 @@ async fn session(mut s: SessionArgs) -> (SessionEnd, bool) {
     tracing::info!(server = %up.server, domain = %up.domain, "upstream session established");
     let settings = WriterSettings {
         queue: s.cfg.limits.write_queue,
+        queue_bytes: None,
         keepalive: Some(up.keepalive_interval),
         urgent: None,
     };
@@ -405,8 +409,10 @@ impl SessionArgs {
             if stanza.is_iq_response() && liveness.is_answer(stanza.from(), stanza.id()) {
                 continue;
             }
+            let len = stanza.bytes.len();
+            let ev = Event::FromUpstream(stanza);
             if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
-                self.events.send(Event::FromUpstream(stanza)).await
+                send_stanza(&self.events, &self.input, len, ev).await
             {
                 // The core has stopped: this one is answered at the end.
                 stragglers.push(st);
@@ -648,7 +654,10 @@ mod tests {
         let seen = attempts.clone();
         let link = tokio::spawn(run_sessions(
             config,
-            events_tx,
+            Inbound {
+                events: events_tx,
+                input: Arc::new(QueueBytes::new(1 << 20)),
+            },
             shutdown.clone(),
             TaskTracker::new(),
             move |s: SessionArgs| {

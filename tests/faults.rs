@@ -26,6 +26,8 @@
 //! Needs `prosody` and python3 with slixmpp (`scripts/setup.sh`); fails,
 //! never skips, without them.
 
+#[path = "support/fake.rs"]
+mod fake;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
@@ -404,6 +406,8 @@ struct World {
     instances: Vec<EchoComponent>,
     resources: Vec<JoinHandle<()>>,
     next_member: usize,
+    /// jatproxy's configuration, for a reload that changes one key.
+    toml: String,
 }
 
 impl World {
@@ -448,6 +452,7 @@ hold_when_empty = "0s"
             instances: Vec::new(),
             resources: Vec::new(),
             next_member: 0,
+            toml,
         };
         for _ in 0..2 {
             w.add_instance().await;
@@ -608,6 +613,30 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     alice = c.remove(0);
     w.wait_pool(4).await;
 
+    // The same under `redispatch = "get"` (the default): the gets in
+    // flight on the killed instance go to another member, so nobody gets
+    // an error. A reload applies it at once.
+    let toml = w
+        .toml
+        .replace("redispatch = \"none\"", "redispatch = \"get\"");
+    let cfg = jatproxy::config::from_toml_str(&toml).expect("valid config");
+    w.proxy.reload(cfg).await.expect("reload applies");
+    let mut run = start_loads("kill-get", vec![alice], N_SLOW, 200);
+    run.answered(40).await;
+    let mut victim = w.instances.remove(0);
+    victim.kill();
+    run.answered(80).await;
+    w.add_instance().await;
+    let (row, mut c) = run
+        .finish("instance killed, redispatch = get", &w, false)
+        .await;
+    assert_eq!(row.error, 0, "{row:?}");
+    rows.push(row);
+    alice = c.remove(0);
+    w.wait_pool(4).await;
+    let cfg = jatproxy::config::from_toml_str(&w.toml).expect("valid config");
+    w.proxy.reload(cfg).await.expect("reload applies");
+
     // A client resource dropped without a goodbye.
     let mut run = start_loads("drop", vec![alice], N_SLOW, 200);
     run.answered(40).await;
@@ -716,6 +745,192 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     );
     assert!(w.proxy.wait_for(WAIT, |s| s.pending == 0).await);
     assert!(w.proxy.shutdown(WAIT).await);
+}
+
+/// The test process's peak and current resident memory (`VmHWM`,
+/// `VmRSS`), in KiB: jatproxy runs in this process.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/self/status"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Bytes sent through jatproxy in the stall row.
+const STALL_TOTAL: usize = 100 * 1024 * 1024;
+/// Payload of each request there: a round-robin turn of two requests
+/// puts 64 KiB in the stalled instance's queue.
+const STALL_PAYLOAD: usize = 64 * 1024;
+
+/// An instance that stops reading while 100 MB of requests are sent
+/// through jatproxy (a fake server, round-robin over it and one that
+/// answers): its queue fills to `instances.queue_bytes` (its stanza count,
+/// 1024, is far away), it is cut after its stall timeout with
+/// policy-violation, the gets queued for it go to the other instance,
+/// every request gets exactly one answer, a result, and jatproxy's memory
+/// (this process's) grows by far less than what went through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_stops_reading_under_100_mb_is_cut_at_its_byte_bound() {
+    use fake::{FakeInstance, FakeServer, Session};
+    use jatproxy::xml::Frame;
+
+    let (hwm_before, rss_before) = memory_kib();
+    let server = FakeServer::bind().await;
+    let (proxy, s) = fake::start(
+        &server,
+        "queue_bytes = 1048576\nstall_timeout = \"1s\"",
+        "[routing]\nbalancing = \"round-robin\"\nredispatch = \"get\"\n\
+         hold_when_empty = \"10s\"\niq_timeout = \"60s\"\npending_capacity = 4096",
+    )
+    .await;
+    let addr = proxy.listen_addr().expect("listener");
+    let mut stuck = FakeInstance::connect_small_rcvbuf(addr, "stuck").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 1).await);
+    let stuck_member = proxy.status().pool[0].clone();
+    let mut live = FakeInstance::connect(addr, "live").await;
+    assert!(proxy.wait_for(WAIT, |st| st.pool.len() == 2).await);
+    let answering = tokio::spawn(async move {
+        let mut answered = 0usize;
+        while let Ok(Some(f)) = live.r.try_next_frame(Duration::from_secs(3600)).await {
+            let Frame::Stanza(st) = f else { continue };
+            if !st.is_iq_request() {
+                continue;
+            }
+            let reply = format!(
+                "<iq type='result' id='{}' from='{D}' to='{}'/>",
+                st.id().unwrap_or_default(),
+                st.from().unwrap_or_default()
+            );
+            if live.w.try_send(&reply).await.is_err() {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    });
+    let Session { mut r, mut w } = s;
+    let n = STALL_TOTAL / STALL_PAYLOAD;
+    // Answers as they come, by id: how many each got.
+    let collecting = tokio::spawn(async move {
+        let mut got: HashMap<String, Vec<String>> = HashMap::new();
+        let mut count = 0;
+        while count < n {
+            match r.try_next_frame(Duration::from_secs(30)).await {
+                Ok(Some(Frame::Stanza(st))) => {
+                    let kind = match st.stanza_type() {
+                        Some("result") => "result".to_owned(),
+                        _ => format!("error:{}", fake::error_condition(&st).unwrap_or_default()),
+                    };
+                    got.entry(st.id().unwrap_or_default().to_owned())
+                        .or_default()
+                        .push(kind);
+                    count += 1;
+                }
+                Ok(Some(_)) => {}
+                other => panic!("upstream: {other:?} after {count} answers"),
+            }
+        }
+        got
+    });
+    let started = tokio::time::Instant::now();
+    let payload = "x".repeat(STALL_PAYLOAD);
+    for i in 0..n {
+        let req = format!(
+            "<iq type='get' id='big{i}' to='{D}' from='user{}@example.test/r'><echo xmlns='{NS_ECHO}'>{payload}</echo></iq>",
+            i % 7
+        );
+        w.send(&req).await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(120), collecting)
+        .await
+        .expect("every request answered within 2 minutes")
+        .expect("collector");
+    let took = started.elapsed();
+    let (hwm_after, rss_after) = memory_kib();
+    let st = proxy.status();
+    assert!(
+        !st.pool.contains(&stuck_member) && st.pool.len() == 1,
+        "the stuck instance was cut, the live one stays: {:?}",
+        st.pool
+    );
+    // It reads now: what it was sent, then the stream error, if the proxy
+    // still waits for it; or the end of the connection.
+    let mut stuck_saw = 0usize;
+    let end = loop {
+        match stuck.r.try_next_frame(WAIT).await {
+            Ok(Some(Frame::Stanza(s))) if s.name == "error" => {
+                break format!(
+                    "{:?}",
+                    jatproxy::xml::StreamError::parse(&s.bytes).condition
+                )
+            }
+            Ok(Some(Frame::Stanza(_))) => stuck_saw += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => break "end of connection".to_owned(),
+            Err(e) => break e,
+        }
+    };
+    let mut row = Row {
+        fault: "instance stops reading, 100 MB sent".to_owned(),
+        took,
+        ..Row::default()
+    };
+    for i in 0..n {
+        let id = format!("big{i}");
+        row.sent += 1;
+        row.accepted += 1;
+        match got.get(&id).map(Vec::as_slice).unwrap_or(&[]) {
+            [] => {
+                row.lost += 1;
+                row.lost_ids.push(id);
+            }
+            [one] => {
+                if one == "result" {
+                    row.result += 1
+                } else {
+                    row.error += 1;
+                    *row.errors.entry(one.clone()).or_default() += 1;
+                }
+            }
+            more => {
+                row.duplicated += 1;
+                row.dup_ids.push(format!("{id}: {more:?}"));
+            }
+        }
+    }
+    let table = print_table(std::slice::from_ref(&row));
+    println!("{table}");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "stuck instance: {stuck_saw} requests reached it, then {end}; \
+         VmHWM {:.1} -> {:.1} MiB (+{:.1}), VmRSS {:.1} -> {:.1} MiB, \
+         for {} MiB sent through jatproxy",
+        mib(hwm_before),
+        mib(hwm_after),
+        mib(hwm_after.saturating_sub(hwm_before)),
+        mib(rss_before),
+        mib(rss_after),
+        STALL_TOTAL >> 20
+    );
+    assert_eq!(row.lost, 0, "lost {:?}\n{table}", row.lost_ids);
+    assert_eq!(row.duplicated, 0, "duplicated {:?}\n{table}", row.dup_ids);
+    assert_eq!(
+        row.result, n,
+        "every get answered by the live instance\n{table}"
+    );
+    assert!(
+        hwm_after.saturating_sub(hwm_before) < 80 * 1024,
+        "peak memory grew by {:.1} MiB for {} MiB sent",
+        mib(hwm_after.saturating_sub(hwm_before)),
+        STALL_TOTAL >> 20
+    );
+    answering.abort();
+    assert!(proxy.shutdown(WAIT).await);
 }
 
 /// The accounting itself: a misaddressed answer, or an answer the server

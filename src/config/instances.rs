@@ -26,6 +26,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 64;
     pub const MAX_UNAUTHENTICATED: usize = 16;
     pub const INSTANCE_QUEUE: usize = 1024;
+    /// 4 MiB: thousands of ordinary stanzas, several of the largest an
+    /// upstream stanza may be (2 MiB), while 64 stalled instances pin at
+    /// most 256 MiB, not 64 × 512 MiB.
+    pub const INSTANCE_QUEUE_BYTES: usize = 4 * 1024 * 1024;
     pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
@@ -60,6 +64,9 @@ pub struct InstancesArgs {
     /// Outgoing stanza queue per instance [instances.queue, default 1024]
     #[arg(long = "instances-queue", value_name = "N")]
     pub queue: Option<usize>,
+    /// Outgoing bytes queued per instance [instances.queue_bytes, default 4194304]
+    #[arg(long = "instances-queue-bytes", value_name = "BYTES")]
+    pub queue_bytes: Option<usize>,
     /// Cut an instance taking no bytes this long while its queue is full [instances.stall_timeout, default 5s]
     #[arg(long = "instances-stall-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub stall_timeout: Option<Duration>,
@@ -77,6 +84,7 @@ pub(super) struct RawInstances {
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
     queue: Option<usize>,
+    queue_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     stall_timeout: Option<Duration>,
 }
@@ -94,6 +102,9 @@ pub struct InstancesConfig {
     /// or slowloris cannot crowd out real instances.
     pub max_unauthenticated: usize,
     pub queue: usize,
+    /// The same queue's bound in bytes: a queue is full when either bound
+    /// is reached (a stanza larger than this still goes, alone).
+    pub queue_bytes: usize,
     /// How long an instance whose queue is full may accept no bytes at
     /// all before it is cut. While its queue is full the core waits for
     /// room (backpressure, as a relay), so a burst never cuts an instance
@@ -110,6 +121,7 @@ impl Default for InstancesConfig {
             max_connections: defaults::MAX_CONNECTIONS,
             max_unauthenticated: defaults::MAX_UNAUTHENTICATED,
             queue: defaults::INSTANCE_QUEUE,
+            queue_bytes: defaults::INSTANCE_QUEUE_BYTES,
             stall_timeout: defaults::STALL_TIMEOUT,
         }
     }
@@ -136,6 +148,7 @@ impl RawInstances {
         over(&mut self.max_connections, &a.max_connections);
         over(&mut self.max_unauthenticated, &a.max_unauthenticated);
         over(&mut self.queue, &a.queue);
+        over(&mut self.queue_bytes, &a.queue_bytes);
         over(&mut self.stall_timeout, &a.stall_timeout);
     }
 
@@ -188,6 +201,10 @@ impl RawInstances {
                 "instances.queue",
                 self.queue.unwrap_or(defaults::INSTANCE_QUEUE),
             )?,
+            queue_bytes: nonzero(
+                "instances.queue_bytes",
+                self.queue_bytes.unwrap_or(defaults::INSTANCE_QUEUE_BYTES),
+            )?,
             stall_timeout: positive(
                 "instances.stall_timeout",
                 self.stall_timeout.unwrap_or(defaults::STALL_TIMEOUT),
@@ -213,10 +230,11 @@ impl InstancesConfig {
         let _ = write!(
             s,
             " instances.max_connections={} instances.max_unauthenticated={} instances.queue={} \
-             instances.stall_timeout={}",
+             instances.queue_bytes={} instances.stall_timeout={}",
             i.max_connections,
             i.max_unauthenticated,
             i.queue,
+            i.queue_bytes,
             d(i.stall_timeout),
         );
     }
@@ -238,6 +256,7 @@ impl InstancesConfig {
             max_connections: _,
             max_unauthenticated: _,
             queue: _,
+            queue_bytes: _,
             stall_timeout: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
@@ -263,6 +282,11 @@ impl InstancesConfig {
             Restart,
         );
         check(self.queue != new.queue, "instances.queue", NextConnection);
+        check(
+            self.queue_bytes != new.queue_bytes,
+            "instances.queue_bytes",
+            NextConnection,
+        );
         // Each connection's link to the core carries the value it was
         // accepted with, as its queue carries its bound.
         check(

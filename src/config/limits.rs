@@ -36,6 +36,9 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const WRITE_QUEUE: usize = 4096;
     pub const UPSTREAM_BUFFER: usize = 4096;
+    /// 8 MiB: an outage's worth of ordinary output (thousands of
+    /// stanzas), where 4096 of the largest writable ones would be 2 GiB.
+    pub const UPSTREAM_BUFFER_BYTES: usize = 8 * 1024 * 1024;
     pub const TOKENIZER: crate::xml::Tokenizer = crate::xml::Tokenizer::Fast;
 }
 
@@ -75,6 +78,9 @@ pub struct LimitsArgs {
     /// Stanzas from instances held while upstream is down [limits.upstream_buffer, default 4096]
     #[arg(long, value_name = "N")]
     pub upstream_buffer: Option<usize>,
+    /// Bytes of those stanzas held while upstream is down [limits.upstream_buffer_bytes, default 8388608]
+    #[arg(long, value_name = "BYTES")]
+    pub upstream_buffer_bytes: Option<usize>,
     /// XML tokenizer: fast, or rxml (the reference) [limits.tokenizer, default fast]
     #[arg(long, value_name = "NAME")]
     pub tokenizer: Option<crate::xml::Tokenizer>,
@@ -98,6 +104,7 @@ pub(super) struct RawLimits {
     idle_timeout: Option<Duration>,
     write_queue: Option<usize>,
     upstream_buffer: Option<usize>,
+    upstream_buffer_bytes: Option<usize>,
     tokenizer: Option<crate::xml::Tokenizer>,
 }
 
@@ -125,6 +132,8 @@ pub struct LimitsConfig {
     /// are bounded by `instances.queue`.
     pub write_queue: usize,
     pub upstream_buffer: usize,
+    /// The same backlog's bound in bytes (answers aside, as for the count).
+    pub upstream_buffer_bytes: usize,
     /// Which XML tokenizer frames streams (see `xml::tokenizer`).
     pub tokenizer: crate::xml::Tokenizer,
 }
@@ -165,6 +174,7 @@ impl Default for LimitsConfig {
             idle_timeout: defaults::IDLE_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
             upstream_buffer: defaults::UPSTREAM_BUFFER,
+            upstream_buffer_bytes: defaults::UPSTREAM_BUFFER_BYTES,
             tokenizer: defaults::TOKENIZER,
         }
     }
@@ -187,6 +197,7 @@ impl RawLimits {
         over(&mut l.idle_timeout, &a.idle_timeout);
         over(&mut l.write_queue, &a.write_queue);
         over(&mut l.upstream_buffer, &a.upstream_buffer);
+        over(&mut l.upstream_buffer_bytes, &a.upstream_buffer_bytes);
         over(&mut l.tokenizer, &a.tokenizer);
     }
 
@@ -251,6 +262,11 @@ impl RawLimits {
                 "limits.upstream_buffer",
                 self.upstream_buffer.unwrap_or(defaults::UPSTREAM_BUFFER),
             )?,
+            upstream_buffer_bytes: nonzero(
+                "limits.upstream_buffer_bytes",
+                self.upstream_buffer_bytes
+                    .unwrap_or(defaults::UPSTREAM_BUFFER_BYTES),
+            )?,
             tokenizer: self.tokenizer.unwrap_or(defaults::TOKENIZER),
         })
     }
@@ -267,7 +283,7 @@ impl LimitsConfig {
              limits.upstream_max_token_bytes={} limits.upstream_max_write_bytes={} \
              limits.header_timeout={} \
              limits.idle_timeout={} limits.write_queue={} limits.upstream_buffer={} \
-             limits.tokenizer={}",
+             limits.upstream_buffer_bytes={} limits.tokenizer={}",
             l.max_stanza_bytes,
             l.max_depth,
             l.max_token_bytes,
@@ -279,6 +295,7 @@ impl LimitsConfig {
             d(l.idle_timeout),
             l.write_queue,
             l.upstream_buffer,
+            l.upstream_buffer_bytes,
             l.tokenizer,
         );
     }
@@ -306,6 +323,7 @@ impl LimitsConfig {
             idle_timeout: _,
             write_queue: _,
             upstream_buffer: _,
+            upstream_buffer_bytes: _,
             tokenizer: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
@@ -338,6 +356,11 @@ impl LimitsConfig {
         check(
             self.upstream_buffer != new.upstream_buffer,
             "limits.upstream_buffer",
+            Live,
+        );
+        check(
+            self.upstream_buffer_bytes != new.upstream_buffer_bytes,
+            "limits.upstream_buffer_bytes",
             Live,
         );
         // Read when each connection's framer is made (listener, upstream).

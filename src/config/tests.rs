@@ -134,6 +134,8 @@ fn defaults() {
     assert_eq!(c.instances.max_connections, 64);
     assert_eq!(c.instances.max_unauthenticated, 16);
     assert_eq!(c.instances.queue, 1024);
+    assert_eq!(c.instances.queue_bytes, 4 << 20);
+    assert_eq!(c.limits.upstream_buffer_bytes, 8 << 20);
     assert_eq!(c.instances.stall_timeout, Duration::from_secs(5));
 
     assert_eq!(c.limits, LimitsConfig::default());
@@ -426,6 +428,10 @@ fn every_flag_overrides_the_file() {
         "11",
         "--instances-queue",
         "12",
+        "--instances-queue-bytes",
+        "65536",
+        "--upstream-buffer-bytes",
+        "65537",
         "--instances-stall-timeout",
         "2s",
         "--max-stanza-bytes",
@@ -515,6 +521,8 @@ fn every_flag_overrides_the_file() {
     assert_eq!(c.instances.max_connections, 10);
     assert_eq!(c.instances.max_unauthenticated, 11);
     assert_eq!(c.instances.queue, 12);
+    assert_eq!(c.instances.queue_bytes, 65536);
+    assert_eq!(c.limits.upstream_buffer_bytes, 65537);
     assert_eq!(c.instances.stall_timeout, s(2));
     assert_eq!(c.limits.max_stanza_bytes, 8192);
     assert_eq!(c.limits.max_depth, 13);
@@ -1048,6 +1056,16 @@ fn validation_errors_name_their_key() {
         (
             with("instances", "queue = 0"),
             "instances.queue",
+            "at least 1",
+        ),
+        (
+            with("instances", "queue_bytes = 0"),
+            "instances.queue_bytes",
+            "at least 1",
+        ),
+        (
+            with("limits", "upstream_buffer_bytes = 0"),
+            "limits.upstream_buffer_bytes",
             "at least 1",
         ),
         (

@@ -14,6 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::budget::QueueBytes;
 use crate::rewrite::Wire;
 
 /// Output for one connection, in order.
@@ -36,11 +37,15 @@ pub enum Out {
 /// the socket, so the stream stays well-formed. It is looked at between
 /// stanzas only: a write blocked on a peer that does not read is the
 /// caller's to abort (the listener's close wait does).
+///
+/// `bytes`, if the queue is bounded in bytes too, gets each stanza's
+/// bytes back once they are in the socket's buffer.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     w: W,
     mut rx: mpsc::Receiver<Out>,
     keepalive: Option<Duration>,
     mut urgent: Option<oneshot::Receiver<bytes::Bytes>>,
+    bytes: Option<std::sync::Arc<QueueBytes>>,
 ) -> std::io::Result<()> {
     let mut bw = BufWriter::with_capacity(64 * 1024, w);
     loop {
@@ -63,6 +68,9 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                 Out::Wire(wire) => {
                     for chunk in wire.chunks() {
                         bw.write_all(chunk).await?;
+                    }
+                    if let Some(b) = &bytes {
+                        b.give_back(wire.len());
                     }
                 }
                 Out::Close(last) => return close(&mut bw, &last).await,
@@ -256,7 +264,7 @@ mod tests {
         let (urgent_tx, urgent_rx) = oneshot::channel();
         tx.try_send(Out::Wire(Wire::One(Bytes::from_static(b"<a/>"))))
             .expect("room");
-        let writer = tokio::spawn(write_loop(ours, rx, None, Some(urgent_rx)));
+        let writer = tokio::spawn(write_loop(ours, rx, None, Some(urgent_rx), None));
         // Wait until the first stanza is written, then fill the queue.
         let mut got = vec![0u8; 4];
         theirs.read_exact(&mut got).await.expect("first stanza");
@@ -333,7 +341,7 @@ mod tests {
         }
         tx.try_send(Out::Close(Bytes::from_static(b"</end>")))
             .expect("room");
-        write_loop(ours, rx, None, Some(urgent_rx))
+        write_loop(ours, rx, None, Some(urgent_rx), None)
             .await
             .expect("writer ok");
         let mut all = Vec::new();

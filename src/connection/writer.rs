@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::budget::QueueBytes;
 use super::write::{write_loop, Out, Progress, Tracked};
 use super::{stream_error, STREAM_END};
 use crate::xml::StreamCondition;
@@ -25,6 +26,9 @@ pub struct WriterSettings {
     /// Room in its queue, in stanzas: a full queue is backpressure on
     /// whoever sends.
     pub queue: usize,
+    /// Room in its queue, in bytes, if bounded that way too (see
+    /// [`QueueBytes`]); whoever queues takes from [`Writer::bytes`].
+    pub queue_bytes: Option<usize>,
     /// Whitespace is written after this long without output, so that
     /// idle links are not cut by the peer or a middlebox.
     pub keepalive: Option<Duration>,
@@ -41,6 +45,7 @@ pub struct Writer {
     abort: AbortOnDrop,
     progress: Arc<Progress>,
     closing: CancellationToken,
+    bytes: Option<Arc<QueueBytes>>,
 }
 
 impl Writer {
@@ -54,11 +59,17 @@ impl Writer {
         let closing = CancellationToken::new();
         let done = closing.clone().drop_guard();
         let w = Tracked::new(w, progress.clone());
+        let bytes = settings
+            .queue_bytes
+            .map(|cap| Arc::new(QueueBytes::new(cap)));
+        let given_back = bytes.clone();
         let task = tasks.spawn(
             async move {
                 // Cancels `closing` however the loop ends.
                 let _done = done;
-                if let Err(e) = write_loop(w, rx, settings.keepalive, settings.urgent).await {
+                if let Err(e) =
+                    write_loop(w, rx, settings.keepalive, settings.urgent, given_back).await
+                {
                     tracing::debug!("writer ended: {e}");
                 }
             }
@@ -70,7 +81,14 @@ impl Writer {
             task,
             progress,
             closing,
+            bytes,
         }
+    }
+
+    /// The queue's bound in bytes, if it has one: take from it before
+    /// queueing a stanza, or the writer gives back bytes never taken.
+    pub fn bytes(&self) -> Option<Arc<QueueBytes>> {
+        self.bytes.clone()
     }
 
     /// A sender on the queue (for the core).
@@ -175,6 +193,7 @@ mod tests {
     fn settings() -> WriterSettings {
         WriterSettings {
             queue: 4,
+            queue_bytes: None,
             keepalive: None,
             urgent: None,
         }
