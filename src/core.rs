@@ -353,16 +353,19 @@ impl Core {
                 None
             }
             Waited::Gone => self.instance_gone(id),
-            Waited::Stalled => self.close_instance(
-                id,
-                StreamCondition::PolicyViolation,
-                &format!(
-                    "accepted no bytes for {} (instances.stall_timeout) while its write \
+            Waited::Stalled => {
+                self.status.counters.members_cut_slow += 1;
+                self.close_instance(
+                    id,
+                    StreamCondition::PolicyViolation,
+                    &format!(
+                        "accepted no bytes for {} (instances.stall_timeout) while its write \
                      queue was at its bound (instances.queue or instances.queue_bytes): \
                      not reading; lost",
-                    humantime::format_duration(stall)
-                ),
-            ),
+                        humantime::format_duration(stall)
+                    ),
+                )
+            }
             Waited::Shutdown => {
                 tracing::debug!(
                     member = id,
@@ -1064,6 +1067,10 @@ redispatch = \"get\"\nhold_when_empty = \"10s\"",
         );
         let st = h.wait_for(|s| s.pool.is_empty()).await;
         assert_eq!(st.pending, 0);
+        assert_eq!(
+            st.counters.members_cut_slow, 1,
+            "counted as cut for being slow"
+        );
         h.shutdown.cancel();
         h.core.await.expect("core ends");
     }

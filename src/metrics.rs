@@ -199,6 +199,13 @@ impl Collector for Snapshot {
         upstream_buffer(e, s)?;
         requests(e, &s.stats)?;
         continuity(e, &s.stats)?;
+        counter(
+            e,
+            "jatproxy_members_cut_slow",
+            "Instances cut for not reading: queue at its bound (instances.queue or \
+             instances.queue_bytes) and no bytes taken for instances.stall_timeout.",
+            s.counters.members_cut_slow,
+        )?;
         stanzas(e, &s.stats, &s.counters)?;
         service(e, &s.counters)
     }
@@ -918,6 +925,7 @@ mod tests {
                 "jatproxy_replies_late_total counter",
                 "jatproxy_quarantines_total counter",
                 "jatproxy_members_quarantined gauge",
+                "jatproxy_members_cut_slow_total counter",
                 "jatproxy_stanzas_dropped_total counter",
                 "jatproxy_stanzas_skipped_total counter",
                 "jatproxy_stanzas_total counter",

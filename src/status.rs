@@ -177,6 +177,9 @@ pub struct Counters {
     /// By (side, reason, condition); bounded by the fixed label sets.
     pub handshake_failures: BTreeMap<(Side, &'static str, &'static str), u64>,
     pub upstream_connect_failures: u64,
+    /// Instances cut for being slow: their queue at its bound and their
+    /// socket taking no bytes for `instances.stall_timeout`.
+    pub members_cut_slow: u64,
     pub reloads_applied: u64,
     pub reloads_refused: u64,
 }
