@@ -462,6 +462,24 @@ hold_when_empty = "0s"
         w
     }
 
+    /// Reloads the table's configuration with these continuity settings
+    /// (a reload applies them at once); `("none", "0s")` is the module's
+    /// behaviour the table starts with.
+    async fn continuity(&self, redispatch: &str, hold: &str) {
+        let toml = self
+            .toml
+            .replace(
+                "redispatch = \"none\"",
+                &format!("redispatch = \"{redispatch}\""),
+            )
+            .replace(
+                "hold_when_empty = \"0s\"",
+                &format!("hold_when_empty = \"{hold}\""),
+            );
+        let cfg = jatproxy::config::from_toml_str(&toml).expect("valid config");
+        self.proxy.reload(cfg).await.expect("reload applies");
+    }
+
     async fn add_instance(&mut self) {
         self.next_member += 1;
         let name = format!("i{}", self.next_member);
@@ -616,11 +634,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     // The same under `redispatch = "get"` (the default): the gets in
     // flight on the killed instance go to another member, so nobody gets
     // an error. A reload applies it at once.
-    let toml = w
-        .toml
-        .replace("redispatch = \"none\"", "redispatch = \"get\"");
-    let cfg = jatproxy::config::from_toml_str(&toml).expect("valid config");
-    w.proxy.reload(cfg).await.expect("reload applies");
+    w.continuity("get", "0s").await;
     let mut run = start_loads("kill-get", vec![alice], N_SLOW, 200);
     run.answered(40).await;
     let mut victim = w.instances.remove(0);
@@ -634,8 +648,7 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     rows.push(row);
     alice = c.remove(0);
     w.wait_pool(4).await;
-    let cfg = jatproxy::config::from_toml_str(&w.toml).expect("valid config");
-    w.proxy.reload(cfg).await.expect("reload applies");
+    w.continuity("none", "0s").await;
 
     // A client resource dropped without a goodbye.
     let mut run = start_loads("drop", vec![alice], N_SLOW, 200);
@@ -648,6 +661,54 @@ async fn faults_under_load_lose_and_duplicate_nothing() {
     rows.push(row);
     alice = c.remove(0);
     w.wait_pool(4).await;
+
+    // The same under `redispatch = "get"`: the gets in flight on the
+    // dropped resource (whose answers will never come) go to another
+    // member, so nobody gets an error.
+    w.continuity("get", "0s").await;
+    let mut run = start_loads("drop-get", vec![alice], N_SLOW, 200);
+    run.answered(40).await;
+    let gone = w.resources.remove(0);
+    gone.abort();
+    run.answered(80).await;
+    w.add_resource().await;
+    let (row, mut c) = run
+        .finish("client resource dropped, redispatch = get", &w, false)
+        .await;
+    assert_eq!(row.error, 0, "{row:?}");
+    rows.push(row);
+    alice = c.remove(0);
+    w.wait_pool(4).await;
+
+    // Every member gone at once, then back, under `hold_when_empty`: the
+    // gets in flight are re-dispatched into the hold, the new requests
+    // wait there, and all are sent once members return.
+    w.continuity("get", "10s").await;
+    let mut run = start_loads("empty-hold", vec![alice], N_SLOW, 200);
+    run.answered(40).await;
+    for mut i in w.instances.drain(..) {
+        i.kill();
+    }
+    for r in w.resources.drain(..) {
+        r.abort();
+    }
+    assert!(w.proxy.wait_for(WAIT, |s| s.pool.is_empty()).await);
+    w.add_instance().await;
+    w.add_resource().await;
+    let (row, mut c) = run
+        .finish(
+            "every member gone and back, hold_when_empty = 10s",
+            &w,
+            false,
+        )
+        .await;
+    assert_eq!(row.error, 0, "{row:?}");
+    rows.push(row);
+    alice = c.remove(0);
+    w.add_instance().await;
+    w.add_resource().await;
+    w.wait_pool(4).await;
+    w.continuity("none", "0s").await;
 
     // The upstream TCP connection cut mid-load.
     let sessions = w.proxy.status().upstream_sessions;
