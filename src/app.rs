@@ -93,9 +93,13 @@ impl Proxy {
         let metrics_addr = metrics.map(|(addr, listener)| {
             let local = listener.local_addr().unwrap_or(addr);
             tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
-            tasks.spawn(crate::metrics::serve(
+            let sources = crate::admin::Sources {
+                status: status_rx.clone(),
+                config: config_rx.clone(),
+            };
+            tasks.spawn(crate::admin::serve(
                 listener,
-                status_rx.clone(),
+                sources,
                 shutdown.clone(),
                 tasks.clone(),
             ));

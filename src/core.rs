@@ -32,11 +32,11 @@ use crate::config::Config;
 use crate::connection::{Out, QueueBytes};
 use crate::event::{Event, InstanceLink};
 use crate::handshake;
-use crate::pool::InstanceId;
+use crate::pool::{InstanceId, Member};
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig};
 use crate::skip_log::SkipLog;
-use crate::status::{Direction, Status};
+use crate::status::{Direction, MemberNow, Status, WallClock};
 use crate::xml::frame::{Limit, Skipped};
 use crate::xml::StreamCondition;
 
@@ -56,6 +56,8 @@ pub(crate) struct Core {
     /// The bytes of stanzas waiting for the core, given back as each is
     /// handled (see [`crate::event::send_stanza`]).
     input: Arc<QueueBytes>,
+    /// Turns the router's deadlines into wall-clock times for `/status`.
+    clock: WallClock,
 }
 
 impl Core {
@@ -78,6 +80,7 @@ impl Core {
             skip_log: SkipLog::default(),
             shutdown: CancellationToken::new(),
             input,
+            clock: WallClock::now(),
         }
     }
 
@@ -172,12 +175,14 @@ impl Core {
                 self.upstream = Some(tx);
                 self.status.upstream_online = true;
                 self.status.upstream_sessions += 1;
+                self.status.upstream_since = Some(self.clock.at(now));
                 // The subscription refresh, then what the router held.
                 self.router.upstream_online(actions);
             }
             Event::UpstreamDown => {
                 self.upstream = None;
                 self.status.upstream_online = false;
+                self.status.upstream_since = None;
                 self.router.upstream_lost(now, &mut self.rng, actions);
             }
             Event::InstanceUp { id, link } => {
@@ -466,6 +471,22 @@ impl Core {
         self.status.upstream_buffer_dropped = self.router.backlog().dropped();
         self.status.requests_withdrawn = self.router.requests_withdrawn();
         self.status.stats = self.router.stats().clone();
+        self.status.held = self.router.held_len();
+        let pool = self.router.pool();
+        self.status.members = pool
+            .members()
+            .iter()
+            .map(|m| MemberNow {
+                member: m.clone(),
+                peer: match m {
+                    Member::Instance(id) => self.instances.get(id).map(|l| l.peer),
+                    Member::Resource(_) => None,
+                },
+                in_flight: pool.load(m),
+                quarantined_until: pool.quarantined_until(m).map(|t| self.clock.at(t)),
+            })
+            .collect();
+        self.status.outside = self.router.resources_outside();
         let snapshot = &self.status;
         self.status_tx.send_if_modified(|s| {
             if s == snapshot {

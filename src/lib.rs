@@ -57,11 +57,15 @@
 //!   instances) over a `Connection`, and the header and handshake bytes.
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
 //! - [`listener`]: the listener for component instances.
-//! - [`metrics`]: the Prometheus endpoint (rendering and its HTTP server).
+//! - [`admin`]: the HTTP endpoint on `metrics.listen` (`/metrics`,
+//!   `/healthz`, `/readyz`, `/status`) on hyper, with its bounds on what a
+//!   scraper may cost.
+//! - [`metrics`]: the Prometheus exposition of a status snapshot.
+//! - [`status_page`]: `/status` as JSON and as a self-contained HTML page.
 //! - [`reload`]: what a configuration reload changes, and how (pure).
 //!
 //! The running proxy, imports pointing one way (app → core, upstream,
-//! listener, metrics → event, status → the logic above):
+//! listener, admin → metrics, status_page → event, status → the logic above):
 //! - [`event`] and [`status`]: what connection tasks send the core, and
 //!   the snapshot and counters the core publishes; leaves every task shares.
 //! - [`core`]: the actor that owns the router and moves bytes; what only
@@ -73,6 +77,7 @@
 //! - [`proxy`]: the old paths (`proxy::Proxy`, `proxy::Status`), re-exported.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod backlog;
 pub mod config;
@@ -96,6 +101,7 @@ pub mod router;
 pub mod skip_log;
 pub mod stanza;
 pub mod status;
+pub mod status_page;
 pub mod time;
 pub mod upstream;
 pub mod xml;

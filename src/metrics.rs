@@ -1,5 +1,5 @@
-//! The Prometheus endpoint: the proxy's [`Status`] snapshot rendered at
-//! each scrape, and a minimal HTTP/1.1 server for `GET /metrics`.
+//! The Prometheus exposition: the proxy's [`Status`] snapshot rendered at
+//! each scrape of `GET /metrics` (served by [`crate::admin`]).
 //!
 //! No second set of books: the router's [`Stats`](crate::router::Stats)
 //! and the core's [`Status`] already count requests, replies, errors,
@@ -8,15 +8,9 @@
 //! failures, connect failures, reloads), kept by the core task like the
 //! rest (they live in [`crate::status`], beside [`Status`]), so a scrape
 //! reads one consistent snapshot and nothing is locked. This module only
-//! renders and serves: it may not import the core or the app.
-//!
-//! The server is deliberately tiny (no HTTP crate): one request per
-//! connection, a bounded request head read within a timeout, a bounded
-//! number of concurrent scrapes, `Connection: close`.
+//! renders: it may not import the core or the app.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -24,12 +18,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::pool::Member;
 use crate::router::{AdmissionStats, MemberStats, Stats};
@@ -458,273 +446,11 @@ fn service(e: &mut Enc<'_>, c: &Counters) -> Result<(), std::fmt::Error> {
     ConstGauge::new(1i64).encode(d.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
 }
 
-// ---------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------
-
-/// Longest request head read; a scrape's is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client gets to send its request and read the answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Scrapes served at once; more connections are closed unanswered.
-const MAX_CONCURRENT: usize = 8;
-
-/// What a request head asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `GET /metrics` (query ignored); `head` for `HEAD`.
-    Metrics { head: bool },
-    /// Any other path.
-    NotFound,
-    /// A method other than GET and HEAD.
-    MethodNotAllowed,
-}
-
-/// Why a request head is unusable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
-    #[error("malformed request line")]
-    BadRequest,
-    #[error("request head too large")]
-    TooLarge,
-}
-
-/// Parses the request line of a complete head (up to the blank line).
-/// Headers are not needed to answer, so they are not looked at.
-pub fn parse_head(head: &[u8]) -> Result<Route, HeadError> {
-    let line_end = head
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or(HeadError::BadRequest)?;
-    let line = &head[..line_end];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|_| HeadError::BadRequest)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::BadRequest);
-    };
-    if method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !target.starts_with('/')
-        || !version.starts_with("HTTP/1.")
-    {
-        return Err(HeadError::BadRequest);
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Ok(Route::MethodNotAllowed),
-    };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(if path == "/metrics" {
-        Route::Metrics { head: head_only }
-    } else {
-        Route::NotFound
-    })
-}
-
-/// Index just past the blank line ending a request head, if there is one.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Reads one request head and answers it; `body` renders the metrics.
-pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
-    body: impl FnOnce() -> String,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let route = loop {
-        if let Some(end) = head_end(&buf) {
-            break parse_head(&buf[..end]);
-        }
-        if buf.len() >= MAX_HEAD {
-            break Err(HeadError::TooLarge);
-        }
-        let mut chunk = [0u8; 1024];
-        let want = chunk.len().min(MAX_HEAD - buf.len());
-        let n = io.read(&mut chunk[..want]).await?;
-        if n == 0 {
-            // Closed before a full head: nothing to answer.
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let (code, extra, text, head_only) = match route {
-        Ok(Route::Metrics { head }) => ("200 OK", "", body(), head),
-        Ok(Route::NotFound) => ("404 Not Found", "", "try /metrics\n".to_owned(), false),
-        Ok(Route::MethodNotAllowed) => (
-            "405 Method Not Allowed",
-            "Allow: GET, HEAD\r\n",
-            "only GET and HEAD\n".to_owned(),
-            false,
-        ),
-        Err(HeadError::BadRequest) => ("400 Bad Request", "", "bad request\n".to_owned(), false),
-        Err(HeadError::TooLarge) => (
-            "431 Request Header Fields Too Large",
-            "",
-            "request head too large\n".to_owned(),
-            false,
-        ),
-    };
-    let content_type = if code.starts_with("200") {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut out = String::with_capacity(text.len() + 160);
-    let _ = write!(
-        out,
-        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        text.len()
-    );
-    if !head_only {
-        out.push_str(&text);
-    }
-    io.write_all(out.as_bytes()).await?;
-    io.shutdown().await
-}
-
-/// Serves `GET /metrics` on `listener` from the latest `status` until
-/// `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    status: watch::Receiver<Status>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        let (sock, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("metrics: accept failed: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(peer.addr = %peer, "metrics: too many scrapes at once; closing");
-            continue;
-        };
-        let status = status.clone();
-        let span = tracing::debug_span!("metrics", peer.addr = %peer, role = "metrics");
-        tasks.spawn(
-            async move {
-                let _permit = permit;
-                let work = answer(sock, || render(&status.borrow()));
-                match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!("metrics request failed: {e}"),
-                    Err(_) => tracing::debug!("metrics request timed out"),
-                }
-            }
-            .instrument(span),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::handshake::HandshakeError;
     use crate::router::MemberStats;
-
-    #[test]
-    fn request_lines() {
-        let ok = |s: &str| parse_head(s.as_bytes());
-        assert_eq!(
-            ok("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(Route::Metrics { head: false })
-        );
-        assert_eq!(
-            ok("HEAD /metrics?x=1 HTTP/1.0\n\n"),
-            Ok(Route::Metrics { head: true })
-        );
-        assert_eq!(ok("GET / HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
-        assert_eq!(ok("GET /metricsX HTTP/1.1\r\n\r\n"), Ok(Route::NotFound));
-        assert_eq!(
-            ok("POST /metrics HTTP/1.1\r\n\r\n"),
-            Ok(Route::MethodNotAllowed)
-        );
-        for bad in [
-            "GET /metrics\r\n\r\n",
-            "GET  /metrics HTTP/1.1\r\n\r\n",
-            "GET /metrics HTTP/2\r\n\r\n",
-            "get /metrics HTTP/1.1\r\n\r\n",
-            "GET metrics HTTP/1.1\r\n\r\n",
-            "GET /metrics HTTP/1.1 extra\r\n\r\n",
-            "\u{1}\u{2}\r\n\r\n",
-            "",
-        ] {
-            assert_eq!(ok(bad), Err(HeadError::BadRequest), "{bad:?}");
-        }
-        assert_eq!(
-            parse_head(b"GET /\xff HTTP/1.1\r\n\r\n"),
-            Err(HeadError::BadRequest)
-        );
-    }
-
-    async fn exchange(request: &[u8]) -> String {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(answer(server, || "metric 1\n".to_owned()));
-        client.write_all(request).await.expect("write");
-        let mut out = Vec::new();
-        client.read_to_end(&mut out).await.expect("read");
-        task.await.expect("join").expect("answer");
-        String::from_utf8(out).expect("utf-8")
-    }
-
-    #[tokio::test]
-    async fn answers() {
-        let r = exchange(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("Content-Length: 9\r\n"), "{r}");
-        assert!(r.contains("Connection: close\r\n"), "{r}");
-        assert!(r.ends_with("\r\n\r\nmetric 1\n"), "{r}");
-        let r = exchange(b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(
-            r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"),
-            "{r}"
-        );
-        let r = exchange(b"GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-        let r = exchange(b"DELETE /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(
-            r.starts_with("HTTP/1.1 405 ") && r.contains("Allow: GET, HEAD"),
-            "{r}"
-        );
-        let r = exchange(b"garbage\r\n\r\n").await;
-        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
-        // A head that never ends is cut at the bound, not buffered.
-        let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
-        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD * 2));
-        let r = exchange(&huge).await;
-        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
-    }
-
-    #[tokio::test]
-    async fn a_client_that_closes_early_gets_nothing() {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(answer(server, || unreachable!("no body for a cut request")));
-        client.write_all(b"GET /met").await.expect("write");
-        client.shutdown().await.expect("shutdown");
-        drop(client);
-        assert!(task.await.expect("join").is_ok());
-    }
 
     /// The value of the series whose line starts with `series` + ' '.
     fn value(text: &str, series: &str) -> Option<u64> {
@@ -767,6 +493,7 @@ mod tests {
             MemberStats {
                 routed: 15,
                 answered: 16,
+                errors: 0,
             },
         );
         s.stats.members.insert(
@@ -774,6 +501,7 @@ mod tests {
             MemberStats {
                 routed: 1,
                 answered: 0,
+                errors: 0,
             },
         );
         s.counters.stanza(Direction::UpstreamIn, 100);

@@ -165,6 +165,11 @@ impl Pool {
         self.quarantined.get(m).is_some_and(|until| *until > now)
     }
 
+    /// Until when `m` is out of the rotation, if it is.
+    pub fn quarantined_until(&self, m: &Member) -> Option<Instant> {
+        self.quarantined.get(m).copied()
+    }
+
     /// Members out of the rotation now (until their quarantine is
     /// lifted, see [`Pool::lift_quarantines`]).
     pub fn quarantined(&self) -> impl Iterator<Item = &Member> {

@@ -46,7 +46,7 @@ use crate::xml::StreamCondition;
 #[path = "router_admission.rs"]
 mod admission;
 use admission::Admissions;
-pub use admission::{AdmissionStats, QUESTION_ID_PREFIX};
+pub use admission::{AdmissionStats, Outside, QUESTION_ID_PREFIX};
 
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
@@ -233,6 +233,10 @@ pub struct MemberStats {
     pub routed: u64,
     /// Its replies delivered to the requester.
     pub answered: u64,
+    /// Of its replies, the errors (refusals under `routing.retry_on`
+    /// included, though they are not delivered): what `/status` shows an
+    /// operator looking for the member that fails.
+    pub errors: u64,
 }
 
 impl Stats {
@@ -1291,7 +1295,9 @@ impl Router {
             } => {
                 self.pool.dec_load(&member);
                 self.pool.served(&member);
-                self.stats.member(&member).answered += 1;
+                let ms = self.stats.member(&member);
+                ms.answered += 1;
+                ms.errors += u64::from(st.is_error());
                 let wire = rewrite(st, Some(&requester), Some(&orig_to));
                 self.answer_upstream(wire, st.id().unwrap_or_default(), &orig_to, &requester, out);
             }
@@ -1522,7 +1528,9 @@ impl Router {
         if let Some(m) = e.waiting.member() {
             self.pool.dec_load(m);
             self.pool.served(m);
-            self.stats.member(m).answered += 1;
+            let ms = self.stats.member(m);
+            ms.answered += 1;
+            ms.errors += u64::from(st.is_error());
         }
         self.stats.replies_delivered += 1;
         self.for_server(answer_up(rewrite(st, None, new_from)), out);
@@ -1809,6 +1817,7 @@ impl Router {
             return;
         };
         self.pool.dec_load(&member);
+        self.stats.member(&member).errors += 1;
         let c = &self.cfg.continuity;
         let (after, for_, limit) = (c.quarantine_after, c.quarantine_for, c.retry_limit);
         if self.pool.refused(&member, now, after, for_) {

@@ -82,6 +82,27 @@ impl Admissions {
         u64::try_from(n).unwrap_or(u64::MAX)
     }
 
+    /// The target's resources known now and not in the pool, with why.
+    fn outside(&self) -> Vec<Outside> {
+        let why = |q: &Qualification| match q {
+            Qualification::Asking {
+                admitted: false, ..
+            } => Some("qualifying: disco#info asked, no answer yet".to_owned()),
+            Qualification::Refused { reason, .. } => Some(format!("refused: {reason}")),
+            Qualification::Unknown => Some("no presence handled yet".to_owned()),
+            Qualification::Qualified { .. } | Qualification::Asking { .. } => None,
+        };
+        self.sessions
+            .iter()
+            .filter_map(|(jid, q)| {
+                Some(Outside {
+                    resource: jid.clone(),
+                    why: why(q)?,
+                })
+            })
+            .collect()
+    }
+
     /// The earliest deadline of a question out now.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.sessions
@@ -89,6 +110,17 @@ impl Admissions {
             .filter_map(Qualification::deadline)
             .min()
     }
+}
+
+/// A client resource of the target that is online but not in the pool,
+/// and why (what `/status` lists under "qualified or why not").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outside {
+    /// Its full JID, as the server stamps it (from the network: escape it
+    /// before putting it in markup).
+    pub resource: String,
+    /// Being qualified, or the refusal, in words.
+    pub why: String,
 }
 
 impl fmt::Debug for Admissions {
@@ -103,6 +135,11 @@ impl fmt::Debug for Admissions {
 }
 
 impl Router {
+    /// The target's resources online and not in the pool, with why.
+    pub fn resources_outside(&self) -> Vec<Outside> {
+        self.admission.outside()
+    }
+
     /// New admission rules, from a reload. They apply to sessions whose
     /// first presence comes after it: who is in the pool was decided
     /// under the old rules, and a resource refused by them is not asked

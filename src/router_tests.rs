@@ -1411,14 +1411,16 @@ fn per_member_counters_follow_the_pool() {
         s.members[&res],
         MemberStats {
             routed: 2,
-            answered: 1
+            answered: 1,
+            errors: 0,
         }
     );
     assert_eq!(
         s.members[&inst],
         MemberStats {
             routed: 2,
-            answered: 1
+            answered: 1,
+            errors: 0,
         }
     );
     // A member that leaves takes its series with it.

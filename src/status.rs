@@ -8,10 +8,11 @@
 //! import the core, the app or any connection task.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use crate::handshake::HandshakeError;
 use crate::pool::Member;
-use crate::router::Stats;
+use crate::router::{Outside, Stats};
 
 /// A snapshot of the proxy's state, published after every event: for
 /// tests to wait on conditions, and for logs and metrics.
@@ -40,6 +41,71 @@ pub struct Status {
     pub stats: Stats,
     /// What only metrics need (traffic, handshake failures, reloads).
     pub counters: Counters,
+    /// When the upstream session now up was established, by the wall
+    /// clock (for people reading `/status`); `None` while it is down.
+    pub upstream_since: Option<SystemTime>,
+    /// Requests waiting for an eligible member (`routing.hold_when_empty`).
+    pub held: usize,
+    /// What each member of [`Status::pool`] is doing now, in pool order.
+    pub members: Vec<MemberNow>,
+    /// The target's resources online but not in the pool, and why.
+    pub outside: Vec<Outside>,
+}
+
+/// One pool member's state now: what `/status` shows beside its counters
+/// ([`crate::router::MemberStats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberNow {
+    pub member: Member,
+    /// An instance's socket peer; `None` for a client resource (its
+    /// address is its JID, in `member`).
+    pub peer: Option<std::net::SocketAddr>,
+    /// Requests sent to it and not answered yet.
+    pub in_flight: usize,
+    /// Out of the rotation until then (wall clock), for refusing.
+    pub quarantined_until: Option<SystemTime>,
+}
+
+/// Why the proxy cannot serve a request now: what `/readyz` answers 503
+/// with, as one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// No authenticated component session with the XMPP server: requests
+    /// cannot reach the proxy, nor answers leave it.
+    #[error("upstream session down: no authenticated component session with the XMPP server")]
+    UpstreamDown,
+    /// The session is up but no member can take a request (none in the
+    /// pool, or every one quarantined).
+    #[error("no qualified member in the pool able to take a request")]
+    NoMember,
+}
+
+/// Maps the monotonic clock the router keeps deadlines on to the wall
+/// clock people read, from one pair taken at start: the same deadline maps
+/// to the same time at every publication, so an unchanged state is not
+/// published again for a clock that moved.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    instant: tokio::time::Instant,
+    wall: SystemTime,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        WallClock {
+            instant: tokio::time::Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// The wall-clock time of `t` (saturating at the anchor's ends).
+    pub fn at(&self, t: tokio::time::Instant) -> SystemTime {
+        if t >= self.instant {
+            self.wall.checked_add(t - self.instant).unwrap_or(self.wall)
+        } else {
+            self.wall.checked_sub(self.instant - t).unwrap_or(self.wall)
+        }
+    }
 }
 
 /// Pool members by kind.
@@ -67,6 +133,19 @@ impl Status {
             }
         }
         n
+    }
+
+    /// Whether a request arriving now could be served: the upstream
+    /// session authenticated and at least one member eligible.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if !self.upstream_online {
+            return Err(NotReady::UpstreamDown);
+        }
+        let n = self.eligible();
+        if n.resources + n.instances == 0 {
+            return Err(NotReady::NoMember);
+        }
+        Ok(())
     }
 }
 
@@ -255,5 +334,20 @@ mod tests {
         );
         s.stats.quarantined.insert(r("a"));
         assert_eq!(s.eligible().resources, 0);
+    }
+
+    #[test]
+    fn ready_only_with_upstream_and_an_eligible_member() {
+        let mut s = Status::default();
+        assert_eq!(s.readiness(), Err(NotReady::UpstreamDown));
+        s.pool.push(Member::Instance(1));
+        assert_eq!(s.readiness(), Err(NotReady::UpstreamDown));
+        s.upstream_online = true;
+        assert_eq!(s.readiness(), Ok(()));
+        s.stats.quarantined.insert(Member::Instance(1));
+        assert_eq!(s.readiness(), Err(NotReady::NoMember));
+        s.pool.clear();
+        s.stats.quarantined.clear();
+        assert_eq!(s.readiness(), Err(NotReady::NoMember));
     }
 }
