@@ -355,6 +355,14 @@ impl FakeInstance {
         Self::handshake(sock, domain, secret, name).await
     }
 
+    /// Its end of the connection: the peer address jatproxy sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.w
+            .w
+            .local_addr()
+            .expect("a connected socket has an address")
+    }
+
     /// An instance of [`D`] with the right secret.
     pub async fn connect(addr: SocketAddr, name: &str) -> FakeInstance {
         Self::connect_as(addr, D, INSTANCE_SECRET, name)
