@@ -53,6 +53,25 @@ pub struct Proxy {
     core_failed: CancellationToken,
 }
 
+/// Starts the admin endpoint (`metrics.listen`) on its bound listener;
+/// the address it serves at.
+fn spawn_admin(
+    (addr, listener): (SocketAddr, TcpListener),
+    sources: crate::admin::Sources,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> SocketAddr {
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
+    tasks.spawn(crate::admin::serve(
+        listener,
+        sources,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    local
+}
+
 impl Proxy {
     /// Starts the core, the upstream link and (if configured) the
     /// instance listener and metrics endpoint, on the current tokio
@@ -90,21 +109,11 @@ impl Proxy {
             None => None,
         };
 
-        let metrics_addr = metrics.map(|(addr, listener)| {
-            let local = listener.local_addr().unwrap_or(addr);
-            tracing::info!(addr = %local, "serving metrics at http://{local}/metrics");
-            let sources = crate::admin::Sources {
-                status: status_rx.clone(),
-                config: config_rx.clone(),
-            };
-            tasks.spawn(crate::admin::serve(
-                listener,
-                sources,
-                shutdown.clone(),
-                tasks.clone(),
-            ));
-            local
-        });
+        let sources = crate::admin::Sources {
+            status: status_rx.clone(),
+            config: config_rx.clone(),
+        };
+        let metrics_addr = metrics.map(|bound| spawn_admin(bound, sources, &shutdown, &tasks));
         let listen_addr = instances.map(|(addr, listener)| {
             let local = listener.local_addr().unwrap_or(addr);
             tracing::info!(addr = %local, "listening for component instances");

@@ -130,6 +130,8 @@ async fn readyz_follows_the_upstream_session_and_the_pool() {
     .await;
     wait(&proxy, "one in flight", |s| s.pending == 1).await;
     let j = status_json(http).await;
+    // The README's example.
+    println!("GET /status: {j}");
     assert_eq!(j["members"][0]["in_flight"], 1, "{j}");
     assert_eq!(j["members"][0]["routed"], 1, "{j}");
     assert_eq!(j["requests"]["pending"], 1, "{j}");

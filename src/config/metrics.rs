@@ -17,7 +17,7 @@ use super::ReloadClass;
 #[derive(Clone, Debug, Default, Args)]
 #[command(next_help_heading = "Logging and service")]
 pub struct MetricsArgs {
-    /// Serve Prometheus metrics at http://IP:PORT/metrics [metrics.listen, default off]
+    /// Serve /metrics, /healthz, /readyz and /status at http://IP:PORT [metrics.listen, default off]
     #[arg(long = "metrics-listen", id = "metrics_listen", value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
 }
