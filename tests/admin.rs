@@ -7,6 +7,8 @@
 
 #[path = "support/fake.rs"]
 mod fake;
+#[path = "support/scrape.rs"]
+mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use fake::{FakeInstance, FakeServer, WAIT};
 use jatproxy::admin::{self, Limits, Sources};
 use jatproxy::proxy::Proxy;
 use jatproxy::status::Status;
+use scrape::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -40,15 +43,6 @@ async fn read_all(s: &mut TcpStream) -> String {
         .await
         .expect("the server closes in time");
     String::from_utf8(raw).expect("utf-8")
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let r = exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: jatproxy\r\n\r\n").as_bytes(),
-    )
-    .await;
-    split(&r)
 }
 
 /// (status code, body) of a raw answer.

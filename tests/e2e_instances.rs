@@ -17,6 +17,7 @@ use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::flows::error_of;
 use support::prosody::{Prosody, ProsodyConfig};
+use support::scrape::get;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
@@ -335,4 +336,49 @@ async fn an_instances_own_ping_gets_its_reply_back() {
     assert_eq!(proxy.status().pending, 0);
     assert_eq!(proxy.status().stats.requests_outbound, 1);
     assert!(proxy.shutdown(WAIT).await);
+}
+
+/// `/readyz` against a real Prosody: 503 while no instance is connected,
+/// 200 once one is in the pool, 503 again when Prosody stops (the
+/// component session gone), each time with the reason.
+#[tokio::test]
+async fn readyz_follows_prosody_and_the_pool() {
+    let mut p = Prosody::start(ProsodyConfig::new().component(D, SECRET))
+        .await
+        .expect("prosody starts (is it installed? run scripts/setup.sh)");
+    let toml = format!(
+        "{}\n[instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        upstream_toml(p.component_addr())
+    );
+    let proxy = start_registered(&toml, || p.log_tail(30)).await;
+    let http = proxy.metrics_addr().expect("admin endpoint");
+    let (code, why) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("no qualified member"), "{why}");
+
+    let listener = proxy.listen_addr().expect("listener");
+    let echo = EchoComponent::start(listener, D, INSTANCE_SECRET, "a", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    assert_eq!(get(http, "/readyz").await, (200, "ready\n".to_owned()));
+    let (_, status) = get(http, "/status").await;
+    let j: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(
+        j["upstream"]["server"],
+        p.component_addr().to_string(),
+        "{j}"
+    );
+    assert_eq!(j["members"][0]["kind"], "instance", "{j}");
+
+    p.stop().await.expect("prosody stops");
+    assert!(proxy.wait_for(WAIT, |s| !s.upstream_online).await);
+    let (code, why) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("upstream session down"), "{why}");
+    // Alive throughout.
+    assert_eq!(get(http, "/healthz").await.0, 200);
+    drop(echo);
+    assert!(proxy.shutdown(Duration::from_secs(5)).await);
 }
