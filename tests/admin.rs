@@ -360,3 +360,21 @@ async fn a_slow_scraper_is_cut_at_the_timeout_and_its_slot_freed() {
     // The one slot is free again.
     assert_eq!(scrape_until_answered(addr).await, 200);
 }
+
+/// A client that goes away mid-request gets nothing and leaves nothing
+/// behind: its slot is free for the next.
+#[tokio::test]
+async fn a_client_that_closes_early_frees_its_slot() {
+    let limits = Limits {
+        max_concurrent: 1,
+        request_timeout: Duration::from_secs(60),
+    };
+    let (addr, _stop) = endpoint(limits).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /met").await.expect("send");
+    s.shutdown().await.expect("half-close");
+    assert_eq!(read_all(&mut s).await, "");
+    drop(s);
+    // Well before the minute's timeout: the close itself freed the slot.
+    assert_eq!(scrape_until_answered(addr).await, 200);
+}
