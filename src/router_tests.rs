@@ -2656,6 +2656,28 @@ fn an_error_not_in_retry_on_is_the_answer() {
     assert_eq!(h.inst(inst, &e), [format!("UP {e}")]);
 }
 
+/// A member's `errors` (shown on `/status`): its error replies, delivered
+/// or refused under `retry_on`; its results do not count.
+#[test]
+fn member_errors_count_error_replies_and_refusals() {
+    let mut h = H::new(cont());
+    h.join(1);
+    h.get("ok");
+    h.inst(
+        1,
+        &format!("<iq type='result' id='ok' from='{D}' to='{ALICE}'/>"),
+    );
+    h.get("e");
+    let e = format!("<iq type='error' id='e' from='{D}' to='{ALICE}'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>");
+    h.inst(1, &e);
+    let m = h.r.stats().members[&Member::Instance(1)];
+    assert_eq!((m.answered, m.errors), (2, 1));
+    h.get("r");
+    h.refuse(1, "r");
+    let m = h.r.stats().members[&Member::Instance(1)];
+    assert_eq!((m.routed, m.answered, m.errors), (3, 2, 2));
+}
+
 #[test]
 fn a_refused_request_with_no_member_left_waits_then_gets_the_refusal() {
     let mut h = H::new(cont());

@@ -337,6 +337,18 @@ mod tests {
     }
 
     #[test]
+    fn wall_clock_maps_deadlines_stably() {
+        let c = WallClock::now();
+        let later = c.instant + std::time::Duration::from_secs(5);
+        assert_eq!(c.at(later), c.wall + std::time::Duration::from_secs(5));
+        // The same deadline, the same time, however often it is asked.
+        assert_eq!(c.at(later), c.at(later));
+        if let Some(before) = c.instant.checked_sub(std::time::Duration::from_secs(2)) {
+            assert_eq!(c.at(before), c.wall - std::time::Duration::from_secs(2));
+        }
+    }
+
+    #[test]
     fn ready_only_with_upstream_and_an_eligible_member() {
         let mut s = Status::default();
         assert_eq!(s.readiness(), Err(NotReady::UpstreamDown));

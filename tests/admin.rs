@@ -218,6 +218,55 @@ async fn member_addresses_are_escaped_in_the_page() {
     assert!(proxy.shutdown(Duration::from_secs(5)).await);
 }
 
+/// A resource kept out by name and a request waiting for a member show
+/// on `/status`; both change when a resource that qualifies arrives.
+#[tokio::test]
+async fn status_shows_held_requests_and_resources_kept_out() {
+    let server = FakeServer::bind().await;
+    let extra =
+        format!("resources = \"re:^good\"\n\n[routing]\nhold_when_empty = \"30s\"\n\n{SETTINGS}");
+    let proxy = Proxy::start(fake::client_proxy_config(&server.addr(), &extra))
+        .await
+        .expect("proxy starts");
+    let http = proxy.metrics_addr().expect("admin endpoint");
+    let mut up = server.accept().await;
+    up.expect_subscription().await;
+    let (t, d) = (fake::T, fake::D);
+    up.w.send(&format!("<presence from='{t}/bad' to='{d}'/>"))
+        .await;
+    wait(&proxy, "the refusal", |s| s.stats.admission.refused == 1).await;
+    up.w.send(&format!(
+        "<iq type='get' id='h1' to='{d}' from='alice@example.test/x'/>"
+    ))
+    .await;
+    wait(&proxy, "the request held", |s| s.held == 1).await;
+    let j = status_json(http).await;
+    assert_eq!(j["requests"]["held"], 1, "{j}");
+    assert_eq!(j["members"][0]["address"], format!("{t}/bad"), "{j}");
+    assert_eq!(j["members"][0]["state"], "not in pool", "{j}");
+    assert!(
+        j["members"][0]["why_not"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("refused: ")),
+        "{j}"
+    );
+    assert_eq!(readyz(http).await.0, 503);
+
+    up.w.send(&format!("<presence from='{t}/good' to='{d}'/>"))
+        .await;
+    let released = up.r.recv().await;
+    assert_eq!(released.id(), Some("h1"));
+    wait(&proxy, "the hold empty", |s| s.held == 0).await;
+    let j = status_json(http).await;
+    assert_eq!(j["requests"]["held"], 0, "{j}");
+    assert_eq!(j["members"][0]["address"], format!("{t}/good"), "{j}");
+    assert_eq!(j["members"][0]["state"], "qualified", "{j}");
+    assert_eq!(j["members"][0]["in_flight"], 1, "{j}");
+    assert_eq!(j["members"][1]["state"], "not in pool", "{j}");
+    assert_eq!(readyz(http).await.0, 200);
+    assert!(proxy.shutdown(Duration::from_secs(5)).await);
+}
+
 /// The answers the hand-written server gave, kept.
 #[tokio::test]
 async fn answers_beside_the_paths() {
