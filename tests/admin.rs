@@ -18,7 +18,7 @@ use fake::{FakeInstance, FakeServer, WAIT};
 use jatproxy::admin::{self, Limits, Sources};
 use jatproxy::proxy::Proxy;
 use jatproxy::status::Status;
-use scrape::get;
+use scrape::{get, split};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -43,19 +43,6 @@ async fn read_all(s: &mut TcpStream) -> String {
         .await
         .expect("the server closes in time");
     String::from_utf8(raw).expect("utf-8")
-}
-
-/// (status code, body) of a raw answer.
-fn split(raw: &str) -> (u16, String) {
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {raw:?}"));
-    let code = head
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    (code, body.to_owned())
 }
 
 async fn status_json(addr: SocketAddr) -> serde_json::Value {

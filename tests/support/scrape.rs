@@ -45,7 +45,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("admin answer in time")
         .expect("read");
-    let raw = String::from_utf8(raw).expect("utf-8");
+    split(&String::from_utf8(raw).expect("utf-8"))
+}
+
+/// (status code, body) of a raw HTTP/1.1 answer.
+pub fn split(raw: &str) -> (u16, String) {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no head in {raw:?}"));
