@@ -254,6 +254,48 @@ async fn status_shows_held_requests_and_resources_kept_out() {
     assert!(proxy.shutdown(Duration::from_secs(5)).await);
 }
 
+/// Every admin slot held by a silent client and a flood of connections
+/// on top: requests still go through the proxy and are answered, and the
+/// admin endpoint is back once the flood ends.
+#[tokio::test]
+async fn a_flooded_admin_endpoint_does_not_stop_the_proxy() {
+    let server = FakeServer::bind().await;
+    let (proxy, mut up) = fake::start(&server, "", SETTINGS).await;
+    let http = proxy.metrics_addr().expect("admin endpoint");
+    let mut inst = FakeInstance::connect(proxy.listen_addr().expect("listener"), "a").await;
+    wait(&proxy, "the instance in the pool", |s| s.pool.len() == 1).await;
+    let mut silent = Vec::new();
+    for _ in 0..Limits::default().max_concurrent {
+        silent.push(TcpStream::connect(http).await.expect("connect"));
+    }
+    let flood = tokio::spawn(async move {
+        for _ in 0..200 {
+            let r = exchange(http, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(r, "", "answered past the cap");
+        }
+    });
+    for i in 0..50 {
+        up.w.send(&format!(
+            "<iq type='get' id='f{i}' to='{}' from='alice@example.test/x'/>",
+            fake::D
+        ))
+        .await;
+        let req = inst.r.recv().await;
+        inst.w
+            .send(&format!(
+                "<iq type='result' id='{}' from='{}' to='alice@example.test/x'/>",
+                req.id().expect("id"),
+                fake::D
+            ))
+            .await;
+        assert_eq!(up.r.recv().await.id(), Some(format!("f{i}").as_str()));
+    }
+    flood.await.expect("the flood ran");
+    drop(silent);
+    assert_eq!(scrape_until_answered(http).await, 200);
+    assert!(proxy.shutdown(Duration::from_secs(5)).await);
+}
+
 /// The answers the hand-written server gave, kept.
 #[tokio::test]
 async fn answers_beside_the_paths() {
