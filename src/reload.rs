@@ -83,6 +83,7 @@ pub fn upstream_needs_reconnect(session: &Config, new: &Config) -> bool {
     session.upstream.server != new.upstream.server
         || session.upstream.secret.expose() != new.upstream.secret.expose()
         || session.upstream.domain != new.upstream.domain
+        || session.upstream.tls_changed(&new.upstream)
 }
 
 #[cfg(test)]
