@@ -20,7 +20,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use jatproxy::config;
@@ -30,11 +29,11 @@ use support::certs::{self, Certs};
 use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{load, responder, seed_request};
-use support::setup::{start_registered, upstream_toml};
+use support::setup::{spawn_jatproxy, start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, T, WAIT, WINDOW};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
 const INSTANCE_SECRET: &str = "instance-secret";
@@ -230,39 +229,10 @@ async fn instance_pool_over_tls_on_both_links() {
     assert!(proxy.shutdown(WAIT).await);
 }
 
-/// The real binary with `config`; its log lines go to `lines`.
-fn spawn_jatproxy(config: &std::path::Path, lines: mpsc::UnboundedSender<String>) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run jatproxy");
-    let out = child.stdout.take().expect("stdout");
-    let err = child.stderr.take().expect("stderr");
-    for pipe in [
-        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(err),
-    ] {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(pipe).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                let _ = lines.send(l);
-            }
-        });
-    }
-    child
-}
-
 /// Lines containing every one of `what`, waited for until `count` of
 /// them arrived; panics with everything seen otherwise.
 async fn wait_lines(
-    rx: &mut mpsc::UnboundedReceiver<String>,
+    rx: &mut mpsc::UnboundedReceiver<(&'static str, String)>,
     seen: &mut Vec<String>,
     what: &[&str],
     count: usize,
@@ -278,7 +248,7 @@ async fn wait_lines(
             return matching;
         }
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(l)) => seen.push(l),
+            Ok(Some((_, l))) => seen.push(l),
             _ => panic!(
                 "no {count} lines with {what:?}; jatproxy said:\n{}",
                 seen.join("\n")
@@ -322,7 +292,7 @@ async fn wrong_ca_and_wrong_name_are_refused_and_retried() {
     };
     write_config(&other.ca, "");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let child = spawn_jatproxy(&dir.path().join("jatproxy.toml"), tx);
+    let child = spawn_jatproxy("tls", &dir.path().join("jatproxy.toml"), tx);
     let pid = child.id().expect("pid").to_string();
     let mut seen = Vec::new();
     let server = e.component_addr().to_string();
