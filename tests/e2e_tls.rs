@@ -333,3 +333,81 @@ async fn signal(pid: &str, sig: &str) {
         .success();
     assert!(ok, "kill {sig} {pid}");
 }
+
+/// An expired server certificate is named as such, counted and retried.
+/// The server is a bare TLS acceptor (ejabberd would serve it the same
+/// way): what is under test is jatproxy's side of the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_named_counted_and_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs::make_with(dir.path(), "", "a CA", true);
+    let acceptor = acceptor(&certs);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepts = tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((sock, _)) = listener.accept().await else {
+                return n - 1;
+            };
+            let _ = acceptor.accept(sock).await;
+            if n == 3 {
+                return n;
+            }
+        }
+        0
+    });
+    let toml = format!(
+        "{}tls = \"direct\"\ntls_ca_file = \"{}\"\n[client_proxy]\ntarget_address = \"{T}\"\n",
+        upstream_toml(addr),
+        certs.ca.display()
+    );
+    let proxy = Proxy::start(config::from_toml_str(&toml).expect("valid"))
+        .await
+        .expect("start");
+    let expired = (Side::Upstream, "expired");
+    assert!(
+        proxy
+            .wait_for(WAIT, |s| s
+                .counters
+                .tls_handshake_failures
+                .get(&expired)
+                .is_some_and(|n| *n >= 2))
+            .await,
+        "two expired handshakes counted: {:?}",
+        proxy.status().counters
+    );
+    assert!(!proxy.status().upstream_online);
+    let attempts = tokio::time::timeout(WAIT, accepts)
+        .await
+        .expect("a third attempt")
+        .expect("join");
+    assert_eq!(attempts, 3, "retried");
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+/// A TLS acceptor serving `certs`' server certificate.
+fn acceptor(certs: &Certs) -> tokio_rustls::TlsAcceptor {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    let chain = CertificateDer::pem_file_iter(&certs.cert)
+        .expect("read")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(&certs.key).expect("key");
+    // ring, as jatproxy builds it (deprecated only for lacking
+    // post-quantum key exchange).
+    #[allow(deprecated)]
+    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    let server = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(server))
+}

@@ -30,6 +30,12 @@ pub struct Certs {
 /// `{prefix}ca.pem`, `{prefix}cert.pem`, `{prefix}key.pem` and
 /// `{prefix}combined.pem` (overwriting: a renewal in place).
 pub fn make(dir: &Path, prefix: &str, ca_name: &str) -> Certs {
+    make_with(dir, prefix, ca_name, false)
+}
+
+/// [`make`], with a server certificate that expired in 2021 when
+/// `expired`.
+pub fn make_with(dir: &Path, prefix: &str, ca_name: &str, expired: bool) -> Certs {
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, ca_name);
@@ -40,6 +46,10 @@ pub fn make(dir: &Path, prefix: &str, ca_name: &str) -> Certs {
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     leaf.distinguished_name
         .push(DnType::CommonName, SERVER_NAME);
+    if expired {
+        leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
     let key = KeyPair::generate().expect("server key");
     let cert = leaf.signed_by(&key, &ca).expect("server certificate");
     let at = |name: &str| dir.join(format!("{prefix}{name}"));
