@@ -321,12 +321,11 @@ impl InstancesConfig {
         );
         check(self.queue != new.queue, "instances.queue", NextConnection);
         // Renewed files (same paths, new contents) count as changed.
-        let tls_changed = match (&self.tls, &new.tls) {
-            (None, None) => false,
-            (Some(a), Some(b)) => !a.same_as(b),
-            _ => true,
-        };
-        check(tls_changed, "instances.tls_cert", NextConnection);
+        check(
+            tls::changed(&self.tls, &new.tls, ServerTls::same_as),
+            "instances.tls_cert",
+            NextConnection,
+        );
         check(
             self.queue_bytes != new.queue_bytes,
             "instances.queue_bytes",

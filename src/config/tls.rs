@@ -110,6 +110,16 @@ impl ServerTls {
     }
 }
 
+/// Whether TLS settings changed between two configurations: turned on or
+/// off, or built from different files or contents (`same`).
+pub(super) fn changed<T>(old: &Option<T>, new: &Option<T>, same: fn(&T, &T) -> bool) -> bool {
+    match (old, new) {
+        (None, None) => false,
+        (Some(a), Some(b)) => !same(a, b),
+        _ => true,
+    }
+}
+
 /// Paths and the name only: no key material, whatever rustls's own
 /// `Debug` prints.
 impl fmt::Debug for ClientTls {

@@ -372,11 +372,7 @@ impl UpstreamConfig {
     /// the name, or the contents of any file (a renewed CA or client
     /// certificate counts, though its path is the same).
     pub fn tls_changed(&self, new: &Self) -> bool {
-        match (&self.tls, &new.tls) {
-            (None, None) => false,
-            (Some(a), Some(b)) => !a.same_as(b),
-            _ => true,
-        }
+        tls::changed(&self.tls, &new.tls, ClientTls::same_as)
     }
 
     /// How a reload treats each key of this section that differs in
