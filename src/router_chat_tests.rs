@@ -672,3 +672,75 @@ fn a_message_too_large_for_the_server_is_refused_not_forwarded() {
         "{out:?}"
     );
 }
+
+#[test]
+fn with_a_hold_messages_wait_for_a_resource_then_stick_to_it() {
+    let mut h = H::new(RouterConfig {
+        continuity: Continuity {
+            hold_when_empty: Duration::from_secs(10),
+            ..Continuity::off()
+        },
+        ..on()
+    });
+    let m1 =
+        format!("<message type='chat' to='{HELP}' id='h1' from='{ALICE}'><body>1</body></message>");
+    let m2 = format!("<message to='{D}/x' id='h2' from='{BOB}'><body>2</body></message>");
+    assert!(h.up(&m1).is_empty());
+    assert!(h.up(&m2).is_empty());
+    // Headline and error are never held.
+    assert!(h
+        .up(&format!(
+            "<message type='headline' to='{D}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().chat.held, 2);
+    assert_eq!(h.r.stats().chat.dropped_no_resource, 1);
+    assert_eq!(h.r.next_deadline(), Some(h.now + Duration::from_secs(10)));
+    h.advance(Duration::from_secs(9));
+    // A resource joins: both go to it, in order, and stick there.
+    assert_eq!(
+        online(&mut h, "b"),
+        [
+            format!("UP <message type='chat' to='{T}/b' id='h1' from='{HELP}/{ALICE}'><body>1</body></message>"),
+            format!("UP <message to='{T}/b' id='h2' from='{D}/{BOB}'><body>2</body></message>"),
+        ]
+    );
+    online(&mut h, "a");
+    let out = h.up(&format!("<message to='{D}' from='{ALICE}'/>"));
+    assert_eq!(
+        out,
+        [format!("UP <message to='{T}/b' from='{D}/{ALICE}'/>")]
+    );
+    // Nobody again: a message whose hold ends gets service-unavailable
+    // from the address it was written to.
+    offline(&mut h, "a");
+    offline(&mut h, "b");
+    assert!(h.up(&m1).is_empty());
+    assert!(h.advance(Duration::from_millis(9999)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_millis(1)),
+        [err(
+            "message",
+            "h1",
+            HELP,
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    // At shutdown a held message gets recipient-unavailable.
+    assert!(h.up(&m2).is_empty());
+    let mut out = Vec::new();
+    h.r.drain(&mut out);
+    assert_eq!(
+        super::tests::render(out),
+        [err(
+            "message",
+            "h2",
+            &format!("{D}/x"),
+            BOB,
+            "wait",
+            "recipient-unavailable"
+        )]
+    );
+}
