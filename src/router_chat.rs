@@ -343,7 +343,17 @@ impl Router {
     /// After the pool may have changed: when it went from empty to
     /// non-empty or back, every subscriber hears it from the address it
     /// subscribed to. Called wherever a member joins or leaves.
+    ///
+    /// Not while the server is away: the resources leave the pool then
+    /// only because their presence will be learnt again, and telling
+    /// every subscriber "unavailable" then "available" would fill the
+    /// upstream buffer with a blip. If the pool is still empty once they
+    /// had the chance to come back, the next change is what is told; a
+    /// user logging in meanwhile is answered the truth by its probe.
     pub(super) fn announce_pool(&mut self, out: &mut Vec<Action>) {
+        if !self.online {
+            return;
+        }
         let available = !self.pool.is_empty();
         let Some(told) = self.conversations.pool_changed(available) else {
             return;
