@@ -752,3 +752,31 @@ fn with_a_hold_messages_wait_for_a_resource_then_stick_to_it() {
         )]
     );
 }
+
+#[test]
+fn iq_requests_keep_the_modules_domain_enc_with_conversations_on() {
+    // Implementing clients such as jicofo depend on `from='D/ENC'`: an
+    // iq to a node keeps it, while a message to the node names it.
+    let mut h = H::new(on());
+    online(&mut h, "a");
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='get' id='q' to='{HELP}' from='{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )),
+        [format!(
+            "UP <iq type='get' id='q' to='{T}/a' from='{D}/{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='q' to='{D}/{ALICE}' from='{T}/a'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='q' to='{ALICE}' from='{HELP}'/>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!("<message to='{HELP}' from='{ALICE}'/>")),
+        [format!("UP <message to='{T}/a' from='{HELP}/{ALICE}'/>")]
+    );
+}
