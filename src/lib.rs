@@ -27,12 +27,17 @@
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
 //! - [`router`]: the routing table: one stanza in, actions out; it also
 //!   decides what waits for the XMPP server while it is away ([`backlog`]);
-//!   which client resources it admits to the pool is in `router_admission.rs`.
+//!   which client resources it admits to the pool is in `router_admission.rs`,
+//!   messages and presence between users and the client pool in
+//!   `router_chat.rs`.
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`qualify`]: which client resources may join the pool: the name
 //!   rule, the disco#info question and its answer, XEP-0115 caps and
 //!   their cache, and each resource's qualification state.
 //! - [`jat`]: address translation and the pending-request table.
+//! - [`conversation`]: which target resource each user's messages and
+//!   presence stick to, and who hears when the domain comes and goes
+//!   (issue 14); the router's side is `router_chat.rs`.
 //! - [`hold`]: where an inbound request has been (members tried, lost,
 //!   refusals), and the queue of requests waiting for an eligible member.
 //! - [`refusal`]: the condition of a member's error, for `retry_on`.
@@ -84,6 +89,7 @@ pub mod app;
 pub mod backlog;
 pub mod config;
 pub mod connection;
+pub mod conversation;
 pub mod core;
 pub mod event;
 pub mod handshake;
