@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 
 use jatproxy::proxy::Proxy;
@@ -22,6 +21,7 @@ use support::echo::python;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::error_of;
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::server::Server;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
 use support::{ALICE, D, PW, SECRET, WAIT};
@@ -43,32 +43,6 @@ const CHAT_BOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat_bot.p
 
 // ---------------------------------------------------------------------------
 // The servers
-
-enum Server {
-    Prosody(Box<Prosody>),
-    Ejabberd(Box<Ejabberd>),
-}
-
-impl Server {
-    fn c2s_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.c2s_addr(),
-            Server::Ejabberd(e) => e.c2s_addr(),
-        }
-    }
-    fn component_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.component_addr(),
-            Server::Ejabberd(e) => e.component_addr(),
-        }
-    }
-    fn log_tail(&self, n: usize) -> String {
-        match self {
-            Server::Prosody(p) => p.log_tail(n),
-            Server::Ejabberd(e) => e.log_tail(n),
-        }
-    }
-}
 
 /// Prosody with alice, bob and bot, the component `D`, and bot's roster
 /// holding `D` with `from` (as `prosodyctl mod_roster_command` leaves it).

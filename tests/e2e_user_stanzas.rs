@@ -53,6 +53,7 @@ use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{answered_by, error_of};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::scrape::scrape;
+use support::server::Server;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, RawComponent, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
@@ -72,32 +73,6 @@ fn alice_full() -> String {
 
 // ---------------------------------------------------------------------------
 // The servers
-
-enum Server {
-    Prosody(Box<Prosody>),
-    Ejabberd(Box<Ejabberd>),
-}
-
-impl Server {
-    fn c2s_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.c2s_addr(),
-            Server::Ejabberd(e) => e.c2s_addr(),
-        }
-    }
-    fn component_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.component_addr(),
-            Server::Ejabberd(e) => e.component_addr(),
-        }
-    }
-    fn log_tail(&self, n: usize) -> String {
-        match self {
-            Server::Prosody(p) => p.log_tail(n),
-            Server::Ejabberd(e) => e.log_tail(n),
-        }
-    }
-}
 
 /// Prosody with alice, bob and impl, the component `D`, impl's roster
 /// holding `D` with `from`. No c2s limit is set: Prosody's defaults apply
