@@ -8,9 +8,17 @@
 //! reply. In `opaque` mode ENC is a random token that only this process
 //! can resolve. A requester address too long for a resourcepart gets a
 //! token in either mode.
+//!
+//! The same ENC serves iq requests (`from='D/ENC'`) and, with
+//! `client_proxy.messages`/`presence`, conversations
+//! (`from='node@D/ENC'`, see [`conversation_from`]). A token lives while it
+//! is used: one unused for `client_proxy.token_idle_timeout` no longer
+//! resolves, so a late reply is bounced, never delivered to whoever a
+//! fresh token would name; and at most `routing.pending_capacity` exist.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use lru::LruCache;
 use rand::Rng;
@@ -34,21 +42,43 @@ pub fn new_token<R: Rng + ?Sized>(rng: &mut R) -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bits))
 }
 
-/// The ENC table: requester ⇄ token, bounded, least recently used out.
+/// The address a conversation's stanza comes from at a target resource:
+/// `node@D/ENC` when the user wrote to `node@D` (`D/ENC` for the bare
+/// domain), so the resource knows which service address was meant and
+/// answers to it. `to_bare` is the bare part of the address the user
+/// wrote to.
+pub fn conversation_from(to_bare: &str, enc: &str) -> String {
+    format!("{to_bare}/{enc}")
+}
+
+/// The ENC table: requester ⇄ token, bounded, least recently used out,
+/// each token with the time it was last used.
 #[derive(Debug)]
 pub struct Jat {
     mode: JatMode,
-    tokens: LruCache<String, String>,
+    tokens: LruCache<String, (String, Instant)>,
     by_jid: HashMap<String, String>,
+    idle: Duration,
 }
 
 impl Jat {
-    pub fn new(mode: JatMode, capacity: NonZeroUsize) -> Self {
+    pub fn new(mode: JatMode, capacity: NonZeroUsize, idle: Duration) -> Self {
         Jat {
             mode,
             tokens: LruCache::new(capacity),
             by_jid: HashMap::new(),
+            idle,
         }
+    }
+
+    /// A reload's `client_proxy.token_idle_timeout`: applies to the next
+    /// encode or decode (a shorter one ends tokens idle that long).
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
+    fn expired(&self, last: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(last) > self.idle
     }
 
     pub fn mode(&self) -> JatMode {
@@ -56,21 +86,39 @@ impl Jat {
     }
 
     /// ENC for a requester. A requester keeps its token while it stays in
-    /// the table, so the implementing client sees one stable address per
-    /// requester in both modes.
-    pub fn encode<R: Rng + ?Sized>(&mut self, requester: &str, rng: &mut R) -> String {
+    /// the table and is used within the idle timeout, so the implementing
+    /// client sees one stable address per requester in both modes; an
+    /// idle one is replaced by a fresh token (the old one stays dead).
+    pub fn encode<R: Rng + ?Sized>(
+        &mut self,
+        requester: &str,
+        rng: &mut R,
+        now: Instant,
+    ) -> String {
         if self.mode == JatMode::Inline
             && requester.len() <= MAX_RESOURCE
             && !requester.starts_with(TOKEN_PREFIX)
         {
             return requester.to_owned();
         }
-        if let Some(t) = self.by_jid.get(requester) {
-            self.tokens.promote(t);
-            return t.clone();
+        if let Some(t) = self.by_jid.get(requester).cloned() {
+            let live = self
+                .tokens
+                .peek(&t)
+                .is_some_and(|(_, last)| !self.expired(*last, now));
+            if live {
+                if let Some((_, last)) = self.tokens.get_mut(&t) {
+                    *last = now;
+                }
+                return t;
+            }
+            self.tokens.pop(&t);
+            self.by_jid.remove(requester);
         }
         let token = new_token(rng);
-        if let Some((_, old_jid)) = self.tokens.push(token.clone(), requester.to_owned()) {
+        if let Some((_, (old_jid, _))) =
+            self.tokens.push(token.clone(), (requester.to_owned(), now))
+        {
             self.by_jid.remove(&old_jid);
         }
         self.by_jid.insert(requester.to_owned(), token.clone());
@@ -78,10 +126,17 @@ impl Jat {
     }
 
     /// The requester an ENC stands for. Tokens resolve while they are in
-    /// the table; in inline mode anything else is the address itself.
-    pub fn decode(&self, enc: &str) -> Option<String> {
+    /// the table and not idle past the timeout, and each use renews them;
+    /// in inline mode anything else is the address itself.
+    pub fn decode(&mut self, enc: &str, now: Instant) -> Option<String> {
         if enc.starts_with(TOKEN_PREFIX) {
-            return self.tokens.peek(enc).cloned();
+            let idle = self.idle;
+            let (jid, last) = self.tokens.get_mut(enc)?;
+            if now.saturating_duration_since(*last) > idle {
+                return None;
+            }
+            *last = now;
+            return Some(jid.clone());
         }
         match self.mode {
             JatMode::Inline => Some(enc.to_owned()),
@@ -289,6 +344,8 @@ mod tests {
     use rand::SeedableRng;
     use std::time::Duration;
 
+    const IDLE: Duration = Duration::from_secs(3600);
+
     fn cap(n: usize) -> NonZeroUsize {
         NonZeroUsize::new(n).expect("nonzero")
     }
@@ -296,13 +353,14 @@ mod tests {
     #[test]
     fn inline_is_the_jid_itself() {
         let mut rng = StdRng::seed_from_u64(1);
-        let mut jat = Jat::new(JatMode::Inline, cap(4));
+        let mut jat = Jat::new(JatMode::Inline, cap(4), IDLE);
+        let now = Instant::now();
         assert_eq!(
-            jat.encode("alice@example.test/phone", &mut rng),
+            jat.encode("alice@example.test/phone", &mut rng, now),
             "alice@example.test/phone"
         );
         assert_eq!(
-            jat.decode("alice@example.test/phone").as_deref(),
+            jat.decode("alice@example.test/phone", now).as_deref(),
             Some("alice@example.test/phone")
         );
     }
@@ -310,38 +368,77 @@ mod tests {
     #[test]
     fn long_requesters_get_tokens_even_inline() {
         let mut rng = StdRng::seed_from_u64(1);
-        let mut jat = Jat::new(JatMode::Inline, cap(4));
+        let mut jat = Jat::new(JatMode::Inline, cap(4), IDLE);
+        let now = Instant::now();
         let long = format!("a@example.test/{}", "r".repeat(1100));
-        let t = jat.encode(&long, &mut rng);
+        let t = jat.encode(&long, &mut rng, now);
         assert!(t.starts_with(TOKEN_PREFIX) && t.len() == TOKEN_PREFIX.len() + 32);
-        assert_eq!(jat.encode(&long, &mut rng), t, "stable while in the table");
-        assert_eq!(jat.decode(&t), Some(long));
+        assert_eq!(
+            jat.encode(&long, &mut rng, now),
+            t,
+            "stable while in the table"
+        );
+        assert_eq!(jat.decode(&t, now), Some(long));
     }
 
     #[test]
     fn opaque_tokens_resolve_until_evicted() {
         let mut rng = StdRng::seed_from_u64(2);
-        let mut jat = Jat::new(JatMode::Opaque, cap(2));
-        let a = jat.encode("a@x/1", &mut rng);
-        let b = jat.encode("b@x/1", &mut rng);
+        let mut jat = Jat::new(JatMode::Opaque, cap(2), IDLE);
+        let now = Instant::now();
+        let a = jat.encode("a@x/1", &mut rng, now);
+        let b = jat.encode("b@x/1", &mut rng, now);
         assert_ne!(a, b);
         assert_eq!(
-            jat.decode("a@x/1"),
+            jat.decode("a@x/1", now),
             None,
             "no inline decoding in opaque mode"
         );
-        assert_eq!(jat.decode(&a).as_deref(), Some("a@x/1"));
-        let _c = jat.encode("c@x/1", &mut rng);
-        assert_eq!(jat.decode(&a), None, "oldest evicted");
-        assert_eq!(jat.decode(&b).as_deref(), Some("b@x/1"));
+        assert_eq!(jat.decode(&b, now).as_deref(), Some("b@x/1"));
+        assert_eq!(jat.decode(&a, now).as_deref(), Some("a@x/1"));
+        let _c = jat.encode("c@x/1", &mut rng, now);
+        assert_eq!(jat.decode(&b, now), None, "least recently used evicted");
+        assert_eq!(jat.decode(&a, now).as_deref(), Some("a@x/1"));
         // A re-encoded evicted requester gets a new token.
-        assert_ne!(jat.encode("a@x/1", &mut rng), a);
+        assert_ne!(jat.encode("b@x/1", &mut rng, now), b);
+    }
+
+    #[test]
+    fn tokens_die_when_idle_and_live_while_used() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut jat = Jat::new(JatMode::Opaque, cap(4), Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a = jat.encode("a@x/1", &mut rng, t0);
+        // Used every 50 s, it lives past the timeout counted from creation.
+        let t1 = t0 + Duration::from_secs(50);
+        assert_eq!(jat.decode(&a, t1).as_deref(), Some("a@x/1"));
+        let t2 = t1 + Duration::from_secs(50);
+        assert_eq!(jat.encode("a@x/1", &mut rng, t2), a, "renewed by use");
+        // Idle past the timeout: dead, and a fresh token replaces it.
+        let t3 = t2 + Duration::from_secs(61);
+        assert_eq!(jat.decode(&a, t3), None);
+        let fresh = jat.encode("a@x/1", &mut rng, t3);
+        assert_ne!(fresh, a);
+        assert_eq!(jat.decode(&a, t3), None, "the old token stays dead");
+        assert_eq!(jat.decode(&fresh, t3).as_deref(), Some("a@x/1"));
+        // Exactly the timeout is still alive.
+        let t4 = t3 + Duration::from_secs(60);
+        assert_eq!(jat.decode(&fresh, t4).as_deref(), Some("a@x/1"));
+    }
+
+    #[test]
+    fn conversation_from_keeps_the_node_written_to() {
+        assert_eq!(
+            conversation_from("helpdesk@d.test", "a@x/1"),
+            "helpdesk@d.test/a@x/1"
+        );
+        assert_eq!(conversation_from("d.test", "#jat.00"), "d.test/#jat.00");
     }
 
     #[test]
     fn prepared_is_only_for_inline_encs_written_differently() {
         let mut rng = StdRng::seed_from_u64(3);
-        let jat = Jat::new(JatMode::Inline, cap(4));
+        let jat = Jat::new(JatMode::Inline, cap(4), IDLE);
         for enc in [
             "ALICE@EXAMPLE.TEST/phone",
             "alice@example.test./phone",
@@ -363,7 +460,7 @@ mod tests {
         assert_eq!(jat.prepared(&format!("{TOKEN_PREFIX}{hex}")), None);
         // Nor is a token written in upper case a JID to prepare into one.
         assert_eq!(jat.prepared(&token.to_uppercase()), None);
-        let opaque = Jat::new(JatMode::Opaque, cap(4));
+        let opaque = Jat::new(JatMode::Opaque, cap(4), IDLE);
         assert_eq!(opaque.prepared("ALICE@EXAMPLE.TEST/phone"), None);
     }
 

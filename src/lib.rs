@@ -33,6 +33,9 @@
 //!   rule, the disco#info question and its answer, XEP-0115 caps and
 //!   their cache, and each resource's qualification state.
 //! - [`jat`]: address translation and the pending-request table.
+//! - [`conversation`]: which target resource each user's messages and
+//!   presence stick to, and who hears when the domain comes and goes
+//!   (issue 14); the router's side is `router_chat.rs`.
 //! - [`hold`]: where an inbound request has been (members tried, lost,
 //!   refusals), and the queue of requests waiting for an eligible member.
 //! - [`refusal`]: the condition of a member's error, for `retry_on`.
@@ -77,6 +80,7 @@ pub mod app;
 pub mod backlog;
 pub mod config;
 pub mod connection;
+pub mod conversation;
 pub mod core;
 pub mod event;
 pub mod handshake;

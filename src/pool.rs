@@ -246,6 +246,23 @@ impl Pool {
         self.pick_where(requester_bare, rng, |_, m| matches!(m, Member::Instance(_)))
     }
 
+    /// Picks a target resource in the rotation (not quarantined) for a
+    /// conversation with `sender_bare` (issue 14): instances are not
+    /// asked, they keep [`Pool::sticky_instance`].
+    pub fn pick_resource<R: Rng + ?Sized>(
+        &mut self,
+        sender_bare: &str,
+        rng: &mut R,
+        now: Instant,
+    ) -> Option<Member> {
+        let ok: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| matches!(m, Member::Resource(_)) && !self.is_quarantined(m, now))
+            .collect();
+        self.pick_where(sender_bare, rng, |i, _| ok.get(i).copied().unwrap_or(false))
+    }
+
     /// Picks an eligible member (see [`Eligible`]). With nothing to skip
     /// it picks as [`Pool::pick`] and [`Pool::pick_instance`] do, drawing
     /// the same numbers from `rng`.

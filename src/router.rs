@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::backlog::{Backlog, Bound, Class};
 use crate::config::{Balancing, Config, Continuity, JatMode, Redispatch};
+use crate::conversation::Conversations;
 use crate::hold::{own, Ask, Held, Hold, Trip};
 use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
 use crate::jid;
@@ -47,6 +48,10 @@ use crate::xml::StreamCondition;
 mod admission;
 use admission::Admissions;
 pub use admission::{AdmissionStats, QUESTION_ID_PREFIX};
+
+#[path = "router_chat.rs"]
+mod chat;
+pub use chat::{Chat, ChatStats};
 
 /// What the router needs to know; a subset of [`Config`] that can change
 /// on reload without touching connections.
@@ -87,6 +92,9 @@ pub struct RouterConfig {
     pub admission: Admission,
     /// Hold, re-dispatch, retry and quarantine (`routing.*`, issue 13).
     pub continuity: Continuity,
+    /// Messages and presence through JAT (`client_proxy.messages`,
+    /// `presence`, `token_idle_timeout`; issue 14).
+    pub chat: Chat,
 }
 
 impl RouterConfig {
@@ -109,6 +117,11 @@ impl RouterConfig {
                 .unwrap_or(NonZeroUsize::MIN),
             admission: c.client_proxy.admission.clone(),
             continuity: c.routing.continuity.clone(),
+            chat: Chat {
+                messages: c.client_proxy.messages,
+                presence: c.client_proxy.presence,
+                token_idle_timeout: c.client_proxy.token_idle_timeout,
+            },
         }
     }
 }
@@ -213,6 +226,8 @@ pub struct Stats {
     pub quarantined: BTreeSet<Member>,
     /// Resources refused and being qualified.
     pub admission: AdmissionStats,
+    /// Messages and presence between users and resources (issue 14).
+    pub chat: ChatStats,
     /// Answers made while the server was away, written once it was back.
     /// A requester whose own session ended meanwhile (a server restart
     /// ends them all) never gets one: the server drops an iq answer to a
@@ -394,6 +409,8 @@ pub struct Router {
     hold: Hold,
     /// Which target resources qualify for the pool.
     admission: Admissions,
+    /// Sticky resources and presence subscribers (issue 14).
+    conversations: Conversations,
 }
 
 impl Router {
@@ -404,7 +421,8 @@ impl Router {
         Router {
             pool: Pool::new(cfg.balancing),
             pending: Pending::new(cfg.pending_capacity),
-            jat: Jat::new(cfg.jat, cfg.pending_capacity),
+            jat: Jat::new(cfg.jat, cfg.pending_capacity, cfg.chat.token_idle_timeout),
+            conversations: Conversations::new(cfg.pending_capacity),
             stats: Stats::default(),
             online: false,
             backlog: Backlog::new(upstream_buffer),
@@ -502,6 +520,11 @@ impl Router {
         self.cfg.max_write = new.max_write;
         self.cfg.continuity = new.continuity;
         self.set_admission(new.admission);
+        self.jat.set_idle(new.chat.token_idle_timeout);
+        if !new.chat.presence {
+            self.conversations.forget_subscribers();
+        }
+        self.cfg.chat = new.chat;
         if self.cfg.target != new.target {
             self.lose_resources(
                 "client_proxy.target_address changed: the old target's resources left the pool",
@@ -610,6 +633,7 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         let gone = self.clear_resources();
+        self.announce_pool(out);
         let lost = self.fail_members(&gone, now, rng, out);
         let (n, r, h, a) = (gone.len(), lost.redispatched, lost.held, lost.answered);
         match from_target {
@@ -670,6 +694,7 @@ impl Router {
         if !self.pool.add(m.clone()) {
             return false;
         }
+        self.announce_pool(out);
         self.release_to(&m, now, out);
         true
     }
@@ -715,6 +740,7 @@ impl Router {
     ) {
         let m = Member::Instance(id);
         self.pool.remove(&m);
+        self.announce_pool(out);
         let lost = self.fail_member(&m, now, rng, out);
         // The connection task logged why the instance went; this says
         // what became of its requests, once.
@@ -874,6 +900,9 @@ impl Router {
             to,
             from_target,
         };
+        if self.conversation(&a, now, rng, out) {
+            return;
+        }
         match st.kind {
             Kind::Presence => self.presence_from_upstream(&a, now, rng, out),
             Kind::Message => self.message_from_upstream(&a, out),
@@ -987,6 +1016,7 @@ impl Router {
             Some("unavailable") => {
                 self.resource_gone(from);
                 let was_member = self.pool.remove(&resource);
+                self.announce_pool(out);
                 let lost = self.fail_member(&resource, now, rng, out);
                 if was_member || lost.any() {
                     tracing::info!(
@@ -1133,7 +1163,7 @@ impl Router {
         // An unknown or expired token (or, with opaque JAT, anything but
         // a token) names no one: `item-not-found`. An inline ENC that is
         // no JID says what is wrong with it: `jid-malformed`.
-        let Some(decoded) = self.jat.decode(enc) else {
+        let Some(decoded) = self.jat.decode(enc, now) else {
             self.error_reply(st, resource, StanzaError::ItemNotFound, out);
             return;
         };
@@ -1684,7 +1714,7 @@ impl Router {
             return self.hold_or_answer(ask, req, now, rng, out);
         };
         if matches!(member, Member::Resource(_)) && ask.trip.enc.is_none() {
-            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng));
+            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng, now));
         }
         self.send_to(ask, req, member, now, out)
     }
@@ -1706,7 +1736,7 @@ impl Router {
         }
         // Released without an RNG at hand: the ENC is made now.
         if !ask.trip.instances_only && self.cfg.target.is_some() && ask.trip.enc.is_none() {
-            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng));
+            ask.trip.enc = Some(self.jat.encode(&ask.requester, rng, now));
         }
         ask.trip.request = Some(req.into_kept());
         let until = later(now, hold);

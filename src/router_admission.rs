@@ -257,6 +257,7 @@ impl Router {
             Step::Refuse(reason) => {
                 self.stats.admission.refused += 1;
                 if self.pool.remove(&m) {
+                    self.announce_pool(out);
                     // Asked again (its caps changed) and refused now: a
                     // loss, in the same one line.
                     let lost = self.fail_member(&m, now, rng, out);

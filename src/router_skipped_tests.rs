@@ -25,6 +25,7 @@ fn router() -> Router {
         instances: false,
         admission: Admission::default(),
         continuity: Continuity::off(),
+        chat: Chat::default(),
     })
 }
 

@@ -26,6 +26,7 @@ pub(super) fn cfg() -> RouterConfig {
         max_write: 512 * 1024,
         admission: Admission::default(),
         continuity: Continuity::off(),
+        chat: Chat::default(),
     }
 }
 

@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
     let Some(cap) = NonZeroUsize::new(1 << 16) else {
         return;
     };
-    let mut jat = Jat::new(mode, cap);
+    let now = tokio::time::Instant::now();
+    let mut jat = Jat::new(mode, cap, std::time::Duration::from_secs(3600));
     let mut rng = StdRng::seed_from_u64(1);
     let requesters: Vec<String> = rest
         .split(|&b| b == 0xFF)
@@ -41,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let mut issued = Vec::new();
     for r in &requesters {
-        let enc = jat.encode(r, &mut rng);
+        let enc = jat.encode(r, &mut rng, now);
         if mode == JatMode::Inline && r.len() <= MAX_RESOURCE && !r.starts_with(TOKEN_PREFIX) {
             assert_eq!(&enc, r, "inline ENC is the address");
         } else {
@@ -50,11 +51,11 @@ fuzz_target!(|data: &[u8]| {
         issued.push((enc, r.clone()));
     }
     for (enc, r) in &issued {
-        assert_eq!(jat.decode(enc).as_deref(), Some(r.as_str()), "ENC {enc:?}");
+        assert_eq!(jat.decode(enc, now).as_deref(), Some(r.as_str()), "ENC {enc:?}");
     }
     for r in &requesters {
         // A requester string offered as an ENC it was never given.
-        let decoded = jat.decode(r);
+        let decoded = jat.decode(r, now);
         let was_issued = issued.iter().any(|(e, _)| e == r);
         match mode {
             JatMode::Opaque if !was_issued => assert_eq!(decoded, None, "{r:?}"),

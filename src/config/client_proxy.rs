@@ -25,6 +25,13 @@ pub mod defaults {
     pub const SUBSCRIBE: bool = true;
     /// See [`crate::qualify::DEFAULT_QUALIFY_TIMEOUT`] for why.
     pub const QUALIFY_TIMEOUT: Duration = crate::qualify::DEFAULT_QUALIFY_TIMEOUT;
+    /// Off: messages get the module's `feature-not-implemented`.
+    pub const MESSAGES: bool = false;
+    /// Off: presence from users gets the module's `bad-request`.
+    pub const PRESENCE: bool = false;
+    /// An hour: long enough for a conversation's pauses, short enough that
+    /// a token does not outlive a conversation by a day.
+    pub const TOKEN_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -56,6 +63,18 @@ pub struct ClientProxyArgs {
     /// [client_proxy.qualify_timeout, default 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub qualify_timeout: Option<Duration>,
+    /// Route messages between users and the target's resources through
+    /// JAT [client_proxy.messages, default false]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub messages: Option<bool>,
+    /// Answer users' presence to the domain and route directed presence
+    /// through JAT [client_proxy.presence, default false]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    pub presence: Option<bool>,
+    /// An opaque token unused this long no longer resolves
+    /// [client_proxy.token_idle_timeout, default 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub token_idle_timeout: Option<Duration>,
 }
 
 /// `[client_proxy]` as written in the file: every key optional, so "not in the
@@ -71,6 +90,10 @@ pub(super) struct RawClientProxy {
     require_feature: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     qualify_timeout: Option<Duration>,
+    messages: Option<bool>,
+    presence: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    token_idle_timeout: Option<Duration>,
 }
 
 /// The pool made of one account's online resources (as mod_client_proxy).
@@ -89,6 +112,19 @@ pub struct ClientProxyConfig {
     /// into the target account (a videobridge sharing `focus@auth`) is
     /// kept out this way; the default admits any, as the module does.
     pub admission: Admission,
+    /// Messages from users to the domain go to a resource of the target,
+    /// sticky per sender, and the resource's answers to `node@D/ENC` back
+    /// (issue 14). Off: the module's `feature-not-implemented`.
+    pub messages: bool,
+    /// Users' presence to the domain is answered (subscription, probe)
+    /// and directed presence is routed as messages are. Off: the
+    /// module's `bad-request`.
+    pub presence: bool,
+    /// An opaque (or too long to inline) ENC unused for this long no
+    /// longer resolves: a reply to it is bounced, never delivered to
+    /// whoever holds the token next. The count is bounded by
+    /// `routing.pending_capacity`.
+    pub token_idle_timeout: Duration,
 }
 
 impl Default for ClientProxyConfig {
@@ -99,6 +135,9 @@ impl Default for ClientProxyConfig {
             client_requests: defaults::CLIENT_REQUESTS,
             subscribe: defaults::SUBSCRIBE,
             admission: Admission::default(),
+            messages: defaults::MESSAGES,
+            presence: defaults::PRESENCE,
+            token_idle_timeout: defaults::TOKEN_IDLE_TIMEOUT,
         }
     }
 }
@@ -139,6 +178,9 @@ impl RawClientProxy {
         over(&mut self.resources, &a.resources);
         over(&mut self.require_feature, &a.require_feature);
         over(&mut self.qualify_timeout, &a.qualify_timeout);
+        over(&mut self.messages, &a.messages);
+        over(&mut self.presence, &a.presence);
+        over(&mut self.token_idle_timeout, &a.token_idle_timeout);
     }
 
     /// `component_domain` is the resolved `upstream.domain`: the target
@@ -182,6 +224,13 @@ impl RawClientProxy {
                     self.qualify_timeout.unwrap_or(defaults::QUALIFY_TIMEOUT),
                 )?,
             },
+            messages: self.messages.unwrap_or(defaults::MESSAGES),
+            presence: self.presence.unwrap_or(defaults::PRESENCE),
+            token_idle_timeout: positive(
+                "client_proxy.token_idle_timeout",
+                self.token_idle_timeout
+                    .unwrap_or(defaults::TOKEN_IDLE_TIMEOUT),
+            )?,
         })
     }
 }
@@ -259,7 +308,8 @@ impl ClientProxyConfig {
             " client_proxy.target_address={target} client_proxy.jat={} \
              client_proxy.client_requests={} client_proxy.subscribe={} \
              client_proxy.resources={} client_proxy.require_feature={} \
-             client_proxy.qualify_timeout={}",
+             client_proxy.qualify_timeout={} client_proxy.messages={} \
+             client_proxy.presence={} client_proxy.token_idle_timeout={}",
             self.jat,
             self.client_requests,
             self.subscribe,
@@ -271,6 +321,9 @@ impl ClientProxyConfig {
             ),
             quoted(self.admission.require_feature.as_deref()),
             fmt_duration(self.admission.qualify_timeout),
+            self.messages,
+            self.presence,
+            fmt_duration(self.token_idle_timeout),
         );
     }
 
@@ -296,6 +349,9 @@ impl ClientProxyConfig {
                     require_feature: _,
                     qualify_timeout: _,
                 },
+            messages: _,
+            presence: _,
+            token_idle_timeout: _,
         } = self;
         let (old, new_a) = (&self.admission, &new.admission);
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
@@ -338,6 +394,16 @@ impl ClientProxyConfig {
         check(
             old.qualify_timeout != new_a.qualify_timeout,
             "client_proxy.qualify_timeout",
+            Live,
+        );
+        // Apply to the next stanza. Turned off, the subscribers are
+        // forgotten and conversations end (see `Router::reload`).
+        check(self.messages != new.messages, "client_proxy.messages", Live);
+        check(self.presence != new.presence, "client_proxy.presence", Live);
+        // Applies to the next decode: a shorter one ends idle tokens.
+        check(
+            self.token_idle_timeout != new.token_idle_timeout,
+            "client_proxy.token_idle_timeout",
             Live,
         );
     }

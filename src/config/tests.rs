@@ -774,7 +774,8 @@ fn durations() {
 /// is refused at load, from the file or a flag.
 #[test]
 fn durations_are_capped_at_a_day() {
-    const KEYS: [(&str, &str); 14] = [
+    const KEYS: [(&str, &str); 15] = [
+        ("client_proxy", "token_idle_timeout"),
         ("upstream", "connect_timeout"),
         ("upstream", "handshake_timeout"),
         ("upstream", "reconnect_min"),
@@ -1407,6 +1408,61 @@ fn example_config_parses_and_documents_the_real_defaults() {
     "#;
     let d = from_toml_str_with_env(minimal, &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.summary(), d.summary());
+}
+
+/// Issue 14: messages and presence are off by default (the module's
+/// answers), each on by file or flag, in the summary, and live on reload;
+/// the token idle timeout defaults to an hour and may not be zero.
+#[test]
+fn messages_presence_and_token_idle_timeout() {
+    let c = parse_ok(MINIMAL);
+    assert!(!c.client_proxy.messages);
+    assert!(!c.client_proxy.presence);
+    assert_eq!(c.client_proxy.token_idle_timeout, Duration::from_secs(3600));
+    assert!(c.summary().contains(
+        "client_proxy.messages=false client_proxy.presence=false \
+         client_proxy.token_idle_timeout=1h"
+    ));
+    let file = with(
+        "client_proxy",
+        "messages = true\npresence = true\ntoken_idle_timeout = \"10m\"",
+    );
+    let c = parse_ok(&file);
+    assert!(c.client_proxy.messages && c.client_proxy.presence);
+    assert_eq!(c.client_proxy.token_idle_timeout, Duration::from_secs(600));
+    let args = cli(&[
+        "--messages",
+        "false",
+        "--presence",
+        "no",
+        "--token-idle-timeout",
+        "2m",
+    ]);
+    let mut raw = parse_raw(&file, "t").unwrap_or_else(|e| panic!("{e}"));
+    raw.apply_cli(&args);
+    let flagged = resolve(raw, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!flagged.client_proxy.messages && !flagged.client_proxy.presence);
+    assert_eq!(
+        flagged.client_proxy.token_idle_timeout,
+        Duration::from_secs(120)
+    );
+    let mut keys = Vec::new();
+    flagged
+        .client_proxy
+        .reload_classes(&c.client_proxy, &mut |k, class| keys.push((k, class)));
+    assert_eq!(
+        keys,
+        [
+            ("client_proxy.messages", ReloadClass::Live),
+            ("client_proxy.presence", ReloadClass::Live),
+            ("client_proxy.token_idle_timeout", ReloadClass::Live),
+        ]
+    );
+    let e = parse_err(&with("client_proxy", "token_idle_timeout = \"0s\""));
+    assert!(
+        e.to_string().contains("client_proxy.token_idle_timeout"),
+        "{e}"
+    );
 }
 
 #[test]
