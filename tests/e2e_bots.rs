@@ -371,6 +371,16 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
 
     let a = online(&s, &format!("{BOT}/a")).await;
     wait_pool(&proxy, &s, 1, "bot/a is online").await;
+    // Prosody hands `subscribed` only to resources that fetched the
+    // roster (RFC 6121 §3.1.6 "interested resources"), as clients do.
+    alice
+        .send_xml("<iq type='get' id='roster-1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await
+        .expect("roster get");
+    alice
+        .recv_iq_response("roster-1", WAIT)
+        .await
+        .expect("roster");
     alice
         .send_xml(&format!("<presence type='subscribe' to='{D}'/>"))
         .await
