@@ -15,6 +15,7 @@
 mod support;
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use jatproxy::proxy::Proxy;
 use support::echo::python;
@@ -242,12 +243,15 @@ async fn ask(user: &mut TestClient, to: &str, id: &str, body: &str) -> String {
 }
 
 /// Two users chat with two resources of the example bot: each user's
-/// conversation stays on one resource, answers come from the address the
-/// user wrote to (`D`, `helpdesk@D`), the bot sees `node@D/ENC`; the
+/// conversation stays on its own resource, answers come from the address
+/// the user wrote to (`D`, `helpdesk@D`), the bot sees `node@D/ENC`; the
 /// resource holding alice's conversation is killed and her next message
-/// goes to the other one, as does bob's.
+/// goes to the other one, where bob's conversation stays.
 async fn conversations_stick_and_move(s: Server) {
-    let proxy = proxy(&s, BOTH_ON, "").await;
+    // Round-robin: the two users' first messages pick different
+    // resources, and without stickiness each user's next ones would
+    // alternate.
+    let proxy = proxy(&s, BOTH_ON, "balancing = \"round-robin\"").await;
     let mut bots = vec![ChatBot::start(&s, "a").await, ChatBot::start(&s, "b").await];
     wait_pool(&proxy, &s, 2, "both bot resources sent presence").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
@@ -261,6 +265,7 @@ async fn conversations_stick_and_move(s: Server) {
         bob_on.push(ask(&mut bob, &desk, &format!("bo-{i}"), &format!("help {i}")).await);
     }
     println!("alice on {alice_on:?}, bob on {bob_on:?}");
+    assert_ne!(alice_on[0], bob_on[0], "two conversations, two resources");
     for on in [&alice_on, &bob_on] {
         assert!(
             on.iter().all(|r| *r == on[0]),
@@ -342,16 +347,19 @@ async fn presence_from_domain(alice: &mut TestClient, what: &str) -> Element {
 }
 
 /// A message to the domain while no resource is online gets
-/// `service-unavailable`; a subscription to the domain is granted and
-/// followed by its presence; the domain shows unavailable when the last
-/// resource leaves and available when one is back (and nothing when only
-/// one of two leaves). The bot resources are test clients, so the test
+/// `service-unavailable` at once (not held); a subscription to the
+/// domain is granted and followed by its presence; the domain shows
+/// unavailable when the last resource leaves and available when one is
+/// back (and nothing when only one of two leaves). The bot resources are test clients, so the test
 /// decides when they come and go; a presence they direct at `D/ENC` is
 /// not pool presence.
 async fn subscription_and_presence_follow_the_pool(s: Server) {
-    let proxy = proxy(&s, BOTH_ON, "hold_when_empty = \"0s\"").await;
+    // The default hold (10 s) is left on: it holds iq requests only, a
+    // message is answered at once.
+    let proxy = proxy(&s, BOTH_ON, "").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
 
+    let sent = Instant::now();
     alice
         .send_xml(&chat(D, "empty-1", "anyone?"))
         .await
@@ -360,6 +368,8 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
         .recv_matching(WAIT, |e| e.attr("id") == Some("empty-1"))
         .await
         .expect("answered with no resource online");
+    let waited = sent.elapsed();
+    assert!(waited < Duration::from_secs(5), "held for {waited:?}");
     assert_eq!(
         (e.name(), e.attr("type"), e.attr("from")),
         ("message", Some("error"), Some(D))
