@@ -408,6 +408,7 @@ fn stanzas(e: &mut Enc<'_>, st: &Stats, c: &Counters) -> Result<(), std::fmt::Er
             ([("reason", "other")], st.dropped_other),
         ],
     )?;
+    conversations(e, st)?;
     counters(
         e,
         "jatproxy_stanzas_skipped",
@@ -435,6 +436,33 @@ fn stanzas(e: &mut Enc<'_>, st: &Stats, c: &Counters) -> Result<(), std::fmt::Er
             let (peer, dir) = d.labels();
             ([("peer", peer), ("direction", dir)], c.bytes(*d))
         }),
+    )
+}
+
+/// Messages and presence between users and the target's resources
+/// (issue 14, `client_proxy.messages`/`presence`): what went through, and
+/// what was dropped (headline/error with no resource online; errors about
+/// a user whose token expired).
+fn conversations(e: &mut Enc<'_>, st: &Stats) -> Result<(), std::fmt::Error> {
+    counters(
+        e,
+        "jatproxy_conversation_stanzas",
+        "Messages and directed presence routed between users and target resources, by direction.",
+        [
+            ([("direction", "to_target")], st.chat.to_target),
+            ([("direction", "from_target")], st.chat.from_target),
+        ],
+    )?;
+    counters(
+        e,
+        "jatproxy_conversation_dropped",
+        "Conversation stanzas dropped: headline/error messages with no resource online \
+         (no_resource), errors from a resource about a user its ENC no longer names \
+         (undecodable).",
+        [
+            ([("reason", "no_resource")], st.chat.dropped_no_resource),
+            ([("reason", "undecodable")], st.chat.undecodable),
+        ],
     )
 }
 
@@ -761,6 +789,10 @@ mod tests {
         s.stats.quarantines = 27;
         s.stats.quarantined.insert(Member::Instance(9));
         s.stats.answers_after_reconnect = 29;
+        s.stats.chat.to_target = 30;
+        s.stats.chat.from_target = 31;
+        s.stats.chat.dropped_no_resource = 32;
+        s.stats.chat.undecodable = 33;
         s.stats.errors_generated[1] = 14; // remote-server-timeout
         s.stats.members.insert(
             Member::Instance(4),
@@ -817,6 +849,22 @@ mod tests {
                 0,
             ),
             ("jatproxy_timeouts_total", 14),
+            (
+                "jatproxy_conversation_stanzas_total{direction=\"to_target\"}",
+                30,
+            ),
+            (
+                "jatproxy_conversation_stanzas_total{direction=\"from_target\"}",
+                31,
+            ),
+            (
+                "jatproxy_conversation_dropped_total{reason=\"no_resource\"}",
+                32,
+            ),
+            (
+                "jatproxy_conversation_dropped_total{reason=\"undecodable\"}",
+                33,
+            ),
             ("jatproxy_requests_held_total", 21),
             ("jatproxy_requests_released_total", 22),
             ("jatproxy_requests_hold_expired_total", 23),
@@ -927,6 +975,8 @@ mod tests {
                 "jatproxy_members_quarantined gauge",
                 "jatproxy_members_cut_slow_total counter",
                 "jatproxy_stanzas_dropped_total counter",
+                "jatproxy_conversation_stanzas_total counter",
+                "jatproxy_conversation_dropped_total counter",
                 "jatproxy_stanzas_skipped_total counter",
                 "jatproxy_stanzas_total counter",
                 "jatproxy_stanza_bytes_total counter",

@@ -2139,3 +2139,7 @@ mod skipped_tests;
 #[cfg(test)]
 #[path = "router_admission_tests.rs"]
 mod admission_tests;
+
+#[cfg(test)]
+#[path = "router_chat_tests.rs"]
+mod chat_tests;

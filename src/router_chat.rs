@@ -101,7 +101,7 @@ impl Router {
         if a.from_target {
             return match a.to {
                 To::Resource(enc) => {
-                    self.to_user(a, enc, now, out);
+                    self.deliver_to_user(a, enc, now, out);
                     true
                 }
                 _ => false,
@@ -124,7 +124,7 @@ impl Router {
         rng: &mut dyn RngCore,
         out: &mut Vec<Action>,
     ) {
-        if self.to_target(a, now, rng, out) {
+        if self.deliver_to_target(a, now, rng, out) {
             return;
         }
         match a.st.stanza_type() {
@@ -150,7 +150,7 @@ impl Router {
             To::Node if subscription => self.presence_to_service(a, out),
             _ if subscription => self.stats.dropped_other += 1,
             _ => {
-                if !self.to_target(a, now, rng, out) {
+                if !self.deliver_to_target(a, now, rng, out) {
                     self.stats.dropped_other += 1;
                 }
             }
@@ -194,7 +194,7 @@ impl Router {
 
     /// Sends a user's message or presence to its sticky resource with
     /// JAT; false when no resource is online.
-    fn to_target(
+    fn deliver_to_target(
         &mut self,
         a: &Addressed,
         now: Instant,
@@ -245,7 +245,7 @@ impl Router {
 
     /// A target resource's message or presence to `node@D/ENC`: to the
     /// user ENC names, from `node@D`.
-    fn to_user(&mut self, a: &Addressed, enc: &str, now: Instant, out: &mut Vec<Action>) {
+    fn deliver_to_user(&mut self, a: &Addressed, enc: &str, now: Instant, out: &mut Vec<Action>) {
         let user = self.jat.decode(enc, now).and_then(|d| jid::validate(&d));
         let Some(user) = user else {
             if a.st.is_error() {
