@@ -194,6 +194,22 @@ impl ChatBot {
 // ---------------------------------------------------------------------------
 // Conversations
 
+/// How ENC is written (`client_proxy.jat`).
+#[derive(Clone, Copy)]
+enum Jat {
+    Inline,
+    Opaque,
+}
+
+impl Jat {
+    fn name(self) -> &'static str {
+        match self {
+            Jat::Inline => "inline",
+            Jat::Opaque => "opaque",
+        }
+    }
+}
+
 /// A chat message with a thread, from a user to `to`.
 fn chat(to: &str, id: &str, body: &str) -> String {
     format!(
@@ -247,11 +263,12 @@ async fn ask(user: &mut TestClient, to: &str, id: &str, body: &str) -> String {
 /// the user wrote to (`D`, `helpdesk@D`), the bot sees `node@D/ENC`; the
 /// resource holding alice's conversation is killed and her next message
 /// goes to the other one, where bob's conversation stays.
-async fn conversations_stick_and_move(s: Server) {
+async fn conversations_stick_and_move(s: Server, jat: Jat) {
     // Round-robin: the two users' first messages pick different
     // resources, and without stickiness each user's next ones would
     // alternate.
-    let proxy = proxy(&s, BOTH_ON, "balancing = \"round-robin\"").await;
+    let settings = format!("{BOTH_ON}jat = \"{}\"\n", jat.name());
+    let proxy = proxy(&s, &settings, "balancing = \"round-robin\"").await;
     let mut bots = vec![ChatBot::start(&s, "a").await, ChatBot::start(&s, "b").await];
     wait_pool(&proxy, &s, 2, "both bot resources sent presence").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
@@ -273,17 +290,30 @@ async fn conversations_stick_and_move(s: Server) {
         );
         assert!(on[0] == "a" || on[0] == "b", "{on:?}");
     }
-    // What the bot saw: the local part written to, and the user's address.
-    for (on, from) in [
-        (&alice_on[0], format!("{D}/{ALICE}/phone")),
-        (&bob_on[0], format!("{desk}/{BOB}/laptop")),
+    // What the bot saw: the local part written to, and the user's
+    // address or a token for it.
+    for (on, service, user) in [
+        (&alice_on[0], D.to_owned(), format!("{ALICE}/phone")),
+        (&bob_on[0], desk.clone(), format!("{BOB}/laptop")),
     ] {
         let bot = bots
             .iter_mut()
             .find(|b| b.resource == *on)
             .expect("a resource answered");
-        bot.wait_line(|l| l.starts_with(&format!("message from {from} to {BOT}/{on}:")))
+        let line = bot
+            .wait_line(|l| l.starts_with(&format!("message from {service}/")))
             .await;
+        let from = line
+            .strip_prefix("message from ")
+            .and_then(|l| l.split_once(' '))
+            .map(|(from, _)| from)
+            .unwrap_or_default();
+        let enc = &from[service.len() + 1..];
+        match jat {
+            Jat::Inline => assert_eq!(enc, user, "{line}"),
+            Jat::Opaque => assert!(!enc.is_empty() && !enc.contains('@'), "a token: {line}"),
+        }
+        assert!(line.contains(&format!(" to {BOT}/{on}: ")), "{line}");
     }
 
     // The resource holding alice's conversation goes away mid-conversation.
@@ -324,12 +354,19 @@ async fn conversations_stick_and_move(s: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_conversations_stick_and_move() {
-    conversations_stick_and_move(prosody().await).await;
+    conversations_stick_and_move(prosody().await, Jat::Inline).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_conversations_stick_and_move() {
-    conversations_stick_and_move(ejabberd().await).await;
+    conversations_stick_and_move(ejabberd().await, Jat::Inline).await;
+}
+
+/// The same with `jat = "opaque"`: the bot sees a token instead of the
+/// user's address, and answers to it reach the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_conversations_with_opaque_tokens() {
+    conversations_stick_and_move(prosody().await, Jat::Opaque).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -350,9 +387,11 @@ async fn presence_from_domain(alice: &mut TestClient, what: &str) -> Element {
 /// `service-unavailable` at once (not held); a subscription to the
 /// domain is granted and followed by its presence; the domain shows
 /// unavailable when the last resource leaves and available when one is
-/// back (and nothing when only one of two leaves). The bot resources are test clients, so the test
-/// decides when they come and go; a presence they direct at `D/ENC` is
-/// not pool presence.
+/// back (and nothing when only one of two leaves). Presence a user
+/// directs at `helpdesk@D/x` reaches the user's resource from
+/// `helpdesk@D/ENC`; a presence a resource directs at `D/ENC` reaches the
+/// user and is not pool presence. The bot resources are test clients, so
+/// the test decides when they come and go.
 async fn subscription_and_presence_follow_the_pool(s: Server) {
     // The default hold (10 s) is left on: it holds iq requests only, a
     // message is answered at once.
@@ -426,6 +465,24 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
         .expect("b still serves the domain");
     assert_eq!(m.attr("from"), Some(format!("{D}/{ALICE}/phone").as_str()));
     assert_eq!(proxy.status().pool.len(), 1);
+    // Presence alice directs at a service address goes to her resource,
+    // from that service address and her; the resource she wrote is gone.
+    let desk = helpdesk();
+    alice
+        .send_xml(&format!("<presence to='{desk}/desk-x' id='dp-1'/>"))
+        .await
+        .expect("directed");
+    let p = b
+        .recv_matching(WAIT, |e| {
+            e.name() == "presence" && e.attr("id") == Some("dp-1")
+        })
+        .await
+        .expect("b gets alice's directed presence");
+    assert_eq!(
+        p.attr("from"),
+        Some(format!("{desk}/{ALICE}/phone").as_str())
+    );
+    assert_eq!(p.attr("type"), None);
 
     // The last resource leaves: alice sees the domain unavailable, and
     // available again when a resource is back.
