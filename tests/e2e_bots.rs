@@ -19,13 +19,11 @@ use std::time::Duration;
 
 use jatproxy::proxy::Proxy;
 use support::echo::python;
-use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::error_of;
-use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::server::Server;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
-use support::{ALICE, D, PW, SECRET, WAIT};
+use support::{ALICE, D, PW, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -43,40 +41,7 @@ fn helpdesk() -> String {
 const CHAT_BOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat_bot.py");
 
 // ---------------------------------------------------------------------------
-// The servers
-
-/// Prosody with alice, bob and bot, the component `D`, and bot's roster
-/// holding `D` with `from` (as `prosodyctl mod_roster_command` leaves it).
-async fn prosody() -> Server {
-    Server::Prosody(Box::new(
-        Prosody::start(
-            ProsodyConfig::new()
-                .user("alice", PW)
-                .user("bob", PW)
-                .user("bot", PW)
-                .component(D, SECRET)
-                .roster_item("bot", D, Subscription::From),
-        )
-        .await
-        .expect("prosody starts (is it installed? run scripts/setup.sh)"),
-    ))
-}
-
-/// ejabberd the same way.
-async fn ejabberd() -> Server {
-    Server::Ejabberd(Box::new(
-        Ejabberd::start(
-            EjabberdConfig::new()
-                .user("alice", PW)
-                .user("bob", PW)
-                .user("bot", PW)
-                .component(D, SECRET)
-                .roster_item("bot", D, "from"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("ejabberd starts (is it installed? run scripts/setup.sh): {e}")),
-    ))
-}
+// The servers (Server::prosody("bot"), Server::ejabberd("bot")) and jatproxy
 
 /// The settings this issue adds, both on.
 const BOTH_ON: &str = "messages = true\npresence = true\n";
@@ -354,19 +319,19 @@ async fn conversations_stick_and_move(s: Server, jat: Jat) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_conversations_stick_and_move() {
-    conversations_stick_and_move(prosody().await, Jat::Inline).await;
+    conversations_stick_and_move(Server::prosody("bot").await, Jat::Inline).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_conversations_stick_and_move() {
-    conversations_stick_and_move(ejabberd().await, Jat::Inline).await;
+    conversations_stick_and_move(Server::ejabberd("bot").await, Jat::Inline).await;
 }
 
 /// The same with `jat = "opaque"`: the bot sees a token instead of the
 /// user's address, and answers to it reach the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_conversations_with_opaque_tokens() {
-    conversations_stick_and_move(prosody().await, Jat::Opaque).await;
+    conversations_stick_and_move(Server::prosody("bot").await, Jat::Opaque).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -499,12 +464,12 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_subscription_and_presence_follow_the_pool() {
-    subscription_and_presence_follow_the_pool(prosody().await).await;
+    subscription_and_presence_follow_the_pool(Server::prosody("bot").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_subscription_and_presence_follow_the_pool() {
-    subscription_and_presence_follow_the_pool(ejabberd().await).await;
+    subscription_and_presence_follow_the_pool(Server::ejabberd("bot").await).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -559,10 +524,10 @@ async fn settings_off_keep_the_module(s: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_settings_off_keep_the_module() {
-    settings_off_keep_the_module(prosody().await).await;
+    settings_off_keep_the_module(Server::prosody("bot").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_settings_off_keep_the_module() {
-    settings_off_keep_the_module(ejabberd().await).await;
+    settings_off_keep_the_module(Server::ejabberd("bot").await).await;
 }
