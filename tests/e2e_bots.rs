@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use jatproxy::proxy::Proxy;
 use support::echo::python;
-use support::flows::error_of;
+use support::flows::message_refused;
 use support::server::Server;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, TestClient};
@@ -363,25 +363,9 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
     let proxy = proxy(&s, BOTH_ON, "").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
 
-    let sent = Instant::now();
-    alice
-        .send_xml(&chat(D, "empty-1", "anyone?"))
-        .await
-        .expect("send");
-    let e = alice
-        .recv_matching(WAIT, |e| e.attr("id") == Some("empty-1"))
-        .await
-        .expect("answered with no resource online");
-    let waited = sent.elapsed();
+    let empty = chat(D, "empty-1", "anyone?");
+    let waited = message_refused(&mut alice, &empty, "empty-1", D, "service-unavailable").await;
     assert!(waited < Duration::from_secs(5), "held for {waited:?}");
-    assert_eq!(
-        (e.name(), e.attr("type"), e.attr("from")),
-        ("message", Some("error"), Some(D))
-    );
-    assert_eq!(
-        error_of(&e),
-        Some(("cancel".into(), "service-unavailable".into()))
-    );
 
     let a = online(&s, &format!("{BOT}/a")).await;
     wait_pool(&proxy, &s, 1, "bot/a is online").await;
@@ -483,22 +467,8 @@ async fn settings_off_keep_the_module(s: Server) {
     let mut a = online(&s, &format!("{BOT}/a")).await;
     wait_pool(&proxy, &s, 1, "bot/a is online").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
-    alice
-        .send_xml(&chat(D, "off-1", "hello"))
-        .await
-        .expect("send");
-    let e = alice
-        .recv_matching(WAIT, |e| e.attr("id") == Some("off-1"))
-        .await
-        .expect("answered");
-    assert_eq!(
-        (e.name(), e.attr("type"), e.attr("from")),
-        ("message", Some("error"), Some(D))
-    );
-    assert_eq!(
-        error_of(&e),
-        Some(("cancel".into(), "feature-not-implemented".into()))
-    );
+    let off = chat(D, "off-1", "hello");
+    message_refused(&mut alice, &off, "off-1", D, "feature-not-implemented").await;
     // An iq after it, answered by a: the message was not passed on before.
     alice
         .send_xml(&format!(
