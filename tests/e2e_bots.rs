@@ -348,6 +348,26 @@ async fn presence_from_domain(alice: &mut TestClient, what: &str) -> Element {
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// The user subscribes to `D` while a resource is online: `subscribed`,
+/// then available.
+async fn subscribe_to_domain(user: &mut TestClient) {
+    // Prosody hands `subscribed` only to resources that fetched the
+    // roster (RFC 6121 §3.1.6 "interested resources"), as clients do.
+    user.send_xml("<iq type='get' id='roster-1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await
+        .expect("roster get");
+    user.recv_iq_response("roster-1", WAIT)
+        .await
+        .expect("roster");
+    user.send_xml(&format!("<presence type='subscribe' to='{D}'/>"))
+        .await
+        .expect("subscribe");
+    let p = presence_from_domain(user, "subscribe answered").await;
+    assert_eq!(p.attr("type"), Some("subscribed"), "{}", xmpp::to_xml(&p));
+    let p = presence_from_domain(user, "the domain's presence follows").await;
+    assert_eq!(p.attr("type"), None, "available: {}", xmpp::to_xml(&p));
+}
+
 /// A message to the domain while no resource is online gets
 /// `service-unavailable` at once (not held); a subscription to the
 /// domain is granted and followed by its presence; the domain shows
@@ -369,24 +389,7 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
 
     let a = online(&s, &format!("{BOT}/a")).await;
     wait_pool(&proxy, &s, 1, "bot/a is online").await;
-    // Prosody hands `subscribed` only to resources that fetched the
-    // roster (RFC 6121 §3.1.6 "interested resources"), as clients do.
-    alice
-        .send_xml("<iq type='get' id='roster-1'><query xmlns='jabber:iq:roster'/></iq>")
-        .await
-        .expect("roster get");
-    alice
-        .recv_iq_response("roster-1", WAIT)
-        .await
-        .expect("roster");
-    alice
-        .send_xml(&format!("<presence type='subscribe' to='{D}'/>"))
-        .await
-        .expect("subscribe");
-    let p = presence_from_domain(&mut alice, "subscribe answered").await;
-    assert_eq!(p.attr("type"), Some("subscribed"), "{}", xmpp::to_xml(&p));
-    let p = presence_from_domain(&mut alice, "the domain's presence follows").await;
-    assert_eq!(p.attr("type"), None, "available: {}", xmpp::to_xml(&p));
+    subscribe_to_domain(&mut alice).await;
 
     // A second resource and the first leaving change nothing for alice.
     let mut b = online(&s, &format!("{BOT}/b")).await;
@@ -454,6 +457,40 @@ async fn prosody_subscription_and_presence_follow_the_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejabberd_subscription_and_presence_follow_the_pool() {
     subscription_and_presence_follow_the_pool(Server::ejabberd("bot").await).await;
+}
+
+/// Nothing is stored: a new jatproxy process knows no subscriber, and
+/// learns alice again from the probe her server sends for her at her
+/// next login; she then hears the domain go unavailable.
+async fn subscribers_are_relearned_from_login_probes(s: Server) {
+    let old = proxy(&s, BOTH_ON, "").await;
+    let a = online(&s, &format!("{BOT}/a")).await;
+    wait_pool(&old, &s, 1, "bot/a is online").await;
+    let mut alice = online(&s, &format!("{ALICE}/phone")).await;
+    subscribe_to_domain(&mut alice).await;
+    alice.close().await;
+    assert!(old.shutdown(WAIT).await);
+
+    let proxy = proxy(&s, BOTH_ON, "").await;
+    wait_pool(&proxy, &s, 1, "the new process sees bot/a").await;
+    let mut alice = online(&s, &format!("{ALICE}/phone")).await;
+    let p = presence_from_domain(&mut alice, "the login probe answered").await;
+    assert_eq!(p.attr("type"), None, "available: {}", xmpp::to_xml(&p));
+    a.close().await;
+    wait_pool(&proxy, &s, 0, "bot/a left").await;
+    let p = presence_from_domain(&mut alice, "the domain goes unavailable").await;
+    assert_eq!(p.attr("type"), Some("unavailable"), "{}", xmpp::to_xml(&p));
+    assert!(proxy.shutdown(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_subscribers_are_relearned_from_login_probes() {
+    subscribers_are_relearned_from_login_probes(Server::prosody("bot").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_subscribers_are_relearned_from_login_probes() {
+    subscribers_are_relearned_from_login_probes(Server::ejabberd("bot").await).await;
 }
 
 // ---------------------------------------------------------------------------
