@@ -13,15 +13,37 @@
 //!   user login, so the set re-learns itself after a restart; nothing is
 //!   stored). They are told when the pool goes empty or non-empty.
 //!
-//! Both are bounded (least recently used out): a flood of senders cannot
-//! grow them; a forgotten sender is re-picked, a forgotten subscriber
-//! learns the domain's presence on its next login probe.
+//! - **Held messages.** A user's `chat`, `normal` or `groupchat` message
+//!   that finds no resource online waits for one (`routing.hold_when_empty`),
+//!   in arrival order, then goes to the first resource that joins or gets
+//!   `service-unavailable` when its hold ends.
+//!
+//! All are bounded: a flood of senders cannot grow them. Sticky entries
+//! and subscribers go least recently used first (a forgotten sender is
+//! re-picked, a forgotten subscriber learns the domain's presence on its
+//! next login probe); the oldest held message is given up for room.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
+use tokio::time::Instant;
 
 use crate::pool::Session;
+use crate::xml::frame::Stanza;
+
+/// A user's message waiting for a resource of the target.
+#[derive(Debug)]
+pub struct HeldMessage {
+    /// The message as it came (its own copy of the bytes).
+    pub stanza: Box<Stanza>,
+    /// The sender, as the server stamped it: who gets the error if no
+    /// resource comes in time.
+    pub sender: String,
+    /// `node@D/ENC`, made when it was held: its `from` at the resource.
+    pub from: String,
+    pub until: Instant,
+}
 
 /// Sticky resources and presence subscribers.
 #[derive(Debug)]
@@ -34,6 +56,9 @@ pub struct Conversations {
     /// Whether subscribers were last told the domain is available (the
     /// pool had a member); starts false, as no one was told anything.
     shown: bool,
+    /// Messages waiting for a resource, oldest first.
+    held: VecDeque<HeldMessage>,
+    capacity: NonZeroUsize,
 }
 
 impl Conversations {
@@ -42,7 +67,42 @@ impl Conversations {
             sticky: LruCache::new(capacity),
             subscribers: LruCache::new(capacity),
             shown: false,
+            held: VecDeque::new(),
+            capacity,
         }
+    }
+
+    /// Keeps `m` until a resource comes; returns the oldest held message
+    /// when there was no room for another (its sender gets an error).
+    pub fn hold(&mut self, m: HeldMessage) -> Option<HeldMessage> {
+        let out = (self.held.len() >= self.capacity.get())
+            .then(|| self.held.pop_front())
+            .flatten();
+        self.held.push_back(m);
+        out
+    }
+
+    /// Every held message, oldest first (a resource joined).
+    pub fn take_held(&mut self) -> Vec<HeldMessage> {
+        self.held.drain(..).collect()
+    }
+
+    /// The held messages whose hold ended by `now`, oldest first.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<HeldMessage> {
+        let (gone, kept) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| m.until <= now);
+        self.held = kept;
+        gone.into()
+    }
+
+    /// When the next hold ends.
+    pub fn next_held_deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|m| m.until).min()
+    }
+
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 
     /// The resource `sender` (a bare JID) talks to, while
@@ -172,6 +232,36 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(!ask(&mut c, "u1@x", &pool).1, "u1 kept");
         assert!(ask(&mut c, "u2@x", &pool).1, "u2 forgotten");
+    }
+
+    fn held(id: &str, until: Instant) -> HeldMessage {
+        let xml = format!("<message id='{id}' to='d' from='u@x/1'/>");
+        HeldMessage {
+            stanza: Box::new(crate::xml::parse_one(xml.as_bytes()).expect("frames")),
+            sender: "u@x/1".into(),
+            from: "d/u@x/1".into(),
+            until,
+        }
+    }
+
+    #[test]
+    fn held_messages_are_bounded_and_expire_in_order() {
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut c = Conversations::new(cap(2));
+        assert!(c.hold(held("1", t0 + s(1))).is_none());
+        assert!(c.hold(held("2", t0 + s(2))).is_none());
+        let out = c.hold(held("3", t0 + s(3))).expect("room made");
+        assert_eq!(out.stanza.id(), Some("1"));
+        assert_eq!(c.next_held_deadline(), Some(t0 + s(2)));
+        assert!(c.take_expired(t0 + s(1)).is_empty());
+        let gone = c.take_expired(t0 + s(2));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].stanza.id(), Some("2"));
+        assert_eq!(c.held_len(), 1);
+        let rest = c.take_held();
+        assert_eq!(rest[0].stanza.id(), Some("3"));
+        assert_eq!(c.next_held_deadline(), None);
     }
 
     #[test]

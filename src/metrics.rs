@@ -463,6 +463,12 @@ fn conversations(e: &mut Enc<'_>, st: &Stats) -> Result<(), std::fmt::Error> {
             ([("reason", "no_resource")], st.chat.dropped_no_resource),
             ([("reason", "undecodable")], st.chat.undecodable),
         ],
+    )?;
+    counter(
+        e,
+        "jatproxy_conversation_messages_held",
+        "Messages from users that waited for a resource (routing.hold_when_empty).",
+        st.chat.held,
     )
 }
 
@@ -793,6 +799,7 @@ mod tests {
         s.stats.chat.from_target = 31;
         s.stats.chat.dropped_no_resource = 32;
         s.stats.chat.undecodable = 33;
+        s.stats.chat.held = 34;
         s.stats.errors_generated[1] = 14; // remote-server-timeout
         s.stats.members.insert(
             Member::Instance(4),
@@ -865,6 +872,7 @@ mod tests {
                 "jatproxy_conversation_dropped_total{reason=\"undecodable\"}",
                 33,
             ),
+            ("jatproxy_conversation_messages_held_total", 34),
             ("jatproxy_requests_held_total", 21),
             ("jatproxy_requests_released_total", 22),
             ("jatproxy_requests_hold_expired_total", 23),
@@ -977,6 +985,7 @@ mod tests {
                 "jatproxy_stanzas_dropped_total counter",
                 "jatproxy_conversation_stanzas_total counter",
                 "jatproxy_conversation_dropped_total counter",
+                "jatproxy_conversation_messages_held_total counter",
                 "jatproxy_stanzas_skipped_total counter",
                 "jatproxy_stanzas_total counter",
                 "jatproxy_stanza_bytes_total counter",

@@ -478,6 +478,7 @@ impl Router {
         [
             self.pending.next_deadline(),
             self.hold.next_deadline(),
+            self.conversations.next_held_deadline(),
             self.pool.next_quarantine_end(),
             self.admission.next_deadline(),
         ]
@@ -695,6 +696,7 @@ impl Router {
             return false;
         }
         self.announce_pool(out);
+        self.release_messages(&m, out);
         self.release_to(&m, now, out);
         true
     }
@@ -776,6 +778,7 @@ impl Router {
             self.stats.hold_expired += 1;
             self.answer_unserved(h.ask, out);
         }
+        self.expire_messages(now, out);
         for m in self.pool.lift_quarantines(now) {
             tracing::info!(member = %m, "quarantine over: back in the rotation");
             self.release_to(&m, now, out);
@@ -799,6 +802,7 @@ impl Router {
         for h in self.hold.drain_all() {
             self.answer_ask(&h.ask, StanzaError::RecipientUnavailable, out);
         }
+        self.drain_messages(out);
     }
 
     /// Shutdown: a stanza from the server that arrives after routing has

@@ -17,10 +17,11 @@
 //!   wrappers) pass byte for byte. An ENC that names no one (an expired
 //!   token) is bounced to the resource with `item-not-found`; an error
 //!   about such a user is dropped and counted.
-//! - No resource online: `chat`, `normal`, `groupchat` messages get
-//!   `service-unavailable` (they are not held: `routing.hold_when_empty`
-//!   holds iq requests only); `headline` and `error` are dropped and
-//!   counted. Directed presence is dropped.
+//! - No resource online: `chat`, `normal`, `groupchat` messages wait up
+//!   to `routing.hold_when_empty` for one (then go to the first resource
+//!   that joins, which the sender then sticks to), and get
+//!   `service-unavailable` when the hold ends or is `0s`; `headline` and
+//!   `error` are dropped and counted. Directed presence is dropped.
 //! - A user's presence to `D` (or subscription presence to `node@D`) is
 //!   the service's: `subscribe` → `subscribed` and the current presence,
 //!   `unsubscribe` → `unsubscribed`, `probe` and plain presence → the
@@ -36,12 +37,15 @@ use rand::RngCore;
 use tokio::time::Instant;
 
 use super::{up, Action, Addressed, Router, To};
+use crate::conversation::HeldMessage;
+use crate::hold::own;
 use crate::jat;
 use crate::jid;
 use crate::pool::Member;
-use crate::rewrite::rewrite;
+use crate::rewrite::{rewrite, Wire};
 use crate::stanza::{self, StanzaError};
-use crate::xml::frame::Kind;
+use crate::time::later;
+use crate::xml::frame::{Kind, Stanza};
 
 /// The conversation settings, as the router reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +79,10 @@ pub struct ChatStats {
     /// `headline` and `error` messages from users dropped with no
     /// resource online (an error is never answered with an error).
     pub dropped_no_resource: u64,
+    /// Messages from users that waited for a resource
+    /// (`routing.hold_when_empty`); those whose hold ended are in
+    /// `errors_generated` (`service-unavailable`).
+    pub held: u64,
     /// Errors from a resource about a user the ENC no longer names (an
     /// expired token): dropped.
     pub undecodable: u64,
@@ -127,10 +135,85 @@ impl Router {
         if self.deliver_to_target(a, now, rng, out) {
             return;
         }
+        let hold = self.cfg.continuity.hold_when_empty;
         match a.st.stanza_type() {
             Some("headline" | "error") => self.stats.chat.dropped_no_resource += 1,
-            _ => self.error_reply(a.st, a.from, StanzaError::ServiceUnavailable, out),
+            _ if hold.is_zero() => {
+                self.error_reply(a.st, a.from, StanzaError::ServiceUnavailable, out)
+            }
+            _ => {
+                // The ENC is made now: a release has no RNG at hand.
+                let enc = self.jat.encode(a.from, rng, now);
+                let held = HeldMessage {
+                    stanza: own(a.st),
+                    sender: a.from.to_owned(),
+                    from: jat::conversation_from(jid::bare(a.to_attr), &enc),
+                    until: later(now, hold),
+                };
+                self.stats.chat.held += 1;
+                if let Some(old) = self.conversations.hold(held) {
+                    self.unheld(&old, StanzaError::ServiceUnavailable, out);
+                }
+            }
         }
+    }
+
+    /// A resource joined the pool: every held message goes to it, and
+    /// each sender sticks to it.
+    pub(super) fn release_messages(&mut self, m: &Member, out: &mut Vec<Action>) {
+        let (Member::Resource(res), Some(session)) = (m, self.pool.session(m)) else {
+            return;
+        };
+        for h in self.conversations.take_held() {
+            let sender = jid::bare(&h.sender);
+            self.conversations
+                .stick(sender, Some((res.clone(), session)));
+            let wire = rewrite(&h.stanza, Some(res), Some(&h.from));
+            self.deliver(wire, &h.stanza, &h.sender, true, out);
+        }
+    }
+
+    /// Held messages whose hold ended get `service-unavailable`.
+    pub(super) fn expire_messages(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for h in self.conversations.take_expired(now) {
+            self.unheld(&h, StanzaError::ServiceUnavailable, out);
+        }
+    }
+
+    /// Shutdown: every held message gets its error.
+    pub(super) fn drain_messages(&mut self, out: &mut Vec<Action>) {
+        for h in self.conversations.take_held() {
+            self.unheld(&h, StanzaError::RecipientUnavailable, out);
+        }
+    }
+
+    /// A held message's error, from the address its sender wrote to.
+    fn unheld(&mut self, h: &HeldMessage, err: StanzaError, out: &mut Vec<Action>) {
+        self.error_reply(&h.stanza, &h.sender, err, out);
+    }
+
+    /// Writes a translated stanza, or when the server would refuse it
+    /// (and close our stream), `policy-violation` to its `sender`.
+    fn deliver(
+        &mut self,
+        wire: Wire,
+        st: &Stanza,
+        sender: &str,
+        to_target: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if wire.len() > self.cfg.max_write {
+            let text = self.too_large_text(wire.len());
+            let err = StanzaError::PolicyViolation;
+            self.error_reply_text(st, sender, err, Some(&text), out);
+            return;
+        }
+        if to_target {
+            self.stats.chat.to_target += 1;
+        } else {
+            self.stats.chat.from_target += 1;
+        }
+        self.for_server(Action::Upstream(wire), out);
     }
 
     fn presence_from_user(
@@ -207,14 +290,7 @@ impl Router {
         let enc = self.jat.encode(a.from, rng, now);
         let from = jat::conversation_from(jid::bare(a.to_attr), &enc);
         let wire = rewrite(a.st, Some(&resource), Some(&from));
-        if wire.len() > self.cfg.max_write {
-            let text = self.too_large_text(wire.len());
-            let err = StanzaError::PolicyViolation;
-            self.error_reply_text(a.st, a.from, err, Some(&text), out);
-            return true;
-        }
-        self.stats.chat.to_target += 1;
-        self.for_server(Action::Upstream(wire), out);
+        self.deliver(wire, a.st, a.from, true, out);
         true
     }
 
@@ -261,20 +337,23 @@ impl Router {
             return;
         }
         let wire = rewrite(a.st, Some(&user), Some(jid::bare(a.to_attr)));
-        if wire.len() > self.cfg.max_write {
-            let text = self.too_large_text(wire.len());
-            let err = StanzaError::PolicyViolation;
-            self.error_reply_text(a.st, a.from, err, Some(&text), out);
-            return;
-        }
-        self.stats.chat.from_target += 1;
-        self.for_server(Action::Upstream(wire), out);
+        self.deliver(wire, a.st, a.from, false, out);
     }
 
     /// After the pool may have changed: when it went from empty to
     /// non-empty or back, every subscriber hears it from the address it
     /// subscribed to. Called wherever a member joins or leaves.
+    ///
+    /// Not while the server is away: the resources leave the pool then
+    /// only because their presence will be learnt again, and telling
+    /// every subscriber "unavailable" then "available" would fill the
+    /// upstream buffer with a blip. If the pool is still empty once they
+    /// had the chance to come back, the next change is what is told; a
+    /// user logging in meanwhile is answered the truth by its probe.
     pub(super) fn announce_pool(&mut self, out: &mut Vec<Action>) {
+        if !self.online {
+            return;
+        }
         let available = !self.pool.is_empty();
         let Some(told) = self.conversations.pool_changed(available) else {
             return;

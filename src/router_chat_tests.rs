@@ -513,18 +513,26 @@ fn pool_presence_is_announced_at_every_way_the_pool_empties() {
         online(&mut h, "a"),
         [format!("UP <presence from='{D}' to='{a}'/>")]
     );
-    // The server goes away: told when it is back (held meanwhile).
+    // The server goes away and comes back with the resource: a blip
+    // no one is told about (nothing is held for it either).
     let mut out = Vec::new();
     h.r.upstream_lost(h.now, &mut h.rng, &mut out);
     assert!(out.is_empty(), "{out:?}");
+    assert_eq!(h.r.backlog().len(), 0);
     let mut out = Vec::new();
     h.r.upstream_online(&mut out);
-    let out = super::tests::render(out);
-    assert!(
-        out.contains(&format!(
+    assert_eq!(
+        super::tests::render(out),
+        [format!(
+            "UP <presence type='subscribe' from='{D}' to='{T}'/>"
+        )]
+    );
+    assert!(online(&mut h, "a").is_empty(), "not news");
+    assert_eq!(
+        offline(&mut h, "a"),
+        [format!(
             "UP <presence type='unavailable' from='{D}' to='{a}'/>"
-        )),
-        "{out:?}"
+        )]
     );
     // An instance is a member too.
     let mut out = Vec::new();
@@ -670,5 +678,105 @@ fn a_message_too_large_for_the_server_is_refused_not_forwarded() {
     assert!(
         out[0].contains("policy-violation") && out[0].contains(&format!("to='{T}/a'")),
         "{out:?}"
+    );
+}
+
+#[test]
+fn with_a_hold_messages_wait_for_a_resource_then_stick_to_it() {
+    let mut h = H::new(RouterConfig {
+        continuity: Continuity {
+            hold_when_empty: Duration::from_secs(10),
+            ..Continuity::off()
+        },
+        ..on()
+    });
+    let m1 =
+        format!("<message type='chat' to='{HELP}' id='h1' from='{ALICE}'><body>1</body></message>");
+    let m2 = format!("<message to='{D}/x' id='h2' from='{BOB}'><body>2</body></message>");
+    assert!(h.up(&m1).is_empty());
+    assert!(h.up(&m2).is_empty());
+    // Headline and error are never held.
+    assert!(h
+        .up(&format!(
+            "<message type='headline' to='{D}' from='{ALICE}'/>"
+        ))
+        .is_empty());
+    assert_eq!(h.r.stats().chat.held, 2);
+    assert_eq!(h.r.stats().chat.dropped_no_resource, 1);
+    assert_eq!(h.r.next_deadline(), Some(h.now + Duration::from_secs(10)));
+    h.advance(Duration::from_secs(9));
+    // A resource joins: both go to it, in order, and stick there.
+    assert_eq!(
+        online(&mut h, "b"),
+        [
+            format!("UP <message type='chat' to='{T}/b' id='h1' from='{HELP}/{ALICE}'><body>1</body></message>"),
+            format!("UP <message to='{T}/b' id='h2' from='{D}/{BOB}'><body>2</body></message>"),
+        ]
+    );
+    online(&mut h, "a");
+    let out = h.up(&format!("<message to='{D}' from='{ALICE}'/>"));
+    assert_eq!(
+        out,
+        [format!("UP <message to='{T}/b' from='{D}/{ALICE}'/>")]
+    );
+    // Nobody again: a message whose hold ends gets service-unavailable
+    // from the address it was written to.
+    offline(&mut h, "a");
+    offline(&mut h, "b");
+    assert!(h.up(&m1).is_empty());
+    assert!(h.advance(Duration::from_millis(9999)).is_empty());
+    assert_eq!(
+        h.advance(Duration::from_millis(1)),
+        [err(
+            "message",
+            "h1",
+            HELP,
+            ALICE,
+            "cancel",
+            "service-unavailable"
+        )]
+    );
+    // At shutdown a held message gets recipient-unavailable.
+    assert!(h.up(&m2).is_empty());
+    let mut out = Vec::new();
+    h.r.drain(&mut out);
+    assert_eq!(
+        super::tests::render(out),
+        [err(
+            "message",
+            "h2",
+            &format!("{D}/x"),
+            BOB,
+            "wait",
+            "recipient-unavailable"
+        )]
+    );
+}
+
+#[test]
+fn iq_requests_keep_the_modules_domain_enc_with_conversations_on() {
+    // Implementing clients such as jicofo depend on `from='D/ENC'`: an
+    // iq to a node keeps it, while a message to the node names it.
+    let mut h = H::new(on());
+    online(&mut h, "a");
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='get' id='q' to='{HELP}' from='{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )),
+        [format!(
+            "UP <iq type='get' id='q' to='{T}/a' from='{D}/{ALICE}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!(
+            "<iq type='result' id='q' to='{D}/{ALICE}' from='{T}/a'/>"
+        )),
+        [format!(
+            "UP <iq type='result' id='q' to='{ALICE}' from='{HELP}'/>"
+        )]
+    );
+    assert_eq!(
+        h.up(&format!("<message to='{HELP}' from='{ALICE}'/>")),
+        [format!("UP <message to='{T}/a' from='{HELP}/{ALICE}'/>")]
     );
 }
