@@ -368,8 +368,9 @@ async fn subscribe_to_domain(user: &mut TestClient) {
     assert_eq!(p.attr("type"), None, "available: {}", xmpp::to_xml(&p));
 }
 
-/// A message to the domain while no resource is online gets
-/// `service-unavailable` at once (not held); a subscription to the
+/// A message to the domain while no resource is online waits for one
+/// (`hold_when_empty`): it gets `service-unavailable` when the hold ends,
+/// or goes to the resource that comes in time; a subscription to the
 /// domain is granted and followed by its presence; the domain shows
 /// unavailable when the last resource leaves and available when one is
 /// back (and nothing when only one of two leaves). Presence a user
@@ -378,14 +379,17 @@ async fn subscribe_to_domain(user: &mut TestClient) {
 /// user and is not pool presence. The bot resources are test clients, so
 /// the test decides when they come and go.
 async fn subscription_and_presence_follow_the_pool(s: Server) {
-    // The default hold (10 s) is left on: it holds iq requests only, a
-    // message is answered at once.
-    let proxy = proxy(&s, BOTH_ON, "").await;
+    // A message waits up to hold_when_empty for a resource, as iq
+    // requests do.
+    let proxy = proxy(&s, BOTH_ON, "hold_when_empty = \"2s\"").await;
     let mut alice = online(&s, &format!("{ALICE}/phone")).await;
 
     let empty = chat(D, "empty-1", "anyone?");
     let waited = message_refused(&mut alice, &empty, "empty-1", D, "service-unavailable").await;
-    assert!(waited < Duration::from_secs(5), "held for {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "answered after {waited:?}: not held"
+    );
 
     let a = online(&s, &format!("{BOT}/a")).await;
     wait_pool(&proxy, &s, 1, "bot/a is online").await;
@@ -442,8 +446,27 @@ async fn subscription_and_presence_follow_the_pool(s: Server) {
     wait_pool(&proxy, &s, 0, "bot/b left").await;
     let p = presence_from_domain(&mut alice, "the domain goes unavailable").await;
     assert_eq!(p.attr("type"), Some("unavailable"), "{}", xmpp::to_xml(&p));
-    let _a = online(&s, &format!("{BOT}/a")).await;
+    // A message sent now waits for the next resource and goes to it:
+    // bot/a logs in, alice's message is held, then bot/a sends presence.
+    let mut a = xmpp::connect(&format!("{BOT}/a"), PW, s.c2s_addr(), WAIT)
+        .await
+        .expect("bot/a logs in");
+    alice
+        .send_xml(&chat(D, "held-2", "wait for me"))
+        .await
+        .expect("send");
+    assert!(
+        proxy.wait_for(WAIT, |st| st.stats.chat.held == 2).await,
+        "the message is held: {:?}",
+        proxy.status().stats.chat
+    );
+    a.send_presence().await.expect("presence");
     wait_pool(&proxy, &s, 1, "bot/a is back").await;
+    let m = a
+        .recv_matching(WAIT, |e| e.attr("id") == Some("held-2"))
+        .await
+        .expect("the held message reaches bot/a");
+    assert_eq!(m.attr("from"), Some(format!("{D}/{ALICE}/phone").as_str()));
     let p = presence_from_domain(&mut alice, "the domain is available again").await;
     assert_eq!(p.attr("type"), None, "available: {}", xmpp::to_xml(&p));
     assert!(proxy.shutdown(WAIT).await);
