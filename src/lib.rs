@@ -27,7 +27,9 @@
 //! - [`rewrite`]: splicing new `to`/`from` values into a stanza.
 //! - [`router`]: the routing table: one stanza in, actions out; it also
 //!   decides what waits for the XMPP server while it is away ([`backlog`]);
-//!   which client resources it admits to the pool is in `router_admission.rs`.
+//!   which client resources it admits to the pool is in `router_admission.rs`,
+//!   messages and presence between users and the client pool in
+//!   `router_chat.rs`.
 //! - [`pool`]: members, presence tracking, balancing.
 //! - [`qualify`]: which client resources may join the pool: the name
 //!   rule, the disco#info question and its answer, XEP-0115 caps and

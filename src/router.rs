@@ -504,7 +504,10 @@ impl Router {
     /// address takes the old one's resources out of the pool (their
     /// pending requests are answered `recipient-unavailable`) and, when a
     /// session is up, asks the new one for its presence as a fresh
-    /// upstream session would.
+    /// upstream session would. Messages and presence (`client_proxy.messages`,
+    /// `presence`) apply to the next stanza; presence turned off forgets
+    /// its subscribers; a new `token_idle_timeout` applies to the next
+    /// token used.
     pub fn reload(
         &mut self,
         new: RouterConfig,
