@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jatproxy::proxy::Proxy;
 use support::differences::module_differences;
-use support::flows::{error_of, load, responder, seed_request};
+use support::flows::{error_of, load, message_refused, responder, seed_request};
 use support::prosody::{Prosody, ProsodyConfig, Subscription};
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
@@ -159,24 +159,8 @@ async fn generated_errors_match_the_module() {
     // A message, with or without resources.
     let _a = client(&p, &format!("{T}/a")).await;
     assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
-    alice
-        .send_xml(&format!(
-            "<message type='chat' to='{D}' id='m1'><body>hi proxy</body></message>"
-        ))
-        .await
-        .expect("send");
-    let e = alice
-        .recv_matching(WAIT, |e| e.attr("id") == Some("m1"))
-        .await
-        .expect("answered");
-    assert_eq!(
-        (e.name(), e.attr("type"), e.attr("from")),
-        ("message", Some("error"), Some(D))
-    );
-    assert_eq!(
-        error_of(&e),
-        Some(("cancel".into(), "feature-not-implemented".into()))
-    );
+    let m1 = format!("<message type='chat' to='{D}' id='m1'><body>hi proxy</body></message>");
+    message_refused(&mut alice, &m1, "m1", D, "feature-not-implemented").await;
 
     // Presence from anyone but the target.
     alice

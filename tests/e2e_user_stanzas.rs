@@ -51,8 +51,9 @@ use jatproxy::proxy::Proxy;
 use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{answered_by, error_of};
-use support::prosody::{Prosody, ProsodyConfig, Subscription};
+use support::prosody::{Prosody, ProsodyConfig};
 use support::scrape::scrape;
+use support::server::Server;
 use support::setup::{start_registered, upstream_toml};
 use support::xmpp::{self, Element, RawComponent, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
@@ -68,74 +69,6 @@ const PROBE: &str = "probe.example.test";
 /// Where alice is logged in; ENC in `jat = "inline"` mode.
 fn alice_full() -> String {
     format!("{ALICE}/phone")
-}
-
-// ---------------------------------------------------------------------------
-// The servers
-
-enum Server {
-    Prosody(Box<Prosody>),
-    Ejabberd(Box<Ejabberd>),
-}
-
-impl Server {
-    fn c2s_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.c2s_addr(),
-            Server::Ejabberd(e) => e.c2s_addr(),
-        }
-    }
-    fn component_addr(&self) -> SocketAddr {
-        match self {
-            Server::Prosody(p) => p.component_addr(),
-            Server::Ejabberd(e) => e.component_addr(),
-        }
-    }
-    fn log_tail(&self, n: usize) -> String {
-        match self {
-            Server::Prosody(p) => p.log_tail(n),
-            Server::Ejabberd(e) => e.log_tail(n),
-        }
-    }
-}
-
-/// Prosody with alice, bob and impl, the component `D`, impl's roster
-/// holding `D` with `from`. No c2s limit is set: Prosody's defaults apply
-/// (`c2s_stanza_size_limit` 256 KiB, and 512 KiB on component streams).
-async fn prosody() -> Server {
-    Server::Prosody(Box::new(
-        Prosody::start(
-            ProsodyConfig::new()
-                .user("alice", PW)
-                .user("bob", PW)
-                .user("impl", PW)
-                .component(D, SECRET)
-                .roster_item("impl", D, Subscription::From)
-                .log_level("info"),
-        )
-        .await
-        .expect("prosody starts (is it installed? run scripts/setup.sh)"),
-    ))
-}
-
-/// ejabberd the same way. The harness sets no `max_stanza_size`, so the
-/// listeners have 23.01's default: `infinity` for both `ejabberd_c2s` and
-/// `ejabberd_service` (read from the installed modules with
-/// `erl -pa /usr/lib/x86_64-linux-gnu/ejabberd-23.01-1/ebin -eval
-/// 'ejabberd_c2s:listen_options()'`, and `ejabberd_service:…`).
-async fn ejabberd() -> Server {
-    Server::Ejabberd(Box::new(
-        Ejabberd::start(
-            EjabberdConfig::new()
-                .user("alice", PW)
-                .user("bob", PW)
-                .user("impl", PW)
-                .component(D, SECRET)
-                .roster_item("impl", D, "from"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("ejabberd starts (is it installed? run scripts/setup.sh): {e}")),
-    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -748,7 +681,7 @@ async fn table_rows_with_defaults(run: &mut Run, apos_iq: Expect<'_>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_table_rows_keep_the_session() {
-    let mut run = Run::start(prosody().await, "", Members::Client).await;
+    let mut run = Run::start(Server::prosody("impl").await, "", Members::Client).await;
     // The iq of 150 KB of `'` reaches jatproxy as ~900 KB, which cannot be
     // forwarded to a client resource: it would go back into Prosody over
     // the component link, whose limit is 512 KiB
@@ -769,7 +702,7 @@ async fn ejabberd_table_rows_keep_the_session() {
     // jatproxy so: limits.upstream_max_write_bytes is the server's limit
     // for components (Prosody's 512 KiB by default).
     let mut run = Run::start(
-        ejabberd().await,
+        Server::ejabberd("impl").await,
         "upstream_max_write_bytes = 8388608",
         Members::Client,
     )
@@ -796,7 +729,7 @@ async fn ejabberd_table_rows_keep_the_session() {
 /// and answered, the ~900 KB one included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_table_rows_to_an_instance() {
-    let mut run = Run::start(prosody().await, "", Members::Instance).await;
+    let mut run = Run::start(Server::prosody("impl").await, "", Members::Instance).await;
     let rows = [
         ("CR in an iq attribute", "cr-iq", CR_ATTR.to_owned()),
         ("iq 65 deep", "deep-iq", deep(65)),
@@ -814,7 +747,12 @@ async fn prosody_table_rows_to_an_instance() {
 /// counted per limit; the CR row is still forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_rows_over_lowered_limits_are_skipped_and_answered() {
-    let mut run = Run::start(prosody().await, LOWERED_LIMITS, Members::Client).await;
+    let mut run = Run::start(
+        Server::prosody("impl").await,
+        LOWERED_LIMITS,
+        Members::Client,
+    )
+    .await;
     run.row(
         "CR in an iq attribute",
         "iq",
@@ -852,7 +790,7 @@ async fn prosody_rows_over_lowered_limits_are_skipped_and_answered() {
 /// instance pool configured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_module_differences() {
-    let mut run = Run::start(prosody().await, "", Members::Client).await;
+    let mut run = Run::start(Server::prosody("impl").await, "", Members::Client).await;
     let node = format!("echo@{D}");
     let node_res = format!("echo@{D}/res");
 

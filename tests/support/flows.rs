@@ -46,6 +46,38 @@ pub fn responder(mut c: TestClient) -> JoinHandle<()> {
     })
 }
 
+/// Sends `xml` (a message with `id`) from `user` and checks the answer:
+/// a message error from `from` with type `cancel` and `condition`.
+/// Returns how long the answer took.
+pub async fn message_refused(
+    user: &mut TestClient,
+    xml: &str,
+    id: &str,
+    from: &str,
+    condition: &str,
+) -> Duration {
+    let sent = Instant::now();
+    user.send_xml(xml).await.expect("send");
+    let e = user
+        .recv_matching(WAIT, |e| e.attr("id") == Some(id))
+        .await
+        .unwrap_or_else(|err| panic!("{id} answered: {err}"));
+    let took = sent.elapsed();
+    assert_eq!(
+        (e.name(), e.attr("type"), e.attr("from")),
+        ("message", Some("error"), Some(from)),
+        "{}",
+        String::from(&e)
+    );
+    assert_eq!(
+        error_of(&e),
+        Some(("cancel".into(), condition.into())),
+        "{}",
+        String::from(&e)
+    );
+    took
+}
+
 pub fn error_of(e: &Element) -> Option<(String, String)> {
     let err = e.children().find(|c| c.name() == "error")?;
     let cond = err

@@ -11,6 +11,7 @@ pub mod flows;
 pub mod prosody;
 pub mod relay;
 pub mod scrape;
+pub mod server;
 pub mod setup;
 pub mod xmpp;
 
