@@ -444,6 +444,15 @@ pub async fn collect(
 /// more request to `to` (answered by the pool) and takes everything that
 /// arrived before its answer. A late or duplicate answer shows up here.
 pub async fn late_answers(c: &mut TestClient, to: &str, prefix: &str) -> Vec<String> {
+    late_elements(c, to, prefix)
+        .await
+        .iter()
+        .map(String::from)
+        .collect()
+}
+
+/// [`late_answers`] as elements.
+pub async fn late_elements(c: &mut TestClient, to: &str, prefix: &str) -> Vec<Element> {
     let marker = "late-marker";
     c.send_xml(&format!(
         "<iq id='{marker}' to='{to}' type='get'><echo xmlns='{NS_ECHO}'>m</echo></iq>"
@@ -454,9 +463,8 @@ pub async fn late_answers(c: &mut TestClient, to: &str, prefix: &str) -> Vec<Str
         .await
         .expect("the marker is answered");
     c.drain()
-        .iter()
+        .into_iter()
         .filter(|e| e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix)))
-        .map(String::from)
         .collect()
 }
 

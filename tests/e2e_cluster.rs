@@ -1,0 +1,417 @@
+//! Scale-out on a real two-node ejabberd 23.01 cluster on loopback
+//! ([`support::ejabberd::Cluster`]): each node has its own component
+//! listener and its own jatproxy (in-process) registered for the same
+//! domain `D`, each fronting one component instance named after it
+//! (`first` behind node 1, `second` behind node 2); a requester is logged
+//! in on each node. ejabberd is told to balance `D` over the whole cluster
+//! (`domain_balancing: random`); without it a stanza goes to a connection
+//! on the node it entered whenever there is one.
+//!
+//! Three scenarios: requests entering either node reach both processes;
+//! one jatproxy stopped under load; one whole ejabberd node stopped under
+//! load (and started again). A recording relay between each jatproxy and
+//! its node attributes every unanswered request as the two-process test
+//! in `e2e_ejabberd.rs` does ([`support::attribution`]): jatproxy must
+//! lose none; what ejabberd drops is counted, bounded and printed. Each
+//! test prints a table: sent, results by process, errors by condition,
+//! unanswered by where they were lost.
+//!
+//! These tests need `ejabberd` installed (`scripts/setup.sh` does it);
+//! they fail, never skip, without it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jatproxy::proxy::Proxy;
+use support::attribution::{attribute, Attribution};
+use support::echo::EchoComponent;
+use support::ejabberd::{Cluster, Ejabberd, EjabberdConfig};
+use support::flows::{late_elements, load, load_counting_lost, Outcome};
+use support::relay::{Relay, Seen};
+use support::setup::{start_registered, upstream_toml};
+use support::xmpp::{self, TestClient};
+use support::{ALICE, D, PW, SECRET, WAIT, WINDOW};
+use tokio::sync::oneshot;
+
+const INSTANCE_SECRET: &str = "instance-secret";
+/// Requests per requester in each scenario.
+const N: usize = 400;
+/// How long a requester waits for any answer before it counts what is
+/// outstanding as lost.
+const PATIENCE: Duration = Duration::from_secs(5);
+/// The process (and instance) behind each node.
+const TAGS: [&str; 2] = ["first", "second"];
+
+async fn cluster() -> Cluster {
+    Cluster::start(
+        EjabberdConfig::new()
+            .user("alice", PW)
+            .component(D, SECRET)
+            .domain_balancing(D, "random", 2),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the ejabberd cluster starts (run scripts/setup.sh): {e}"))
+}
+
+/// One node's jatproxy: its upstream goes through a recording relay to
+/// the node's component port, and it fronts one instance named `tag`.
+struct Side {
+    relay: Relay,
+    proxy: Proxy,
+    instance: EchoComponent,
+}
+
+async fn side(node: &Ejabberd, tag: &str) -> Side {
+    let relay = Relay::start(node.component_addr(), &[ALICE]).await;
+    let toml = format!(
+        "{}\n[routing]\niq_timeout = \"10s\"\n\
+         [instances]\nlisten = \"127.0.0.1:0\"\nsecret = \"{INSTANCE_SECRET}\"\n",
+        upstream_toml(relay.addr)
+    );
+    let proxy = start_registered(&toml, || node.log_tail(30)).await;
+    let listener = proxy.listen_addr().expect("listener");
+    let instance = EchoComponent::start(listener, D, INSTANCE_SECRET, tag, WAIT)
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(proxy.wait_for(WAIT, |s| s.pool.len() == 1).await);
+    Side {
+        relay,
+        proxy,
+        instance,
+    }
+}
+
+/// A requester `ALICE/resource` logged in on `node`.
+async fn requester(node: &Ejabberd, resource: &str) -> TestClient {
+    let jid = format!("{ALICE}/{resource}");
+    let c = xmpp::connect(&jid, PW, node.c2s_addr(), WAIT)
+        .await
+        .unwrap_or_else(|err| panic!("{err}\nejabberd log:\n{}", node.log_tail(30)));
+    c.send_presence().await.expect("presence");
+    c
+}
+
+/// Both nodes, a jatproxy and instance behind each, a requester on each.
+async fn setup() -> (Cluster, Vec<Side>, Vec<TestClient>) {
+    let c = cluster().await;
+    let mut sides = Vec::new();
+    let mut requesters = Vec::new();
+    for (k, tag) in TAGS.iter().enumerate() {
+        sides.push(side(&c.nodes[k], tag).await);
+        requesters.push(requester(&c.nodes[k], &format!("on-node{}", k + 1)).await);
+    }
+    (c, sides, requesters)
+}
+
+/// One line of a scenario's table: what one requester sent and got.
+struct Row {
+    scenario: &'static str,
+    requester: String,
+    sent: usize,
+    /// Results by the process that served them, errors by condition.
+    answers: BTreeMap<String, usize>,
+    /// Answered only after the node came back (node scenario).
+    late: usize,
+    lost: Attribution,
+}
+
+impl Row {
+    fn new(scenario: &'static str, jid: &str, sent: usize, outcome: &Outcome) -> Row {
+        let mut answers = BTreeMap::new();
+        for v in outcome.answers.values() {
+            assert_eq!(v.len(), 1, "exactly one answer: {v:?}");
+            let (kind, what) = &v[0];
+            let key = if kind == "result" {
+                format!("result {what}")
+            } else {
+                format!("error {what}")
+            };
+            *answers.entry(key).or_default() += 1;
+        }
+        Row {
+            scenario,
+            requester: jid.to_owned(),
+            sent,
+            answers,
+            late: 0,
+            lost: Attribution::default(),
+        }
+    }
+
+    fn results_by(&self, tag: &str) -> usize {
+        self.answers
+            .get(&format!("result {tag}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn lost(&self) -> usize {
+        self.lost.in_ejabberd_before.len()
+            + self.lost.in_ejabberd_after.len()
+            + self.lost.in_jatproxy.len()
+    }
+}
+
+/// Prints the rows as a table, then one line per unanswered request.
+fn print_table(rows: &[Row]) {
+    println!(
+        "| scenario | requester | sent | result first | result second | errors | answered late | \
+         dropped by ejabberd before jatproxy | answer dropped by ejabberd | lost by jatproxy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let errors: Vec<String> = r
+            .answers
+            .iter()
+            .filter(|(k, _)| k.starts_with("error "))
+            .map(|(k, v)| format!("{} {v}", &k["error ".len()..]))
+            .collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.requester,
+            r.sent,
+            r.results_by(TAGS[0]),
+            r.results_by(TAGS[1]),
+            if errors.is_empty() {
+                "0".to_owned()
+            } else {
+                errors.join(", ")
+            },
+            r.late,
+            r.lost.in_ejabberd_before.len(),
+            r.lost.in_ejabberd_after.len(),
+            r.lost.in_jatproxy.len(),
+        );
+    }
+    for r in rows {
+        for line in r
+            .lost
+            .in_ejabberd_before
+            .iter()
+            .chain(&r.lost.in_ejabberd_after)
+            .chain(&r.lost.in_jatproxy)
+        {
+            println!("  {} unanswered {line}", r.requester);
+        }
+    }
+}
+
+/// Checks that hold in every scenario: every request has exactly one
+/// answer or is lost, nothing crossed the relays twice, every result names
+/// a process, and jatproxy lost nothing.
+fn check_accounting(row: &Row, outcome: &Outcome, seen: &[&Seen], prefix: &str) {
+    assert_eq!(
+        outcome.answers.len() + row.late + row.lost(),
+        row.sent,
+        "{}: every request answered once or attributed",
+        row.requester
+    );
+    for i in 0..row.sent {
+        let id = format!("{prefix}{i}");
+        let through: usize = seen
+            .iter()
+            .map(|s| s.answered.get(&id).map_or(0, Vec::len))
+            .sum();
+        assert!(through <= 1, "jatproxy answered {id} {through} times");
+    }
+    let named: usize = TAGS.iter().map(|t| row.results_by(t)).sum();
+    let results: usize = row
+        .answers
+        .iter()
+        .filter(|(k, _)| k.starts_with("result "))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(named, results, "every result names its process: {:?}", row.answers);
+    assert!(
+        row.lost.in_jatproxy.is_empty(),
+        "{}: jatproxy lost requests: {:#?}",
+        row.requester,
+        row.lost.in_jatproxy
+    );
+}
+
+fn prefix(k: usize, scenario: &str) -> String {
+    format!("{scenario}-n{}-", k + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_entering_either_node_reach_both_processes() {
+    let (_c, sides, mut reqs) = setup().await;
+    let (one, two) = reqs.split_at_mut(1);
+    let (p1, p2) = (prefix(0, "both"), prefix(1, "both"));
+    let (a1, a2) = tokio::join!(
+        load(&mut one[0], D, N, WINDOW, &p1),
+        load(&mut two[0], D, N, WINDOW, &p2),
+    );
+    let mut rows = Vec::new();
+    for (k, (answers, p)) in [(a1, p1), (a2, p2)].into_iter().enumerate() {
+        let outcome = Outcome {
+            answers,
+            lost: Vec::new(),
+            order: Vec::new(),
+        };
+        let row = Row::new("both up", &reqs[k].jid().to_string(), N, &outcome);
+        check_accounting(
+            &row,
+            &outcome,
+            &[&sides[0].relay.seen(), &sides[1].relay.seen()],
+            &p,
+        );
+        rows.push(row);
+    }
+    print_table(&rows);
+    for row in &rows {
+        for tag in TAGS {
+            assert!(
+                row.results_by(tag) > N / 10,
+                "requests entering at {} reach process {tag}: {:?}",
+                row.requester,
+                row.answers
+            );
+        }
+    }
+    for s in sides {
+        drop(s.instance);
+        assert!(s.proxy.shutdown(WAIT).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_jatproxy_stops_under_load() {
+    let (_c, mut sides, mut reqs) = setup().await;
+    // The first process is shut down (as on SIGTERM) a third of the way
+    // into the first requester's load, from a task of its own.
+    let first = sides.remove(0);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let stopper = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        let clean = first.proxy.shutdown(WAIT).await;
+        (clean, first.relay, first.instance)
+    });
+    let mut stop_tx = Some(stop_tx);
+    let (one, two) = reqs.split_at_mut(1);
+    let (p1, p2) = (prefix(0, "proc"), prefix(1, "proc"));
+    let (o1, o2) = tokio::join!(
+        load_counting_lost(
+            &mut one[0],
+            D,
+            N,
+            WINDOW,
+            &p1,
+            |done| {
+                if done == N / 3 {
+                    if let Some(tx) = stop_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            },
+            Some(PATIENCE),
+        ),
+        load_counting_lost(&mut two[0], D, N, WINDOW, &p2, |_| {}, Some(PATIENCE)),
+    );
+    let (clean, first_relay, _first_instance) = stopper.await.expect("stopper");
+    assert!(clean, "the first jatproxy shut down within its grace");
+    let mut rows = Vec::new();
+    {
+        let seen = [&*first_relay.seen(), &*sides[0].relay.seen()];
+        for (k, (outcome, p)) in [(&o1, &p1), (&o2, &p2)].into_iter().enumerate() {
+            let jid = reqs[k].jid().to_string();
+            let mut row = Row::new("one jatproxy stopped", &jid, N, outcome);
+            row.lost = attribute(&outcome.lost, &jid, &seen);
+            check_accounting(&row, outcome, &seen, p);
+            // Only what was in flight to the stopping process's session
+            // while ejabberd processed its stream end can be dropped there.
+            assert!(
+                row.lost() <= WINDOW,
+                "more lost inside ejabberd than one requester has in flight: {:#?}",
+                row.lost
+            );
+            rows.push(row);
+        }
+    }
+    print_table(&rows);
+    for row in &rows {
+        assert!(row.results_by(TAGS[0]) > 0, "first served before its stop");
+    }
+    // After the stop the second process serves both nodes' requesters.
+    for (k, c) in reqs.iter_mut().enumerate() {
+        let after = load(c, D, 50, WINDOW, &format!("after-{k}-")).await;
+        assert!(
+            after
+                .values()
+                .all(|v| v.len() == 1 && v[0] == ("result".to_owned(), TAGS[1].to_owned())),
+            "{after:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ejabberd_node_stops_under_load() {
+    let (mut c, sides, mut reqs) = setup().await;
+    let jid = reqs[1].jid().to_string();
+    let p = prefix(1, "node");
+    // The requester on node 2 loads; node 1 is asked to stop a third of
+    // the way in. Its requester's session and the first jatproxy's link
+    // end with it; what the first jatproxy still answers it holds.
+    let node1 = &c.nodes[0];
+    let mut outcome = load_counting_lost(
+        &mut reqs[1],
+        D,
+        N,
+        WINDOW,
+        &p,
+        |done| {
+            if done == N / 3 {
+                node1.begin_stop();
+            }
+        },
+        Some(PATIENCE),
+    )
+    .await;
+    c.nodes[0].stop();
+    let ended = reqs[0].recv(WAIT).await;
+    assert!(
+        ended.as_ref().is_err_and(|e| e.contains("ended")),
+        "the requester on the stopped node loses its session: {ended:?}"
+    );
+    // Node 1 comes back and rejoins; the first jatproxy reconnects and
+    // writes what it held. Those answers reach the requester on node 2.
+    let sessions = sides[0].proxy.status().upstream_sessions;
+    c.nodes[0].restart().await.expect("node 1 starts again");
+    assert!(
+        sides[0]
+            .proxy
+            .wait_for(WAIT, |s| s.upstream_online && s.upstream_sessions > sessions)
+            .await,
+        "the first jatproxy registers again at node 1: {}",
+        c.nodes[0].log_tail(30)
+    );
+    let late = late_ids(&mut reqs[1], &p).await;
+    outcome.lost.retain(|id| !late.contains(id));
+    let mut row = Row::new("one ejabberd node stopped", &jid, N, &outcome);
+    row.late = late.len();
+    {
+        let seen = [&*sides[0].relay.seen(), &*sides[1].relay.seen()];
+        row.lost = attribute(&outcome.lost, &jid, &seen);
+        check_accounting(&row, &outcome, &seen, &p);
+    }
+    print_table(std::slice::from_ref(&row));
+    // What ejabberd can drop: requests routed to the first jatproxy's
+    // session while node 1 went down, and answers the first jatproxy wrote
+    // into the link as it died; at most what was in flight.
+    assert!(row.lost() <= WINDOW, "{:#?}", row.lost);
+    assert!(row.results_by(TAGS[0]) > 0 && row.results_by(TAGS[1]) > 0);
+}
+
+/// Ids starting with `prefix` answered after the load gave up on them:
+/// sends a marker request and takes every answer that came before it.
+async fn late_ids(c: &mut TestClient, prefix: &str) -> Vec<String> {
+    late_elements(c, D, prefix)
+        .await
+        .iter()
+        .filter_map(|e| e.attr("id").map(str::to_owned))
+        .collect()
+}
