@@ -62,4 +62,3 @@ pub fn attribute(lost: &[String], jid: &str, seen: &[&Seen]) -> Attribution {
     }
     a
 }
-

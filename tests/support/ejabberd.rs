@@ -135,7 +135,8 @@ impl Ejabberd {
         let out = self.ctl(&["start"])?;
         if !out.status.success() {
             return Err(format!(
-                "ejabberdctl start failed: {}\n{}",
+                "ejabberdctl start failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
                 self.log_tail(40)
             ));
@@ -188,7 +189,36 @@ impl Ejabberd {
         if self.running {
             return Ok(());
         }
+        self.wait_unregistered().await?;
         self.boot().await
+    }
+
+    /// For a cluster node: waits until its stopped VM is gone from epmd
+    /// (it closes its ports before it exits, and `ejabberdctl start`
+    /// refuses a name epmd still lists).
+    async fn wait_unregistered(&self) -> Result<(), String> {
+        let Some(m) = &self.member else {
+            return Ok(());
+        };
+        let short = self.node.split('@').next().unwrap_or_default();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let names = Command::new("epmd")
+                .args(["-port", &m.epmd_port.to_string(), "-names"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run epmd -names: {e}"))?;
+            let listed = String::from_utf8_lossy(&names.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(short));
+            if !listed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} is still registered in epmd", self.node));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The Erlang node name.
@@ -486,9 +516,10 @@ impl Cluster {
                 .iter()
                 .map(|n| n.api("list_cluster", "{}"))
                 .collect();
-            let all = listed
-                .iter()
-                .all(|l| l.as_ref().is_ok_and(|l| names.iter().all(|n| l.contains(n))));
+            let all = listed.iter().all(|l| {
+                l.as_ref()
+                    .is_ok_and(|l| names.iter().all(|n| l.contains(n)))
+            });
             if all {
                 return Ok(());
             }
