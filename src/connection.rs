@@ -23,6 +23,7 @@
 //! configuration (callers pass the limits and queue sizes).
 
 mod budget;
+mod socket;
 mod write;
 mod writer;
 
@@ -31,8 +32,6 @@ use std::any::Any;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +39,7 @@ use crate::xml::frame::NS_STREAM_ERRORS;
 use crate::xml::{escape, CodecError, Frame, Framer, FramerLimits, StreamCondition, Tokenizer};
 
 pub use budget::QueueBytes;
+pub use socket::{Socket, SocketRead, SocketWrite};
 pub use write::{write_loop, Out, Progress, Tracked};
 pub use writer::{Writer, WriterSettings};
 
@@ -50,8 +50,8 @@ pub const STREAM_END: &[u8] = b"</stream:stream>";
 /// one read instead of many.
 const READ_CAPACITY: usize = 64 * 1024;
 
-/// The frames of a TCP connection's read half.
-pub type TcpFrames = FramedRead<OwnedReadHalf, Framer>;
+/// The frames of a socket's read half (TCP or TLS).
+pub type SocketFrames = FramedRead<SocketRead, Framer>;
 
 /// Whatever a connection reads frames from: a `FramedRead<_, Framer>`,
 /// or a `&mut` one.
@@ -63,19 +63,21 @@ impl<T: Stream<Item = Result<Frame, CodecError>> + Unpin> FrameSource for T {}
 ///
 /// `F` yields the framer's results (a `FramedRead<_, Framer>`, or a
 /// `&mut` one for callers that keep their own); `W` is the write half.
-/// The defaults are a TCP connection's.
+/// The defaults are a [`Socket`]'s (TCP or TLS).
 #[derive(Debug)]
-pub struct Connection<F = TcpFrames, W = OwnedWriteHalf> {
+pub struct Connection<F = SocketFrames, W = SocketWrite> {
     reader: Reader<F>,
     write: W,
 }
 
 impl Connection {
-    /// A connection over `sock`, framed with `limits` by `tokenizer`.
-    /// Nagle is off: every stanza the writer flushes is meant to go now.
-    pub fn new(sock: TcpStream, limits: FramerLimits, tokenizer: Tokenizer) -> Self {
-        let _ = sock.set_nodelay(true);
-        let (r, w) = sock.into_split();
+    /// A connection over `sock` (a TCP stream or a TLS session over one),
+    /// framed with `limits` by `tokenizer`. Nagle is off: every stanza
+    /// the writer flushes is meant to go now.
+    pub fn new(sock: impl Into<Socket>, limits: FramerLimits, tokenizer: Tokenizer) -> Self {
+        let sock = sock.into();
+        sock.set_nodelay();
+        let (r, w) = sock.split();
         let frames =
             FramedRead::with_capacity(r, Framer::with_tokenizer(limits, tokenizer), READ_CAPACITY);
         Connection::from_parts(frames, w)
@@ -131,7 +133,7 @@ impl<F: FrameSource, W: AsyncWrite + Unpin> Connection<F, W> {
 
 /// The read side of a connection.
 #[derive(Debug)]
-pub struct Reader<F = TcpFrames> {
+pub struct Reader<F = SocketFrames> {
     frames: F,
 }
 

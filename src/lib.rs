@@ -53,6 +53,8 @@
 //!   framer limits; `read_frame`, `send`, `close(condition)`), then its
 //!   reader and the handle on its batched writer task, which aborts the
 //!   task when dropped. Imports nothing that runs the proxy.
+//! - [`tls`]: direct TLS on a connected or accepted socket (both links),
+//!   with a deadline, and why a handshake failed.
 //! - [`handshake`]: XEP-0114 on both sides (logging in upstream, admitting
 //!   instances) over a `Connection`, and the header and handshake bytes.
 //! - [`upstream`]: the link to the XMPP server, with reconnect and backoff.
@@ -97,5 +99,6 @@ pub mod skip_log;
 pub mod stanza;
 pub mod status;
 pub mod time;
+pub mod tls;
 pub mod upstream;
 pub mod xml;

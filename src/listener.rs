@@ -35,11 +35,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, InstancesConfig, Secret};
-use crate::connection::{self, Connection, Reader, Writer, WriterSettings};
+use crate::connection::{self, Connection, Reader, Socket, Writer, WriterSettings};
 use crate::event::{send_stanza, Event, Inbound, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
 use crate::status::{Observation, Side};
+use crate::tls;
 use crate::xml::{CodecError, Frame, StreamCondition};
 
 /// Accepts instances until `shutdown`. Each connection gets the
@@ -78,7 +79,10 @@ pub async fn run(
             return;
         };
         let Some(slots) = caps.take(peer) else {
-            refuse(sock, &cfg.upstream.domain).await;
+            // A TLS client could not read a refusal in the clear.
+            if cfg.instances.tls.is_none() {
+                refuse(sock, &cfg.upstream.domain).await;
+            }
             continue;
         };
         next_id += 1;
@@ -256,7 +260,12 @@ async fn instance(a: Accepted, shared: Shared) {
     // socket is closed.
     let _all = a.slots.all;
     let (cfg, id, peer) = (a.cfg, a.id, a.peer);
-    let conn = Connection::new(a.sock, cfg.limits.instance_framer(), cfg.limits.tokenizer);
+    // The handshake slot is held through TLS too: a peer that opens
+    // connections and never finishes TLS holds no more than the cap.
+    let Some(sock) = secure(a.sock, &cfg, &shared).await else {
+        return;
+    };
+    let conn = Connection::new(sock, cfg.limits.instance_framer(), cfg.limits.tokenizer);
     let Some(conn) = authenticate(conn, &cfg, &a.secret, a.slots.handshake, &shared).await else {
         return;
     };
@@ -310,6 +319,34 @@ async fn instance(a: Accepted, shared: Shared) {
             if !writer.finish_within(CLOSE_WAIT).await {
                 tracing::info!(wait = ?CLOSE_WAIT, "instance did not read the end of its stream in time: connection cut");
             }
+        }
+    }
+}
+
+/// The accepted socket as the instance speaks over it: as is, or after
+/// the direct TLS handshake (`instances.tls_cert`) with the certificate
+/// loaded when this connection was accepted (so a reload's renewed files
+/// serve new connections, and established ones keep their sessions).
+/// None when TLS failed — logged once and counted; no other connection
+/// is touched — or at shutdown.
+async fn secure(sock: TcpStream, cfg: &Config, shared: &Shared) -> Option<Socket> {
+    let Some(t) = &cfg.instances.tls else {
+        return Some(Socket::from(sock));
+    };
+    let accepted = tokio::select! {
+        r = tls::accept(sock, t, cfg.limits.header_timeout) => r,
+        _ = shared.shutdown.cancelled() => return None,
+    };
+    match accepted {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(reason = %e.reason, "instance {e}");
+            let seen = Observation::TlsHandshakeFailed {
+                side: Side::Instance,
+                reason: e.reason.as_str(),
+            };
+            let _ = shared.events.send(Event::Observed(seen)).await;
+            None
         }
     }
 }

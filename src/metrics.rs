@@ -253,6 +253,17 @@ fn upstream_link(e: &mut Enc<'_>, s: &Status) -> Result<(), std::fmt::Error> {
         ];
         ConstCounter::new(*n).encode(d.encode_family(&labels)?)?;
     }
+    let mut d = e.encode_descriptor(
+        "jatproxy_tls_handshake_failures",
+        "TLS handshakes that failed, by link (upstream, instance) and reason \
+         (unknown-ca, name-mismatch, expired, not-tls, ...).",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((side, reason), n) in &c.tls_handshake_failures {
+        let labels = [("link", side.as_str()), ("reason", *reason)];
+        ConstCounter::new(*n).encode(d.encode_family(&labels)?)?;
+    }
     Ok(())
 }
 
@@ -784,8 +795,16 @@ mod tests {
             condition: "not-authorized",
         });
         s.counters.observe(Observation::UpstreamConnectFailed);
+        s.counters.observe(Observation::TlsHandshakeFailed {
+            side: Side::Upstream,
+            reason: "unknown-ca",
+        });
         let t = render(&s);
         for (series, v) in [
+            (
+                "jatproxy_tls_handshake_failures_total{link=\"upstream\",reason=\"unknown-ca\"}",
+                1,
+            ),
             ("jatproxy_upstream_up", 1),
             ("jatproxy_upstream_sessions_total", 3),
             ("jatproxy_upstream_reconnects_total", 2),
@@ -898,6 +917,7 @@ mod tests {
                 "jatproxy_upstream_reconnects_total counter",
                 "jatproxy_upstream_connect_failures_total counter",
                 "jatproxy_handshake_failures_total counter",
+                "jatproxy_tls_handshake_failures_total counter",
                 "jatproxy_instances_connected gauge",
                 "jatproxy_pool_members gauge",
                 "jatproxy_pending_requests gauge",

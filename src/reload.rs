@@ -7,8 +7,8 @@
 //! | class | keys | effect |
 //! |---|---|---|
 //! | live | `routing.balancing`, `routing.iq_timeout`, `routing.hold_when_empty`, `redispatch`, `retry_on`, `retry_limit`, `quarantine_after`, `quarantine_for`, `client_proxy.target_address`, `client_requests`, `subscribe`, `qualify_timeout`, `limits.upstream_buffer`, `limits.upstream_buffer_bytes`, `limits.upstream_max_write_bytes`, `log.level`, `service.shutdown_grace` | at once, nothing dropped |
-//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `instances.queue_bytes`, `instances.stall_timeout`, `limits.*` but `upstream_buffer`, `upstream_buffer_bytes` and `upstream_max_write_bytes` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
-//! | reconnect | `upstream.server`, `upstream.secret`, `client_proxy.resources`, `client_proxy.require_feature` (every resource is qualified again under the new rule) | the upstream session is closed and made again at once (pending requests on client resources are answered `recipient-unavailable`, as on any upstream loss) |
+//! | next connection | upstream timeouts, backoff and keepalive, `instances.secret`, `instances.queue`, `instances.queue_bytes`, `instances.stall_timeout`, `instances.tls_cert` (renewed files too), `limits.*` but `upstream_buffer`, `upstream_buffer_bytes` and `upstream_max_write_bytes` (`limits.tokenizer` included) | connections made after the reload; established ones keep theirs |
+//! | reconnect | `upstream.server`, `upstream.secret`, `upstream.tls` (any TLS key, or a renewed file), `client_proxy.resources`, `client_proxy.require_feature` (every resource is qualified again under the new rule) | the upstream session is closed and made again at once (pending requests on client resources are answered `recipient-unavailable`, as on any upstream loss) |
 //! | restart | `upstream.domain`, `client_proxy.jat`, `routing.pending_capacity`, `instances.listen`, `instances.max_connections`, `instances.max_unauthenticated`, `log.format`, `service.worker_threads`, `metrics.listen` | the whole reload is refused; the running configuration stays |
 //!
 //! A reload is applied whole or not at all, so the running settings are
@@ -83,6 +83,7 @@ pub fn upstream_needs_reconnect(session: &Config, new: &Config) -> bool {
     session.upstream.server != new.upstream.server
         || session.upstream.secret.expose() != new.upstream.secret.expose()
         || session.upstream.domain != new.upstream.domain
+        || session.upstream.tls_changed(&new.upstream)
 }
 
 #[cfg(test)]

@@ -133,6 +133,9 @@ pub enum Observation {
         reason: &'static str,
         condition: &'static str,
     },
+    /// A TLS handshake failed on `side`'s link, for `reason` (a
+    /// [`crate::tls::TlsFailure`] label).
+    TlsHandshakeFailed { side: Side, reason: &'static str },
     /// The TCP connection to the server failed or timed out.
     UpstreamConnectFailed,
     /// A reload was refused (invalid file, or a key needing a restart).
@@ -176,6 +179,9 @@ pub struct Counters {
     pub bytes: [u64; 4],
     /// By (side, reason, condition); bounded by the fixed label sets.
     pub handshake_failures: BTreeMap<(Side, &'static str, &'static str), u64>,
+    /// TLS handshakes that failed, by (link, reason); bounded by the
+    /// fixed reason labels.
+    pub tls_handshake_failures: BTreeMap<(Side, &'static str), u64>,
     pub upstream_connect_failures: u64,
     /// Instances cut for being slow: their queue at its bound and their
     /// socket taking no bytes for `instances.stall_timeout`.
@@ -201,6 +207,12 @@ impl Counters {
                 *self
                     .handshake_failures
                     .entry((side, reason, condition))
+                    .or_default() += 1
+            }
+            Observation::TlsHandshakeFailed { side, reason } => {
+                *self
+                    .tls_handshake_failures
+                    .entry((side, reason))
                     .or_default() += 1
             }
             Observation::UpstreamConnectFailed => self.upstream_connect_failures += 1,

@@ -19,13 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::Config;
-use crate::connection::{self, Connection, Out, QueueBytes, Reader, Writer, WriterSettings};
+use crate::config::{Config, UpstreamConfig};
+use crate::connection::{
+    self, Connection, Out, QueueBytes, Reader, Socket, Writer, WriterSettings,
+};
 use crate::event::{send_stanza, Event, Inbound};
 use crate::handshake::{self, HandshakeError};
 use crate::liveness::{Check, Liveness};
 use crate::stanza::{self, StanzaError};
 use crate::status::{Observation, Side};
+use crate::tls::{self, TlsError};
 use crate::xml::frame::{Frame, Kind, NS_STREAMS};
 use crate::xml::{CodecError, FrameError, Stanza, StreamCondition, StreamError};
 
@@ -72,6 +75,10 @@ enum SessionEnd {
     },
     #[error("connecting to {server} timed out")]
     ConnectTimeout { server: String },
+    /// Fatal to this attempt; retried after the backoff (which helps once
+    /// the CA file, the name or the server's certificate is fixed).
+    #[error("TLS with {server} failed ({}): {}", error.reason, error.detail)]
+    Tls { server: String, error: TlsError },
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error("the server closed the stream")]
@@ -213,6 +220,10 @@ fn observation(end: &SessionEnd) -> Option<Observation> {
         SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => {
             Some(Observation::UpstreamConnectFailed)
         }
+        SessionEnd::Tls { error, .. } => Some(Observation::TlsHandshakeFailed {
+            side: Side::Upstream,
+            reason: error.reason.as_str(),
+        }),
         _ => None,
     }
 }
@@ -227,6 +238,10 @@ fn log_end(end: &SessionEnd, cfg: &Config, attempt: u64) {
         ),
         SessionEnd::Connect { .. } | SessionEnd::ConnectTimeout { .. } => tracing::warn!(
             server = %cfg.upstream.server, attempt, "{end}"
+        ),
+        SessionEnd::Tls { error, .. } => tracing::error!(
+            server = %cfg.upstream.server, reason = %error.reason, attempt,
+            "upstream {end}"
         ),
         SessionEnd::Panicked(_) => tracing::error!(
             server = %cfg.upstream.server, "upstream session ended: {end}; reconnecting"
@@ -337,6 +352,10 @@ async fn open(cfg: &Config, shutdown: &CancellationToken) -> Result<Connection, 
         },
         _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
     };
+    let stream = tokio::select! {
+        r = secure(stream, up) => r.map_err(|error| SessionEnd::Tls { server: up.server.clone(), error })?,
+        _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+    };
     let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
     let login = handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout);
     tokio::select! {
@@ -344,6 +363,16 @@ async fn open(cfg: &Config, shutdown: &CancellationToken) -> Result<Connection, 
         _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
     };
     Ok(conn)
+}
+
+/// The connected socket as the session speaks over it: as is, or
+/// wrapped in direct TLS (`upstream.tls = "direct"`) within the
+/// handshake timeout.
+async fn secure(stream: TcpStream, up: &UpstreamConfig) -> Result<Socket, TlsError> {
+    match &up.tls {
+        None => Ok(Socket::from(stream)),
+        Some(t) => tls::connect(stream, t, up.handshake_timeout).await,
+    }
 }
 
 impl SessionArgs {
@@ -558,6 +587,8 @@ enum StragglerError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
     Handshake(#[from] HandshakeError),
     #[error("writing the answers failed: {0}")]
     Write(std::io::Error),
@@ -574,6 +605,7 @@ async fn straggler_round(
     let stream = TcpStream::connect(&up.server)
         .await
         .map_err(StragglerError::Connect)?;
+    let stream = secure(stream, up).await?;
     let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
     handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout).await?;
     let replies: Vec<bytes::Bytes> = waiting

@@ -16,8 +16,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use jatproxy::proxy::Proxy;
@@ -26,11 +24,9 @@ use support::echo::EchoComponent;
 use support::ejabberd::{Ejabberd, EjabberdConfig};
 use support::flows::{load, load_counting_lost, responder, seed_request};
 use support::relay::{Relay, Seen};
-use support::setup::{start_registered, upstream_toml};
+use support::setup::{spawn_jatproxy, start_registered, upstream_toml};
 use support::xmpp::{self, TestClient};
 use support::{ALICE, D, NS_ECHO, PW, SECRET, WAIT, WINDOW};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 const T: &str = "impl@example.test";
@@ -169,40 +165,6 @@ async fn instance_pool_behind_ejabberd() {
     assert!(per.get("two").copied().unwrap_or(0) > 30, "{per:?}");
     drop(instances);
     assert!(proxy.shutdown(WAIT).await);
-}
-
-/// A jatproxy process (the real binary) with `config`; its log lines go
-/// to `lines`, tagged.
-fn spawn_jatproxy(
-    tag: &'static str,
-    config: &Path,
-    lines: mpsc::UnboundedSender<(&'static str, String)>,
-) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run jatproxy");
-    let out = child.stdout.take().expect("stdout");
-    let err = child.stderr.take().expect("stderr");
-    for pipe in [
-        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(err),
-    ] {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(pipe).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                let _ = lines.send((tag, l));
-            }
-        });
-    }
-    child
 }
 
 /// Waits until process `tag` has logged a line containing `what`.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use super::tls::{self, ServerTls};
 use super::{
     de_duration, fmt_duration, nonzero, over, parse_duration_arg, positive, resolve_secret,
     ConfigError, Env, RawSecretSources, ReloadClass, Secret, INSTANCE_SECRET_VAR,
@@ -70,6 +71,20 @@ pub struct InstancesArgs {
     /// Cut an instance taking no bytes this long while its queue is full [instances.stall_timeout, default 5s]
     #[arg(long = "instances-stall-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub stall_timeout: Option<Duration>,
+    /// PEM certificate chain: the listener speaks direct TLS [instances.tls_cert]
+    #[arg(
+        long = "instances-tls-cert",
+        id = "instances_tls_cert",
+        value_name = "PATH"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of instances.tls_cert [instances.tls_key]
+    #[arg(
+        long = "instances-tls-key",
+        id = "instances_tls_key",
+        value_name = "PATH"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[instances]` as written in the file: every key optional, so "not in the
@@ -87,6 +102,8 @@ pub(super) struct RawInstances {
     queue_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     stall_timeout: Option<Duration>,
+    pub(super) tls_cert: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
 }
 
 /// The proxy's own XEP-0114 listener for component instances.
@@ -111,6 +128,9 @@ pub struct InstancesConfig {
     /// that reads; this bounds how long one that stopped reading holds
     /// everyone else up.
     pub stall_timeout: Duration,
+    /// `Some` when the listener speaks direct TLS: read at every load, so
+    /// a reload takes renewed files for the connections accepted after it.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for InstancesConfig {
@@ -123,6 +143,7 @@ impl Default for InstancesConfig {
             queue: defaults::INSTANCE_QUEUE,
             queue_bytes: defaults::INSTANCE_QUEUE_BYTES,
             stall_timeout: defaults::STALL_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -150,6 +171,8 @@ impl RawInstances {
         over(&mut self.queue, &a.queue);
         over(&mut self.queue_bytes, &a.queue_bytes);
         over(&mut self.stall_timeout, &a.stall_timeout);
+        over(&mut self.tls_cert, &a.tls_cert);
+        over(&mut self.tls_key, &a.tls_key);
     }
 
     pub(super) fn resolve(mut self, env: Env<'_>) -> Result<InstancesConfig, ConfigError> {
@@ -185,7 +208,13 @@ impl RawInstances {
                 )?,
             ),
         };
+        // Like the secret, read only for a listener.
+        let tls = match listen {
+            None => None,
+            Some(_) => tls::server(self.tls_cert, self.tls_key)?,
+        };
         Ok(InstancesConfig {
+            tls,
             listen,
             secret: instance_secret,
             max_connections: nonzero(
@@ -237,6 +266,14 @@ impl InstancesConfig {
             i.queue_bytes,
             d(i.stall_timeout),
         );
+        if let Some(t) = &i.tls {
+            let _ = write!(
+                s,
+                " instances.tls_cert={} instances.tls_key={}",
+                t.cert.display(),
+                t.key.display()
+            );
+        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -258,6 +295,7 @@ impl InstancesConfig {
             queue: _,
             queue_bytes: _,
             stall_timeout: _,
+            tls: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
@@ -282,6 +320,13 @@ impl InstancesConfig {
             Restart,
         );
         check(self.queue != new.queue, "instances.queue", NextConnection);
+        // Renewed files (same paths, new contents) count as changed.
+        let tls_changed = match (&self.tls, &new.tls) {
+            (None, None) => false,
+            (Some(a), Some(b)) => !a.same_as(b),
+            _ => true,
+        };
+        check(tls_changed, "instances.tls_cert", NextConnection);
         check(
             self.queue_bytes != new.queue_bytes,
             "instances.queue_bytes",

@@ -35,6 +35,7 @@ mod log;
 mod metrics;
 mod routing;
 mod service;
+mod tls;
 mod upstream;
 
 use client_proxy::RawClientProxy;
@@ -51,6 +52,7 @@ use routing::RawRouting;
 pub use routing::{Balancing, Continuity, Redispatch, RoutingArgs, RoutingConfig};
 use service::RawService;
 pub use service::{ServiceArgs, ServiceConfig};
+pub use tls::{CaSource, ClientTls, ServerTls, UpstreamTlsMode};
 use upstream::RawUpstream;
 pub use upstream::{UpstreamArgs, UpstreamConfig};
 
@@ -355,7 +357,12 @@ impl RawConfig {
     fn rebase_paths(&mut self, dir: &Path) {
         for p in [
             &mut self.upstream.secret_file,
+            &mut self.upstream.tls_ca_file,
+            &mut self.upstream.tls_cert,
+            &mut self.upstream.tls_key,
             &mut self.instances.secret_file,
+            &mut self.instances.tls_cert,
+            &mut self.instances.tls_key,
         ]
         .into_iter()
         .flatten()
@@ -755,3 +762,5 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use super::tls::{self, ClientTls, RawClientTls};
 use super::{
     de_duration, fmt_duration, over, parse_duration_arg, positive, resolve_secret, ConfigError,
     Env, RawSecretSources, ReloadClass, Secret, UPSTREAM_SECRET_VAR,
@@ -74,6 +75,37 @@ pub struct UpstreamArgs {
     /// Reconnect when a ping gets no input for this long [upstream.ping_timeout, default 30s]
     #[arg(long = "upstream-ping-timeout", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub ping_timeout: Option<Duration>,
+    /// TLS on the link: none or direct [upstream.tls, default none]
+    #[arg(long = "upstream-tls", id = "upstream_tls", value_name = "none|direct")]
+    pub tls: Option<String>,
+    /// Name the server's certificate must carry [upstream.tls_server_name, default the host of upstream.server]
+    #[arg(
+        long = "upstream-tls-server-name",
+        id = "upstream_tls_server_name",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+    /// PEM file of the CA certificates to trust [upstream.tls_ca_file, default the system's roots]
+    #[arg(
+        long = "upstream-tls-ca-file",
+        id = "upstream_tls_ca_file",
+        value_name = "PATH"
+    )]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain to present [upstream.tls_cert]
+    #[arg(
+        long = "upstream-tls-cert",
+        id = "upstream_tls_cert",
+        value_name = "PATH"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate [upstream.tls_key]
+    #[arg(
+        long = "upstream-tls-key",
+        id = "upstream_tls_key",
+        value_name = "PATH"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[upstream]` as written in the file: every key optional, so "not in the
@@ -100,6 +132,11 @@ pub(super) struct RawUpstream {
     ping_interval: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     ping_timeout: Option<Duration>,
+    tls: Option<String>,
+    tls_server_name: Option<String>,
+    pub(super) tls_ca_file: Option<PathBuf>,
+    pub(super) tls_cert: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
 }
 
 /// The XEP-0114 connection to the XMPP server.
@@ -124,6 +161,8 @@ pub struct UpstreamConfig {
     /// No byte from the server this long after a ping: the link is dead,
     /// reconnect.
     pub ping_timeout: Duration,
+    /// `Some` for `upstream.tls = "direct"`: TLS right after the connect.
+    pub tls: Option<ClientTls>,
 }
 
 impl RawUpstream {
@@ -153,6 +192,11 @@ impl RawUpstream {
         over(&mut self.keepalive_interval, &a.keepalive_interval);
         over(&mut self.ping_interval, &a.ping_interval);
         over(&mut self.ping_timeout, &a.ping_timeout);
+        over(&mut self.tls, &a.tls);
+        over(&mut self.tls_server_name, &a.tls_server_name);
+        over(&mut self.tls_ca_file, &a.tls_ca_file);
+        over(&mut self.tls_cert, &a.tls_cert);
+        over(&mut self.tls_key, &a.tls_key);
     }
 
     pub(super) fn resolve(mut self, env: Env<'_>) -> Result<UpstreamConfig, ConfigError> {
@@ -164,6 +208,16 @@ impl RawUpstream {
             )
         })?;
         validate_server(&server)?;
+        let tls = tls::client(
+            RawClientTls {
+                mode: self.tls,
+                server_name: self.tls_server_name,
+                ca_file: self.tls_ca_file,
+                cert: self.tls_cert,
+                key: self.tls_key,
+            },
+            &server,
+        )?;
         let domain = self.domain.ok_or_else(|| {
             ConfigError::invalid("upstream.domain", "none given (set it or --domain)")
         })?;
@@ -221,6 +275,7 @@ impl RawUpstream {
             server,
             domain,
             secret,
+            tls,
         })
     }
 }
@@ -294,6 +349,34 @@ impl UpstreamConfig {
             d(u.ping_interval),
             d(u.ping_timeout),
         );
+        match &u.tls {
+            None => s.push_str(" upstream.tls=none"),
+            Some(t) => {
+                let _ = write!(
+                    s,
+                    " upstream.tls=direct upstream.tls_server_name={} upstream.tls_ca={}",
+                    t.server_name.to_str(),
+                    match &t.ca {
+                        tls::CaSource::System => "system".to_owned(),
+                        tls::CaSource::File(p) => format!("file:{}", p.display()),
+                    }
+                );
+                if let Some(cert) = &t.client_cert {
+                    let _ = write!(s, " upstream.tls_cert={}", cert.display());
+                }
+            }
+        }
+    }
+
+    /// True when the TLS settings of `new` differ from these: the mode,
+    /// the name, or the contents of any file (a renewed CA or client
+    /// certificate counts, though its path is the same).
+    pub fn tls_changed(&self, new: &Self) -> bool {
+        match (&self.tls, &new.tls) {
+            (None, None) => false,
+            (Some(a), Some(b)) => !a.same_as(b),
+            _ => true,
+        }
     }
 
     /// How a reload treats each key of this section that differs in
@@ -318,6 +401,7 @@ impl UpstreamConfig {
             keepalive_interval: _,
             ping_interval: _,
             ping_timeout: _,
+            tls: _,
         } = self;
         let mut check = |changed: bool, key: &'static str, class: ReloadClass| {
             if changed {
@@ -327,6 +411,7 @@ impl UpstreamConfig {
         use ReloadClass::*;
         check(self.server != new.server, "upstream.server", Reconnect);
         check(self.domain != new.domain, "upstream.domain", Restart);
+        check(self.tls_changed(new), "upstream.tls", Reconnect);
         check(
             self.secret.expose() != new.secret.expose(),
             "upstream.secret",

@@ -13,6 +13,7 @@ It does two things:
 * with --refuse CONDITION it answers every such request with that stanza
   error (type cancel) instead, printing "REF ID"; with --silent it never
   answers (requests stay in flight on it until it is killed);
+* with --tls-ca PEM it connects with direct TLS, trusting that CA;
 * on a message whose body is "ping JID", sends a XEP-0199 ping to JID from
   the component's domain and reports the outcome to the message's sender
   as a chat message: "pong NAME from=JID to=ADDRESS" (the reply came back to
@@ -31,6 +32,7 @@ Needs slixmpp (scripts/setup.sh installs slixmpp==1.17.0).
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 
 from slixmpp import ComponentXMPP
@@ -47,7 +49,7 @@ def say(line):
 
 
 class EchoComponent(ComponentXMPP):
-    def __init__(self, domain, secret, host, port, name, refuse=None, silent=False):
+    def __init__(self, domain, secret, host, port, name, refuse=None, silent=False, tls_ca=None):
         super().__init__(domain, secret, host, port)
         self.name = name
         self.refuse = refuse
@@ -56,6 +58,14 @@ class EchoComponent(ComponentXMPP):
         self.use_ipv6 = False
         self.enable_direct_tls = False
         self.enable_starttls = False
+        if tls_ca:
+            # Direct TLS only (slixmpp 1.17: use_ssl= is gone). The
+            # certificate is checked against HOST, hence the test
+            # certificate's IP SAN for 127.0.0.1.
+            self.enable_direct_tls = True
+            self.enable_plaintext = False
+            self.tls_services = {"xmpps-component"}
+            self.ssl_context = ssl.create_default_context(cafile=tls_ca)
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
         self.register_handler(
@@ -139,6 +149,7 @@ def main():
     ap.add_argument("--name", required=True)
     ap.add_argument("--refuse", metavar="CONDITION")
     ap.add_argument("--silent", action="store_true")
+    ap.add_argument("--tls-ca", metavar="PEM", help="direct TLS, trusting this CA")
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(
@@ -154,6 +165,7 @@ def main():
         args.name,
         refuse=args.refuse,
         silent=args.silent,
+        tls_ca=args.tls_ca,
     )
     xmpp.connect(args.host, args.port)
     xmpp.loop.run_forever()

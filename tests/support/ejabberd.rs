@@ -31,6 +31,9 @@ pub struct EjabberdConfig {
     balancing: Vec<(String, String, usize)>,
     /// Set for a node of a [`Cluster`]: distribution through epmd.
     member: Option<Member>,
+    /// Direct TLS on the component port (`tls: true`) with this
+    /// `certfile:` (certificate and key in one PEM file).
+    component_certfile: Option<PathBuf>,
 }
 
 /// How a cluster node takes part in Erlang distribution: a name of its
@@ -53,6 +56,13 @@ impl EjabberdConfig {
     }
     pub fn component(mut self, domain: &str, secret: &str) -> Self {
         self.components.push((domain.into(), secret.into()));
+        self
+    }
+    /// Direct TLS on the component port with `certfile` (one PEM holding
+    /// the certificate and its key). ejabberd stops if it cannot read it,
+    /// although `ejabberdctl start` returns 0: the port never opens.
+    pub fn component_tls(mut self, certfile: &Path) -> Self {
+        self.component_certfile = Some(certfile.to_owned());
         self
     }
     /// A roster item of `user` for `contact` with `subscription`
@@ -249,9 +259,13 @@ impl Ejabberd {
         let _ = writeln!(
             y,
             "  -\n    port: {}\n    ip: \"127.0.0.1\"\n    module: ejabberd_service\n    \
-             backlog: 1024\n    hosts:",
+             backlog: 1024",
             self.component_port
         );
+        if let Some(certfile) = &config.component_certfile {
+            let _ = writeln!(y, "    tls: true\n    certfile: \"{}\"", certfile.display());
+        }
+        let _ = writeln!(y, "    hosts:");
         for (domain, secret) in &config.components {
             let _ = writeln!(y, "      \"{domain}\":\n        password: \"{secret}\"");
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod attribution;
+pub mod certs;
 pub mod differences;
 pub mod echo;
 pub mod ejabberd;

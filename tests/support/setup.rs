@@ -1,11 +1,17 @@
 //! jatproxy set up against a real server in the end-to-end tests: the
 //! `[upstream]` table every one of them uses, and a start that waits
-//! until jatproxy registered, showing the server's log when it did not.
+//! until jatproxy registered, showing the server's log when it did not;
+//! and the real binary as a child process, its log lines tagged.
 
 use std::fmt::Display;
+use std::path::Path;
+use std::process::Stdio;
 
 use jatproxy::config;
 use jatproxy::proxy::Proxy;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 use super::{D, SECRET, WAIT};
 
@@ -32,4 +38,38 @@ pub async fn start_registered(toml: &str, server_log: impl FnOnce() -> String) -
         server_log()
     );
     proxy
+}
+
+/// A jatproxy process (the real binary) with `config`; its log lines go
+/// to `lines`, tagged.
+pub fn spawn_jatproxy(
+    tag: &'static str,
+    config: &Path,
+    lines: mpsc::UnboundedSender<(&'static str, String)>,
+) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jatproxy"))
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run jatproxy");
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    for pipe in [
+        Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(err),
+    ] {
+        let lines = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(pipe).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = lines.send((tag, l));
+            }
+        });
+    }
+    child
 }
