@@ -3,17 +3,24 @@
 //! listener and its own jatproxy (in-process) registered for the same
 //! domain `D`, each fronting one component instance named after it
 //! (`first` behind node 1, `second` behind node 2); a requester is logged
-//! in on each node. ejabberd is told to balance `D` over the whole cluster
-//! (`domain_balancing: random`); without it a stanza goes to a connection
-//! on the node it entered whenever there is one.
+//! in on each node.
 //!
-//! Three scenarios: requests entering either node reach both processes;
-//! one jatproxy stopped under load; one whole ejabberd node stopped under
-//! load (and started again). A recording relay between each jatproxy and
-//! its node attributes every unanswered request as the two-process test
-//! in `e2e_ejabberd.rs` does ([`support::attribution`]): jatproxy must
-//! lose none; what ejabberd drops is counted, bounded and printed. Each
-//! test prints a table: sent, results by process, errors by condition,
+//! ejabberd picks one of the domain's connections per stanza in one of
+//! two ways ([`Balancing`]): by default a connection on the node the
+//! stanza entered, when there is one; with `domain_balancing: random`,
+//! any of a fixed number of slots across the cluster, where an empty slot
+//! swallows its share. The scenarios: requests entering either node,
+//! under each mode; one jatproxy stopped under load; one whole ejabberd
+//! node stopped under load (and started again); a process gone under
+//! `random`; and over TLS (`tls: true` on both nodes' component ports),
+//! both processes serving and one stopped.
+//!
+//! A recording relay between each jatproxy and its node attributes every
+//! unanswered request as the two-process test in `e2e_ejabberd.rs` does
+//! ([`support::attribution`]): jatproxy must lose none; what ejabberd
+//! drops is counted, bounded and printed. Over TLS no relay can read the
+//! links, so the unanswered are counted and bounded only. Each test
+//! prints a table: sent, results by process, errors by condition,
 //! unanswered by where they were lost.
 //!
 //! These tests need `ejabberd` installed (`scripts/setup.sh` does it);

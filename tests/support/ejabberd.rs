@@ -5,6 +5,8 @@
 //!
 //! ejabberd takes several connections for one component domain and
 //! spreads stanzas over them, which is what the scale-out tests need.
+//! [`Cluster`] runs two such nodes joined into one ejabberd cluster, with
+//! their Erlang distribution on loopback only.
 
 #![allow(dead_code)]
 
