@@ -338,14 +338,14 @@ async fn both_up(balancing: Balancing, scenario: &'static str, certs: Option<&Ce
     rows
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_random_balancing_requests_entering_either_node_reach_both_processes() {
-    let rows = both_up(Balancing::Random, "both up, random", None).await;
-    for row in &rows {
+/// Each requester's requests reached both processes.
+fn assert_both_serve(rows: &[Row]) {
+    for row in rows {
         for tag in TAGS {
             assert!(
                 row.results_by(tag) > N / 10,
-                "requests entering at {} reach process {tag}: {:?}",
+                "{}: requests entering at {} reach process {tag}: {:?}",
+                row.scenario,
                 row.requester,
                 row.answers
             );
@@ -354,20 +354,17 @@ async fn with_random_balancing_requests_entering_either_node_reach_both_processe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_random_balancing_requests_entering_either_node_reach_both_processes() {
+    let rows = both_up(Balancing::Random, "both up, random", None).await;
+    assert_both_serve(&rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_requests_entering_either_node_reach_both_processes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = certs::make(dir.path(), "", "cluster test CA");
     let rows = both_up(Balancing::Random, "both up, random, TLS", Some(&certs)).await;
-    for row in &rows {
-        for tag in TAGS {
-            assert!(
-                row.results_by(tag) > N / 10,
-                "requests entering at {} reach process {tag} over TLS: {:?}",
-                row.requester,
-                row.answers
-            );
-        }
-    }
+    assert_both_serve(&rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
