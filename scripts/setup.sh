@@ -13,7 +13,7 @@ if ! command -v prosody >/dev/null 2>&1 || ! command -v prosodyctl >/dev/null 2>
     apt-get install -y -qq prosody >/dev/null
 fi
 # ejabberd for tests/e2e_ejabberd.rs (several connections per component
-# domain). Its package does not start a service on these machines; the
+# domain) and tests/e2e_cluster.rs (two nodes; epmd comes with it). Its package does not start a service on these machines; the
 # tests run their own node with a private config.
 if ! command -v ejabberdctl >/dev/null 2>&1; then
     echo "setup: installing ejabberd from Debian's packages"

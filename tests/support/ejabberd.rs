@@ -5,6 +5,8 @@
 //!
 //! ejabberd takes several connections for one component domain and
 //! spreads stanzas over them, which is what the scale-out tests need.
+//! [`Cluster`] runs two such nodes joined into one ejabberd cluster, with
+//! their Erlang distribution on loopback only.
 
 #![allow(dead_code)]
 
@@ -26,9 +28,24 @@ pub struct EjabberdConfig {
     components: Vec<(String, String)>,
     /// (user, contact, subscription) written with `add_rosteritem`.
     roster: Vec<(String, String, String)>,
+    /// (component domain, balancing type, component number) for
+    /// ejabberd's `domain_balancing`.
+    balancing: Vec<(String, String, usize)>,
+    /// Set for a node of a [`Cluster`]: distribution through epmd.
+    member: Option<Member>,
     /// Direct TLS on the component port (`tls: true`) with this
     /// `certfile:` (certificate and key in one PEM file).
     component_certfile: Option<PathBuf>,
+}
+
+/// How a cluster node takes part in Erlang distribution: a name of its
+/// own, the cluster's private epmd (on loopback, on its own port) and the
+/// cluster's cookie.
+#[derive(Clone, Debug)]
+struct Member {
+    name: String,
+    epmd_port: u16,
+    cookie: String,
 }
 
 impl EjabberdConfig {
@@ -57,6 +74,17 @@ impl EjabberdConfig {
             .push((user.into(), contact.into(), subscription.into()));
         self
     }
+    /// ejabberd's `domain_balancing` for `domain`: with `random`, a stanza
+    /// goes to any of the domain's connections in the cluster; without
+    /// it, ejabberd prefers the connections on the node it entered.
+    /// ejabberd 23.01 requires `component_number` with it: without, every
+    /// component connection for the domain crashes at registration
+    /// (`{badkey,component_number}` in `ejabberd_router`).
+    pub fn domain_balancing(mut self, domain: &str, kind: &str, components: usize) -> Self {
+        self.balancing
+            .push((domain.into(), kind.into(), components));
+        self
+    }
 }
 
 pub struct Ejabberd {
@@ -67,6 +95,9 @@ pub struct Ejabberd {
     /// stopping take ~0.1 s this way, against 5–15 s per ejabberdctl run.
     api_port: u16,
     running: bool,
+    /// The Erlang node name ejabberdctl talks to.
+    node: String,
+    member: Option<Member>,
 }
 
 pub const VHOST: &str = "example.test";
@@ -75,46 +106,78 @@ impl Ejabberd {
     /// Writes the config, starts the node, waits for both ports, then
     /// registers users and writes roster items.
     pub async fn start(config: EjabberdConfig) -> Result<Ejabberd, String> {
+        let mut e = Self::prepare(&config)?;
+        e.boot().await?;
+        e.provision(&config)?;
+        Ok(e)
+    }
+
+    /// The node's directories and config, not started yet.
+    fn prepare(config: &EjabberdConfig) -> Result<Ejabberd, String> {
         which("ejabberdctl")?;
         let dir = tempfile::Builder::new()
             .prefix("ejabberd-test-")
             .tempdir()
             .map_err(|e| format!("cannot create temp dir: {e}"))?;
         let ports = free_ports(4)?;
+        // The node name must be unique per test run: ejabberdctl talks to
+        // the node by name.
+        let node = match &config.member {
+            Some(m) => m.name.clone(),
+            None => format!("jattest{}@localhost", ports[0]),
+        };
         let e = Ejabberd {
             dir,
             c2s_port: ports[0],
             component_port: ports[1],
             api_port: ports[3],
             running: false,
+            node,
+            member: config.member.clone(),
         };
         for sub in ["conf", "spool", "logs"] {
             std::fs::create_dir_all(e.dir.path().join(sub)).map_err(|x| x.to_string())?;
         }
-        e.write_config(&config, ports[2])?;
-        let mut e = e;
-        let out = e.ctl(&["start"])?;
+        e.write_config(config, ports[2])?;
+        Ok(e)
+    }
+
+    /// `ejabberdctl start`, then waits until its three ports are open.
+    async fn boot(&mut self) -> Result<(), String> {
+        let out = self.ctl(&["start"])?;
         if !out.status.success() {
             return Err(format!(
-                "ejabberdctl start failed: {}\n{}",
+                "ejabberdctl start failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                e.log_tail(40)
+                self.log_tail(40)
             ));
         }
-        e.running = true;
+        self.running = true;
+        self.wait_ports().await
+    }
+
+    async fn wait_ports(&self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
-        while !(port_open(e.c2s_addr()) && port_open(e.component_addr()) && port_open(e.api_addr()))
+        while !(port_open(self.c2s_addr())
+            && port_open(self.component_addr())
+            && port_open(self.api_addr()))
         {
             if Instant::now() > deadline {
                 return Err(format!(
                     "ejabberd did not open its ports within {START_DEADLINE:?}:\n{}",
-                    e.log_tail(40)
+                    self.log_tail(40)
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
+    }
+
+    /// Registers the users and writes the roster items of `config`.
+    fn provision(&self, config: &EjabberdConfig) -> Result<(), String> {
         for (user, pw) in &config.users {
-            e.api(
+            self.api(
                 "register",
                 &format!(r#"{{"user":"{user}","host":"{VHOST}","password":"{pw}"}}"#),
             )?;
@@ -122,28 +185,63 @@ impl Ejabberd {
         for (user, contact, sub) in &config.roster {
             // A contact that is a bare domain (a component) has no user.
             let (cu, cs) = contact.split_once('@').unwrap_or(("", contact));
-            e.api(
+            self.api(
                 "add_rosteritem",
                 &format!(
                     r#"{{"localuser":"{user}","localhost":"{VHOST}","user":"{cu}","server":"{cs}","nick":"{contact}","group":"","subs":"{sub}"}}"#
                 ),
             )?;
         }
-        Ok(e)
+        Ok(())
+    }
+
+    /// Starts a stopped node again, with its spool as it was (a cluster
+    /// node rejoins its cluster), and waits for its ports.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        if self.running {
+            return Ok(());
+        }
+        self.wait_unregistered().await?;
+        self.boot().await
+    }
+
+    /// For a cluster node: waits until its stopped VM is gone from epmd
+    /// (it closes its ports before it exits, and `ejabberdctl start`
+    /// refuses a name epmd still lists).
+    async fn wait_unregistered(&self) -> Result<(), String> {
+        let Some(m) = &self.member else {
+            return Ok(());
+        };
+        let short = self.node.split('@').next().unwrap_or_default();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let names = Command::new("epmd")
+                .args(["-port", &m.epmd_port.to_string(), "-names"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run epmd -names: {e}"))?;
+            let listed = String::from_utf8_lossy(&names.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(short));
+            if !listed {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} is still registered in epmd", self.node));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The Erlang node name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     fn write_config(&self, config: &EjabberdConfig, dist_port: u16) -> Result<(), String> {
         let conf = self.dir.path().join("conf");
-        // The node name must be unique per test run: ejabberdctl talks to
-        // the node by name.
-        let node = format!("jattest{}@localhost", self.c2s_port);
-        let ctl = format!(
-            "EXEC_CMD=as_current_user\nERLANG_NODE={node}\nERL_DIST_PORT={dist_port}\n\
-             ERL_OPTIONS=\"-kernel inet_dist_use_interface {{127,0,0,1}}\"\n\
-             INET_DIST_INTERFACE=127.0.0.1\nEJABBERD_PID_PATH={}\n",
-            self.pid_path().display()
-        );
-        std::fs::write(conf.join("ejabberdctl.cfg"), ctl).map_err(|e| e.to_string())?;
+        std::fs::write(conf.join("ejabberdctl.cfg"), self.ctl_config(dist_port))
+            .map_err(|e| e.to_string())?;
         // Resolve from the hosts file only: never a DNS query.
         std::fs::write(
             conf.join("inetrc"),
@@ -189,7 +287,43 @@ impl Ejabberd {
              access_rules:\n  local:\n    allow: local\n  c2s:\n    allow: all\n\
              modules:\n  mod_roster: {{}}\n  mod_admin_extra: {{}}\n  mod_disco: {{}}\n  mod_ping: {{}}"
         );
+        if !config.balancing.is_empty() {
+            let _ = writeln!(y, "domain_balancing:");
+            for (domain, kind, n) in &config.balancing {
+                let _ = writeln!(
+                    y,
+                    "  \"{domain}\":\n    type: {kind}\n    component_number: {n}"
+                );
+            }
+        }
         std::fs::write(conf.join("ejabberd.yml"), y).map_err(|e| e.to_string())
+    }
+
+    /// `ejabberdctl.cfg`. A lone node needs no epmd: it listens on
+    /// `dist_port` and ejabberdctl finds it there. A cluster node uses the
+    /// cluster's epmd (its peers must find each other by name) and the
+    /// cluster's cookie, and listens on a port of the system's choosing
+    /// (a fixed one would clash with ejabberdctl's own short-lived node,
+    /// which takes the same options); its distribution listener is bound
+    /// to 127.0.0.1 either way.
+    fn ctl_config(&self, dist_port: u16) -> String {
+        let common = format!(
+            "EXEC_CMD=as_current_user\nERLANG_NODE={}\nINET_DIST_INTERFACE=127.0.0.1\n\
+             EJABBERD_PID_PATH={}\n",
+            self.node,
+            self.pid_path().display()
+        );
+        match &self.member {
+            None => format!(
+                "{common}ERL_DIST_PORT={dist_port}\n\
+                 ERL_OPTIONS=\"-kernel inet_dist_use_interface {{127,0,0,1}}\"\n"
+            ),
+            Some(m) => format!(
+                "{common}export ERL_EPMD_PORT={}\nERL_EPMD_ADDRESS=127.0.0.1\n\
+                 ERL_OPTIONS=\"-kernel inet_dist_use_interface {{127,0,0,1}} -setcookie {}\"\n",
+                m.epmd_port, m.cookie
+            ),
+        }
     }
 
     fn ctl(&self, args: &[&str]) -> Result<Output, String> {
@@ -261,6 +395,13 @@ impl Ejabberd {
         v[v.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Asks the node to stop (the `stop` command) and returns at once, so
+    /// a test can stop a node in the middle of a load; [`Ejabberd::stop`]
+    /// then waits until it is gone.
+    pub fn begin_stop(&self) {
+        let _ = self.api("stop", "{}");
+    }
+
     /// Stops the node (the `stop` command, SIGKILL to its pid if it is
     /// still there after 10 s) and waits until its ports are closed.
     pub fn stop(&mut self) {
@@ -268,7 +409,7 @@ impl Ejabberd {
             return;
         }
         self.running = false;
-        let _ = self.api("stop", "{}");
+        self.begin_stop();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while port_open(self.c2s_addr()) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -295,6 +436,123 @@ impl Drop for Ejabberd {
             );
             let _ = dir.keep();
         }
+    }
+}
+
+/// Two ejabberd nodes on loopback joined into one cluster: each with its
+/// own node name, spool, logs and ports; one cookie; a private epmd on
+/// its own port bound to 127.0.0.1 (so no test meets another epmd), and
+/// every node's distribution listener on 127.0.0.1 only. The second node
+/// joins the first with `ejabberdctl join_cluster`; users are registered
+/// once the cluster stands (the join replaces the joining node's
+/// database with the cluster's).
+pub struct Cluster {
+    /// Both nodes, the one joined first.
+    pub nodes: Vec<Ejabberd>,
+    epmd: std::process::Child,
+}
+
+impl Cluster {
+    /// Starts epmd and both nodes with `config` (each its own ports),
+    /// joins them and waits until both list both in `list_cluster`.
+    pub async fn start(config: EjabberdConfig) -> Result<Cluster, String> {
+        which("ejabberdctl")?;
+        which("epmd")?;
+        let epmd_port = free_ports(1)?[0];
+        let epmd = Command::new("epmd")
+            .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run epmd: {e}"))?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            epmd,
+        };
+        cluster.wait_epmd(epmd_port).await?;
+        for k in 1..=2 {
+            let mut node_config = config.clone();
+            node_config.member = Some(Member {
+                name: format!("jatnode{k}p{epmd_port}@localhost"),
+                epmd_port,
+                cookie: format!("jatcluster{epmd_port}"),
+            });
+            cluster.nodes.push(Ejabberd::prepare(&node_config)?);
+            let node = cluster.nodes.last_mut().ok_or("no node")?;
+            node.boot().await?;
+        }
+        cluster.join().await?;
+        cluster.nodes[0].provision(&config)?;
+        Ok(cluster)
+    }
+
+    /// Waits until the private epmd answers `-names`.
+    async fn wait_epmd(&mut self, port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let names = Command::new("epmd")
+                .args(["-port", &port.to_string(), "-names"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run epmd -names: {e}"))?;
+            if names.status.success() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.epmd.try_wait() {
+                return Err(format!("epmd on port {port} exited: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("epmd on port {port} never answered"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `ejabberdctl join_cluster` on the second node, then waits until
+    /// each node's `list_cluster` names both and the second node (which
+    /// restarts ejabberd to join) has its ports open again.
+    async fn join(&mut self) -> Result<(), String> {
+        let first = self.nodes[0].node().to_owned();
+        let out = self.nodes[1].ctl(&["join_cluster", &first])?;
+        if !out.status.success() {
+            return Err(format!(
+                "join_cluster {first} failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.nodes[1].log_tail(40)
+            ));
+        }
+        self.nodes[1].wait_ports().await?;
+        let names: Vec<String> = self.nodes.iter().map(|n| n.node().to_owned()).collect();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let listed: Vec<Result<String, String>> = self
+                .nodes
+                .iter()
+                .map(|n| n.api("list_cluster", "{}"))
+                .collect();
+            let all = listed.iter().all(|l| {
+                l.as_ref()
+                    .is_ok_and(|l| names.iter().all(|n| l.contains(n)))
+            });
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the nodes never listed each other: {listed:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The nodes first: epmd outlives its last node.
+        self.nodes.clear();
+        let _ = self.epmd.kill();
+        let _ = self.epmd.wait();
     }
 }
 

@@ -134,6 +134,9 @@ pub struct Outcome {
     pub lost: Vec<String>,
     /// Ids in the order their answers arrived (a duplicate appears again).
     pub order: Vec<String>,
+    /// Requests never sent: [`load_until_cut`] stops sending at the first
+    /// failed send (the requester's session is gone).
+    pub unsent: usize,
 }
 
 /// [`load_with`] that, given `patience`, does not fail on a request that
@@ -146,9 +149,61 @@ pub async fn load_counting_lost(
     n: usize,
     window: usize,
     prefix: &str,
-    mut after: impl FnMut(usize),
+    after: impl FnMut(usize),
     patience: Option<Duration>,
 ) -> Outcome {
+    let plan = Plan {
+        to,
+        n,
+        window,
+        prefix,
+        patience,
+        cut_on_send_failure: false,
+    };
+    run_load(alice, &plan, after).await
+}
+
+/// [`load_counting_lost`] for a requester whose session may end under
+/// it (its server node stops): the first failed send ends the sending,
+/// that request and the rest are [`Outcome::unsent`], and what was in
+/// flight is answered or counted as lost after `patience`.
+pub async fn load_until_cut(
+    alice: &mut TestClient,
+    to: &str,
+    n: usize,
+    window: usize,
+    prefix: &str,
+    after: impl FnMut(usize),
+    patience: Duration,
+) -> Outcome {
+    let plan = Plan {
+        to,
+        n,
+        window,
+        prefix,
+        patience: Some(patience),
+        cut_on_send_failure: true,
+    };
+    run_load(alice, &plan, after).await
+}
+
+/// What a load sends and how it treats silence and failed sends.
+struct Plan<'a> {
+    to: &'a str,
+    n: usize,
+    window: usize,
+    prefix: &'a str,
+    patience: Option<Duration>,
+    cut_on_send_failure: bool,
+}
+
+async fn run_load(
+    alice: &mut TestClient,
+    plan: &Plan<'_>,
+    mut after: impl FnMut(usize),
+) -> Outcome {
+    let (to, window, prefix, patience) = (plan.to, plan.window, plan.prefix, plan.patience);
+    let mut n = plan.n;
     let mut answers: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut lost = Vec::new();
     let mut order = Vec::new();
@@ -156,11 +211,20 @@ pub async fn load_counting_lost(
     let mut done = 0;
     while done < n {
         while sent < n && sent.saturating_sub(done) < window {
-            alice
+            let sending = alice
                 .send_xml(&format!("<iq id='{prefix}{sent}' to='{to}' type='get'><echo xmlns='{NS_ECHO}'>{sent}</echo></iq>"))
-                .await
-                .expect("send");
-            sent += 1;
+                .await;
+            match sending {
+                Ok(()) => sent += 1,
+                Err(e) if plan.cut_on_send_failure => {
+                    eprintln!("{prefix}: sending ends after {sent}: {e}");
+                    n = sent;
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        if done >= n {
+            break;
         }
         let got = alice
             .recv_matching(patience.unwrap_or(WAIT), |e| {
@@ -199,6 +263,7 @@ pub async fn load_counting_lost(
         answers,
         lost,
         order,
+        unsent: plan.n - sent,
     }
 }
 
@@ -476,6 +541,15 @@ pub async fn collect(
 /// more request to `to` (answered by the pool) and takes everything that
 /// arrived before its answer. A late or duplicate answer shows up here.
 pub async fn late_answers(c: &mut TestClient, to: &str, prefix: &str) -> Vec<String> {
+    late_elements(c, to, prefix)
+        .await
+        .iter()
+        .map(String::from)
+        .collect()
+}
+
+/// [`late_answers`] as elements.
+pub async fn late_elements(c: &mut TestClient, to: &str, prefix: &str) -> Vec<Element> {
     let marker = "late-marker";
     c.send_xml(&format!(
         "<iq id='{marker}' to='{to}' type='get'><echo xmlns='{NS_ECHO}'>m</echo></iq>"
@@ -486,9 +560,8 @@ pub async fn late_answers(c: &mut TestClient, to: &str, prefix: &str) -> Vec<Str
         .await
         .expect("the marker is answered");
     c.drain()
-        .iter()
+        .into_iter()
         .filter(|e| e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with(prefix)))
-        .map(String::from)
         .collect()
 }
 

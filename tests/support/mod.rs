@@ -3,6 +3,7 @@
 //! between jatproxy and a server's component port.
 #![allow(dead_code)]
 
+pub mod attribution;
 pub mod certs;
 pub mod differences;
 pub mod echo;
