@@ -6,8 +6,6 @@
 //! through a channel), so a slow peer cannot deadlock the generator
 //! against the proxy's own backpressure.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
@@ -16,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::wire::{Elem as Stanza, Unit};
 
 use crate::procstat;
+use crate::tls::LinkWriter;
 use crate::wire::{Conn, Read1};
 
 /// What a stanza is to the side that receives it.
@@ -143,10 +142,11 @@ pub fn run(ends: Vec<End<'_>>, traffic: &dyn Traffic, spec: &Spec) -> Result<Out
     for e in &ends {
         let w = e
             .conn
-            .sock
-            .try_clone()
+            .link
+            .writer()
             .map_err(|err| format!("{}: clone: {err}", e.conn.who))?;
-        w.set_write_timeout(Some(WRITE_STALL))
+        w.sock
+            .set_write_timeout(Some(WRITE_STALL))
             .map_err(|err| err.to_string())?;
         writers.push(w);
     }
@@ -250,7 +250,7 @@ fn cap_items(spec: &Spec) -> usize {
 /// A sender's writer: requests (paced or windowed) plus any replies this
 /// end owes as a member, until every request has completed.
 fn send_loop(
-    mut w: TcpStream,
+    mut w: LinkWriter,
     rx: Receiver<Msg>,
     traffic: &dyn Traffic,
     spec: &Spec,
@@ -346,7 +346,7 @@ fn send_loop(
 }
 
 /// A member-only end's writer: replies, batched when several are ready.
-fn reply_loop(mut w: TcpStream, rx: Receiver<Msg>, shared: &Shared) -> Result<(), String> {
+fn reply_loop(mut w: LinkWriter, rx: Receiver<Msg>, shared: &Shared) -> Result<(), String> {
     let mut out = Vec::with_capacity(1 << 20);
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {

@@ -11,7 +11,6 @@
 //! in flight, and must then stay put, however many more requests arrive
 //! (the table is bounded, and so is the memory).
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::procstat;
@@ -31,8 +30,8 @@ pub fn run(n: usize) -> Result<(), String> {
     }
     let server = FakeServer::bind()?;
     let extra = format!("[routing]\npending_capacity = {n}\niq_timeout = \"24h\"\n");
-    let proxy = setup::start_jatproxy(server.addr(), &Role::Clients, 2, &extra)?;
-    let mut up = server.accept_component()?;
+    let proxy = setup::start_jatproxy(server.addr(), &Role::Clients, 2, &extra, None)?;
+    let mut up = server.accept_component(None)?;
     // The presences go before the requests on the same stream, so the
     // pool has its members when the first request arrives.
     setup::grant_members(&mut up)?;
@@ -53,7 +52,7 @@ pub fn run(n: usize) -> Result<(), String> {
     let mut evicted = 0usize;
     for phase in 0..3 {
         let first = phase * n;
-        let mut w = up.sock.try_clone().map_err(|e| e.to_string())?;
+        let mut w = up.link.writer().map_err(|e| e.to_string())?;
         let deadline =
             Instant::now() + Duration::from_secs(60) + Duration::from_micros(n as u64 * 50);
         let started = Instant::now();

@@ -45,6 +45,7 @@ mod procstat;
 mod prosody_bench;
 mod report;
 mod setup;
+mod tls;
 mod traffic;
 mod wire;
 
@@ -171,10 +172,12 @@ fn bench(s: &Settings) -> Result<(), String> {
     let started = std::time::Instant::now();
     report::machine();
     let bodies = Bodies::new();
+    let pki = tls::Pki::new()?;
     let mut rows = Vec::new();
+    let mut tls_rows = Vec::new();
     let mut tag = 1u32;
     for &threads in &s.threads {
-        let mut env = Env::start(threads)?;
+        let mut env = Env::start(threads, &pki)?;
         for &flow in &s.flows {
             for &size in &s.sizes {
                 let label = format!("t{threads} {} {}", flow.name(), size.name());
@@ -184,7 +187,7 @@ fn bench(s: &Settings) -> Result<(), String> {
                 {
                     continue;
                 }
-                let mut go = |path: Path, rate: Option<f64>, env: &mut Env| {
+                let mut go = |path: Path, rate: Option<f64>, tls: bool, env: &mut Env| {
                     tag += 1;
                     env.measure(
                         &Plan {
@@ -195,16 +198,19 @@ fn bench(s: &Settings) -> Result<(), String> {
                             bodies: &bodies,
                         },
                         &s.spec(rate),
+                        tls,
                     )
-                    .map_err(|e| format!("{label} {path:?} rate {rate:?}: {e}"))
+                    .map_err(|e| format!("{label} {path:?} tls {tls} rate {rate:?}: {e}"))
                 };
-                let relay_max = go(Path::Relay, None, &mut env)?;
-                let proxy_max = go(Path::Proxy, None, &mut env)?;
+                let relay_max = go(Path::Relay, None, false, &mut env)?;
+                let proxy_max = go(Path::Proxy, None, false, &mut env)?;
+                let tls_max = go(Path::Proxy, None, true, &mut env)?;
+                let tls_row = report::TlsRow::new(threads, flow, size, &proxy_max, &tls_max);
                 let mut loads = Vec::new();
                 if !s.max_only {
                     let half = proxy_max.items_per_sec() / 2.0;
-                    let relay_half = go(Path::Relay, Some(half), &mut env)?;
-                    let proxy_half = go(Path::Proxy, Some(half), &mut env)?;
+                    let relay_half = go(Path::Relay, Some(half), false, &mut env)?;
+                    let proxy_half = go(Path::Proxy, Some(half), false, &mut env)?;
                     loads.push(("half", relay_half, proxy_half));
                 }
                 loads.insert(0, ("max", relay_max, proxy_max));
@@ -220,11 +226,15 @@ fn bench(s: &Settings) -> Result<(), String> {
                     eprintln!("{}", row.line());
                     rows.push(row);
                 }
+                eprintln!("{}", tls_row.line());
+                tls_rows.push(tls_row);
             }
         }
     }
     println!();
     report::table(&rows, s.window);
+    println!();
+    report::tls_table(&tls_rows);
     if s.prosody {
         let p = prosody_bench::run(s, &bodies)?;
         println!();
@@ -276,6 +286,14 @@ struct Env {
     /// Relay ends: `a` plays the server side, `b` the member side.
     relay_a: Conn,
     relay_b: Conn,
+    plain: Proxies,
+    /// The same over direct TLS on both links.
+    tls: Proxies,
+}
+
+/// A pass-through jatproxy with its server and instance ends, and a
+/// seed-flow jatproxy with its server end.
+struct Proxies {
     pass_proxy: ChildProc,
     pass_up: Conn,
     pass_inst: Conn,
@@ -283,8 +301,32 @@ struct Env {
     seed_up: Conn,
 }
 
+impl Proxies {
+    fn start(threads: usize, tls: Option<&tls::Pki>) -> Result<Proxies, String> {
+        let server = FakeServer::bind()?;
+        let inst_addr = setup::free_addr()?;
+        let pass_proxy =
+            setup::start_jatproxy(server.addr(), &Role::Instances(inst_addr), threads, "", tls)?;
+        let mut pass_up = server.accept_component(tls)?;
+        let mut pass_inst = setup::connect_instance(inst_addr, tls)?;
+        setup::wait_instance_in_pool(&mut pass_up, &mut pass_inst)?;
+
+        let server = FakeServer::bind()?;
+        let seed_proxy = setup::start_jatproxy(server.addr(), &Role::Clients, threads, "", tls)?;
+        let mut seed_up = server.accept_component(tls)?;
+        setup::grant_members(&mut seed_up)?;
+        Ok(Proxies {
+            pass_proxy,
+            pass_up,
+            pass_inst,
+            seed_proxy,
+            seed_up,
+        })
+    }
+}
+
 impl Env {
-    fn start(threads: usize) -> Result<Env, String> {
+    fn start(threads: usize, pki: &tls::Pki) -> Result<Env, String> {
         // The relay, its two ends introducing themselves with stream
         // headers so both framers start as on a component stream.
         let sink = FakeServer::bind()?;
@@ -297,32 +339,18 @@ impl Env {
         for c in [&mut relay_a, &mut relay_b] {
             c.header_within(setup::WAIT)?;
         }
-
-        let server = FakeServer::bind()?;
-        let inst_addr = setup::free_addr()?;
-        let pass_proxy =
-            setup::start_jatproxy(server.addr(), &Role::Instances(inst_addr), threads, "")?;
-        let mut pass_up = server.accept_component()?;
-        let mut pass_inst = setup::connect_instance(inst_addr)?;
-        setup::wait_instance_in_pool(&mut pass_up, &mut pass_inst)?;
-
-        let server = FakeServer::bind()?;
-        let seed_proxy = setup::start_jatproxy(server.addr(), &Role::Clients, threads, "")?;
-        let mut seed_up = server.accept_component()?;
-        setup::grant_members(&mut seed_up)?;
         Ok(Env {
             relay,
             relay_a,
             relay_b,
-            pass_proxy,
-            pass_up,
-            pass_inst,
-            seed_proxy,
-            seed_up,
+            plain: Proxies::start(threads, None)?,
+            tls: Proxies::start(threads, Some(pki))?,
         })
     }
 
-    fn measure(&mut self, plan: &Plan<'_>, spec: &Spec) -> Result<Measured, String> {
+    /// One run; `tls` picks the proxies over TLS (the relay is plain).
+    fn measure(&mut self, plan: &Plan<'_>, spec: &Spec, tls: bool) -> Result<Measured, String> {
+        let px = if tls { &mut self.tls } else { &mut self.plain };
         let (proc, ends) = match (plan.path, plan.flow) {
             (Path::Relay, Flow::Pass) => (
                 &mut self.relay,
@@ -355,24 +383,24 @@ impl Env {
                 ],
             ),
             (Path::Proxy, Flow::Pass) => (
-                &mut self.pass_proxy,
+                &mut px.pass_proxy,
                 vec![
                     End {
-                        conn: &mut self.pass_up,
+                        conn: &mut px.pass_up,
                         sends: true,
                         completes_for: None,
                     },
                     End {
-                        conn: &mut self.pass_inst,
+                        conn: &mut px.pass_inst,
                         sends: false,
                         completes_for: Some(0),
                     },
                 ],
             ),
             (Path::Proxy, Flow::Seed) => (
-                &mut self.seed_proxy,
+                &mut px.seed_proxy,
                 vec![End {
-                    conn: &mut self.seed_up,
+                    conn: &mut px.seed_up,
                     sends: true,
                     completes_for: Some(0),
                 }],
@@ -405,8 +433,8 @@ fn soak(secs: u64, rate: f64) -> Result<(), String> {
     report::machine();
     let bodies = Bodies::new();
     let server = FakeServer::bind()?;
-    let proxy = setup::start_jatproxy(server.addr(), &Role::Clients, 2, "")?;
-    let mut up = server.accept_component()?;
+    let proxy = setup::start_jatproxy(server.addr(), &Role::Clients, 2, "", None)?;
+    let mut up = server.accept_component(None)?;
     setup::grant_members(&mut up)?;
     let slice = Duration::from_secs(secs.max(10)) / 10;
     println!("soak: seed flow, mixed stanzas, {rate} requests/s, {secs} s; jatproxy RSS:");

@@ -167,7 +167,7 @@ fn measure(s: &Settings, bodies: &Bodies, prosody: &Prosody) -> Result<Vec<Proso
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(2);
-    let proxy = setup::start_jatproxy(prosody.component_addr(), &Role::Clients, threads, "")?;
+    let proxy = setup::start_jatproxy(prosody.component_addr(), &Role::Clients, threads, "", None)?;
     wait_ready(&mut requesters[0], &mut responders)?;
     for (tag, via_proxy) in [(900u32, false), (901, true)] {
         let plan = Plan {

@@ -191,3 +191,85 @@ pub fn prosody_table(rows: &[ProsodyRow]) {
         );
     }
 }
+
+/// One case at the maximum rate: jatproxy over plain TCP and over direct
+/// TLS on both links, measured back to back in the same run.
+pub struct TlsRow {
+    threads: usize,
+    flow: Flow,
+    size: Size,
+    plain_st: f64,
+    tls_st: f64,
+    plain_cpu: f64,
+    tls_cpu: f64,
+    plain_p50: f64,
+    tls_p50: f64,
+}
+
+impl TlsRow {
+    pub fn new(threads: usize, flow: Flow, size: Size, plain: &Measured, tls: &Measured) -> TlsRow {
+        TlsRow {
+            threads,
+            flow,
+            size,
+            plain_st: plain.stanzas_per_sec(),
+            tls_st: tls.stanzas_per_sec(),
+            plain_cpu: plain.cpu_per_million(),
+            tls_cpu: tls.cpu_per_million(),
+            plain_p50: lat(plain).p50,
+            tls_p50: lat(tls).p50,
+        }
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.threads.to_string(),
+            self.flow.name().to_owned(),
+            self.size.name().to_owned(),
+            si(self.plain_st),
+            si(self.tls_st),
+            format!("{:.0} %", 100.0 * self.tls_st / self.plain_st.max(1e-9)),
+            format!("{:.1}", self.plain_cpu),
+            format!("{:.1}", self.tls_cpu),
+            format!("{:.2}", self.tls_cpu / self.plain_cpu.max(1e-9)),
+            format!("{:.0} / {:.0}", self.plain_p50, self.tls_p50),
+        ]
+    }
+
+    pub fn line(&self) -> String {
+        format!("tls: {}", self.cells().join(" | "))
+    }
+}
+
+const TLS_HEAD: [&str; 10] = [
+    "thr",
+    "flow",
+    "size",
+    "plain st/s",
+    "TLS st/s",
+    "TLS st/s vs plain",
+    "plain CPU s/M st",
+    "TLS CPU s/M st",
+    "TLS CPU × plain",
+    "p50 µs plain / TLS",
+];
+
+/// The cost of direct TLS on both component links, at the maximum rate.
+pub fn tls_table(rows: &[TlsRow]) {
+    println!("| {} |", TLS_HEAD.join(" | "));
+    println!(
+        "|{}|",
+        (0..TLS_HEAD.len())
+            .map(|i| if i < 3 { "---" } else { "---:" })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        println!("| {} |", r.cells().join(" | "));
+    }
+    println!(
+        "\nTLS = direct TLS (rustls, TLS 1.3) on jatproxy's upstream link and on its \
+         instances' listener, the bench's ends terminating it in its own threads; \
+         plain = the jatproxy rows above; max load; CPU of the jatproxy process"
+    );
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use jatproxy::handshake;
 use jatproxy::xml::inspect;
 
+use crate::tls::{Link, Pki};
 use crate::traffic::{target, D};
 use crate::wire::{Conn, Read1};
 
@@ -39,6 +40,11 @@ impl FakeServer {
 
     /// The next incoming TCP connection, as is.
     pub fn accept_raw(&self, who: &str) -> Result<Conn, String> {
+        let s = self.accept_sock(who)?;
+        Conn::new(s, who).map_err(|e| e.to_string())
+    }
+
+    fn accept_sock(&self, who: &str) -> Result<TcpStream, String> {
         self.listener
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
@@ -47,7 +53,7 @@ impl FakeServer {
             match self.listener.accept() {
                 Ok((s, _)) => {
                     s.set_nonblocking(false).map_err(|e| e.to_string())?;
-                    return Conn::new(s, who).map_err(|e| e.to_string());
+                    return Ok(s);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
@@ -62,8 +68,15 @@ impl FakeServer {
 
     /// Accepts jatproxy's upstream connection and completes XEP-0114 as a
     /// server: header with an id, check sha1(id + secret), `<handshake/>`.
-    pub fn accept_component(&self) -> Result<Conn, String> {
-        let mut c = self.accept_raw("fake server")?;
+    /// With `tls`, direct TLS first, as the server.
+    pub fn accept_component(&self, tls: Option<&Pki>) -> Result<Conn, String> {
+        let who = "fake server";
+        let sock = self.accept_sock(who)?;
+        let link = match tls {
+            Some(pki) => pki.accept(sock)?,
+            None => Link::Plain(sock),
+        };
+        let mut c = Conn::over(link, who).map_err(|e| e.to_string())?;
         let h = c.header_within(WAIT)?;
         if h.to() != Some(D) {
             return Err(format!("expected a header to {D}, got {h:?}"));
@@ -108,8 +121,9 @@ pub fn grant_members(up: &mut Conn) -> Result<(), String> {
     up.write_all(presences.as_bytes())
 }
 
-/// A component instance connecting to jatproxy's listener.
-pub fn connect_instance(addr: SocketAddr) -> Result<Conn, String> {
+/// A component instance connecting to jatproxy's listener (over direct
+/// TLS with `tls`).
+pub fn connect_instance(addr: SocketAddr, tls: Option<&Pki>) -> Result<Conn, String> {
     let deadline = Instant::now() + WAIT;
     let sock = loop {
         match TcpStream::connect(addr) {
@@ -121,7 +135,11 @@ pub fn connect_instance(addr: SocketAddr) -> Result<Conn, String> {
             Err(e) => return Err(format!("connect to jatproxy's listener {addr}: {e}")),
         }
     };
-    let mut c = Conn::new(sock, "instance").map_err(|e| e.to_string())?;
+    let link = match tls {
+        Some(pki) => pki.connect(sock)?,
+        None => Link::Plain(sock),
+    };
+    let mut c = Conn::over(link, "instance").map_err(|e| e.to_string())?;
     c.write_all(&handshake::client_header(D))?;
     let id = c.header_within(WAIT)?.id().unwrap_or_default().to_owned();
     c.write_all(&handshake::handshake_element(&handshake::digest(
@@ -200,17 +218,26 @@ pub enum Role {
 
 /// jatproxy as a child process (its own CPU and memory, as deployed),
 /// pointed at `server`. `bin` is the release binary cargo built for this
-/// benchmark.
+/// benchmark. With `tls`, direct TLS on both links: to the server
+/// (trusting the bench CA) and on the instances' listener.
 pub fn start_jatproxy(
     server: SocketAddr,
     role: &Role,
     threads: usize,
     extra: &str,
+    tls: Option<&Pki>,
 ) -> Result<ChildProc, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (up_tls, inst_tls) = match tls {
+        Some(p) => (
+            format!("tls = \"direct\"\ntls_ca_file = {:?}\n", p.ca),
+            format!("tls_cert = {:?}\ntls_key = {:?}\n", p.cert, p.key),
+        ),
+        None => (String::new(), String::new()),
+    };
     let section = match role {
         Role::Instances(addr) => {
-            format!("[instances]\nlisten = \"{addr}\"\nsecret = \"{INSTANCE_SECRET}\"\n")
+            format!("[instances]\nlisten = \"{addr}\"\nsecret = \"{INSTANCE_SECRET}\"\n{inst_tls}")
         }
         Role::Clients => format!("[client_proxy]\ntarget_address = \"{}\"\n", target()),
     };
@@ -220,7 +247,7 @@ pub fn start_jatproxy(
     // arrive in a later run as a stray stanza.
     let toml = format!(
         "[upstream]\nserver = \"{server}\"\ndomain = \"{D}\"\nsecret = \"{UPSTREAM_SECRET}\"\n\
-         ping_interval = \"24h\"\n\
+         ping_interval = \"24h\"\n{up_tls}\
          {section}\n[log]\nlevel = \"warn\"\n\n[service]\nworker_threads = {threads}\n{extra}\n"
     );
     let cfg = dir.path().join("jatproxy.toml");

@@ -11,11 +11,13 @@
 //! a scheduler with what it measures, and a thread per socket end keeps
 //! one slow side from delaying the other's timestamps.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use crate::tls::{Link, LinkWriter};
 
 /// How often a blocked reader looks at its stop flag.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -191,7 +193,10 @@ fn parse_start_tag(bytes: Bytes) -> Result<Elem, String> {
 /// The reading side of a stream: socket, splitter state and unsplit
 /// bytes, kept together across runs so one stream can carry many.
 pub struct Conn {
-    pub sock: TcpStream,
+    pub link: Link,
+    /// Setup's writes (handshakes, logins); a run writes through its own
+    /// [`Link::writer`].
+    writer: LinkWriter,
     split: Splitter,
     buf: BytesMut,
     scratch: Vec<u8>,
@@ -207,12 +212,20 @@ pub enum Read1 {
 
 impl Conn {
     pub fn new(sock: TcpStream, who: impl Into<String>) -> io::Result<Conn> {
-        sock.set_nodelay(true)?;
-        sock.set_read_timeout(Some(POLL))?;
+        Conn::over(Link::Plain(sock), who)
+    }
+
+    /// A stream end over plain TCP or TLS.
+    pub fn over(mut link: Link, who: impl Into<String>) -> io::Result<Conn> {
+        link.sock().set_nodelay(true)?;
+        link.sock().set_read_timeout(Some(POLL))?;
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        link.drain_pending(&mut buf)?;
         Ok(Conn {
-            sock,
+            writer: link.writer()?,
+            link,
             split: Splitter::default(),
-            buf: BytesMut::with_capacity(256 * 1024),
+            buf,
             scratch: vec![0; 256 * 1024],
             who: who.into(),
         })
@@ -224,7 +237,7 @@ impl Conn {
     }
 
     pub fn write_all(&mut self, b: &[u8]) -> Result<(), String> {
-        self.sock
+        self.writer
             .write_all(b)
             .map_err(|e| format!("{}: write: {e}", self.who))
     }
@@ -239,9 +252,9 @@ impl Conn {
             {
                 return Ok(Read1::Unit(u));
             }
-            match self.sock.read(&mut self.scratch) {
-                Ok(0) => return Err(format!("{}: peer closed the connection", self.who)),
-                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+            match self.link.read_into(&mut self.scratch, &mut self.buf) {
+                Ok(false) => return Err(format!("{}: peer closed the connection", self.who)),
+                Ok(true) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
