@@ -14,6 +14,9 @@
 //! worker threads, at the maximum rate a window of requests allows and at
 //! a fixed rate of half jatproxy's maximum (for latency). Every stanza is
 //! checked to arrive exactly once and byte for byte as it must.
+//! Each maximum-rate jatproxy run is repeated against jatproxy with
+//! direct TLS on both links (`tls.rs`), for the cost of TLS in the same
+//! run.
 //!
 //! Then the same requesters against a real Prosody: straight to the
 //! target's resources (the floor), and through jatproxy as Prosody's
