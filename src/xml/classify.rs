@@ -230,10 +230,13 @@ mod x86 {
     }
 }
 
+/// One way to classify a block.
+pub type Path = fn(&[u8; BLOCK]) -> Masks;
+
 /// Every path this CPU can run, by name: the proptest and the fuzz target
 /// check each against [`classify_scalar`].
-pub fn paths() -> Vec<(&'static str, fn(&[u8; BLOCK]) -> Masks)> {
-    let mut v: Vec<(&'static str, fn(&[u8; BLOCK]) -> Masks)> =
+pub fn paths() -> Vec<(&'static str, Path)> {
+    let mut v: Vec<(&'static str, Path)> =
         vec![("scalar", classify_scalar), ("dispatch", classify)];
     #[cfg(target_arch = "x86_64")]
     v.push(("sse2", x86::sse2));
