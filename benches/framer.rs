@@ -1,11 +1,13 @@
 //! Framer throughput: `cargo bench --bench framer`.
 //!
-//! Two generated, deterministic streams (the same bytes on every run):
+//! Three generated, deterministic streams (the same bytes on every run):
 //! - `mixed`: ~4 MB of component traffic, by count 60 % small iqs with a
 //!   nested query, 30 % ~1 KB chat messages with entities and non-ASCII
 //!   text, 10 % presence;
 //! - `large`: sixteen 256 KiB stanzas, half iqs carrying base64 (avatar
-//!   uploads), half messages with long text (framed with a 1 MiB limit).
+//!   uploads), half messages with long text (framed with a 1 MiB limit);
+//! - `small-iq`: ~2 MB of ~114-byte iqs (pings and their results), the
+//!   bulk of real component traffic, where per-stanza cost dominates.
 //!
 //! Each stream is measured in bytes/s (decimal MB) and again in
 //! stanzas/s: `memcpy` of the same bytes (the ceiling), `utf8` (`std`'s
@@ -14,6 +16,18 @@
 //! from a socket) and `frame+rewrite` (framing plus building the
 //! rewritten `to`/`from` of every iq, which is what the proxy does per
 //! iq: the Wire, not a contiguous copy).
+//!
+//! Two other tokenizers run over the same bytes, as references a Rust
+//! user would pick: `quick-xml` (its slice reader, events only: no
+//! UTF-8, namespace, entity or attribute checks; `quick-xml+attrs` also
+//! walks every start tag's attributes, which checks their syntax and
+//! duplicates) and `xmlparser` (which needs a `&str`, so its row includes
+//! `std`'s UTF-8 check). Both get the whole stream as one slice, their
+//! best case, not 4 KiB reads; each counts stanzas (depth-2 elements) so
+//! a row that stopped early fails the corpus check.
+//!
+//! Run a subset with a filter, e.g.
+//! `cargo bench --bench framer -- 'frame$|quick|xmlparser'`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -114,6 +128,22 @@ fn presence(rng: &mut Rng) -> String {
     }
 }
 
+/// A ping or its result, ~114 bytes.
+fn small_iq(rng: &mut Rng, i: usize) -> String {
+    let user = rng.below(1000);
+    if rng.below(2) == 0 {
+        format!(
+            "<iq type='get' id='p{i}' to='proxy.example.test' from='u{user}@example.test/r'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+    } else {
+        format!(
+            "<iq type='result' id='p{i}' to='u{user}@example.test/r' from='proxy.example.test' \
+             xml:lang='en'/>"
+        )
+    }
+}
+
 /// A stream (header and stanzas, still open) and how many stanzas it holds.
 struct Corpus {
     bytes: Vec<u8>,
@@ -132,6 +162,21 @@ fn mixed(target_bytes: usize) -> Corpus {
             _ => presence(&mut rng),
         };
         s.push_str(&stanza);
+        n += 1;
+    }
+    Corpus {
+        bytes: s.into_bytes(),
+        stanzas: n as u64,
+        limits: FramerLimits::default(),
+    }
+}
+
+fn small_iqs(target_bytes: usize) -> Corpus {
+    let mut rng = Rng(0x736d_616c_6c5f_6971);
+    let mut s = String::from(HEADER);
+    let mut n = 0;
+    while s.len() < target_bytes {
+        s.push_str(&small_iq(&mut rng, n));
         n += 1;
     }
     Corpus {
@@ -226,6 +271,82 @@ fn frame(corpus: &Corpus, tokenizer: Tokenizer, rewrite_iqs: bool) -> u64 {
     stanzas
 }
 
+/// quick-xml's slice reader over the whole stream; `attrs` also walks
+/// (and so checks) every start tag's attributes. Returns the stanzas.
+fn quick_xml(bytes: &[u8], attrs: bool) -> u64 {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(bytes);
+    let mut depth = 0u32;
+    let mut stanzas = 0;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if attrs {
+                    for a in e.attributes() {
+                        black_box(a.expect("corpus attributes are well-formed"));
+                    }
+                }
+                depth += 1;
+            }
+            Ok(Event::Empty(e)) => {
+                if attrs {
+                    for a in e.attributes() {
+                        black_box(a.expect("corpus attributes are well-formed"));
+                    }
+                }
+                stanzas += u64::from(depth == 1);
+            }
+            Ok(Event::End(_)) => {
+                depth -= 1;
+                stanzas += u64::from(depth == 1);
+            }
+            Ok(Event::Eof) => return stanzas,
+            Ok(other) => {
+                black_box(other);
+            }
+            // The stream is still open at the end of the corpus.
+            Err(_) if reader.buffer_position() as usize >= bytes.len() => return stanzas,
+            Err(e) => panic!("quick-xml refuses the corpus: {e}"),
+        }
+    }
+}
+
+/// xmlparser over the whole stream (after `std`'s UTF-8 check, as it
+/// takes a `&str`). Returns the stanzas.
+fn xmlparser(bytes: &[u8]) -> u64 {
+    use xmlparser::{ElementEnd, Token};
+    let text = std::str::from_utf8(bytes).expect("corpus is UTF-8");
+    let mut depth = 0u32;
+    let mut stanzas = 0;
+    for token in xmlparser::Tokenizer::from(text) {
+        match token {
+            Ok(Token::ElementEnd { end, .. }) => match end {
+                ElementEnd::Open => depth += 1,
+                ElementEnd::Close(..) => {
+                    depth -= 1;
+                    stanzas += u64::from(depth == 1);
+                }
+                ElementEnd::Empty => stanzas += u64::from(depth == 1),
+            },
+            Ok(other) => {
+                black_box(other);
+            }
+            Err(e) => panic!("xmlparser refuses the corpus: {e}"),
+        }
+    }
+    stanzas
+}
+
+/// A reference tokenizer's run over a whole stream: the stanzas it saw.
+type Run = fn(&[u8]) -> u64;
+
+/// The reference tokenizers' rows: name and stanza-counting run.
+const OTHERS: [(&str, Run); 3] = [
+    ("quick-xml", |b| quick_xml(b, false)),
+    ("quick-xml+attrs", |b| quick_xml(b, true)),
+    ("xmlparser", xmlparser),
+];
+
 fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpus: &Corpus) {
     let mut dst = vec![0u8; corpus.bytes.len()];
     group.bench_function("memcpy", |b| {
@@ -249,18 +370,33 @@ fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpu
             b.iter(|| frame(black_box(corpus), t, true))
         });
     }
+    for (name, run) in OTHERS {
+        group.bench_function(name, |b| b.iter(|| run(black_box(&corpus.bytes))));
+    }
 }
 
 const TOKENIZERS: [Tokenizer; 2] = [Tokenizer::Fast, Tokenizer::Rxml];
 
 fn bench(c: &mut Criterion) {
-    for (name, corpus) in [("mixed", mixed(4_000_000)), ("large", large(16))] {
+    let corpora = [
+        ("mixed", mixed(4_000_000)),
+        ("large", large(16)),
+        ("small-iq", small_iqs(2_000_000)),
+    ];
+    for (name, corpus) in corpora {
         // The corpus must frame completely, or the figures mean nothing.
         for t in TOKENIZERS {
             assert_eq!(
                 frame(&corpus, t, true),
                 corpus.stanzas,
                 "{name} {t}: stanza count"
+            );
+        }
+        for (other, run) in OTHERS {
+            assert_eq!(
+                run(&corpus.bytes),
+                corpus.stanzas,
+                "{name} {other}: stanza count"
             );
         }
         println!(
@@ -281,13 +417,16 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| frame(black_box(&corpus), t, false))
             });
         }
+        for (other, run) in OTHERS {
+            group.bench_function(other, |b| b.iter(|| run(black_box(&corpus.bytes))));
+        }
         group.finish();
     }
 }
 
 criterion_group! {
     name = benches;
-    // Fourteen benchmarks of 1–40 ms iterations: about 1.5 minutes.
+    // 42 benchmarks of 0.1–40 ms iterations: about 4 minutes.
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
