@@ -82,12 +82,7 @@
 //!   starts its long-running tasks (connection tasks spawn only their own
 //!   per-connection helpers).
 //! - [`proxy`]: the old paths (`proxy::Proxy`, `proxy::Status`), re-exported.
-// The proxy as shipped has no unsafe code. Tests and the fuzz crate also
-// build `xml::classify`, whose SIMD intrinsics (each block with its
-// bounds invariant) opt out by name: there `deny`, which a module's
-// `allow` can lift, stands in for `forbid`.
-#![cfg_attr(not(any(test, feature = "fuzzing")), forbid(unsafe_code))]
-#![cfg_attr(any(test, feature = "fuzzing"), deny(unsafe_code))]
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;

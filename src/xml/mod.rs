@@ -5,14 +5,6 @@
 // The chunk-feeding driver unit tests and the fuzz targets share.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod chunked;
-// The SIMD structural classifier. Measured against the `memchr` scans it
-// was built to replace, it did not pay (see its module doc), so the
-// proxy does not use it and a normal build leaves it out; tests and the
-// fuzz crate keep it, and its SIMD == scalar checks, building. Its
-// intrinsics are the crate's only unsafe code.
-#[cfg(any(test, feature = "fuzzing"))]
-#[allow(unsafe_code)]
-pub mod classify;
 pub mod codec;
 // A test oracle (the fast tokenizer held against rxml), for unit tests and
 // the fuzz targets only: not part of the proxy's API.
