@@ -156,6 +156,11 @@ fn config(modules: Option<&PathBuf>) -> ProsodyConfig {
     for i in 0..REQUESTERS {
         cfg = cfg.user(&format!("req{i}"), PW);
     }
+    if std::env::var_os("E2E_PROSODY_NO_NAGLE").is_some() {
+        // What the operator can set (README "Performance"): Prosody 0.12's
+        // epoll backend then sets TCP_NODELAY on its sockets.
+        cfg = cfg.extra_global("network_settings = { nagle = false }");
+    }
     if let Some(dir) = modules {
         // The module learns the target's resources from their presence,
         // which Prosody sends it when the roster says `From`.
