@@ -23,6 +23,7 @@
 //! configuration (callers pass the limits and queue sizes).
 
 mod budget;
+mod quickack;
 mod socket;
 mod write;
 mod writer;
@@ -75,9 +76,25 @@ impl Connection {
     /// framed with `limits` by `tokenizer`. Nagle is off: every stanza
     /// the writer flushes is meant to go now.
     pub fn new(sock: impl Into<Socket>, limits: FramerLimits, tokenizer: Tokenizer) -> Self {
-        let sock = sock.into();
+        Connection::build(sock.into(), limits, tokenizer, false)
+    }
+
+    /// As [`Connection::new`], and every read re-arms `TCP_QUICKACK` on
+    /// Linux, so what we read is acknowledged at once. For the upstream
+    /// link: a server that leaves Nagle on (Prosody's default) holds a
+    /// second small stanza until the first is acknowledged, and a delayed
+    /// ACK here would make that wait up to ~40 ms.
+    pub fn with_quickack(
+        sock: impl Into<Socket>,
+        limits: FramerLimits,
+        tokenizer: Tokenizer,
+    ) -> Self {
+        Connection::build(sock.into(), limits, tokenizer, true)
+    }
+
+    fn build(sock: Socket, limits: FramerLimits, tokenizer: Tokenizer, quickack: bool) -> Self {
         sock.set_nodelay();
-        let (r, w) = sock.split();
+        let (r, w) = sock.split(quickack);
         let frames =
             FramedRead::with_capacity(r, Framer::with_tokenizer(limits, tokenizer), READ_CAPACITY);
         Connection::from_parts(frames, w)

@@ -356,7 +356,8 @@ async fn open(cfg: &Config, shutdown: &CancellationToken) -> Result<Connection, 
         r = secure(stream, up) => r.map_err(|error| SessionEnd::Tls { server: up.server.clone(), error })?,
         _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
     };
-    let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
+    let mut conn =
+        Connection::with_quickack(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
     let login = handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout);
     tokio::select! {
         r = login => r?,
@@ -606,7 +607,8 @@ async fn straggler_round(
         .await
         .map_err(StragglerError::Connect)?;
     let stream = secure(stream, up).await?;
-    let mut conn = Connection::new(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
+    let mut conn =
+        Connection::with_quickack(stream, cfg.limits.upstream_framer(), cfg.limits.tokenizer);
     handshake::login(&mut conn, &up.domain, &up.secret, up.handshake_timeout).await?;
     let replies: Vec<bytes::Bytes> = waiting
         .iter()

@@ -36,7 +36,10 @@
 //! still applies, so a large value floods a member with up to 4 MiB
 //! ahead of what it has read), `E2E_NO_PROSODY=1`,
 //! `E2E_TOKENIZER` (`rxml` or `fast`: jatproxy's `--tokenizer`),
-//! `E2E_PROSODY_THREADS` (jatproxy's threads beside Prosody, default 2).
+//! `E2E_PROSODY_THREADS` (jatproxy's threads beside Prosody, default 2),
+//! `E2E_PROSODY_NO_NAGLE=1` (Prosody's `network_settings = { nagle = false }`),
+//! `PROSODY_MODULES_DIR` (where `mod_client_proxy/` is, default
+//! `../shared/reference/prosody-modules`; its row is skipped without it).
 
 #[path = "../../tests/support/prosody.rs"]
 mod prosody;

@@ -156,9 +156,13 @@ pub fn table(rows: &[Row], window: usize) {
     );
 }
 
-/// The Prosody comparison: one row per path.
+/// The Prosody comparison: one row per path and load.
 pub struct ProsodyRow {
     pub label: String,
+    /// Requests in flight in total.
+    pub in_flight: usize,
+    /// Why the path was not measured (then the figures are empty).
+    pub skipped: Option<String>,
     pub requests: u64,
     pub secs: f64,
     pub latencies: Vec<u64>,
@@ -168,28 +172,73 @@ pub struct ProsodyRow {
     pub responder_cpu: f64,
 }
 
+impl ProsodyRow {
+    /// A path that could not run, printed as a row that says why.
+    pub fn skipped(label: String, why: String) -> ProsodyRow {
+        ProsodyRow {
+            label,
+            in_flight: 0,
+            skipped: Some(why),
+            requests: 0,
+            secs: 0.0,
+            latencies: Vec::new(),
+            prosody_cpu: 0.0,
+            proxy_cpu: None,
+            requester_cpu: 0.0,
+            responder_cpu: 0.0,
+        }
+    }
+
+    /// Prosody's CPU per request, µs.
+    fn prosody_us(&self) -> f64 {
+        self.prosody_cpu / self.requests.max(1) as f64 * 1e6
+    }
+}
+
 pub fn prosody_table(rows: &[ProsodyRow]) {
     println!(
-        "| path | requests/s | p50 / p99 / p99.9 ms | Prosody CPU s / 10k req | jatproxy CPU s / 10k req | requesters CPU s / 10k req | responders CPU s / 10k req |"
+        "| path | in flight | requests/s | p50 / p99 / p99.9 ms | max ms | Prosody CPU µs / req | jatproxy CPU µs / req | requesters CPU µs / req | responders CPU µs / req |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
+        if let Some(why) = &r.skipped {
+            println!("| {} | – | {why} | | | | | | |", r.label);
+            continue;
+        }
         let mut v = r.latencies.clone();
         v.sort_unstable();
-        let per = |cpu: f64| cpu / r.requests as f64 * 10_000.0;
+        let per = |cpu: f64| cpu / r.requests.max(1) as f64 * 1e6;
         println!(
-            "| {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.0} | {} | {:.0} | {:.0} |",
             r.label,
+            r.in_flight,
             r.requests as f64 / r.secs,
             quantile_us(&v, 0.5) / 1000.0,
             quantile_us(&v, 0.99) / 1000.0,
             quantile_us(&v, 0.999) / 1000.0,
-            per(r.prosody_cpu),
-            r.proxy_cpu.map_or("–".into(), |c| format!("{:.3}", per(c))),
+            v.last().map_or(0.0, |&m| m as f64 / 1e6),
+            r.prosody_us(),
+            r.proxy_cpu.map_or("–".into(), |c| format!("{:.1}", per(c))),
             per(r.requester_cpu),
             per(r.responder_cpu),
         );
     }
+    prosody_cpu_summary(rows);
+}
+
+/// What an external component costs the server: Prosody's CPU per
+/// request on each path at the highest load, on one line.
+fn prosody_cpu_summary(rows: &[ProsodyRow]) {
+    let top = rows.iter().map(|r| r.in_flight).max().unwrap_or(0);
+    let parts: Vec<String> = rows
+        .iter()
+        .filter(|r| r.skipped.is_none() && r.in_flight == top)
+        .map(|r| format!("{}: {:.0} µs", r.label, r.prosody_us()))
+        .collect();
+    println!(
+        "\nProsody CPU per request at {top} in flight — {}",
+        parts.join("; ")
+    );
 }
 
 /// One case at the maximum rate: jatproxy over plain TCP and over direct

@@ -18,6 +18,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+use super::quickack::QuickAck;
+
 /// One connected socket, before it is split.
 #[derive(Debug)]
 pub enum Socket {
@@ -61,24 +63,43 @@ impl Socket {
         let _ = tcp.set_nodelay(true);
     }
 
-    /// The read and write halves.
-    pub fn split(self) -> (SocketRead, SocketWrite) {
-        match self {
+    /// The read and write halves. With `quickack`, the read half re-arms
+    /// `TCP_QUICKACK` on the TCP socket after every read (see
+    /// [`QuickAck`]); when that cannot be set up the halves work as
+    /// without it.
+    pub fn split(self, quickack: bool) -> (SocketRead, SocketWrite) {
+        let ack = if quickack {
+            let tcp = match &self {
+                Socket::Tcp(s) => s,
+                Socket::Tls(s) => s.get_ref().0,
+            };
+            QuickAck::new(tcp)
+        } else {
+            None
+        };
+        let (half, w) = match self {
             Socket::Tcp(s) => {
                 let (r, w) = s.into_split();
-                (SocketRead::Tcp(r), SocketWrite::Tcp(w))
+                (ReadHalfOf::Tcp(r), SocketWrite::Tcp(w))
             }
             Socket::Tls(s) => {
                 let (r, w) = tokio::io::split(*s);
-                (SocketRead::Tls(r), SocketWrite::Tls(w))
+                (ReadHalfOf::Tls(r), SocketWrite::Tls(w))
             }
-        }
+        };
+        (SocketRead { half, ack }, w)
     }
 }
 
-/// The read half of a [`Socket`].
+/// The read half of a [`Socket`], and what re-arms quick ACKs on it.
 #[derive(Debug)]
-pub enum SocketRead {
+pub struct SocketRead {
+    half: ReadHalfOf,
+    ack: Option<QuickAck>,
+}
+
+#[derive(Debug)]
+enum ReadHalfOf {
     Tcp(OwnedReadHalf),
     Tls(ReadHalf<TlsStream<TcpStream>>),
 }
@@ -97,10 +118,18 @@ impl AsyncRead for SocketRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            SocketRead::Tcp(r) => Pin::new(r).poll_read(cx, buf),
-            SocketRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.half {
+            ReadHalfOf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalfOf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        };
+        if let (Some(ack), Poll::Ready(Ok(()))) = (&this.ack, &read) {
+            if buf.filled().len() > before {
+                ack.rearm();
+            }
         }
+        read
     }
 }
 
