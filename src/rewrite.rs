@@ -3,9 +3,11 @@
 //! The output is the original bytes with only the `to`/`from` value spans
 //! replaced (escaped for that attribute's own quote character), or the
 //! attribute inserted at the end of the start tag when it was missing.
-//! It is returned as slices of the original [`Bytes`] plus the small new
-//! pieces, so rewriting itself never copies the payload. The copy happens
-//! later, once: [`crate::connection::write_loop`] writes each piece through its
+//! A stanza up to [`COPY_UP_TO`] bytes comes back as one new buffer (a
+//! copy is cheaper than pieces at that size); a larger one as slices of
+//! the original [`Bytes`] plus the small new pieces, so rewriting never
+//! copies a large payload. Its copy happens later, once:
+//! [`crate::connection::write_loop`] writes each piece through its
 //! `BufWriter` so a burst becomes few syscalls (a piece at least as large
 //! as that buffer goes to the socket directly). [`Wire::to_bytes`] also
 //! copies; only tests use it.
@@ -65,41 +67,120 @@ impl From<Bytes> for Wire {
     }
 }
 
-/// `stanza` with `to` and/or `from` replaced by the given decoded values
-/// (`None` leaves that attribute as it is).
-pub fn rewrite(stanza: &Stanza, to: Option<&str>, from: Option<&str>) -> Wire {
-    // (start, end, replacement) in the stanza's bytes; at most two.
-    let mut edits: Vec<(usize, usize, Bytes)> = Vec::with_capacity(2);
-    for (name, value, attr) in [("to", to, &stanza.to), ("from", from, &stanza.from)] {
-        let Some(value) = value else { continue };
-        match attr {
-            Some(a) => edits.push((
-                a.span.start,
-                a.span.end,
-                Bytes::from(escape::attr(value, a.quote).into_owned()),
-            )),
+/// Up to this size a rewritten stanza is one new buffer: copying a few
+/// hundred bytes costs less than the five reference-counted pieces
+/// (each cloned, dropped and written on its own) that sharing needs, and
+/// most stanzas are this small. Larger ones are pieces, their payload
+/// shared, never copied.
+pub const COPY_UP_TO: usize = 2048;
+
+/// A new attribute value to write: replacing a value span (escaped for
+/// its quote), or a whole attribute inserted at the end of the start tag.
+#[derive(Clone, Copy)]
+struct Edit<'a> {
+    start: usize,
+    end: usize,
+    name: &'a str,
+    value: &'a str,
+    /// The quote of the value replaced; `None`: an inserted attribute.
+    quote: Option<u8>,
+}
+
+impl Edit<'_> {
+    const NONE: Edit<'static> = Edit {
+        start: 0,
+        end: 0,
+        name: "",
+        value: "",
+        quote: None,
+    };
+
+    fn write(&self, out: &mut BytesMut) {
+        match self.quote {
+            Some(q) => out.extend_from_slice(escape::attr(self.value, q).as_bytes()),
             None => {
-                let piece = format!(" {name}='{}'", escape::attr(value, b'\''));
-                edits.push((stanza.insert_at, stanza.insert_at, Bytes::from(piece)));
+                for piece in [" ", self.name, "='", &escape::attr(self.value, b'\''), "'"] {
+                    out.extend_from_slice(piece.as_bytes());
+                }
             }
         }
     }
-    if edits.is_empty() {
+
+    /// Bytes it adds, before escaping (a capacity hint).
+    fn len(&self) -> usize {
+        self.value.len()
+            + if self.quote.is_some() {
+                0
+            } else {
+                self.name.len() + 4
+            }
+    }
+}
+
+/// `stanza` with `to` and/or `from` replaced by the given decoded values
+/// (`None` leaves that attribute as it is).
+pub fn rewrite(stanza: &Stanza, to: Option<&str>, from: Option<&str>) -> Wire {
+    // At most two edits, on the stack: this runs twice per routed request.
+    let mut edits = [Edit::NONE; 2];
+    let mut n = 0;
+    for (name, value, attr) in [("to", to, &stanza.to), ("from", from, &stanza.from)] {
+        let Some(value) = value else { continue };
+        let (start, end, quote) = match attr {
+            Some(a) => (a.span.start, a.span.end, Some(a.quote)),
+            None => (stanza.insert_at, stanza.insert_at, None),
+        };
+        edits[n] = Edit {
+            start,
+            end,
+            name,
+            value,
+            quote,
+        };
+        n += 1;
+    }
+    if n == 0 {
         return Wire::One(stanza.bytes.clone());
     }
+    let edits = &mut edits[..n];
     // Stable: two insertions at the same point keep `to` before `from`.
-    edits.sort_by_key(|e| e.0);
-    let mut parts = Vec::with_capacity(edits.len() * 2 + 1);
-    let mut at = 0;
-    for (start, end, piece) in edits {
-        if start > at {
-            parts.push(stanza.bytes.slice(at..start));
+    edits.sort_by_key(|e| e.start);
+    let added: usize = edits.iter().map(Edit::len).sum();
+    let bytes = &stanza.bytes;
+    if bytes.len() + added <= COPY_UP_TO {
+        let mut out = BytesMut::with_capacity(bytes.len() + added + 16);
+        let mut at = 0;
+        for e in edits.iter() {
+            if e.start > at {
+                out.extend_from_slice(&bytes[at..e.start]);
+            }
+            e.write(&mut out);
+            at = e.end;
         }
-        parts.push(piece);
-        at = end;
+        if at < bytes.len() {
+            out.extend_from_slice(&bytes[at..]);
+        }
+        return Wire::One(out.freeze());
     }
-    if at < stanza.bytes.len() {
-        parts.push(stanza.bytes.slice(at..));
+    // The new values in one buffer, sliced per edit.
+    let mut new = BytesMut::with_capacity(added + 16);
+    let mut ranges = [0..0, 0..0];
+    for (e, range) in edits.iter().zip(ranges.iter_mut()) {
+        let begin = new.len();
+        e.write(&mut new);
+        *range = begin..new.len();
+    }
+    let new = new.freeze();
+    let mut parts = Vec::with_capacity(n * 2 + 1);
+    let mut at = 0;
+    for (e, range) in edits.iter().zip(ranges) {
+        if e.start > at {
+            parts.push(bytes.slice(at..e.start));
+        }
+        parts.push(new.slice(range));
+        at = e.end;
+    }
+    if at < bytes.len() {
+        parts.push(bytes.slice(at..));
     }
     Wire::Parts(parts)
 }
@@ -236,6 +317,33 @@ mod tests {
             Wire::One(b) => assert_eq!(b.as_ptr(), st.bytes.as_ptr()),
             other => panic!("copied: {other:?}"),
         }
+    }
+
+    #[test]
+    fn small_stanzas_are_one_buffer_and_large_ones_pieces_of_the_same_bytes() {
+        // Just under and just over the size copied whole: the same edits,
+        // byte for byte, either way.
+        for pad in [COPY_UP_TO - 200, COPY_UP_TO + 200] {
+            let body = "y".repeat(pad);
+            let xml = format!("<iq type='get' id='7' to='d' from='a@b/c'><q>{body}</q></iq>");
+            let st = parse_one(xml.as_bytes()).expect("frames");
+            let wire = rewrite(&st, Some("t@x/m0"), Some("d/a@b/c"));
+            let want =
+                format!("<iq type='get' id='7' to='t@x/m0' from='d/a@b/c'><q>{body}</q></iq>");
+            assert_eq!(&wire.to_bytes()[..], want.as_bytes());
+            match (&wire, pad < COPY_UP_TO) {
+                (Wire::One(_), true) | (Wire::Parts(_), false) => {}
+                (other, small) => panic!("small={small}: {other:?}"),
+            }
+        }
+        // An inserted attribute takes the same path.
+        let st = parse_one(b"<iq type='get' id='8'/>").expect("frames");
+        let wire = rewrite(&st, Some("t'x"), Some("d"));
+        assert!(matches!(wire, Wire::One(_)));
+        assert_eq!(
+            &wire.to_bytes()[..],
+            b"<iq type='get' id='8' to='t&apos;x' from='d'/>"
+        );
     }
 
     #[test]

@@ -263,10 +263,18 @@ impl Stats {
     }
 
     fn member(&mut self, m: &Member) -> &mut MemberStats {
-        if !self.members.contains_key(m) && self.members.len() >= MAX_MEMBER_SERIES {
-            return &mut self.members_other;
+        // Looked up before it is inserted: this runs twice per routed
+        // request, and the entry API would copy the member's name each time.
+        if !self.members.contains_key(m) {
+            if self.members.len() >= MAX_MEMBER_SERIES {
+                return &mut self.members_other;
+            }
+            self.members.insert(m.clone(), MemberStats::default());
         }
-        self.members.entry(m.clone()).or_default()
+        match self.members.get_mut(m) {
+            Some(s) => s,
+            None => &mut self.members_other,
+        }
     }
 
     fn count(&mut self, e: StanzaError) {
@@ -1786,21 +1794,24 @@ impl Router {
                     self.answer_ask_text(&ask, StanzaError::PolicyViolation, Some(&text), out);
                     return Outcome::Answered;
                 }
+                // The id moves into the key (the conflict below puts it
+                // back): one allocation fewer per request.
                 let key = Key::ToResource {
                     res: enc,
-                    id: ask.id.clone(),
+                    id: std::mem::take(&mut ask.id),
                 };
                 (key, wire)
             }
             Member::Instance(_) => (
                 Key::InstanceReply {
                     requester: ask.requester.clone(),
-                    id: ask.id.clone(),
+                    id: std::mem::take(&mut ask.id),
                 },
                 Wire::One(st.bytes.clone()),
             ),
         };
         if self.pending.contains(&key) {
+            ask.id = key_id(&key).to_owned();
             self.answer_ask(&ask, StanzaError::Conflict, out);
             return Outcome::Answered;
         }
@@ -1815,18 +1826,18 @@ impl Router {
         let deadline = ask
             .deadline
             .unwrap_or_else(|| later(now, self.cfg.iq_timeout));
+        let action = match member {
+            Member::Resource(_) => Action::UpstreamRequest(wire, key.clone()),
+            Member::Instance(i) => Action::Instance(i, wire),
+        };
         let waiting = Waiting::Inbound {
             requester: ask.requester,
             orig_to: ask.orig_to,
-            member: member.clone(),
+            member,
             trip: ask.trip,
         };
-        self.track_until(key.clone(), waiting, deadline, out);
+        self.track_until(key, waiting, deadline, out);
         self.stats.requests_routed += 1;
-        let action = match member {
-            Member::Resource(_) => Action::UpstreamRequest(wire, key),
-            Member::Instance(i) => Action::Instance(i, wire),
-        };
         self.for_server(action, out);
         Outcome::Sent
     }
