@@ -129,7 +129,7 @@ impl Core {
                     let now = Instant::now();
                     for st in &stanzas {
                         if st.is_iq_response() {
-                            self.from_upstream(st, now, &mut actions);
+                            self.route_upstream(st, now, &mut actions);
                         } else {
                             self.router.refuse_closing(st, &mut actions);
                         }
@@ -160,7 +160,7 @@ impl Core {
             Event::FromUpstream(stanzas) => {
                 self.input.give_back(&stanzas);
                 for st in &stanzas {
-                    self.from_upstream(st, now, actions);
+                    self.route_upstream(st, now, actions);
                 }
             }
             Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
@@ -214,7 +214,7 @@ impl Core {
         }
     }
 
-    fn from_upstream(&mut self, st: &Stanza, now: Instant, actions: &mut Vec<Action>) {
+    fn route_upstream(&mut self, st: &Stanza, now: Instant, actions: &mut Vec<Action>) {
         self.status
             .counters
             .stanza(Direction::UpstreamIn, st.bytes.len());
