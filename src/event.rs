@@ -212,3 +212,42 @@ pub struct InstanceLink {
     /// before each stanza is queued; `None`: bounded in stanzas only.
     pub bytes: Option<Arc<crate::connection::QueueBytes>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn stanzas(n: usize) -> Vec<Stanza> {
+        (0..n)
+            .map(|_| crate::xml::parse_one(b"<message to='a@b'/>").expect("a stanza"))
+            .collect()
+    }
+
+    /// A batch waits for room in stanzas as well as in bytes: the core's
+    /// channel holds no more stanzas than it did when each event carried
+    /// one, however much room there is in bytes.
+    #[tokio::test]
+    async fn the_input_is_bounded_in_stanzas_too() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let input = Input::new(usize::MAX, 3);
+        let two = stanzas(2);
+        let len = two.iter().map(|s| s.bytes.len()).sum();
+        send_stanza(&tx, &input, (len, 2), Event::FromUpstream(two))
+            .await
+            .expect("room");
+        let next = stanzas(2);
+        let mut blocked = Box::pin(send_stanza(
+            &tx,
+            &input,
+            (len, 2),
+            Event::FromUpstream(next),
+        ));
+        assert!(blocked.as_mut().now_or_never().is_none(), "4 stanzas > 3");
+        let Some(Event::FromUpstream(taken)) = rx.recv().await else {
+            panic!("the first batch")
+        };
+        input.give_back(&taken);
+        blocked.await.expect("room once the core took the first");
+    }
+}

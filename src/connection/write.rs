@@ -383,6 +383,94 @@ mod tests {
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
 
+    /// A socket that writes vectored but takes at most `step` bytes per
+    /// write, as a full socket buffer does, and records each write.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        writes: usize,
+        /// What was given back to the queue's bound before each write.
+        queued_before: Vec<usize>,
+        bound: std::sync::Arc<QueueBytes>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let queued = self.bound.queued();
+            self.queued_before.push(queued);
+            self.writes += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What is queued at once goes out in vectored writes that the socket
+    /// may take in part: every byte in order, each stanza's bytes given
+    /// back once the socket has taken all of it (not before, not only at
+    /// the end of the batch).
+    #[tokio::test]
+    async fn partial_vectored_writes_keep_order_and_give_back_per_stanza() {
+        let bound = std::sync::Arc::new(QueueBytes::new(1 << 20));
+        let mut batch = Batch::default();
+        let stanzas: [&[u8]; 3] = [b"<a>0123456789</a>", b"<b/>", b"<c>xyz</c>"];
+        for st in stanzas {
+            assert!(bound.try_take(st.len()));
+            batch.wires.push(Wire::Parts(vec![
+                Bytes::from_static(&st[..2]),
+                Bytes::new(),
+                Bytes::from_static(&st[2..]),
+            ]));
+            batch.len += st.len();
+        }
+        let mut sock = Trickle {
+            got: Vec::new(),
+            step: 5,
+            writes: 0,
+            queued_before: Vec::new(),
+            bound: bound.clone(),
+        };
+        batch.write(&mut sock, Some(&bound)).await.expect("written");
+        assert_eq!(sock.got, stanzas.concat());
+        assert_eq!(sock.writes, 7, "31 bytes, 5 at a time");
+        // <a> (17 bytes) is in after the 4th write, <b/> (4) after the
+        // 5th, <c> after the last.
+        assert_eq!(sock.queued_before, [31, 31, 31, 31, 14, 10, 10]);
+        assert_eq!(bound.queued(), 0);
+        assert!(batch.wires.is_empty() && batch.len == 0);
+    }
+
     /// A close that cannot be queued (the queue is full) still reaches the
     /// peer, after the stanzas already written and instead of the ones
     /// still queued.
