@@ -29,15 +29,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::connection::{Out, QueueBytes};
-use crate::event::{Event, InstanceLink};
+use crate::connection::Out;
+use crate::event::{Event, Input, InstanceLink};
 use crate::handshake;
 use crate::pool::{InstanceId, Member};
 use crate::rewrite::Wire;
 use crate::router::{Action, Router, RouterConfig};
 use crate::skip_log::SkipLog;
 use crate::status::{Direction, MemberNow, Status, WallClock};
-use crate::xml::frame::{Limit, Skipped};
+use crate::xml::frame::{Limit, Skipped, Stanza};
 use crate::xml::StreamCondition;
 
 pub(crate) struct Core {
@@ -55,17 +55,13 @@ pub(crate) struct Core {
     shutdown: CancellationToken,
     /// The bytes of stanzas waiting for the core, given back as each is
     /// handled (see [`crate::event::send_stanza`]).
-    input: Arc<QueueBytes>,
+    input: Arc<Input>,
     /// Turns the router's deadlines into wall-clock times for `/status`.
     clock: WallClock,
 }
 
 impl Core {
-    pub(crate) fn new(
-        cfg: &Config,
-        status_tx: watch::Sender<Status>,
-        input: Arc<QueueBytes>,
-    ) -> Self {
+    pub(crate) fn new(cfg: &Config, status_tx: watch::Sender<Status>, input: Arc<Input>) -> Self {
         Core {
             router: Router::new(
                 RouterConfig::from_config(cfg),
@@ -128,8 +124,16 @@ impl Core {
             match ev {
                 // A member's reply routes as usual: the real answer, not
                 // recipient-unavailable for a request that was answered.
-                Event::FromUpstream(st) if !st.is_iq_response() => {
-                    self.router.refuse_closing(&st, &mut actions);
+                Event::FromUpstream(stanzas) => {
+                    self.input.give_back(&stanzas);
+                    let now = Instant::now();
+                    for st in &stanzas {
+                        if st.is_iq_response() {
+                            self.route_upstream(st, now, &mut actions);
+                        } else {
+                            self.router.refuse_closing(st, &mut actions);
+                        }
+                    }
                 }
                 other => self.handle(other, &mut actions),
             }
@@ -153,22 +157,24 @@ impl Core {
     fn handle(&mut self, ev: Event, actions: &mut Vec<Action>) {
         let now = Instant::now();
         match ev {
-            Event::FromUpstream(st) => {
-                self.input.give_back(st.bytes.len());
-                self.status
-                    .counters
-                    .stanza(Direction::UpstreamIn, st.bytes.len());
-                self.router.from_upstream(&st, now, &mut self.rng, actions)
+            Event::FromUpstream(stanzas) => {
+                self.input.give_back(&stanzas);
+                for st in &stanzas {
+                    self.route_upstream(st, now, actions);
+                }
             }
             Event::SkippedFromUpstream(sk) => self.skipped_from_upstream(sk, now, actions),
-            Event::FromInstance { id, stanza } => {
-                self.input.give_back(stanza.bytes.len());
-                self.status
-                    .counters
-                    .stanza(Direction::InstancesIn, stanza.bytes.len());
-                if self.instances.contains_key(&id) {
-                    self.router
-                        .from_instance(id, &stanza, now, &mut self.rng, actions)
+            Event::FromInstance { id, stanzas } => {
+                self.input.give_back(&stanzas);
+                let known = self.instances.contains_key(&id);
+                for st in &stanzas {
+                    self.status
+                        .counters
+                        .stanza(Direction::InstancesIn, st.bytes.len());
+                    if known {
+                        self.router
+                            .from_instance(id, st, now, &mut self.rng, actions)
+                    }
                 }
             }
             Event::UpstreamUp(tx) => {
@@ -206,6 +212,13 @@ impl Core {
                 let _ = done.send(());
             }
         }
+    }
+
+    fn route_upstream(&mut self, st: &Stanza, now: Instant, actions: &mut Vec<Action>) {
+        self.status
+            .counters
+            .stanza(Direction::UpstreamIn, st.bytes.len());
+        self.router.from_upstream(st, now, &mut self.rng, actions)
     }
 
     /// A stanza from the server skipped over a per-stanza limit: logged
@@ -584,7 +597,7 @@ mod tests {
         let (events, rx) = mpsc::channel(queue);
         let shutdown = CancellationToken::new();
         let core = tokio::spawn(
-            Core::new(cfg, status_tx, Arc::new(QueueBytes::new(usize::MAX)))
+            Core::new(cfg, status_tx, Arc::new(Input::new(usize::MAX, usize::MAX)))
                 .run(rx, shutdown.clone()),
         );
         Harness {
@@ -601,12 +614,16 @@ mod tests {
         }
 
         async fn server_sends(&self, xml: &str) {
-            self.send(Event::FromUpstream(stanza(xml))).await;
+            self.send(Event::FromUpstream(vec![stanza(xml)])).await;
         }
 
         async fn instance_sends(&self, id: InstanceId, xml: &str) {
             let stanza = stanza(xml);
-            self.send(Event::FromInstance { id, stanza }).await;
+            self.send(Event::FromInstance {
+                id,
+                stanzas: vec![stanza],
+            })
+            .await;
         }
 
         /// A new upstream session; its output.
@@ -723,7 +740,7 @@ mod tests {
         for i in 0..flood {
             let msg = format!("<iq type='bogus' id='m{i}' to='{D}' from='bob@example.test/x'/>");
             h.events
-                .try_send(Event::FromUpstream(stanza(&msg)))
+                .try_send(Event::FromUpstream(vec![stanza(&msg)]))
                 .expect("room in the queue");
         }
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -892,9 +909,9 @@ mod tests {
         // Queued, then shutdown before the core gets to run: it sees the
         // shutdown first (its select prefers it) and the reply in the drain.
         h.events
-            .try_send(Event::FromUpstream(stanza(&format!(
+            .try_send(Event::FromUpstream(vec![stanza(&format!(
                 "<iq type='result' id='q' to='{D}/{ALICE}' from='{T}/a'/>"
-            ))))
+            ))]))
             .expect("room");
         h.shutdown.cancel();
         let answer = next(&mut up).await;

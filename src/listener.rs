@@ -36,12 +36,12 @@ use tracing::Instrument;
 
 use crate::config::{Config, InstancesConfig, Secret};
 use crate::connection::{self, Connection, Reader, Socket, Writer, WriterSettings};
-use crate::event::{send_stanza, Event, Inbound, InstanceLink};
+use crate::event::{Batch, Event, Inbound, InstanceLink};
 use crate::handshake;
 use crate::pool::InstanceId;
 use crate::status::{Observation, Side};
 use crate::tls;
-use crate::xml::{CodecError, Frame, StreamCondition};
+use crate::xml::{CodecError, Frame, FrameError, StreamCondition};
 
 /// Accepts instances until `shutdown`. Each connection gets the
 /// configuration current when it is accepted (a reload's new secret and
@@ -156,7 +156,7 @@ struct Shared {
     config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     /// The core's input bound in bytes (see [`crate::event::send_stanza`]).
-    input: Arc<crate::connection::QueueBytes>,
+    input: Arc<crate::event::Input>,
     shutdown: CancellationToken,
     /// Where connection tasks and their writers are spawned, so that the
     /// app's shutdown waits for them.
@@ -397,7 +397,9 @@ enum Ended {
     CoreGone,
 }
 
-/// Hands the instance's stanzas to the core until its stream ends.
+/// Hands the instance's stanzas to the core until its stream ends: the
+/// stanzas of one read as one event, in order, and before whatever ends
+/// the stream.
 ///
 /// A stream that the core closes, or whose writer ends, is not read any
 /// further: a peer could otherwise keep a closed stream half-open with
@@ -410,47 +412,77 @@ async fn relay(
     shared: &Shared,
 ) -> Ended {
     let closing = writer.closing();
+    let mut batch = Batch::default();
+    // One timer for the connection, moved only when it fires while
+    // input came meanwhile: not a new one per read.
+    let mut silent = Box::pin(tokio::time::sleep(idle));
+    let mut heard = tokio::time::Instant::now();
     loop {
-        let next = tokio::select! {
-            f = tokio::time::timeout(idle, reader.read_frame()) => match f {
-                Ok(f) => f,
-                Err(_) => {
-                    tracing::info!(idle = ?idle, "instance silent too long; closing");
-                    writer.close(StreamCondition::ConnectionTimeout);
-                    return Ended::Closed;
+        let first = tokio::select! {
+            f = reader.read_frame() => f,
+            _ = silent.as_mut() => {
+                if heard + idle > tokio::time::Instant::now() {
+                    silent.as_mut().reset(heard + idle);
+                    continue;
                 }
+                tracing::info!(idle = ?idle, "instance silent too long; closing");
+                writer.close(StreamCondition::ConnectionTimeout);
+                return Ended::Closed;
             },
             _ = shared.shutdown.cancelled() => return Ended::Shutdown,
             _ = closing.cancelled() => return Ended::Closed,
         };
-        match next {
-            Ok(Frame::Stanza(stanza)) => {
-                let len = stanza.bytes.len();
-                let event = Event::FromInstance { id, stanza };
-                if send_stanza(&shared.events, &shared.input, len, event)
-                    .await
-                    .is_err()
-                {
-                    return Ended::CoreGone;
-                }
+        let mut next = Some(first);
+        let mut end = None;
+        while let Some(frame) = next {
+            match frame {
+                Ok(Frame::Stanza(stanza)) => batch.push(stanza),
+                // (Skipped: never on an instance link, whose limits are fatal.)
+                Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_)) => {}
+                Ok(Frame::End(_)) => end = Some(Ending::Ended),
+                Err(CodecError::Io(e)) => end = Some(Ending::Io(e)),
+                Err(CodecError::Frame(e)) => end = Some(Ending::Bad(e)),
             }
-            // (Skipped: never on an instance link, whose limits are fatal.)
-            Ok(Frame::Whitespace(_) | Frame::Header(_) | Frame::Skipped(_)) => {}
-            Ok(Frame::End(_)) => {
+            if end.is_some() || batch.is_full() {
+                break;
+            }
+            next = reader.try_read_frame();
+        }
+        let inbound = (&shared.events, &*shared.input);
+        let wrap = |stanzas| Event::FromInstance { id, stanzas };
+        if batch.send(inbound, wrap).await.is_err() {
+            return Ended::CoreGone;
+        }
+        if let Some(end) = end {
+            return end.finish(writer);
+        }
+        heard = tokio::time::Instant::now();
+    }
+}
+
+/// How an instance's stream ended on its side.
+enum Ending {
+    /// `</stream:stream>` or EOF.
+    Ended,
+    Io(std::io::Error),
+    Bad(FrameError),
+}
+
+impl Ending {
+    /// Logs it and ends our side of the stream as it calls for.
+    fn finish(self, writer: &Writer) -> Ended {
+        match self {
+            Ending::Ended => {
                 tracing::info!("instance closed its stream");
                 writer.end_stream();
-                return Ended::Closed;
             }
-            Err(CodecError::Io(e)) => {
-                tracing::info!("instance connection failed: {e}");
-                return Ended::Closed;
-            }
-            Err(CodecError::Frame(e)) => {
+            Ending::Io(e) => tracing::info!("instance connection failed: {e}"),
+            Ending::Bad(e) => {
                 tracing::warn!("instance sent bad XML: {e}");
                 writer.close(e.condition());
-                return Ended::Closed;
             }
         }
+        Ended::Closed
     }
 }
 

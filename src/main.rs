@@ -68,11 +68,10 @@ fn main() -> ExitCode {
         LogFormat::Json => fmt.json().boxed(),
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.service.worker_threads {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime_builder(cfg.service.worker_threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jatproxy: cannot start the runtime: {e}");
@@ -80,6 +79,25 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli, cfg, log))
+}
+
+/// The runtime for `worker_threads`: one thread is tokio's current-thread
+/// runtime, every task on the thread that runs `main`. A multi-thread
+/// runtime with one worker would park that thread and hand every wake-up
+/// across threads, which costs more than the one worker does (README
+/// "Performance"). More than one, or `None` (one per CPU), is the
+/// multi-thread runtime.
+fn runtime_builder(worker_threads: Option<usize>) -> tokio::runtime::Builder {
+    match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                builder.worker_threads(n);
+            }
+            builder
+        }
+    }
 }
 
 /// The status for an unusable configuration or command line (64).

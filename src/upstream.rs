@@ -20,16 +20,14 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::connection::{
-    self, Connection, Out, QueueBytes, Reader, Socket, Writer, WriterSettings,
-};
-use crate::event::{send_stanza, Event, Inbound};
+use crate::connection::{self, Connection, Out, Reader, Socket, Writer, WriterSettings};
+use crate::event::{Batch, Event, Inbound, Input};
 use crate::handshake::{self, HandshakeError};
 use crate::liveness::{Check, Liveness};
 use crate::stanza::{self, StanzaError};
 use crate::status::{Observation, Side};
 use crate::tls::{self, TlsError};
-use crate::xml::frame::{Frame, Kind, NS_STREAMS};
+use crate::xml::frame::{Frame, Kind, Skipped, NS_STREAMS};
 use crate::xml::{CodecError, FrameError, Stanza, StreamCondition, StreamError};
 
 /// Exponential backoff with jitter: each delay is drawn from the upper
@@ -123,7 +121,7 @@ struct SessionArgs {
     config: watch::Receiver<Arc<Config>>,
     events: mpsc::Sender<Event>,
     /// The core's input bound in bytes (see [`crate::event::send_stanza`]).
-    input: Arc<QueueBytes>,
+    input: Arc<Input>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -380,7 +378,8 @@ impl SessionArgs {
     /// Hands the server's stanzas to the core until the session ends, and
     /// keeps the link alive: pings when it is quiet, ends it when the
     /// server stays silent. `stragglers` gets the requests the core could
-    /// no longer take.
+    /// no longer take. The stanzas of one read go to the core as one
+    /// event, in order, and before whatever ends the session.
     async fn read_loop(
         &mut self,
         reader: &mut Reader,
@@ -389,9 +388,17 @@ impl SessionArgs {
         stragglers: &mut Vec<Stanza>,
     ) -> SessionEnd {
         let ping_queue = writer.queue();
+        let mut batch = Batch::default();
+        // One timer for the session, moved when the wake-up comes earlier
+        // or has passed: not a new one per read.
+        let mut wake = Box::pin(tokio::time::sleep(Duration::ZERO));
         loop {
-            let wake = match liveness.check(tokio::time::Instant::now()) {
-                Check::Wait(at) => at,
+            match liveness.check(tokio::time::Instant::now()) {
+                Check::Wait(at) => {
+                    if wake.is_elapsed() || at < wake.deadline() {
+                        wake.as_mut().reset(at);
+                    }
+                }
                 Check::Ping(ping) => {
                     tracing::debug!("upstream quiet: pinging the server");
                     // A full queue means output is already waiting on the
@@ -401,9 +408,9 @@ impl SessionArgs {
                 }
                 Check::Dead { silent_for } => return SessionEnd::Dead { silent_for },
             };
-            let next = tokio::select! {
-                f = reader.read_frame() => f,
-                _ = tokio::time::sleep_until(wake) => continue,
+            let mut next = tokio::select! {
+                f = reader.read_frame() => Some(f),
+                _ = wake.as_mut() => continue,
                 _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = changed(&mut self.config) => {
                     if crate::reload::upstream_needs_reconnect(&self.cfg, &self.config.borrow()) {
@@ -413,43 +420,86 @@ impl SessionArgs {
                 }
             };
             liveness.input(tokio::time::Instant::now());
-            let stanza = match next {
-                Ok(Frame::End(_)) => return SessionEnd::Closed,
-                Err(CodecError::Io(e)) => return SessionEnd::Io(e),
-                Err(CodecError::Frame(e)) => return SessionEnd::Framing(e),
-                Ok(Frame::Whitespace(_)) | Ok(Frame::Header(_)) => continue,
-                Ok(Frame::Skipped(sk)) => {
-                    // A user's stanza over a per-stanza limit: answered by
-                    // the core; the session goes on.
-                    if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
-                        self.events.send(Event::SkippedFromUpstream(sk)).await
-                    {
-                        stragglers
-                            .extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
-                        return SessionEnd::Shutdown;
+            let mut end = None;
+            while let Some(frame) = next {
+                match sort(frame, &liveness) {
+                    Sorted::Stanza(st) => batch.push(st),
+                    Sorted::Nothing => {}
+                    Sorted::Skipped(sk) => {
+                        end = self.skipped(&mut batch, sk, stragglers).await;
                     }
-                    continue;
+                    Sorted::End(e) => end = Some(e),
                 }
-                Ok(Frame::Stanza(st)) => st,
-            };
-            if stanza.name == "error" && stanza.ns == NS_STREAMS {
-                let StreamError { condition, text } = StreamError::parse(&stanza.bytes);
-                return SessionEnd::StreamError { condition, text };
+                if end.is_some() || batch.is_full() {
+                    break;
+                }
+                next = reader.try_read_frame();
             }
-            if stanza.is_iq_response() && liveness.is_answer(stanza.from(), stanza.id()) {
-                continue;
-            }
-            let len = stanza.bytes.len();
-            let ev = Event::FromUpstream(stanza);
-            if let Err(mpsc::error::SendError(Event::FromUpstream(st))) =
-                send_stanza(&self.events, &self.input, len, ev).await
-            {
-                // The core has stopped: this one is answered at the end.
-                stragglers.push(st);
+            if let Err(st) = batch.send(self.inbound(), Event::FromUpstream).await {
+                // The core has stopped: these are answered at the end.
+                stragglers.extend(st);
                 return SessionEnd::Shutdown;
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
     }
+
+    fn inbound(&self) -> (&mpsc::Sender<Event>, &Input) {
+        (&self.events, &self.input)
+    }
+
+    /// A user's stanza over a per-stanza limit: answered by the core,
+    /// after the stanzas read before it; the session goes on unless the
+    /// core has stopped.
+    async fn skipped(
+        &self,
+        batch: &mut Batch,
+        sk: Skipped,
+        stragglers: &mut Vec<Stanza>,
+    ) -> Option<SessionEnd> {
+        if let Err(st) = batch.send(self.inbound(), Event::FromUpstream).await {
+            stragglers.extend(st);
+            return Some(SessionEnd::Shutdown);
+        }
+        if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
+            self.events.send(Event::SkippedFromUpstream(sk)).await
+        {
+            stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
+            return Some(SessionEnd::Shutdown);
+        }
+        None
+    }
+}
+
+/// What one frame from the server is to the read loop.
+enum Sorted {
+    /// For the core.
+    Stanza(Stanza),
+    /// Whitespace, the header, or the answer to our own ping.
+    Nothing,
+    Skipped(Skipped),
+    End(SessionEnd),
+}
+
+fn sort(frame: Result<Frame, CodecError>, liveness: &Liveness) -> Sorted {
+    let stanza = match frame {
+        Ok(Frame::End(_)) => return Sorted::End(SessionEnd::Closed),
+        Err(CodecError::Io(e)) => return Sorted::End(SessionEnd::Io(e)),
+        Err(CodecError::Frame(e)) => return Sorted::End(SessionEnd::Framing(e)),
+        Ok(Frame::Whitespace(_)) | Ok(Frame::Header(_)) => return Sorted::Nothing,
+        Ok(Frame::Skipped(sk)) => return Sorted::Skipped(sk),
+        Ok(Frame::Stanza(st)) => st,
+    };
+    if stanza.name == "error" && stanza.ns == NS_STREAMS {
+        let StreamError { condition, text } = StreamError::parse(&stanza.bytes);
+        return Sorted::End(SessionEnd::StreamError { condition, text });
+    }
+    if stanza.is_iq_response() && liveness.is_answer(stanza.from(), stanza.id()) {
+        return Sorted::Nothing;
+    }
+    Sorted::Stanza(stanza)
 }
 
 /// After shutdown: the iq requests the server still sends us until it
@@ -690,7 +740,7 @@ mod tests {
             config,
             Inbound {
                 events: events_tx,
-                input: Arc::new(QueueBytes::new(1 << 20)),
+                input: Arc::new(Input::new(1 << 20, 1024)),
             },
             shutdown.clone(),
             TaskTracker::new(),

@@ -38,6 +38,8 @@
 //! `E2E_TOKENIZER` (`rxml` or `fast`: jatproxy's `--tokenizer`),
 //! `E2E_PROSODY_THREADS` (jatproxy's threads beside Prosody, default 2),
 //! `E2E_PROSODY_NO_NAGLE=1` (Prosody's `network_settings = { nagle = false }`),
+//! `E2E_JATPROXY` (the jatproxy binary to run instead of this build's, to
+//! compare two builds alternately),
 //! `PROSODY_MODULES_DIR` (where `mod_client_proxy/` is, default
 //! `../shared/reference/prosody-modules`; its row is skipped without it).
 

@@ -274,8 +274,13 @@ pub fn start_jatproxy(
     })
 }
 
+/// The binary under test: `E2E_JATPROXY` if set (to compare two builds
+/// alternately in one sitting), else the one cargo built with the bench.
 fn jatproxy_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_jatproxy"))
+    std::env::var_os("E2E_JATPROXY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_jatproxy")),
+        PathBuf::from,
+    )
 }
 
 /// A free loopback port (bound, then released for the child to take).
