@@ -165,6 +165,9 @@ impl QName {
     }
 }
 
+/// A byte range `(start, end)`.
+type Span = (usize, usize);
+
 /// The start tag being read: collected until `>` so prefixes and
 /// duplicates can be checked once all attributes are known.
 #[derive(Debug, Default)]
@@ -173,7 +176,7 @@ struct Head {
     attrs: Vec<QName>,
     /// Pending declarations: (prefix range in buffer or None, decoded uri
     /// as a range of `uris`).
-    decls: Vec<(Option<(usize, usize)>, (usize, usize))>,
+    decls: Vec<(Option<Span>, Span)>,
     /// The decoded URIs of `decls`, one arena reused for every tag.
     uris: Vec<u8>,
 }
