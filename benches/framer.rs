@@ -28,12 +28,19 @@
 //!
 //! Run a subset with a filter, e.g.
 //! `cargo bench --bench framer -- 'frame$|quick|xmlparser'`.
+//!
+//! `FRAMER_CLOCK=cpu` measures the thread's CPU time (from
+//! `/proc/thread-self/schedstat`) instead of wall time: on a machine
+//! shared with builds, time spent waiting for a core is then not counted,
+//! so before/after runs compare (cache and frequency effects of the
+//! load remain).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use jatproxy::rewrite::rewrite;
 use jatproxy::xml::{Frame, Framer, FramerLimits, Kind, Tokenizer};
 
@@ -347,7 +354,7 @@ const OTHERS: [(&str, Run); 3] = [
     ("xmlparser", xmlparser),
 ];
 
-fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpus: &Corpus) {
+fn cases<M: Measurement>(group: &mut BenchmarkGroup<'_, M>, corpus: &Corpus) {
     let mut dst = vec![0u8; corpus.bytes.len()];
     group.bench_function("memcpy", |b| {
         b.iter(|| {
@@ -377,7 +384,7 @@ fn cases(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, corpu
 
 const TOKENIZERS: [Tokenizer; 2] = [Tokenizer::Fast, Tokenizer::Rxml];
 
-fn bench(c: &mut Criterion) {
+fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let corpora = [
         ("mixed", mixed(4_000_000)),
         ("large", large(16)),
@@ -424,13 +431,61 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group! {
-    name = benches;
-    // 42 benchmarks of 0.1–40 ms iterations: about 4 minutes.
-    config = Criterion::default()
+/// CPU time of the calling thread, in nanoseconds: the first field of
+/// `/proc/thread-self/schedstat` (Linux).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("FRAMER_CLOCK=cpu needs /proc/thread-self/schedstat")
+}
+
+/// The thread's CPU time as a criterion measurement (`FRAMER_CLOCK=cpu`).
+struct CpuTime;
+
+/// Formats nanoseconds as wall time does.
+static NANOS: WallTime = WallTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns().saturating_sub(start)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        NANOS.formatter()
+    }
+}
+
+/// 42 benchmarks of 0.1–40 ms iterations: about 4 minutes.
+fn config() -> Criterion {
+    Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = bench
+        .measurement_time(Duration::from_secs(3))
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var("FRAMER_CLOCK").as_deref() == Ok("cpu") {
+        let mut c = config().with_measurement(CpuTime).configure_from_args();
+        bench(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = config().configure_from_args();
+        bench(&mut c);
+        c.final_summary();
+    }
+}

@@ -34,8 +34,8 @@ use bytes::BytesMut;
 use memchr::{memchr, memchr2, memchr3};
 
 use super::frame::{
-    element_name, namespace, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
-    NS_COMPONENT, NS_STREAMS,
+    element_name_raw, namespace_raw, stanza_type, stanza_type_raw, Attr, Frame, Kind, Stanza,
+    StreamHeader, Text, NS_COMPONENT, NS_STREAMS,
 };
 use super::framer::{complete_utf8_prefix, FrameError, FramerLimits};
 
@@ -82,10 +82,12 @@ struct NsDecl {
 }
 
 /// Namespace declarations and open element names, stored in two arenas so
-/// that entering and leaving an element allocates nothing.
+/// that entering and leaving an element allocates nothing. Prefixes and
+/// URIs are kept as bytes: the chunk they came from was checked UTF-8
+/// once, and only a URI a frame carries is turned into a `str`.
 #[derive(Debug, Default)]
 struct Scope {
-    text: String,
+    text: Vec<u8>,
     decls: Vec<NsDecl>,
     /// Per open element: (decls.len(), text.len()) before its declarations.
     marks: Vec<(usize, usize)>,
@@ -94,31 +96,31 @@ struct Scope {
 }
 
 impl Scope {
-    fn str(&self, r: (u32, u32)) -> &str {
-        self.text.get(r.0 as usize..r.1 as usize).unwrap_or("")
+    fn str(&self, r: (u32, u32)) -> &[u8] {
+        self.text.get(r.0 as usize..r.1 as usize).unwrap_or(b"")
     }
 
-    fn push_str(&mut self, s: &str) -> (u32, u32) {
+    fn push(&mut self, s: &[u8]) -> (u32, u32) {
         let start = self.text.len() as u32;
-        self.text.push_str(s);
+        self.text.extend_from_slice(s);
         (start, self.text.len() as u32)
     }
 
-    fn resolve(&self, prefix: Option<&[u8]>) -> Result<&str, FrameError> {
+    fn resolve(&self, prefix: Option<&[u8]>) -> Result<&[u8], FrameError> {
         if prefix == Some(b"xml") {
-            return Ok(NS_XML);
+            return Ok(NS_XML.as_bytes());
         }
         for d in self.decls.iter().rev() {
             let hit = match prefix {
                 None => d.default,
-                Some(p) => !d.default && self.str(d.prefix).as_bytes() == p,
+                Some(p) => !d.default && self.str(d.prefix) == p,
             };
             if hit {
                 return Ok(self.str(d.uri));
             }
         }
         match prefix {
-            None => Ok(""),
+            None => Ok(b""),
             Some(p) => Err(FrameError::UndeclaredPrefix(
                 String::from_utf8_lossy(p).into_owned(),
             )),
@@ -163,21 +165,27 @@ impl QName {
     }
 }
 
+/// A byte range `(start, end)`.
+type Span = (usize, usize);
+
 /// The start tag being read: collected until `>` so prefixes and
 /// duplicates can be checked once all attributes are known.
 #[derive(Debug, Default)]
 struct Head {
     name: QName,
     attrs: Vec<QName>,
-    /// Pending declarations: (prefix range in buffer or None, decoded uri).
-    decls: Vec<(Option<(usize, usize)>, String)>,
+    /// Pending declarations: (prefix range in buffer or None, decoded uri
+    /// as a range of `uris`).
+    decls: Vec<(Option<Span>, Span)>,
+    /// The decoded URIs of `decls`, one arena reused for every tag.
+    uris: Vec<u8>,
 }
 
 /// Facts of the top-level element being read.
 #[derive(Debug, Default)]
 struct Top {
     stanza_type: Option<Text>,
-    id: Option<String>,
+    id: Option<Attr>,
     to: Option<Attr>,
     from: Option<Attr>,
     kind: Option<Kind>,
@@ -585,13 +593,11 @@ impl FastFramer {
         if self.ended {
             return Ok(None);
         }
-        match self.step(buf) {
-            Err(e) => {
-                self.failed = Some(e.clone());
-                Err(e)
-            }
-            ok => ok,
+        let res = self.step(buf);
+        if let Err(e) = &res {
+            self.failed = Some(e.clone());
         }
+        res
     }
 
     /// See [`super::framer::RxmlFramer::next_frame_eof`].
@@ -696,7 +702,7 @@ impl FastFramer {
                 let data = &buf[..self.avail];
                 self.scan(data)?
             };
-            let (end, make): (usize, fn(&mut Self, bytes::Bytes) -> Frame) = match step {
+            let end = match step {
                 Step::Go => continue,
                 Step::Need => {
                     let pending_ws = self.depth == 1 && self.text_pending;
@@ -705,10 +711,7 @@ impl FastFramer {
                     }
                     return Ok(None);
                 }
-                Step::Header(e) => (e, Self::header_frame),
-                Step::Stanza(e) => (e, Self::stanza_frame),
-                Step::Whitespace(e) => (e, |_, b| Frame::Whitespace(b)),
-                Step::End(e) => (e, |_, b| Frame::End(b)),
+                Step::Header(e) | Step::Stanza(e) | Step::Whitespace(e) | Step::End(e) => e,
             };
             if end > self.limits.max_stanza_bytes && !matches!(step, Step::Whitespace(_)) {
                 return Err(self.too_large());
@@ -717,34 +720,44 @@ impl FastFramer {
             self.pos -= end;
             self.clean -= end;
             self.avail -= end;
-            return Ok(Some(make(self, bytes)));
+            // Built in place (a direct call, not through a function
+            // pointer): a frame is a few hundred bytes.
+            return Ok(Some(match step {
+                Step::Header(_) => self.header_frame(bytes),
+                Step::Stanza(_) => self.stanza_frame(bytes),
+                Step::Whitespace(_) => Frame::Whitespace(bytes),
+                _ => Frame::End(bytes),
+            }));
         }
     }
 
     fn header_frame(&mut self, bytes: bytes::Bytes) -> Frame {
         let top = std::mem::take(&mut self.top);
         Frame::Header(StreamHeader {
-            bytes,
-            to: top.to.map(|a| a.value),
-            from: top.from.map(|a| a.value),
-            id: top.id,
+            to: top.to.and_then(|a| a.to_value(&bytes)),
+            from: top.from.and_then(|a| a.to_value(&bytes)),
+            id: top.id.and_then(|a| a.to_value(&bytes)),
             xmlns: top.xmlns,
             lang: top.lang,
             version: top.version,
+            bytes,
         })
     }
 
+    /// The stanza's facts are taken field by field (no copy of the whole
+    /// [`Top`] on the way); the next start tag at depth 2 resets the rest.
+    #[inline]
     fn stanza_frame(&mut self, bytes: bytes::Bytes) -> Frame {
-        let top = std::mem::take(&mut self.top);
+        let top = &mut self.top;
         Frame::Stanza(Stanza {
             bytes,
-            kind: top.kind.unwrap_or(Kind::Other),
-            name: top.name,
-            ns: top.ns,
-            stanza_type: top.stanza_type,
-            id: top.id,
-            to: top.to,
-            from: top.from,
+            kind: top.kind.take().unwrap_or(Kind::Other),
+            name: std::mem::take(&mut top.name),
+            ns: std::mem::take(&mut top.ns),
+            stanza_type: top.stanza_type.take(),
+            id: top.id.take(),
+            to: top.to.take(),
+            from: top.from.take(),
             insert_at: top.insert_at,
         })
     }
@@ -1200,6 +1213,7 @@ impl FastFramer {
         };
         self.head.attrs.clear();
         self.head.decls.clear();
+        self.head.uris.clear();
         self.state = State::Tag { after_value: false };
         self.pos = e;
         Ok(Step::Go)
@@ -1323,96 +1337,112 @@ impl FastFramer {
         if prefix.is_none() && local == b"type" {
             // Nearly always one of the defined values, spelt without
             // references: no decoding, no allocation.
-            let known = std::str::from_utf8(&data[vs..ve])
-                .ok()
-                .and_then(stanza_type);
-            if let Some(t) = known {
+            if let Some(t) = stanza_type_raw(&data[vs..ve]) {
                 self.top.stanza_type.get_or_insert(t);
                 self.head.attrs.push(name);
                 return Ok(());
             }
         }
-        let value = self.decode(data, vs, ve)?;
         if is_decl {
-            return self.declare_namespace(name, prefix.is_some(), local, value, ve);
+            return self.declare_namespace(data, name, prefix.is_some(), local, vs..ve);
         }
-        self.keep_routing_attr(data, prefix, local, value, vs..ve);
+        // The usual value needs no decoding: its raw bytes (checked UTF-8
+        // with the chunk) are its value, read from the frame when asked.
+        let decoded = if needs_decoding(&data[vs..ve]) {
+            Some(self.decode(data, vs, ve)?)
+        } else {
+            None
+        };
+        self.keep_routing_attr(data, prefix, local, decoded, vs..ve);
         self.head.attrs.push(name);
         Ok(())
     }
 
-    /// `xmlns` (`prefixed` false) or `xmlns:local` with its decoded
-    /// value, whose closing quote is at `ve`: refuses what Namespaces in
-    /// XML reserves (`xml:` bound to another namespace, the `xml`
-    /// namespace bound to any other prefix or as the default, a prefix
-    /// undeclared with an empty value) and queues the declaration until
-    /// the start tag closes; the stream header's default namespace is
-    /// also kept for the header frame.
+    /// `xmlns` (`prefixed` false) or `xmlns:local` whose raw value is
+    /// `data[span]`: refuses what Namespaces in XML reserves (`xml:`
+    /// bound to another namespace, the `xml` namespace bound to any other
+    /// prefix or as the default, a prefix undeclared with an empty value)
+    /// and queues the declaration (its URI decoded into the head's arena,
+    /// no allocation) until the start tag closes; the stream header's
+    /// default namespace is also kept for the header frame.
     #[inline]
     fn declare_namespace(
         &mut self,
+        data: &[u8],
         name: QName,
         prefixed: bool,
         local: &[u8],
-        value: String,
-        ve: usize,
+        span: std::ops::Range<usize>,
     ) -> Result<(), FrameError> {
+        let start = self.head.uris.len();
+        if needs_decoding(&data[span.clone()]) {
+            let v = self.decode(data, span.start, span.end)?;
+            self.head.uris.extend_from_slice(v.as_bytes());
+        } else {
+            self.head.uris.extend_from_slice(&data[span.clone()]);
+        }
+        let value = &self.head.uris[start..];
+        let xml = NS_XML.as_bytes();
         let bad = if prefixed {
             if local == b"xml" {
-                value != NS_XML
+                value != xml
             } else {
-                value == NS_XML || value.is_empty()
+                value == xml || value.is_empty()
             }
         } else {
-            value == NS_XML
+            value == xml
         };
         if bad {
-            return Err(self.err_at(ve, nwf("reserved or empty namespace")));
+            return Err(self.err_at(span.end, nwf("reserved or empty namespace")));
         }
         if !prefixed && self.depth == 1 {
-            self.top.xmlns = Some(value.clone());
+            self.top.xmlns = Some(String::from_utf8_lossy(value).into_owned());
         }
         let p = prefixed.then(|| (name.colon.map_or(0, |c| c + 1), name.end));
-        self.head.decls.push((p, value));
+        let uri = (start, self.head.uris.len());
+        self.head.decls.push((p, uri));
         Ok(())
     }
 
-    /// Keeps the decoded value of a routing attribute (`on_attribute`
-    /// chose which) for the frame; the first `to`/`from`/`type`/`id` wins,
-    /// as in the rxml framer. `span` is the raw value between its quotes.
+    /// Keeps a routing attribute (`on_attribute` chose which) for the
+    /// frame: `decoded` is its value when the raw bytes at `span` (between
+    /// its quotes) are not; the first `to`/`from`/`type`/`id` wins, as in
+    /// the rxml framer.
     #[inline]
     fn keep_routing_attr(
         &mut self,
         data: &[u8],
         prefix: Option<&[u8]>,
         local: &[u8],
-        value: String,
+        decoded: Option<String>,
         span: std::ops::Range<usize>,
     ) {
-        match (prefix, local) {
-            (None, b"to") | (None, b"from") => {
-                let attr = Attr {
-                    value,
-                    quote: data[span.end],
-                    span,
-                };
-                if local == b"to" {
-                    self.top.to.get_or_insert(attr);
-                } else {
-                    self.top.from.get_or_insert(attr);
+        let (slot, quote) = match (prefix, local) {
+            (None, b"to") => (&mut self.top.to, data[span.end]),
+            (None, b"from") => (&mut self.top.from, data[span.end]),
+            (None, b"id") => (&mut self.top.id, data[span.end]),
+            _ => {
+                // `type` with a value not defined, the header's `version`
+                // and `xml:lang`: rare, owned.
+                let value =
+                    decoded.unwrap_or_else(|| String::from_utf8_lossy(&data[span]).into_owned());
+                match local {
+                    b"type" => {
+                        self.top.stanza_type.get_or_insert_with(|| {
+                            stanza_type(&value).unwrap_or(Text::Owned(value))
+                        });
+                    }
+                    b"version" => self.top.version = Some(value),
+                    _ => self.top.lang = Some(value),
                 }
+                return;
             }
-            (None, b"type") => {
-                self.top
-                    .stanza_type
-                    .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::Owned(value)));
-            }
-            (None, b"id") => {
-                self.top.id.get_or_insert(value);
-            }
-            (None, b"version") => self.top.version = Some(value),
-            _ => self.top.lang = Some(value),
-        }
+        };
+        slot.get_or_insert(Attr {
+            decoded,
+            span,
+            quote,
+        });
     }
 
     /// The start tag ends at `gt` (its `>`); `empty` for `/>`.
@@ -1424,7 +1454,7 @@ impl FastFramer {
         // Below the stanza the namespace is only checked, not kept.
         let resolved = self.scope.resolve(name.prefix(data));
         let elem_ns = match resolved {
-            Ok(ns) if self.depth <= 2 => namespace(ns),
+            Ok(ns) if self.depth <= 2 => namespace_raw(ns),
             Ok(_) => Text::Borrowed(""),
             Err(e) => return Err(self.err_at(gt, e)),
         };
@@ -1436,7 +1466,7 @@ impl FastFramer {
         self.state = State::Content;
         self.pos = end;
         let local = if self.depth <= 2 {
-            element_name(&String::from_utf8_lossy(name.local(data)))
+            element_name_raw(name.local(data))
         } else {
             Text::Borrowed("")
         };
@@ -1471,24 +1501,18 @@ impl FastFramer {
         self.scope
             .marks
             .push((self.scope.decls.len(), self.scope.text.len()));
-        let mut decls = std::mem::take(&mut self.head.decls);
-        for (p, uri) in decls.drain(..) {
+        for &(p, (us, ue)) in &self.head.decls {
             let prefix = match p {
-                Some((s, e)) => {
-                    let p = std::str::from_utf8(&data[s..e]).unwrap_or("");
-                    self.scope.push_str(p)
-                }
+                Some((s, e)) => self.scope.push(&data[s..e]),
                 None => (0, 0),
             };
-            let uri = self.scope.push_str(&uri);
+            let uri = self.scope.push(&self.head.uris[us..ue]);
             self.scope.decls.push(NsDecl {
                 prefix,
                 default: p.is_none(),
                 uri,
             });
         }
-        // Keep the allocation for the next element.
-        self.head.decls = decls;
     }
 
     /// The root's start tag closed at `gt`: it must be `<stream>` in the
@@ -1554,50 +1578,33 @@ impl FastFramer {
     /// (namespace, local name).
     fn check_attrs(&self, data: &[u8]) -> Result<(), FrameError> {
         let attrs = &self.head.attrs;
-        if attrs.len() <= 16 && attrs.iter().all(|a| a.colon.is_none()) {
-            // The common case: unprefixed names, compared without allocating.
+        if attrs.len() <= 16 {
+            // The usual tag: namespaces resolved into an array, no
+            // allocation; local names compared first, as they rarely
+            // match, and the (long, often equal) URIs only then.
+            let mut ns: [&[u8]; 16] = [b""; 16];
+            for (slot, a) in ns.iter_mut().zip(attrs) {
+                if let Some(p) = a.prefix(data) {
+                    *slot = self.scope.resolve(Some(p))?;
+                }
+            }
             let dup = (1..attrs.len()).find(|&i| {
                 let l = attrs[i].local(data);
-                attrs[..i].iter().any(|a| same_name(a.local(data), l))
+                (0..i).any(|j| same_name(attrs[j].local(data), l) && ns[j] == ns[i])
             });
-            return match dup {
-                Some(i) => Err(FrameError::DuplicateAttribute(
-                    String::from_utf8_lossy(attrs[i].local(data)).into_owned(),
-                )),
-                None => Ok(()),
-            };
+            return dup.map_or(Ok(()), |i| Err(duplicate(ns[i], attrs[i].local(data))));
         }
-        let mut resolved: Vec<(&str, &[u8])> = Vec::with_capacity(attrs.len());
+        let mut resolved: Vec<(&[u8], &[u8])> = Vec::with_capacity(attrs.len());
         for a in attrs {
             let ns = match a.prefix(data) {
-                None => "",
+                None => &b""[..],
                 p => self.scope.resolve(p)?,
             };
             resolved.push((ns, a.local(data)));
         }
-        let dup = if resolved.len() <= 16 {
-            // Local names first: they rarely match, and comparing the
-            // (long, often equal) namespace URIs first cost a memcmp each.
-            (1..resolved.len())
-                .find(|&i| {
-                    let (ns, local) = resolved[i];
-                    resolved[..i]
-                        .iter()
-                        .any(|&(n, l)| same_name(l, local) && n == ns)
-                })
-                .map(|i| resolved[i])
-        } else {
-            let mut seen = HashSet::with_capacity(resolved.len());
-            resolved.iter().copied().find(|r| !seen.insert(*r))
-        };
-        match dup {
-            Some(("", local)) => Err(FrameError::DuplicateAttribute(
-                String::from_utf8_lossy(local).into_owned(),
-            )),
-            Some((ns, local)) => Err(FrameError::DuplicateAttribute(format!(
-                "{{{ns}}}{}",
-                String::from_utf8_lossy(local)
-            ))),
+        let mut seen = HashSet::with_capacity(resolved.len());
+        match resolved.iter().copied().find(|r| !seen.insert(*r)) {
+            Some((ns, local)) => Err(duplicate(ns, local)),
             None => Ok(()),
         }
     }
@@ -1902,6 +1909,24 @@ impl FastFramer {
 /// Two names are equal. Names that differ mostly differ in length or
 /// first byte: comparing those first keeps a `memcmp` call (which the
 /// profile showed at 10 % of framing) out of the common case.
+/// The error for a second attribute named `local` in namespace `ns`
+/// (empty: none), worded as the rxml framer words it.
+fn duplicate(ns: &[u8], local: &[u8]) -> FrameError {
+    let local = String::from_utf8_lossy(local);
+    if ns.is_empty() {
+        FrameError::DuplicateAttribute(local.into_owned())
+    } else {
+        FrameError::DuplicateAttribute(format!("{{{}}}{local}", String::from_utf8_lossy(ns)))
+    }
+}
+
+/// A raw attribute value whose decoded value differs from its bytes: a
+/// reference, or whitespace that normalisation turns into a space.
+fn needs_decoding(raw: &[u8]) -> bool {
+    raw.iter()
+        .any(|&b| matches!(b, b'&' | b'\r' | b'\t' | b'\n'))
+}
+
 fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.first() == b.first() && a == b
 }

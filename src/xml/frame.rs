@@ -25,6 +25,13 @@ pub type Text = Cow<'static, str>;
 
 /// `local` as a [`Text`], borrowed for the names streams are made of.
 pub fn element_name(local: &str) -> Text {
+    element_name_raw(local.as_bytes())
+}
+
+/// [`element_name`] of a name's bytes, which the framer checked are
+/// UTF-8: the known names are matched on bytes, so only another name is
+/// converted (and copied).
+pub fn element_name_raw(local: &[u8]) -> Text {
     const KNOWN: [&str; 7] = [
         "iq",
         "message",
@@ -39,6 +46,11 @@ pub fn element_name(local: &str) -> Text {
 
 /// `ns` as a [`Text`], borrowed for the namespaces streams are made of.
 pub fn namespace(ns: &str) -> Text {
+    namespace_raw(ns.as_bytes())
+}
+
+/// [`namespace`] of a URI's bytes, which the framer checked are UTF-8.
+pub fn namespace_raw(ns: &[u8]) -> Text {
     const KNOWN: [&str; 5] = [
         NS_COMPONENT,
         NS_STREAMS,
@@ -52,6 +64,12 @@ pub fn namespace(ns: &str) -> Text {
 /// A `type` attribute's value as a [`Text`], borrowed for the values
 /// RFC 6120 and 6121 define.
 pub fn stanza_type(value: &str) -> Option<Text> {
+    stanza_type_raw(value.as_bytes())
+}
+
+/// [`stanza_type`] of a raw value's bytes: a value spelt with a
+/// reference is not among them.
+pub fn stanza_type_raw(value: &[u8]) -> Option<Text> {
     const KNOWN: [&str; 15] = [
         "get",
         "set",
@@ -73,13 +91,17 @@ pub fn stanza_type(value: &str) -> Option<Text> {
 }
 
 /// The static copy of `value` in `list`, if it is there.
-fn known(value: &str, list: &[&'static str]) -> Option<&'static str> {
-    list.iter().find(|k| **k == value).copied()
+fn known(value: &[u8], list: &[&'static str]) -> Option<&'static str> {
+    list.iter().find(|k| k.as_bytes() == value).copied()
 }
 
-/// `value` borrowed from `list` when it is there, owned otherwise.
-fn text(value: &str, list: &[&'static str]) -> Text {
-    known(value, list).map_or_else(|| Cow::Owned(value.to_owned()), Cow::Borrowed)
+/// `value` borrowed from `list` when it is there, owned otherwise (the
+/// framers hand only UTF-8 here, so the lossy conversion never replaces).
+fn text(value: &[u8], list: &[&'static str]) -> Text {
+    known(value, list).map_or_else(
+        || Cow::Owned(String::from_utf8_lossy(value).into_owned()),
+        Cow::Borrowed,
+    )
 }
 
 /// One unit of a component stream, in arrival order.
@@ -204,17 +226,40 @@ pub enum Kind {
     Other,
 }
 
-/// A `to` or `from` attribute: its decoded value, for routing, and where its
-/// raw value sits in the stanza bytes, for rewriting in place.
+/// A `to`, `from` or `id` attribute: its decoded value, for routing, and
+/// where its raw value sits in the stanza bytes, for rewriting in place.
+///
+/// The usual value is spelt without a reference or whitespace to
+/// normalise, so its raw bytes are its value: then nothing is copied and
+/// [`Attr::value`] reads it from the stanza (no allocation per stanza).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
-    /// The value after entity expansion and attribute-value normalisation.
-    pub value: String,
+    /// The value after entity expansion and attribute-value
+    /// normalisation, only when it differs from the raw bytes at `span`
+    /// (None exactly when they are the value).
+    pub decoded: Option<String>,
     /// Byte range of the raw value, between the quotes, relative to the
     /// start of [`Stanza::bytes`].
     pub span: Range<usize>,
     /// The quote character the value is delimited with (`'` or `"`).
     pub quote: u8,
+}
+
+impl Attr {
+    /// The decoded value; `stanza` is the bytes `span` points into.
+    /// Framers check every byte of a stanza is UTF-8 before cutting it,
+    /// so this is None only for an `Attr` paired with other bytes.
+    pub fn value<'a>(&'a self, stanza: &'a [u8]) -> Option<&'a str> {
+        match &self.decoded {
+            Some(s) => Some(s),
+            None => std::str::from_utf8(stanza.get(self.span.clone())?).ok(),
+        }
+    }
+
+    /// The decoded value, owned (for the stream header's fields).
+    pub fn to_value(&self, stanza: &[u8]) -> Option<String> {
+        self.value(stanza).map(str::to_owned)
+    }
 }
 
 /// One complete top-level element and the facts the router needs.
@@ -227,7 +272,7 @@ pub struct Stanza {
     /// The namespace the element's name resolves to.
     pub ns: Text,
     pub stanza_type: Option<Text>,
-    pub id: Option<String>,
+    pub id: Option<Attr>,
     pub to: Option<Attr>,
     pub from: Option<Attr>,
     /// Offset (relative to `bytes`) just after the last attribute of the
@@ -238,12 +283,12 @@ pub struct Stanza {
 impl Stanza {
     /// Decoded `to`, if present.
     pub fn to(&self) -> Option<&str> {
-        self.to.as_ref().map(|a| a.value.as_str())
+        self.to.as_ref().and_then(|a| a.value(&self.bytes))
     }
 
     /// Decoded `from`, if present.
     pub fn from(&self) -> Option<&str> {
-        self.from.as_ref().map(|a| a.value.as_str())
+        self.from.as_ref().and_then(|a| a.value(&self.bytes))
     }
 
     /// The `type` attribute, if present.
@@ -253,7 +298,7 @@ impl Stanza {
 
     /// The `id` attribute, if present.
     pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+        self.id.as_ref().and_then(|a| a.value(&self.bytes))
     }
 
     /// True for an iq of type get or set (a request that must be answered).

@@ -175,7 +175,7 @@ struct Head {
 #[derive(Debug, Default)]
 struct Top {
     stanza_type: Option<Text>,
-    id: Option<String>,
+    id: Option<Attr>,
     to: Option<Attr>,
     from: Option<Attr>,
     kind: Option<Kind>,
@@ -523,7 +523,8 @@ impl RxmlFramer {
                         .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::Owned(value)));
                 }
                 (None, "id") => {
-                    self.top.id.get_or_insert(value);
+                    let attr = self.attr_span(value, ev_start, buf);
+                    self.top.id.get_or_insert(attr);
                 }
                 (None, "version") if self.depth == 1 => self.top.version = Some(value),
                 (Some("xml"), "lang") if self.depth == 1 => self.top.lang = Some(value),
@@ -546,7 +547,15 @@ impl RxmlFramer {
         let open = raw.iter().position(|&b| b == quote).unwrap_or(0);
         // The frame starts at `base` (everything before it was cut off).
         let span = start + open + 1..end.saturating_sub(1);
-        Attr { value, span, quote }
+        // The same representation as the fast framer's: the decoded
+        // value only when the raw bytes are not it.
+        let decoded = (raw.get(open + 1..raw.len().saturating_sub(1)) != Some(value.as_bytes()))
+            .then_some(value);
+        Attr {
+            decoded,
+            span,
+            quote,
+        }
     }
 
     fn on_head_close(
@@ -576,10 +585,10 @@ impl RxmlFramer {
                 self.end_at_fed();
                 let bytes = self.cut(buf);
                 Ok(Some(Frame::Header(StreamHeader {
+                    to: top.to.and_then(|a| a.to_value(&bytes)),
+                    from: top.from.and_then(|a| a.to_value(&bytes)),
+                    id: top.id.and_then(|a| a.to_value(&bytes)),
                     bytes,
-                    to: top.to.map(|a| a.value),
-                    from: top.from.map(|a| a.value),
-                    id: top.id,
                     xmlns: top.xmlns,
                     lang: top.lang,
                     version: top.version,

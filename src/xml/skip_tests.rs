@@ -646,8 +646,8 @@ fn a_32769_byte_value_is_the_token_limit_and_says_so() {
         let run = run_chunked(input.as_bytes(), &[4096], per, t);
         let s = check(&run, &input, &stanza, Limit::Token, &t.to_string());
         assert_eq!(
-            (s.max, s.head.and_then(|h| h.id.clone())),
-            (32 * 1024, Some("v".into()))
+            (s.max, s.head.as_ref().and_then(|h| h.id())),
+            (32 * 1024, Some("v"))
         );
     }
     assert_eq!(

@@ -186,22 +186,25 @@ impl Framer {
             } else {
                 self.engine.next_frame(buf)
             };
-            match res {
+            // Matched by reference and returned whole: a frame is a few
+            // hundred bytes, and taking it apart and rebuilding it cost a
+            // copy per stanza (the profile's `memmove`).
+            match &res {
                 Ok(Some(Frame::Header(h))) => {
                     self.header = Some(Bytes::copy_from_slice(&h.bytes));
-                    return Ok(Some(Frame::Header(h)));
+                    return res;
                 }
-                Err(e) => match limit_of(&e) {
-                    // The header itself over a limit stays fatal: there
-                    // is no stream to go on with.
-                    Some((limit, max)) if self.limits.per_stanza && self.header.is_some() => {
-                        self.skipping = Some((Skipper::new(), limit, max));
-                        // Kept for the case there is no stanza to skip.
-                        self.failed = Some(e);
-                    }
-                    _ => return Err(e),
-                },
-                other => return other,
+                // The header itself over a limit stays fatal: there is no
+                // stream to go on with.
+                Err(e) if self.limits.per_stanza && self.header.is_some() => {
+                    let Some((limit, max)) = limit_of(e) else {
+                        return res;
+                    };
+                    self.skipping = Some((Skipper::new(), limit, max));
+                    // Kept for the case there is no stanza to skip.
+                    self.failed = res.err();
+                }
+                _ => return res,
             }
         }
         self.skip(buf, eof)
