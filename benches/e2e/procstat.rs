@@ -113,3 +113,47 @@ pub fn status_kb(pid: u32, field: &str) -> Result<u64, String> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| format!("{path}: no {field}"))
 }
+
+/// Context switches of every live thread of `pid` so far, voluntary and
+/// not (`/proc/PID/task/TID/status`): each voluntary one is a thread
+/// parking for want of work, i.e. a wake-up to come, which is what
+/// jatproxy pays per request at low load.
+pub fn switches(pid: u32) -> Result<Switches, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = Switches::default();
+    for e in fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let Ok(e) = e else { continue };
+        // A thread may exit between the listing and the read.
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        out.voluntary += field("voluntary_ctxt_switches");
+        out.involuntary += field("nonvoluntary_ctxt_switches");
+    }
+    Ok(out)
+}
+
+/// Context switch counts, summed over a process's threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Switches {
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+impl Switches {
+    /// What happened since `earlier` (threads that exited take theirs
+    /// with them, so a count may only undercount).
+    pub fn since(self, earlier: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+}

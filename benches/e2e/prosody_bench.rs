@@ -302,6 +302,7 @@ fn one_run(
     }
     let p0 = procstat::cpu_mark(pids.prosody)?;
     let j0 = pids.proxy.map(procstat::cpu_mark).transpose()?;
+    let s0 = pids.proxy.map(procstat::switches).transpose()?;
     let out = engine::run(ends, plan, &spec).map_err(|e| {
         format!(
             "prosody {} ×{} in flight: {e}",
@@ -314,6 +315,10 @@ fn one_run(
         (Some(pid), Some(mark)) => Some(procstat::cpu_since(pid, &mark)?),
         _ => None,
     };
+    let proxy_switches = match (pids.proxy, s0) {
+        (Some(pid), Some(mark)) => Some(procstat::switches(pid)?.since(mark)),
+        _ => None,
+    };
     Ok(ProsodyRow {
         label: label(plan.via),
         in_flight: load.nreq * load.window,
@@ -323,6 +328,7 @@ fn one_run(
         latencies: out.latencies,
         prosody_cpu,
         proxy_cpu,
+        proxy_switches,
         requester_cpu: out.sender_cpu,
         responder_cpu: out.responder_cpu,
     })

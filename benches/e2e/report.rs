@@ -168,6 +168,8 @@ pub struct ProsodyRow {
     pub latencies: Vec<u64>,
     pub prosody_cpu: f64,
     pub proxy_cpu: Option<f64>,
+    /// jatproxy's context switches over the run (its wake-ups).
+    pub proxy_switches: Option<crate::procstat::Switches>,
     pub requester_cpu: f64,
     pub responder_cpu: f64,
 }
@@ -184,6 +186,7 @@ impl ProsodyRow {
             latencies: Vec::new(),
             prosody_cpu: 0.0,
             proxy_cpu: None,
+            proxy_switches: None,
             requester_cpu: 0.0,
             responder_cpu: 0.0,
         }
@@ -197,19 +200,19 @@ impl ProsodyRow {
 
 pub fn prosody_table(rows: &[ProsodyRow]) {
     println!(
-        "| path | in flight | requests/s | p50 / p99 / p99.9 ms | max ms | Prosody CPU µs / req | jatproxy CPU µs / req | requesters CPU µs / req | responders CPU µs / req |"
+        "| path | in flight | requests/s | p50 / p99 / p99.9 ms | max ms | Prosody CPU µs / req | jatproxy CPU µs / req | jatproxy switches / req (vol. + invol.) | requesters CPU µs / req | responders CPU µs / req |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         if let Some(why) = &r.skipped {
-            println!("| {} | – | {why} | | | | | | |", r.label);
+            println!("| {} | – | {why} | | | | | | | |", r.label);
             continue;
         }
         let mut v = r.latencies.clone();
         v.sort_unstable();
         let per = |cpu: f64| cpu / r.requests.max(1) as f64 * 1e6;
         println!(
-            "| {} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.0} | {} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.0} | {} | {} | {:.0} | {:.0} |",
             r.label,
             r.in_flight,
             r.requests as f64 / r.secs,
@@ -219,6 +222,14 @@ pub fn prosody_table(rows: &[ProsodyRow]) {
             v.last().map_or(0.0, |&m| m as f64 / 1e6),
             r.prosody_us(),
             r.proxy_cpu.map_or("–".into(), |c| format!("{:.1}", per(c))),
+            r.proxy_switches.map_or("–".into(), |s| {
+                let n = r.requests.max(1) as f64;
+                format!(
+                    "{:.2} + {:.2}",
+                    s.voluntary as f64 / n,
+                    s.involuntary as f64 / n
+                )
+            }),
             per(r.requester_cpu),
             per(r.responder_cpu),
         );
