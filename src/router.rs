@@ -38,7 +38,7 @@ use crate::jid;
 use crate::pool::{Eligible, InstanceId, Member, Pool};
 use crate::qualify::Admission;
 use crate::refusal;
-use crate::rewrite::{rewrite, Wire};
+use crate::rewrite::{rewrite, rewrite_from_full, Wire};
 use crate::stanza::{self, StanzaError};
 use crate::time::later;
 use crate::xml::frame::{Kind, Limit, Stanza};
@@ -1769,8 +1769,7 @@ impl Router {
                     self.answer_unserved(ask, out);
                     return Outcome::Answered;
                 };
-                let from = format!("{}/{}", self.cfg.domain, enc);
-                let wire = rewrite(st, Some(r), Some(&from));
+                let wire = rewrite_from_full(st, Some(r), &self.cfg.domain, &enc);
                 if wire.len() > self.cfg.max_write {
                     let text = self.too_large_text(wire.len());
                     self.answer_ask_text(&ask, StanzaError::PolicyViolation, Some(&text), out);
