@@ -16,10 +16,13 @@
 //! resolves, so a late reply is bounced, never delivered to whoever a
 //! fresh token would name; and at most `routing.pending_capacity` exist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use lru::LruCache;
 use rand::Rng;
 use tokio::time::Instant;
@@ -160,7 +163,7 @@ impl Jat {
 }
 
 /// How a reply is recognised.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
     /// A reply arriving from upstream addressed to `domain/res` with this
     /// id: requests forwarded to client resources (res = ENC) and
@@ -172,6 +175,26 @@ pub enum Key {
     /// A reply from `peer` to the bare domain, for a request a target
     /// resource started.
     PeerReply { peer: String, id: String },
+}
+
+/// A [`Key`] borrowed from a stanza being routed: what the reply path
+/// looks up, so it copies nothing to ask. Hashes and compares as the
+/// `Key` it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyRef<'a> {
+    ToResource { res: &'a str, id: &'a str },
+    InstanceReply { requester: &'a str, id: &'a str },
+    PeerReply { peer: &'a str, id: &'a str },
+}
+
+impl Key {
+    pub fn borrowed(&self) -> KeyRef<'_> {
+        match self {
+            Key::ToResource { res, id } => KeyRef::ToResource { res, id },
+            Key::InstanceReply { requester, id } => KeyRef::InstanceReply { requester, id },
+            Key::PeerReply { peer, id } => KeyRef::PeerReply { peer, id },
+        }
+    }
 }
 
 /// Who is waiting for what.
@@ -221,117 +244,243 @@ pub struct Entry {
 /// Requests in flight. Bounded: inserting into a full table gives up the
 /// oldest request, which the caller answers with an error.
 ///
-/// Entries are never promoted, so the LRU order is the insertion order
-/// and the entry given up for room is the one inserted first. Deadlines
-/// are not in that order (a request sent to another member keeps the
-/// time it had left), so they have their own index.
+/// Each key is stored once, in its slot; the hash index holds only slot
+/// numbers, so an insert copies no key and allocates nothing once the
+/// table has grown (an `lru` node, a tree node and a second copy of the
+/// key cost three allocations per request before). Insertion order and
+/// deadline order are queues of (insertion number, slot) whose stale
+/// entries (the slot since freed or reused) are skipped: the heads are
+/// kept live after every removal, and a queue grown past twice the table
+/// is compacted. Deadlines are not in insertion order (a request sent to
+/// another member keeps the time it had left), so they have a heap.
 #[derive(Debug)]
 pub struct Pending {
-    table: LruCache<Key, (Entry, u64)>,
-    /// (deadline, insertion number) → key, earliest first.
-    deadlines: BTreeMap<(Instant, u64), Key>,
+    capacity: usize,
+    hasher: DefaultHashBuilder,
+    index: HashTable<usize>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// (insertion number, slot), oldest first.
+    order: VecDeque<(u64, usize)>,
+    /// (deadline, insertion number, slot), earliest first.
+    deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     inserted: u64,
+    len: usize,
 }
+
+#[derive(Debug)]
+struct Slot {
+    key: Key,
+    entry: Entry,
+    n: u64,
+}
+
+/// Where an entry found by [`Pending::find`] sits, to read or remove it
+/// without a second lookup. Valid until the table next changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found(usize);
 
 impl Pending {
     pub fn new(capacity: NonZeroUsize) -> Self {
         Pending {
-            table: LruCache::new(capacity),
-            deadlines: BTreeMap::new(),
+            capacity: capacity.get(),
+            hasher: DefaultHashBuilder::default(),
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            order: VecDeque::new(),
+            deadlines: BinaryHeap::new(),
             inserted: 0,
+            len: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len == 0
+    }
+
+    fn slot(&self, i: usize) -> Option<&Slot> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    fn live(&self, n: u64, i: usize) -> bool {
+        self.slot(i).is_some_and(|s| s.n == n)
+    }
+
+    /// The slot holding `key`: one hash, one probe. Keys are hashed in
+    /// their borrowed form, so a key can be looked up without being built.
+    pub fn find(&self, key: KeyRef<'_>) -> Option<Found> {
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&i| {
+                slots
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.key.borrowed() == key)
+            })
+            .map(|&i| Found(i))
+    }
+
+    /// The entry at a slot [`Pending::find`] returned.
+    pub fn at(&self, found: Found) -> Option<&Entry> {
+        self.slot(found.0).map(|s| &s.entry)
     }
 
     pub fn contains(&self, key: &Key) -> bool {
-        self.table.contains(key)
+        self.find(key.borrowed()).is_some()
     }
 
     pub fn get(&self, key: &Key) -> Option<&Entry> {
-        self.table.peek(key).map(|(e, _)| e)
+        self.find(key.borrowed()).and_then(|f| self.at(f))
     }
 
     /// Inserts; returns the entry given up to make room, if any. The key
-    /// must not be present (callers check for duplicates first).
+    /// must not be present (callers check for duplicates first; one that
+    /// is is replaced, and that is not giving one up for room).
     pub fn insert(&mut self, key: Key, entry: Entry) -> Option<(Key, Entry)> {
+        let replaced = self.remove(&key).is_some();
+        let given_up = if !replaced && self.len >= self.capacity {
+            self.pop_oldest()
+        } else {
+            None
+        };
         self.inserted += 1;
         let n = self.inserted;
-        self.deadlines.insert((entry.deadline, n), key.clone());
-        let (old_key, (old, old_n)) = self.table.push(key, (entry, n))?;
-        self.deadlines.remove(&(old.deadline, old_n));
-        // `push` also returns the entry it replaced under the same key
-        // (which callers rule out): that one was not given up for room.
-        // A key given up for room is no longer in the table; one replaced
-        // is (asked only here, off the common path, where a copy of every
-        // key inserted cost two allocations per request).
-        (!self.table.contains(&old_key)).then_some((old_key, old))
+        let hash = self.hasher.hash_one(key.borrowed());
+        let i = self.free.pop().unwrap_or(self.slots.len());
+        self.deadlines.push(Reverse((entry.deadline, n, i)));
+        self.order.push_back((n, i));
+        let slot = Some(Slot { key, entry, n });
+        match self.slots.get_mut(i) {
+            Some(free) => *free = slot,
+            None => self.slots.push(slot),
+        }
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, i, |&j| {
+            slots
+                .get(j)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hasher.hash_one(s.key.borrowed()))
+        });
+        self.len += 1;
+        given_up
     }
 
     pub fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let (e, n) = self.table.pop(key)?;
-        self.deadlines.remove(&(e.deadline, n));
-        Some(e)
+        let found = self.find(key.borrowed())?;
+        self.take(found).map(|(_, e)| e)
+    }
+
+    /// Removes the entry at a slot [`Pending::find`] returned.
+    pub fn take(&mut self, found: Found) -> Option<(Key, Entry)> {
+        let i = found.0;
+        let slot = self.slots.get_mut(i)?.take()?;
+        let hash = self.hasher.hash_one(slot.key.borrowed());
+        if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
+        self.free.push(i);
+        self.len -= 1;
+        self.settle();
+        Some((slot.key, slot.entry))
+    }
+
+    /// Drops stale heads of both queues, so their heads are live, and
+    /// compacts a queue grown past twice the table (replies removed out
+    /// of order leave their entries behind).
+    fn settle(&mut self) {
+        while let Some(&(n, i)) = self.order.front() {
+            if self.live(n, i) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        while let Some(&Reverse((_, n, i))) = self.deadlines.peek() {
+            if self.live(n, i) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+        let bound = 2 * self.len + 64;
+        if self.order.len() > bound {
+            let slots = &self.slots;
+            self.order.retain(|&(n, i)| {
+                slots
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.n == n)
+            });
+        }
+        if self.deadlines.len() > bound {
+            let slots = &self.slots;
+            self.deadlines.retain(|&Reverse((_, n, i))| {
+                slots
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.n == n)
+            });
+        }
     }
 
     /// Removes and returns the entry inserted first (to make room).
     pub fn pop_oldest(&mut self) -> Option<(Key, Entry)> {
-        let (k, (e, n)) = self.table.pop_lru()?;
-        self.deadlines.remove(&(e.deadline, n));
-        Some((k, e))
+        let &(_, i) = self.order.front()?;
+        self.take(Found(i))
     }
 
     /// Removes and returns the entry whose deadline is earliest, if it
     /// has passed.
     pub fn pop_expired(&mut self, now: Instant) -> Option<(Key, Entry)> {
-        let (&(deadline, _), key) = self.deadlines.first_key_value()?;
+        let &Reverse((deadline, _, i)) = self.deadlines.peek()?;
         if deadline > now {
             return None;
         }
-        let key = key.clone();
-        let e = self.remove(&key)?;
-        Some((key, e))
+        self.take(Found(i))
     }
 
     /// Brings every deadline later than `latest` forward to it (a reload
     /// shortened the timeout): none waits longer than the new setting.
     pub fn clamp_deadlines(&mut self, latest: Instant) {
         self.deadlines.clear();
-        for (k, (e, n)) in self.table.iter_mut() {
-            e.deadline = e.deadline.min(latest);
-            self.deadlines.insert((e.deadline, *n), k.clone());
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = s {
+                s.entry.deadline = s.entry.deadline.min(latest);
+                self.deadlines.push(Reverse((s.entry.deadline, s.n, i)));
+            }
         }
     }
 
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first_key_value().map(|(&(d, _), _)| d)
+        self.deadlines.peek().map(|&Reverse((d, _, _))| d)
     }
 
     /// Removes and returns every entry matching `pred` (a member went
     /// away), oldest first.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&Waiting) -> bool) -> Vec<(Key, Entry)> {
-        let mut keys: Vec<(u64, Key)> = self
-            .table
+        let mut found: Vec<(u64, usize)> = self
+            .slots
             .iter()
-            .filter(|(_, (e, _))| pred(&e.waiting))
-            .map(|(k, (_, n))| (*n, k.clone()))
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s, i)))
+            .filter(|(s, _)| pred(&s.entry.waiting))
+            .map(|(s, i)| (s.n, i))
             .collect();
-        keys.sort_unstable_by_key(|(n, _)| *n);
-        keys.into_iter()
-            .filter_map(|(_, k)| self.remove(&k).map(|e| (k, e)))
+        found.sort_unstable();
+        found
+            .into_iter()
+            .filter_map(|(_, i)| self.take(Found(i)))
             .collect()
     }
 
     /// Removes and returns everything (shutdown).
     pub fn drain_all(&mut self) -> Vec<(Key, Entry)> {
-        let mut out = Vec::with_capacity(self.table.len());
+        let mut out = Vec::with_capacity(self.len);
         while let Some(kv) = self.pop_oldest() {
             out.push(kv);
         }
@@ -540,5 +689,43 @@ mod tests {
         let drained = p.drain_where(|w| w.member() == Some(&Member::Instance(1)));
         assert_eq!(drained.len(), 1);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn pending_reuses_slots_and_keeps_both_orders() {
+        // Replies removed out of order free slots that later requests
+        // reuse: the oldest and the earliest stay right, and the queues
+        // stay within twice the table.
+        let t0 = Instant::now();
+        let mut p = Pending::new(cap(64));
+        for round in 0..50u64 {
+            for j in 0..4u64 {
+                let id = format!("{round}-{j}");
+                let d = t0 + Duration::from_secs(1000 - round * 4 - j);
+                assert!(p.insert(key(&id), entry(d)).is_none());
+            }
+            // Answered out of order, all but the first of each round.
+            for j in [3u64, 1, 2] {
+                assert!(p.remove(&key(&format!("{round}-{j}"))).is_some());
+            }
+            assert!(p.order.len() <= 2 * p.len() + 64);
+            assert!(p.deadlines.len() <= 2 * p.len() + 64);
+        }
+        assert_eq!(p.len(), 50);
+        assert!(p.slots.len() <= 54, "freed slots are reused");
+        assert_eq!(
+            p.get(&key("49-0")).map(|e| e.deadline),
+            Some(t0 + Duration::from_secs(804))
+        );
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(804)));
+        assert_eq!(p.pop_oldest().map(|kv| kv.0), Some(key("0-0")));
+        assert_eq!(
+            p.pop_expired(t0 + Duration::from_secs(804)).map(|kv| kv.0),
+            Some(key("49-0"))
+        );
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(808)));
+        let rest: Vec<Key> = p.drain_all().into_iter().map(|kv| kv.0).collect();
+        let want: Vec<Key> = (1..49).map(|r| key(&format!("{r}-0"))).collect();
+        assert_eq!(rest, want, "insertion order");
     }
 }

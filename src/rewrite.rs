@@ -81,7 +81,9 @@ struct Edit<'a> {
     start: usize,
     end: usize,
     name: &'a str,
-    value: &'a str,
+    /// The value in pieces written one after another (`D`, `/`, ENC), so
+    /// an address made of parts needs no `String` of its own.
+    value: [&'a str; 3],
     /// The quote of the value replaced; `None`: an inserted attribute.
     quote: Option<u8>,
 }
@@ -91,24 +93,32 @@ impl Edit<'_> {
         start: 0,
         end: 0,
         name: "",
-        value: "",
+        value: ["", "", ""],
         quote: None,
     };
 
     fn write(&self, out: &mut BytesMut) {
         match self.quote {
-            Some(q) => out.extend_from_slice(escape::attr(self.value, q).as_bytes()),
+            Some(q) => self.write_value(out, q),
             None => {
-                for piece in [" ", self.name, "='", &escape::attr(self.value, b'\''), "'"] {
+                for piece in [" ", self.name, "='"] {
                     out.extend_from_slice(piece.as_bytes());
                 }
+                self.write_value(out, b'\'');
+                out.extend_from_slice(b"'");
             }
+        }
+    }
+
+    fn write_value(&self, out: &mut BytesMut, quote: u8) {
+        for piece in self.value {
+            out.extend_from_slice(escape::attr(piece, quote).as_bytes());
         }
     }
 
     /// Bytes it adds, before escaping (a capacity hint).
     fn len(&self) -> usize {
-        self.value.len()
+        self.value.iter().map(|p| p.len()).sum::<usize>()
             + if self.quote.is_some() {
                 0
             } else {
@@ -120,6 +130,18 @@ impl Edit<'_> {
 /// `stanza` with `to` and/or `from` replaced by the given decoded values
 /// (`None` leaves that attribute as it is).
 pub fn rewrite(stanza: &Stanza, to: Option<&str>, from: Option<&str>) -> Wire {
+    rewrite_parts(stanza, to.map(|t| [t, "", ""]), from.map(|f| [f, "", ""]))
+}
+
+/// [`rewrite`] to the full JID `bare/resource` written from its parts:
+/// the member-facing `D/ENC` of every routed request, with no `String`
+/// made for it.
+pub fn rewrite_from_full(stanza: &Stanza, to: Option<&str>, bare: &str, resource: &str) -> Wire {
+    rewrite_parts(stanza, to.map(|t| [t, "", ""]), Some([bare, "/", resource]))
+}
+
+/// [`rewrite`] with each new value given in pieces written in order.
+fn rewrite_parts(stanza: &Stanza, to: Option<[&str; 3]>, from: Option<[&str; 3]>) -> Wire {
     // At most two edits, on the stack: this runs twice per routed request.
     let mut edits = [Edit::NONE; 2];
     let mut n = 0;

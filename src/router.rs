@@ -33,12 +33,12 @@ use crate::backlog::{Backlog, Bound, Class};
 use crate::config::{Balancing, Config, Continuity, JatMode, Redispatch};
 use crate::conversation::Conversations;
 use crate::hold::{own, Ask, Held, Hold, Trip};
-use crate::jat::{self, Entry, Jat, Key, Pending, Waiting};
+use crate::jat::{self, Entry, Found, Jat, Key, KeyRef, Pending, Waiting};
 use crate::jid;
 use crate::pool::{Eligible, InstanceId, Member, Pool};
 use crate::qualify::Admission;
 use crate::refusal;
-use crate::rewrite::{rewrite, Wire};
+use crate::rewrite::{rewrite, rewrite_from_full, Wire};
 use crate::stanza::{self, StanzaError};
 use crate::time::later;
 use crate::xml::frame::{Kind, Limit, Stanza};
@@ -1234,14 +1234,14 @@ impl Router {
         out: &mut Vec<Action>,
     ) {
         let id = st.id().unwrap_or_default();
-        let Some(key) = self.answered_by_upstream(from, to, id) else {
+        let Some(entry) = self
+            .answered_by_upstream(from, to, id)
+            .and_then(|found| Some((found, self.pending.at(found)?)))
+        else {
             self.stats.replies_unmatched += 1;
             return;
         };
-        let Some(entry) = self.pending.get(&key) else {
-            self.stats.replies_unmatched += 1;
-            return;
-        };
+        let (found, entry) = entry;
         // Only the one asked may answer.
         let expected = match &entry.waiting {
             Waiting::Inbound {
@@ -1259,7 +1259,7 @@ impl Router {
             }
             return;
         }
-        let Some(entry) = self.pending.remove(&key) else {
+        let Some((key, entry)) = self.pending.take(found) else {
             return;
         };
         if let Waiting::Inbound {
@@ -1277,55 +1277,42 @@ impl Router {
     }
 
     /// Which request in flight a reply from the server to `to` answers,
-    /// by its key; `None` when its address cannot name one. The key may
-    /// name nothing pending (late, duplicated or spoofed).
-    fn answered_by_upstream(&self, from: &str, to: &To, id: &str) -> Option<Key> {
-        let key = match to {
+    /// where it sits in the table, and its entry; `None` when its address
+    /// names nothing pending (late, duplicated or spoofed). Looked up
+    /// once when the exact form hits, so the reply path reads and removes
+    /// the entry without hashing its key again.
+    fn answered_by_upstream(&self, from: &str, to: &To, id: &str) -> Option<Found> {
+        match to {
             To::Resource(res) => {
                 // ENC as the member wrote it back; the server stamped the
                 // requester prepared and the member nearly always copies
-                // it, so the exact form nearly always hits. A member that
-                // writes it another way (`ALICE@EXAMPLE.TEST/phone`,
+                // it, so the exact form nearly always hits (and is looked
+                // up borrowed, nothing copied). A member that writes it
+                // another way (`ALICE@EXAMPLE.TEST/phone`,
                 // `alice@example.test./phone`) still finds it through the
                 // prepared form, as the module `jid_prep`s what it
                 // decodes. Tokens are matched exactly.
-                let exact = Key::ToResource {
-                    res: (*res).to_owned(),
-                    id: id.to_owned(),
-                };
-                if self.pending.contains(&exact) {
-                    exact
-                } else if let Some(prepared) = self.jat.prepared(res) {
-                    Key::ToResource {
-                        res: prepared,
-                        id: id.to_owned(),
-                    }
-                } else {
-                    exact
-                }
+                self.pending
+                    .find(KeyRef::ToResource { res, id })
+                    .or_else(|| {
+                        let prepared = self.jat.prepared(res)?;
+                        self.pending.find(KeyRef::ToResource { res: &prepared, id })
+                    })
             }
             // Requests the target starts go out from the bare domain;
             // nothing waits for a reply to `node@D`.
-            To::Node => return None,
-            To::Bare => {
-                // Keyed by the normalised peer (see `request_from_target`).
-                // The server stamps `from` prepared, so the exact form
-                // nearly always hits and nothing is parsed.
-                let exact = Key::PeerReply {
-                    peer: from.to_owned(),
-                    id: id.to_owned(),
-                };
-                if self.pending.contains(&exact) {
-                    exact
-                } else {
-                    Key::PeerReply {
-                        peer: jid::validate(from).unwrap_or_else(|| from.to_owned()),
-                        id: id.to_owned(),
-                    }
-                }
-            }
-        };
-        Some(key)
+            To::Node => None,
+            // Keyed by the normalised peer (see `request_from_target`).
+            // The server stamps `from` prepared, so the exact form nearly
+            // always hits and nothing is parsed.
+            To::Bare => self
+                .pending
+                .find(KeyRef::PeerReply { peer: from, id })
+                .or_else(|| {
+                    let peer = jid::validate(from).filter(|p| p != from)?;
+                    self.pending.find(KeyRef::PeerReply { peer: &peer, id })
+                }),
+        }
     }
 
     /// Sends a reply from the server on to whoever waited for it, with
@@ -1544,29 +1531,24 @@ impl Router {
         out: &mut Vec<Action>,
     ) -> Option<(Key, Entry, Wire)> {
         let id = st.id().unwrap_or_default();
-        let asked = |pending: &Pending, key: &Key| {
+        // Looked up borrowed, the exact form first (what the server
+        // stamped), then the prepared one; read and removed in place.
+        let asked = |pending: &Pending, requester: &str| {
+            let found = pending.find(KeyRef::InstanceReply { requester, id })?;
             matches!(
-                pending.get(key).map(|e| &e.waiting),
+                pending.at(found).map(|e| &e.waiting),
                 Some(Waiting::Inbound { member: Member::Instance(i), .. }) if *i == instance
             )
+            .then_some(found)
         };
-        let mut key = Key::InstanceReply {
-            requester: to.to_owned(),
-            id: id.to_owned(),
-        };
-        if !asked(&self.pending, &key) {
-            if let Some(prepared) = jid::validate(to).filter(|p| p != to) {
-                key = Key::InstanceReply {
-                    requester: prepared,
-                    id: id.to_owned(),
-                };
-            }
-        }
-        if !asked(&self.pending, &key) {
+        let found = asked(&self.pending, to).or_else(|| {
+            let prepared = jid::validate(to).filter(|p| p != to)?;
+            asked(&self.pending, &prepared)
+        });
+        let Some((key, e)) = found.and_then(|f| self.pending.take(f)) else {
             self.stats.replies_unmatched += 1;
             return None;
-        }
-        let e = self.pending.remove(&key)?;
+        };
         if self.is_refusal(st) {
             return Some((key, e, rewrite(st, None, new_from)));
         }
@@ -1787,8 +1769,7 @@ impl Router {
                     self.answer_unserved(ask, out);
                     return Outcome::Answered;
                 };
-                let from = format!("{}/{}", self.cfg.domain, enc);
-                let wire = rewrite(st, Some(r), Some(&from));
+                let wire = rewrite_from_full(st, Some(r), &self.cfg.domain, &enc);
                 if wire.len() > self.cfg.max_write {
                     let text = self.too_large_text(wire.len());
                     self.answer_ask_text(&ask, StanzaError::PolicyViolation, Some(&text), out);
