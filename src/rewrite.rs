@@ -126,8 +126,8 @@ pub fn rewrite(stanza: &Stanza, to: Option<&str>, from: Option<&str>) -> Wire {
     for (name, value, attr) in [("to", to, &stanza.to), ("from", from, &stanza.from)] {
         let Some(value) = value else { continue };
         let (start, end, quote) = match attr {
-            Some(a) => (a.span.start, a.span.end, Some(a.quote)),
-            None => (stanza.insert_at, stanza.insert_at, None),
+            Some(a) => (a.span().start, a.span().end, Some(a.quote())),
+            None => (stanza.insert_at(), stanza.insert_at(), None),
         };
         edits[n] = Edit {
             start,
@@ -277,7 +277,7 @@ mod tests {
                         }
                     }
                     // Bytes outside the start tag are identical.
-                    let tail = &st.bytes[st.insert_at..];
+                    let tail = &st.bytes[st.insert_at()..];
                     assert!(out.ends_with(tail), "{src}");
                 }
             }
