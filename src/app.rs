@@ -186,7 +186,7 @@ impl Proxy {
         };
         let (done, applied) = oneshot::channel();
         let ev = Event::Reload {
-            router: RouterConfig::from_config(&new),
+            router: Box::new(RouterConfig::from_config(&new)),
             upstream_buffer: crate::backlog::Bound::of(&new.limits),
             done,
         };

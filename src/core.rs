@@ -206,7 +206,7 @@ impl Core {
                 upstream_buffer,
                 done,
             } => {
-                self.router.reload(router, now, &mut self.rng, actions);
+                self.router.reload(*router, now, &mut self.rng, actions);
                 self.router.set_upstream_buffer(upstream_buffer);
                 self.status.counters.reloads_applied += 1;
                 let _ = done.send(());
@@ -250,7 +250,7 @@ impl Core {
             );
         }
         self.router
-            .skipped_from_upstream(sk.limit, sk.head.as_ref(), &text, actions)
+            .skipped_from_upstream(sk.limit, sk.head.as_deref(), &text, actions)
     }
 
     /// Carries out the router's actions, in order. They are final (the

@@ -47,7 +47,7 @@ pub enum Event {
     Observed(Observation),
     /// A reload's part that the core applies; `done` once it has.
     Reload {
-        router: RouterConfig,
+        router: Box<RouterConfig>,
         upstream_buffer: crate::backlog::Bound,
         done: oneshot::Sender<()>,
     },

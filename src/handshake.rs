@@ -351,7 +351,7 @@ where
     send(conn, &client_header(domain), *stage).await?;
 
     let header = match next_frame(conn, *stage).await? {
-        Frame::Header(header) => header,
+        Frame::Header(header) => *header,
         // The framer's first frame is always the header: the root element
         // is the stream.
         Frame::Stanza(s) => {
@@ -589,7 +589,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let header = match next_frame(conn, stage).await? {
-        Frame::Header(header) => header,
+        Frame::Header(header) => *header,
         // Unreachable with the framer (the root element is the header);
         // answered as the framer would answer a bad root.
         Frame::Stanza(s) => {
@@ -786,7 +786,7 @@ mod tests {
             .count();
         assert_eq!(headers, 1, "{:?}", String::from_utf8_lossy(written));
         let header = match &frames[0] {
-            Frame::Header(h) => h.clone(),
+            Frame::Header(h) => StreamHeader::clone(h),
             other => panic!("{other:?}"),
         };
         let error = frames

@@ -148,8 +148,8 @@ fn rewrite_parts(stanza: &Stanza, to: Option<[&str; 3]>, from: Option<[&str; 3]>
     for (name, value, attr) in [("to", to, &stanza.to), ("from", from, &stanza.from)] {
         let Some(value) = value else { continue };
         let (start, end, quote) = match attr {
-            Some(a) => (a.span.start, a.span.end, Some(a.quote)),
-            None => (stanza.insert_at, stanza.insert_at, None),
+            Some(a) => (a.span().start, a.span().end, Some(a.quote())),
+            None => (stanza.insert_at(), stanza.insert_at(), None),
         };
         edits[n] = Edit {
             start,
@@ -299,7 +299,7 @@ mod tests {
                         }
                     }
                     // Bytes outside the start tag are identical.
-                    let tail = &st.bytes[st.insert_at..];
+                    let tail = &st.bytes[st.insert_at()..];
                     assert!(out.ends_with(tail), "{src}");
                 }
             }

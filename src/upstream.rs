@@ -466,7 +466,11 @@ impl SessionArgs {
         if let Err(mpsc::error::SendError(Event::SkippedFromUpstream(sk))) =
             self.events.send(Event::SkippedFromUpstream(sk)).await
         {
-            stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
+            stragglers.extend(
+                sk.head
+                    .filter(|h| h.kind == Kind::Iq && h.is_iq_request())
+                    .map(|h| *h),
+            );
             return Some(SessionEnd::Shutdown);
         }
         None
@@ -515,7 +519,11 @@ async fn read_stragglers(reader: &mut Reader, wait: Duration, stragglers: &mut V
                 }
             }
             Ok(Ok(Frame::Skipped(sk))) => {
-                stragglers.extend(sk.head.filter(|h| h.kind == Kind::Iq && h.is_iq_request()));
+                stragglers.extend(
+                    sk.head
+                        .filter(|h| h.kind == Kind::Iq && h.is_iq_request())
+                        .map(|h| *h),
+                );
             }
             Ok(Ok(Frame::Whitespace(_) | Frame::Header(_))) => {}
             Ok(Ok(Frame::End(_)) | Err(_)) => return,
@@ -677,9 +685,11 @@ async fn straggler_round(
         while let Ok(f) = conn.read_frame().await {
             match f {
                 Frame::Stanza(st) if straggler_reply(cfg, &st).is_some() => after_end.push(st),
-                Frame::Skipped(sk) => {
-                    after_end.extend(sk.head.filter(|st| straggler_reply(cfg, st).is_some()))
-                }
+                Frame::Skipped(sk) => after_end.extend(
+                    sk.head
+                        .filter(|st| straggler_reply(cfg, st).is_some())
+                        .map(|st| *st),
+                ),
                 Frame::End(_) => break,
                 _ => {}
             }

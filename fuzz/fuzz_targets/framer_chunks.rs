@@ -72,26 +72,26 @@ fn check_frame(frame: &Frame) {
         Frame::Stanza(s) => {
             let b = &s.bytes;
             assert!(b.starts_with(b"<") && b.ends_with(b">"), "stanza {b:?}");
-            assert!(s.insert_at < b.len(), "insert_at {} in {b:?}", s.insert_at);
-            let tail = &b[s.insert_at..];
+            assert!(s.insert_at() < b.len(), "insert_at {} in {b:?}", s.insert_at());
+            let tail = &b[s.insert_at()..];
             let tail = &tail[tail.iter().take_while(|c| c.is_ascii_whitespace()).count()..];
             assert!(
                 tail.starts_with(b">") || tail.starts_with(b"/>"),
                 "insert_at {} is not the end of the start tag in {b:?}",
-                s.insert_at
+                s.insert_at()
             );
             for attr in [&s.to, &s.from].into_iter().flatten() {
-                let r = attr.span.clone();
+                let r = attr.span();
                 assert!(
-                    r.start >= 1 && r.start <= r.end && r.end < s.insert_at,
+                    r.start >= 1 && r.start <= r.end && r.end < s.insert_at(),
                     "span {r:?} in {b:?}"
                 );
                 assert_eq!(
                     b[r.start - 1],
-                    attr.quote,
+                    attr.quote(),
                     "opening quote of {r:?} in {b:?}"
                 );
-                assert_eq!(b[r.end], attr.quote, "closing quote of {r:?} in {b:?}");
+                assert_eq!(b[r.end], attr.quote(), "closing quote of {r:?} in {b:?}");
             }
         }
         Frame::Whitespace(b) => {

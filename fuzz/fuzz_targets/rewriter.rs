@@ -98,8 +98,8 @@ fn check(s: &Stanza, to: Option<&str>, from: Option<&str>, limits: FramerLimits)
         }
         let event = event.clone().expect("a set attribute is present");
         edits.push(match attr {
-            Some(a) => (a.span.clone(), value_range(&out, &event)),
-            None => (s.insert_at..s.insert_at, event),
+            Some(a) => (a.span(), value_range(&out, &event)),
+            None => (s.insert_at()..s.insert_at(), event),
         });
     }
     edits.sort_by_key(|(o, n)| (o.start, n.start));

@@ -34,8 +34,8 @@ use bytes::BytesMut;
 use memchr::{memchr, memchr2, memchr3};
 
 use super::frame::{
-    element_name_raw, namespace_raw, stanza_type, stanza_type_raw, Attr, Frame, Kind, Stanza,
-    StreamHeader, Text, NS_COMPONENT, NS_STREAMS,
+    element_name_raw, namespace_raw, offset, stanza_type, stanza_type_raw, Attr, Frame, Kind,
+    Stanza, StreamHeader, Text, NS_COMPONENT, NS_STREAMS,
 };
 use super::framer::{complete_utf8_prefix, FrameError, FramerLimits};
 
@@ -733,7 +733,7 @@ impl FastFramer {
 
     fn header_frame(&mut self, bytes: bytes::Bytes) -> Frame {
         let top = std::mem::take(&mut self.top);
-        Frame::Header(StreamHeader {
+        Frame::Header(Box::new(StreamHeader {
             to: top.to.and_then(|a| a.to_value(&bytes)),
             from: top.from.and_then(|a| a.to_value(&bytes)),
             id: top.id.and_then(|a| a.to_value(&bytes)),
@@ -741,7 +741,7 @@ impl FastFramer {
             lang: top.lang,
             version: top.version,
             bytes,
-        })
+        }))
     }
 
     /// The stanza's facts are taken field by field (no copy of the whole
@@ -758,7 +758,7 @@ impl FastFramer {
             id: top.id.take(),
             to: top.to.take(),
             from: top.from.take(),
-            insert_at: top.insert_at,
+            insert_at: offset(top.insert_at),
         })
     }
 
@@ -1429,7 +1429,7 @@ impl FastFramer {
                 match local {
                     b"type" => {
                         self.top.stanza_type.get_or_insert_with(|| {
-                            stanza_type(&value).unwrap_or(Text::Owned(value))
+                            stanza_type(&value).unwrap_or(Text::owned(value))
                         });
                     }
                     b"version" => self.top.version = Some(value),
@@ -1438,11 +1438,7 @@ impl FastFramer {
                 return;
             }
         };
-        slot.get_or_insert(Attr {
-            decoded,
-            span,
-            quote,
-        });
+        slot.get_or_insert(Attr::new(decoded, span, quote));
     }
 
     /// The start tag ends at `gt` (its `>`); `empty` for `/>`.

@@ -31,7 +31,7 @@ use rxml::error::EndOrError;
 use rxml::{NcName, Options, Parse, RawEvent, RawParser, WithOptions};
 
 use super::frame::{
-    element_name, namespace, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
+    element_name, namespace, offset, stanza_type, Attr, Frame, Kind, Stanza, StreamHeader, Text,
     NS_COMPONENT, NS_STREAMS,
 };
 use super::stream_error::StreamCondition;
@@ -520,7 +520,7 @@ impl RxmlFramer {
                 (None, "type") => {
                     self.top
                         .stanza_type
-                        .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::Owned(value)));
+                        .get_or_insert_with(|| stanza_type(&value).unwrap_or(Text::owned(value)));
                 }
                 (None, "id") => {
                     let attr = self.attr_span(value, ev_start, buf);
@@ -551,11 +551,7 @@ impl RxmlFramer {
         // value only when the raw bytes are not it.
         let decoded = (raw.get(open + 1..raw.len().saturating_sub(1)) != Some(value.as_bytes()))
             .then_some(value);
-        Attr {
-            decoded,
-            span,
-            quote,
-        }
+        Attr::new(decoded, span, quote)
     }
 
     fn on_head_close(
@@ -584,7 +580,7 @@ impl RxmlFramer {
                 let top = std::mem::take(&mut self.top);
                 self.end_at_fed();
                 let bytes = self.cut(buf);
-                Ok(Some(Frame::Header(StreamHeader {
+                Ok(Some(Frame::Header(Box::new(StreamHeader {
                     to: top.to.and_then(|a| a.to_value(&bytes)),
                     from: top.from.and_then(|a| a.to_value(&bytes)),
                     id: top.id.and_then(|a| a.to_value(&bytes)),
@@ -592,7 +588,7 @@ impl RxmlFramer {
                     xmlns: top.xmlns,
                     lang: top.lang,
                     version: top.version,
-                })))
+                }))))
             }
             2 => {
                 self.top.insert_at = self.rel(ev_start);
@@ -626,7 +622,7 @@ impl RxmlFramer {
             id: top.id,
             to: top.to,
             from: top.from,
-            insert_at: top.insert_at,
+            insert_at: offset(top.insert_at),
         })
     }
 

@@ -207,16 +207,16 @@ fn facts_and_spans() {
     assert_eq!(iq.to(), Some("proxy.example.test"));
     assert_eq!(iq.from(), Some("user@example.test/abc"));
     let to = iq.to.as_ref().expect("to");
-    assert_eq!(&iq.bytes[to.span.clone()], b"proxy.example.test");
-    assert_eq!(to.quote, b'\'');
+    assert_eq!(&iq.bytes[to.span()], b"proxy.example.test");
+    assert_eq!(to.quote(), b'\'');
 
     // Entities decoded in values; spans cover the raw text.
     let q = st[1];
     assert_eq!(q.id(), Some("q\"1"));
     assert_eq!(q.from(), Some("o'brien@example.test/x"));
     let from = q.from.as_ref().expect("from");
-    assert_eq!(&q.bytes[from.span.clone()], b"o&apos;brien@example.test/x");
-    assert_eq!(from.quote, b'"');
+    assert_eq!(&q.bytes[from.span()], b"o&apos;brien@example.test/x");
+    assert_eq!(from.quote(), b'"');
 
     let m = st[2];
     assert_eq!(m.kind, Kind::Message);
@@ -243,9 +243,9 @@ fn insert_point_is_end_of_last_attribute() {
     let (frames, _) = run(&fixture());
     let st = stanzas(&frames);
     let p = st[8];
-    assert_eq!(&p.bytes[p.insert_at..], b" />");
+    assert_eq!(&p.bytes[p.insert_at()..], b" />");
     let h = st[9];
-    assert_eq!(&h.bytes[h.insert_at..], b"/>");
+    assert_eq!(&h.bytes[h.insert_at()..], b"/>");
 }
 
 #[test]
@@ -471,7 +471,7 @@ fn split_multibyte_characters_keep_offsets_exact() {
     }
     let st = stanzas(&whole);
     let from = st[0].from.as_ref().expect("from");
-    assert_eq!(&st[0].bytes[from.span.clone()], "a@b/\u{1F600}".as_bytes());
+    assert_eq!(&st[0].bytes[from.span()], "a@b/\u{1F600}".as_bytes());
 }
 
 #[test]
@@ -507,7 +507,7 @@ fn cdata_with_brackets_keeps_frames_whole() {
         assert_eq!(got, want, "sizes {sizes:?}");
         let iq = stanzas(&frames)[4];
         let to = iq.to.as_ref().expect("to");
-        assert_eq!(&iq.bytes[to.span.clone()], b"x", "sizes {sizes:?}");
+        assert_eq!(&iq.bytes[to.span()], b"x", "sizes {sizes:?}");
     }
 }
 
@@ -575,8 +575,8 @@ fn empty_cdata_at_stream_level_stays_whole() {
         );
         // Spans count the CDATA section, which rxml reports no event for.
         let to = st[1].to.as_ref().expect("to");
-        assert_eq!(&st[1].bytes[to.span.clone()], b"y", "sizes {sizes:?}");
-        assert_eq!(&st[1].bytes[st[1].insert_at..], b"/>", "sizes {sizes:?}");
+        assert_eq!(&st[1].bytes[to.span()], b"y", "sizes {sizes:?}");
+        assert_eq!(&st[1].bytes[st[1].insert_at()..], b"/>", "sizes {sizes:?}");
         for f in &frames {
             if let Frame::Whitespace(b) = f {
                 assert!(!b.ends_with(b"<![CDA"), "sizes {sizes:?}: {b:?}");
@@ -627,9 +627,9 @@ fn server_character_classes_are_accepted_at_every_split() {
         assert_eq!((s.to(), s.from(), s.id()), (*to, *from, *id), "{raw:?}");
         // The span covers the raw value, up to its closing quote.
         if let Some(a) = &s.to {
-            let raw_to = &s.bytes[a.span.clone()];
+            let raw_to = &s.bytes[a.span()];
             assert!(raw_to.starts_with(b"proxy.example.test") || raw_to == b"a@b/c");
-            assert_eq!(s.bytes[a.span.end], a.quote);
+            assert_eq!(s.bytes[a.span().end], a.quote());
         }
     }
     assert!(frames

@@ -298,10 +298,10 @@ fn check_head(s: &Skipped, c: &Case, what: &str) {
                 assert_eq!(h.from(), Some(from), "{what}");
             }
             // The head is a stanza in its own right: spans point into it.
-            let span = h.to.as_ref().map(|a| a.span.clone()).unwrap_or_default();
+            let span = h.to.as_ref().map(|a| a.span()).unwrap_or_default();
             assert_eq!(&h.bytes[span], to.as_bytes(), "{what}");
             assert!(h.bytes.ends_with(b"/>"), "{what}");
-            assert_eq!(&h.bytes[h.insert_at..], b"/>", "{what}");
+            assert_eq!(&h.bytes[h.insert_at()..], b"/>", "{what}");
         }
         (got, want) => panic!("{what}: head {got:?}, want {want:?}"),
     }

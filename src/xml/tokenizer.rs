@@ -242,7 +242,7 @@ impl Framer {
             limit,
             max,
             len,
-            head,
+            head: head.map(Box::new),
         })))
     }
 
