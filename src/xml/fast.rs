@@ -882,8 +882,15 @@ impl FastFramer {
             }
         }
         // At the end of a read rxml flushes the text (and refuses it),
-        // unless it waits on a CR or a `]`.
-        if self.fault || matches!(data[lim - 1], b'\r' | b']') {
+        // unless it waits on a CR or a `]`. At the end of input no byte
+        // follows a CR: the rxml framer feeds it to rxml as a line feed,
+        // which is flushed and refused like any other text here.
+        let waits = match data[lim - 1] {
+            b'\r' => !self.eof,
+            b']' => true,
+            _ => false,
+        };
+        if self.fault || waits {
             return self.need(from, lim);
         }
         // (rxml flushes at its token limit at the latest.)

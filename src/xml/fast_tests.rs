@@ -450,3 +450,20 @@ mod props {
         }
     }
 }
+
+/// Whitespace alone, then the end of input: both framers refuse it as
+/// text before the root element, however the input ends. Found by
+/// `fast_vs_rxml`: a stream that was one CR, which the fast framer held
+/// back waiting for an LF and then let pass at the end of input.
+#[test]
+fn whitespace_alone_then_the_end_is_refused_by_both() {
+    for input in ["\r", "\n", "\r\n", " \r", "\r ", "\t\r\r"] {
+        for sizes in [&[1usize][..], &[2], &[64]] {
+            assert_eq!(
+                differ(input.as_bytes(), sizes, FramerLimits::default()),
+                None,
+                "{input:?} in reads of {sizes:?}"
+            );
+        }
+    }
+}
